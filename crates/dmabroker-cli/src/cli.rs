@@ -1,0 +1,100 @@
+//! Command-line syntax.
+
+use clap::{Args, Parser, Subcommand};
+
+/// User-space buffer allocation and sharing for Linux: dma-heaps, udmabuf,
+/// sealed memfd and hugetlb behind one API, a broker daemon, streaming pools.
+#[derive(Debug, Parser)]
+#[command(name = "dmabroker", version, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace), on stderr.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the allocators of this machine and what each can do.
+    Heaps(HeapsArgs),
+    /// Allocate a buffer and print what was allocated.
+    Alloc(AllocArgs),
+    /// Tell what an open fd of a process is (dma-buf, memfd, ...).
+    Inspect(InspectArgs),
+    /// Run a benchmark and print a markdown table.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `dmabroker heaps`.
+#[derive(Debug, Args)]
+pub struct HeapsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dmabroker alloc`.
+#[derive(Debug, Args)]
+pub struct AllocArgs {
+    /// Heap to allocate from (see `dmabroker heaps`).
+    #[arg(long, default_value = "memfd")]
+    pub heap: String,
+    /// Size: 4096, 4K, 12MiB, 1G...
+    #[arg(long, value_parser = parse_size)]
+    pub size: u64,
+    /// Require physically contiguous memory.
+    #[arg(long)]
+    pub contiguous: bool,
+    /// Required start alignment in bytes (power of two).
+    #[arg(long, value_parser = parse_size, default_value = "1")]
+    pub align: u64,
+    /// Buffer name (shown in /proc fdinfo and `dmabroker ps`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dmabroker inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Process id.
+    #[arg(long)]
+    pub pid: u32,
+    /// File descriptor number in that process.
+    #[arg(long)]
+    pub fd: i32,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dmabroker bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Allocation + map + first touch per heap, against the raw system calls.
+    Alloc(BenchAllocArgs),
+}
+
+/// `dmabroker bench alloc`.
+#[derive(Debug, Args)]
+pub struct BenchAllocArgs {
+    /// Sizes to measure.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "4K,1M,12M,64M")]
+    pub sizes: Vec<u64>,
+    /// Heaps to measure (default: every usable heap).
+    #[arg(long, value_delimiter = ',')]
+    pub heaps: Vec<String>,
+    /// Scale the iteration counts (1.0 = default).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    dmabroker::size::parse_size(s).map_err(|e| e.to_string())
+}

@@ -1,0 +1,60 @@
+//! File descriptors inherited from a service manager (`LISTEN_FDS`,
+//! `sd_listen_fds(3)`): the listening socket of socket activation and the
+//! buffers stored in the fd store (`FDSTORE=1`).
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// `SD_LISTEN_FDS_START`: inherited fds start at 3.
+pub const LISTEN_FDS_START: RawFd = 3;
+
+/// One inherited descriptor and its `LISTEN_FDNAMES` entry.
+#[derive(Debug)]
+pub struct InheritedFd {
+    /// The descriptor, now owned (and marked close-on-exec).
+    pub fd: OwnedFd,
+    /// Its name, `"unknown"` when the manager gave none.
+    pub name: String,
+}
+
+/// Take the descriptors passed with `LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES`
+/// when `LISTEN_PID` names this process, and unset those variables so that
+/// children do not inherit them. Returns an empty list otherwise.
+///
+/// Call it once, early, before anything else opens files: each returned fd is
+/// adopted as owned.
+pub fn take_listen_fds() -> Vec<InheritedFd> {
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok());
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|v| v.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        // Single-threaded start-up is this function's documented contract.
+        std::env::remove_var(var);
+    }
+    let Some(count) = count.filter(|n| pid_ok && (0..=65536).contains(n)) else {
+        return Vec::new();
+    };
+    (0..count)
+        .filter_map(|i| {
+            let raw = LISTEN_FDS_START + i;
+            // Skip numbers that are not open (a manager that lied): fcntl fails.
+            rustix::io::fcntl_getfd(
+                // SAFETY: borrowing a raw number only for this fcntl probe; it is
+                // not closed or stored.
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) },
+            )
+            .ok()?;
+            // SAFETY: the service manager passed `raw` to this process for it to
+            // own (sd_listen_fds contract) and nothing else in this process has
+            // adopted it: this function consumes LISTEN_FDS on the first call.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
+            let name = names.get(i as usize).cloned().unwrap_or_else(|| "unknown".into());
+            Some(InheritedFd { fd, name })
+        })
+        .collect()
+}

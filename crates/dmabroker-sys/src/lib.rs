@@ -1,0 +1,25 @@
+//! Kernel ABI for dmabroker: the only crate of the workspace with `unsafe` code.
+//!
+//! Every ioctl lives here in the first two of its three layers (see
+//! `docs/ARCHITECTURE.md`): a `#[repr(C)]` struct plus its opcode, and a thin
+//! function that takes only inputs and returns an [`OwnedFd`](std::os::fd::OwnedFd)
+//! or a typed value. The domain types (`Buffer`, `Heap`, ...) live in the
+//! `dmabroker` crate, which forbids `unsafe`.
+//!
+//! Also here: [`mmap::Mapping`] (RAII `mmap`/`munmap`), CPU cache maintenance by
+//! line ([`cache`]), and adoption of inherited file descriptors ([`inherited`]).
+//!
+//! # References
+//! - `include/uapi/linux/dma-heap.h`, `dma-buf.h`, `udmabuf.h`
+//! - `drivers/dma-buf/` in the kernel tree
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, missing_docs)]
+
+pub mod cache;
+pub mod dma_buf;
+pub mod dma_heap;
+mod fd_ioctl;
+pub mod inherited;
+pub mod mmap;
+pub mod udmabuf;
+
+pub use rustix::io::Errno;

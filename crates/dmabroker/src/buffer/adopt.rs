@@ -1,0 +1,105 @@
+//! `Buffer::from_fd`: tell what a foreign fd is.
+
+use super::{Buffer, BufferKind, CacheMode, Coherency, PhysicalProperties};
+use crate::fdinfo::{fd_link, FdInfo};
+use rustix::fs::FileType;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// `TMPFS_MAGIC` from `linux/magic.h`.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+/// `HUGETLBFS_MAGIC`.
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+/// Why an fd could not be adopted as a buffer.
+#[derive(Debug, thiserror::Error)]
+pub enum FromFdError {
+    /// The fd is something other than buffer memory.
+    #[error("fd is {what}, not a buffer: pass a dma-buf (from a dma-heap, V4L2 EXPBUF, DRM PRIME) or a memfd")]
+    NotABuffer {
+        /// What it is instead (`a socket`, `a regular file (/tmp/x)`, ...).
+        what: String,
+    },
+    /// A zero-length memfd.
+    #[error("the memfd is empty (0 bytes): size it with ftruncate before sharing it")]
+    Empty,
+    /// The kernel would not say what the fd is.
+    #[error("cannot inspect the fd: {0}")]
+    Os(#[from] std::io::Error),
+}
+
+pub(super) fn adopt(fd: OwnedFd) -> Result<Buffer, FromFdError> {
+    let stat = rustix::fs::fstat(&fd).map_err(std::io::Error::from)?;
+    let file_type = FileType::from_raw_mode(stat.st_mode);
+    let link = fd_link(None, fd.as_raw_fd()).unwrap_or_default();
+    let info = FdInfo::read(None, fd.as_raw_fd())?;
+    if info.is_dma_buf() {
+        let len = info.dma_buf_size().unwrap_or(stat.st_size as u64);
+        let exporter = info.exporter().unwrap_or("unknown").to_owned();
+        let properties = dma_buf_properties(&exporter, len);
+        let name = info.dma_buf_name().map(str::to_owned);
+        return Ok(Buffer::new(fd, len, BufferKind::DmaBuf, exporter, name, properties));
+    }
+    let not_a_buffer = |what: String| Err(FromFdError::NotABuffer { what });
+    match file_type {
+        FileType::Socket => return not_a_buffer(format!("a socket ({link})")),
+        FileType::Fifo => return not_a_buffer(format!("a pipe ({link})")),
+        FileType::Directory => return not_a_buffer(format!("a directory ({link})")),
+        FileType::CharacterDevice => return not_a_buffer(format!("a character device ({link})")),
+        FileType::BlockDevice => return not_a_buffer(format!("a block device ({link})")),
+        FileType::RegularFile => {}
+        _ => return not_a_buffer(format!("an unknown kind of file ({link})")),
+    }
+    let fs = rustix::fs::fstatfs(&fd).map_err(std::io::Error::from)?;
+    let fs_type = fs.f_type as i64;
+    let memfd_name = link
+        .strip_prefix("/memfd:")
+        .map(|n| n.trim_end_matches(" (deleted)").to_owned());
+    let len = stat.st_size as u64;
+    let kind = match (fs_type, &memfd_name) {
+        (HUGETLBFS_MAGIC, _) => BufferKind::HugetlbMemfd,
+        (TMPFS_MAGIC, Some(_)) => BufferKind::Memfd,
+        (TMPFS_MAGIC, None) => {
+            return not_a_buffer(format!(
+                "a tmpfs file that is not a memfd ({link}); create buffers with memfd_create"
+            ))
+        }
+        _ => return not_a_buffer(format!("a regular file ({link})")),
+    };
+    if len == 0 {
+        return Err(FromFdError::Empty);
+    }
+    let page_size = if kind == BufferKind::HugetlbMemfd {
+        stat.st_blksize as u64
+    } else {
+        rustix::param::page_size() as u64
+    };
+    let properties = PhysicalProperties {
+        contiguous_up_to: page_size,
+        page_size,
+        cache: CacheMode::Cached,
+        coherency: Coherency::Coherent,
+        device_importable: false,
+    };
+    let heap = if kind == BufferKind::HugetlbMemfd { "hugetlb" } else { "memfd" };
+    Ok(Buffer::new(fd, len, kind, heap, memfd_name, properties))
+}
+
+/// What can be told of a dma-buf from its exporter's name alone.
+pub(crate) fn dma_buf_properties(exporter: &str, len: u64) -> PhysicalProperties {
+    let page = rustix::param::page_size() as u64;
+    let contiguous = is_contiguous_exporter(exporter);
+    PhysicalProperties {
+        contiguous_up_to: if contiguous { len } else { page },
+        page_size: page,
+        cache: if exporter.contains("uncached") { CacheMode::Uncached } else { CacheMode::Cached },
+        coherency: Coherency::Coherent,
+        device_importable: true,
+    }
+}
+
+/// CMA heaps (`linux,cma`, `reserved`, vendor `*cma*` names) and videobuf2's
+/// dma-contig allocator hand out physically contiguous memory.
+pub(crate) fn is_contiguous_exporter(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.contains("cma") || n == "reserved" || n.contains("dma-contig") || n.contains("dma_contig")
+}

@@ -1,0 +1,224 @@
+//! CPU mappings of a buffer and scoped CPU access.
+//!
+//! A [`BufferMapping`] is an `mmap` of the whole buffer, unmapped on drop.
+//! Its bytes are reached only through guards that bracket the access:
+//!
+//! | buffer | begin (guard created) | end (guard dropped) |
+//! |---|---|---|
+//! | dma-buf | `DMA_BUF_IOCTL_SYNC` `START` with `READ`/`WRITE`/`RW` | `SYNC` `END` with the same direction |
+//! | memfd / hugetlb marked [`Coherency::NonCoherent`] | read, read-write: clean+invalidate the lines (`clflushopt` / `dc civac`) so the CPU sees what the device wrote | write, read-write: clean+invalidate so the device sees what the CPU wrote |
+//! | memfd / hugetlb, coherent (the default) | nothing | nothing |
+//!
+//! Why: the dma-buf exporter knows how the memory is mapped for every
+//! attached device and does the right maintenance inside `SYNC`; for
+//! non-dma-buf memory nobody else will, so the CPU's own instructions do.
+//! Caveat (seen in the field): udmabuf's `SYNC` does nothing while no device
+//! is attached; on non-coherent platforms an unattached udmabuf buffer gets no
+//! maintenance from the kernel.
+//!
+//! Guards cannot be left unbalanced: `END` runs in `Drop`, even on panic.
+
+use super::{Buffer, BufferKind, Coherency};
+use dmabroker_sys::dma_buf;
+use dmabroker_sys::mmap::{Mapping, Protection};
+use std::ops::{Deref, DerefMut};
+
+/// Why a buffer could not be mapped.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    /// Writable mapping of an fd opened read-only.
+    #[error("the buffer's fd is read-only (a read-only grant?): map it with map_read()")]
+    ReadOnly,
+    /// The exporter does not support CPU mappings.
+    #[error("the buffer cannot be mapped by the CPU (its exporter has no mmap): it is device-only")]
+    NotMappable,
+    /// The buffer is larger than the address space.
+    #[error("the buffer ({0} bytes) is larger than this process's address space")]
+    TooLarge(u64),
+    /// Not enough memory or address space.
+    #[error("out of memory mapping {0} bytes")]
+    OutOfMemory(u64),
+    /// Another error from `mmap`.
+    #[error("mmap failed: {0}")]
+    Os(#[source] rustix::io::Errno),
+}
+
+/// Why CPU access could not begin.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Write access through a read-only mapping.
+    #[error("write access through a read-only mapping: map with map_read_write()")]
+    ReadOnlyMapping,
+    /// `DMA_BUF_IOCTL_SYNC` failed.
+    #[error("DMA_BUF_IOCTL_SYNC failed: {0}")]
+    DmaBufSync(#[source] rustix::io::Errno),
+}
+
+/// An `mmap` of a whole buffer. Access its bytes with the guards.
+#[derive(Debug)]
+pub struct BufferMapping {
+    buffer: Buffer,
+    map: Mapping,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+impl Direction {
+    fn dma_buf_flags(self) -> u64 {
+        match self {
+            Self::Read => dma_buf::DMA_BUF_SYNC_READ,
+            Self::Write => dma_buf::DMA_BUF_SYNC_WRITE,
+            Self::ReadWrite => dma_buf::DMA_BUF_SYNC_RW,
+        }
+    }
+}
+
+impl BufferMapping {
+    pub(super) fn new(buffer: Buffer, protection: Protection) -> Result<Self, MapError> {
+        let len = usize::try_from(buffer.len()).map_err(|_| MapError::TooLarge(buffer.len()))?;
+        let map = Mapping::map(&buffer, 0, len, protection, false).map_err(|e| match e {
+            rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => MapError::ReadOnly,
+            rustix::io::Errno::NODEV => MapError::NotMappable,
+            rustix::io::Errno::NOMEM => MapError::OutOfMemory(buffer.len()),
+            e => MapError::Os(e),
+        })?;
+        Ok(Self { buffer, map })
+    }
+
+    /// The buffer this maps.
+    pub fn buffer(&self) -> &Buffer {
+        &self.buffer
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Always false.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// True when the mapping allows writes.
+    pub fn is_writable(&self) -> bool {
+        self.map.protection() == Protection::ReadWrite
+    }
+
+    /// The underlying raw mapping (for physical segments and shared atomics).
+    pub fn raw(&self) -> &Mapping {
+        &self.map
+    }
+
+    /// Begin CPU reads; reads see what devices wrote before this call.
+    ///
+    /// # Errors
+    /// [`SyncError::DmaBufSync`] when the kernel refuses the sync.
+    pub fn begin_read(&mut self) -> Result<CpuRead<'_>, SyncError> {
+        self.begin(Direction::Read)?;
+        Ok(CpuRead { mapping: self })
+    }
+
+    /// Begin CPU writes; devices see them after the guard drops.
+    ///
+    /// # Errors
+    /// [`SyncError::ReadOnlyMapping`]; [`SyncError::DmaBufSync`].
+    pub fn begin_write(&mut self) -> Result<CpuWrite<'_>, SyncError> {
+        self.begin_writable(Direction::Write)
+    }
+
+    /// Begin CPU reads and writes.
+    ///
+    /// # Errors
+    /// [`SyncError::ReadOnlyMapping`]; [`SyncError::DmaBufSync`].
+    pub fn begin_read_write(&mut self) -> Result<CpuWrite<'_>, SyncError> {
+        self.begin_writable(Direction::ReadWrite)
+    }
+
+    fn begin_writable(&mut self, direction: Direction) -> Result<CpuWrite<'_>, SyncError> {
+        if !self.is_writable() {
+            return Err(SyncError::ReadOnlyMapping);
+        }
+        self.begin(direction)?;
+        Ok(CpuWrite { mapping: self, direction })
+    }
+
+    fn non_coherent_memfd(&self) -> bool {
+        self.buffer.kind() != BufferKind::DmaBuf
+            && self.buffer.properties().coherency == Coherency::NonCoherent
+    }
+
+    fn begin(&self, direction: Direction) -> Result<(), SyncError> {
+        if self.buffer.kind() == BufferKind::DmaBuf {
+            dma_buf::sync(&self.buffer, dma_buf::DMA_BUF_SYNC_START | direction.dma_buf_flags())
+                .map_err(SyncError::DmaBufSync)?;
+        } else if self.non_coherent_memfd() && direction != Direction::Write {
+            dmabroker_sys::cache::clean_invalidate(&self.map, 0, self.map.len());
+        }
+        Ok(())
+    }
+
+    fn end(&self, direction: Direction) {
+        if self.buffer.kind() == BufferKind::DmaBuf {
+            if let Err(e) =
+                dma_buf::sync(&self.buffer, dma_buf::DMA_BUF_SYNC_END | direction.dma_buf_flags())
+            {
+                tracing::warn!("DMA_BUF_IOCTL_SYNC END failed: {e}");
+            }
+        } else if self.non_coherent_memfd() && direction != Direction::Read {
+            dmabroker_sys::cache::clean_invalidate(&self.map, 0, self.map.len());
+        }
+    }
+}
+
+/// Scoped CPU read access; derefs to the buffer's bytes.
+#[derive(Debug)]
+pub struct CpuRead<'m> {
+    mapping: &'m mut BufferMapping,
+}
+
+impl Deref for CpuRead<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.mapping.map.as_slice()
+    }
+}
+
+impl Drop for CpuRead<'_> {
+    fn drop(&mut self) {
+        self.mapping.end(Direction::Read);
+    }
+}
+
+/// Scoped CPU write (or read-write) access; derefs mutably to the bytes.
+#[derive(Debug)]
+pub struct CpuWrite<'m> {
+    mapping: &'m mut BufferMapping,
+    direction: Direction,
+}
+
+impl Deref for CpuWrite<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.mapping.map.as_slice()
+    }
+}
+
+impl DerefMut for CpuWrite<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // A CpuWrite is only created on a writable mapping (checked in
+        // begin_writable), so as_mut_slice always returns Some.
+        self.mapping.map.as_mut_slice().unwrap_or_default()
+    }
+}
+
+impl Drop for CpuWrite<'_> {
+    fn drop(&mut self) {
+        self.mapping.end(self.direction);
+    }
+}

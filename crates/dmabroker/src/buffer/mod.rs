@@ -1,0 +1,270 @@
+//! [`Buffer`]: an owned file descriptor for memory, its length and its
+//! physical properties. No pixel formats here (see [`crate::format`]).
+//!
+//! A buffer is a cheap cloneable handle (an `Arc` around one fd): clones share
+//! the same open file. To hand a buffer to another process or to a device,
+//! pass [`Buffer::as_fd`] (for `SCM_RIGHTS`, `V4L2_MEMORY_DMABUF`, PRIME) or
+//! duplicate it with [`Buffer::try_clone_fd`].
+//!
+//! CPU access goes through a [`BufferMapping`] and scoped guards
+//! ([`CpuRead`], [`CpuWrite`]) that bracket the access with the cache
+//! maintenance the buffer needs; see [`mapping`] for which applies when.
+
+pub(crate) mod adopt;
+pub mod mapping;
+
+pub use adopt::FromFdError;
+pub use mapping::{BufferMapping, CpuRead, CpuWrite, MapError, SyncError};
+
+use serde::Serialize;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+/// What kind of file backs a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BufferKind {
+    /// A dma-buf: importable by devices (V4L2, DRM, ...).
+    DmaBuf,
+    /// A shmem memfd: CPU and IPC memory; a device can import it only after
+    /// conversion through `/dev/udmabuf`.
+    Memfd,
+    /// A memfd on hugetlbfs (`MFD_HUGETLB`): physically contiguous per huge page.
+    HugetlbMemfd,
+}
+
+impl std::fmt::Display for BufferKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::DmaBuf => "dma-buf",
+            Self::Memfd => "memfd",
+            Self::HugetlbMemfd => "hugetlb-memfd",
+        })
+    }
+}
+
+/// How the CPU caches the buffer's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheMode {
+    /// Normal write-back cached memory.
+    Cached,
+    /// Uncached (or write-combined) CPU mappings, e.g. `system-uncached`.
+    Uncached,
+}
+
+impl std::fmt::Display for CacheMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cached => "cached",
+            Self::Uncached => "uncached",
+        })
+    }
+}
+
+/// Whether the devices that touch a buffer see the CPU's caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Coherency {
+    /// Devices snoop CPU caches (x86, most IPC-only use): no maintenance.
+    #[default]
+    Coherent,
+    /// Devices do not snoop: CPU access must write back/invalidate caches.
+    NonCoherent,
+}
+
+/// Physical properties of a buffer's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PhysicalProperties {
+    /// Every physically contiguous run is at least this many bytes (the
+    /// whole length for contiguous heaps, the page size otherwise).
+    pub contiguous_up_to: u64,
+    /// The size of the pages backing the buffer.
+    pub page_size: u64,
+    /// CPU cache mode of the memory.
+    pub cache: CacheMode,
+    /// Whether devices see CPU caches.
+    pub coherency: Coherency,
+    /// True when a device can import it (a dma-buf); false for CPU/IPC-only memory.
+    pub device_importable: bool,
+}
+
+/// A buffer: an owned fd plus what is known about its memory.
+#[derive(Debug, Clone)]
+pub struct Buffer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    fd: OwnedFd,
+    len: u64,
+    kind: BufferKind,
+    heap: String,
+    name: Option<String>,
+    properties: PhysicalProperties,
+}
+
+/// Everything about a buffer, for printing (`--json`) and the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BufferInfo {
+    /// Length in bytes.
+    pub len: u64,
+    /// Backing file kind.
+    pub kind: BufferKind,
+    /// The heap it came from (a dmabroker heap name, or a dma-buf exporter name).
+    pub heap: String,
+    /// Its name (memfd name or dma-buf name), if any.
+    pub name: Option<String>,
+    /// Inode number: the identity of the buffer across fds and processes.
+    pub inode: u64,
+    /// Physical properties.
+    pub properties: PhysicalProperties,
+    /// memfd seals (`shrink`, `grow`, `write`, `seal`, `future-write`); empty for dma-bufs.
+    pub seals: Vec<&'static str>,
+}
+
+impl Buffer {
+    /// Wrap a freshly allocated fd (heaps use this).
+    pub(crate) fn new(
+        fd: OwnedFd,
+        len: u64,
+        kind: BufferKind,
+        heap: impl Into<String>,
+        name: Option<String>,
+        properties: PhysicalProperties,
+    ) -> Self {
+        Self { inner: Arc::new(Inner { fd, len, kind, heap: heap.into(), name, properties }) }
+    }
+
+    /// Adopt a foreign fd (a dma-buf from V4L2 or DRM, a memfd) and find out
+    /// what it is from `fstat`, `fstatfs` and `/proc/self/fdinfo`.
+    ///
+    /// # Errors
+    /// [`FromFdError::NotABuffer`] for sockets, pipes, regular files and
+    /// anything else that is not buffer memory; the fd is closed.
+    pub fn from_fd(fd: OwnedFd) -> Result<Self, FromFdError> {
+        adopt::adopt(fd)
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.inner.len
+    }
+
+    /// Always false: zero-length buffers are refused at allocation and adoption.
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+
+    /// The kind of file behind the buffer.
+    pub fn kind(&self) -> BufferKind {
+        self.inner.kind
+    }
+
+    /// The heap (or dma-buf exporter) it came from.
+    pub fn heap(&self) -> &str {
+        &self.inner.heap
+    }
+
+    /// The buffer's name, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        self.inner.name.as_deref()
+    }
+
+    /// Its physical properties.
+    pub fn properties(&self) -> &PhysicalProperties {
+        &self.inner.properties
+    }
+
+    /// A new fd for the same buffer (`fcntl(F_DUPFD_CLOEXEC)`), for handing
+    /// to code that takes ownership.
+    ///
+    /// # Errors
+    /// `EMFILE` when this process is out of file descriptors.
+    pub fn try_clone_fd(&self) -> std::io::Result<OwnedFd> {
+        Ok(self.inner.fd.try_clone()?)
+    }
+
+    /// Give up the handle and return the fd, when this is the last clone.
+    ///
+    /// # Errors
+    /// Returns `self` back when other clones still share the fd.
+    pub fn into_fd(self) -> Result<OwnedFd, Self> {
+        Arc::try_unwrap(self.inner).map(|i| i.fd).map_err(|inner| Self { inner })
+    }
+
+    /// The inode number: equal for every fd of the same buffer, in any process.
+    pub fn inode(&self) -> u64 {
+        rustix::fs::fstat(&self.inner.fd).map(|st| st.st_ino).unwrap_or(0)
+    }
+
+    /// The memfd seals currently set (empty for dma-bufs).
+    pub fn seals(&self) -> Vec<&'static str> {
+        let Ok(seals) = rustix::fs::fcntl_get_seals(&self.inner.fd) else {
+            return Vec::new();
+        };
+        use rustix::fs::SealFlags as S;
+        [
+            (S::SHRINK, "shrink"),
+            (S::GROW, "grow"),
+            (S::WRITE, "write"),
+            (S::SEAL, "seal"),
+            (S::FUTURE_WRITE, "future-write"),
+        ]
+        .into_iter()
+        .filter(|(flag, _)| seals.contains(*flag))
+        .map(|(_, name)| name)
+        .collect()
+    }
+
+    /// True when nobody can change the buffer's size (`F_SEAL_SHRINK` and
+    /// `F_SEAL_GROW` on a memfd; always true for dma-bufs, whose size is fixed).
+    /// An unsealed memfd can be truncated by any holder, which makes every
+    /// other process that maps it die of SIGBUS.
+    pub fn is_size_sealed(&self) -> bool {
+        match self.kind() {
+            BufferKind::DmaBuf => true,
+            _ => {
+                let seals = self.seals();
+                seals.contains(&"shrink") && seals.contains(&"grow")
+            }
+        }
+    }
+
+    /// Everything about the buffer in one serializable value.
+    pub fn info(&self) -> BufferInfo {
+        BufferInfo {
+            len: self.len(),
+            kind: self.kind(),
+            heap: self.heap().to_owned(),
+            name: self.inner.name.clone(),
+            inode: self.inode(),
+            properties: self.inner.properties,
+            seals: self.seals(),
+        }
+    }
+
+    /// Map the whole buffer read-only.
+    ///
+    /// # Errors
+    /// See [`MapError`].
+    pub fn map_read(&self) -> Result<BufferMapping, MapError> {
+        BufferMapping::new(self.clone(), dmabroker_sys::mmap::Protection::Read)
+    }
+
+    /// Map the whole buffer read-write.
+    ///
+    /// # Errors
+    /// [`MapError::ReadOnly`] for an fd opened read-only (a read-only grant);
+    /// see [`MapError`].
+    pub fn map_read_write(&self) -> Result<BufferMapping, MapError> {
+        BufferMapping::new(self.clone(), dmabroker_sys::mmap::Protection::ReadWrite)
+    }
+}
+
+impl AsFd for Buffer {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.fd.as_fd()
+    }
+}

@@ -1,0 +1,1 @@
+//! Kernel devices that import and export buffers: V4L2 and DRM.

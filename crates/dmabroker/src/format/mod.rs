@@ -1,0 +1,1 @@
+//! Pixel formats and plane layouts (V4L2 and DRM fourcc codes). No knowledge of heaps.

@@ -1,0 +1,86 @@
+//! The `memfd` heap: sealed shmem memfds, present on every Linux.
+//!
+//! Every buffer carries `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`: no holder
+//! can truncate it (which would kill every other process that maps it with
+//! SIGBUS) or grow it, and nobody can add `F_SEAL_WRITE` behind the writers'
+//! backs. Pages are allocated on first touch.
+
+use super::{check_request, meminfo, AllocError, AllocRequest, Heap, HeapInfo, HeapKind};
+use crate::buffer::{Buffer, BufferKind, CacheMode, PhysicalProperties};
+use rustix::fs::{MemfdFlags, SealFlags};
+use std::os::fd::OwnedFd;
+
+/// The seals every dmabroker memfd carries.
+pub const SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW).union(SealFlags::SEAL);
+
+/// `memfd_create` + `ftruncate` + `F_ADD_SEALS`: a sealed memfd of `len` bytes.
+/// `extra` adds `MFD_HUGETLB` and a page-size flag.
+pub(crate) fn create_sealed(name: Option<&str>, len: u64, extra: MemfdFlags) -> Result<OwnedFd, AllocError> {
+    let name = format!("dmabroker:{}", name.unwrap_or("buffer"));
+    // memfd names are limited to 249 bytes; keep it on a char boundary.
+    let mut cut = name.len().min(240);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING | extra;
+    let fd = rustix::fs::memfd_create(&name[..cut], flags)
+        .map_err(|source| AllocError::Os { op: "memfd_create", source })?;
+    rustix::fs::ftruncate(&fd, len).map_err(|source| match source {
+        rustix::io::Errno::FBIG | rustix::io::Errno::INVAL => {
+            AllocError::SizeOverflow { requested: len, granularity: 1 }
+        }
+        rustix::io::Errno::NOMEM | rustix::io::Errno::NOSPC => {
+            AllocError::OutOfMemory { heap: "memfd".into(), len }
+        }
+        source => AllocError::Os { op: "ftruncate", source },
+    })?;
+    rustix::fs::fcntl_add_seals(&fd, SEALS).map_err(|source| AllocError::Os { op: "F_ADD_SEALS", source })?;
+    Ok(fd)
+}
+
+/// The memfd heap.
+#[derive(Debug, Default)]
+pub struct MemfdHeap {
+    page_size: u64,
+}
+
+impl MemfdHeap {
+    /// The memfd heap (always available).
+    pub fn new() -> Self {
+        Self { page_size: rustix::param::page_size() as u64 }
+    }
+}
+
+impl Heap for MemfdHeap {
+    fn name(&self) -> &str {
+        "memfd"
+    }
+
+    fn info(&self) -> HeapInfo {
+        HeapInfo {
+            name: "memfd".into(),
+            kind: HeapKind::Memfd,
+            contiguous_up_to: Some(self.page_size),
+            page_size: self.page_size,
+            cache_modes: vec![CacheMode::Cached],
+            device_importable: false,
+            free_bytes: meminfo("MemAvailable"),
+            max_buffer_size: None,
+            usable: true,
+            note: Some("CPU/IPC memory; devices import it through udmabuf".into()),
+        }
+    }
+
+    fn allocate(&self, request: &AllocRequest) -> Result<Buffer, AllocError> {
+        let len = check_request(&self.info(), request)?;
+        let fd = create_sealed(request.name.as_deref(), len, MemfdFlags::empty())?;
+        let properties = PhysicalProperties {
+            contiguous_up_to: self.page_size,
+            page_size: self.page_size,
+            cache: CacheMode::Cached,
+            coherency: request.coherency,
+            device_importable: false,
+        };
+        Ok(Buffer::new(fd, len, BufferKind::Memfd, "memfd", request.name.clone(), properties))
+    }
+}

@@ -1,0 +1,29 @@
+//! dmabroker: user-space buffer allocation and sharing for Linux.
+//!
+//! One API over every allocator ([`heap`]: dma-heaps, udmabuf, sealed memfd,
+//! hugetlb), buffers referenced by file descriptors ([`buffer::Buffer`]),
+//! explicit CPU access with cache coherency ([`buffer::CpuRead`],
+//! [`buffer::CpuWrite`]), physical segments ([`phys`]), pixel formats
+//! ([`format`]) and the devices that import and export buffers ([`device`]).
+//!
+//! ```no_run
+//! use dmabroker::heap::{AllocRequest, Heaps};
+//! let heaps = Heaps::discover();
+//! let heap = heaps.get("memfd").expect("memfd is always present");
+//! let buffer = heap.allocate(&AllocRequest::new(1 << 20)).unwrap();
+//! let mut map = buffer.map_read_write().unwrap();
+//! map.begin_write().unwrap().fill(0x80);
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod buffer;
+pub mod device;
+pub mod fdinfo;
+pub mod format;
+pub mod heap;
+pub mod phys;
+pub mod size;
+
+pub use buffer::{Buffer, BufferKind};
+pub use heap::{AllocRequest, Heap, Heaps};
