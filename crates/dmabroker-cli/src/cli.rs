@@ -1,5 +1,6 @@
 //! Command-line syntax.
 
+use crate::command::{bench_broker, bench_pool, demo, import, ps, serve, unpublish};
 use clap::{Args, Parser, Subcommand};
 
 /// User-space buffer allocation and sharing for Linux: dma-heaps, udmabuf,
@@ -24,6 +25,16 @@ pub enum Command {
     Alloc(AllocArgs),
     /// Tell what an open fd of a process is (dma-buf, memfd, ...).
     Inspect(InspectArgs),
+    /// Run the broker daemon (allocation service, sharing, quotas, accounting).
+    Serve(serve::ServeArgs),
+    /// Import a buffer published through the broker, by name or token.
+    Import(import::ImportArgs),
+    /// Withdraw a buffer published through the broker.
+    Unpublish(unpublish::UnpublishArgs),
+    /// Who holds what: every dma-buf and dmabroker buffer per process and user.
+    Ps(ps::PsArgs),
+    /// A zero-copy streaming pool end to end: producer, two consumers, live status.
+    Demo(demo::DemoArgs),
     /// Run a benchmark and print a markdown table.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -79,6 +90,10 @@ pub struct InspectArgs {
 pub enum BenchCommand {
     /// Allocation + map + first touch per heap, against the raw system calls.
     Alloc(BenchAllocArgs),
+    /// Allocation through the broker against in-process allocation; concurrency; memory per buffer.
+    Broker(bench_broker::BenchBrokerArgs),
+    /// Frame handoff through a pool against socket copying (and iceoryx2 in benches/).
+    Pool(bench_pool::BenchPoolArgs),
 }
 
 /// `dmabroker bench alloc`.

@@ -17,12 +17,16 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod accounting;
 pub mod buffer;
+pub mod client;
 pub mod device;
 pub mod fdinfo;
 pub mod format;
 pub mod heap;
 pub mod phys;
+pub mod pool;
+pub mod proto;
 pub mod size;
 
 pub use buffer::{Buffer, BufferKind};

@@ -2,8 +2,15 @@
 
 mod alloc;
 mod bench_alloc;
+pub mod bench_broker;
+pub mod bench_pool;
+pub mod demo;
 mod heaps;
+pub mod import;
 mod inspect;
+pub mod ps;
+pub mod serve;
+pub mod unpublish;
 
 use crate::cli::{BenchCommand, Command};
 use std::process::ExitCode;
@@ -14,6 +21,13 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Heaps(args) => heaps::run(&args),
         Command::Alloc(args) => alloc::run(&args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Serve(args) => serve::run(&args),
+        Command::Import(args) => import::run(&args),
+        Command::Unpublish(args) => unpublish::run(&args),
+        Command::Ps(args) => ps::run(&args),
+        Command::Demo(args) => demo::run(&args),
         Command::Bench(BenchCommand::Alloc(args)) => bench_alloc::run(&args),
+        Command::Bench(BenchCommand::Broker(args)) => bench_broker::run(&args),
+        Command::Bench(BenchCommand::Pool(args)) => bench_pool::run(&args),
     }
 }

@@ -119,7 +119,7 @@ mod tests {
         assert_eq!(Fourcc::parse("YU1"), None);
         assert_eq!(Fourcc::parse("YU123"), None);
         assert_eq!(Fourcc::parse("Y\u{7f}12"), None);
-        // Four chars but more than four bytes.
+        // Four bytes, but not ASCII.
         assert_eq!(Fourcc::parse("é12"), None);
     }
 }

@@ -1,0 +1,1 @@
+//! Zero-copy streaming pools: buffers shared once, frames handed off by index through a shared ring.

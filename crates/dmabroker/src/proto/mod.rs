@@ -1,0 +1,1 @@
+//! The broker wire protocol (see docs/PROTOCOL.md).
