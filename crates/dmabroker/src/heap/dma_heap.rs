@@ -7,7 +7,7 @@
 //! `cma`) are physically contiguous for the whole buffer, and their free
 //! capacity is `CmaFree` in /proc/meminfo.
 
-use super::{check_request, meminfo, open_error, AllocError, AllocRequest, Heap, HeapInfo, HeapKind};
+use super::{check_request, Limits, meminfo, open_error, AllocError, AllocRequest, Heap, HeapInfo, HeapKind};
 use crate::buffer::adopt::is_contiguous_exporter;
 use crate::buffer::{Buffer, BufferKind, CacheMode, PhysicalProperties};
 use rustix::fs::{Mode, OFlags};
@@ -74,6 +74,18 @@ impl DmaHeap {
     }
 }
 
+impl DmaHeap {
+    fn limits(&self) -> Limits<'_> {
+        Limits {
+            name: &self.name,
+            kind: HeapKind::DmaHeap,
+            page_size: self.page_size,
+            contiguous_up_to: if self.contiguous() { None } else { Some(self.page_size) },
+            max_buffer_size: None,
+        }
+    }
+}
+
 impl Heap for DmaHeap {
     fn name(&self) -> &str {
         &self.name
@@ -98,7 +110,7 @@ impl Heap for DmaHeap {
     }
 
     fn allocate(&self, request: &AllocRequest) -> Result<Buffer, AllocError> {
-        let len = check_request(&self.info(), request)?;
+        let len = check_request(&self.limits(), request)?;
         let device = self.device.as_ref().map_err(|e| {
             open_error(&self.path, *e, "allocate through `dmabroker serve` (the broker), or grant this user access with a udev rule")
         })?;

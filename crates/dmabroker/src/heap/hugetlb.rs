@@ -8,7 +8,7 @@
 //! `fallocate`, so a buffer never faults with SIGBUS later for want of pages.
 
 use super::memfd::create_sealed;
-use super::{check_request, AllocError, AllocRequest, Heap, HeapInfo, HeapKind};
+use super::{check_request, Limits, AllocError, AllocRequest, Heap, HeapInfo, HeapKind};
 use crate::buffer::{Buffer, BufferKind, CacheMode, PhysicalProperties};
 use rustix::fs::{FallocateFlags, MemfdFlags};
 
@@ -70,6 +70,12 @@ impl HugetlbHeap {
     }
 }
 
+impl HugetlbHeap {
+    fn limits(&self) -> Limits<'_> {
+        Limits { name: &self.name, kind: HeapKind::Hugetlb, page_size: self.page_size, contiguous_up_to: Some(self.page_size), max_buffer_size: None }
+    }
+}
+
 impl Heap for HugetlbHeap {
     fn name(&self) -> &str {
         &self.name
@@ -97,18 +103,14 @@ impl Heap for HugetlbHeap {
     }
 
     fn allocate(&self, request: &AllocRequest) -> Result<Buffer, AllocError> {
-        let len = check_request(&self.info(), request)?;
+        let len = check_request(&self.limits(), request)?;
         let needed = len / self.page_size;
-        let c = counts(self.page_size).unwrap_or_default();
-        let no_pages = || AllocError::NoHugePages {
-            page_size: self.page_size,
-            needed,
-            free: c.available(),
-            reserved: c.total,
+        // The free-page counters are read only when the kernel refuses, so
+        // the fast path does no sysfs I/O; fallocate is the authority.
+        let no_pages = || {
+            let c = counts(self.page_size).unwrap_or_default();
+            AllocError::NoHugePages { page_size: self.page_size, needed, free: c.available(), reserved: c.total }
         };
-        if c.available() < needed {
-            return Err(no_pages());
-        }
         let fd = create_sealed(request.name.as_deref(), len, MemfdFlags::HUGETLB | self.flags)?;
         // Take the pages now: a later fault without pages would be SIGBUS.
         rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len).map_err(|e| match e {

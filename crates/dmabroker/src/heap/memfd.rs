@@ -5,7 +5,7 @@
 //! SIGBUS) or grow it, and nobody can add `F_SEAL_WRITE` behind the writers'
 //! backs. Pages are allocated on first touch.
 
-use super::{check_request, meminfo, AllocError, AllocRequest, Heap, HeapInfo, HeapKind};
+use super::{check_request, Limits, meminfo, AllocError, AllocRequest, Heap, HeapInfo, HeapKind};
 use crate::buffer::{Buffer, BufferKind, CacheMode, PhysicalProperties};
 use rustix::fs::{MemfdFlags, SealFlags};
 use std::os::fd::OwnedFd;
@@ -51,6 +51,12 @@ impl MemfdHeap {
     }
 }
 
+impl MemfdHeap {
+    fn limits(&self) -> Limits<'_> {
+        Limits { name: "memfd", kind: HeapKind::Memfd, page_size: self.page_size, contiguous_up_to: Some(self.page_size), max_buffer_size: None }
+    }
+}
+
 impl Heap for MemfdHeap {
     fn name(&self) -> &str {
         "memfd"
@@ -72,7 +78,7 @@ impl Heap for MemfdHeap {
     }
 
     fn allocate(&self, request: &AllocRequest) -> Result<Buffer, AllocError> {
-        let len = check_request(&self.info(), request)?;
+        let len = check_request(&self.limits(), request)?;
         let fd = create_sealed(request.name.as_deref(), len, MemfdFlags::empty())?;
         let properties = PhysicalProperties {
             contiguous_up_to: self.page_size,

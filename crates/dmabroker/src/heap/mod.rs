@@ -234,9 +234,20 @@ pub trait Heap: Send + Sync + fmt::Debug {
     fn allocate(&self, request: &AllocRequest) -> Result<Buffer, AllocError>;
 }
 
+/// The fixed capabilities a request is checked against: no I/O, so the
+/// allocation path reads no /proc or /sys file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits<'a> {
+    pub name: &'a str,
+    pub kind: HeapKind,
+    pub page_size: u64,
+    pub contiguous_up_to: Option<u64>,
+    pub max_buffer_size: Option<u64>,
+}
+
 /// Check a request against a heap's capabilities; returns the length rounded
 /// up to the heap's page size.
-pub(crate) fn check_request(info: &HeapInfo, request: &AllocRequest) -> Result<u64, AllocError> {
+pub(crate) fn check_request(info: &Limits<'_>, request: &AllocRequest) -> Result<u64, AllocError> {
     if request.len == 0 {
         return Err(AllocError::ZeroSize);
     }
@@ -251,14 +262,14 @@ pub(crate) fn check_request(info: &HeapInfo, request: &AllocRequest) -> Result<u
         .ok_or(AllocError::SizeOverflow { requested: request.len, granularity: page })?;
     let contiguous = info.contiguous_up_to.unwrap_or(u64::MAX);
     if request.contiguous && len > contiguous {
-        return Err(AllocError::NotContiguous { heap: info.name.clone(), len, max: contiguous });
+        return Err(AllocError::NotContiguous { heap: info.name.to_owned(), len, max: contiguous });
     }
     // A buffer starts on a page (or, for a contiguous heap, on its own
     // power-of-two order up to the CMA alignment): that is all any heap promises.
     let max_align = if info.contiguous_up_to.is_none() { len.next_power_of_two().max(page) } else { page };
     if request.align > max_align {
         return Err(AllocError::AlignmentUnsatisfiable {
-            heap: info.name.clone(),
+            heap: info.name.to_owned(),
             align: request.align,
             max: max_align,
         });
@@ -269,7 +280,7 @@ pub(crate) fn check_request(info: &HeapInfo, request: &AllocRequest) -> Result<u
         } else {
             "allocate several smaller buffers".to_owned()
         };
-        return Err(AllocError::TooLarge { heap: info.name.clone(), len, max, hint });
+        return Err(AllocError::TooLarge { heap: info.name.to_owned(), len, max, hint });
     }
     Ok(len)
 }

@@ -10,7 +10,7 @@
 //! attached.
 
 use super::memfd::create_sealed;
-use super::{check_request, meminfo, open_error, AllocError, AllocRequest, Heap, HeapInfo, HeapKind};
+use super::{check_request, Limits, meminfo, open_error, AllocError, AllocRequest, Heap, HeapInfo, HeapKind};
 use crate::buffer::{Buffer, BufferKind, CacheMode, PhysicalProperties};
 use rustix::fs::{Mode, OFlags};
 use std::os::fd::OwnedFd;
@@ -23,6 +23,7 @@ pub const DEVICE: &str = "/dev/udmabuf";
 pub struct Udmabuf {
     device: Result<OwnedFd, rustix::io::Errno>,
     page_size: u64,
+    size_limit: u64,
 }
 
 /// `/sys/module/udmabuf/parameters/size_limit_mb` in bytes.
@@ -38,7 +39,13 @@ impl Udmabuf {
             return None;
         }
         let device = rustix::fs::open(DEVICE, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty());
-        Some(Self { device, page_size: rustix::param::page_size() as u64 })
+        Some(Self { device, page_size: rustix::param::page_size() as u64, size_limit: size_limit().unwrap_or(64 << 20) })
+    }
+}
+
+impl Udmabuf {
+    fn limits(&self) -> Limits<'_> {
+        Limits { name: "udmabuf", kind: HeapKind::Udmabuf, page_size: self.page_size, contiguous_up_to: Some(self.page_size), max_buffer_size: Some(self.size_limit) }
     }
 }
 
@@ -56,14 +63,14 @@ impl Heap for Udmabuf {
             cache_modes: vec![CacheMode::Cached],
             device_importable: true,
             free_bytes: meminfo("MemAvailable"),
-            max_buffer_size: Some(size_limit().unwrap_or(64 << 20)),
+            max_buffer_size: Some(self.size_limit),
             usable: self.device.is_ok(),
             note: self.device.as_ref().err().map(|e| format!("cannot open {DEVICE}: {e}")),
         }
     }
 
     fn allocate(&self, request: &AllocRequest) -> Result<Buffer, AllocError> {
-        let len = check_request(&self.info(), request)?;
+        let len = check_request(&self.limits(), request)?;
         let device = self.device.as_ref().map_err(|e| {
             open_error(DEVICE, *e, "add this user to the group owning /dev/udmabuf, or allocate through the broker")
         })?;

@@ -1,0 +1,47 @@
+//! Shared by the integration tests: visible skips, fd counting, child roles.
+#![allow(dead_code)]
+
+/// True inside the test VM (`vm/run.sh` sets DMABROKER_VM=1): there every
+/// kernel feature must be present, so a skip is a failure.
+pub fn in_vm() -> bool {
+    std::env::var_os("DMABROKER_VM").is_some_and(|v| v == "1")
+}
+
+/// Print a visible skip line, or fail inside the VM.
+pub fn skip(test: &str, reason: &str) {
+    assert!(!in_vm(), "{test}: {reason} (inside the test VM this must not happen)");
+    println!("SKIP {test}: {reason}");
+}
+
+/// Open fds of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+/// Lines of /proc/self/maps (number of mappings).
+pub fn mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps").map(|m| m.lines().count()).unwrap_or(0)
+}
+
+/// Running as root?
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Run test `name` of this same test binary in a child process, with
+/// `env` added; returns whether it passed. The child sees
+/// DMABROKER_CHILD=1 and should act as the second process.
+pub fn run_child(name: &str, env: &[(&str, String)]) -> std::process::Output {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"]).env("DMABROKER_CHILD", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("spawning the child test process")
+}
+
+/// True in a child started by [`run_child`].
+pub fn is_child() -> bool {
+    std::env::var_os("DMABROKER_CHILD").is_some()
+}
