@@ -4,7 +4,7 @@
 //! hugetlb), buffers referenced by file descriptors ([`buffer::Buffer`]),
 //! explicit CPU access with cache coherency ([`buffer::CpuRead`],
 //! [`buffer::CpuWrite`]), physical segments ([`phys`]), pixel formats
-//! ([`format`]) and the devices that import and export buffers ([`device`]).
+//! ([`format`](mod@format)) and the devices that import and export buffers ([`device`]).
 //!
 //! ```no_run
 //! use dmabroker::heap::{AllocRequest, Heaps};
