@@ -1,6 +1,7 @@
 //! One file per verb.
 
 mod alloc;
+pub mod alloc_for;
 mod bench_alloc;
 pub mod bench_broker;
 pub mod bench_pool;
