@@ -28,12 +28,11 @@ pub fn run(args: &HeapsArgs) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table(
+    crate::output::emit(
+        &table(
             &["HEAP", "KIND", "CONTIGUOUS UP TO", "PAGE", "CACHE", "DEVICE-IMPORTABLE", "FREE", "USABLE", "NOTE"],
             &rows
-        )
-    );
+        ),
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -179,7 +179,8 @@ fn print_section(header: &[&str], rows: &[Vec<String>]) {
     if rows.is_empty() {
         println!("(none)");
     } else {
-        print!("{}", table(header, rows));
+        // A closed pipe ends the command quietly (see output::emit).
+        let _ = crate::output::emit(&table(header, rows));
     }
 }
 
