@@ -5,6 +5,7 @@
 # device with PRIME).
 #
 #   vm/run.sh [--timeout SECS] [--mem MIB] BINARY... [-- TEST_ARGS...]
+#   vm/run.sh --prepare     only fetch and cache the kernel (for CI caches)
 #
 # Every BINARY must be statically linked, e.g. built with
 #   RUSTFLAGS="-C target-feature=+crt-static" \
@@ -29,12 +30,15 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache="$here/cache"
 out="$here/out"
 timeout_s=600
-mem_mib=1536
+mem_mib=2560
 binaries=()
 test_args=()
+prepare_only=0
 
+unpack_tmp=""
 die() {
     echo "vm/run.sh: error: $*" >&2
+    [[ -z "$unpack_tmp" ]] || rm -rf "$unpack_tmp"
     exit 2
 }
 
@@ -59,6 +63,10 @@ while (($#)); do
         mem_mib=$2
         shift 2
         ;;
+    --prepare)
+        prepare_only=1
+        shift
+        ;;
     -h | --help)
         usage
         exit 0
@@ -75,7 +83,7 @@ while (($#)); do
         ;;
     esac
 done
-((${#binaries[@]})) || {
+((${#binaries[@]} || prepare_only)) || {
     usage >&2
     exit 2
 }
@@ -130,9 +138,10 @@ resolve_pkg() {
 prepare_kernel() { # dir deb
     local dir=$1 deb=$2 tmp kver root m
     tmp=$(mktemp -d "$cache/unpack.XXXXXX")
+    unpack_tmp=$tmp
     root="$tmp/root"
     dpkg-deb -x "$deb" "$root" 2>/dev/null || { command -v dpkg-deb >/dev/null || die "dpkg-deb not found (package 'dpkg')"; die "cannot unpack $deb"; }
-    kver=$(ls "$root/lib/modules" 2>/dev/null | head -n1)
+    kver=$(ls "$root/lib/modules" 2>/dev/null | head -n1 || true)
     [[ -n "$kver" && -f "$root/boot/vmlinuz-$kver" ]] || die "$deb holds no kernel image and modules"
     depmod -b "$root" "$kver" || die "depmod failed on $deb"
     mkdir -p "$tmp/out/modules"
@@ -165,6 +174,7 @@ prepare_kernel() { # dir deb
     rm -rf "$dir"
     mv "$tmp/out" "$dir"
     rm -rf "$tmp"
+    unpack_tmp=""
 }
 
 mkdir -p "$cache" "$out"
@@ -190,14 +200,21 @@ else
             echo "vm/run.sh: fetching kernel package $pkg" >&2
             dl=$(mktemp -d "$cache/dl.XXXXXX")
             (cd "$dl" && apt-get download -qq "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2) || true
-            deb=$(ls "$dl"/*.deb 2>/dev/null | head -n1)
-            [[ -n "$deb" ]] || die "apt-get download $pkg failed (is the network or an apt mirror reachable?)"
+            deb=$(ls "$dl"/*.deb 2>/dev/null | head -n1 || true)
+            [[ -n "$deb" ]] || {
+                rm -rf "$dl"
+                die "apt-get download $pkg failed (is the network or an apt mirror reachable? is the package name right?)"
+            }
             prepare_kernel "$kdir" "$deb"
             rm -rf "$dl"
         fi
     fi
 fi
 kver=$(cat "$kdir/KVER")
+if ((prepare_only)); then
+    echo "vm/run.sh: kernel $kver ready in $kdir"
+    exit 0
+fi
 
 # ------------------------------------------------------------------ initramfs
 work=$(mktemp -d "${TMPDIR:-/tmp}/dmabroker-vm.XXXXXX")
@@ -224,6 +241,7 @@ i=0
 for b in "${binaries[@]}"; do
     i=$((i + 1))
     name=$(basename "$b")
+    [[ "$name" =~ ^(.+)-[0-9a-f]{16}$ ]] && name=${BASH_REMATCH[1]} # cargo's hash
     dest=$(printf '%02d-%s' "$i" "$name")
     # Debug info only bloats the initramfs; symbols stay for backtraces.
     if command -v objcopy >/dev/null 2>&1; then
@@ -265,7 +283,8 @@ while read -r m; do
     insmod "/lib/modules/$m" $params || echo "DMABROKER-VM: WARNING: insmod $m failed"
 done </lib/modules/load.list
 echo 16 >/proc/sys/vm/nr_hugepages
-echo "DMABROKER-VM: hugepages $(cat /proc/sys/vm/nr_hugepages)," \
+echo "DMABROKER-VM: hugepages 2M: $(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages)" \
+    "1G: $(cat /sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages 2>/dev/null || echo 0)," \
     "dma_heap: $(ls /dev/dma_heap 2>/dev/null | tr '\n' ' ')," \
     "devices: $(cd /dev && ls -d video* dri/* udmabuf 2>/dev/null | tr '\n' ' ')"
 
@@ -295,6 +314,10 @@ log="$out/serial.log"
 : >"$log"
 echo "vm/run.sh: booting $kver under TCG (timeout ${timeout_s}s, ${#binaries[@]} binaries," \
     "initramfs $(($(stat -c %s "$work/initramfs.cpio") / 1048576)) MiB)" >&2
+# One 1 GiB huge page for the hugetlb-1G heap: only reservable at boot, and
+# only when the guest has memory to spare (TCG backs guest RAM lazily).
+hugepages_1g=""
+((mem_mib >= 2048)) && hugepages_1g=" hugepagesz=1G hugepages=1"
 start=$(date +%s.%N)
 # -nographic puts the serial port on stdio; stdin is /dev/null so nothing
 # reaches the QEMU monitor. The guest powers off (or panics, and panic=-1
@@ -302,7 +325,7 @@ start=$(date +%s.%N)
 qemu-system-x86_64 -accel tcg -cpu max -m "$mem_mib" -smp 2 \
     -nographic -no-reboot -nic none \
     -kernel "$kdir/vmlinuz" -initrd "$work/initramfs.cpio" \
-    -append "console=ttyS0 panic=-1 quiet" \
+    -append "console=ttyS0 panic=-1 quiet${hugepages_1g}" \
     </dev/null >"$work/fifo.out" 2>&1 &
 qemu_pid=$!
 # Stream the serial output live while QEMU writes it.
@@ -338,11 +361,11 @@ while read -r file libtest name; do
     # libtest's summary lines between this binary's markers
     section=$(awk -v b="DMABROKER-VM: BEGIN $name" -v e="DMABROKER-VM: END $name status=" \
         'index($0, b) == 1 {on = 1; next} index($0, e) == 1 {on = 0} on' <<<"$clean")
+    # The binary's own summary is its last `test result:` line (a test may
+    # run a child test process whose summary appears earlier).
     tp=0 tf=0
-    while read -r p f; do
-        tp=$((tp + p))
-        tf=$((tf + f))
-    done < <(sed -n 's/^test result: [A-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' <<<"$section")
+    read -r tp tf < <(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' <<<"$section" | tail -n1) || true
+    tp=${tp:-0} tf=${tf:-0}
     if [[ -z "$endline" ]]; then
         verdict="NO RESULT (crashed or timed out)"
         bad=1

@@ -17,9 +17,11 @@
 pub mod cache;
 pub mod dma_buf;
 pub mod dma_heap;
+pub mod drm;
 mod fd_ioctl;
 pub mod inherited;
 pub mod mmap;
 pub mod udmabuf;
+pub mod v4l2;
 
 pub use rustix::io::Errno;

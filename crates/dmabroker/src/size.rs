@@ -49,6 +49,9 @@ pub fn parse_size(input: &str) -> Result<u64, ParseSizeError> {
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let num: String = num.chars().filter(|&c| c != '_').collect();
+    if num.is_empty() {
+        return Err(ParseSizeError::NotANumber(input.to_owned()));
+    }
     let unit = unit.trim();
     let shift = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 0,

@@ -60,7 +60,7 @@ pub(super) fn adopt(fd: OwnedFd) -> Result<Buffer, FromFdError> {
         (TMPFS_MAGIC, Some(_)) => BufferKind::Memfd,
         (TMPFS_MAGIC, None) => {
             return not_a_buffer(format!(
-                "a tmpfs file that is not a memfd ({link}); create buffers with memfd_create"
+                "a regular file on tmpfs that is not a memfd ({link}); create buffers with memfd_create"
             ))
         }
         _ => return not_a_buffer(format!("a regular file ({link})")),

@@ -1,0 +1,90 @@
+//! Shared by the `vm_*` integration tests: skip visibly on a host that lacks
+//! a kernel feature, fail instead inside the test VM (`DMABROKER_VM=1`, set by
+//! `vm/run.sh`), where every feature must be present.
+#![allow(dead_code)]
+
+use dmabroker::heap::{AllocRequest, Heaps};
+use dmabroker::Buffer;
+use std::io::Write;
+
+/// Whether this run is inside the test VM, where skipping is a failure.
+pub fn in_vm() -> bool {
+    std::env::var("DMABROKER_VM").as_deref() == Ok("1")
+}
+
+/// Report a missing feature: `SKIP <test>: <reason>` on the host (written to
+/// stderr directly, past libtest's output capture, so it shows for passing
+/// tests), a panic inside the VM.
+pub fn skip(test: &str, reason: &str) {
+    if in_vm() {
+        panic!("{test}: needed in the VM but unavailable: {reason}");
+    }
+    let _ = writeln!(std::io::stderr().lock(), "SKIP {test}: {reason}");
+}
+
+/// `require!(test, expr, "why {}", x)`: evaluate an `Option`/`Result`; on
+/// `None`/`Err` call [`skip`] and return from the test.
+#[macro_export]
+macro_rules! require {
+    ($test:expr, $e:expr, $($why:tt)+) => {
+        match $crate::vm_common::Requirable::into_result($e) {
+            Ok(v) => v,
+            Err(err) => {
+                $crate::vm_common::skip($test, &format!("{}: {}", format!($($why)+), err));
+                return;
+            }
+        }
+    };
+}
+
+/// `Option` and `Result` as one thing for [`require!`].
+pub trait Requirable<T> {
+    /// The value, or a printable reason.
+    fn into_result(self) -> Result<T, String>;
+}
+impl<T> Requirable<T> for Option<T> {
+    fn into_result(self) -> Result<T, String> {
+        self.ok_or_else(|| "absent".to_owned())
+    }
+}
+impl<T, E: std::fmt::Display> Requirable<T> for Result<T, E> {
+    fn into_result(self) -> Result<T, String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// Allocate `len` bytes from a heap, or say why it cannot be had: `Err` when
+/// the heap is absent or unusable here (a skip on the host), panic when it is
+/// usable but the allocation fails (a bug either way).
+pub fn allocate(heaps: &Heaps, heap: &str, len: u64) -> Result<Buffer, String> {
+    let Some(h) = heaps.get(heap) else {
+        return Err(format!(
+            "no heap {heap} (have: {})",
+            heaps.names().join(", ")
+        ));
+    };
+    let info = h.info();
+    if !info.usable {
+        return Err(format!(
+            "heap {heap} unusable: {}",
+            info.note.unwrap_or_default()
+        ));
+    }
+    match h.allocate(&AllocRequest::new(len).name("vmtest")) {
+        Ok(b) => Ok(b),
+        Err(e) => panic!("{heap}: allocating {len} bytes failed although the heap is usable: {e}"),
+    }
+}
+
+/// A deterministic byte pattern for `seed`.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
