@@ -1,11 +1,293 @@
-//! `dmabroker bench pool`: pool benchmarks.
+//! `dmabroker bench pool`: frame handoff through a pool against copying the
+//! frame through a Unix socket, between the same two processes.
+//!
+//! For each payload size and transport this process produces and a child
+//! (`/proc/self/exe bench pool --role ...`, hidden arguments) consumes:
+//! 1. latency phase: frames paced `--gap-us` apart so the consumer is idle
+//!    when each arrives (asleep in the blocking mode); the consumer records
+//!    `CLOCK_MONOTONIC` at wake-up minus the producer's timestamp;
+//! 2. throughput phase: frames back to back; frames/s = frames / (consumer's
+//!    last receive - producer's start).
+//!
+//! Neither pool consumer touches the payload (a device would read it); the
+//! socket consumer must receive every byte, which is the point.
+//! `benches/iceoryx2-peer` prints the same table for iceoryx2.
 
-use std::process::ExitCode;
+use super::demo::{fmt_ns, p50_p99};
+use dmabroker::pool::{now_ns, ConsumerOptions, FrameMeta, PoolOptions, Producer, WaitMode};
+use dmabroker::size::format_size;
+use dmabroker::Heaps;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
 
 /// Arguments of `dmabroker bench pool`.
 #[derive(Debug, clap::Args)]
-pub struct BenchPoolArgs {}
+pub struct BenchPoolArgs {
+    /// Payload sizes (default: 4 KiB, 1 MiB, and 3840x2160 NV12 = 12441600 bytes).
+    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "4096,1048576,12441600")]
+    pub sizes: Vec<u64>,
+    /// Heap for the pool's buffers.
+    #[arg(long, default_value = "memfd")]
+    pub heap: String,
+    /// Buffers in the pool.
+    #[arg(long, default_value_t = 4)]
+    pub buffers: usize,
+    /// Paced frames per latency measurement.
+    #[arg(long, default_value_t = 2000)]
+    pub latency_frames: u64,
+    /// Gap between paced frames, in microseconds (longer than the consumer's spin).
+    #[arg(long, default_value_t = 500)]
+    pub gap_us: u64,
+    /// Seconds of back-to-back frames per throughput measurement (approximate).
+    #[arg(long, default_value_t = 1.0)]
+    pub seconds: f64,
+    /// Internal: child role (`pool-consumer`, `socket-consumer`).
+    #[arg(long, hide = true)]
+    pub role: Option<String>,
+    /// Internal: where the child connects.
+    #[arg(long, hide = true)]
+    pub socket: Option<PathBuf>,
+    /// Internal: the pool consumer's wait mode (`block`, `poll`).
+    #[arg(long, hide = true, default_value = "block")]
+    pub wait: String,
+}
 
-pub fn run(_args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`dmabroker bench pool` is not implemented yet")
+fn parse_size(s: &str) -> Result<u64, String> {
+    dmabroker::size::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// Phase markers in the frame's meta word / socket header.
+const LATENCY: u64 = 0;
+const THROUGHPUT: u64 = 1;
+
+/// What a child reports (one JSON line at the end).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct ChildReport {
+    p50_ns: u64,
+    p99_ns: u64,
+    samples: u64,
+    tp_frames: u64,
+    tp_last_ns: u64,
+    wakes: u64,
+}
+
+/// One measured row.
+struct Row {
+    transport: &'static str,
+    size: u64,
+    report: ChildReport,
+    fps: f64,
+}
+
+pub fn run(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
+    match args.role.as_deref() {
+        None => run_parent(args),
+        Some("pool-consumer") => pool_consumer(args),
+        Some("socket-consumer") => socket_consumer(args),
+        Some(other) => anyhow::bail!("unknown bench role `{other}`"),
+    }
+}
+
+fn run_parent(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
+    let heaps = Heaps::discover();
+    let mut rows = Vec::new();
+    for &size in &args.sizes {
+        for (transport, wait) in [("pool, blocking consumer (futex)", "block"), ("pool, busy-polling consumer", "poll")] {
+            let row = bench_pool(args, &heaps, size, wait)?;
+            rows.push(Row { transport, size, fps: row.0, report: row.1 });
+            eprintln!("{} {}: done", transport, format_size(size));
+        }
+        let (fps, report) = bench_socket(args, size)?;
+        rows.push(Row { transport: "copy through Unix stream socket", size, fps, report });
+        eprintln!("socket {}: done", format_size(size));
+    }
+    println!("| transport | payload | latency p50 | latency p99 | frames/s | futex wake-ups per frame (throughput) |");
+    println!("|---|---|---|---|---|---|");
+    for r in &rows {
+        let wakes = if r.transport.starts_with("pool") && r.report.tp_frames > 0 {
+            format!("{:.2}", r.report.wakes as f64 / r.report.tp_frames as f64)
+        } else {
+            "n/a".into()
+        };
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {} |",
+            r.transport,
+            format_size(r.size),
+            fmt_ns(r.report.p50_ns),
+            fmt_ns(r.report.p99_ns),
+            r.fps,
+            wakes
+        );
+    }
+    // The headline ratio the pool exists for.
+    for &size in &args.sizes {
+        let fps = |t: &str| rows.iter().find(|r| r.size == size && r.transport.starts_with(t)).map_or(0.0, |r| r.fps);
+        let (pool, socket) = (fps("pool, blocking"), fps("copy"));
+        if socket > 0.0 {
+            println!("\n{}: pool (blocking) delivers {:.0}x the frame rate of socket copying", format_size(size), pool / socket);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn socket_path(tag: &str) -> PathBuf {
+    let dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    dir.join(format!("dmabroker-bench-{}-{tag}.sock", std::process::id()))
+}
+
+fn spawn(role: &str, socket: &std::path::Path, wait: &str) -> anyhow::Result<Child> {
+    Command::new("/proc/self/exe")
+        .args(["bench", "pool", "--role", role, "--wait", wait, "--socket"])
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting the consumer process: {e}"))
+}
+
+fn collect(child: Child) -> anyhow::Result<ChildReport> {
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        anyhow::bail!("consumer process failed ({})", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().ok_or_else(|| anyhow::anyhow!("consumer printed no report"))?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// How many back-to-back frames fit in `seconds` at a guessed rate, so that
+/// slow transports do not take minutes.
+fn throughput_frames(seconds: f64, per_frame_ns: f64) -> u64 {
+    ((seconds * 1e9 / per_frame_ns) as u64).clamp(50, 500_000)
+}
+
+fn bench_pool(args: &BenchPoolArgs, heaps: &Heaps, size: u64, wait: &str) -> anyhow::Result<(f64, ChildReport)> {
+    let path = socket_path("pool");
+    let mut producer = Producer::allocate(heaps, &args.heap, &PoolOptions::new(args.buffers, size).name("bench"))?;
+    producer.listen(&path)?;
+    let child = spawn("pool-consumer", &path, wait)?;
+    if !producer.wait_for_consumers(1, Duration::from_secs(10)) {
+        anyhow::bail!("the consumer process did not attach");
+    }
+    let gap = Duration::from_micros(args.gap_us);
+    for _ in 0..args.latency_frames {
+        producer.acquire(Some(Duration::from_secs(10)))?.submit(FrameMeta::new(size).meta(LATENCY))?;
+        std::thread::sleep(gap);
+    }
+    // Let the last paced frame be released before timing starts.
+    std::thread::sleep(Duration::from_millis(20));
+    let n = throughput_frames(args.seconds, 2_000.0);
+    let start = now_ns();
+    for _ in 0..n {
+        producer.acquire(Some(Duration::from_secs(10)))?.submit(FrameMeta::new(size).meta(THROUGHPUT))?;
+    }
+    producer.close();
+    drop(producer);
+    let report = collect(child)?;
+    let fps = report.tp_frames as f64 / (report.tp_last_ns.saturating_sub(start).max(1) as f64 / 1e9);
+    Ok((fps, report))
+}
+
+fn pool_consumer(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
+    let path = args.socket.as_ref().ok_or_else(|| anyhow::anyhow!("--socket missing"))?;
+    let wait = if args.wait == "poll" { WaitMode::BusyPoll } else { WaitMode::default() };
+    let mut consumer = dmabroker::pool::Consumer::connect_with(path, &ConsumerOptions { wait, ..Default::default() })?;
+    let mut latencies = Vec::new();
+    let mut report = ChildReport::default();
+    let mut tp_wakes_base = None;
+    loop {
+        let (ts, phase) = match consumer.recv(Some(Duration::from_secs(30))) {
+            Ok(frame) => (frame.info().timestamp_ns, frame.info().meta),
+            Err(dmabroker::pool::PoolError::Closed) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let now = now_ns();
+        if phase == LATENCY {
+            latencies.push(now.saturating_sub(ts));
+        } else {
+            if tp_wakes_base.is_none() {
+                tp_wakes_base = Some(consumer.wakes());
+            }
+            report.tp_frames += 1;
+            report.tp_last_ns = now;
+        }
+    }
+    report.wakes = consumer.wakes() - tp_wakes_base.unwrap_or(0);
+    report.samples = latencies.len() as u64;
+    (report.p50_ns, report.p99_ns) = p50_p99(&mut latencies);
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_socket(args: &BenchPoolArgs, size: u64) -> anyhow::Result<(f64, ChildReport)> {
+    let path = socket_path("copy");
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    let child = spawn("socket-consumer", &path, "block")?;
+    let (mut stream, _) = listener.accept()?;
+    let _ = std::fs::remove_file(&path);
+    // The frame exists in memory already (as in a pool buffer); only the copy is measured.
+    let payload = vec![0x5au8; size as usize];
+    let send = |stream: &mut UnixStream, phase: u64| -> std::io::Result<()> {
+        let mut header = [0u8; 24];
+        header[..8].copy_from_slice(&size.to_le_bytes());
+        header[8..16].copy_from_slice(&now_ns().to_le_bytes());
+        header[16..].copy_from_slice(&phase.to_le_bytes());
+        stream.write_all(&header)?;
+        stream.write_all(&payload)
+    };
+    let gap = Duration::from_micros(args.gap_us);
+    // A 12 MiB copy takes milliseconds: fewer paced frames keep the run short.
+    let paced = if size > (4 << 20) { args.latency_frames.min(300) } else { args.latency_frames };
+    for _ in 0..paced {
+        send(&mut stream, LATENCY)?;
+        std::thread::sleep(gap);
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    // ~1 ns per byte through the socket on this class of machine.
+    let n = throughput_frames(args.seconds, 2_000.0 + size as f64);
+    let start = now_ns();
+    for _ in 0..n {
+        send(&mut stream, THROUGHPUT)?;
+    }
+    drop(stream);
+    let report = collect(child)?;
+    let fps = report.tp_frames as f64 / (report.tp_last_ns.saturating_sub(start).max(1) as f64 / 1e9);
+    Ok((fps, report))
+}
+
+fn socket_consumer(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
+    let path = args.socket.as_ref().ok_or_else(|| anyhow::anyhow!("--socket missing"))?;
+    let mut stream = UnixStream::connect(path)?;
+    let mut latencies = Vec::new();
+    let mut report = ChildReport::default();
+    let mut buf = Vec::new();
+    loop {
+        let mut header = [0u8; 24];
+        match stream.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e.into()),
+        }
+        let word = |i: usize| u64::from_le_bytes(header[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        let (len, ts, phase) = (word(0), word(1), word(2));
+        let len = usize::try_from(len).map_err(|_| anyhow::anyhow!("frame length {len} out of range"))?;
+        buf.resize(len, 0);
+        stream.read_exact(&mut buf)?;
+        let now = now_ns();
+        if phase == LATENCY {
+            latencies.push(now.saturating_sub(ts));
+        } else {
+            report.tp_frames += 1;
+            report.tp_last_ns = now;
+        }
+    }
+    report.samples = latencies.len() as u64;
+    (report.p50_ns, report.p99_ns) = p50_p99(&mut latencies);
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,1 +1,231 @@
-//! Zero-copy streaming pools: buffers shared once, frames handed off by index through a shared ring.
+//! Zero-copy streaming pools: buffers shared once, frames handed off by index
+//! through a shared ring.
+//!
+//! A [`Producer`] owns N buffers of one size (from any heap). Each
+//! [`Consumer`] attaches over a `SOCK_SEQPACKET` socket and receives, once,
+//! the fds of the buffers and of a small control block (a sealed memfd) that
+//! every side maps. From then on a frame is a 64-byte ring entry — buffer
+//! index, sequence number, `CLOCK_MONOTONIC` timestamp, bytes used, flags and
+//! one caller word (`meta`, e.g. a checksum) — written into each consumer's
+//! ring; no fd and no byte of the frame crosses a socket.
+//!
+//! ```no_run
+//! use dmabroker::pool::{Consumer, PoolOptions, Producer, WaitMode, FrameMeta};
+//! use dmabroker::Heaps;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let heaps = Heaps::discover();
+//! let mut producer = Producer::allocate(&heaps, "memfd", &PoolOptions::new(4, 4096))?;
+//! producer.listen("/tmp/camera.pool")?;
+//! // ... in another process:
+//! let mut consumer = Consumer::connect("/tmp/camera.pool", WaitMode::default())?;
+//! // producer:
+//! let mut slot = producer.acquire(None)?;
+//! slot.mapping().begin_write()?[..5].copy_from_slice(b"hello");
+//! slot.submit(FrameMeta::new(5))?;
+//! // consumer:
+//! let mut frame = consumer.recv(None)?;
+//! assert_eq!(&frame.read()?[..5], b"hello");
+//! drop(frame); // releases the buffer back to the producer
+//! # Ok(()) }
+//! ```
+//!
+//! # Handoff and wake-up
+//! The producer writes the entry, then stores the ring's `head` (SeqCst) and
+//! reads the consumer's `waiting` word; the consumer sets `waiting` (SeqCst)
+//! and re-reads `head` before `futex_wait(head)`. Either the producer sees the
+//! sleeper and issues one `futex_wake` (shared, not `FUTEX_PRIVATE`, because
+//! the word lives in memory mapped by two processes), or the consumer sees the
+//! new head and never sleeps. A running consumer costs the producer no system
+//! call; a consumer spins for [`WaitMode::Block`]'s `spin` before sleeping.
+//!
+//! # Release and fan-out
+//! Each buffer has a holder mask (bit `c` = consumer slot `c`). Publishing
+//! sets the bits of every attached consumer; releasing clears one; the buffer
+//! is free when the mask is zero. Backpressure ([`Backpressure`]) decides
+//! what the producer does when no buffer is free: wait, or take back the
+//! oldest frame that consumers have not started reading (each ring's `tail`
+//! is advanced by CAS, so an entry goes to the consumer or is dropped, never
+//! both). Drops are counted per consumer and per pool ([`PoolStats`]).
+//!
+//! # Failure
+//! The producer polls each consumer's socket and pidfd between frames (every
+//! 10 ms, or at once when starved): a consumer that died loses its claims and
+//! its slot. One that holds a frame longer than
+//! [`PoolOptions::release_timeout`] is evicted ([`PoolError::Evicted`]).
+//! Consumers tell an orderly end ([`PoolError::Closed`]) from a producer
+//! crash ([`PoolError::ProducerGone`], socket hang-up without the closed
+//! mark) and from a pause ([`PoolError::Timeout`]).
+//!
+//! # Synchronisation with devices
+//! CPU access goes through [`crate::buffer::BufferMapping`] guards, which do
+//! `DMA_BUF_IOCTL_SYNC` for dma-bufs. A device consumer can instead ask for
+//! explicit fences: a producer that submits with [`FrameMeta::sync_file`] on
+//! a dma-buf pool exports a sync_file (`DMA_BUF_IOCTL_EXPORT_SYNC_FILE`, read
+//! access: it signals when the writers are done) and sends it over the
+//! socket to each consumer that asked in its HELLO — the one exception to
+//! "no fds per frame", paid only by those who ask. The entry carries
+//! [`FrameFlags::SYNC_FILE`], and [`Frame::take_sync_file`] yields the fd.
+//!
+//! Trust: every attached consumer maps the control block read-write; a
+//! consumer can disturb the stream for others but cannot reach the
+//! producer's memory outside the pool.
+
+mod consumer;
+mod error;
+pub(crate) mod layout;
+mod producer;
+pub mod transport;
+
+pub use consumer::{Consumer, ConsumerOptions, Frame, FrameInfo, WaitMode};
+pub use error::{AcquireError, AttachError, CreateError, PoolError, SubmitError};
+pub use layout::{MAX_BUFFERS, MAX_CONSUMERS};
+pub use producer::{ConsumerStats, PoolStats, Producer, WriteSlot};
+pub use transport::{connect, socket_pair, ListenError, PoolListener};
+
+use std::time::Duration;
+
+/// What the producer does when every buffer is still held by a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backpressure {
+    /// Wait until a consumer releases one (lossless; the slowest consumer
+    /// sets the pace, bounded by the release timeout).
+    #[default]
+    Block,
+    /// Take back the oldest frame that some consumers have not started
+    /// reading yet (live video: fresh frames beat complete ones). Frames a
+    /// consumer is reading are never taken; when all are, the producer waits.
+    DropOldest,
+}
+
+impl Backpressure {
+    fn to_word(self) -> u32 {
+        match self {
+            Self::Block => 1,
+            Self::DropOldest => 2,
+        }
+    }
+}
+
+/// How a pool is shaped and behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Number of buffers (1 to [`MAX_BUFFERS`]); 4-8 suits video.
+    pub buffers: usize,
+    /// Bytes per buffer (rounded up to the heap's page size on allocation).
+    pub buffer_len: u64,
+    /// What happens when no buffer is free.
+    pub backpressure: Backpressure,
+    /// A consumer holding a frame longer than this is evicted; `None` waits forever.
+    pub release_timeout: Option<Duration>,
+    /// Most consumers attached at once (1 to [`MAX_CONSUMERS`]).
+    pub max_consumers: u32,
+    /// A name for the buffers (shown in `/proc/*/fd` and fdinfo).
+    pub name: String,
+}
+
+impl PoolOptions {
+    /// `buffers` buffers of `buffer_len` bytes, blocking backpressure, a 5 s
+    /// release timeout, up to 8 consumers.
+    pub fn new(buffers: usize, buffer_len: u64) -> Self {
+        Self {
+            buffers,
+            buffer_len,
+            backpressure: Backpressure::Block,
+            release_timeout: Some(Duration::from_secs(5)),
+            max_consumers: 8,
+            name: "pool".into(),
+        }
+    }
+
+    /// Set the backpressure policy.
+    pub fn backpressure(mut self, policy: Backpressure) -> Self {
+        self.backpressure = policy;
+        self
+    }
+
+    /// Set (or remove) the release timeout.
+    pub fn release_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.release_timeout = timeout;
+        self
+    }
+
+    /// Set the consumer limit.
+    pub fn max_consumers(mut self, n: u32) -> Self {
+        self.max_consumers = n;
+        self
+    }
+
+    /// Name the buffers.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+}
+
+bitflags::bitflags! {
+    /// Per-frame flags carried in the ring entry.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct FrameFlags: u32 {
+        /// The frame can be decoded on its own (encoders).
+        const KEY_FRAME = 1 << 0;
+        /// The source reported an error for this frame (e.g. V4L2 `V4L2_BUF_FLAG_ERROR`).
+        const ERROR = 1 << 1;
+        /// Reserved for the pool: a sync_file accompanies the frame on the socket.
+        const SYNC_FILE = 1 << 16;
+    }
+}
+
+impl FrameFlags {
+    /// Bits callers may set; the others are the pool's.
+    pub const USER: Self = Self::KEY_FRAME.union(Self::ERROR);
+}
+
+/// What the producer says about a frame it submits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameMeta {
+    /// Bytes of the buffer the frame occupies.
+    pub bytes_used: u64,
+    /// Flags ([`FrameFlags::USER`] bits only).
+    pub flags: FrameFlags,
+    /// One word for the application: a checksum, a device timestamp, ...
+    pub meta: u64,
+    /// Export a sync_file for consumers that asked (dma-buf pools only).
+    pub sync_file: bool,
+}
+
+impl FrameMeta {
+    /// A frame of `bytes_used` bytes with no flags.
+    pub fn new(bytes_used: u64) -> Self {
+        Self { bytes_used, flags: FrameFlags::empty(), meta: 0, sync_file: false }
+    }
+
+    /// Set the application word.
+    pub fn meta(mut self, meta: u64) -> Self {
+        self.meta = meta;
+        self
+    }
+
+    /// Set flags.
+    pub fn flags(mut self, flags: FrameFlags) -> Self {
+        self.flags = flags;
+        self
+    }
+
+    /// Ask for a sync_file to accompany the frame.
+    pub fn sync_file(mut self, yes: bool) -> Self {
+        self.sync_file = yes;
+        self
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of frame timestamps, shared
+/// by every process on the machine.
+pub fn now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
+}
+
+/// A timespec for `futex_wait` from a duration.
+pub(crate) fn timespec(d: Duration) -> rustix::time::Timespec {
+    rustix::time::Timespec { tv_sec: d.as_secs() as _, tv_nsec: d.subsec_nanos() as _ }
+}

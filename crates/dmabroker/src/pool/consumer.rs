@@ -1,0 +1,403 @@
+//! The consumer side: attaches once, then takes frames from its ring and
+//! releases them.
+
+use super::error::{AttachError, PoolError};
+use super::layout::{Control, Geometry, SLOT_ACTIVE, STREAM_CLOSED};
+use super::transport;
+use super::{now_ns, timespec, FrameFlags};
+use crate::buffer::{Buffer, BufferMapping, CpuRead, SyncError};
+use dmabroker_sys::mmap::{Mapping, Protection};
+use rustix::io::Errno;
+use rustix::thread::futex;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// How often a waiting consumer checks that the producer is still alive.
+const HEALTH_NS: u64 = 50_000_000;
+/// Longest single futex sleep: health checks run between sleeps.
+const SLEEP_SLICE: Duration = Duration::from_millis(50);
+
+/// How a consumer waits for the next frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitMode {
+    /// Spin for `spin`, then sleep on a futex (one wake-up syscall from the
+    /// producer per frame at most, none while this consumer keeps up).
+    Block {
+        /// How long to spin before sleeping.
+        spin: Duration,
+    },
+    /// Never sleep: lowest latency, one CPU core fully used.
+    BusyPoll,
+}
+
+impl Default for WaitMode {
+    /// `Block` with a 20 us spin: longer than a typical producer burst gap,
+    /// far shorter than a frame period.
+    fn default() -> Self {
+        Self::Block { spin: Duration::from_micros(20) }
+    }
+}
+
+/// How a consumer attaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerOptions {
+    /// How to wait for frames.
+    pub wait: WaitMode,
+    /// Receive a sync_file with each frame the producer exports one for.
+    pub want_sync_files: bool,
+    /// How long to wait for the producer's answer when attaching.
+    pub attach_timeout: Duration,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self { wait: WaitMode::default(), want_sync_files: false, attach_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// What the producer said about a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameInfo {
+    /// Buffer index in the pool.
+    pub index: u32,
+    /// Sequence number (gaps: frames dropped for this consumer).
+    pub seq: u64,
+    /// `CLOCK_MONOTONIC` ns when the producer handed it off.
+    pub timestamp_ns: u64,
+    /// Bytes of the buffer the frame occupies.
+    pub bytes_used: u64,
+    /// Flags.
+    pub flags: FrameFlags,
+    /// The producer's application word.
+    pub meta: u64,
+}
+
+/// The consuming end of a pool.
+#[derive(Debug)]
+pub struct Consumer {
+    ctl: Control,
+    socket: OwnedFd,
+    slot: u32,
+    maps: Vec<BufferMapping>,
+    wait: WaitMode,
+    held: u64,
+    last_health: u64,
+}
+
+impl Consumer {
+    /// Connect to a producer listening at `path` and attach.
+    ///
+    /// # Errors
+    /// [`AttachError::NoProducer`] when nobody listens; see [`Consumer::attach`].
+    pub fn connect(path: impl AsRef<Path>, wait: WaitMode) -> Result<Self, AttachError> {
+        Self::connect_with(path, &ConsumerOptions { wait, ..ConsumerOptions::default() })
+    }
+
+    /// [`Consumer::connect`] with all options.
+    ///
+    /// # Errors
+    /// See [`Consumer::connect`].
+    pub fn connect_with(path: impl AsRef<Path>, options: &ConsumerOptions) -> Result<Self, AttachError> {
+        let path = path.as_ref();
+        let socket = transport::connect(path)
+            .map_err(|source| AttachError::NoProducer { path: path.display().to_string(), source })?;
+        Self::attach(socket, options)
+    }
+
+    /// Attach over a connected `SOCK_SEQPACKET` socket whose other end the
+    /// producer got through [`super::Producer::attach`] or its listener.
+    ///
+    /// # Errors
+    /// [`AttachError`]: refused (full, closed), protocol mismatch, an
+    /// inconsistent welcome, no answer within `options.attach_timeout`.
+    pub fn attach(socket: OwnedFd, options: &ConsumerOptions) -> Result<Self, AttachError> {
+        let os = |op| move |source| AttachError::Os { op, source };
+        rustix::net::sockopt::set_socket_timeout(&socket, rustix::net::sockopt::Timeout::Recv, Some(options.attach_timeout))
+            .map_err(os("SO_RCVTIMEO"))?;
+        let flags = if options.want_sync_files { transport::HELLO_WANT_SYNC_FILES } else { 0 };
+        transport::send(socket.as_fd(), &transport::encode(&[flags as u64], transport::MSG_HELLO), &[], false)
+            .map_err(|e| if e == Errno::PIPE || e == Errno::CONNRESET { AttachError::HungUp } else { AttachError::Os { op: "sendmsg", source: e } })?;
+        let (bytes, fds) = match transport::recv(socket.as_fd(), false) {
+            Ok(Some(m)) => m,
+            Ok(None) | Err(Errno::CONNRESET) => return Err(AttachError::HungUp),
+            Err(Errno::AGAIN) => return Err(AttachError::Timeout(options.attach_timeout)),
+            Err(Errno::MSGSIZE) => return Err(AttachError::Protocol("oversized message")),
+            Err(e) => return Err(AttachError::Os { op: "recvmsg", source: e }),
+        };
+        let msg = transport::decode(&bytes, fds).map_err(|e| match e {
+            transport::DecodeError::BadMagic => AttachError::Protocol("bad magic"),
+            transport::DecodeError::Version(_) => AttachError::Protocol("version mismatch"),
+            transport::DecodeError::Malformed => AttachError::Protocol("malformed message"),
+        })?;
+        match msg.kind {
+            transport::MSG_WELCOME => {}
+            transport::MSG_REFUSED if msg.words.first() == Some(&u64::from(transport::REFUSED_CLOSED)) => {
+                return Err(AttachError::Closed)
+            }
+            transport::MSG_REFUSED => return Err(AttachError::PoolFull),
+            _ => return Err(AttachError::Protocol("unexpected message")),
+        }
+        let [slot, nbuf, ring_cap, max_consumers, policy, buf_len] = msg.words[..] else {
+            return Err(AttachError::BadWelcome("wrong number of words"));
+        };
+        let bad = AttachError::BadWelcome;
+        let small = |v: u64| u32::try_from(v).map_err(|_| bad("value out of range"));
+        let welcome = Geometry {
+            nbuf: small(nbuf)?,
+            max_consumers: small(max_consumers)?,
+            ring_cap: small(ring_cap)?,
+            policy: small(policy)?,
+            buf_len,
+        };
+        let slot = small(slot)?;
+        let control_len = welcome.control_len().ok_or(bad("geometry out of range"))?;
+        if slot >= welcome.max_consumers {
+            return Err(bad("slot out of range"));
+        }
+        let mut fds = msg.fds.into_iter();
+        let ctl_fd = fds.next().ok_or(bad("no control block fd"))?;
+        let buffers: Vec<OwnedFd> = fds.collect();
+        if buffers.len() != welcome.nbuf as usize {
+            return Err(bad("fd count differs from the buffer count"));
+        }
+        let st = rustix::fs::fstat(&ctl_fd).map_err(os("fstat"))?;
+        let ctl_len = usize::try_from(st.st_size).map_err(|_| bad("control block size"))?;
+        if ctl_len < control_len {
+            return Err(bad("control block smaller than its geometry"));
+        }
+        let map = Mapping::map(&ctl_fd, 0, ctl_len, Protection::ReadWrite, true).map_err(os("mmap"))?;
+        // The header must agree with what the socket said: two sources the
+        // producer wrote, so a mismatch is a foreign or corrupted peer.
+        if Control::read_header(&map) != Some(welcome) {
+            return Err(bad("control block header differs from the welcome"));
+        }
+        let ctl = Control::new(map, welcome).ok_or(bad("control block smaller than its geometry"))?;
+        let mut maps = Vec::with_capacity(buffers.len());
+        for (index, fd) in buffers.into_iter().enumerate() {
+            let buffer = Buffer::from_fd(fd).map_err(|_| bad("an fd is not buffer memory"))?;
+            if buffer.len() < welcome.buf_len {
+                return Err(bad("a buffer is smaller than the pool's frame size"));
+            }
+            maps.push(buffer.map_read().map_err(|source| AttachError::Map { index, source })?);
+        }
+        Ok(Self { ctl, socket, slot, maps, wait: options.wait, held: 0, last_health: now_ns() })
+    }
+
+    /// This consumer's slot in the pool.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// Number of buffers in the pool.
+    pub fn buffer_count(&self) -> usize {
+        self.maps.len()
+    }
+
+    /// The pool's frame size in bytes.
+    pub fn buffer_len(&self) -> u64 {
+        self.ctl.geometry().buf_len
+    }
+
+    /// Change how [`Consumer::recv`] waits.
+    pub fn set_wait_mode(&mut self, wait: WaitMode) {
+        self.wait = wait;
+    }
+
+    /// Frames the producer took back before this consumer read them.
+    pub fn dropped(&self) -> u64 {
+        self.ctl.slot_dropped(self.slot).load(Ordering::Relaxed)
+    }
+
+    /// Wake-ups the producer spent on this consumer.
+    pub fn wakes(&self) -> u64 {
+        self.ctl.slot_wakes(self.slot).load(Ordering::Relaxed)
+    }
+
+    /// The next frame. Frames already handed off are always delivered before
+    /// an end-of-stream error.
+    ///
+    /// # Errors
+    /// [`PoolError::Closed`] (orderly end), [`PoolError::ProducerGone`]
+    /// (producer died), [`PoolError::Timeout`], [`PoolError::Evicted`],
+    /// [`PoolError::Corrupt`].
+    pub fn recv(&mut self, timeout: Option<Duration>) -> Result<Frame<'_>, PoolError> {
+        let start = now_ns();
+        let slot = self.slot;
+        loop {
+            if self.ctl.slot_state(slot).load(Ordering::Acquire) != SLOT_ACTIVE {
+                return Err(PoolError::Evicted);
+            }
+            let closed = self.ctl.stream_state().load(Ordering::Acquire) == STREAM_CLOSED;
+            let tail = self.ctl.tail(slot);
+            let t = tail.load(Ordering::Acquire);
+            let h = self.ctl.head(slot).load(Ordering::Acquire);
+            if t != h {
+                let e = self.ctl.read_entry(slot, t);
+                // Lost to the producer's drop-oldest: the entry went there.
+                if tail.compare_exchange(t, t.wrapping_add(1), Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                    continue;
+                }
+                return self.take(e);
+            }
+            if closed {
+                return Err(PoolError::Closed);
+            }
+            let now = now_ns();
+            let waited = Duration::from_nanos(now.saturating_sub(start));
+            if let Some(limit) = timeout.filter(|l| waited >= *l) {
+                return Err(PoolError::Timeout(limit));
+            }
+            if now.saturating_sub(self.last_health) >= HEALTH_NS {
+                self.last_health = now;
+                if transport::hung_up(self.socket.as_fd()) {
+                    // Re-read in this order: a closing producer marks the
+                    // stream before its socket closes; a dead one never does.
+                    if self.ctl.stream_state().load(Ordering::Acquire) == STREAM_CLOSED {
+                        continue;
+                    }
+                    if self.ctl.head(slot).load(Ordering::Acquire) != tail.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    if self.ctl.slot_state(slot).load(Ordering::Acquire) != SLOT_ACTIVE {
+                        return Err(PoolError::Evicted);
+                    }
+                    return Err(PoolError::ProducerGone);
+                }
+            }
+            match self.wait {
+                WaitMode::BusyPoll => std::hint::spin_loop(),
+                WaitMode::Block { spin } if waited < spin => std::hint::spin_loop(),
+                WaitMode::Block { .. } => {
+                    let head = self.ctl.head(slot);
+                    let waiting = self.ctl.waiting(slot);
+                    waiting.store(1, Ordering::SeqCst);
+                    if head.load(Ordering::SeqCst) == h {
+                        let slice = timeout.map_or(SLEEP_SLICE, |l| l.saturating_sub(waited).min(SLEEP_SLICE));
+                        // EAGAIN (head moved), ETIMEDOUT, EINTR: all mean "look again".
+                        let _ = futex::wait(head, futex::Flags::empty(), h, Some(&timespec(slice)));
+                    }
+                    waiting.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, e: super::layout::Entry) -> Result<Frame<'_>, PoolError> {
+        let g = self.ctl.geometry();
+        if e.index >= g.nbuf {
+            return Err(PoolError::Corrupt("buffer index out of range"));
+        }
+        let Some(flags) = FrameFlags::from_bits(e.flags) else {
+            return Err(PoolError::Corrupt("unknown frame flags"));
+        };
+        self.held |= 1 << e.index;
+        if e.bytes_used > self.maps[e.index as usize].len() as u64 {
+            self.release(e.index);
+            return Err(PoolError::Corrupt("bytes_used larger than the buffer"));
+        }
+        self.ctl.slot_received(self.slot).fetch_add(1, Ordering::Relaxed);
+        let sync_file = if flags.contains(FrameFlags::SYNC_FILE) { self.take_sync_file(e.seq) } else { None };
+        let info = FrameInfo {
+            index: e.index,
+            seq: e.seq,
+            timestamp_ns: e.timestamp_ns,
+            bytes_used: e.bytes_used,
+            flags,
+            meta: e.meta,
+        };
+        Ok(Frame { consumer: self, info, sync_file })
+    }
+
+    /// The sync_file sent for frame `seq`: messages arrive in frame order;
+    /// those of frames dropped for this consumer are skipped (and closed).
+    fn take_sync_file(&self, seq: u64) -> Option<OwnedFd> {
+        loop {
+            let (bytes, fds) = transport::recv(self.socket.as_fd(), true).ok()??;
+            let msg = transport::decode(&bytes, fds).ok()?;
+            match msg.words.first() {
+                Some(&s) if msg.kind == transport::MSG_SYNC && s == seq => return msg.fds.into_iter().next(),
+                Some(&s) if s < seq => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    fn release(&mut self, index: u32) {
+        let bit = 1u64 << index;
+        if self.held & bit == 0 {
+            return;
+        }
+        self.held &= !bit;
+        // Evicted: the producer already took the claim back, and the buffer
+        // may hold someone else's frame now.
+        if self.ctl.slot_state(self.slot).load(Ordering::Acquire) != SLOT_ACTIVE {
+            return;
+        }
+        // Release: our reads of the buffer happen before the producer reuses it.
+        self.ctl.buf_mask(index).fetch_and(!(1u64 << self.slot), Ordering::Release);
+        self.ctl.slot_released(self.slot).fetch_add(1, Ordering::Relaxed);
+        self.ctl.free_seq().fetch_add(1, Ordering::SeqCst);
+        if self.ctl.producer_waiting().load(Ordering::SeqCst) != 0 {
+            let _ = futex::wake(self.ctl.free_seq(), futex::Flags::empty(), 1);
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        for index in 0..self.maps.len() as u32 {
+            self.release(index);
+        }
+    }
+}
+
+/// A received frame; the buffer goes back to the producer when it drops.
+#[derive(Debug)]
+pub struct Frame<'c> {
+    consumer: &'c mut Consumer,
+    info: FrameInfo,
+    sync_file: Option<OwnedFd>,
+}
+
+impl Frame<'_> {
+    /// What the producer said about it.
+    pub fn info(&self) -> &FrameInfo {
+        &self.info
+    }
+
+    /// The buffer (to import it into a device).
+    pub fn buffer(&self) -> &Buffer {
+        self.consumer.maps[self.info.index as usize].buffer()
+    }
+
+    /// The buffer's read-only CPU mapping.
+    pub fn mapping(&mut self) -> &mut BufferMapping {
+        &mut self.consumer.maps[self.info.index as usize]
+    }
+
+    /// Begin CPU reads of the whole buffer (the frame is the first
+    /// [`FrameInfo::bytes_used`] bytes); `DMA_BUF_IOCTL_SYNC` for dma-bufs.
+    ///
+    /// # Errors
+    /// [`SyncError`] when the sync ioctl fails.
+    pub fn read(&mut self) -> Result<CpuRead<'_>, SyncError> {
+        self.mapping().begin_read()
+    }
+
+    /// The frame's sync_file, when the producer exported one and this
+    /// consumer asked for them ([`ConsumerOptions::want_sync_files`]).
+    pub fn take_sync_file(&mut self) -> Option<OwnedFd> {
+        self.sync_file.take()
+    }
+
+    /// Give the buffer back now (same as dropping the frame).
+    pub fn release(self) {}
+}
+
+impl Drop for Frame<'_> {
+    fn drop(&mut self) {
+        self.consumer.release(self.info.index);
+    }
+}

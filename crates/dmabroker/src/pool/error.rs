@@ -1,0 +1,180 @@
+//! One error enum per pool operation.
+
+use crate::buffer::{MapError, SyncError};
+use crate::heap::AllocError;
+use rustix::io::Errno;
+
+/// Why a pool could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// Fewer than 1 or more than [`super::MAX_BUFFERS`] buffers.
+    #[error("a pool holds 1 to {max} buffers, {0} asked", max = super::MAX_BUFFERS)]
+    BufferCount(usize),
+    /// `max_consumers` out of range.
+    #[error("a pool serves 1 to {max} consumers, {0} asked", max = super::MAX_CONSUMERS)]
+    ConsumerCount(u32),
+    /// The frame size is zero.
+    #[error("buffer length 0: frames need at least one byte")]
+    ZeroLength,
+    /// A buffer is smaller than the pool's buffer length.
+    #[error("buffer {index} has {len} bytes, the pool's frames need {need}: allocate buffers of one size")]
+    BufferTooSmall {
+        /// Which buffer.
+        index: usize,
+        /// Its length.
+        len: u64,
+        /// The pool's buffer length.
+        need: u64,
+    },
+    /// A memfd buffer that any holder could truncate (which would SIGBUS every consumer).
+    #[error("buffer {0} is a memfd without F_SEAL_SHRINK|F_SEAL_GROW: allocate it from a dmabroker heap")]
+    Unsealed(usize),
+    /// Allocation failed.
+    #[error("allocating pool buffer {index}: {source}")]
+    Alloc {
+        /// Which buffer.
+        index: usize,
+        /// Why.
+        #[source]
+        source: AllocError,
+    },
+    /// Mapping a buffer for the producer failed.
+    #[error("mapping pool buffer {index}: {source}")]
+    Map {
+        /// Which buffer.
+        index: usize,
+        /// Why.
+        #[source]
+        source: MapError,
+    },
+    /// Creating the shared control block failed.
+    #[error("creating the pool's control block ({op}): {source}")]
+    ControlBlock {
+        /// The call that failed.
+        op: &'static str,
+        /// The errno.
+        #[source]
+        source: Errno,
+    },
+    /// Binding the attach socket failed.
+    #[error(transparent)]
+    Listen(#[from] super::ListenError),
+}
+
+/// Why a consumer could not attach (consumer side) or was not accepted
+/// (producer side).
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// Nobody listens on the path.
+    #[error("no pool producer at {path}: is it running? ({source})")]
+    NoProducer {
+        /// The socket path.
+        path: String,
+        /// connect's errno.
+        #[source]
+        source: Errno,
+    },
+    /// The pool has `max_consumers` attached already.
+    #[error("the pool is full (max_consumers reached): raise PoolOptions::max_consumers or detach a consumer")]
+    PoolFull,
+    /// The producer has closed the stream.
+    #[error("the pool's stream is closed")]
+    Closed,
+    /// The peer is not a dmabroker pool, or speaks another version.
+    #[error("the peer is not a dmabroker pool of this version ({0})")]
+    Protocol(&'static str),
+    /// The producer's geometry or fds do not add up.
+    #[error("the producer sent an inconsistent pool description: {0}")]
+    BadWelcome(&'static str),
+    /// The peer hung up during the handshake.
+    #[error("the peer hung up during the attach handshake")]
+    HungUp,
+    /// No answer in time.
+    #[error("the peer did not answer the attach handshake within {0:?}")]
+    Timeout(std::time::Duration),
+    /// A received buffer could not be mapped.
+    #[error("mapping pool buffer {index}: {source}")]
+    Map {
+        /// Which buffer.
+        index: usize,
+        /// Why.
+        #[source]
+        source: MapError,
+    },
+    /// Another socket or mmap error.
+    #[error("{op} failed during attach: {source}")]
+    Os {
+        /// The call.
+        op: &'static str,
+        /// The errno.
+        #[source]
+        source: Errno,
+    },
+}
+
+/// Why the producer could not get a free buffer.
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    /// Every buffer is held by consumers and none was released in time
+    /// (backpressure: `Block`).
+    #[error("no buffer was released within {0:?}: consumers are slower than the producer")]
+    Timeout(std::time::Duration),
+    /// The pool was closed.
+    #[error("the pool is closed")]
+    Closed,
+}
+
+/// Why a frame could not be handed off.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// More bytes used than the buffer has.
+    #[error("bytes_used {used} is larger than the buffer ({len} bytes)")]
+    TooLong {
+        /// Requested bytes used.
+        used: u64,
+        /// Buffer length.
+        len: u64,
+    },
+    /// Flags the pool reserves were set by the caller.
+    #[error("frame flags {0:#x} include bits reserved for the pool")]
+    ReservedFlags(u32),
+    /// A sync_file was asked for, but exporting it failed.
+    #[error("DMA_BUF_IOCTL_EXPORT_SYNC_FILE failed ({0}); Linux 6.0+ and a dma-buf buffer are needed")]
+    SyncFile(#[source] Errno),
+}
+
+/// Why a consumer got no frame. [`PoolError::Closed`],
+/// [`PoolError::ProducerGone`] and [`PoolError::Timeout`] tell an orderly end,
+/// a crash and a pause apart.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The producer ended the stream in order and every frame was received.
+    #[error("the stream ended: the producer closed the pool")]
+    Closed,
+    /// The producer died (its socket hung up without closing the pool);
+    /// every frame it handed off before was received.
+    #[error("the producer died without closing the pool")]
+    ProducerGone,
+    /// No frame arrived within the timeout; the stream continues.
+    #[error("no frame within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The producer cut this consumer off because it held frames longer
+    /// than the release timeout; its frames were taken back.
+    #[error("evicted by the producer: frames were held longer than the pool's release timeout")]
+    Evicted,
+    /// The control block holds values no producer writes.
+    #[error("the pool's control block is corrupt ({0})")]
+    Corrupt(&'static str),
+    /// CPU access could not begin.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// A system call failed.
+    #[error("{op} failed: {source}")]
+    Os {
+        /// The call.
+        op: &'static str,
+        /// The errno.
+        #[source]
+        source: Errno,
+    },
+}

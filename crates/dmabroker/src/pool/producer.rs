@@ -1,0 +1,646 @@
+//! The producer side: owns the buffers and the control block, accepts
+//! consumers, hands off frames, watches consumers' health.
+
+use super::error::{AcquireError, AttachError, CreateError, SubmitError};
+use super::layout::{
+    Control, Entry, Geometry, PRODUCER_BIT, SLOT_ACTIVE, SLOT_EVICTED, SLOT_FREE, STREAM_CLOSED,
+};
+use super::transport::{self, PoolListener};
+use super::{now_ns, timespec, Backpressure, FrameFlags, FrameMeta, PoolOptions};
+use crate::buffer::{Buffer, BufferKind, BufferMapping};
+use crate::heap::{AllocRequest, Heaps};
+use dmabroker_sys::mmap::{Mapping, Protection};
+use rustix::io::Errno;
+use rustix::thread::futex;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// How often the producer checks consumers' health and accepts new ones
+/// while frames flow (it also does so at once whenever it is starved).
+const MAINTENANCE_NS: u64 = 10_000_000;
+/// Longest single futex sleep while starved: health checks run between sleeps.
+const STARVED_SLICE: Duration = Duration::from_millis(10);
+/// A connection that has not said HELLO after this long is dropped.
+const HELLO_TIMEOUT_NS: u64 = 5_000_000_000;
+
+#[derive(Debug)]
+struct Conn {
+    socket: OwnedFd,
+    pidfd: Option<OwnedFd>,
+    pid: u32,
+    want_sync: bool,
+    evicted: bool,
+}
+
+#[derive(Debug)]
+struct Pending {
+    socket: OwnedFd,
+    since: u64,
+}
+
+/// Counters of one attached consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerStats {
+    /// Its slot in the control block.
+    pub slot: u32,
+    /// Its process id (from `SO_PEERCRED`).
+    pub pid: u32,
+    /// Frames put in its ring.
+    pub delivered: u64,
+    /// Frames it took from its ring.
+    pub received: u64,
+    /// Frames it released.
+    pub released: u64,
+    /// Frames taken back before it read them (drop-oldest backpressure).
+    pub dropped: u64,
+    /// `futex_wake` calls the producer made for it (0 while it keeps up).
+    pub wakes: u64,
+    /// True when it was evicted for exceeding the release timeout.
+    pub evicted: bool,
+}
+
+/// Counters of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Frames submitted.
+    pub produced: u64,
+    /// Frames taken back from at least one consumer (drop-oldest).
+    pub dropped: u64,
+    /// Consumers that died or were evicted so far.
+    pub lost_consumers: u64,
+    /// Every consumer currently known (attached or evicted).
+    pub consumers: Vec<ConsumerStats>,
+}
+
+/// The producing end of a pool.
+#[derive(Debug)]
+pub struct Producer {
+    ctl: Control,
+    ctl_fd: OwnedFd,
+    maps: Vec<BufferMapping>,
+    options: PoolOptions,
+    conns: Vec<Option<Conn>>,
+    pending: Vec<Pending>,
+    listener: Option<PoolListener>,
+    next_seq: u64,
+    next_scan: u32,
+    last_maintenance: u64,
+    lost_consumers: u64,
+    closed: bool,
+}
+
+impl Producer {
+    /// A pool over buffers the caller allocated (all at least
+    /// `options.buffer_len` bytes; memfds must be size-sealed).
+    ///
+    /// # Errors
+    /// [`CreateError`]: counts out of range, a buffer too small or unsealed,
+    /// mapping or control-block creation failures.
+    pub fn new(buffers: Vec<Buffer>, options: &PoolOptions) -> Result<Self, CreateError> {
+        if buffers.is_empty() || buffers.len() > super::MAX_BUFFERS as usize {
+            return Err(CreateError::BufferCount(buffers.len()));
+        }
+        if options.max_consumers == 0 || options.max_consumers > super::MAX_CONSUMERS {
+            return Err(CreateError::ConsumerCount(options.max_consumers));
+        }
+        if options.buffer_len == 0 {
+            return Err(CreateError::ZeroLength);
+        }
+        let mut maps = Vec::with_capacity(buffers.len());
+        for (index, buffer) in buffers.into_iter().enumerate() {
+            if buffer.len() < options.buffer_len {
+                return Err(CreateError::BufferTooSmall { index, len: buffer.len(), need: options.buffer_len });
+            }
+            // Consumers map these; a truncation would SIGBUS all of them.
+            if !buffer.is_size_sealed() {
+                return Err(CreateError::Unsealed(index));
+            }
+            maps.push(buffer.map_read_write().map_err(|source| CreateError::Map { index, source })?);
+        }
+        let nbuf = maps.len() as u32;
+        let geometry = Geometry {
+            nbuf,
+            max_consumers: options.max_consumers,
+            // A consumer never has more than nbuf entries outstanding (each
+            // names a distinct buffer it holds), so this ring cannot overflow.
+            ring_cap: nbuf.next_power_of_two(),
+            policy: options.backpressure.to_word(),
+            buf_len: options.buffer_len,
+        };
+        let (ctl_fd, ctl) = create_control(geometry)?;
+        ctl.init_header();
+        let conns = (0..options.max_consumers).map(|_| None).collect();
+        Ok(Self {
+            ctl,
+            ctl_fd,
+            maps,
+            options: options.clone(),
+            conns,
+            pending: Vec::new(),
+            listener: None,
+            next_seq: 0,
+            next_scan: 0,
+            last_maintenance: 0,
+            lost_consumers: 0,
+            closed: false,
+        })
+    }
+
+    /// Allocate `options.buffers` buffers from `heap` and make a pool of them.
+    ///
+    /// # Errors
+    /// [`CreateError::Alloc`] naming the buffer that failed; see [`Producer::new`].
+    pub fn allocate(heaps: &Heaps, heap: &str, options: &PoolOptions) -> Result<Self, CreateError> {
+        if options.buffers == 0 || options.buffers > super::MAX_BUFFERS as usize {
+            return Err(CreateError::BufferCount(options.buffers));
+        }
+        let buffers = (0..options.buffers)
+            .map(|index| {
+                let request = AllocRequest::new(options.buffer_len).name(format!("{}-{index}", options.name));
+                heaps.allocate(heap, &request).map_err(|source| CreateError::Alloc { index, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(buffers, options)
+    }
+
+    /// Accept consumers on a socket at `path` (handshakes run between frames).
+    ///
+    /// # Errors
+    /// [`super::ListenError`].
+    pub fn listen(&mut self, path: impl AsRef<Path>) -> Result<&Path, super::ListenError> {
+        let listener = PoolListener::bind(path)?;
+        Ok(self.listener.insert(listener).path())
+    }
+
+    /// Take a connected `SOCK_SEQPACKET` socket whose other end belongs to a
+    /// consumer (from [`super::socket_pair`], a broker, ...). The handshake
+    /// completes during the next [`Producer::acquire`] or [`Producer::wait_for_consumers`].
+    ///
+    /// # Errors
+    /// [`AttachError::Os`] when the socket cannot be made non-blocking.
+    pub fn attach(&mut self, socket: OwnedFd) -> Result<(), AttachError> {
+        rustix::io::ioctl_fionbio(&socket, true).map_err(|source| AttachError::Os { op: "FIONBIO", source })?;
+        self.pending.push(Pending { socket, since: now_ns() });
+        Ok(())
+    }
+
+    /// Accept and health-check consumers until `n` are attached.
+    /// Returns whether `n` were reached within `timeout`.
+    pub fn wait_for_consumers(&mut self, n: usize, timeout: Duration) -> bool {
+        let deadline = now_ns().saturating_add(timeout.as_nanos() as u64);
+        loop {
+            self.maintain(now_ns());
+            if self.attached() >= n {
+                return true;
+            }
+            if now_ns() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Consumers attached and receiving frames now.
+    pub fn attached(&self) -> usize {
+        self.conns.iter().flatten().filter(|c| !c.evicted).count()
+    }
+
+    /// The pool's buffers.
+    pub fn buffers(&self) -> impl Iterator<Item = &Buffer> {
+        self.maps.iter().map(|m| m.buffer())
+    }
+
+    /// The options it was made with.
+    pub fn options(&self) -> &PoolOptions {
+        &self.options
+    }
+
+    /// Get a free buffer to fill. Blocks (or drops the oldest unread frame,
+    /// per [`Backpressure`]) while consumers hold every buffer.
+    ///
+    /// # Errors
+    /// [`AcquireError::Timeout`] when nothing was released within `timeout`;
+    /// [`AcquireError::Closed`] after [`Producer::close`].
+    pub fn acquire(&mut self, timeout: Option<Duration>) -> Result<WriteSlot<'_>, AcquireError> {
+        if self.closed {
+            return Err(AcquireError::Closed);
+        }
+        let start = now_ns();
+        if start.saturating_sub(self.last_maintenance) >= MAINTENANCE_NS {
+            self.maintain(start);
+        }
+        let index = loop {
+            if let Some(i) = self.take_free() {
+                break i;
+            }
+            let now = now_ns();
+            self.maintain(now);
+            if let Some(i) = self.take_free() {
+                break i;
+            }
+            if self.options.backpressure == Backpressure::DropOldest {
+                if let Some(i) = self.drop_oldest() {
+                    break i;
+                }
+            }
+            let elapsed = Duration::from_nanos(now.saturating_sub(start));
+            let slice = match timeout {
+                Some(t) if elapsed >= t => return Err(AcquireError::Timeout(t)),
+                Some(t) => (t - elapsed).min(STARVED_SLICE),
+                None => STARVED_SLICE,
+            };
+            // Sleep on free_seq: a releasing consumer bumps it and wakes us if
+            // it sees `producer_waiting` (the same Dekker pairing as the rings).
+            self.ctl.producer_waiting().store(1, Ordering::SeqCst);
+            let seen = self.ctl.free_seq().load(Ordering::SeqCst);
+            if !self.any_free() {
+                let _ = futex::wait(self.ctl.free_seq(), futex::Flags::empty(), seen, Some(&timespec(slice)));
+            }
+            self.ctl.producer_waiting().store(0, Ordering::Relaxed);
+        };
+        Ok(WriteSlot { producer: self, index, submitted: false })
+    }
+
+    fn any_free(&self) -> bool {
+        (0..self.maps.len() as u32).any(|i| self.ctl.buf_mask(i).load(Ordering::Acquire) == 0)
+    }
+
+    /// Claim a free buffer for writing, round robin.
+    fn take_free(&mut self) -> Option<u32> {
+        let n = self.maps.len() as u32;
+        for k in 0..n {
+            let i = (self.next_scan + k) % n;
+            // Acquire pairs with the consumers' releasing fetch_and: their
+            // reads of the buffer happened before we overwrite it.
+            if self.ctl.buf_mask(i).compare_exchange(0, PRODUCER_BIT, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                self.next_scan = (i + 1) % n;
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Drop-oldest: take back the oldest frame that every holder still has
+    /// unread at the tail of its ring. Frames being read are never taken.
+    fn drop_oldest(&mut self) -> Option<u32> {
+        let mut held: Vec<(u64, u32)> = (0..self.maps.len() as u32)
+            .filter(|&i| {
+                let m = self.ctl.buf_mask(i).load(Ordering::Acquire);
+                m != 0 && m & PRODUCER_BIT == 0
+            })
+            .map(|i| (self.ctl.buf_seq(i).load(Ordering::Relaxed), i))
+            .collect();
+        held.sort_unstable();
+        for (seq, i) in held {
+            let mask = self.ctl.buf_mask(i).load(Ordering::Acquire);
+            // Only a frame that is the oldest unread entry of every holder
+            // can be taken whole; skip it if any holder is reading it.
+            let at_tail = |c: u32| {
+                let t = self.ctl.tail(c).load(Ordering::Acquire);
+                if self.ctl.head(c).load(Ordering::Relaxed) == t {
+                    return None;
+                }
+                let e = self.ctl.read_entry(c, t);
+                (e.index == i && e.seq == seq).then_some(t)
+            };
+            if bits(mask).any(|c| at_tail(c).is_none()) {
+                continue;
+            }
+            for c in bits(mask) {
+                let Some(t) = at_tail(c) else { continue };
+                // The CAS races the consumer's own take of the same entry:
+                // exactly one wins, so a frame is either read or dropped.
+                if self.ctl.tail(c).compare_exchange(t, t.wrapping_add(1), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                    self.ctl.buf_mask(i).fetch_and(!(1u64 << c), Ordering::AcqRel);
+                    self.ctl.slot_dropped(c).fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.ctl.dropped().fetch_add(1, Ordering::Relaxed);
+            if self.ctl.buf_mask(i).compare_exchange(0, PRODUCER_BIT, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                return Some(i);
+            }
+            // A consumer took it in the meantime: it is being read; try the next.
+        }
+        None
+    }
+
+    fn publish(&mut self, index: u32, meta: &FrameMeta) -> Result<u64, SubmitError> {
+        let len = self.maps[index as usize].len() as u64;
+        if meta.bytes_used > len {
+            return Err(SubmitError::TooLong { used: meta.bytes_used, len });
+        }
+        if !FrameFlags::USER.contains(meta.flags) {
+            return Err(SubmitError::ReservedFlags(meta.flags.bits()));
+        }
+        let seq = self.next_seq;
+        let active: Vec<u32> = (0..self.conns.len() as u32)
+            .filter(|&c| self.conns[c as usize].as_ref().is_some_and(|conn| !conn.evicted))
+            .collect();
+        let buffer = self.maps[index as usize].buffer();
+        let sync_file = if meta.sync_file
+            && buffer.kind() == BufferKind::DmaBuf
+            && active.iter().any(|&c| self.conns[c as usize].as_ref().is_some_and(|x| x.want_sync))
+        {
+            // READ: the sync_file signals when writers (the producer's device)
+            // are done, which is what a reading consumer must wait for.
+            Some(
+                dmabroker_sys::dma_buf::export_sync_file(buffer, dmabroker_sys::dma_buf::DMA_BUF_SYNC_READ as u32)
+                    .map_err(SubmitError::SyncFile)?,
+            )
+        } else {
+            None
+        };
+        self.next_seq += 1;
+        let now = now_ns();
+        let holders = active.iter().fold(0u64, |m, &c| m | 1 << c);
+        self.ctl.buf_seq(index).store(seq, Ordering::Relaxed);
+        self.ctl.buf_published_ns(index).store(now, Ordering::Relaxed);
+        // Replaces PRODUCER_BIT; Release publishes the frame's bytes.
+        self.ctl.buf_mask(index).store(holders, Ordering::Release);
+        let cap = self.ctl.geometry().ring_cap;
+        for c in active {
+            let conn = self.conns[c as usize].as_ref();
+            let head = self.ctl.head(c);
+            let h = head.load(Ordering::Relaxed);
+            if h.wrapping_sub(self.ctl.tail(c).load(Ordering::Acquire)) >= cap {
+                // Unreachable while the ring holds one entry per buffer at most;
+                // kept so a corrupted tail cannot make us overwrite unread entries.
+                self.ctl.buf_mask(index).fetch_and(!(1u64 << c), Ordering::AcqRel);
+                self.ctl.slot_dropped(c).fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let mut flags = meta.flags;
+            if let (Some(fd), Some(conn)) = (&sync_file, conn.filter(|x| x.want_sync)) {
+                // Sent before the entry is visible, so the consumer finds it
+                // queued when it sees the flag. A full socket loses the fence,
+                // not the frame: the flag is then left unset.
+                let msg = transport::encode(&[seq], transport::MSG_SYNC);
+                if transport::send(conn.socket.as_fd(), &msg, &[fd.as_fd()], true).is_ok() {
+                    flags |= FrameFlags::SYNC_FILE;
+                }
+            }
+            self.ctl.write_entry(
+                c,
+                h,
+                &Entry { seq, timestamp_ns: now, bytes_used: meta.bytes_used, meta: meta.meta, index, flags: flags.bits() },
+            );
+            // SeqCst store, then SeqCst load of `waiting`: pairs with the
+            // consumer's store of `waiting` and load of `head` (Dekker).
+            head.store(h.wrapping_add(1), Ordering::SeqCst);
+            self.ctl.slot_published(c).fetch_add(1, Ordering::Relaxed);
+            if self.ctl.waiting(c).load(Ordering::SeqCst) != 0 {
+                let _ = futex::wake(head, futex::Flags::empty(), 1);
+                self.ctl.slot_wakes(c).fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.ctl.produced().fetch_add(1, Ordering::Relaxed);
+        Ok(seq)
+    }
+
+    /// Accept new consumers, finish handshakes, reap dead consumers, evict
+    /// hung ones. Runs inside [`Producer::acquire`]; call it when the producer
+    /// idles for long between frames.
+    pub fn maintain_now(&mut self) {
+        self.maintain(now_ns());
+    }
+
+    fn maintain(&mut self, now: u64) {
+        self.last_maintenance = now;
+        if let Some(listener) = &self.listener {
+            while let Ok(Some(socket)) = listener.try_accept() {
+                self.pending.push(Pending { socket, since: now });
+            }
+        }
+        for p in std::mem::take(&mut self.pending) {
+            match transport::recv(p.socket.as_fd(), true) {
+                Ok(Some((bytes, _fds))) => match transport::decode(&bytes, Vec::new()) {
+                    Ok(m) if m.kind == transport::MSG_HELLO => self.finish_attach(p.socket, &m.words),
+                    // Not a pool consumer: hang up on it.
+                    _ => {}
+                },
+                Err(Errno::AGAIN) if now.saturating_sub(p.since) < HELLO_TIMEOUT_NS => self.pending.push(p),
+                _ => {}
+            }
+        }
+        self.reap(now);
+    }
+
+    fn finish_attach(&mut self, socket: OwnedFd, hello: &[u64]) {
+        let refuse = |reason: u32| {
+            let _ = transport::send(socket.as_fd(), &transport::encode(&[reason as u64], transport::MSG_REFUSED), &[], true);
+        };
+        if self.closed {
+            return refuse(transport::REFUSED_CLOSED);
+        }
+        let Some(slot) = (0..self.conns.len() as u32).find(|&c| {
+            self.conns[c as usize].is_none() && self.ctl.slot_state(c).load(Ordering::Acquire) == SLOT_FREE
+        }) else {
+            return refuse(transport::REFUSED_FULL);
+        };
+        let want_sync = hello.first().is_some_and(|f| f & u64::from(transport::HELLO_WANT_SYNC_FILES) != 0);
+        let pid = rustix::net::sockopt::socket_peercred(&socket).map(|c| c.pid.as_raw_nonzero().get() as u32).unwrap_or(0);
+        // The pidfd catches a consumer that died while a forked child keeps
+        // its socket open; the socket catches everything else.
+        let pidfd = rustix::process::Pid::from_raw(pid as i32)
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
+        self.ctl.reset_slot(slot, pid);
+        self.ctl.slot_state(slot).store(SLOT_ACTIVE, Ordering::Release);
+        let g = self.ctl.geometry();
+        let words = [slot as u64, g.nbuf as u64, g.ring_cap as u64, g.max_consumers as u64, g.policy as u64, g.buf_len];
+        let mut fds = vec![self.ctl_fd.as_fd()];
+        fds.extend(self.maps.iter().map(|m| m.buffer().as_fd()));
+        if transport::send(socket.as_fd(), &transport::encode(&words, transport::MSG_WELCOME), &fds, true).is_err() {
+            self.ctl.slot_state(slot).store(SLOT_FREE, Ordering::Release);
+            return;
+        }
+        tracing::debug!(slot, pid, "pool consumer attached");
+        self.conns[slot as usize] = Some(Conn { socket, pidfd, pid, want_sync, evicted: false });
+    }
+
+    /// Find consumers that died (socket hang-up, pidfd readable) or hold a
+    /// frame past the release timeout.
+    fn reap(&mut self, now: u64) {
+        use rustix::event::{PollFd, PollFlags};
+        let mut dead = Vec::new();
+        {
+            let mut who = Vec::new();
+            let mut fds = Vec::new();
+            for (c, conn) in self.conns.iter().enumerate() {
+                if let Some(conn) = conn {
+                    who.push(c);
+                    fds.push(PollFd::new(&conn.socket, PollFlags::RDHUP));
+                    if let Some(p) = &conn.pidfd {
+                        who.push(c);
+                        fds.push(PollFd::new(p, PollFlags::IN));
+                    }
+                }
+            }
+            if !fds.is_empty() && rustix::event::poll(&mut fds, Some(&timespec(Duration::ZERO))).is_ok() {
+                for (c, fd) in who.iter().zip(&fds) {
+                    if !fd.revents().is_empty() && !dead.contains(c) {
+                        dead.push(*c);
+                    }
+                }
+            }
+        }
+        for c in dead {
+            self.lose(c as u32, false);
+        }
+        if let Some(timeout) = self.options.release_timeout {
+            let limit = timeout.as_nanos() as u64;
+            for i in 0..self.maps.len() as u32 {
+                let mask = self.ctl.buf_mask(i).load(Ordering::Acquire) & !PRODUCER_BIT;
+                if mask != 0 && now.saturating_sub(self.ctl.buf_published_ns(i).load(Ordering::Relaxed)) > limit {
+                    for c in bits(mask) {
+                        if self.conns[c as usize].as_ref().is_some_and(|x| !x.evicted) {
+                            tracing::warn!(slot = c, "pool consumer held a frame past the release timeout: evicted");
+                            self.lose(c, true);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Take back everything consumer `c` holds. Evicted consumers keep their
+    /// slot (quarantined) until their socket hangs up, so a late release from
+    /// a live-but-hung process cannot clear a successor's bit.
+    fn lose(&mut self, c: u32, evict: bool) {
+        let Some(conn) = self.conns[c as usize].as_mut() else { return };
+        let already = conn.evicted;
+        if !already {
+            self.lost_consumers += 1;
+        }
+        if evict {
+            conn.evicted = true;
+            self.ctl.slot_state(c).store(SLOT_EVICTED, Ordering::SeqCst);
+            // Wake it so it learns of the eviction now, not at its next timeout.
+            let _ = futex::wake(self.ctl.head(c), futex::Flags::empty(), u32::MAX);
+        } else {
+            tracing::debug!(slot = c, pid = conn.pid, "pool consumer gone");
+            self.conns[c as usize] = None;
+            self.ctl.slot_state(c).store(SLOT_FREE, Ordering::Release);
+        }
+        if !already {
+            let bit = 1u64 << c;
+            for i in 0..self.maps.len() as u32 {
+                self.ctl.buf_mask(i).fetch_and(!bit, Ordering::AcqRel);
+            }
+            self.ctl.free_seq().fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counters of the pool and of each consumer.
+    pub fn stats(&self) -> PoolStats {
+        let consumers = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(c, conn)| conn.as_ref().map(|conn| (c as u32, conn)))
+            .map(|(c, conn)| ConsumerStats {
+                slot: c,
+                pid: conn.pid,
+                delivered: self.ctl.slot_published(c).load(Ordering::Relaxed),
+                received: self.ctl.slot_received(c).load(Ordering::Relaxed),
+                released: self.ctl.slot_released(c).load(Ordering::Relaxed),
+                dropped: self.ctl.slot_dropped(c).load(Ordering::Relaxed),
+                wakes: self.ctl.slot_wakes(c).load(Ordering::Relaxed),
+                evicted: conn.evicted,
+            })
+            .collect();
+        PoolStats {
+            produced: self.ctl.produced().load(Ordering::Relaxed),
+            dropped: self.ctl.dropped().load(Ordering::Relaxed),
+            lost_consumers: self.lost_consumers,
+            consumers,
+        }
+    }
+
+    /// End the stream in order: consumers receive the frames already handed
+    /// off, then [`super::PoolError::Closed`]. Also done on drop.
+    pub fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.ctl.stream_state().store(STREAM_CLOSED, Ordering::SeqCst);
+        for c in 0..self.conns.len() as u32 {
+            if self.conns[c as usize].is_some() {
+                let _ = futex::wake(self.ctl.head(c), futex::Flags::empty(), u32::MAX);
+            }
+        }
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Iterate the set bits of a holder mask as consumer slots.
+fn bits(mask: u64) -> impl Iterator<Item = u32> {
+    let mask = mask & !PRODUCER_BIT;
+    (0..63u32).filter(move |c| mask & (1 << c) != 0)
+}
+
+fn create_control(geometry: Geometry) -> Result<(OwnedFd, Control), CreateError> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let err = |op| move |source| CreateError::ControlBlock { op, source };
+    let len = geometry.control_len().ok_or(CreateError::BufferCount(geometry.nbuf as usize))?;
+    let len = len.next_multiple_of(rustix::param::page_size());
+    let fd = rustix::fs::memfd_create("dmabroker:pool-control", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .map_err(err("memfd_create"))?;
+    rustix::fs::ftruncate(&fd, len as u64).map_err(err("ftruncate"))?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+        .map_err(err("F_ADD_SEALS"))?;
+    let map = Mapping::map(&fd, 0, len, Protection::ReadWrite, true).map_err(err("mmap"))?;
+    let ctl = Control::new(map, geometry).ok_or(CreateError::ControlBlock { op: "size check", source: Errno::INVAL })?;
+    Ok((fd, ctl))
+}
+
+/// A free buffer the producer is filling. [`WriteSlot::submit`] hands it
+/// off; dropping it unsubmitted returns it to the pool.
+#[derive(Debug)]
+pub struct WriteSlot<'p> {
+    producer: &'p mut Producer,
+    index: u32,
+    submitted: bool,
+}
+
+impl WriteSlot<'_> {
+    /// The buffer's index in the pool.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The buffer (to queue it to a device, e.g. `V4L2_MEMORY_DMABUF`).
+    pub fn buffer(&self) -> &Buffer {
+        self.producer.maps[self.index as usize].buffer()
+    }
+
+    /// Its CPU mapping: write through [`BufferMapping::begin_write`].
+    pub fn mapping(&mut self) -> &mut BufferMapping {
+        &mut self.producer.maps[self.index as usize]
+    }
+
+    /// Hand the frame to every attached consumer; returns its sequence number.
+    ///
+    /// # Errors
+    /// [`SubmitError`]; the buffer goes back to the pool.
+    pub fn submit(mut self, meta: FrameMeta) -> Result<u64, SubmitError> {
+        let seq = self.producer.publish(self.index, &meta)?;
+        self.submitted = true;
+        Ok(seq)
+    }
+}
+
+impl Drop for WriteSlot<'_> {
+    fn drop(&mut self) {
+        if !self.submitted {
+            self.producer.ctl.buf_mask(self.index).store(0, Ordering::Release);
+        }
+    }
+}

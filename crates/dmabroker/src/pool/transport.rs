@@ -1,0 +1,295 @@
+//! The attach transport: a `SOCK_SEQPACKET` Unix socket per consumer.
+//!
+//! File descriptors cross only here, once per consumer, at attach time:
+//!
+//! ```text
+//! consumer -> producer  HELLO    magic, version, flags (want sync_files)
+//! producer -> consumer  WELCOME  magic, version, slot, geometry, control length
+//!                                + SCM_RIGHTS [control memfd, buffer 0 .. buffer N-1]
+//!                   or  REFUSED  magic, version, reason
+//! producer -> consumer  SYNC     magic, seq + SCM_RIGHTS [sync_file]   (only when asked)
+//! ```
+//!
+//! After the handshake the socket carries nothing per frame (except the
+//! optional sync_files); it stays open because its hang-up is how each side
+//! learns that the other died. The socket can come from anywhere: a
+//! [`PoolListener`] on a path, [`socket_pair`] in one process, or (later) the
+//! broker handing a connected socket to both sides.
+
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+};
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use super::layout::{MAGIC, MAX_BUFFERS, VERSION};
+
+pub(crate) const MSG_HELLO: u32 = 1;
+pub(crate) const MSG_WELCOME: u32 = 2;
+pub(crate) const MSG_REFUSED: u32 = 3;
+pub(crate) const MSG_SYNC: u32 = 4;
+
+/// HELLO flag: send a sync_file with each frame whose producer asked for one.
+pub(crate) const HELLO_WANT_SYNC_FILES: u32 = 1;
+
+/// REFUSED reasons.
+pub(crate) const REFUSED_FULL: u32 = 1;
+pub(crate) const REFUSED_CLOSED: u32 = 2;
+
+/// Largest message (WELCOME).
+pub(crate) const MAX_MSG: usize = 64;
+/// Most fds in one message: the control block plus every buffer.
+pub(crate) const MAX_FDS: usize = MAX_BUFFERS as usize + 1;
+
+/// Why the pool's socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// Another live pool (or program) listens on the path.
+    #[error("{0} is in use by a running process: choose another path or stop it")]
+    AddressInUse(PathBuf),
+    /// The path is too long for a Unix socket address (108 bytes).
+    #[error("socket path {0} is too long (108 bytes at most): use a shorter directory")]
+    PathTooLong(PathBuf),
+    /// The directory is not writable.
+    #[error("permission denied creating {0}")]
+    PermissionDenied(PathBuf),
+    /// Another error from socket/bind/listen.
+    #[error("{op} on {path} failed: {source}")]
+    Os {
+        /// The call.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The errno.
+        #[source]
+        source: Errno,
+    },
+}
+
+/// A `SOCK_SEQPACKET` socket bound to a path, where consumers connect.
+/// Non-blocking: the producer accepts between frames. The path is removed on drop.
+#[derive(Debug)]
+pub struct PoolListener {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl PoolListener {
+    /// `socket(AF_UNIX, SOCK_SEQPACKET)` + `bind(path)` + `listen`. A stale
+    /// socket file left by a dead producer (connect refused) is replaced.
+    ///
+    /// # Errors
+    /// [`ListenError::AddressInUse`] when a live process listens there.
+    pub fn bind(path: impl AsRef<Path>) -> Result<Self, ListenError> {
+        let path = path.as_ref().to_path_buf();
+        let addr = SocketAddrUnix::new(path.as_path()).map_err(|_| ListenError::PathTooLong(path.clone()))?;
+        let os = |op, source| ListenError::Os { op, path: path.clone(), source };
+        let fd = seqpacket_socket(SocketFlags::NONBLOCK).map_err(|e| os("socket", e))?;
+        match rustix::net::bind(&fd, &addr) {
+            Ok(()) => {}
+            Err(Errno::ADDRINUSE) => {
+                // Only a socket nobody listens on may be replaced.
+                if connect(&path).is_ok() {
+                    return Err(ListenError::AddressInUse(path));
+                }
+                std::fs::remove_file(&path).map_err(|_| ListenError::AddressInUse(path.clone()))?;
+                rustix::net::bind(&fd, &addr).map_err(|e| os("bind", e))?;
+            }
+            Err(Errno::ACCESS | Errno::PERM) => return Err(ListenError::PermissionDenied(path)),
+            Err(e) => return Err(os("bind", e)),
+        }
+        rustix::net::listen(&fd, 64).map_err(|e| os("listen", e))?;
+        Ok(Self { fd, path })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Accept one pending connection, if any (never blocks).
+    pub(crate) fn try_accept(&self) -> Result<Option<OwnedFd>, Errno> {
+        match rustix::net::accept_with(&self.fd, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::AGAIN | Errno::INTR | Errno::CONNABORTED) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for PoolListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl AsFd for PoolListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+fn seqpacket_socket(extra: SocketFlags) -> Result<OwnedFd, Errno> {
+    rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC | extra, None)
+}
+
+/// Connect a blocking `SOCK_SEQPACKET` socket to a pool's path.
+///
+/// # Errors
+/// `ENOENT`/`ECONNREFUSED` when no producer listens there.
+pub fn connect(path: impl AsRef<Path>) -> Result<OwnedFd, Errno> {
+    let addr = SocketAddrUnix::new(path.as_ref()).map_err(|_| Errno::NAMETOOLONG)?;
+    let fd = seqpacket_socket(SocketFlags::empty())?;
+    rustix::net::connect(&fd, &addr)?;
+    Ok(fd)
+}
+
+/// A connected `SOCK_SEQPACKET` pair: one end for [`super::Producer::attach`],
+/// the other for [`super::Consumer::attach`] (tests, threads, or a broker
+/// that introduces both sides).
+///
+/// # Errors
+/// `EMFILE` when out of file descriptors.
+pub fn socket_pair() -> Result<(OwnedFd, OwnedFd), Errno> {
+    rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+}
+
+/// Little-endian message words.
+pub(crate) fn encode(words: &[u64], kind: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + words.len() * 8);
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&(VERSION << 16 | kind).to_le_bytes());
+    for w in words {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
+/// A decoded message: its kind and payload words.
+#[derive(Debug)]
+pub(crate) struct Message {
+    pub kind: u32,
+    pub words: Vec<u64>,
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Why a message was not understood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DecodeError {
+    /// Not a dmabroker pool peer.
+    BadMagic,
+    /// A pool peer speaking another version.
+    Version(u32),
+    /// Truncated or misaligned.
+    Malformed,
+}
+
+pub(crate) fn decode(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<Message, DecodeError> {
+    if bytes.len() < 8 || (bytes.len() - 8) & 7 != 0 {
+        return Err(DecodeError::Malformed);
+    }
+    let word32 = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    if word32(0) != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let vk = word32(4);
+    if vk >> 16 != VERSION {
+        return Err(DecodeError::Version(vk >> 16));
+    }
+    let words = bytes[8..]
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
+    Ok(Message { kind: vk & 0xffff, words, fds })
+}
+
+/// `sendmsg` one message with fds (`SCM_RIGHTS`).
+pub(crate) fn send(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>], nonblocking: bool) -> Result<(), Errno> {
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(Errno::TOOMANYREFS);
+    }
+    let flags = if nonblocking { SendFlags::DONTWAIT | SendFlags::NOSIGNAL } else { SendFlags::NOSIGNAL };
+    loop {
+        match rustix::net::sendmsg(socket, &[IoSlice::new(bytes)], &mut control, flags) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(_) => return Err(Errno::MSGSIZE),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `recvmsg` one message, adopting any fds it carries (closed on every
+/// error path because they are `OwnedFd`s from the first moment).
+/// A received message's bytes and the fds that came with it.
+pub(crate) type Received = (Vec<u8>, Vec<OwnedFd>);
+
+pub(crate) fn recv(socket: BorrowedFd<'_>, nonblocking: bool) -> Result<Option<Received>, Errno> {
+    let mut bytes = vec![0u8; MAX_MSG];
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let flags = if nonblocking { RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC } else { RecvFlags::CMSG_CLOEXEC };
+    let msg = loop {
+        match rustix::net::recvmsg(socket, &mut [IoSliceMut::new(&mut bytes)], &mut control, flags) {
+            Ok(m) => break m,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    if msg.bytes == 0 {
+        // SEQPACKET: a zero-length read is the peer's orderly hang-up.
+        return Ok(None);
+    }
+    if msg.flags.contains(rustix::net::ReturnFlags::TRUNC) || msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+        return Err(Errno::MSGSIZE);
+    }
+    bytes.truncate(msg.bytes);
+    Ok(Some((bytes, fds)))
+}
+
+/// True when the peer of `socket` has hung up (`POLLHUP`), without blocking.
+pub(crate) fn hung_up(socket: BorrowedFd<'_>) -> bool {
+    use rustix::event::{PollFd, PollFlags};
+    let mut fds = [PollFd::from_borrowed_fd(socket, PollFlags::RDHUP)];
+    match rustix::event::poll(&mut fds, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })) {
+        Ok(_) => fds[0].revents().intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let bytes = encode(&[1, u64::MAX], MSG_WELCOME);
+        let m = decode(&bytes, Vec::new()).unwrap();
+        assert_eq!(m.kind, MSG_WELCOME);
+        assert_eq!(m.words, vec![1, u64::MAX]);
+    }
+
+    #[test]
+    fn decode_rejects_garbage() {
+        assert_eq!(decode(b"abc", Vec::new()).unwrap_err(), DecodeError::Malformed);
+        assert_eq!(decode(b"XXXXXXXX", Vec::new()).unwrap_err(), DecodeError::BadMagic);
+        let mut other = encode(&[], MSG_HELLO);
+        other[6] = 9;
+        assert_eq!(decode(&other, Vec::new()).unwrap_err(), DecodeError::Version(9));
+        let mut odd = encode(&[1], MSG_HELLO);
+        odd.pop();
+        assert_eq!(decode(&odd, Vec::new()).unwrap_err(), DecodeError::Malformed);
+    }
+}
