@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Build dmabroker in release mode and install the C library, its header,
+# its pkg-config file, the `dmabroker` command and (if the source tree has
+# them) the systemd units:
+#
+#   PREFIX/lib/libdmabroker.so.X.Y.Z (+ libdmabroker.so.X, libdmabroker.so links)
+#   PREFIX/lib/libdmabroker.a
+#   PREFIX/lib/pkgconfig/dmabroker.pc
+#   PREFIX/include/dmabroker.h
+#   PREFIX/bin/dmabroker
+#   PREFIX/lib/systemd/system/*     (from systemd/, when it exists)
+#
+# usage: scripts/install.sh --prefix DIR [--destdir DIR]
+#   --destdir DIR   stage under DIR (for packaging): files land in DIR/PREFIX,
+#                   while dmabroker.pc still says PREFIX.
+#
+# rustix is built with its libc backend here (see below).
+#
+# The build goes to target/capi (DMABROKER_CAPI_TARGET_DIR overrides), not
+# target/: CI builds the workspace with RUSTFLAGS="-C target-feature=+crt-static",
+# which makes rustc drop the cdylib on gnu targets, so this build removes
+# that flag, and a separate target dir keeps the two builds from
+# invalidating each other.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+
+prefix=
+destdir=
+while (($#)); do
+    case $1 in
+    --prefix) prefix=${2:?--prefix needs a directory}; shift 2 ;;
+    --prefix=*) prefix=${1#*=}; shift ;;
+    --destdir) destdir=${2:?--destdir needs a directory}; shift 2 ;;
+    --destdir=*) destdir=${1#*=}; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "install.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    esac
+done
+if [[ -z $prefix ]]; then
+    echo "install.sh: --prefix DIR is required" >&2
+    usage >&2
+    exit 2
+fi
+prefix=$(realpath -m -- "$prefix")
+stage=${destdir:+$(realpath -m -- "$destdir")}$prefix
+
+# Drop +crt-static (it removes cdylib support) and build for the host.
+flags=" ${RUSTFLAGS:-} "
+flags=${flags//-C target-feature=+crt-static/}
+flags=${flags//-Ctarget-feature=+crt-static/}
+# rustix's libc backend: a library loaded into C programs makes its system
+# calls through the program's libc, where valgrind, sanitizers and LD_PRELOAD
+# shims see them. (rustix's raw-syscall backend also reads the vDSO through
+# PR_GET_AUXV, which crashes under valgrind: rustix issue #1559.)
+flags+=" --cfg=rustix_use_libc"
+read -r -a flag_words <<<"$flags"
+export RUSTFLAGS="${flag_words[*]}"
+unset CARGO_BUILD_TARGET CARGO_ENCODED_RUSTFLAGS
+target_dir=${DMABROKER_CAPI_TARGET_DIR:-$root/target/capi}
+
+echo "==> building libdmabroker and dmabroker (release) in $target_dir"
+cargo build --manifest-path "$root/Cargo.toml" --release --target-dir "$target_dir" \
+    -p dmabroker-capi -p dmabroker-cli
+out=$target_dir/release
+for f in libdmabroker_capi.so libdmabroker_capi.a dmabroker; do
+    [[ -f $out/$f ]] || { echo "install.sh: the build did not produce $out/$f" >&2; exit 1; }
+done
+
+version=$(cargo pkgid --manifest-path "$root/Cargo.toml" -p dmabroker-capi | sed 's/.*[#@]//')
+major=${version%%.*}
+# What a program linking libdmabroker.a also needs on glibc (the output of
+# rustc's --print native-static-libs for this crate; examples/c/run.sh
+# checks it by linking an example statically).
+libs_private=${DMABROKER_LIBS_PRIVATE:-"-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc"}
+
+echo "==> installing $version to $stage"
+install -d "$stage/lib/pkgconfig" "$stage/include" "$stage/bin"
+install -m 0755 "$out/libdmabroker_capi.so" "$stage/lib/libdmabroker.so.$version"
+ln -sfn "libdmabroker.so.$version" "$stage/lib/libdmabroker.so.$major"
+ln -sfn "libdmabroker.so.$major" "$stage/lib/libdmabroker.so"
+install -m 0644 "$out/libdmabroker_capi.a" "$stage/lib/libdmabroker.a"
+install -m 0644 "$root/crates/dmabroker-capi/include/dmabroker.h" "$stage/include/dmabroker.h"
+install -m 0755 "$out/dmabroker" "$stage/bin/dmabroker"
+sed -e "s|@PREFIX@|$prefix|g" -e "s|@VERSION@|$version|g" -e "s|@LIBS_PRIVATE@|$libs_private|g" \
+    "$root/crates/dmabroker-capi/dmabroker.pc.in" >"$stage/lib/pkgconfig/dmabroker.pc"
+chmod 0644 "$stage/lib/pkgconfig/dmabroker.pc"
+
+if [[ -d $root/systemd ]]; then
+    install -d "$stage/lib/systemd/system"
+    shopt -s nullglob
+    for unit in "$root"/systemd/*.service "$root"/systemd/*.socket; do
+        # Point the units at the command as installed (they say /usr/bin/dmabroker,
+        # or @bindir@).
+        sed -e "s|@bindir@|$prefix/bin|g" -e "s|/usr/bin/dmabroker|$prefix/bin/dmabroker|g" \
+            "$unit" >"$stage/lib/systemd/system/$(basename "$unit")"
+        chmod 0644 "$stage/lib/systemd/system/$(basename "$unit")"
+    done
+    shopt -u nullglob
+fi
+
+echo "==> installed:"
+(cd "$stage" && find . \( -type f -o -type l \) | sort | sed 's|^\./|    |')
+cat <<MSG
+Build C programs with:
+    PKG_CONFIG_PATH=$prefix/lib/pkgconfig cc prog.c \$(pkg-config --cflags --libs dmabroker)
+and run them with LD_LIBRARY_PATH=$prefix/lib (or link with -Wl,-rpath,$prefix/lib).
+MSG
