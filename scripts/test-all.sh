@@ -60,6 +60,9 @@ if [[ $mode != host ]]; then
         vm_* | heap_conformance | cpu_access | seals | hugetlb | bad_input | dmabroker | dmabroker_sys) vm_bins+=("$exe") ;;
         esac
     done
-    vm/run.sh --timeout "${DMABROKER_VM_TIMEOUT:-900}" "${vm_bins[@]}"
+    # vm_cli (the CLI's VM tests) runs the `dmabroker` binary from the path
+    # cargo compiled into it: --file puts it at that same path in the guest.
+    vm/run.sh --timeout "${DMABROKER_VM_TIMEOUT:-900}" \
+        --file "$PWD/target/$target/release/dmabroker" "${vm_bins[@]}"
 fi
 echo "all tests passed in $(($(date +%s) - t0)) s"

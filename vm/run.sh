@@ -4,8 +4,13 @@
 # dma-heap, udmabuf, vivid (a virtual V4L2 camera) and vgem (a virtual DRM
 # device with PRIME).
 #
-#   vm/run.sh [--timeout SECS] [--mem MIB] BINARY... [-- TEST_ARGS...]
+#   vm/run.sh [--timeout SECS] [--mem MIB] [--file PATH]... BINARY... [-- TEST_ARGS...]
 #   vm/run.sh --prepare     only fetch and cache the kernel (for CI caches)
+#
+# --file PATH (repeatable) copies a file into the guest at the same absolute
+# path (relative paths are taken from the current directory), e.g. the
+# `dmabroker` binary that CLI tests find through CARGO_BIN_EXE_dmabroker.
+# Executables among them must be statically linked too.
 #
 # Every BINARY must be statically linked, e.g. built with
 #   RUSTFLAGS="-C target-feature=+crt-static" \
@@ -32,6 +37,7 @@ out="$here/out"
 timeout_s=600
 mem_mib=2560
 binaries=()
+files=()
 test_args=()
 prepare_only=0
 
@@ -62,6 +68,16 @@ while (($#)); do
         [[ $# -ge 2 && "$2" =~ ^[0-9]+$ && "$2" -ge 512 ]] || die "--mem needs a size in MiB, at least 512"
         mem_mib=$2
         shift 2
+        ;;
+    --file)
+        [[ $# -ge 2 && -n "$2" ]] || die "--file needs a path"
+        files+=("$2")
+        shift 2
+        ;;
+    --file=*)
+        files+=("${1#*=}")
+        [[ -n "${1#*=}" ]] || die "--file needs a path"
+        shift
         ;;
     --prepare)
         prepare_only=1
@@ -113,6 +129,23 @@ is_static() { # an ELF without a PT_INTERP needs no dynamic loader
     fi
 }
 is_static "$busybox" || die "$busybox is dynamically linked: install the Debian package 'busybox-static'"
+
+# --file paths, made absolute: each lands at the same path in the guest.
+for idx in "${!files[@]}"; do
+    f=${files[$idx]}
+    [[ "$f" == /* ]] || f="$PWD/$f"
+    [[ -f "$f" ]] || die "--file $f: not a regular file"
+    case "$f" in
+    /init | /bin/* | /sbin/* | /lib/modules/* | /t/* | /proc/* | /sys/* | /dev/* | /tmp/* | /run/*)
+        die "--file $f: that path belongs to the VM's own initramfs or is a mount point there"
+        ;;
+    esac
+    if [[ -x "$f" ]]; then
+        is_static "$f" || die "--file $f is dynamically linked; build it with
+  RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --target x86_64-unknown-linux-gnu"
+    fi
+    files[$idx]=$f
+done
 
 for b in "${binaries[@]}"; do
     [[ -f "$b" && -x "$b" ]] || die "not an executable file: $b"
@@ -242,6 +275,9 @@ for b in "${binaries[@]}"; do
     i=$((i + 1))
     name=$(basename "$b")
     [[ "$name" =~ ^(.+)-[0-9a-f]{16}$ ]] && name=${BASH_REMATCH[1]} # cargo's hash
+    # Names must be unique for the BEGIN/END markers (the library's unit
+    # tests and the CLI binary's are both `dmabroker-<hash>`).
+    grep -q " $name\$" "$rootfs/t/list" && name="$name#$i"
     dest=$(printf '%02d-%s' "$i" "$name")
     # Debug info only bloats the initramfs; symbols stay for backtraces.
     if command -v objcopy >/dev/null 2>&1; then
@@ -255,6 +291,15 @@ for b in "${binaries[@]}"; do
     echo "$dest $libtest $name" >>"$rootfs/t/list"
 done
 printf '%s\n' "${test_args[@]+"${test_args[@]}"}" >"$rootfs/t/args"
+for f in "${files[@]+"${files[@]}"}"; do
+    mkdir -p "$rootfs$(dirname "$f")"
+    if [[ -x "$f" ]] && command -v objcopy >/dev/null 2>&1; then
+        objcopy --strip-debug "$f" "$rootfs$f" 2>/dev/null || cp "$f" "$rootfs$f"
+    else
+        cp "$f" "$rootfs$f"
+    fi
+    chmod "$(stat -c %a "$f")" "$rootfs$f"
+done
 
 cat >"$rootfs/init" <<'INIT'
 #!/bin/busybox sh
@@ -312,7 +357,7 @@ chmod 755 "$rootfs/init"
 # ------------------------------------------------------------------------ boot
 log="$out/serial.log"
 : >"$log"
-echo "vm/run.sh: booting $kver under TCG (timeout ${timeout_s}s, ${#binaries[@]} binaries," \
+echo "vm/run.sh: booting $kver under TCG (timeout ${timeout_s}s, ${#binaries[@]} binaries, ${#files[@]} files," \
     "initramfs $(($(stat -c %s "$work/initramfs.cpio") / 1048576)) MiB)" >&2
 # One 1 GiB huge page for the hugetlb-1G heap: only reservable at boot, and
 # only when the guest has memory to spare (TCG backs guest RAM lazily).

@@ -3,7 +3,8 @@
 //!
 //! `VIDIOC_QUERYCAP`, `VIDIOC_ENUM_FMT`, `VIDIOC_G_FMT`/`S_FMT`/`TRY_FMT`,
 //! `VIDIOC_REQBUFS`, `VIDIOC_QUERYBUF`, `VIDIOC_QBUF`, `VIDIOC_DQBUF`,
-//! `VIDIOC_STREAMON`/`STREAMOFF` and `VIDIOC_EXPBUF`.
+//! `VIDIOC_STREAMON`/`STREAMOFF`, `VIDIOC_EXPBUF`, and the input selection
+//! `VIDIOC_ENUMINPUT`/`G_INPUT`/`S_INPUT`.
 //!
 //! Memory safety: `V4L2_MEMORY_USERPTR` is refused by every wrapper here,
 //! because a queued user pointer lets the device write into memory that Rust
@@ -559,6 +560,40 @@ pub struct V4l2ExportBuffer {
     pub reserved: [u32; 11],
 }
 
+/// `V4L2_INPUT_TYPE_*` values of [`V4l2Input::type_`].
+pub mod input_type {
+    /// `V4L2_INPUT_TYPE_TUNER`: an analog TV tuner.
+    pub const TUNER: u32 = 1;
+    /// `V4L2_INPUT_TYPE_CAMERA`: any other video input (camera, S-Video, HDMI).
+    pub const CAMERA: u32 = 2;
+    /// `V4L2_INPUT_TYPE_TOUCH`: a touch sensor.
+    pub const TOUCH: u32 = 3;
+}
+
+/// `struct v4l2_input` (80 bytes): one video input of a device.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct V4l2Input {
+    /// Which input (the enumeration index).
+    pub index: u32,
+    /// Its label, NUL-terminated.
+    pub name: [u8; 32],
+    /// `input_type`.
+    pub type_: u32,
+    /// Associated audio inputs (bit mask).
+    pub audioset: u32,
+    /// Tuner index, for `input_type::TUNER`.
+    pub tuner: u32,
+    /// `v4l2_std_id`: the analog standards it supports.
+    pub std: u64,
+    /// `V4L2_IN_ST_*`: signal status.
+    pub status: u32,
+    /// `V4L2_IN_CAP_*`.
+    pub capabilities: u32,
+    /// Reserved, zero.
+    pub reserved: [u32; 3],
+}
+
 /// `VIDIOC_QUERYCAP = _IOR('V', 0, struct v4l2_capability)`.
 pub const VIDIOC_QUERYCAP: Opcode = opcode::read::<V4l2Capability>(b'V', 0);
 /// `VIDIOC_ENUM_FMT = _IOWR('V', 2, struct v4l2_fmtdesc)`.
@@ -581,6 +616,12 @@ pub const VIDIOC_DQBUF: Opcode = opcode::read_write::<V4l2Buffer>(b'V', 17);
 pub const VIDIOC_STREAMON: Opcode = opcode::write::<i32>(b'V', 18);
 /// `VIDIOC_STREAMOFF = _IOW('V', 19, int)`.
 pub const VIDIOC_STREAMOFF: Opcode = opcode::write::<i32>(b'V', 19);
+/// `VIDIOC_ENUMINPUT = _IOWR('V', 26, struct v4l2_input)`.
+pub const VIDIOC_ENUMINPUT: Opcode = opcode::read_write::<V4l2Input>(b'V', 26);
+/// `VIDIOC_G_INPUT = _IOR('V', 38, int)`.
+pub const VIDIOC_G_INPUT: Opcode = opcode::read::<i32>(b'V', 38);
+/// `VIDIOC_S_INPUT = _IOWR('V', 39, int)`.
+pub const VIDIOC_S_INPUT: Opcode = opcode::read_write::<i32>(b'V', 39);
 /// `VIDIOC_TRY_FMT = _IOWR('V', 64, struct v4l2_format)`.
 pub const VIDIOC_TRY_FMT: Opcode = opcode::read_write::<V4l2Format>(b'V', 64);
 
@@ -646,6 +687,45 @@ pub fn try_fmt(fd: impl AsFd, format: V4l2Format) -> Result<V4l2Format> {
     // SAFETY: VIDIOC_TRY_FMT reads and writes one v4l2_format.
     unsafe { ioctl(fd, Updater::<VIDIOC_TRY_FMT, _>::new(&mut f))? };
     Ok(f)
+}
+
+/// `ioctl(fd, VIDIOC_ENUMINPUT)`: the `index`-th video input.
+///
+/// # Errors
+/// `EINVAL` past the last input (the end of the enumeration); `ENOTTY` for a
+/// node without inputs (an output or memory-to-memory device).
+pub fn enum_input(fd: impl AsFd, index: u32) -> Result<V4l2Input> {
+    let mut input = V4l2Input {
+        index,
+        ..V4l2Input::default()
+    };
+    // SAFETY: VIDIOC_ENUMINPUT reads and writes one v4l2_input, which
+    // V4l2Input mirrors (size asserted in the tests).
+    unsafe { ioctl(fd, Updater::<VIDIOC_ENUMINPUT, _>::new(&mut input))? };
+    Ok(input)
+}
+
+/// `ioctl(fd, VIDIOC_G_INPUT)`: the index of the current video input.
+///
+/// # Errors
+/// `ENOTTY` for a node without inputs.
+pub fn g_input(fd: impl AsFd) -> Result<u32> {
+    // SAFETY: VIDIOC_G_INPUT writes one int, which Getter provides.
+    let index = unsafe { ioctl(fd, Getter::<VIDIOC_G_INPUT, i32>::new())? };
+    u32::try_from(index).map_err(|_| Errno::INVAL)
+}
+
+/// `ioctl(fd, VIDIOC_S_INPUT)`: select video input `index`. Drivers usually
+/// reset the format to the input's default.
+///
+/// # Errors
+/// `EINVAL` for an index past the last input; `EBUSY` while buffers are
+/// allocated; `ENOTTY` for a node without inputs.
+pub fn s_input(fd: impl AsFd, index: u32) -> Result<()> {
+    let mut value = i32::try_from(index).map_err(|_| Errno::INVAL)?;
+    // SAFETY: VIDIOC_S_INPUT reads (and may write back) one int, which
+    // Updater passes by pointer to `value`, live for the call.
+    unsafe { ioctl(fd, Updater::<VIDIOC_S_INPUT, i32>::new(&mut value)) }
 }
 
 /// `ioctl(fd, VIDIOC_REQBUFS)`: allocate (or, with `count == 0`, free) the
@@ -823,6 +903,10 @@ mod tests {
         assert_eq!(offset_of!(V4l2PixFormatMplane, num_planes), 180);
         assert_eq!(size_of::<V4l2PlanePixFormat>(), 20);
         assert_eq!(size_of::<V4l2Timecode>(), 16);
+        assert_eq!(size_of::<V4l2Input>(), 80);
+        assert_eq!(offset_of!(V4l2Input, type_), 36);
+        assert_eq!(offset_of!(V4l2Input, std), 48);
+        assert_eq!(offset_of!(V4l2Input, capabilities), 60);
     }
 
     /// Opcodes from gcc on x86_64 against `linux/videodev2.h`.
@@ -841,6 +925,9 @@ mod tests {
         assert_eq!(VIDIOC_STREAMON, 0x4004_5612);
         assert_eq!(VIDIOC_STREAMOFF, 0x4004_5613);
         assert_eq!(VIDIOC_EXPBUF, 0xc040_5610);
+        assert_eq!(VIDIOC_ENUMINPUT, 0xc050_561a);
+        assert_eq!(VIDIOC_G_INPUT, 0x8004_5626);
+        assert_eq!(VIDIOC_S_INPUT, 0xc004_5627);
     }
 
     #[test]

@@ -131,6 +131,9 @@ pub fn run(
     for path in &dev.for_devices {
         all.push(Constraints::probe_with(path, &profiles)?);
     }
+    // Explicit options form a pseudo-device "command line", listed among
+    // the devices only when it asks for something.
+    let explicit = contiguous || align > 1 || dev.max_address.is_some() || dev.page_size.is_some() || dev.uncached;
     let mut cli = Constraints::builder("command line");
     if contiguous {
         cli = cli.contiguous();
@@ -147,7 +150,9 @@ pub fn run(
     if dev.uncached {
         cli = cli.coherency(DeviceCoherency::NeedsUncached);
     }
-    all.push(cli.build()?);
+    if explicit || all.is_empty() {
+        all.push(cli.build()?);
+    }
     let merged = Constraints::merge_all(&all)?;
 
     let (layout, len) = match (size, dev.format) {

@@ -150,6 +150,22 @@ pub struct PlaneLayout {
     pub sizeimage: u32,
 }
 
+/// One entry of `VIDIOC_ENUMINPUT`: a video input a capture node can select
+/// with [`V4l2Device::set_input`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// Its index (what [`V4l2Device::input`] returns and
+    /// [`V4l2Device::set_input`] takes).
+    pub index: u32,
+    /// Its label (vivid: `Webcam 0`, `TV 1`, `S-Video 2`, `HDMI 3`).
+    pub name: String,
+    /// Whether it is an analog TV tuner (`V4L2_INPUT_TYPE_TUNER`); other
+    /// video inputs are `V4L2_INPUT_TYPE_CAMERA`.
+    pub tuner: bool,
+    /// `V4L2_IN_ST_*` signal status bits (0: a signal is present).
+    pub status: u32,
+}
+
 /// A format as the driver answered it (it may differ from what was asked).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Format {
@@ -236,6 +252,23 @@ pub enum FormatError {
     Busy,
     /// Another errno.
     #[error("V4L2 format ioctl failed: {0}")]
+    Os(#[source] Errno),
+}
+
+/// Why a video input could not be listed, read or selected.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// The node has no inputs (an output or memory-to-memory node).
+    #[error("the device has no video inputs (VIDIOC_G_INPUT/S_INPUT unsupported)")]
+    NoInputs,
+    /// No input has this index.
+    #[error("no video input {0} (see V4l2Device::inputs)")]
+    NoSuchInput(u32),
+    /// Buffers are allocated.
+    #[error("the input cannot change while buffers are allocated: drop the queue first")]
+    Busy,
+    /// Another errno.
+    #[error("V4L2 input ioctl failed: {0}")]
     Os(#[source] Errno),
 }
 
@@ -483,18 +516,27 @@ impl V4l2Device {
         Ok(Format::from_raw(buf_type, &f))
     }
 
-    fn request(buf_type: BufType, width: u32, height: u32, pixelformat: u32) -> sys::V4l2Format {
+    fn request(
+        buf_type: BufType,
+        width: u32,
+        height: u32,
+        pixelformat: u32,
+        bytesperline: &[u32],
+    ) -> sys::V4l2Format {
         if buf_type.is_multiplanar() {
-            sys::V4l2Format::multi(
-                buf_type.raw(),
-                sys::V4l2PixFormatMplane {
-                    width,
-                    height,
-                    pixelformat,
-                    field: sys::FIELD_NONE,
-                    ..Default::default()
-                },
-            )
+            let mut mp = sys::V4l2PixFormatMplane {
+                width,
+                height,
+                pixelformat,
+                field: sys::FIELD_NONE,
+                ..Default::default()
+            };
+            for (plane, &bpl) in mp.plane_fmt.iter_mut().zip(bytesperline) {
+                plane.bytesperline = bpl;
+            }
+            // At most VIDEO_MAX_PLANES (8) entries were used: fits in u8.
+            mp.num_planes = bytesperline.len().min(sys::VIDEO_MAX_PLANES) as u8;
+            sys::V4l2Format::multi(buf_type.raw(), mp)
         } else {
             sys::V4l2Format::single(
                 buf_type.raw(),
@@ -503,6 +545,7 @@ impl V4l2Device {
                     height,
                     pixelformat,
                     field: sys::FIELD_NONE,
+                    bytesperline: bytesperline.first().copied().unwrap_or(0),
                     ..Default::default()
                 },
             )
@@ -522,9 +565,30 @@ impl V4l2Device {
         height: u32,
         pixelformat: u32,
     ) -> Result<Format, FormatError> {
+        self.set_format_with_pitches(buf_type, width, height, pixelformat, &[])
+    }
+
+    /// [`set_format`](Self::set_format) asking for a `bytesperline` per
+    /// memory plane (one entry for single-planar types; missing entries, or
+    /// 0, leave the choice to the driver), e.g. the pitches of a
+    /// [`Layout`](crate::format::Layout) padded with `stride_align`. Drivers
+    /// that support padding (vivid, most DMA engines with a stride register)
+    /// keep a larger pitch and grow `sizeimage` to match; others replace it
+    /// with their own: compare the answer before relying on it.
+    ///
+    /// # Errors
+    /// As [`set_format`](Self::set_format).
+    pub fn set_format_with_pitches(
+        &self,
+        buf_type: BufType,
+        width: u32,
+        height: u32,
+        pixelformat: u32,
+        bytesperline: &[u32],
+    ) -> Result<Format, FormatError> {
         let f = sys::s_fmt(
             &self.fd,
-            Self::request(buf_type, width, height, pixelformat),
+            Self::request(buf_type, width, height, pixelformat, bytesperline),
         )
         .map_err(|e| Self::format_errno(buf_type, e))?;
         Ok(Format::from_raw(buf_type, &f))
@@ -544,10 +608,59 @@ impl V4l2Device {
     ) -> Result<Format, FormatError> {
         let f = sys::try_fmt(
             &self.fd,
-            Self::request(buf_type, width, height, pixelformat),
+            Self::request(buf_type, width, height, pixelformat, &[]),
         )
         .map_err(|e| Self::format_errno(buf_type, e))?;
         Ok(Format::from_raw(buf_type, &f))
+    }
+
+    /// `VIDIOC_ENUMINPUT`: the node's video inputs; empty for a node
+    /// without inputs.
+    ///
+    /// # Errors
+    /// [`InputError::Os`] for an unexpected errno.
+    pub fn inputs(&self) -> Result<Vec<Input>, InputError> {
+        let mut out = Vec::new();
+        // Bounded: a buggy driver must not make this loop forever.
+        for index in 0..256 {
+            match sys::enum_input(&self.fd, index) {
+                Ok(i) => out.push(Input {
+                    index: i.index,
+                    name: c_string(&i.name),
+                    tuner: i.type_ == sys::input_type::TUNER,
+                    status: i.status,
+                }),
+                Err(Errno::INVAL | Errno::NOTTY) => break,
+                Err(e) => return Err(InputError::Os(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// `VIDIOC_G_INPUT`: the index of the current video input.
+    ///
+    /// # Errors
+    /// [`InputError::NoInputs`] for a node without inputs.
+    pub fn input(&self) -> Result<u32, InputError> {
+        sys::g_input(&self.fd).map_err(|e| match e {
+            Errno::NOTTY => InputError::NoInputs,
+            e => InputError::Os(e),
+        })
+    }
+
+    /// `VIDIOC_S_INPUT`: select video input `index`. Drivers usually reset
+    /// the format to the new input's default: set the format afterwards.
+    ///
+    /// # Errors
+    /// [`InputError::NoSuchInput`], [`InputError::Busy`] while buffers are
+    /// allocated, [`InputError::NoInputs`].
+    pub fn set_input(&self, index: u32) -> Result<(), InputError> {
+        sys::s_input(&self.fd, index).map_err(|e| match e {
+            Errno::INVAL => InputError::NoSuchInput(index),
+            Errno::BUSY => InputError::Busy,
+            Errno::NOTTY => InputError::NoInputs,
+            e => InputError::Os(e),
+        })
     }
 
     /// `VIDIOC_REQBUFS`: allocate `count` buffer slots for a memory model.
