@@ -217,6 +217,88 @@ int main(void) {
     dmabroker_client_free(NULL);
     dmabroker_string_free(NULL);
 
+    /* Constraints and allocation by constraints. */
+    dmabroker_constraints *cons = (dmabroker_constraints *)1;
+    expect("constraints_new(NULL device)", dmabroker_constraints_new(NULL, &cons), INVALID);
+    expect_true("  out cleared to NULL", cons == NULL);
+    expect("constraints_probe(/nonexistent)",
+           dmabroker_constraints_probe("/nonexistent/video9", &cons), DMABROKER_ERROR_NOT_FOUND);
+    expect("constraints_set_align(NULL)", dmabroker_constraints_set_align(NULL, 4096), INVALID);
+    expect("constraints_new(\"dev\")", dmabroker_constraints_new("dev", &cons), DMABROKER_OK);
+    expect("constraints_set_align(3)", dmabroker_constraints_set_align(cons, 3), INVALID);
+    expect("constraints_set_address_bits(8)", dmabroker_constraints_set_address_bits(cons, 8),
+           INVALID);
+    expect("constraints_set_coherency(99)",
+           dmabroker_constraints_set_coherency(cons, (dmabroker_coherency)99), INVALID);
+    expect("constraints_merge(NULL src)", dmabroker_constraints_merge(cons, NULL), INVALID);
+    dmabroker_choice_info choice;
+    memset(&choice, 0xff, sizeof choice);
+    expect("alloc_for(NULL constraints)",
+           dmabroker_alloc_for(NULL, NULL, 4096, NULL, &buffer2, &choice), INVALID);
+    expect_true("  choice_info cleared", choice.heap == NULL && choice.reasons == NULL);
+    expect("alloc_for(size 0)", dmabroker_alloc_for(NULL, cons, 0, NULL, &buffer2, NULL), INVALID);
+    dmabroker_choice_info_clear(&choice);
+    dmabroker_choice_info_clear(NULL);
+    dmabroker_constraints_free(cons);
+    dmabroker_constraints_free(NULL);
+
+    /* Layouts. */
+    dmabroker_layout *layout = (dmabroker_layout *)1;
+    expect("layout_new(\"BOGUS\")", dmabroker_layout_new("BOGUS", 64, 64, 0, &layout), INVALID);
+    expect_true("  out cleared to NULL", layout == NULL);
+    expect("layout_new(width 0)", dmabroker_layout_new("NV12", 0, 64, 0, &layout), INVALID);
+    expect("layout_new(stride_align 3)", dmabroker_layout_new("NV12", 64, 64, 3, &layout), INVALID);
+    dmabroker_plane_layout plane;
+    expect("layout_get_plane(NULL)", dmabroker_layout_get_plane(NULL, 0, &plane), INVALID);
+    expect_true("layout_total_size(NULL) == 0", dmabroker_layout_total_size(NULL) == 0);
+    expect("alloc_format(NV12M: a buffer per plane)",
+           dmabroker_alloc_format(NULL, "memfd", "NV12M", 64, 64, 0, NULL, &buffer2, &layout),
+           DMABROKER_ERROR_UNSUPPORTED);
+    expect_true("  out and layout cleared", buffer2 == NULL && layout == NULL);
+    dmabroker_layout_free(NULL);
+
+    /* Pools. */
+    dmabroker_producer *producer = (dmabroker_producer *)1;
+    expect("producer_new(0 buffers)",
+           dmabroker_producer_new(NULL, "memfd", 0, 4096, NULL, &producer), INVALID);
+    expect_true("  out cleared to NULL", producer == NULL);
+    expect("producer_new(size 0)", dmabroker_producer_new(NULL, "memfd", 2, 0, NULL, &producer),
+           INVALID);
+    expect("producer_new(2 buffers)", dmabroker_producer_new(NULL, "memfd", 2, 4096, NULL, &producer),
+           DMABROKER_OK);
+    expect("producer_submit(nothing acquired)", dmabroker_producer_submit(producer, 1, 0, 0, NULL),
+           DMABROKER_ERROR_NOT_BEGUN);
+    expect("producer_cancel(nothing acquired)", dmabroker_producer_cancel(producer),
+           DMABROKER_ERROR_NOT_BEGUN);
+    uint32_t index = 0;
+    expect("producer_acquire", dmabroker_producer_acquire(producer, 0, &index, &data, &len),
+           DMABROKER_OK);
+    expect("producer_acquire(second)", dmabroker_producer_acquire(producer, 0, &index, &data, &len),
+           DMABROKER_ERROR_BUSY);
+    expect_true("  index, data, len cleared", index == UINT32_MAX && data == NULL && len == 0);
+    expect("producer_submit(reserved flag)", dmabroker_producer_submit(producer, 1, 1u << 16, 0, NULL),
+           INVALID);
+    expect("producer_submit(too long)", dmabroker_producer_submit(producer, 1u << 30, 0, 0, NULL),
+           INVALID);
+    expect("producer_cancel", dmabroker_producer_cancel(producer), DMABROKER_OK);
+    dmabroker_producer_free(producer);
+    dmabroker_producer_free(NULL);
+    dmabroker_consumer *consumer = (dmabroker_consumer *)1;
+    expect("consumer_connect(nobody there)",
+           dmabroker_consumer_connect("/nonexistent/pool.sock", DMABROKER_WAIT_MODE_BLOCK, &consumer),
+           DMABROKER_ERROR_NO_PRODUCER);
+    expect_true("  out cleared to NULL", consumer == NULL);
+    expect("consumer_connect(wait mode 7)",
+           dmabroker_consumer_connect("/nonexistent/pool.sock", (dmabroker_wait_mode)7, &consumer),
+           INVALID);
+    dmabroker_frame *frame = (dmabroker_frame *)1;
+    expect("consumer_recv(NULL consumer)", dmabroker_consumer_recv(NULL, 0, &frame), INVALID);
+    expect_true("  frame cleared to NULL", frame == NULL);
+    const void *frame_data = (const void *)1;
+    expect("frame_data(NULL frame)", dmabroker_frame_data(NULL, &frame_data, &len), INVALID);
+    dmabroker_consumer_free(NULL);
+    dmabroker_frame_free(NULL);
+
     /* Status names, panics, NULL frees. */
     expect_true("status_name(DMABROKER_ERROR_IO)",
                 strcmp(dmabroker_status_name(DMABROKER_ERROR_IO), "DMABROKER_ERROR_IO") == 0);

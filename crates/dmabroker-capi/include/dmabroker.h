@@ -32,6 +32,16 @@
 #define DMABROKER_UNLIMITED UINT64_MAX
 
 /**
+ * Frame flag: the frame can be decoded on its own (encoders).
+ */
+#define DMABROKER_FRAME_FLAG_KEY_FRAME 1
+
+/**
+ * Frame flag: the source reported an error for this frame.
+ */
+#define DMABROKER_FRAME_FLAG_ERROR 2
+
+/**
  * The result of every fallible call: `DMABROKER_OK` (0) or an error whose
  * details `dmabroker_last_error()` describes.
  *
@@ -82,8 +92,9 @@ typedef enum dmabroker_status {
     DMABROKER_ERROR_PANIC = 8,
     /**
      * The heap exists but cannot meet the request (contiguity, alignment,
-     * per-buffer size limit) or the buffer cannot be mapped by the CPU;
-     * the message says which heap would.
+     * per-buffer size limit), no heap meets a set of constraints
+     * (`dmabroker_alloc_for`), or the buffer cannot be mapped by the CPU;
+     * the message says which heap would, or what each heap lacks.
      */
     DMABROKER_ERROR_UNSUPPORTED = 9,
     /**
@@ -92,11 +103,14 @@ typedef enum dmabroker_status {
     DMABROKER_ERROR_BUFFER_TOO_SMALL = 10,
     /**
      * `dmabroker_mapping_begin` while an access is active on that mapping:
-     * call `dmabroker_mapping_end` first.
+     * call `dmabroker_mapping_end` first. Also: a pool call while a slot or
+     * frame is still out (submit, cancel or free it first), and a pool that
+     * serves as many consumers as it may.
      */
     DMABROKER_ERROR_BUSY = 11,
     /**
-     * `dmabroker_mapping_end` with no access active.
+     * `dmabroker_mapping_end` with no access active; a pool submit or
+     * cancel with no slot acquired.
      */
     DMABROKER_ERROR_NOT_BEGUN = 12,
     /**
@@ -105,7 +119,8 @@ typedef enum dmabroker_status {
      */
     DMABROKER_ERROR_NO_BROKER = 13,
     /**
-     * No publication with that key (withdrawn, expired, consumed, a typo).
+     * No publication with that key (withdrawn, expired, consumed, a typo),
+     * or no such device node (`dmabroker_constraints_probe`).
      */
     DMABROKER_ERROR_NOT_FOUND = 14,
     /**
@@ -117,10 +132,38 @@ typedef enum dmabroker_status {
      */
     DMABROKER_ERROR_QUOTA_EXCEEDED = 16,
     /**
-     * The broker refused or broke the session (closed connection,
-     * protocol or version mismatch); reconnect.
+     * The broker, or a pool's producer, refused or broke the session
+     * (closed connection, protocol or version mismatch); reconnect.
      */
     DMABROKER_ERROR_BROKER = 17,
+    /**
+     * Nothing happened within the timeout (no frame, no free buffer, not
+     * enough consumers); the stream goes on: try again.
+     */
+    DMABROKER_ERROR_TIMEOUT = 18,
+    /**
+     * The pool's stream ended in order (the producer closed it; every
+     * frame handed off before was received), or the producer was closed.
+     */
+    DMABROKER_ERROR_CLOSED = 19,
+    /**
+     * The pool's producer died without closing the stream.
+     */
+    DMABROKER_ERROR_PRODUCER_GONE = 20,
+    /**
+     * The producer cut this consumer off: it held a frame longer than the
+     * pool's release timeout. Reconnect.
+     */
+    DMABROKER_ERROR_EVICTED = 21,
+    /**
+     * Two devices' constraints contradict each other (one needs cached
+     * memory, the other uncached); the message names both.
+     */
+    DMABROKER_ERROR_CONFLICT = 22,
+    /**
+     * No pool producer listens at that socket path.
+     */
+    DMABROKER_ERROR_NO_PRODUCER = 23,
 } dmabroker_status;
 
 /**
@@ -277,6 +320,67 @@ typedef uint32_t dmabroker_access;
 #endif // __cplusplus
 
 /**
+ * How a device relates to CPU caches (`dmabroker_constraints_set_coherency`).
+ */
+enum dmabroker_coherency
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * No statement (removes one made before).
+     */
+    DMABROKER_COHERENCY_UNSPECIFIED = 0,
+    /**
+     * The device snoops CPU caches (`dma-coherent`): cached memory, no
+     * cache maintenance.
+     */
+    DMABROKER_COHERENCY_SNOOPS = 1,
+    /**
+     * The device does not snoop: cached memory with cache maintenance
+     * around CPU access (`dmabroker_mapping_begin`/`_end` do it), or
+     * uncached memory.
+     */
+    DMABROKER_COHERENCY_NEEDS_MAINTENANCE = 2,
+    /**
+     * The device needs memory the CPU maps uncached.
+     */
+    DMABROKER_COHERENCY_NEEDS_UNCACHED = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum dmabroker_coherency dmabroker_coherency;
+#else
+typedef uint32_t dmabroker_coherency;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * How a consumer waits for frames.
+ */
+enum dmabroker_wait_mode
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Spin briefly (20 us), then sleep on a futex: no CPU used while idle.
+     */
+    DMABROKER_WAIT_MODE_BLOCK = 0,
+    /**
+     * Never sleep: the lowest latency, one CPU core fully used.
+     */
+    DMABROKER_WAIT_MODE_BUSY_POLL = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum dmabroker_wait_mode dmabroker_wait_mode;
+#else
+typedef uint32_t dmabroker_wait_mode;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A buffer (opaque): an fd for memory plus what is known about it. Made by
  * `dmabroker_alloc`, `dmabroker_buffer_from_fd` or `dmabroker_buffer_clone`;
  * released by `dmabroker_buffer_free`. Read-only after creation, so it may
@@ -293,11 +397,45 @@ typedef struct dmabroker_buffer dmabroker_buffer;
 typedef struct dmabroker_client dmabroker_client;
 
 /**
+ * The requirements of one or more devices (opaque): made by
+ * `dmabroker_constraints_new` (one device described by the setters) or
+ * `dmabroker_constraints_probe` (a device node read through sysfs and the
+ * device profiles), combined with `dmabroker_constraints_merge`, released
+ * by `dmabroker_constraints_free`. Setters and merge change it: a handle
+ * being changed must not be used by another thread at the same time.
+ */
+typedef struct dmabroker_constraints dmabroker_constraints;
+
+/**
+ * The consuming end of a pool (opaque): made by `dmabroker_consumer_connect`,
+ * released by `dmabroker_consumer_free`. It holds one frame at a time: free
+ * the frame from `dmabroker_consumer_recv` before the next. Its calls lock
+ * it, so threads may share it.
+ */
+typedef struct dmabroker_consumer dmabroker_consumer;
+
+/**
+ * A received frame (opaque): made by `dmabroker_consumer_recv`; freeing it
+ * (`dmabroker_frame_free`) ends CPU access and gives the buffer back to
+ * the producer. It keeps its consumer alive (attached) until then.
+ */
+typedef struct dmabroker_frame dmabroker_frame;
+
+/**
  * The heaps of this machine (opaque): made by `dmabroker_heaps_discover`,
  * released by `dmabroker_heaps_free`. Read-only after creation, so it may
  * be shared between threads.
  */
 typedef struct dmabroker_heaps dmabroker_heaps;
+
+/**
+ * Where the planes of one frame of a pixel format lie (opaque), exactly as
+ * the kernel's `v4l2_fill_pixfmt()` computes them, plus any padding asked
+ * for: made by `dmabroker_layout_new`, `dmabroker_layout_new_padded` or
+ * `dmabroker_alloc_format`, released by `dmabroker_layout_free`.
+ * Read-only after creation, so it may be shared between threads.
+ */
+typedef struct dmabroker_layout dmabroker_layout;
 
 /**
  * A CPU mapping of a whole buffer (opaque): made by `dmabroker_buffer_map`,
@@ -306,6 +444,15 @@ typedef struct dmabroker_heaps dmabroker_heaps;
  * two threads cannot both begin an access on one mapping.
  */
 typedef struct dmabroker_mapping dmabroker_mapping;
+
+/**
+ * The producing end of a pool (opaque): owns N buffers of one size,
+ * accepts consumers on a socket and hands them frames by index. Made by
+ * `dmabroker_producer_new`, released by `dmabroker_producer_free` (which
+ * closes the stream). Its calls lock it, so threads may share it; a call
+ * that waits (acquire, wait for consumers) holds the lock meanwhile.
+ */
+typedef struct dmabroker_producer dmabroker_producer;
 
 /**
  * Optional requirements of an allocation. All-zero (`{0}`) means none.
@@ -423,6 +570,74 @@ typedef struct dmabroker_publish_options {
 } dmabroker_publish_options;
 
 /**
+ * What `dmabroker_alloc_for` chose and why. The two strings belong to the
+ * caller: release them with `dmabroker_choice_info_clear` (or each with
+ * `dmabroker_string_free`). On failure both are NULL and the rest 0.
+ */
+typedef struct dmabroker_choice_info {
+    /**
+     * The heap allocated from (`"dma-heap/system"`).
+     */
+    char *heap;
+    /**
+     * Why that heap, one sentence each, joined with `"; "` (fallbacks
+     * from heaps that failed to allocate included).
+     */
+    char *reasons;
+    /**
+     * Bytes requested: the length rounded up to the granularity.
+     */
+    uint64_t len;
+    /**
+     * Bytes the heap gave: `len` rounded up to its page size.
+     */
+    uint64_t allocated_len;
+    /**
+     * Start alignment requested.
+     */
+    uint64_t align;
+    /**
+     * Physical contiguity was requested.
+     */
+    bool contiguous;
+    /**
+     * CPU access needs cache maintenance (done by `dmabroker_mapping_begin`/`_end`).
+     */
+    bool non_coherent;
+    /**
+     * The buffer is mapped uncached (or write-combined) on the CPU.
+     */
+    bool uncached;
+} dmabroker_choice_info;
+
+/**
+ * One plane of a layout.
+ */
+typedef struct dmabroker_plane_layout {
+    /**
+     * Index of the buffer holding the plane: 0 for single-buffer formats,
+     * the plane's own index for the `...M` formats (one buffer per plane).
+     */
+    uint32_t buffer;
+    /**
+     * Number of rows.
+     */
+    uint32_t lines;
+    /**
+     * Byte offset of the plane's first row within its buffer.
+     */
+    uint64_t offset;
+    /**
+     * Bytes from the start of one row to the next (pitch, stride).
+     */
+    uint64_t bytesperline;
+    /**
+     * `bytesperline * lines`.
+     */
+    uint64_t size;
+} dmabroker_plane_layout;
+
+/**
  * What a heap can do, as read by `dmabroker_heaps_discover`.
  *
  * The strings belong to the `dmabroker_heaps` handle and stay valid until
@@ -471,6 +686,152 @@ typedef struct dmabroker_heap_info {
      */
     bool uncached;
 } dmabroker_heap_info;
+
+/**
+ * How `dmabroker_producer_new` shapes the pool. All-zero (`{0}`) means the
+ * defaults.
+ */
+typedef struct dmabroker_pool_options {
+    /**
+     * A name for the buffers (shown in `/proc/PID/fd` and fdinfo); NULL: `"pool"`.
+     */
+    const char *name;
+    /**
+     * A consumer holding a frame longer than this is evicted; 0: 5000 ms;
+     * negative: never.
+     */
+    int64_t release_timeout_ms;
+    /**
+     * Most consumers attached at once (1 to 63); 0: 8.
+     */
+    uint32_t max_consumers;
+    /**
+     * When every buffer is held: take back the oldest frame consumers have
+     * not started reading (live video), instead of waiting for a release.
+     */
+    bool drop_oldest;
+} dmabroker_pool_options;
+
+/**
+ * Counters of a pool (`dmabroker_producer_get_stats`).
+ */
+typedef struct dmabroker_pool_stats {
+    /**
+     * Frames submitted.
+     */
+    uint64_t produced;
+    /**
+     * Frames taken back from at least one consumer (drop-oldest).
+     */
+    uint64_t dropped;
+    /**
+     * Consumers that died or were evicted so far.
+     */
+    uint64_t lost_consumers;
+    /**
+     * Consumers known now (attached or evicted): the count for
+     * `dmabroker_producer_get_consumer_stats`.
+     */
+    size_t consumers;
+    /**
+     * Consumers attached and receiving frames now.
+     */
+    size_t attached;
+} dmabroker_pool_stats;
+
+/**
+ * Counters of one consumer, as its producer sees them.
+ */
+typedef struct dmabroker_consumer_stats {
+    /**
+     * Frames put in its ring.
+     */
+    uint64_t delivered;
+    /**
+     * Frames it took from its ring.
+     */
+    uint64_t received;
+    /**
+     * Frames it released.
+     */
+    uint64_t released;
+    /**
+     * Frames taken back before it read them (drop-oldest).
+     */
+    uint64_t dropped;
+    /**
+     * `futex_wake` calls the producer made for it (0 while it keeps up).
+     */
+    uint64_t wakes;
+    /**
+     * Its slot in the pool.
+     */
+    uint32_t slot;
+    /**
+     * Its process id.
+     */
+    uint32_t pid;
+    /**
+     * It was evicted for holding a frame too long.
+     */
+    bool evicted;
+} dmabroker_consumer_stats;
+
+/**
+ * What a consumer sees of its own attachment (`dmabroker_consumer_get_stats`).
+ */
+typedef struct dmabroker_consumer_self_stats {
+    /**
+     * Bytes per buffer.
+     */
+    uint64_t buffer_len;
+    /**
+     * Frames the producer took back before this consumer read them.
+     */
+    uint64_t dropped;
+    /**
+     * Times the producer had to wake this consumer.
+     */
+    uint64_t wakes;
+    /**
+     * Buffers in the pool.
+     */
+    uint32_t buffer_count;
+    /**
+     * This consumer's slot in the pool.
+     */
+    uint32_t slot;
+} dmabroker_consumer_self_stats;
+
+/**
+ * What the producer said about a frame (`dmabroker_frame_get_info`).
+ */
+typedef struct dmabroker_frame_info {
+    /**
+     * Index of the buffer in the pool.
+     */
+    uint32_t index;
+    /**
+     * `DMABROKER_FRAME_FLAG_*` bits.
+     */
+    uint32_t flags;
+    /**
+     * Sequence number (gaps: frames dropped for this consumer).
+     */
+    uint64_t seq;
+    /**
+     * `CLOCK_MONOTONIC` nanoseconds when the producer submitted it.
+     */
+    uint64_t timestamp_ns;
+    /**
+     * Bytes of the buffer the frame occupies.
+     */
+    uint64_t bytes_used;
+    /**
+     * The producer's application word (a checksum, a device timestamp, ...).
+     */
+    uint64_t meta;
+} dmabroker_frame_info;
 
 #ifdef __cplusplus
 extern "C" {
@@ -737,6 +1098,357 @@ enum dmabroker_status dmabroker_client_unpublish(const struct dmabroker_client *
 void dmabroker_string_free(char *s);
 
 /**
+ * Start describing a device named `device` (the name that reasons and
+ * errors show, e.g. `"isp0"`), with no requirement yet: add them with the
+ * `dmabroker_constraints_set_*` calls.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers or a name that is
+ * not UTF-8.
+ *
+ * # Safety
+ * `device` is NULL or a C string; `out` is NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_constraints_new(const char *device, struct dmabroker_constraints **out);
+
+/**
+ * The constraints of a V4L2 or DRM device node (`"/dev/video0"`,
+ * `"/dev/dri/card0"`), read from sysfs (DMA mask, IOMMU) and the device
+ * profiles in `/etc/dmabroker/devices.d`. The setters then add
+ * requirements on behalf of the node.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_NOT_FOUND` (no such node), `DMABROKER_ERROR_UNSUPPORTED`
+ * (not a V4L2, DRM or accel device), `DMABROKER_ERROR_IO` (no sysfs entry,
+ * an invalid profile file), `DMABROKER_ERROR_PERMISSION_DENIED`,
+ * `DMABROKER_ERROR_INVALID_ARGUMENT`.
+ *
+ * # Safety
+ * `path` is NULL or a C string; `out` is NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_constraints_probe(const char *path, struct dmabroker_constraints **out);
+
+/**
+ * Release a constraints handle. NULL is ignored.
+ *
+ * # Safety
+ * `constraints` is NULL or a live handle not freed before; it is not used
+ * afterwards.
+ */
+void dmabroker_constraints_free(struct dmabroker_constraints *constraints);
+
+/**
+ * The device needs physically contiguous memory (`true`: one segment), or
+ * not (`false`: removes this handle's segment limit).
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL.
+ *
+ * # Safety
+ * `constraints` is NULL or a live handle no other thread uses during the call.
+ */
+enum dmabroker_status dmabroker_constraints_set_contiguous(struct dmabroker_constraints *constraints, bool contiguous);
+
+/**
+ * The device follows at most `max_segments` physical segments (a
+ * scatter-gather table of that many entries; 1: contiguous). 0 removes
+ * this handle's limit.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL.
+ *
+ * # Safety
+ * `constraints` is NULL or a live handle no other thread uses during the call.
+ */
+enum dmabroker_status dmabroker_constraints_set_max_segments(struct dmabroker_constraints *constraints, uint64_t max_segments);
+
+/**
+ * The device reaches physical addresses below `2^bits` only (its DMA
+ * mask, no IOMMU): 12 to 64 (64: no limit); 0 removes this handle's limit.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL or `bits` outside 12..=64.
+ *
+ * # Safety
+ * `constraints` is NULL or a live handle no other thread uses during the call.
+ */
+enum dmabroker_status dmabroker_constraints_set_address_bits(struct dmabroker_constraints *constraints, uint32_t bits);
+
+/**
+ * The buffer must start on a multiple of `align` bytes (a power of two);
+ * 0 removes this handle's requirement.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL or a value not a power of two.
+ *
+ * # Safety
+ * `constraints` is NULL or a live handle no other thread uses during the call.
+ */
+enum dmabroker_status dmabroker_constraints_set_align(struct dmabroker_constraints *constraints, uint64_t align);
+
+/**
+ * The buffer's pages must be at least `page_size` bytes (a power of two),
+ * e.g. a device TLB built for 64 KiB pages; 0 removes this handle's
+ * requirement.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL or a value not a power of two.
+ *
+ * # Safety
+ * `constraints` is NULL or a live handle no other thread uses during the call.
+ */
+enum dmabroker_status dmabroker_constraints_set_page_size(struct dmabroker_constraints *constraints, uint64_t page_size);
+
+/**
+ * The buffer's length is rounded up to a multiple of `granularity` bytes
+ * (a power of two); 0 removes this handle's requirement.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL or a value not a power of two.
+ *
+ * # Safety
+ * `constraints` is NULL or a live handle no other thread uses during the call.
+ */
+enum dmabroker_status dmabroker_constraints_set_granularity(struct dmabroker_constraints *constraints, uint64_t granularity);
+
+/**
+ * How the device relates to CPU caches, a `dmabroker_coherency`
+ * (`DMABROKER_COHERENCY_UNSPECIFIED` removes this handle's statement).
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL or an unknown value;
+ * `DMABROKER_ERROR_CONFLICT` when it contradicts a device merged in
+ * (cached against uncached); the handle is then unchanged.
+ *
+ * # Safety
+ * `constraints` is NULL or a live handle no other thread uses during the call.
+ */
+enum dmabroker_status dmabroker_constraints_set_coherency(struct dmabroker_constraints *constraints, dmabroker_coherency coherency);
+
+/**
+ * Whether the device imports a dma-buf (`true`), or CPU/IPC memory (a
+ * memfd) will do (`false`).
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL.
+ *
+ * # Safety
+ * `constraints` is NULL or a live handle no other thread uses during the call.
+ */
+enum dmabroker_status dmabroker_constraints_set_dma_buf(struct dmabroker_constraints *constraints, bool needed);
+
+/**
+ * Add the requirements of `src` (every device it describes) to `dst`: the
+ * strictest value of each wins (fewest segments, largest alignment, fewest
+ * address bits, dma-buf over CPU memory, non-coherent over coherent).
+ * `src` is unchanged and may be freed afterwards.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_CONFLICT` (one side needs cached memory, the other
+ * uncached; `dst` is then unchanged), `DMABROKER_ERROR_INVALID_ARGUMENT`.
+ *
+ * # Safety
+ * `dst` is NULL or a live handle no other thread uses during the call;
+ * `src` is NULL or a live handle.
+ */
+enum dmabroker_status dmabroker_constraints_merge(struct dmabroker_constraints *dst, const struct dmabroker_constraints *src);
+
+/**
+ * What the constraints require, one requirement per line with the
+ * devices behind it (`"no requirement (devices: ...)"` when none), as a
+ * string the caller releases with `dmabroker_string_free`.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers.
+ *
+ * # Safety
+ * `constraints` is NULL or a live handle; `out` is NULL or writable for
+ * one pointer.
+ */
+enum dmabroker_status dmabroker_constraints_describe(const struct dmabroker_constraints *constraints, char **out);
+
+/**
+ * Choose the cheapest heap that meets every requirement of `constraints`
+ * and allocate `len` bytes from it (falling back to the next suitable
+ * heap when one fails to allocate). `name` (NULL: none) names the buffer.
+ * `heaps` may be NULL (discovered for this call). `choice_info` may be
+ * NULL; otherwise it receives the heap and the reasons.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_UNSUPPORTED` when no heap meets the constraints (the
+ * message says what each heap lacks and hints what to do), the status of
+ * the last heap tried when every suitable heap failed to allocate
+ * (`DMABROKER_ERROR_OUT_OF_MEMORY`, `_PERMISSION_DENIED`, ...),
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers, size 0).
+ *
+ * # Safety
+ * `heaps` is NULL or a live handle; `constraints` is NULL or a live handle;
+ * `name` is NULL or a C string; `out` is NULL or writable for one pointer;
+ * `choice_info` is NULL or writable for one `dmabroker_choice_info` (its
+ * old contents are overwritten, not freed).
+ */
+enum dmabroker_status dmabroker_alloc_for(const struct dmabroker_heaps *heaps, const struct dmabroker_constraints *constraints, uint64_t len, const char *name, struct dmabroker_buffer **out, struct dmabroker_choice_info *choice_info);
+
+/**
+ * Release the strings of a `dmabroker_choice_info` and set them to NULL
+ * (the rest is left as it is). NULL, and a struct already cleared, are
+ * ignored.
+ *
+ * # Safety
+ * `info` is NULL or points to a `dmabroker_choice_info` filled by
+ * `dmabroker_alloc_for` (or all-zero), whose strings were not freed otherwise.
+ */
+void dmabroker_choice_info_clear(struct dmabroker_choice_info *info);
+
+/**
+ * Lay out one `width` x `height` frame of the pixel format `format`: a
+ * name (`"NV12"`, `"YUYV"`, `"I420"`, `"XRGB8888"`) or a fourcc (`"NM12"`),
+ * any case. Every plane's `bytesperline` is a multiple of `stride_align`
+ * (a power of two; 0 or 1: the kernel's unpadded layout).
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers, an unknown format,
+ * whose message lists the known ones, a zero width or height, an alignment
+ * not a power of two), `DMABROKER_ERROR_OUT_OF_MEMORY` (a frame too large
+ * to address).
+ *
+ * # Safety
+ * `format` is NULL or a C string; `out` is NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_layout_new(const char *format, uint32_t width, uint32_t height, uint64_t stride_align, struct dmabroker_layout **out);
+
+/**
+ * `dmabroker_layout_new` with all the padding options (each a power of
+ * two; 0 or 1: none): `stride_align` for every `bytesperline`,
+ * `plane_align` for each plane's offset within a single buffer,
+ * `size_align` for each buffer's size (e.g. the page size).
+ *
+ * # Errors
+ * As `dmabroker_layout_new`.
+ *
+ * # Safety
+ * `format` is NULL or a C string; `out` is NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_layout_new_padded(const char *format, uint32_t width, uint32_t height, uint64_t stride_align, uint64_t plane_align, uint64_t size_align, struct dmabroker_layout **out);
+
+/**
+ * Release a layout. NULL is ignored.
+ *
+ * # Safety
+ * `layout` is NULL or a live handle not freed before; it is not used afterwards.
+ */
+void dmabroker_layout_free(struct dmabroker_layout *layout);
+
+/**
+ * The number of planes (0 for NULL).
+ *
+ * # Safety
+ * `layout` is NULL or a live handle.
+ */
+size_t dmabroker_layout_plane_count(const struct dmabroker_layout *layout);
+
+/**
+ * Plane number `index` (0 to plane count - 1): its buffer index, offset,
+ * `bytesperline`, lines and size.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers or an index out of range.
+ *
+ * # Safety
+ * `layout` is NULL or a live handle; `out` is NULL or writable for one
+ * `dmabroker_plane_layout`.
+ */
+enum dmabroker_status dmabroker_layout_get_plane(const struct dmabroker_layout *layout, size_t index, struct dmabroker_plane_layout *out);
+
+/**
+ * The number of buffers a frame needs: 1, or one per plane for the `...M`
+ * formats (0 for NULL).
+ *
+ * # Safety
+ * `layout` is NULL or a live handle.
+ */
+size_t dmabroker_layout_buffer_count(const struct dmabroker_layout *layout);
+
+/**
+ * The size of buffer number `index` in bytes (0 for NULL or an index out
+ * of range).
+ *
+ * # Safety
+ * `layout` is NULL or a live handle.
+ */
+uint64_t dmabroker_layout_buffer_size(const struct dmabroker_layout *layout, size_t index);
+
+/**
+ * The size of all buffers of a frame together, in bytes (for a
+ * single-buffer format: V4L2's `sizeimage`); 0 for NULL.
+ *
+ * # Safety
+ * `layout` is NULL or a live handle.
+ */
+uint64_t dmabroker_layout_total_size(const struct dmabroker_layout *layout);
+
+/**
+ * The width in pixels (0 for NULL).
+ *
+ * # Safety
+ * `layout` is NULL or a live handle.
+ */
+uint32_t dmabroker_layout_width(const struct dmabroker_layout *layout);
+
+/**
+ * The height in pixels (0 for NULL).
+ *
+ * # Safety
+ * `layout` is NULL or a live handle.
+ */
+uint32_t dmabroker_layout_height(const struct dmabroker_layout *layout);
+
+/**
+ * The V4L2 `pixelformat` code of the format (`V4L2_PIX_FMT_NV12`); 0 for NULL.
+ *
+ * # Safety
+ * `layout` is NULL or a live handle.
+ */
+uint32_t dmabroker_layout_v4l2_pixelformat(const struct dmabroker_layout *layout);
+
+/**
+ * The DRM fourcc of the same memory layout (`DRM_FORMAT_NV12`); 0 for
+ * NULL or a format DRM has no code for.
+ *
+ * # Safety
+ * `layout` is NULL or a live handle.
+ */
+uint32_t dmabroker_layout_drm_fourcc(const struct dmabroker_layout *layout);
+
+/**
+ * The canonical name of the format (`"NV12"` for `"nv12"` or `"NV12"`),
+ * a string owned by the layout; `""` for NULL.
+ *
+ * # Safety
+ * `layout` is NULL or a live handle.
+ */
+const char *dmabroker_layout_format_name(const struct dmabroker_layout *layout);
+
+/**
+ * Lay out a frame (as `dmabroker_layout_new`) and allocate one buffer of
+ * its total size from the heap named `heap` (as `dmabroker_alloc`, with
+ * `options`, which may be NULL). `heaps` may be NULL. `layout_out` may be
+ * NULL; otherwise it receives the layout, which the caller frees.
+ *
+ * # Errors
+ * Those of `dmabroker_layout_new` and `dmabroker_alloc`;
+ * `DMABROKER_ERROR_UNSUPPORTED` for a `...M` format, whose planes need
+ * one buffer each: lay it out and allocate `dmabroker_layout_buffer_size`
+ * bytes per buffer. On failure `*out` and `*layout_out` are NULL.
+ *
+ * # Safety
+ * `heaps` is NULL or a live handle; `heap` and `format` are NULL or C
+ * strings; `options` is NULL or readable; `out` is NULL or writable for
+ * one pointer; `layout_out` is NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_alloc_format(const struct dmabroker_heaps *heaps, const char *heap, const char *format, uint32_t width, uint32_t height, uint64_t stride_align, const struct dmabroker_alloc_options *options, struct dmabroker_buffer **out, struct dmabroker_layout **layout_out);
+
+/**
  * Find the allocators this machine has (dma-heaps, udmabuf, memfd,
  * hugetlb) and their capabilities. Never fails for want of an allocator:
  * `memfd` is always there; missing or inaccessible ones are listed as
@@ -856,6 +1568,286 @@ enum dmabroker_status dmabroker_mapping_begin(const struct dmabroker_mapping *ma
  * `mapping` is NULL or a live handle.
  */
 enum dmabroker_status dmabroker_mapping_end(const struct dmabroker_mapping *mapping);
+
+/**
+ * Allocate `buffers` buffers of `buffer_len` bytes each from the heap
+ * named `heap` (`"memfd"`, `"dma-heap/system"`, ...) and make a pool of
+ * them. `heaps` may be NULL (discovered for this call); `options` may be
+ * NULL (the defaults). Consumers attach after `dmabroker_producer_listen`.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers, 0 or more than 64
+ * buffers, size 0, more than 63 consumers), the allocation's errors
+ * (`DMABROKER_ERROR_NO_SUCH_HEAP`, `_OUT_OF_MEMORY`, ...), `DMABROKER_ERROR_IO`.
+ *
+ * # Safety
+ * `heaps` is NULL or a live handle; `heap` is NULL or a C string;
+ * `options` is NULL or readable (its `name` NULL or a C string); `out` is
+ * NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_producer_new(const struct dmabroker_heaps *heaps, const char *heap, uint32_t buffers, uint64_t buffer_len, const struct dmabroker_pool_options *options, struct dmabroker_producer **out);
+
+/**
+ * Close the stream (consumers receive the frames already handed off, then
+ * `DMABROKER_ERROR_CLOSED`), release the producer's buffers and remove its
+ * socket. NULL is ignored. A slot still acquired goes back unsubmitted.
+ *
+ * # Safety
+ * `producer` is NULL or a live handle not freed before, used by no other
+ * thread during the call nor afterwards.
+ */
+void dmabroker_producer_free(struct dmabroker_producer *producer);
+
+/**
+ * Accept consumers on a Unix socket at `path` (a stale socket file of a
+ * dead producer is replaced; the file is removed when the producer is
+ * freed). Handshakes run during acquire and wait-for-consumers calls.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_ALREADY_EXISTS` (a live process listens there),
+ * `DMABROKER_ERROR_PERMISSION_DENIED`, `DMABROKER_ERROR_INVALID_ARGUMENT`
+ * (NULL, a path over 107 bytes), `DMABROKER_ERROR_BUSY` (a slot is
+ * acquired), `DMABROKER_ERROR_IO`.
+ *
+ * # Safety
+ * `producer` is NULL or a live handle; `path` is NULL or a C string.
+ */
+enum dmabroker_status dmabroker_producer_listen(const struct dmabroker_producer *producer, const char *path);
+
+/**
+ * Accept consumers until `count` are attached, for at most `timeout_ms`
+ * milliseconds (negative: no limit).
+ *
+ * # Errors
+ * `DMABROKER_ERROR_TIMEOUT` (fewer attached in time; those that did stay),
+ * `DMABROKER_ERROR_BUSY` (a slot is acquired), `DMABROKER_ERROR_INVALID_ARGUMENT`.
+ *
+ * # Safety
+ * `producer` is NULL or a live handle.
+ */
+enum dmabroker_status dmabroker_producer_wait_for_consumers(const struct dmabroker_producer *producer, size_t count, int64_t timeout_ms);
+
+/**
+ * Get a free buffer to fill: `*index` receives its index in the pool.
+ * When `data` is not NULL, CPU write access to the whole buffer begins
+ * (`DMA_BUF_IOCTL_SYNC` for dma-bufs) and `*data` points to it, valid
+ * until submit or cancel, which end the access. With `data` NULL the CPU
+ * does not touch it (a device fills it: `dmabroker_producer_get_buffer`
+ * gives its fd). `*len` (when `len` is not NULL) receives the buffer's length.
+ *
+ * While every buffer is held by consumers it waits (or, with
+ * `drop_oldest`, takes back the oldest unread frame), for at most
+ * `timeout_ms` (negative: no limit). One slot at a time: submit or cancel
+ * it before the next acquire.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_TIMEOUT`, `DMABROKER_ERROR_CLOSED` (after
+ * `dmabroker_producer_close`), `DMABROKER_ERROR_BUSY` (a slot is already
+ * acquired), `DMABROKER_ERROR_INVALID_ARGUMENT`, `DMABROKER_ERROR_IO`
+ * (the sync ioctl failed; the buffer went back). On failure `*index` is
+ * `UINT32_MAX`, `*data` NULL and `*len` 0.
+ *
+ * # Safety
+ * `producer` is NULL or a live handle; `index` is NULL or writable;
+ * `data` and `len` are NULL or writable.
+ */
+enum dmabroker_status dmabroker_producer_acquire(const struct dmabroker_producer *producer, int64_t timeout_ms, uint32_t *index, void **data, size_t *len);
+
+/**
+ * Hand the acquired buffer to every attached consumer as a frame of
+ * `bytes_used` bytes with `flags` (`DMABROKER_FRAME_FLAG_*`) and the
+ * application word `meta`. Ends the CPU access begun by acquire.
+ * `*seq` (when `seq` is not NULL) receives the frame's sequence number.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_NOT_BEGUN` (no slot acquired),
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` (`bytes_used` beyond the buffer,
+ * unknown flags: the slot stays acquired, fix and retry, or cancel).
+ *
+ * # Safety
+ * `producer` is NULL or a live handle; `seq` is NULL or writable.
+ */
+enum dmabroker_status dmabroker_producer_submit(const struct dmabroker_producer *producer, uint64_t bytes_used, uint32_t flags, uint64_t meta, uint64_t *seq);
+
+/**
+ * Give the acquired buffer back unsubmitted (ending the CPU access).
+ *
+ * # Errors
+ * `DMABROKER_ERROR_NOT_BEGUN` (no slot acquired), `DMABROKER_ERROR_INVALID_ARGUMENT`.
+ *
+ * # Safety
+ * `producer` is NULL or a live handle.
+ */
+enum dmabroker_status dmabroker_producer_cancel(const struct dmabroker_producer *producer);
+
+/**
+ * End the stream in order: consumers receive the frames handed off, then
+ * `DMABROKER_ERROR_CLOSED`; acquire fails with it from now on. A slot
+ * still acquired goes back unsubmitted. (Freeing the producer also closes.)
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL.
+ *
+ * # Safety
+ * `producer` is NULL or a live handle.
+ */
+enum dmabroker_status dmabroker_producer_close(const struct dmabroker_producer *producer);
+
+/**
+ * The number of buffers in the pool (0 for NULL).
+ *
+ * # Safety
+ * `producer` is NULL or a live handle.
+ */
+uint32_t dmabroker_producer_buffer_count(const struct dmabroker_producer *producer);
+
+/**
+ * A new handle to buffer number `index` of the pool (the same memory; free
+ * it with `dmabroker_buffer_free`): its fd for a device
+ * (`dmabroker_buffer_fd`, e.g. V4L2 `QBUF` with `V4L2_MEMORY_DMABUF`), its
+ * length, its info.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers or an index out of range.
+ *
+ * # Safety
+ * `producer` is NULL or a live handle; `out` is NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_producer_get_buffer(const struct dmabroker_producer *producer, uint32_t index, struct dmabroker_buffer **out);
+
+/**
+ * The pool's counters.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_BUSY` (a slot is acquired), `DMABROKER_ERROR_INVALID_ARGUMENT`.
+ *
+ * # Safety
+ * `producer` is NULL or a live handle; `out` is NULL or writable for one
+ * `dmabroker_pool_stats`.
+ */
+enum dmabroker_status dmabroker_producer_get_stats(const struct dmabroker_producer *producer, struct dmabroker_pool_stats *out);
+
+/**
+ * The counters of consumer number `index` (0 to `dmabroker_pool_stats.consumers` - 1).
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers, an index out of
+ * range), `DMABROKER_ERROR_BUSY` (a slot is acquired).
+ *
+ * # Safety
+ * `producer` is NULL or a live handle; `out` is NULL or writable for one
+ * `dmabroker_consumer_stats`.
+ */
+enum dmabroker_status dmabroker_producer_get_consumer_stats(const struct dmabroker_producer *producer, size_t index, struct dmabroker_consumer_stats *out);
+
+/**
+ * Attach to the producer listening at the socket `path`: receive the
+ * pool's buffers once and map them read-only. `wait` (a
+ * `dmabroker_wait_mode`) says how `dmabroker_consumer_recv` waits.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_NO_PRODUCER` (nothing listens there),
+ * `DMABROKER_ERROR_BUSY` (the pool serves as many consumers as it may),
+ * `DMABROKER_ERROR_CLOSED` (the stream ended), `DMABROKER_ERROR_TIMEOUT`
+ * (no answer in 5 s), `DMABROKER_ERROR_BROKER` (not a dmabroker pool of
+ * this version), `DMABROKER_ERROR_INVALID_ARGUMENT`, `DMABROKER_ERROR_IO`.
+ *
+ * # Safety
+ * `path` is NULL or a C string; `out` is NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_consumer_connect(const char *path, dmabroker_wait_mode wait, struct dmabroker_consumer **out);
+
+/**
+ * Detach (release every buffer held and close the socket). NULL is
+ * ignored. A frame not yet freed keeps the attachment until it is.
+ *
+ * # Safety
+ * `consumer` is NULL or a live handle not freed before, used by no other
+ * thread during the call nor afterwards.
+ */
+void dmabroker_consumer_free(struct dmabroker_consumer *consumer);
+
+/**
+ * The next frame, waiting at most `timeout_ms` milliseconds (negative: no
+ * limit; 0: only look). Frames already handed off are always delivered
+ * before an end-of-stream status. Free the frame before the next recv.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_TIMEOUT` (nothing yet; the stream goes on),
+ * `DMABROKER_ERROR_CLOSED` (the producer ended the stream),
+ * `DMABROKER_ERROR_PRODUCER_GONE` (it died), `DMABROKER_ERROR_EVICTED`,
+ * `DMABROKER_ERROR_BUSY` (a frame is still held),
+ * `DMABROKER_ERROR_INVALID_ARGUMENT`, `DMABROKER_ERROR_BROKER` (the
+ * control block is corrupt). `*frame` is NULL on failure.
+ *
+ * # Safety
+ * `consumer` is NULL or a live handle; `frame` is NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_consumer_recv(const struct dmabroker_consumer *consumer, int64_t timeout_ms, struct dmabroker_frame **frame);
+
+/**
+ * This consumer's view of the pool: buffers, their length, its slot, the
+ * frames dropped for it and the wake-ups it needed.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_BUSY` (a frame is held), `DMABROKER_ERROR_INVALID_ARGUMENT`.
+ *
+ * # Safety
+ * `consumer` is NULL or a live handle; `out` is NULL or writable for one
+ * `dmabroker_consumer_self_stats`.
+ */
+enum dmabroker_status dmabroker_consumer_get_stats(const struct dmabroker_consumer *consumer, struct dmabroker_consumer_self_stats *out);
+
+/**
+ * What the producer said about the frame: buffer index, flags, sequence
+ * number, timestamp, bytes used, application word.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers.
+ *
+ * # Safety
+ * `frame` is NULL or a live handle; `out` is NULL or writable for one
+ * `dmabroker_frame_info`.
+ */
+enum dmabroker_status dmabroker_frame_get_info(const struct dmabroker_frame *frame, struct dmabroker_frame_info *out);
+
+/**
+ * The frame's bytes: begins CPU read access (`DMA_BUF_IOCTL_SYNC` for
+ * dma-bufs) on the first call; `*data` points to the frame's `*len` bytes
+ * (its `bytes_used`), read-only and valid until the frame is freed, which
+ * ends the access. Later calls give the same pointer.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers), `DMABROKER_ERROR_IO`
+ * (the sync ioctl failed). On failure `*data` is NULL and `*len` 0.
+ *
+ * # Safety
+ * `frame` is NULL or a live handle; `data` and `len` are NULL or writable.
+ */
+enum dmabroker_status dmabroker_frame_data(const struct dmabroker_frame *frame, const void **data, size_t *len);
+
+/**
+ * A new handle to the frame's buffer (the same memory; free it with
+ * `dmabroker_buffer_free`), e.g. to import its fd into a device.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers.
+ *
+ * # Safety
+ * `frame` is NULL or a live handle; `out` is NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_frame_get_buffer(const struct dmabroker_frame *frame, struct dmabroker_buffer **out);
+
+/**
+ * Release the frame: end CPU access and give the buffer back to the
+ * producer. NULL is ignored. Pointers from `dmabroker_frame_data` are
+ * invalid afterwards.
+ *
+ * # Safety
+ * `frame` is NULL or a live handle not freed before, used by no other
+ * thread during the call nor afterwards.
+ */
+void dmabroker_frame_free(struct dmabroker_frame *frame);
 
 #ifdef __cplusplus
 }  // extern "C"

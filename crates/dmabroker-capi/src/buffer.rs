@@ -178,22 +178,38 @@ pub unsafe extern "C" fn dmabroker_alloc(
         // SAFETY: the caller passes NULL or a writable pointer slot.
         let out = unsafe { crate::out(out, "out") }?;
         *out = ptr::null_mut();
-        // SAFETY: the caller passes NULL or a C string valid for the call.
-        let heap = unsafe { c_str(heap, "heap") }?;
-        // SAFETY: the caller passes NULL or a readable dmabroker_alloc_options.
-        let options = unsafe { options.as_ref() };
-        let request = request(len, options)?;
-        let buffer = if heaps.is_null() {
-            Heaps::discover().heaps.allocate(heap, &request)?
-        } else {
-            // SAFETY: non-NULL, and the caller passes a live handle.
-            unsafe { handle(heaps, "heaps") }?
-                .heaps
-                .allocate(heap, &request)?
-        };
+        // SAFETY: the caller's promises are allocate's contract.
+        let buffer = unsafe { allocate(heaps, heap, len, options) }?;
         *out = into_handle(Buffer::new(buffer));
         Ok(())
     })
+}
+
+/// The body of `dmabroker_alloc`, shared with `dmabroker_alloc_format`.
+///
+/// # Safety
+/// `heaps` is NULL or a live handle; `heap` is NULL or a C string;
+/// `options` is NULL or points to a `dmabroker_alloc_options`.
+pub(crate) unsafe fn allocate(
+    heaps: *const Heaps,
+    heap: *const c_char,
+    len: u64,
+    options: *const AllocOptions,
+) -> Result<dmabroker_core::Buffer> {
+    // SAFETY: the caller passes NULL or a C string valid for the call.
+    let heap = unsafe { c_str(heap, "heap") }?;
+    // SAFETY: the caller passes NULL or a readable dmabroker_alloc_options.
+    let options = unsafe { options.as_ref() };
+    let request = request(len, options)?;
+    let buffer = if heaps.is_null() {
+        Heaps::discover().heaps.allocate(heap, &request)?
+    } else {
+        // SAFETY: non-NULL, and the caller passes a live handle.
+        unsafe { handle(heaps, "heaps") }?
+            .heaps
+            .allocate(heap, &request)?
+    };
+    Ok(buffer)
 }
 
 /// Release a buffer handle. NULL is ignored. The memory lives on while
@@ -237,8 +253,8 @@ pub unsafe extern "C" fn dmabroker_buffer_clone(
 /// `buffer` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn dmabroker_buffer_len(buffer: *const Buffer) -> u64 {
-    // SAFETY: the caller passes NULL or a live handle.
     guard_value(0, || {
+        // SAFETY: the caller passes NULL or a live handle.
         unsafe { handle(buffer, "buffer") }.map_or(0, |b| b.buffer.len())
     })
 }

@@ -42,33 +42,54 @@ pub enum Status {
     /// A bug in dmabroker: a Rust panic was caught at the C boundary.
     DMABROKER_ERROR_PANIC = 8,
     /// The heap exists but cannot meet the request (contiguity, alignment,
-    /// per-buffer size limit) or the buffer cannot be mapped by the CPU;
-    /// the message says which heap would.
+    /// per-buffer size limit), no heap meets a set of constraints
+    /// (`dmabroker_alloc_for`), or the buffer cannot be mapped by the CPU;
+    /// the message says which heap would, or what each heap lacks.
     DMABROKER_ERROR_UNSUPPORTED = 9,
     /// An output array is too small; the required count was stored.
     DMABROKER_ERROR_BUFFER_TOO_SMALL = 10,
     /// `dmabroker_mapping_begin` while an access is active on that mapping:
-    /// call `dmabroker_mapping_end` first.
+    /// call `dmabroker_mapping_end` first. Also: a pool call while a slot or
+    /// frame is still out (submit, cancel or free it first), and a pool that
+    /// serves as many consumers as it may.
     DMABROKER_ERROR_BUSY = 11,
-    /// `dmabroker_mapping_end` with no access active.
+    /// `dmabroker_mapping_end` with no access active; a pool submit or
+    /// cancel with no slot acquired.
     DMABROKER_ERROR_NOT_BEGUN = 12,
     /// No broker listens at the socket: start `dmabroker serve` (or
     /// `systemctl start dmabroker.socket`), or pass its socket path.
     DMABROKER_ERROR_NO_BROKER = 13,
-    /// No publication with that key (withdrawn, expired, consumed, a typo).
+    /// No publication with that key (withdrawn, expired, consumed, a typo),
+    /// or no such device node (`dmabroker_constraints_probe`).
     DMABROKER_ERROR_NOT_FOUND = 14,
     /// A publication of that name exists: choose another or unpublish it.
     DMABROKER_ERROR_ALREADY_EXISTS = 15,
     /// The broker's quota for this user would be exceeded: free buffers.
     DMABROKER_ERROR_QUOTA_EXCEEDED = 16,
-    /// The broker refused or broke the session (closed connection,
-    /// protocol or version mismatch); reconnect.
+    /// The broker, or a pool's producer, refused or broke the session
+    /// (closed connection, protocol or version mismatch); reconnect.
     DMABROKER_ERROR_BROKER = 17,
+    /// Nothing happened within the timeout (no frame, no free buffer, not
+    /// enough consumers); the stream goes on: try again.
+    DMABROKER_ERROR_TIMEOUT = 18,
+    /// The pool's stream ended in order (the producer closed it; every
+    /// frame handed off before was received), or the producer was closed.
+    DMABROKER_ERROR_CLOSED = 19,
+    /// The pool's producer died without closing the stream.
+    DMABROKER_ERROR_PRODUCER_GONE = 20,
+    /// The producer cut this consumer off: it held a frame longer than the
+    /// pool's release timeout. Reconnect.
+    DMABROKER_ERROR_EVICTED = 21,
+    /// Two devices' constraints contradict each other (one needs cached
+    /// memory, the other uncached); the message names both.
+    DMABROKER_ERROR_CONFLICT = 22,
+    /// No pool producer listens at that socket path.
+    DMABROKER_ERROR_NO_PRODUCER = 23,
 }
 
 impl Status {
     /// Every status, for `dmabroker_status_name` and the tests.
-    pub(crate) const ALL: [Status; 18] = [
+    pub(crate) const ALL: [Status; 24] = [
         Self::DMABROKER_OK,
         Self::DMABROKER_ERROR_INVALID_ARGUMENT,
         Self::DMABROKER_ERROR_NO_SUCH_HEAP,
@@ -87,6 +108,12 @@ impl Status {
         Self::DMABROKER_ERROR_ALREADY_EXISTS,
         Self::DMABROKER_ERROR_QUOTA_EXCEEDED,
         Self::DMABROKER_ERROR_BROKER,
+        Self::DMABROKER_ERROR_TIMEOUT,
+        Self::DMABROKER_ERROR_CLOSED,
+        Self::DMABROKER_ERROR_PRODUCER_GONE,
+        Self::DMABROKER_ERROR_EVICTED,
+        Self::DMABROKER_ERROR_CONFLICT,
+        Self::DMABROKER_ERROR_NO_PRODUCER,
     ];
 
     /// The C name, NUL-terminated.
@@ -110,6 +137,12 @@ impl Status {
             Self::DMABROKER_ERROR_ALREADY_EXISTS => c"DMABROKER_ERROR_ALREADY_EXISTS",
             Self::DMABROKER_ERROR_QUOTA_EXCEEDED => c"DMABROKER_ERROR_QUOTA_EXCEEDED",
             Self::DMABROKER_ERROR_BROKER => c"DMABROKER_ERROR_BROKER",
+            Self::DMABROKER_ERROR_TIMEOUT => c"DMABROKER_ERROR_TIMEOUT",
+            Self::DMABROKER_ERROR_CLOSED => c"DMABROKER_ERROR_CLOSED",
+            Self::DMABROKER_ERROR_PRODUCER_GONE => c"DMABROKER_ERROR_PRODUCER_GONE",
+            Self::DMABROKER_ERROR_EVICTED => c"DMABROKER_ERROR_EVICTED",
+            Self::DMABROKER_ERROR_CONFLICT => c"DMABROKER_ERROR_CONFLICT",
+            Self::DMABROKER_ERROR_NO_PRODUCER => c"DMABROKER_ERROR_NO_PRODUCER",
         }
     }
 }
@@ -141,7 +174,7 @@ impl Error {
 
 pub(crate) type Result<T> = std::result::Result<T, Error>;
 
-fn errno_status(e: rustix::io::Errno) -> Status {
+pub(crate) fn errno_status(e: rustix::io::Errno) -> Status {
     match e {
         rustix::io::Errno::NOMEM => Status::DMABROKER_ERROR_OUT_OF_MEMORY,
         rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => {
@@ -161,26 +194,30 @@ fn io_status(e: &std::io::Error) -> Status {
     }
 }
 
+/// The status of an allocation error.
+pub(crate) fn alloc_status(e: &AllocError) -> Status {
+    match e {
+        AllocError::ZeroSize | AllocError::SizeOverflow { .. } | AllocError::BadAlignment(_) => {
+            Status::DMABROKER_ERROR_INVALID_ARGUMENT
+        }
+        AllocError::NoSuchHeap { .. } => Status::DMABROKER_ERROR_NO_SUCH_HEAP,
+        AllocError::AlignmentUnsatisfiable { .. }
+        | AllocError::NotContiguous { .. }
+        | AllocError::TooLarge { .. } => Status::DMABROKER_ERROR_UNSUPPORTED,
+        AllocError::NoHugePages { .. } | AllocError::OutOfMemory { .. } => {
+            Status::DMABROKER_ERROR_OUT_OF_MEMORY
+        }
+        AllocError::PermissionDenied { .. } => Status::DMABROKER_ERROR_PERMISSION_DENIED,
+        AllocError::Os { source, .. } => errno_status(*source),
+        // AllocError may grow variants; an unknown one is a kernel-side failure.
+        #[allow(unreachable_patterns)]
+        _ => Status::DMABROKER_ERROR_IO,
+    }
+}
+
 impl From<AllocError> for Error {
     fn from(e: AllocError) -> Self {
-        let status = match &e {
-            AllocError::ZeroSize
-            | AllocError::SizeOverflow { .. }
-            | AllocError::BadAlignment(_) => Status::DMABROKER_ERROR_INVALID_ARGUMENT,
-            AllocError::NoSuchHeap { .. } => Status::DMABROKER_ERROR_NO_SUCH_HEAP,
-            AllocError::AlignmentUnsatisfiable { .. }
-            | AllocError::NotContiguous { .. }
-            | AllocError::TooLarge { .. } => Status::DMABROKER_ERROR_UNSUPPORTED,
-            AllocError::NoHugePages { .. } | AllocError::OutOfMemory { .. } => {
-                Status::DMABROKER_ERROR_OUT_OF_MEMORY
-            }
-            AllocError::PermissionDenied { .. } => Status::DMABROKER_ERROR_PERMISSION_DENIED,
-            AllocError::Os { source, .. } => errno_status(*source),
-            // AllocError may grow variants; an unknown one is a kernel-side failure.
-            #[allow(unreachable_patterns)]
-            _ => Status::DMABROKER_ERROR_IO,
-        };
-        Self::new(status, e.to_string())
+        Self::new(alloc_status(&e), e.to_string())
     }
 }
 
@@ -198,7 +235,7 @@ impl From<FromFdError> for Error {
     }
 }
 
-fn map_status(e: &MapError) -> Status {
+pub(crate) fn map_status(e: &MapError) -> Status {
     match e {
         MapError::ReadOnly => Status::DMABROKER_ERROR_READ_ONLY,
         MapError::NotMappable => Status::DMABROKER_ERROR_UNSUPPORTED,

@@ -4,7 +4,9 @@
 //!
 //! Conventions, the same for every function (see `docs/C-API.md`):
 //! - **Handles** are opaque pointers (`dmabroker_heaps`, `dmabroker_buffer`,
-//!   `dmabroker_mapping`) created by one function and released by its
+//!   `dmabroker_mapping`, `dmabroker_client`, `dmabroker_constraints`,
+//!   `dmabroker_layout`, `dmabroker_producer`, `dmabroker_consumer`,
+//!   `dmabroker_frame`) created by one function and released by its
 //!   `*_free`, which accepts NULL.
 //! - **Errors**: fallible calls return a [`Status`]; `DMABROKER_OK` is 0.
 //!   On failure, `dmabroker_last_error()` describes the cause (per thread),
@@ -22,9 +24,12 @@
 
 mod buffer;
 mod client;
+mod constraints;
 mod error;
+mod format;
 mod heaps;
 mod mapping;
+mod pool;
 
 pub use buffer::{
     dmabroker_alloc, dmabroker_buffer_clone, dmabroker_buffer_dup_fd, dmabroker_buffer_fd,
@@ -37,7 +42,23 @@ pub use client::{
     dmabroker_client_import, dmabroker_client_publish, dmabroker_client_unpublish,
     dmabroker_string_free, Client, PublishOptions,
 };
+pub use constraints::{
+    dmabroker_alloc_for, dmabroker_choice_info_clear, dmabroker_constraints_describe,
+    dmabroker_constraints_free, dmabroker_constraints_merge, dmabroker_constraints_new,
+    dmabroker_constraints_probe, dmabroker_constraints_set_address_bits,
+    dmabroker_constraints_set_align, dmabroker_constraints_set_coherency,
+    dmabroker_constraints_set_contiguous, dmabroker_constraints_set_dma_buf,
+    dmabroker_constraints_set_granularity, dmabroker_constraints_set_max_segments,
+    dmabroker_constraints_set_page_size, ChoiceInfo, Coherency, CoherencyArg, Constraints,
+};
 pub use error::Status;
+pub use format::{
+    dmabroker_alloc_format, dmabroker_layout_buffer_count, dmabroker_layout_buffer_size,
+    dmabroker_layout_drm_fourcc, dmabroker_layout_format_name, dmabroker_layout_free,
+    dmabroker_layout_get_plane, dmabroker_layout_height, dmabroker_layout_new,
+    dmabroker_layout_new_padded, dmabroker_layout_plane_count, dmabroker_layout_total_size,
+    dmabroker_layout_v4l2_pixelformat, dmabroker_layout_width, Layout, PlaneLayout,
+};
 pub use heaps::{
     dmabroker_heaps_count, dmabroker_heaps_discover, dmabroker_heaps_free,
     dmabroker_heaps_get_info, HeapInfo, HeapKind, Heaps,
@@ -45,6 +66,17 @@ pub use heaps::{
 pub use mapping::{
     dmabroker_buffer_map, dmabroker_mapping_begin, dmabroker_mapping_end, dmabroker_mapping_free,
     dmabroker_mapping_len, Access, AccessArg, MapMode, MapModeArg, Mapping,
+};
+pub use pool::{
+    dmabroker_consumer_connect, dmabroker_consumer_free, dmabroker_consumer_get_stats,
+    dmabroker_consumer_recv, dmabroker_frame_data, dmabroker_frame_free,
+    dmabroker_frame_get_buffer, dmabroker_frame_get_info, dmabroker_producer_acquire,
+    dmabroker_producer_buffer_count, dmabroker_producer_cancel, dmabroker_producer_close,
+    dmabroker_producer_free, dmabroker_producer_get_buffer, dmabroker_producer_get_consumer_stats,
+    dmabroker_producer_get_stats, dmabroker_producer_listen, dmabroker_producer_new,
+    dmabroker_producer_submit, dmabroker_producer_wait_for_consumers, Consumer, ConsumerSelfStats,
+    ConsumerStats, Frame, FrameInfo, PoolOptions, PoolStats, Producer, WaitMode, WaitModeArg,
+    DMABROKER_FRAME_FLAG_ERROR, DMABROKER_FRAME_FLAG_KEY_FRAME,
 };
 
 use error::{guard_value, Error, Result};
@@ -129,6 +161,29 @@ pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> 
 pub(crate) unsafe fn handle<'a, T>(p: *const T, what: &str) -> Result<&'a T> {
     // SAFETY: by the contract, a non-NULL p is a live, aligned T.
     unsafe { p.as_ref() }.ok_or_else(|| Error::null(what))
+}
+
+/// An exclusive reference to a handle, for calls that change it.
+///
+/// # Safety
+/// `p` is NULL or a live handle of type `T` made by this library, not
+/// freed and not used by anyone else during `'a`.
+pub(crate) unsafe fn handle_mut<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T> {
+    // SAFETY: by the contract, a non-NULL p is a live, aligned, unaliased T.
+    unsafe { p.as_mut() }.ok_or_else(|| Error::null(what))
+}
+
+/// A string for C to own and release with `dmabroker_string_free` (a NUL
+/// inside is replaced, as C would cut the string there).
+pub(crate) fn owned_c_string(s: &str) -> *mut c_char {
+    std::ffi::CString::new(s.replace('\0', "?"))
+        .unwrap_or_default()
+        .into_raw()
+}
+
+/// A timeout in milliseconds as C passes it: negative means forever.
+pub(crate) fn timeout_ms(ms: i64) -> Option<std::time::Duration> {
+    u64::try_from(ms).ok().map(std::time::Duration::from_millis)
 }
 
 /// An out-parameter as a mutable reference.

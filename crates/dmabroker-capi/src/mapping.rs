@@ -162,8 +162,8 @@ pub unsafe extern "C" fn dmabroker_mapping_free(mapping: *mut Mapping) {
 /// `mapping` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn dmabroker_mapping_len(mapping: *const Mapping) -> usize {
-    // SAFETY: the caller passes NULL or a live handle.
     guard_value(0, || {
+        // SAFETY: the caller passes NULL or a live handle.
         unsafe { handle(mapping, "mapping") }.map_or(0, |m| m.len)
     })
 }

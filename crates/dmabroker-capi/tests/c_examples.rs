@@ -48,7 +48,7 @@ fn run_sh(args: &[&str]) {
         output.status
     );
     assert!(
-        stdout.contains("C examples: 5 passed, 0 failed"),
+        stdout.contains("C examples: 7 passed, 0 failed"),
         "unexpected summary"
     );
 }

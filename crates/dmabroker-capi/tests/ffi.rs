@@ -593,3 +593,919 @@ fn client_calls_refuse_null_and_report_a_missing_broker() {
     unsafe { dmabroker_client_free(ptr::null_mut()) };
     unsafe { dmabroker_string_free(ptr::null_mut()) };
 }
+
+// ---- constraints and allocation by constraints -------------------------------
+
+fn c_string_of(p: *const std::ffi::c_char) -> String {
+    assert!(!p.is_null());
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+fn describe(c: *const Constraints) -> String {
+    let mut text = ptr::null_mut();
+    expect(
+        unsafe { dmabroker_constraints_describe(c, &mut text) },
+        Status::DMABROKER_OK,
+    );
+    let s = c_string_of(text);
+    unsafe { dmabroker_string_free(text) };
+    s
+}
+
+fn constraints(device: &CStr) -> *mut Constraints {
+    let mut c = ptr::null_mut();
+    expect(
+        unsafe { dmabroker_constraints_new(device.as_ptr(), &mut c) },
+        Status::DMABROKER_OK,
+    );
+    c
+}
+
+#[test]
+fn constraints_refuse_bad_values_and_keep_their_state() {
+    let mut c: *mut Constraints = ptr::dangling_mut::<Constraints>();
+    expect(
+        unsafe { dmabroker_constraints_new(ptr::null(), &mut c) },
+        INVALID,
+    );
+    assert!(c.is_null());
+    expect(
+        unsafe { dmabroker_constraints_new(c"isp0".as_ptr(), ptr::null_mut()) },
+        INVALID,
+    );
+    c = ptr::dangling_mut::<Constraints>();
+    expect(
+        unsafe { dmabroker_constraints_probe(ptr::null(), &mut c) },
+        INVALID,
+    );
+    assert!(c.is_null());
+    expect(
+        unsafe { dmabroker_constraints_probe(c"/nonexistent/video9".as_ptr(), &mut c) },
+        Status::DMABROKER_ERROR_NOT_FOUND,
+    );
+    assert!(c.is_null());
+    // A character device of another class (or no sysfs in a container).
+    let status = unsafe { dmabroker_constraints_probe(c"/dev/null".as_ptr(), &mut c) };
+    assert_ne!(status, Status::DMABROKER_OK);
+    assert!(c.is_null());
+
+    // Every setter refuses NULL.
+    expect(
+        unsafe { dmabroker_constraints_set_contiguous(ptr::null_mut(), true) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_constraints_set_max_segments(ptr::null_mut(), 4) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_constraints_set_address_bits(ptr::null_mut(), 32) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_constraints_set_align(ptr::null_mut(), 4096) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_constraints_set_page_size(ptr::null_mut(), 4096) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_constraints_set_granularity(ptr::null_mut(), 64) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_constraints_set_coherency(ptr::null_mut(), 1) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_constraints_set_dma_buf(ptr::null_mut(), true) },
+        INVALID,
+    );
+
+    let c = constraints(c"isp0");
+    assert!(describe(c).contains("no requirement"), "{}", describe(c));
+    expect(
+        unsafe { dmabroker_constraints_set_contiguous(c, true) },
+        Status::DMABROKER_OK,
+    );
+    expect(
+        unsafe { dmabroker_constraints_set_align(c, 65536) },
+        Status::DMABROKER_OK,
+    );
+    let before = describe(c);
+    assert!(before.contains("isp0"), "{before}");
+    // Invalid values are refused and leave the handle as it was.
+    expect(unsafe { dmabroker_constraints_set_align(c, 3) }, INVALID);
+    assert!(last_error().contains("power of two"), "{}", last_error());
+    expect(
+        unsafe { dmabroker_constraints_set_page_size(c, 12345) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_constraints_set_granularity(c, 100) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_constraints_set_address_bits(c, 8) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_constraints_set_address_bits(c, 65) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_constraints_set_coherency(c, 99) },
+        INVALID,
+    );
+    assert_eq!(describe(c), before);
+
+    // Cached against uncached: a conflict naming both, dst unchanged.
+    let gpu = constraints(c"gpu0");
+    expect(
+        unsafe { dmabroker_constraints_set_coherency(gpu, Coherency::Snoops as u32) },
+        Status::DMABROKER_OK,
+    );
+    expect(
+        unsafe { dmabroker_constraints_set_coherency(c, Coherency::NeedsUncached as u32) },
+        Status::DMABROKER_OK,
+    );
+    let before = describe(c);
+    expect(
+        unsafe { dmabroker_constraints_merge(c, gpu) },
+        Status::DMABROKER_ERROR_CONFLICT,
+    );
+    assert!(
+        last_error().contains("gpu0") && last_error().contains("isp0"),
+        "{}",
+        last_error()
+    );
+    assert_eq!(describe(c), before);
+    // Nor may a setter create the conflict after a merge.
+    expect(
+        unsafe { dmabroker_constraints_set_coherency(c, Coherency::Unspecified as u32) },
+        Status::DMABROKER_OK,
+    );
+    expect(
+        unsafe { dmabroker_constraints_merge(c, gpu) },
+        Status::DMABROKER_OK,
+    );
+    expect(
+        unsafe { dmabroker_constraints_set_coherency(c, Coherency::NeedsUncached as u32) },
+        Status::DMABROKER_ERROR_CONFLICT,
+    );
+    expect(
+        unsafe { dmabroker_constraints_merge(c, c) },
+        Status::DMABROKER_OK,
+    );
+    expect(
+        unsafe { dmabroker_constraints_merge(c, ptr::null()) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_constraints_merge(ptr::null_mut(), gpu) },
+        INVALID,
+    );
+    let merged = describe(c);
+    assert!(
+        merged.contains("gpu0") && merged.contains("isp0"),
+        "{merged}"
+    );
+    let mut text = ptr::dangling_mut::<std::ffi::c_char>();
+    expect(
+        unsafe { dmabroker_constraints_describe(ptr::null(), &mut text) },
+        INVALID,
+    );
+    assert!(text.is_null());
+    unsafe {
+        dmabroker_constraints_free(gpu);
+        dmabroker_constraints_free(c);
+        dmabroker_constraints_free(ptr::null_mut());
+    }
+}
+
+#[test]
+fn alloc_for_chooses_explains_and_refuses() {
+    let mut b: *mut Buffer = ptr::dangling_mut::<Buffer>();
+    let mut info = ChoiceInfo {
+        heap: ptr::dangling_mut(),
+        reasons: ptr::dangling_mut(),
+        len: 1,
+        allocated_len: 1,
+        align: 1,
+        contiguous: true,
+        non_coherent: true,
+        uncached: true,
+    };
+    expect(
+        unsafe {
+            dmabroker_alloc_for(
+                ptr::null(),
+                ptr::null(),
+                4096,
+                ptr::null(),
+                &mut b,
+                &mut info,
+            )
+        },
+        INVALID,
+    );
+    assert!(b.is_null() && info.heap.is_null() && info.reasons.is_null() && info.len == 0);
+    let c = constraints(c"cpu-only");
+    expect(
+        unsafe {
+            dmabroker_alloc_for(
+                ptr::null(),
+                c,
+                4096,
+                ptr::null(),
+                ptr::null_mut(),
+                &mut info,
+            )
+        },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_alloc_for(ptr::null(), c, 0, ptr::null(), &mut b, &mut info) },
+        INVALID,
+    );
+    assert!(b.is_null());
+
+    // CPU memory will do: the cheapest heap, memfd, with reasons.
+    expect(
+        unsafe { dmabroker_constraints_set_dma_buf(c, false) },
+        Status::DMABROKER_OK,
+    );
+    expect(
+        unsafe { dmabroker_constraints_set_granularity(c, 65536) },
+        Status::DMABROKER_OK,
+    );
+    expect(
+        unsafe { dmabroker_alloc_for(ptr::null(), c, 5000, c"chosen".as_ptr(), &mut b, &mut info) },
+        Status::DMABROKER_OK,
+    );
+    assert_eq!(c_string_of(info.heap), "memfd");
+    assert!(!c_string_of(info.reasons).is_empty());
+    assert_eq!(info.len, 65536, "rounded up to the granularity");
+    assert!(unsafe { dmabroker_buffer_len(b) } >= 65536);
+    unsafe { dmabroker_choice_info_clear(&mut info) };
+    assert!(info.heap.is_null() && info.reasons.is_null());
+    unsafe { dmabroker_choice_info_clear(&mut info) }; // twice: nothing to free
+    unsafe { dmabroker_choice_info_clear(ptr::null_mut()) };
+    unsafe { dmabroker_buffer_free(b) };
+    // choice_info may be NULL.
+    let mut b2 = ptr::null_mut();
+    expect(
+        unsafe { dmabroker_alloc_for(ptr::null(), c, 4096, ptr::null(), &mut b2, ptr::null_mut()) },
+        Status::DMABROKER_OK,
+    );
+    unsafe { dmabroker_buffer_free(b2) };
+
+    // What no heap on this host offers: 32-bit contiguous DMA of 64 MiB
+    // (no CMA heap here; a CMA machine would pass, so only check the form).
+    let dev = constraints(c"old-dma");
+    unsafe {
+        dmabroker_constraints_set_contiguous(dev, true);
+        dmabroker_constraints_set_address_bits(dev, 32);
+        dmabroker_constraints_set_dma_buf(dev, true);
+    }
+    let status =
+        unsafe { dmabroker_alloc_for(ptr::null(), dev, 64 << 20, ptr::null(), &mut b, &mut info) };
+    if status == Status::DMABROKER_OK {
+        unsafe {
+            dmabroker_choice_info_clear(&mut info);
+            dmabroker_buffer_free(b);
+        }
+    } else {
+        assert!(b.is_null() && info.heap.is_null());
+        assert!(last_error().contains("old-dma"), "{}", last_error());
+    }
+    unsafe {
+        dmabroker_constraints_free(dev);
+        dmabroker_constraints_free(c);
+    }
+}
+
+// ---- layouts ----------------------------------------------------------------
+
+#[test]
+fn layouts_match_the_kernel_and_refuse_bad_formats() {
+    let mut l: *mut Layout = ptr::dangling_mut::<Layout>();
+    expect(
+        unsafe { dmabroker_layout_new(ptr::null(), 64, 64, 0, &mut l) },
+        INVALID,
+    );
+    assert!(l.is_null());
+    expect(
+        unsafe { dmabroker_layout_new(c"BOGUS".as_ptr(), 64, 64, 0, &mut l) },
+        INVALID,
+    );
+    assert!(
+        last_error().contains("NV12"),
+        "lists the formats: {}",
+        last_error()
+    );
+    expect(
+        unsafe { dmabroker_layout_new(c"nv12".as_ptr(), 0, 64, 0, &mut l) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_layout_new(c"nv12".as_ptr(), 64, 64, 3, &mut l) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_layout_new_padded(c"nv12".as_ptr(), 64, 64, 1, 1, 5, &mut l) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_layout_new(c"nv12".as_ptr(), 64, 64, 0, ptr::null_mut()) },
+        INVALID,
+    );
+    assert!(l.is_null());
+
+    expect(
+        unsafe { dmabroker_layout_new(c"nv12".as_ptr(), 1920, 1080, 0, &mut l) },
+        Status::DMABROKER_OK,
+    );
+    assert_eq!(
+        c_string_of(unsafe { dmabroker_layout_format_name(l) }),
+        "NV12"
+    );
+    assert_eq!(unsafe { dmabroker_layout_plane_count(l) }, 2);
+    assert_eq!(unsafe { dmabroker_layout_buffer_count(l) }, 1);
+    assert_eq!(unsafe { dmabroker_layout_total_size(l) }, 3_110_400);
+    assert_eq!(unsafe { dmabroker_layout_buffer_size(l, 0) }, 3_110_400);
+    assert_eq!(unsafe { dmabroker_layout_buffer_size(l, 1) }, 0);
+    assert_eq!(unsafe { dmabroker_layout_width(l) }, 1920);
+    assert_eq!(unsafe { dmabroker_layout_height(l) }, 1080);
+    assert_eq!(
+        unsafe { dmabroker_layout_v4l2_pixelformat(l) },
+        u32::from_le_bytes(*b"NV12")
+    );
+    assert_eq!(
+        unsafe { dmabroker_layout_drm_fourcc(l) },
+        u32::from_le_bytes(*b"NV12")
+    );
+    let mut p = std::mem::MaybeUninit::<PlaneLayout>::uninit();
+    expect(
+        unsafe { dmabroker_layout_get_plane(l, 1, p.as_mut_ptr()) },
+        Status::DMABROKER_OK,
+    );
+    let p = unsafe { p.assume_init() };
+    assert_eq!(
+        p,
+        PlaneLayout {
+            buffer: 0,
+            lines: 540,
+            offset: 1920 * 1080,
+            bytesperline: 1920,
+            size: 1920 * 540
+        }
+    );
+    let mut q = p;
+    expect(unsafe { dmabroker_layout_get_plane(l, 2, &mut q) }, INVALID);
+    expect(
+        unsafe { dmabroker_layout_get_plane(ptr::null(), 0, &mut q) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_layout_get_plane(l, 0, ptr::null_mut()) },
+        INVALID,
+    );
+    unsafe { dmabroker_layout_free(l) };
+
+    // Padded: pitch to 256, sizes to pages.
+    expect(
+        unsafe { dmabroker_layout_new_padded(c"NV12".as_ptr(), 1918, 1080, 256, 0, 4096, &mut l) },
+        Status::DMABROKER_OK,
+    );
+    assert_eq!(unsafe { dmabroker_layout_total_size(l) }, 3_317_760);
+    unsafe { dmabroker_layout_free(l) };
+
+    // NULL getters.
+    assert_eq!(unsafe { dmabroker_layout_plane_count(ptr::null()) }, 0);
+    assert_eq!(unsafe { dmabroker_layout_total_size(ptr::null()) }, 0);
+    assert_eq!(unsafe { dmabroker_layout_buffer_count(ptr::null()) }, 0);
+    assert_eq!(unsafe { dmabroker_layout_v4l2_pixelformat(ptr::null()) }, 0);
+    assert_eq!(
+        c_string_of(unsafe { dmabroker_layout_format_name(ptr::null()) }),
+        ""
+    );
+    unsafe { dmabroker_layout_free(ptr::null_mut()) };
+}
+
+#[test]
+fn alloc_format_allocates_single_buffer_formats_only() {
+    let mut b: *mut Buffer = ptr::dangling_mut::<Buffer>();
+    let mut l: *mut Layout = ptr::dangling_mut::<Layout>();
+    let alloc_format = |heap: &CStr, format: &CStr, b: &mut *mut Buffer, l: *mut *mut Layout| unsafe {
+        dmabroker_alloc_format(
+            ptr::null(),
+            heap.as_ptr(),
+            format.as_ptr(),
+            640,
+            480,
+            0,
+            ptr::null(),
+            b,
+            l,
+        )
+    };
+    expect(
+        alloc_format(c"memfd", c"NV12M", &mut b, &mut l),
+        Status::DMABROKER_ERROR_UNSUPPORTED,
+    );
+    assert!(b.is_null() && l.is_null());
+    assert!(last_error().contains("NV12"), "{}", last_error());
+    expect(
+        alloc_format(c"nope", c"YUYV", &mut b, &mut l),
+        Status::DMABROKER_ERROR_NO_SUCH_HEAP,
+    );
+    assert!(b.is_null() && l.is_null());
+    expect(alloc_format(c"memfd", c"BOGUS", &mut b, &mut l), INVALID);
+    expect(
+        unsafe {
+            dmabroker_alloc_format(
+                ptr::null(),
+                c"memfd".as_ptr(),
+                c"YUYV".as_ptr(),
+                640,
+                480,
+                0,
+                ptr::null(),
+                ptr::null_mut(),
+                &mut l,
+            )
+        },
+        INVALID,
+    );
+    assert!(l.is_null());
+    expect(
+        alloc_format(c"memfd", c"YUYV", &mut b, &mut l),
+        Status::DMABROKER_OK,
+    );
+    assert_eq!(unsafe { dmabroker_layout_total_size(l) }, 640 * 480 * 2);
+    assert!(unsafe { dmabroker_buffer_len(b) } >= 640 * 480 * 2);
+    unsafe {
+        dmabroker_buffer_free(b);
+        dmabroker_layout_free(l);
+    }
+    // layout_out may be NULL.
+    expect(
+        alloc_format(c"memfd", c"I420", &mut b, ptr::null_mut()),
+        Status::DMABROKER_OK,
+    );
+    unsafe { dmabroker_buffer_free(b) };
+}
+
+// ---- pools ------------------------------------------------------------------
+
+fn producer(buffers: u32, len: u64) -> *mut Producer {
+    let mut p = ptr::null_mut();
+    expect(
+        unsafe {
+            dmabroker_producer_new(
+                ptr::null(),
+                c"memfd".as_ptr(),
+                buffers,
+                len,
+                ptr::null(),
+                &mut p,
+            )
+        },
+        Status::DMABROKER_OK,
+    );
+    p
+}
+
+fn socket_path(tag: &str) -> std::ffi::CString {
+    let dir = std::env::temp_dir().join(format!("dmabroker-capi-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::ffi::CString::new(dir.join("pool.sock").to_str().unwrap()).unwrap()
+}
+
+#[test]
+fn pool_calls_refuse_bad_arguments_and_wrong_orders() {
+    let mut p: *mut Producer = ptr::dangling_mut::<Producer>();
+    let new = |heap: *const std::ffi::c_char, n: u32, len: u64, p: &mut *mut Producer| unsafe {
+        dmabroker_producer_new(ptr::null(), heap, n, len, ptr::null(), p)
+    };
+    expect(new(ptr::null(), 2, 4096, &mut p), INVALID);
+    assert!(p.is_null());
+    expect(new(c"memfd".as_ptr(), 0, 4096, &mut p), INVALID);
+    expect(new(c"memfd".as_ptr(), 65, 4096, &mut p), INVALID);
+    expect(new(c"memfd".as_ptr(), 2, 0, &mut p), INVALID);
+    expect(
+        new(c"nope".as_ptr(), 2, 4096, &mut p),
+        Status::DMABROKER_ERROR_NO_SUCH_HEAP,
+    );
+    let options = PoolOptions {
+        name: ptr::null(),
+        release_timeout_ms: 0,
+        max_consumers: 64,
+        drop_oldest: false,
+    };
+    expect(
+        unsafe {
+            dmabroker_producer_new(ptr::null(), c"memfd".as_ptr(), 2, 4096, &options, &mut p)
+        },
+        INVALID,
+    );
+    assert!(p.is_null());
+    expect(
+        unsafe {
+            dmabroker_producer_new(
+                ptr::null(),
+                c"memfd".as_ptr(),
+                2,
+                4096,
+                ptr::null(),
+                ptr::null_mut(),
+            )
+        },
+        INVALID,
+    );
+
+    // NULL handles.
+    let (mut index, mut data, mut len, mut seq) = (0u32, ptr::null_mut::<c_void>(), 0usize, 0u64);
+    expect(
+        unsafe { dmabroker_producer_listen(ptr::null(), c"/tmp/x".as_ptr()) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_producer_wait_for_consumers(ptr::null(), 1, 0) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_producer_acquire(ptr::null(), 0, &mut index, &mut data, &mut len) },
+        INVALID,
+    );
+    assert_eq!((index, data, len), (u32::MAX, ptr::null_mut(), 0));
+    expect(
+        unsafe { dmabroker_producer_submit(ptr::null(), 0, 0, 0, &mut seq) },
+        INVALID,
+    );
+    expect(unsafe { dmabroker_producer_cancel(ptr::null()) }, INVALID);
+    expect(unsafe { dmabroker_producer_close(ptr::null()) }, INVALID);
+    assert_eq!(unsafe { dmabroker_producer_buffer_count(ptr::null()) }, 0);
+    let mut stats = PoolStats::default();
+    expect(
+        unsafe { dmabroker_producer_get_stats(ptr::null(), &mut stats) },
+        INVALID,
+    );
+    let mut b: *mut Buffer = ptr::dangling_mut::<Buffer>();
+    expect(
+        unsafe { dmabroker_producer_get_buffer(ptr::null(), 0, &mut b) },
+        INVALID,
+    );
+    assert!(b.is_null());
+    unsafe { dmabroker_producer_free(ptr::null_mut()) };
+
+    let p = producer(2, 4096);
+    assert_eq!(unsafe { dmabroker_producer_buffer_count(p) }, 2);
+    expect(
+        unsafe { dmabroker_producer_listen(p, ptr::null()) },
+        INVALID,
+    );
+    let long = std::ffi::CString::new(format!("/tmp/{}", "x".repeat(200))).unwrap();
+    expect(
+        unsafe { dmabroker_producer_listen(p, long.as_ptr()) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_producer_get_buffer(p, 2, &mut b) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_producer_get_buffer(p, 1, &mut b) },
+        Status::DMABROKER_OK,
+    );
+    assert!(unsafe { dmabroker_buffer_fd(b) } >= 0);
+    unsafe { dmabroker_buffer_free(b) };
+    expect(
+        unsafe { dmabroker_producer_wait_for_consumers(p, 1, 10) },
+        Status::DMABROKER_ERROR_TIMEOUT,
+    );
+    // Out of order.
+    expect(
+        unsafe { dmabroker_producer_submit(p, 1, 0, 0, &mut seq) },
+        Status::DMABROKER_ERROR_NOT_BEGUN,
+    );
+    expect(
+        unsafe { dmabroker_producer_cancel(p) },
+        Status::DMABROKER_ERROR_NOT_BEGUN,
+    );
+    expect(
+        unsafe { dmabroker_producer_acquire(p, 0, ptr::null_mut(), &mut data, &mut len) },
+        INVALID,
+    );
+    // No consumer: acquire works (frames go to nobody).
+    expect(
+        unsafe { dmabroker_producer_acquire(p, 0, &mut index, &mut data, &mut len) },
+        Status::DMABROKER_OK,
+    );
+    assert!(index < 2 && !data.is_null() && len >= 4096);
+    expect(
+        unsafe { dmabroker_producer_acquire(p, 0, &mut index, &mut data, &mut len) },
+        Status::DMABROKER_ERROR_BUSY,
+    );
+    assert_eq!((index, data, len), (u32::MAX, ptr::null_mut(), 0));
+    expect(
+        unsafe { dmabroker_producer_get_stats(p, &mut stats) },
+        Status::DMABROKER_ERROR_BUSY,
+    );
+    expect(
+        unsafe { dmabroker_producer_wait_for_consumers(p, 0, 0) },
+        Status::DMABROKER_ERROR_BUSY,
+    );
+    // Bad submits leave the slot acquired.
+    expect(
+        unsafe { dmabroker_producer_submit(p, 1 << 40, 0, 0, &mut seq) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_producer_submit(p, 1, 1 << 16, 0, &mut seq) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_producer_submit(p, 1, 1 << 5, 0, &mut seq) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_producer_cancel(p) },
+        Status::DMABROKER_OK,
+    );
+    // Without a CPU pointer (a device fills the buffer).
+    expect(
+        unsafe { dmabroker_producer_acquire(p, 0, &mut index, ptr::null_mut(), ptr::null_mut()) },
+        Status::DMABROKER_OK,
+    );
+    expect(
+        unsafe { dmabroker_producer_submit(p, 10, DMABROKER_FRAME_FLAG_KEY_FRAME, 7, &mut seq) },
+        Status::DMABROKER_OK,
+    );
+    assert_eq!(seq, 0);
+    expect(
+        unsafe { dmabroker_producer_get_stats(p, &mut stats) },
+        Status::DMABROKER_OK,
+    );
+    assert_eq!((stats.produced, stats.consumers, stats.attached), (1, 0, 0));
+    let mut cs = ConsumerStats::default();
+    expect(
+        unsafe { dmabroker_producer_get_consumer_stats(p, 0, &mut cs) },
+        INVALID,
+    );
+    expect(unsafe { dmabroker_producer_close(p) }, Status::DMABROKER_OK);
+    expect(
+        unsafe { dmabroker_producer_acquire(p, 0, &mut index, &mut data, &mut len) },
+        Status::DMABROKER_ERROR_CLOSED,
+    );
+    // A slot still out when the producer is freed goes back quietly.
+    unsafe { dmabroker_producer_free(p) };
+    let p = producer(1, 4096);
+    expect(
+        unsafe { dmabroker_producer_acquire(p, 0, &mut index, &mut data, &mut len) },
+        Status::DMABROKER_OK,
+    );
+    unsafe { dmabroker_producer_free(p) };
+
+    // Consumer side.
+    let mut c: *mut Consumer = ptr::dangling_mut::<Consumer>();
+    expect(
+        unsafe { dmabroker_consumer_connect(c"/nonexistent/pool.sock".as_ptr(), 0, &mut c) },
+        Status::DMABROKER_ERROR_NO_PRODUCER,
+    );
+    assert!(c.is_null());
+    expect(
+        unsafe { dmabroker_consumer_connect(ptr::null(), 0, &mut c) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_consumer_connect(c"/nonexistent/pool.sock".as_ptr(), 7, &mut c) },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_consumer_connect(c"/x".as_ptr(), 0, ptr::null_mut()) },
+        INVALID,
+    );
+    let mut f: *mut Frame = ptr::dangling_mut::<Frame>();
+    expect(
+        unsafe { dmabroker_consumer_recv(ptr::null(), 0, &mut f) },
+        INVALID,
+    );
+    assert!(f.is_null());
+    let mut self_stats = ConsumerSelfStats::default();
+    expect(
+        unsafe { dmabroker_consumer_get_stats(ptr::null(), &mut self_stats) },
+        INVALID,
+    );
+    let mut fi = FrameInfo::default();
+    expect(
+        unsafe { dmabroker_frame_get_info(ptr::null(), &mut fi) },
+        INVALID,
+    );
+    let (mut fdata, mut flen) = (ptr::dangling::<c_void>(), 1usize);
+    expect(
+        unsafe { dmabroker_frame_data(ptr::null(), &mut fdata, &mut flen) },
+        INVALID,
+    );
+    assert!(fdata.is_null() && flen == 0);
+    expect(
+        unsafe { dmabroker_frame_get_buffer(ptr::null(), &mut b) },
+        INVALID,
+    );
+    unsafe {
+        dmabroker_consumer_free(ptr::null_mut());
+        dmabroker_frame_free(ptr::null_mut());
+    }
+}
+
+/// A raw handle moved to another thread (the handles are thread-safe).
+struct Send_<T>(*mut T);
+// SAFETY: (test) the C API's producer and consumer handles are thread-safe.
+unsafe impl<T> Send for Send_<T> {}
+
+#[test]
+fn pool_round_trip_between_threads() {
+    let path = socket_path("round-trip");
+    let p = producer(2, 8192);
+    expect(
+        unsafe { dmabroker_producer_listen(p, path.as_ptr()) },
+        Status::DMABROKER_OK,
+    );
+    let path2 = path.clone();
+    let connecting = std::thread::spawn(move || {
+        let mut c = ptr::null_mut();
+        let status = unsafe { dmabroker_consumer_connect(path2.as_ptr(), 0, &mut c) };
+        (status, Send_(c))
+    });
+    expect(
+        unsafe { dmabroker_producer_wait_for_consumers(p, 1, 10_000) },
+        Status::DMABROKER_OK,
+    );
+    let (status, c) = connecting.join().unwrap();
+    expect(status, Status::DMABROKER_OK);
+    let c = c.0;
+    let mut self_stats = ConsumerSelfStats::default();
+    expect(
+        unsafe { dmabroker_consumer_get_stats(c, &mut self_stats) },
+        Status::DMABROKER_OK,
+    );
+    assert_eq!(self_stats.buffer_count, 2);
+    assert_eq!(self_stats.buffer_len, 8192);
+
+    let mut f: *mut Frame = ptr::null_mut();
+    expect(
+        unsafe { dmabroker_consumer_recv(c, 0, &mut f) },
+        Status::DMABROKER_ERROR_TIMEOUT,
+    );
+    assert!(f.is_null());
+
+    for round in 0..3u8 {
+        let (mut index, mut data, mut len, mut seq) =
+            (0u32, ptr::null_mut::<c_void>(), 0usize, 0u64);
+        expect(
+            unsafe { dmabroker_producer_acquire(p, 5000, &mut index, &mut data, &mut len) },
+            Status::DMABROKER_OK,
+        );
+        let bytes = unsafe { std::slice::from_raw_parts_mut(data.cast::<u8>(), len) };
+        bytes[..100].fill(round + 1);
+        expect(
+            unsafe { dmabroker_producer_submit(p, 100, 0, u64::from(round) * 11, &mut seq) },
+            Status::DMABROKER_OK,
+        );
+        assert_eq!(seq, u64::from(round));
+
+        expect(
+            unsafe { dmabroker_consumer_recv(c, 5000, &mut f) },
+            Status::DMABROKER_OK,
+        );
+        let mut second = ptr::null_mut();
+        expect(
+            unsafe { dmabroker_consumer_recv(c, 0, &mut second) },
+            Status::DMABROKER_ERROR_BUSY,
+        );
+        expect(
+            unsafe { dmabroker_consumer_get_stats(c, &mut self_stats) },
+            Status::DMABROKER_ERROR_BUSY,
+        );
+        let mut info = FrameInfo::default();
+        expect(
+            unsafe { dmabroker_frame_get_info(f, &mut info) },
+            Status::DMABROKER_OK,
+        );
+        assert_eq!(
+            (info.index, info.seq, info.bytes_used, info.meta),
+            (index, seq, 100, u64::from(round) * 11)
+        );
+        assert!(info.timestamp_ns > 0);
+        let (mut fdata, mut flen) = (ptr::null::<c_void>(), 0usize);
+        expect(
+            unsafe { dmabroker_frame_data(f, &mut fdata, &mut flen) },
+            Status::DMABROKER_OK,
+        );
+        assert_eq!(flen, 100);
+        let seen = unsafe { std::slice::from_raw_parts(fdata.cast::<u8>(), flen) };
+        assert!(seen.iter().all(|&x| x == round + 1));
+        let (mut again, mut again_len) = (ptr::null::<c_void>(), 0usize);
+        expect(
+            unsafe { dmabroker_frame_data(f, &mut again, &mut again_len) },
+            Status::DMABROKER_OK,
+        );
+        assert_eq!((again, again_len), (fdata, flen), "the same pointer");
+        let mut fb = ptr::null_mut();
+        expect(
+            unsafe { dmabroker_frame_get_buffer(f, &mut fb) },
+            Status::DMABROKER_OK,
+        );
+        assert!(unsafe { dmabroker_buffer_len(fb) } >= 8192);
+        unsafe { dmabroker_buffer_free(fb) };
+        if round == 2 {
+            // The frame keeps its consumer alive (attached) until freed.
+            unsafe { dmabroker_consumer_free(c) };
+        }
+        unsafe { dmabroker_frame_free(f) };
+    }
+    let mut stats = PoolStats::default();
+    expect(
+        unsafe { dmabroker_producer_get_stats(p, &mut stats) },
+        Status::DMABROKER_OK,
+    );
+    assert_eq!(stats.produced, 3);
+    unsafe { dmabroker_producer_free(p) };
+    let _ = std::fs::remove_dir_all(
+        std::path::Path::new(path.to_str().unwrap())
+            .parent()
+            .unwrap(),
+    );
+}
+
+#[test]
+fn pool_consumer_sees_the_end_of_the_stream() {
+    let path = socket_path("end");
+    let p = producer(2, 4096);
+    expect(
+        unsafe { dmabroker_producer_listen(p, path.as_ptr()) },
+        Status::DMABROKER_OK,
+    );
+    // A second producer on a live socket is refused.
+    let q = producer(1, 4096);
+    expect(
+        unsafe { dmabroker_producer_listen(q, path.as_ptr()) },
+        Status::DMABROKER_ERROR_ALREADY_EXISTS,
+    );
+    unsafe { dmabroker_producer_free(q) };
+    let path2 = path.clone();
+    let consumer = std::thread::spawn(move || {
+        let mut c = ptr::null_mut();
+        expect(
+            unsafe {
+                dmabroker_consumer_connect(path2.as_ptr(), WaitMode::BusyPoll as u32, &mut c)
+            },
+            Status::DMABROKER_OK,
+        );
+        let mut got = Vec::new();
+        let end = loop {
+            let mut f = ptr::null_mut();
+            let status = unsafe { dmabroker_consumer_recv(c, 10_000, &mut f) };
+            if status != Status::DMABROKER_OK {
+                assert!(f.is_null());
+                break status;
+            }
+            let mut info = FrameInfo::default();
+            unsafe { dmabroker_frame_get_info(f, &mut info) };
+            got.push(info.meta);
+            unsafe { dmabroker_frame_free(f) };
+        };
+        unsafe { dmabroker_consumer_free(c) };
+        (end, got)
+    });
+    expect(
+        unsafe { dmabroker_producer_wait_for_consumers(p, 1, 10_000) },
+        Status::DMABROKER_OK,
+    );
+    for i in 0..5u64 {
+        let mut index = 0;
+        expect(
+            unsafe {
+                dmabroker_producer_acquire(p, 10_000, &mut index, ptr::null_mut(), ptr::null_mut())
+            },
+            Status::DMABROKER_OK,
+        );
+        expect(
+            unsafe { dmabroker_producer_submit(p, 1, 0, i, ptr::null_mut()) },
+            Status::DMABROKER_OK,
+        );
+    }
+    expect(unsafe { dmabroker_producer_close(p) }, Status::DMABROKER_OK);
+    let (end, got) = consumer.join().unwrap();
+    assert_eq!(end, Status::DMABROKER_ERROR_CLOSED);
+    assert_eq!(got, [0, 1, 2, 3, 4]);
+    unsafe { dmabroker_producer_free(p) };
+    let _ = std::fs::remove_dir_all(
+        std::path::Path::new(path.to_str().unwrap())
+            .parent()
+            .unwrap(),
+    );
+}

@@ -1,0 +1,1127 @@
+//! Zero-copy streaming pools: `dmabroker_producer_*`, `dmabroker_consumer_*`
+//! and `dmabroker_frame_*`.
+//!
+//! The library's `WriteSlot` and `Frame` borrow their producer or consumer
+//! mutably, so a handle has at most one slot (producer) or frame (consumer)
+//! out at a time; the guard of the slot or frame lives inside the handle's
+//! state, next to the producer or consumer it borrows (as in `mapping.rs`).
+
+use crate::buffer::Buffer;
+use crate::error::{alloc_status, errno_status, guard, guard_value, map_status, Error, Status};
+use crate::heaps::Heaps;
+use crate::{c_str, free_handle, handle, into_handle, out, timeout_ms};
+use dmabroker_core::buffer::{BufferMapping, CpuRead, CpuWrite, SyncError};
+use dmabroker_core::pool::{
+    AcquireError, AttachError, Backpressure, Consumer as CoreConsumer, CreateError,
+    Frame as CoreFrame, FrameFlags, FrameMeta, ListenError, PoolError,
+    PoolOptions as CorePoolOptions, Producer as CoreProducer, SubmitError,
+    WaitMode as CoreWaitMode, WriteSlot,
+};
+use std::ffi::{c_char, c_void};
+use std::ptr::{self, NonNull};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Frame flag: the frame can be decoded on its own (encoders).
+pub const DMABROKER_FRAME_FLAG_KEY_FRAME: u32 = 1;
+/// Frame flag: the source reported an error for this frame.
+pub const DMABROKER_FRAME_FLAG_ERROR: u32 = 2;
+
+const _: () = {
+    assert!(DMABROKER_FRAME_FLAG_KEY_FRAME == FrameFlags::KEY_FRAME.bits());
+    assert!(DMABROKER_FRAME_FLAG_ERROR == FrameFlags::ERROR.bits());
+    const fn assert_send<T: Send>() {}
+    assert_send::<CoreProducer>();
+    assert_send::<CoreConsumer>();
+    assert_send::<BufferMapping>();
+};
+
+/// How a consumer waits for frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum WaitMode {
+    /// Spin briefly (20 us), then sleep on a futex: no CPU used while idle.
+    Block = 0,
+    /// Never sleep: the lowest latency, one CPU core fully used.
+    BusyPoll = 1,
+}
+
+/// A `dmabroker_wait_mode` as C passes it (read as an integer).
+pub type WaitModeArg = u32;
+
+/// How `dmabroker_producer_new` shapes the pool. All-zero (`{0}`) means the
+/// defaults.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct PoolOptions {
+    /// A name for the buffers (shown in `/proc/PID/fd` and fdinfo); NULL: `"pool"`.
+    pub name: *const c_char,
+    /// A consumer holding a frame longer than this is evicted; 0: 5000 ms;
+    /// negative: never.
+    pub release_timeout_ms: i64,
+    /// Most consumers attached at once (1 to 63); 0: 8.
+    pub max_consumers: u32,
+    /// When every buffer is held: take back the oldest frame consumers have
+    /// not started reading (live video), instead of waiting for a release.
+    pub drop_oldest: bool,
+}
+
+/// Counters of a pool (`dmabroker_producer_get_stats`).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct PoolStats {
+    /// Frames submitted.
+    pub produced: u64,
+    /// Frames taken back from at least one consumer (drop-oldest).
+    pub dropped: u64,
+    /// Consumers that died or were evicted so far.
+    pub lost_consumers: u64,
+    /// Consumers known now (attached or evicted): the count for
+    /// `dmabroker_producer_get_consumer_stats`.
+    pub consumers: usize,
+    /// Consumers attached and receiving frames now.
+    pub attached: usize,
+}
+
+/// Counters of one consumer, as its producer sees them.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct ConsumerStats {
+    /// Frames put in its ring.
+    pub delivered: u64,
+    /// Frames it took from its ring.
+    pub received: u64,
+    /// Frames it released.
+    pub released: u64,
+    /// Frames taken back before it read them (drop-oldest).
+    pub dropped: u64,
+    /// `futex_wake` calls the producer made for it (0 while it keeps up).
+    pub wakes: u64,
+    /// Its slot in the pool.
+    pub slot: u32,
+    /// Its process id.
+    pub pid: u32,
+    /// It was evicted for holding a frame too long.
+    pub evicted: bool,
+}
+
+/// What a consumer sees of its own attachment (`dmabroker_consumer_get_stats`).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct ConsumerSelfStats {
+    /// Bytes per buffer.
+    pub buffer_len: u64,
+    /// Frames the producer took back before this consumer read them.
+    pub dropped: u64,
+    /// Times the producer had to wake this consumer.
+    pub wakes: u64,
+    /// Buffers in the pool.
+    pub buffer_count: u32,
+    /// This consumer's slot in the pool.
+    pub slot: u32,
+}
+
+/// What the producer said about a frame (`dmabroker_frame_get_info`).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct FrameInfo {
+    /// Index of the buffer in the pool.
+    pub index: u32,
+    /// `DMABROKER_FRAME_FLAG_*` bits.
+    pub flags: u32,
+    /// Sequence number (gaps: frames dropped for this consumer).
+    pub seq: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds when the producer submitted it.
+    pub timestamp_ns: u64,
+    /// Bytes of the buffer the frame occupies.
+    pub bytes_used: u64,
+    /// The producer's application word (a checksum, a device timestamp, ...).
+    pub meta: u64,
+}
+
+// ---- errors -----------------------------------------------------------------
+
+fn listen_status(e: &ListenError) -> Status {
+    match e {
+        ListenError::AddressInUse(_) => Status::DMABROKER_ERROR_ALREADY_EXISTS,
+        ListenError::PathTooLong(_) => Status::DMABROKER_ERROR_INVALID_ARGUMENT,
+        ListenError::PermissionDenied(_) => Status::DMABROKER_ERROR_PERMISSION_DENIED,
+        ListenError::Os { source, .. } => errno_status(*source),
+        #[allow(unreachable_patterns)]
+        _ => Status::DMABROKER_ERROR_IO,
+    }
+}
+
+impl From<ListenError> for Error {
+    fn from(e: ListenError) -> Self {
+        Self::new(listen_status(&e), e.to_string())
+    }
+}
+
+impl From<CreateError> for Error {
+    fn from(e: CreateError) -> Self {
+        let status = match &e {
+            CreateError::BufferCount(_)
+            | CreateError::ConsumerCount(_)
+            | CreateError::ZeroLength
+            | CreateError::BufferTooSmall { .. }
+            | CreateError::Unsealed(_) => Status::DMABROKER_ERROR_INVALID_ARGUMENT,
+            CreateError::Alloc { source, .. } => alloc_status(source),
+            CreateError::Map { source, .. } => map_status(source),
+            CreateError::ControlBlock { source, .. } => errno_status(*source),
+            CreateError::Listen(l) => listen_status(l),
+            #[allow(unreachable_patterns)]
+            _ => Status::DMABROKER_ERROR_IO,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl From<AttachError> for Error {
+    fn from(e: AttachError) -> Self {
+        let status = match &e {
+            AttachError::NoProducer { .. } => Status::DMABROKER_ERROR_NO_PRODUCER,
+            AttachError::PoolFull => Status::DMABROKER_ERROR_BUSY,
+            AttachError::Closed => Status::DMABROKER_ERROR_CLOSED,
+            AttachError::Protocol(_) | AttachError::BadWelcome(_) | AttachError::HungUp => {
+                Status::DMABROKER_ERROR_BROKER
+            }
+            AttachError::Timeout(_) => Status::DMABROKER_ERROR_TIMEOUT,
+            AttachError::Map { source, .. } => map_status(source),
+            AttachError::Os { source, .. } => errno_status(*source),
+            #[allow(unreachable_patterns)]
+            _ => Status::DMABROKER_ERROR_IO,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl From<AcquireError> for Error {
+    fn from(e: AcquireError) -> Self {
+        let status = match &e {
+            AcquireError::Timeout(_) => Status::DMABROKER_ERROR_TIMEOUT,
+            AcquireError::Closed => Status::DMABROKER_ERROR_CLOSED,
+            #[allow(unreachable_patterns)]
+            _ => Status::DMABROKER_ERROR_IO,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl From<SubmitError> for Error {
+    fn from(e: SubmitError) -> Self {
+        let status = match &e {
+            SubmitError::TooLong { .. } | SubmitError::ReservedFlags(_) => {
+                Status::DMABROKER_ERROR_INVALID_ARGUMENT
+            }
+            SubmitError::SyncFile(_) => Status::DMABROKER_ERROR_UNSUPPORTED,
+            #[allow(unreachable_patterns)]
+            _ => Status::DMABROKER_ERROR_IO,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl From<PoolError> for Error {
+    fn from(e: PoolError) -> Self {
+        let status = match &e {
+            PoolError::Closed => Status::DMABROKER_ERROR_CLOSED,
+            PoolError::ProducerGone => Status::DMABROKER_ERROR_PRODUCER_GONE,
+            PoolError::Timeout(_) => Status::DMABROKER_ERROR_TIMEOUT,
+            PoolError::Evicted => Status::DMABROKER_ERROR_EVICTED,
+            PoolError::Corrupt(_) => Status::DMABROKER_ERROR_BROKER,
+            PoolError::Sync(SyncError::ReadOnlyMapping) => Status::DMABROKER_ERROR_READ_ONLY,
+            PoolError::Sync(SyncError::DmaBufSync(errno)) | PoolError::Os { source: errno, .. } => {
+                errno_status(*errno)
+            }
+            #[allow(unreachable_patterns)]
+            _ => Status::DMABROKER_ERROR_IO,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+fn busy(what: &str) -> Error {
+    Error::new(Status::DMABROKER_ERROR_BUSY, what.to_owned())
+}
+
+/// Lock a handle's state; a panic while locked (caught by the guard) leaves
+/// it as consistent as before the call.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// ---- producer ---------------------------------------------------------------
+
+/// A slot the producer is filling: the CPU access (if any) and the
+/// library's slot, which borrows the producer. `write` is declared first,
+/// so it is dropped (the access ended) before the slot.
+struct Slot {
+    write: Option<CpuWrite<'static>>,
+    slot: WriteSlot<'static>,
+}
+
+struct ProducerState {
+    /// The producer, from `Box::into_raw`; owned by this state and freed in
+    /// its `Drop`. While `slot` is `Some`, the slot inside holds the only
+    /// reference to it; otherwise nothing does.
+    producer: NonNull<CoreProducer>,
+    slot: Option<Slot>,
+}
+
+// SAFETY: ProducerState owns the Producer behind `producer` exclusively
+// (see the field's comment), the Producer, its mappings and the guards
+// borrowing them hold Send data (asserted above for Producer and
+// BufferMapping); moving the state moves that ownership with it.
+unsafe impl Send for ProducerState {}
+
+impl ProducerState {
+    /// The producer, when no slot borrows it.
+    fn producer(&mut self) -> Result<&mut CoreProducer, Error> {
+        if self.slot.is_some() {
+            return Err(busy(
+                "a slot is acquired: call dmabroker_producer_submit or dmabroker_producer_cancel first",
+            ));
+        }
+        // SAFETY: `producer` lives until this state's Drop; no slot exists
+        // (checked above), so nothing else refers to it, and the returned
+        // reference borrows `self`, so no slot can be made while it lives.
+        Ok(unsafe { self.producer.as_mut() })
+    }
+}
+
+impl Drop for ProducerState {
+    fn drop(&mut self) {
+        // An acquired slot goes back to the pool (its access ended first).
+        self.slot = None;
+        // SAFETY: `producer` came from Box::into_raw in dmabroker_producer_new;
+        // with the slot gone nothing refers to it, and it is freed only here.
+        drop(unsafe { Box::from_raw(self.producer.as_ptr()) });
+    }
+}
+
+/// The producing end of a pool (opaque): owns N buffers of one size,
+/// accepts consumers on a socket and hands them frames by index. Made by
+/// `dmabroker_producer_new`, released by `dmabroker_producer_free` (which
+/// closes the stream). Its calls lock it, so threads may share it; a call
+/// that waits (acquire, wait for consumers) holds the lock meanwhile.
+pub struct Producer {
+    state: Mutex<ProducerState>,
+    buffers: Vec<dmabroker_core::Buffer>,
+}
+
+/// Allocate `buffers` buffers of `buffer_len` bytes each from the heap
+/// named `heap` (`"memfd"`, `"dma-heap/system"`, ...) and make a pool of
+/// them. `heaps` may be NULL (discovered for this call); `options` may be
+/// NULL (the defaults). Consumers attach after `dmabroker_producer_listen`.
+///
+/// # Errors
+/// `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers, 0 or more than 64
+/// buffers, size 0, more than 63 consumers), the allocation's errors
+/// (`DMABROKER_ERROR_NO_SUCH_HEAP`, `_OUT_OF_MEMORY`, ...), `DMABROKER_ERROR_IO`.
+///
+/// # Safety
+/// `heaps` is NULL or a live handle; `heap` is NULL or a C string;
+/// `options` is NULL or readable (its `name` NULL or a C string); `out` is
+/// NULL or writable for one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_producer_new(
+    heaps: *const Heaps,
+    heap: *const c_char,
+    buffers: u32,
+    buffer_len: u64,
+    options: *const PoolOptions,
+    out: *mut *mut Producer,
+) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a writable pointer slot.
+        let out = unsafe { crate::out(out, "out") }?;
+        *out = ptr::null_mut();
+        // SAFETY: the caller passes NULL or a C string.
+        let heap = unsafe { c_str(heap, "heap") }?;
+        let mut o = CorePoolOptions::new(buffers as usize, buffer_len);
+        // SAFETY: the caller passes NULL or a readable dmabroker_pool_options.
+        if let Some(c) = unsafe { options.as_ref() } {
+            if !c.name.is_null() {
+                // SAFETY: non-NULL, and the caller passes a C string.
+                o = o.name(unsafe { c_str(c.name, "options->name") }?);
+            }
+            match c.release_timeout_ms {
+                0 => {}
+                ms => o = o.release_timeout(timeout_ms(ms)),
+            }
+            if c.max_consumers != 0 {
+                o = o.max_consumers(c.max_consumers);
+            }
+            if c.drop_oldest {
+                o = o.backpressure(Backpressure::DropOldest);
+            }
+        }
+        let producer = if heaps.is_null() {
+            CoreProducer::allocate(&Heaps::discover().heaps, heap, &o)?
+        } else {
+            // SAFETY: non-NULL, and the caller passes a live handle.
+            CoreProducer::allocate(&unsafe { handle(heaps, "heaps") }?.heaps, heap, &o)?
+        };
+        let buffers = producer.buffers().cloned().collect();
+        let producer = NonNull::from(Box::leak(Box::new(producer)));
+        *out = into_handle(Producer {
+            state: Mutex::new(ProducerState {
+                producer,
+                slot: None,
+            }),
+            buffers,
+        });
+        Ok(())
+    })
+}
+
+/// Close the stream (consumers receive the frames already handed off, then
+/// `DMABROKER_ERROR_CLOSED`), release the producer's buffers and remove its
+/// socket. NULL is ignored. A slot still acquired goes back unsubmitted.
+///
+/// # Safety
+/// `producer` is NULL or a live handle not freed before, used by no other
+/// thread during the call nor afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_producer_free(producer: *mut Producer) {
+    // SAFETY: the caller passes NULL or a live handle it gives up.
+    guard_value((), || unsafe { free_handle(producer) })
+}
+
+/// Accept consumers on a Unix socket at `path` (a stale socket file of a
+/// dead producer is replaced; the file is removed when the producer is
+/// freed). Handshakes run during acquire and wait-for-consumers calls.
+///
+/// # Errors
+/// `DMABROKER_ERROR_ALREADY_EXISTS` (a live process listens there),
+/// `DMABROKER_ERROR_PERMISSION_DENIED`, `DMABROKER_ERROR_INVALID_ARGUMENT`
+/// (NULL, a path over 107 bytes), `DMABROKER_ERROR_BUSY` (a slot is
+/// acquired), `DMABROKER_ERROR_IO`.
+///
+/// # Safety
+/// `producer` is NULL or a live handle; `path` is NULL or a C string.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_producer_listen(
+    producer: *const Producer,
+    path: *const c_char,
+) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { handle(producer, "producer") }?;
+        // SAFETY: the caller passes NULL or a C string.
+        let path = unsafe { c_str(path, "path") }?;
+        lock(&p.state).producer()?.listen(path)?;
+        Ok(())
+    })
+}
+
+/// Accept consumers until `count` are attached, for at most `timeout_ms`
+/// milliseconds (negative: no limit).
+///
+/// # Errors
+/// `DMABROKER_ERROR_TIMEOUT` (fewer attached in time; those that did stay),
+/// `DMABROKER_ERROR_BUSY` (a slot is acquired), `DMABROKER_ERROR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `producer` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_producer_wait_for_consumers(
+    producer: *const Producer,
+    count: usize,
+    timeout_ms: i64,
+) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { handle(producer, "producer") }?;
+        let mut state = lock(&p.state);
+        let core = state.producer()?;
+        // "No limit": about 68 years, which the library's nanosecond
+        // deadline arithmetic holds without overflow.
+        let limit = crate::timeout_ms(timeout_ms).unwrap_or(Duration::from_secs(1 << 31));
+        if core.wait_for_consumers(count, limit) {
+            Ok(())
+        } else {
+            Err(Error::new(
+                Status::DMABROKER_ERROR_TIMEOUT,
+                format!(
+                    "{} of {count} consumers attached within {timeout_ms} ms",
+                    core.attached()
+                ),
+            ))
+        }
+    })
+}
+
+/// Get a free buffer to fill: `*index` receives its index in the pool.
+/// When `data` is not NULL, CPU write access to the whole buffer begins
+/// (`DMA_BUF_IOCTL_SYNC` for dma-bufs) and `*data` points to it, valid
+/// until submit or cancel, which end the access. With `data` NULL the CPU
+/// does not touch it (a device fills it: `dmabroker_producer_get_buffer`
+/// gives its fd). `*len` (when `len` is not NULL) receives the buffer's length.
+///
+/// While every buffer is held by consumers it waits (or, with
+/// `drop_oldest`, takes back the oldest unread frame), for at most
+/// `timeout_ms` (negative: no limit). One slot at a time: submit or cancel
+/// it before the next acquire.
+///
+/// # Errors
+/// `DMABROKER_ERROR_TIMEOUT`, `DMABROKER_ERROR_CLOSED` (after
+/// `dmabroker_producer_close`), `DMABROKER_ERROR_BUSY` (a slot is already
+/// acquired), `DMABROKER_ERROR_INVALID_ARGUMENT`, `DMABROKER_ERROR_IO`
+/// (the sync ioctl failed; the buffer went back). On failure `*index` is
+/// `UINT32_MAX`, `*data` NULL and `*len` 0.
+///
+/// # Safety
+/// `producer` is NULL or a live handle; `index` is NULL or writable;
+/// `data` and `len` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_producer_acquire(
+    producer: *const Producer,
+    timeout_ms: i64,
+    index: *mut u32,
+    data: *mut *mut c_void,
+    len: *mut usize,
+) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a writable pointer slot.
+        let mut data = unsafe { data.as_mut() };
+        if let Some(d) = data.as_deref_mut() {
+            *d = ptr::null_mut();
+        }
+        // SAFETY: the caller passes NULL or a writable size_t.
+        let mut len = unsafe { len.as_mut() };
+        if let Some(l) = len.as_deref_mut() {
+            *l = 0;
+        }
+        // SAFETY: the caller passes NULL or a writable uint32_t.
+        let index = unsafe { out(index, "index") }?;
+        *index = u32::MAX;
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { handle(producer, "producer") }?;
+        let mut state = lock(&p.state);
+        if state.slot.is_some() {
+            return Err(busy(
+                "a slot is already acquired: submit or cancel it before the next acquire",
+            ));
+        }
+        // SAFETY: the producer lives until ProducerState's Drop, which drops
+        // the slot first, so 'static outlives every use; no slot exists
+        // (checked above), so this is the only reference, and the state lock
+        // keeps it so until the slot is stored in `state.slot`.
+        let core: &'static mut CoreProducer = unsafe { &mut *state.producer.as_ptr() };
+        let mut slot = core.acquire(crate::timeout_ms(timeout_ms))?;
+        let buffer_len = slot.buffer().len();
+        let write = if let Some(d) = data {
+            // SAFETY: the mapping lives in the producer (see above) as long
+            // as the slot; the guard made from it is stored next to the
+            // slot and dropped before it (Slot's field order), and the slot
+            // is not used to reach the mapping while the guard lives.
+            let mapping: &'static mut BufferMapping =
+                unsafe { &mut *ptr::from_mut(slot.mapping()) };
+            let mut g = mapping.begin_write()?;
+            *d = g.as_mut_ptr().cast::<c_void>();
+            Some(g)
+        } else {
+            None
+        };
+        *index = slot.index();
+        if let Some(l) = len {
+            *l = usize::try_from(buffer_len).unwrap_or(usize::MAX);
+        }
+        state.slot = Some(Slot { write, slot });
+        Ok(())
+    })
+}
+
+/// Hand the acquired buffer to every attached consumer as a frame of
+/// `bytes_used` bytes with `flags` (`DMABROKER_FRAME_FLAG_*`) and the
+/// application word `meta`. Ends the CPU access begun by acquire.
+/// `*seq` (when `seq` is not NULL) receives the frame's sequence number.
+///
+/// # Errors
+/// `DMABROKER_ERROR_NOT_BEGUN` (no slot acquired),
+/// `DMABROKER_ERROR_INVALID_ARGUMENT` (`bytes_used` beyond the buffer,
+/// unknown flags: the slot stays acquired, fix and retry, or cancel).
+///
+/// # Safety
+/// `producer` is NULL or a live handle; `seq` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_producer_submit(
+    producer: *const Producer,
+    bytes_used: u64,
+    flags: u32,
+    meta: u64,
+    seq: *mut u64,
+) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a writable uint64_t.
+        let seq = unsafe { seq.as_mut() };
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { handle(producer, "producer") }?;
+        let mut state = lock(&p.state);
+        let Some(slot) = state.slot.as_ref() else {
+            return Err(Error::new(
+                Status::DMABROKER_ERROR_NOT_BEGUN,
+                "no slot is acquired: call dmabroker_producer_acquire first",
+            ));
+        };
+        let buffer_len = slot.slot.buffer().len();
+        if bytes_used > buffer_len {
+            return Err(Error::invalid(format!(
+                "bytes_used {bytes_used} is larger than the buffer ({buffer_len} bytes)"
+            )));
+        }
+        let flags = FrameFlags::from_bits(flags)
+            .filter(|f| FrameFlags::USER.contains(*f))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "flags {flags:#x}: only DMABROKER_FRAME_FLAG_KEY_FRAME (1) and \
+                     DMABROKER_FRAME_FLAG_ERROR (2) may be set"
+                ))
+            })?;
+        let Slot { write, slot } = state.slot.take().expect("checked above");
+        // The end of the CPU access, before the consumers see the frame.
+        drop(write);
+        let s = slot.submit(FrameMeta::new(bytes_used).flags(flags).meta(meta))?;
+        if let Some(out) = seq {
+            *out = s;
+        }
+        Ok(())
+    })
+}
+
+/// Give the acquired buffer back unsubmitted (ending the CPU access).
+///
+/// # Errors
+/// `DMABROKER_ERROR_NOT_BEGUN` (no slot acquired), `DMABROKER_ERROR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `producer` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_producer_cancel(producer: *const Producer) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { handle(producer, "producer") }?;
+        match lock(&p.state).slot.take() {
+            Some(slot) => {
+                drop(slot);
+                Ok(())
+            }
+            None => Err(Error::new(
+                Status::DMABROKER_ERROR_NOT_BEGUN,
+                "no slot is acquired: nothing to cancel",
+            )),
+        }
+    })
+}
+
+/// End the stream in order: consumers receive the frames handed off, then
+/// `DMABROKER_ERROR_CLOSED`; acquire fails with it from now on. A slot
+/// still acquired goes back unsubmitted. (Freeing the producer also closes.)
+///
+/// # Errors
+/// `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL.
+///
+/// # Safety
+/// `producer` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_producer_close(producer: *const Producer) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { handle(producer, "producer") }?;
+        let mut state = lock(&p.state);
+        state.slot = None;
+        state.producer()?.close();
+        Ok(())
+    })
+}
+
+/// The number of buffers in the pool (0 for NULL).
+///
+/// # Safety
+/// `producer` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_producer_buffer_count(producer: *const Producer) -> u32 {
+    guard_value(0, || {
+        // SAFETY: the caller passes NULL or a live handle.
+        unsafe { handle(producer, "producer") }.map_or(0, |p| p.buffers.len() as u32)
+    })
+}
+
+/// A new handle to buffer number `index` of the pool (the same memory; free
+/// it with `dmabroker_buffer_free`): its fd for a device
+/// (`dmabroker_buffer_fd`, e.g. V4L2 `QBUF` with `V4L2_MEMORY_DMABUF`), its
+/// length, its info.
+///
+/// # Errors
+/// `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers or an index out of range.
+///
+/// # Safety
+/// `producer` is NULL or a live handle; `out` is NULL or writable for one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_producer_get_buffer(
+    producer: *const Producer,
+    index: u32,
+    out: *mut *mut Buffer,
+) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a writable pointer slot.
+        let out = unsafe { crate::out(out, "out") }?;
+        *out = ptr::null_mut();
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { handle(producer, "producer") }?;
+        let b = p.buffers.get(index as usize).ok_or_else(|| {
+            Error::invalid(format!(
+                "buffer index {index} is out of range: the pool has {} buffers",
+                p.buffers.len()
+            ))
+        })?;
+        *out = into_handle(Buffer::new(b.clone()));
+        Ok(())
+    })
+}
+
+/// The pool's counters.
+///
+/// # Errors
+/// `DMABROKER_ERROR_BUSY` (a slot is acquired), `DMABROKER_ERROR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `producer` is NULL or a live handle; `out` is NULL or writable for one
+/// `dmabroker_pool_stats`.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_producer_get_stats(
+    producer: *const Producer,
+    out: *mut PoolStats,
+) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a writable dmabroker_pool_stats.
+        let out = unsafe { crate::out(out, "out") }?;
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { handle(producer, "producer") }?;
+        let mut state = lock(&p.state);
+        let core = state.producer()?;
+        let s = core.stats();
+        *out = PoolStats {
+            produced: s.produced,
+            dropped: s.dropped,
+            lost_consumers: s.lost_consumers,
+            consumers: s.consumers.len(),
+            attached: core.attached(),
+        };
+        Ok(())
+    })
+}
+
+/// The counters of consumer number `index` (0 to `dmabroker_pool_stats.consumers` - 1).
+///
+/// # Errors
+/// `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers, an index out of
+/// range), `DMABROKER_ERROR_BUSY` (a slot is acquired).
+///
+/// # Safety
+/// `producer` is NULL or a live handle; `out` is NULL or writable for one
+/// `dmabroker_consumer_stats`.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_producer_get_consumer_stats(
+    producer: *const Producer,
+    index: usize,
+    out: *mut ConsumerStats,
+) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a writable dmabroker_consumer_stats.
+        let out = unsafe { crate::out(out, "out") }?;
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { handle(producer, "producer") }?;
+        let mut state = lock(&p.state);
+        let stats = state.producer()?.stats();
+        let c = stats.consumers.get(index).ok_or_else(|| {
+            Error::invalid(format!(
+                "consumer index {index} is out of range: the pool knows {} consumers",
+                stats.consumers.len()
+            ))
+        })?;
+        *out = ConsumerStats {
+            delivered: c.delivered,
+            received: c.received,
+            released: c.released,
+            dropped: c.dropped,
+            wakes: c.wakes,
+            slot: c.slot,
+            pid: c.pid,
+            evicted: c.evicted,
+        };
+        Ok(())
+    })
+}
+
+// ---- consumer ---------------------------------------------------------------
+
+/// A frame the consumer holds: the CPU read access (if begun) and the
+/// library's frame, which borrows the consumer. `read` is declared first,
+/// so it is dropped (the access ended) before the frame (the release).
+struct HeldFrame {
+    read: Option<CpuRead<'static>>,
+    frame: CoreFrame<'static>,
+    id: u64,
+}
+
+struct ConsumerState {
+    /// The consumer, from `Box::into_raw`; owned by this state and freed in
+    /// its `Drop`. While `frame` is `Some`, the frame inside holds the only
+    /// reference to it; otherwise nothing does.
+    consumer: NonNull<CoreConsumer>,
+    frame: Option<HeldFrame>,
+    next_id: u64,
+}
+
+// SAFETY: ConsumerState owns the Consumer behind `consumer` exclusively (see
+// the field's comment); the Consumer, its mappings and the guards borrowing
+// them hold Send data (asserted above); moving the state moves that
+// ownership with it.
+unsafe impl Send for ConsumerState {}
+
+impl Drop for ConsumerState {
+    fn drop(&mut self) {
+        // A frame still held is released (its access ended first).
+        self.frame = None;
+        // SAFETY: `consumer` came from Box::into_raw in
+        // dmabroker_consumer_connect; with the frame gone nothing refers to
+        // it, and it is freed only here.
+        drop(unsafe { Box::from_raw(self.consumer.as_ptr()) });
+    }
+}
+
+impl ConsumerState {
+    /// The consumer, when no frame borrows it.
+    fn consumer(&mut self) -> Result<&mut CoreConsumer, Error> {
+        if self.frame.is_some() {
+            return Err(busy(
+                "a frame is held: free it (dmabroker_frame_free) first",
+            ));
+        }
+        // SAFETY: `consumer` lives until this state's Drop; no frame exists
+        // (checked above), so nothing else refers to it, and the returned
+        // reference borrows `self`, so no frame can be made while it lives.
+        Ok(unsafe { self.consumer.as_mut() })
+    }
+
+    /// The held frame with this id.
+    fn frame(&mut self, id: u64) -> Result<&mut HeldFrame, Error> {
+        self.frame
+            .as_mut()
+            .filter(|f| f.id == id)
+            .ok_or_else(|| Error::invalid("the frame was already released"))
+    }
+}
+
+struct ConsumerInner {
+    state: Mutex<ConsumerState>,
+    buffer_count: u32,
+    buffer_len: u64,
+    slot: u32,
+}
+
+/// The consuming end of a pool (opaque): made by `dmabroker_consumer_connect`,
+/// released by `dmabroker_consumer_free`. It holds one frame at a time: free
+/// the frame from `dmabroker_consumer_recv` before the next. Its calls lock
+/// it, so threads may share it.
+pub struct Consumer {
+    inner: Arc<ConsumerInner>,
+}
+
+/// A received frame (opaque): made by `dmabroker_consumer_recv`; freeing it
+/// (`dmabroker_frame_free`) ends CPU access and gives the buffer back to
+/// the producer. It keeps its consumer alive (attached) until then.
+pub struct Frame {
+    inner: Arc<ConsumerInner>,
+    id: u64,
+    info: FrameInfo,
+}
+
+/// Attach to the producer listening at the socket `path`: receive the
+/// pool's buffers once and map them read-only. `wait` (a
+/// `dmabroker_wait_mode`) says how `dmabroker_consumer_recv` waits.
+///
+/// # Errors
+/// `DMABROKER_ERROR_NO_PRODUCER` (nothing listens there),
+/// `DMABROKER_ERROR_BUSY` (the pool serves as many consumers as it may),
+/// `DMABROKER_ERROR_CLOSED` (the stream ended), `DMABROKER_ERROR_TIMEOUT`
+/// (no answer in 5 s), `DMABROKER_ERROR_BROKER` (not a dmabroker pool of
+/// this version), `DMABROKER_ERROR_INVALID_ARGUMENT`, `DMABROKER_ERROR_IO`.
+///
+/// # Safety
+/// `path` is NULL or a C string; `out` is NULL or writable for one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_consumer_connect(
+    path: *const c_char,
+    wait: WaitModeArg,
+    out: *mut *mut Consumer,
+) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a writable pointer slot.
+        let out = unsafe { crate::out(out, "out") }?;
+        *out = ptr::null_mut();
+        // SAFETY: the caller passes NULL or a C string.
+        let path = unsafe { c_str(path, "path") }?;
+        let wait = if wait == WaitMode::Block as u32 {
+            CoreWaitMode::default()
+        } else if wait == WaitMode::BusyPoll as u32 {
+            CoreWaitMode::BusyPoll
+        } else {
+            return Err(Error::invalid(format!(
+                "wait {wait} is not a dmabroker_wait_mode (BLOCK = 0, BUSY_POLL = 1)"
+            )));
+        };
+        let consumer = CoreConsumer::connect(path, wait)?;
+        let buffer_count = u32::try_from(consumer.buffer_count()).unwrap_or(u32::MAX);
+        let buffer_len = consumer.buffer_len();
+        let slot = consumer.slot();
+        let consumer = NonNull::from(Box::leak(Box::new(consumer)));
+        *out = into_handle(Consumer {
+            inner: Arc::new(ConsumerInner {
+                state: Mutex::new(ConsumerState {
+                    consumer,
+                    frame: None,
+                    next_id: 0,
+                }),
+                buffer_count,
+                buffer_len,
+                slot,
+            }),
+        });
+        Ok(())
+    })
+}
+
+/// Detach (release every buffer held and close the socket). NULL is
+/// ignored. A frame not yet freed keeps the attachment until it is.
+///
+/// # Safety
+/// `consumer` is NULL or a live handle not freed before, used by no other
+/// thread during the call nor afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_consumer_free(consumer: *mut Consumer) {
+    // SAFETY: the caller passes NULL or a live handle it gives up.
+    guard_value((), || unsafe { free_handle(consumer) })
+}
+
+/// The next frame, waiting at most `timeout_ms` milliseconds (negative: no
+/// limit; 0: only look). Frames already handed off are always delivered
+/// before an end-of-stream status. Free the frame before the next recv.
+///
+/// # Errors
+/// `DMABROKER_ERROR_TIMEOUT` (nothing yet; the stream goes on),
+/// `DMABROKER_ERROR_CLOSED` (the producer ended the stream),
+/// `DMABROKER_ERROR_PRODUCER_GONE` (it died), `DMABROKER_ERROR_EVICTED`,
+/// `DMABROKER_ERROR_BUSY` (a frame is still held),
+/// `DMABROKER_ERROR_INVALID_ARGUMENT`, `DMABROKER_ERROR_BROKER` (the
+/// control block is corrupt). `*frame` is NULL on failure.
+///
+/// # Safety
+/// `consumer` is NULL or a live handle; `frame` is NULL or writable for one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_consumer_recv(
+    consumer: *const Consumer,
+    timeout_ms: i64,
+    frame: *mut *mut Frame,
+) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a writable pointer slot.
+        let out = unsafe { crate::out(frame, "frame") }?;
+        *out = ptr::null_mut();
+        // SAFETY: the caller passes NULL or a live handle.
+        let c = unsafe { handle(consumer, "consumer") }?;
+        let mut state = lock(&c.inner.state);
+        if state.frame.is_some() {
+            return Err(busy(
+                "a frame is still held: free it (dmabroker_frame_free) before the next recv",
+            ));
+        }
+        // SAFETY: the consumer lives until ConsumerState's Drop, which drops
+        // the frame first, so 'static outlives every use; no frame exists
+        // (checked above), so this is the only reference, and the state lock
+        // keeps it so until the frame is stored in `state.frame`.
+        let core: &'static mut CoreConsumer = unsafe { &mut *state.consumer.as_ptr() };
+        let f = core.recv(crate::timeout_ms(timeout_ms))?;
+        let i = f.info();
+        let info = FrameInfo {
+            index: i.index,
+            flags: i.flags.bits(),
+            seq: i.seq,
+            timestamp_ns: i.timestamp_ns,
+            bytes_used: i.bytes_used,
+            meta: i.meta,
+        };
+        let id = state.next_id;
+        state.next_id += 1;
+        state.frame = Some(HeldFrame {
+            read: None,
+            frame: f,
+            id,
+        });
+        *out = into_handle(Frame {
+            inner: Arc::clone(&c.inner),
+            id,
+            info,
+        });
+        Ok(())
+    })
+}
+
+/// This consumer's view of the pool: buffers, their length, its slot, the
+/// frames dropped for it and the wake-ups it needed.
+///
+/// # Errors
+/// `DMABROKER_ERROR_BUSY` (a frame is held), `DMABROKER_ERROR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `consumer` is NULL or a live handle; `out` is NULL or writable for one
+/// `dmabroker_consumer_self_stats`.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_consumer_get_stats(
+    consumer: *const Consumer,
+    out: *mut ConsumerSelfStats,
+) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a writable struct.
+        let out = unsafe { crate::out(out, "out") }?;
+        // SAFETY: the caller passes NULL or a live handle.
+        let c = unsafe { handle(consumer, "consumer") }?;
+        let mut state = lock(&c.inner.state);
+        let core = state.consumer()?;
+        *out = ConsumerSelfStats {
+            buffer_len: c.inner.buffer_len,
+            dropped: core.dropped(),
+            wakes: core.wakes(),
+            buffer_count: c.inner.buffer_count,
+            slot: c.inner.slot,
+        };
+        Ok(())
+    })
+}
+
+/// What the producer said about the frame: buffer index, flags, sequence
+/// number, timestamp, bytes used, application word.
+///
+/// # Errors
+/// `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers.
+///
+/// # Safety
+/// `frame` is NULL or a live handle; `out` is NULL or writable for one
+/// `dmabroker_frame_info`.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_frame_get_info(
+    frame: *const Frame,
+    out: *mut FrameInfo,
+) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a writable dmabroker_frame_info.
+        let out = unsafe { crate::out(out, "out") }?;
+        // SAFETY: the caller passes NULL or a live handle.
+        *out = unsafe { handle(frame, "frame") }?.info;
+        Ok(())
+    })
+}
+
+/// The frame's bytes: begins CPU read access (`DMA_BUF_IOCTL_SYNC` for
+/// dma-bufs) on the first call; `*data` points to the frame's `*len` bytes
+/// (its `bytes_used`), read-only and valid until the frame is freed, which
+/// ends the access. Later calls give the same pointer.
+///
+/// # Errors
+/// `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers), `DMABROKER_ERROR_IO`
+/// (the sync ioctl failed). On failure `*data` is NULL and `*len` 0.
+///
+/// # Safety
+/// `frame` is NULL or a live handle; `data` and `len` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_frame_data(
+    frame: *const Frame,
+    data: *mut *const c_void,
+    len: *mut usize,
+) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a writable pointer slot.
+        let data = unsafe { out(data, "data") }?;
+        *data = ptr::null();
+        // SAFETY: the caller passes NULL or a writable size_t.
+        let len = unsafe { out(len, "len") }?;
+        *len = 0;
+        // SAFETY: the caller passes NULL or a live handle.
+        let f = unsafe { handle(frame, "frame") }?;
+        let mut state = lock(&f.inner.state);
+        let held = state.frame(f.id)?;
+        if held.read.is_none() {
+            // SAFETY: the mapping lives in the consumer, which outlives the
+            // held frame (ConsumerState's Drop drops the frame first); the
+            // guard made from it is stored next to the frame and dropped
+            // before it (HeldFrame's field order), and the frame is not used
+            // to reach the mapping while the guard lives.
+            let mapping: &'static mut BufferMapping =
+                unsafe { &mut *ptr::from_mut(held.frame.mapping()) };
+            held.read = Some(mapping.begin_read().map_err(PoolError::from)?);
+        }
+        let bytes = held.read.as_ref().expect("begun above");
+        *data = bytes.as_ptr().cast::<c_void>();
+        *len = usize::try_from(f.info.bytes_used)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        Ok(())
+    })
+}
+
+/// A new handle to the frame's buffer (the same memory; free it with
+/// `dmabroker_buffer_free`), e.g. to import its fd into a device.
+///
+/// # Errors
+/// `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers.
+///
+/// # Safety
+/// `frame` is NULL or a live handle; `out` is NULL or writable for one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_frame_get_buffer(
+    frame: *const Frame,
+    out: *mut *mut Buffer,
+) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a writable pointer slot.
+        let out = unsafe { crate::out(out, "out") }?;
+        *out = ptr::null_mut();
+        // SAFETY: the caller passes NULL or a live handle.
+        let f = unsafe { handle(frame, "frame") }?;
+        let mut state = lock(&f.inner.state);
+        let buffer = state.frame(f.id)?.frame.buffer().clone();
+        *out = into_handle(Buffer::new(buffer));
+        Ok(())
+    })
+}
+
+/// Release the frame: end CPU access and give the buffer back to the
+/// producer. NULL is ignored. Pointers from `dmabroker_frame_data` are
+/// invalid afterwards.
+///
+/// # Safety
+/// `frame` is NULL or a live handle not freed before, used by no other
+/// thread during the call nor afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_frame_free(frame: *mut Frame) {
+    guard_value((), || {
+        if frame.is_null() {
+            return;
+        }
+        // SAFETY: non-NULL, from into_handle, given up by the caller.
+        let f = unsafe { Box::from_raw(frame) };
+        {
+            let mut state = lock(&f.inner.state);
+            if state.frame.as_ref().is_some_and(|h| h.id == f.id) {
+                // Inside the lock: the frame borrows the consumer the lock
+                // guards. The access ends, then the buffer goes back.
+                state.frame = None;
+            }
+        }
+        // The last handle of a freed consumer detaches it here.
+        drop(f);
+    })
+}
