@@ -60,6 +60,11 @@ if [[ $mode != host ]]; then
         vm_* | heap_conformance | cpu_access | seals | hugetlb | bad_input | dmabroker | dmabroker_sys) vm_bins+=("$exe") ;;
         esac
     done
+    # The C API in the guest: a static C program that queues dmabroker
+    # buffers into vivid (examples/c/vivid_capture.c).
+    c_out="$PWD/target/vm-c"
+    examples/c/vm-build.sh "$c_out"
+    vm_bins+=("$c_out/vivid_capture")
     # vm_cli (the CLI's VM tests) runs the `dmabroker` binary from the path
     # cargo compiled into it: --file puts it at that same path in the guest.
     vm/run.sh --timeout "${DMABROKER_VM_TIMEOUT:-900}" \
