@@ -54,9 +54,9 @@ pub struct AllocArgs {
     /// Heap to allocate from (see `dmabroker heaps`).
     #[arg(long, default_value = "memfd")]
     pub heap: String,
-    /// Size: 4096, 4K, 12MiB, 1G...
-    #[arg(long, value_parser = parse_size)]
-    pub size: u64,
+    /// Size: 4096, 4K, 12MiB, 1G..., or WIDTHxHEIGHT with --format.
+    #[arg(long, value_parser = crate::command::alloc_for::parse_size_spec)]
+    pub size: crate::command::alloc_for::SizeSpec,
     /// Require physically contiguous memory.
     #[arg(long)]
     pub contiguous: bool,
@@ -69,6 +69,31 @@ pub struct AllocArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Device-aware allocation: formats, devices, explicit constraints.
+    #[command(flatten)]
+    pub device: crate::command::alloc_for::DeviceArgs,
+    /// Allocate through the broker daemon instead of in this process.
+    #[arg(long)]
+    pub broker: bool,
+    /// Publish the buffer under this name (implies --broker). The broker keeps
+    /// published buffers alive, so this command exits right after publishing.
+    #[arg(long, conflicts_with = "token")]
+    pub publish: Option<String>,
+    /// Publish under an unguessable token, printed (implies --broker).
+    #[arg(long)]
+    pub token: bool,
+    /// Who else may import the publication: uid=N[:ro|rw], gid=N[:ro|rw], any[:ro|rw] (repeatable; default access ro).
+    #[arg(long = "allow", value_name = "GRANT")]
+    pub allow: Vec<dmabroker::proto::Grant>,
+    /// Withdraw the publication after its first import by another user.
+    #[arg(long)]
+    pub one_shot: bool,
+    /// Withdraw the publication after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub expires: Option<u64>,
+    /// Broker socket [default: $XDG_RUNTIME_DIR/dmabroker.sock if present, else /run/dmabroker/dmabroker.sock].
+    #[arg(long, env = "DMABROKER_SOCKET")]
+    pub socket: Option<std::path::PathBuf>,
 }
 
 /// `dmabroker inspect`.

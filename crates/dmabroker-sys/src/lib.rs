@@ -21,6 +21,7 @@ pub mod drm;
 mod fd_ioctl;
 pub mod inherited;
 pub mod mmap;
+pub mod socket;
 pub mod udmabuf;
 pub mod v4l2;
 

@@ -1,1 +1,462 @@
-//! The blocking client of the broker daemon.
+//! The blocking client of the broker daemon (`dmabroker serve`).
+//!
+//! ```no_run
+//! use dmabroker::client::{Client, PublishOptions};
+//! use dmabroker::proto::Grant;
+//! let mut client = Client::connect(dmabroker::proto::default_client_socket()).unwrap();
+//! let buffer = client.allocate("memfd", 1 << 20, Some("frame")).unwrap();
+//! let key = client
+//!     .publish(&buffer, PublishOptions::token().grant("uid=1000:ro".parse::<Grant>().unwrap()))
+//!     .unwrap();
+//! // Another process: Client::connect(..)?.import(&key)?
+//! # let _ = key;
+//! ```
+//!
+//! Every call is one request datagram and one reply on a `SOCK_SEQPACKET`
+//! connection; fds travel with `SCM_RIGHTS` (see `docs/PROTOCOL.md`). A
+//! `Client` is not `Sync`: use one per thread.
+
+use crate::buffer::{Buffer, FromFdError};
+use crate::proto::{self, wire, AllocateRequest, ErrorCode, Grant, ListEntry, PublishRequest, Request, Response, Stats};
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Failures of the connection itself, common to every call.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// A socket call failed.
+    #[error("broker connection: {0}")]
+    Io(#[from] Errno),
+    /// The broker closed the connection.
+    #[error("the broker closed the connection (it restarted or ended this session)")]
+    Closed,
+    /// The broker sent something this client does not understand.
+    #[error("protocol violation by the broker: {0}")]
+    Protocol(String),
+    /// The request is invalid before it is even sent.
+    #[error("invalid request: {0}")]
+    InvalidRequest(#[from] proto::CodecError),
+}
+
+/// Why [`Client::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Nothing listens at the path.
+    #[error("no broker at {path}: start one with `dmabroker serve` (or `systemctl start dmabroker.socket`), or pass --socket / DMABROKER_SOCKET ({source})")]
+    NoBroker {
+        /// The socket path.
+        path: PathBuf,
+        /// `ENOENT` or `ECONNREFUSED`.
+        source: Errno,
+    },
+    /// The socket exists but this user may not connect to it.
+    #[error("permission denied connecting to {path}: ask the administrator to make the socket reachable")]
+    PermissionDenied {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The broker speaks no version this client speaks.
+    #[error("the broker speaks no protocol version in {min}..={max}: {message}")]
+    VersionMismatch {
+        /// Oldest version of this client.
+        min: u16,
+        /// Newest version of this client.
+        max: u16,
+        /// The broker's explanation.
+        message: String,
+    },
+    /// The broker refused the session (too many clients, ...).
+    #[error("the broker refused the session: {0}")]
+    Refused(String),
+    /// Connection failure.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Why [`Client::allocate`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocateError {
+    /// The policy does not let this user allocate from that heap.
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
+    /// The allocation would exceed this user's quota.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
+    /// The broker's machine has no such heap.
+    #[error("{0}")]
+    NoSuchHeap(String),
+    /// The heap could not allocate.
+    #[error("allocation failed: {0}")]
+    AllocationFailed(String),
+    /// Any other refusal.
+    #[error("broker refused ({code}): {message}")]
+    Refused {
+        /// The code.
+        code: ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
+    /// The fd received is not usable as a buffer.
+    #[error("the broker sent an unusable buffer: {0}")]
+    BadBuffer(#[from] FromFdError),
+    /// Connection failure.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Why [`Client::publish`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The policy does not let this user publish.
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
+    /// The name is taken.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Holding the buffer would exceed this user's quota.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
+    /// The fd is not a shareable buffer (or a memfd without size seals).
+    #[error("{0}")]
+    NotABuffer(String),
+    /// A read-only grant on a buffer whose mode cannot be enforced.
+    #[error("{0}")]
+    ReadOnlyUnsupported(String),
+    /// Any other refusal.
+    #[error("broker refused ({code}): {message}")]
+    Refused {
+        /// The code.
+        code: ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
+    /// Connection failure.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Why [`Client::import`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// No publication with that key (withdrawn, expired, consumed, or a typo).
+    #[error("{0}")]
+    NotFound(String),
+    /// The ACL does not grant this user access.
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
+    /// Any other refusal.
+    #[error("broker refused ({code}): {message}")]
+    Refused {
+        /// The code.
+        code: ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
+    /// The fd received is not usable as a buffer.
+    #[error("the broker sent an unusable buffer: {0}")]
+    BadBuffer(#[from] FromFdError),
+    /// Connection failure.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Why [`Client::unpublish`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpublishError {
+    /// No publication with that key.
+    #[error("{0}")]
+    NotFound(String),
+    /// Only the publisher (or root) may withdraw it.
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
+    /// Any other refusal.
+    #[error("broker refused ({code}): {message}")]
+    Refused {
+        /// The code.
+        code: ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
+    /// Connection failure.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Why [`Client::list`] or [`Client::stats`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The broker refused.
+    #[error("broker refused ({code}): {message}")]
+    Refused {
+        /// The code.
+        code: ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
+    /// Connection failure.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// How to publish: under a name or as a token, who may import, for how long.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// The name; `None` asks the broker for an unguessable token.
+    pub name: Option<String>,
+    /// Who else may import it and how (the publisher's own uid always may).
+    pub grants: Vec<Grant>,
+    /// Withdraw it after its first import.
+    pub one_shot: bool,
+    /// Withdraw it after this long (whole seconds).
+    pub expires_in: Option<Duration>,
+}
+
+impl PublishOptions {
+    /// Publish under `name`.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self { name: Some(name.into()), ..Self::default() }
+    }
+
+    /// Publish as a 128-bit token chosen by the broker.
+    pub fn token() -> Self {
+        Self::default()
+    }
+
+    /// Add a grant.
+    pub fn grant(mut self, grant: Grant) -> Self {
+        self.grants.push(grant);
+        self
+    }
+
+    /// Withdraw after the first import.
+    pub fn one_shot(mut self, yes: bool) -> Self {
+        self.one_shot = yes;
+        self
+    }
+
+    /// Withdraw after `after`.
+    pub fn expires_in(mut self, after: Duration) -> Self {
+        self.expires_in = Some(after);
+        self
+    }
+}
+
+/// What [`Client::import`] returns: the buffer and how it may be used.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    /// The buffer (a read-only grant gives an fd that cannot be mapped writable).
+    pub buffer: Buffer,
+    /// The access granted.
+    pub access: proto::Access,
+    /// Who published it.
+    pub publisher_uid: u32,
+}
+
+/// A connection to the broker.
+#[derive(Debug)]
+pub struct Client {
+    socket: OwnedFd,
+    version: u16,
+    server: String,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// `socket(AF_UNIX, SOCK_SEQPACKET)` + `connect(path)` + the hello exchange.
+    ///
+    /// # Errors
+    /// [`ConnectError`] saying whether no broker runs there, access is denied,
+    /// or versions do not match.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Self, ConnectError> {
+        let path = path.as_ref();
+        let socket = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+            .map_err(TransportError::Io)?;
+        let addr = SocketAddrUnix::new(path).map_err(TransportError::Io)?;
+        match rustix::net::connect(&socket, &addr) {
+            Ok(()) => {}
+            Err(e @ (Errno::NOENT | Errno::CONNREFUSED)) => {
+                return Err(ConnectError::NoBroker { path: path.to_owned(), source: e })
+            }
+            Err(Errno::ACCESS | Errno::PERM) => return Err(ConnectError::PermissionDenied { path: path.to_owned() }),
+            Err(e) => return Err(TransportError::Io(e).into()),
+        }
+        let mut client = Self { socket, version: 0, server: String::new(), buf: vec![0; proto::MAX_RESPONSE_LEN] };
+        let hello = Request::Hello { min_version: proto::MIN_PROTOCOL_VERSION, max_version: proto::PROTOCOL_VERSION };
+        match client.call(&hello, None)? {
+            (Response::Hello { version, server }, _) => {
+                client.version = version;
+                client.server = server;
+                Ok(client)
+            }
+            (Response::Error { code: ErrorCode::UnsupportedVersion, message }, _) => Err(ConnectError::VersionMismatch {
+                min: proto::MIN_PROTOCOL_VERSION,
+                max: proto::PROTOCOL_VERSION,
+                message,
+            }),
+            (Response::Error { message, .. }, _) => Err(ConnectError::Refused(message)),
+            (other, _) => Err(unexpected(&other).into()),
+        }
+    }
+
+    /// The negotiated protocol version.
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// The broker's software version.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Allocate `len` bytes from `heap` through the broker; the buffer is
+    /// charged to this user until every holder has closed it.
+    ///
+    /// # Errors
+    /// [`AllocateError`].
+    pub fn allocate(&mut self, heap: &str, len: u64, name: Option<&str>) -> Result<Buffer, AllocateError> {
+        self.allocate_with(AllocateRequest { heap: heap.to_owned(), len, align: 1, contiguous: false, name: name.map(str::to_owned) })
+    }
+
+    /// [`Client::allocate`] with every requirement spelled out.
+    ///
+    /// # Errors
+    /// [`AllocateError`].
+    pub fn allocate_with(&mut self, request: AllocateRequest) -> Result<Buffer, AllocateError> {
+        match self.call(&Request::Allocate(request), None)? {
+            (Response::Allocated { .. }, Some(fd)) => Ok(Buffer::from_fd(fd)?),
+            (Response::Error { code, message }, _) => Err(match code {
+                ErrorCode::NotAllowed => AllocateError::NotAllowed(message),
+                ErrorCode::QuotaExceeded => AllocateError::QuotaExceeded(message),
+                ErrorCode::NoSuchHeap => AllocateError::NoSuchHeap(message),
+                ErrorCode::AllocationFailed => AllocateError::AllocationFailed(message),
+                code => AllocateError::Refused { code, message },
+            }),
+            (other, _) => Err(unexpected(&other).into()),
+        }
+    }
+
+    /// Publish a buffer (one allocated through the broker, or any sealed
+    /// memfd or dma-buf of this process). Returns the key importers use: the
+    /// name, or a token `@` + 32 hex digits. The broker holds the buffer while
+    /// it is published, so this process may exit.
+    ///
+    /// # Errors
+    /// [`PublishError`].
+    pub fn publish(&mut self, buffer: &impl AsFd, options: PublishOptions) -> Result<String, PublishError> {
+        let request = Request::Publish(PublishRequest {
+            name: options.name,
+            grants: options.grants,
+            one_shot: options.one_shot,
+            expires_in_secs: options.expires_in.map(|d| d.as_secs().max(1)),
+        });
+        match self.call(&request, Some(buffer.as_fd()))? {
+            (Response::Published { key }, _) => Ok(key),
+            (Response::Error { code, message }, _) => Err(match code {
+                ErrorCode::NotAllowed => PublishError::NotAllowed(message),
+                ErrorCode::AlreadyExists => PublishError::AlreadyExists(message),
+                ErrorCode::QuotaExceeded => PublishError::QuotaExceeded(message),
+                ErrorCode::NotABuffer => PublishError::NotABuffer(message),
+                ErrorCode::ReadOnlyUnsupported => PublishError::ReadOnlyUnsupported(message),
+                code => PublishError::Refused { code, message },
+            }),
+            (other, _) => Err(unexpected(&other).into()),
+        }
+    }
+
+    /// Import a published buffer by name or token.
+    ///
+    /// # Errors
+    /// [`ImportError`].
+    pub fn import(&mut self, key: &str) -> Result<Imported, ImportError> {
+        match self.call(&Request::Import { key: key.to_owned() }, None)? {
+            (Response::Imported { access, publisher_uid, .. }, Some(fd)) => {
+                Ok(Imported { buffer: Buffer::from_fd(fd)?, access, publisher_uid })
+            }
+            (Response::Error { code, message }, _) => Err(match code {
+                ErrorCode::NotFound => ImportError::NotFound(message),
+                ErrorCode::NotAllowed => ImportError::NotAllowed(message),
+                code => ImportError::Refused { code, message },
+            }),
+            (other, _) => Err(unexpected(&other).into()),
+        }
+    }
+
+    /// Withdraw a publication (name or token). Holders keep their fds.
+    ///
+    /// # Errors
+    /// [`UnpublishError`].
+    pub fn unpublish(&mut self, key: &str) -> Result<(), UnpublishError> {
+        match self.call(&Request::Unpublish { key: key.to_owned() }, None)? {
+            (Response::Unpublished, _) => Ok(()),
+            (Response::Error { code, message }, _) => Err(match code {
+                ErrorCode::NotFound => UnpublishError::NotFound(message),
+                ErrorCode::NotAllowed => UnpublishError::NotAllowed(message),
+                code => UnpublishError::Refused { code, message },
+            }),
+            (other, _) => Err(unexpected(&other).into()),
+        }
+    }
+
+    /// The publications this user may import or has published, and whether
+    /// the list was cut to fit one message.
+    ///
+    /// # Errors
+    /// [`QueryError`].
+    pub fn list(&mut self) -> Result<(Vec<ListEntry>, bool), QueryError> {
+        match self.call(&Request::List, None)? {
+            (Response::List { entries, truncated }, _) => Ok((entries, truncated)),
+            (Response::Error { code, message }, _) => Err(QueryError::Refused { code, message }),
+            (other, _) => Err(unexpected(&other).into()),
+        }
+    }
+
+    /// This user's usage and quota.
+    ///
+    /// # Errors
+    /// [`QueryError`].
+    pub fn stats(&mut self) -> Result<Stats, QueryError> {
+        match self.call(&Request::Stats, None)? {
+            (Response::Stats(stats), _) => Ok(stats),
+            (Response::Error { code, message }, _) => Err(QueryError::Refused { code, message }),
+            (other, _) => Err(unexpected(&other).into()),
+        }
+    }
+
+    /// One round trip. An fd in the reply is returned only alongside the
+    /// responses that carry one; any other is closed.
+    fn call(&mut self, request: &Request, fd: Option<std::os::fd::BorrowedFd<'_>>) -> Result<(Response, Option<OwnedFd>), TransportError> {
+        let bytes = proto::encode_request(request)?;
+        let nonblocking = match wire::send(self.socket.as_fd(), &bytes, fd, false) {
+            Ok(()) => false,
+            // The broker may have said why before closing (too many clients):
+            // read that instead of reporting a bare EPIPE.
+            Err(Errno::PIPE | Errno::CONNRESET) => true,
+            Err(e) => return Err(e.into()),
+        };
+        let received = match wire::recv(self.socket.as_fd(), &mut self.buf, nonblocking) {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(Errno::AGAIN | Errno::CONNRESET) => return Err(TransportError::Closed),
+            Err(e) => return Err(e.into()),
+        };
+        if received.truncated {
+            return Err(TransportError::Protocol(format!("response longer than {} bytes", self.buf.len())));
+        }
+        let response = proto::decode_response(&self.buf[..received.len]).map_err(|e| TransportError::Protocol(e.to_string()))?;
+        let carries = matches!(response, Response::Allocated { .. } | Response::Imported { .. });
+        let mut fds = received.fds.into_iter();
+        let fd = if carries { fds.next() } else { None };
+        if carries && fd.is_none() {
+            return Err(TransportError::Protocol("reply without its file descriptor".into()));
+        }
+        Ok((response, fd))
+    }
+}
+
+fn unexpected(response: &Response) -> TransportError {
+    let name = format!("{response:?}");
+    let short: String = name.chars().take(80).collect();
+    TransportError::Protocol(format!("unexpected reply {short}"))
+}

@@ -18,8 +18,18 @@ struct AllocReport {
 }
 
 pub fn run(args: &AllocArgs) -> anyhow::Result<ExitCode> {
+    if args.broker || args.publish.is_some() || args.token {
+        anyhow::ensure!(
+            !args.device.in_use(),
+            "--format/--for/--max-address/--page-size/--uncached are not yet supported with --broker: allocate in-process"
+        );
+        return run_via_broker(args);
+    }
+    if args.device.in_use() {
+        return super::alloc_for::run(args.size, args.contiguous, args.align, args.name.as_deref(), args.json, &args.device);
+    }
     let heaps = Heaps::discover();
-    let mut request = AllocRequest::new(args.size).contiguous(args.contiguous).align(args.align);
+    let mut request = AllocRequest::new(args.size.bytes()?).contiguous(args.contiguous).align(args.align);
     if let Some(name) = &args.name {
         request = request.name(name.clone());
     }
@@ -78,4 +88,48 @@ impl RawFdNumber for dmabroker::Buffer {
     fn as_fd_raw(&self) -> i32 {
         std::os::fd::AsFd::as_fd(self).as_raw_fd()
     }
+}
+
+#[derive(Serialize)]
+struct BrokerAllocReport {
+    buffer: dmabroker::buffer::BufferInfo,
+    published: Option<String>,
+}
+
+/// `--broker`: allocate through the daemon; `--publish`/`--token`: publish.
+/// A published buffer lives on in the broker after this process exits.
+fn run_via_broker(args: &AllocArgs) -> anyhow::Result<ExitCode> {
+    use dmabroker::client::{Client, PublishOptions};
+    let path = args.socket.clone().unwrap_or_else(dmabroker::proto::default_client_socket);
+    let mut client = Client::connect(&path)?;
+    let buffer = client.allocate_with(dmabroker::proto::AllocateRequest {
+        heap: args.heap.clone(),
+        len: args.size.bytes()?,
+        align: args.align,
+        contiguous: args.contiguous,
+        name: args.name.clone(),
+    })?;
+    let published = if args.publish.is_some() || args.token {
+        let mut options = match &args.publish {
+            Some(name) => PublishOptions::named(name.clone()),
+            None => PublishOptions::token(),
+        };
+        options.grants = args.allow.clone();
+        options.one_shot = args.one_shot;
+        options.expires_in = args.expires.map(std::time::Duration::from_secs);
+        Some(client.publish(&buffer, options)?)
+    } else {
+        None
+    };
+    let report = BrokerAllocReport { buffer: buffer.info(), published };
+    if args.json {
+        print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let b = &report.buffer;
+    println!("allocated {} ({} bytes) from {} through the broker as a {} (inode {})", format_size(b.len), b.len, b.heap, b.kind, b.inode);
+    if let Some(key) = &report.published {
+        println!("published as {key}; the broker keeps it until `dmabroker unpublish {key}`");
+    }
+    Ok(ExitCode::SUCCESS)
 }

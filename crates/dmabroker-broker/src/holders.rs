@@ -1,0 +1,149 @@
+//! Who else holds a buffer: the accounting that decides when a charge ends.
+//!
+//! - **dma-bufs**: `count:` in `/proc/self/fdinfo/<broker's fd>` is the file's
+//!   reference count minus the reader's own. Every fd in any process, every
+//!   mmap, every device attachment and every fd in flight inside an
+//!   `SCM_RIGHTS` message holds a reference, so `count: 1` means exactly
+//!   "only the broker". Exact and cheap (one small read per buffer).
+//! - **memfds** (and hugetlb memfds): fdinfo has no count, and `st_nlink` is
+//!   0 for every memfd, so it tells nothing. The broker scans `/proc/*/fd`
+//!   (links starting `/memfd:`, then `stat` for device and inode) and
+//!   `/proc/*/maps` (mappings outlive a closed fd) for the buffers' inodes.
+//!   Limits, documented in docs/PROTOCOL.md: references inside in-flight
+//!   `SCM_RIGHTS` messages are invisible to any scan (the broker pins a memfd
+//!   until `SIOCOUTQ` says its reply was received, or the connection closed,
+//!   so its own replies cannot be used to hide one; a client's own sockets can hide at most
+//!   RLIMIT_NOFILE in-flight fds, the kernel's `unix_inflight` limit); a
+//!   process whose `/proc/PID/fd` the broker cannot read (another user when
+//!   the broker is not root) is assumed to hold every memfd that was handed
+//!   to its user; a scan costs one `readlink` per fd on the machine, so it
+//!   runs on pressure (quota), after disconnects and on an adaptive timer.
+
+use crate::registry::FileId;
+use dmabroker::fdinfo::FdInfo;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, AsRawFd};
+
+/// Whether anyone but the broker holds this dma-buf; `None` when fdinfo
+/// cannot be read (then it is treated as held: charges never end early).
+pub fn dma_buf_held_elsewhere(fd: &impl AsFd) -> Option<bool> {
+    let info = FdInfo::read(None, fd.as_fd().as_raw_fd()).ok()?;
+    Some(info.file_count()? > 1)
+}
+
+/// What one `/proc` scan found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Files held by some process (fd or mapping), with how many fds this
+    /// process itself has open on each.
+    held: HashSet<FileId>,
+    own_fds: HashMap<FileId, u32>,
+    /// Users with processes whose fds could not be read.
+    pub unreadable_uids: HashSet<u32>,
+    /// Processes looked at.
+    pub processes: usize,
+}
+
+impl Scan {
+    /// Whether a process other than the broker holds `file`, or the broker
+    /// process holds it more than through its own registry fd (a client
+    /// running inside the broker's process, as in tests).
+    pub fn held(&self, file: &FileId) -> bool {
+        self.held.contains(file) || self.own_fds.get(file).copied().unwrap_or(0) > 1
+    }
+}
+
+/// Scan every process for fds and mappings of the `wanted` files. The
+/// broker's own process is skipped unless `include_self` (clients running
+/// inside it, as in tests): its fd table is mostly the registry's own fds,
+/// and reading it would make every sweep cost O(buffers held).
+pub fn scan(wanted: &HashSet<FileId>, include_self: bool) -> Scan {
+    let mut scan = Scan::default();
+    if wanted.is_empty() {
+        return scan;
+    }
+    let me = std::process::id();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return scan };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == me && !include_self {
+            continue;
+        }
+        scan.processes += 1;
+        let base = p.path();
+        let fd_dir = match std::fs::read_dir(base.join("fd")) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                if let Ok(st) = rustix::fs::stat(&base) {
+                    scan.unreadable_uids.insert(st.st_uid);
+                }
+                continue;
+            }
+            Err(_) => continue, // the process exited meanwhile
+        };
+        for fd in fd_dir.flatten() {
+            let path = fd.path();
+            let Ok(link) = std::fs::read_link(&path) else { continue };
+            if !link.as_os_str().as_encoded_bytes().starts_with(b"/memfd:") {
+                continue;
+            }
+            let Ok(st) = rustix::fs::stat(&path) else { continue };
+            let id = FileId { major: rustix::fs::major(st.st_dev), minor: rustix::fs::minor(st.st_dev), ino: st.st_ino };
+            if !wanted.contains(&id) {
+                continue;
+            }
+            if pid == me {
+                *scan.own_fds.entry(id).or_default() += 1;
+            } else {
+                scan.held.insert(id);
+            }
+        }
+        // Mappings keep the memory after the fd is closed. The broker itself
+        // never maps its buffers, so its own mappings are clients' (tests).
+        if let Ok(maps) = std::fs::read_to_string(base.join("maps")) {
+            for line in maps.lines().filter(|l| l.contains("/memfd:")) {
+                if let Some(id) = parse_maps_line(line).filter(|id| wanted.contains(id)) {
+                    scan.held.insert(id);
+                }
+            }
+        }
+    }
+    scan
+}
+
+/// `start-end perms offset major:minor inode path` -> the file's identity.
+fn parse_maps_line(line: &str) -> Option<FileId> {
+    let mut fields = line.split_ascii_whitespace();
+    let dev = fields.nth(3)?;
+    let ino: u64 = fields.next()?.parse().ok()?;
+    let (major, minor) = dev.split_once(':')?;
+    Some(FileId { major: u32::from_str_radix(major, 16).ok()?, minor: u32::from_str_radix(minor, 16).ok()?, ino })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dmabroker::heap::{AllocRequest, Heap};
+
+    #[test]
+    fn parses_maps() {
+        let id = parse_maps_line("7f00-7f10 rw-s 00000000 00:01 4242 /memfd:dmabroker:x (deleted)").unwrap();
+        assert_eq!(id, FileId { major: 0, minor: 1, ino: 4242 });
+    }
+
+    #[test]
+    fn scan_sees_own_extra_fds_and_mappings() {
+        let heap = dmabroker::heap::memfd::MemfdHeap::new();
+        let buffer = heap.allocate(&AllocRequest::new(4096)).unwrap();
+        let id = FileId::of(&buffer).unwrap();
+        let wanted: HashSet<_> = [id].into();
+        assert!(!scan(&wanted, true).held(&id), "one fd in this process is the registry's own");
+        let extra = buffer.try_clone_fd().unwrap();
+        assert!(scan(&wanted, true).held(&id));
+        let map = buffer.map_read().unwrap();
+        drop(extra);
+        assert!(scan(&wanted, true).held(&id), "a mapping holds it");
+        drop(map);
+        assert!(!scan(&wanted, true).held(&id));
+    }
+}

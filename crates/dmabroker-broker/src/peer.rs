@@ -1,0 +1,63 @@
+//! Who is on the other end of a connection.
+//!
+//! `SO_PEERCRED` gives the uid, gid and pid the kernel recorded when the
+//! client called `connect()`: the uid is the identity every decision uses,
+//! and the client cannot forge it. The pid is only a number that could be
+//! recycled once the client exits, so the broker opens a pidfd right away
+//! and reads the supplementary groups from `/proc/PID/status`, then checks
+//! through the pidfd that the process is still alive and its uid unchanged:
+//! if so, the groups read belong to the connecting process (a pid number is
+//! reused only after its process has exited, which makes the pidfd
+//! readable). Otherwise only the primary gid is trusted.
+
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::process::{pidfd_open, PidfdFlags};
+use std::os::fd::{AsFd, OwnedFd};
+
+/// A verified peer.
+#[derive(Debug)]
+pub struct Peer {
+    /// User id (from the kernel at connect time).
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Process id at connect time.
+    pub pid: u32,
+    /// Primary and supplementary groups.
+    pub groups: Vec<u32>,
+    /// A pidfd of the process, when it could be opened and verified.
+    pub pidfd: Option<OwnedFd>,
+}
+
+/// Read `SO_PEERCRED` and pin the process with a pidfd.
+///
+/// # Errors
+/// The `getsockopt` errno (the socket is not a connected Unix socket).
+pub fn identify(socket: &impl AsFd) -> rustix::io::Result<Peer> {
+    let cred = rustix::net::sockopt::socket_peercred(socket)?;
+    let uid = cred.uid.as_raw();
+    let gid = cred.gid.as_raw();
+    let pid = cred.pid.as_raw_nonzero().get() as u32;
+    let mut peer = Peer { uid, gid, pid, groups: vec![gid], pidfd: None };
+    // ESRCH: the client already exited; it gets served (its uid is still
+    // right) but with its primary group only.
+    let Ok(pidfd) = pidfd_open(cred.pid, PidfdFlags::empty()) else { return Ok(peer) };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let alive = {
+        let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+        // A pidfd polls readable once its process has exited.
+        matches!(poll(&mut fds, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(0))
+    };
+    let status_uid = field(&status, "Uid:").and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok());
+    if alive && status_uid == Some(uid) {
+        if let Some(groups) = field(&status, "Groups:") {
+            peer.groups.extend(groups.split_whitespace().filter_map(|g| g.parse::<u32>().ok()).filter(|g| *g != gid));
+        }
+        peer.pidfd = Some(pidfd);
+    }
+    Ok(peer)
+}
+
+fn field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim)
+}

@@ -1,0 +1,169 @@
+//! Surviving restarts: published buffers go to the service manager's fd
+//! store as `b<id>`, and a small memfd named `state` holds what the fds
+//! alone cannot say (owners, names, tokens, ACLs, expiry) as JSON. At the
+//! next start both come back in `LISTEN_FDS` and [`restore`] rebuilds the
+//! registry; stored buffers the state does not mention are dropped.
+//!
+//! The state is rewritten at most every 50 ms (debounced by the service's
+//! timer) rather than per publication: a crash in between loses at most
+//! the publications of those 50 ms.
+
+use crate::registry::{Entry, FileId, Publication};
+use crate::service::Service;
+use dmabroker::proto::Grant;
+use dmabroker::Buffer;
+use dmabroker_sys::inherited::InheritedFd;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Seek, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The fd store name of the state memfd.
+pub const STATE_NAME: &str = "state";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    version: u32,
+    buffers: Vec<SavedBuffer>,
+    publications: Vec<SavedPublication>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedBuffer {
+    id: u64,
+    owner_uid: u32,
+    owner_pid: u32,
+    recipients: Vec<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedPublication {
+    key: String,
+    buffer_id: u64,
+    publisher_uid: u32,
+    grants: Vec<Grant>,
+    one_shot: bool,
+    expires_at_unix: Option<u64>,
+}
+
+/// Write the state memfd and hand it to the fd store (replacing the old one).
+pub fn save(service: &mut Service) {
+    service.state_dirty = false;
+    let Some(notifier) = &service.notifier else { return };
+    let saved = Saved {
+        version: 1,
+        buffers: service
+            .registry
+            .entries()
+            .filter(|(_, e)| e.stored)
+            .map(|(id, e)| SavedBuffer { id, owner_uid: e.owner_uid, owner_pid: e.owner_pid, recipients: e.recipients.iter().copied().collect() })
+            .collect(),
+        publications: service
+            .registry
+            .publications()
+            .map(|p| SavedPublication {
+                key: p.key.clone(),
+                buffer_id: p.buffer_id,
+                publisher_uid: p.publisher_uid,
+                grants: p.grants.clone(),
+                one_shot: p.one_shot,
+                expires_at_unix: p.expires_at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+            })
+            .collect(),
+    };
+    let result = (|| -> std::io::Result<()> {
+        let fd = rustix::fs::memfd_create("dmabroker-state", rustix::fs::MemfdFlags::CLOEXEC)?;
+        let mut file = std::fs::File::from(fd);
+        file.write_all(&serde_json::to_vec(&saved).map_err(std::io::Error::other)?)?;
+        notifier.remove(STATE_NAME)?;
+        notifier.store(STATE_NAME, &file)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!("cannot save state to the fd store: {e}; publications will not survive a restart");
+    }
+}
+
+/// Rebuild the registry from fds the service manager passed back. Returns
+/// the number of publications restored.
+pub fn restore(service: &mut Service, inherited: Vec<InheritedFd>) -> usize {
+    let mut fds: HashMap<String, std::os::fd::OwnedFd> = HashMap::new();
+    let mut state = None;
+    for f in inherited {
+        if f.name == STATE_NAME {
+            state = Some(f.fd);
+        } else if f.name.starts_with('b') {
+            fds.insert(f.name, f.fd);
+        }
+    }
+    let saved: Option<Saved> = state.and_then(|fd| {
+        let mut file = std::fs::File::from(fd);
+        let mut text = String::new();
+        file.rewind().ok()?;
+        file.read_to_string(&mut text).ok()?;
+        serde_json::from_str(&text).map_err(|e| tracing::warn!("ignoring unreadable saved state: {e}")).ok()
+    });
+    let Some(saved) = saved else {
+        drop_orphans(service, fds.into_keys());
+        return 0;
+    };
+    for b in saved.buffers {
+        let name = format!("b{}", b.id);
+        let Some(fd) = fds.remove(&name) else { continue };
+        let Ok(buffer) = Buffer::from_fd(fd) else { continue };
+        let Some(file) = FileId::of(&buffer) else { continue };
+        service.registry.insert_with_id(
+            b.id,
+            Entry {
+                len: buffer.len(),
+                owner_uid: b.owner_uid,
+                owner_pid: b.owner_pid,
+                file,
+                publications: 0,
+                pins: 0,
+                recipients: b.recipients.into_iter().collect::<BTreeSet<_>>(),
+                stored: true,
+                buffer,
+            },
+        );
+    }
+    drop_orphans(service, fds.into_keys());
+    let now = SystemTime::now();
+    let mut restored = 0;
+    for p in saved.publications {
+        let expires_at = p.expires_at_unix.map(|s| UNIX_EPOCH + Duration::from_secs(s));
+        if service.registry.get(p.buffer_id).is_none() || expires_at.is_some_and(|t| t <= now) {
+            continue;
+        }
+        service.registry.publish(Publication {
+            key: p.key,
+            buffer_id: p.buffer_id,
+            publisher_uid: p.publisher_uid,
+            grants: p.grants,
+            one_shot: p.one_shot,
+            expires_at,
+        });
+        restored += 1;
+    }
+    // Buffers whose publications all expired while the broker was down.
+    let unpublished: Vec<u64> = service.registry.entries().filter(|(_, e)| e.publications == 0).map(|(id, _)| id).collect();
+    for id in unpublished {
+        if let Some(n) = &service.notifier {
+            let _ = n.remove(&format!("b{id}"));
+        }
+        if let Some(e) = service.registry.get_mut(id) {
+            e.stored = false;
+        }
+    }
+    service.state_dirty = true;
+    restored
+}
+
+fn drop_orphans(service: &Service, names: impl Iterator<Item = String>) {
+    for name in names {
+        tracing::info!("dropping stored fd {name}: not in the saved state");
+        if let Some(n) = &service.notifier {
+            let _ = n.remove(&name);
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The policy: which heaps each user may allocate from, how much (quota),
+//! and whether it may publish. Read from TOML (`--policy FILE`, default
+//! `/etc/dmabroker/policy.toml` when present):
+//!
+//! ```toml
+//! # Everyone not matched below (default: nothing but importing what was granted).
+//! [defaults]
+//! heaps = []
+//! max_bytes = 0
+//! max_buffers = 0
+//! publish = false
+//!
+//! [[user]]            # matched by uid first
+//! uid = 1000
+//! heaps = ["memfd", "udmabuf", "dma-heap/system"]
+//! max_bytes = "512MiB"
+//! max_buffers = 256
+//! publish = true
+//!
+//! [[group]]           # then by primary or supplementary gid, first match wins
+//! gid = 44
+//! heaps = ["*"]
+//! max_bytes = "2GiB"
+//! max_buffers = 1024
+//! publish = true
+//! ```
+//!
+//! Without a `[[user]]` entry of their own, root and the broker's own uid get
+//! [`Limits::owner`] (every heap, 1 GiB, 1024 buffers, publish): the people
+//! who could open the heaps themselves lose nothing by going through the broker.
+
+use serde::Deserialize;
+use std::path::Path;
+
+/// What one user may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Heap names allowed; `*` allows every heap.
+    pub heaps: Vec<String>,
+    /// Bytes the user may hold through the broker at once.
+    pub max_bytes: u64,
+    /// Buffers the user may hold through the broker at once.
+    pub max_buffers: u64,
+    /// Whether the user may publish buffers.
+    pub publish: bool,
+}
+
+impl Limits {
+    /// The built-in rule for root and the broker's own uid.
+    pub fn owner() -> Self {
+        Self { heaps: vec!["*".into()], max_bytes: 1 << 30, max_buffers: 1024, publish: true }
+    }
+
+    /// The built-in rule for everyone else: nothing but importing.
+    pub fn nothing() -> Self {
+        Self { heaps: Vec::new(), max_bytes: 0, max_buffers: 0, publish: false }
+    }
+
+    /// Whether `heap` is allowed (`dma-heap/system` also matches `system`).
+    pub fn allows_heap(&self, heap: &str) -> bool {
+        self.heaps.iter().any(|h| {
+            h == "*" || h == heap || format!("dma-heap/{h}") == heap || format!("dma-heap/{heap}") == *h
+        })
+    }
+}
+
+/// Why a policy file was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("cannot read policy {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The TOML is invalid or has unknown keys.
+    #[error("invalid policy {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong, with the line.
+        message: String,
+    },
+}
+
+/// A size in the policy: a number of bytes or a string such as `"512MiB"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    #[serde(default)]
+    heaps: Vec<String>,
+    max_bytes: Option<Size>,
+    max_buffers: Option<u64>,
+    #[serde(default)]
+    publish: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    defaults: Option<RuleFile>,
+    #[serde(default)]
+    user: Vec<RuleFile>,
+    #[serde(default)]
+    group: Vec<RuleFile>,
+}
+
+/// The parsed policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    defaults: Limits,
+    users: Vec<(u32, Limits)>,
+    groups: Vec<(u32, Limits)>,
+    owner_uid: u32,
+}
+
+impl Policy {
+    /// The built-in policy: root and `owner_uid` get [`Limits::owner`],
+    /// everyone else [`Limits::nothing`].
+    pub fn builtin(owner_uid: u32) -> Self {
+        Self { defaults: Limits::nothing(), users: Vec::new(), groups: Vec::new(), owner_uid }
+    }
+
+    /// Read a policy file.
+    ///
+    /// # Errors
+    /// [`PolicyError`] naming the file and the line.
+    pub fn load(path: &Path, owner_uid: u32) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| PolicyError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text, owner_uid).map_err(|message| PolicyError::Parse { path: path.display().to_string(), message })
+    }
+
+    /// Parse policy TOML.
+    ///
+    /// # Errors
+    /// A message saying what is wrong.
+    pub fn parse(text: &str, owner_uid: u32) -> Result<Self, String> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let limits = |r: &RuleFile, what: &str| -> Result<Limits, String> {
+            let max_bytes = match &r.max_bytes {
+                None => 0,
+                Some(Size::Bytes(b)) => *b,
+                Some(Size::Text(t)) => {
+                    dmabroker::size::parse_size(t).map_err(|e| format!("{what}: max_bytes `{t}`: {e}"))?
+                }
+            };
+            Ok(Limits { heaps: r.heaps.clone(), max_bytes, max_buffers: r.max_buffers.unwrap_or(0), publish: r.publish })
+        };
+        let defaults = match &file.defaults {
+            Some(d) if d.uid.is_some() || d.gid.is_some() => return Err("[defaults] takes no uid or gid".into()),
+            Some(d) => limits(d, "[defaults]")?,
+            None => Limits::nothing(),
+        };
+        let mut users = Vec::new();
+        for (i, u) in file.user.iter().enumerate() {
+            let uid = u.uid.ok_or_else(|| format!("[[user]] #{}: uid is required", i + 1))?;
+            if u.gid.is_some() {
+                return Err(format!("[[user]] uid {uid}: gid belongs in a [[group]] entry"));
+            }
+            users.push((uid, limits(u, &format!("user {uid}"))?));
+        }
+        let mut groups = Vec::new();
+        for (i, g) in file.group.iter().enumerate() {
+            let gid = g.gid.ok_or_else(|| format!("[[group]] #{}: gid is required", i + 1))?;
+            if g.uid.is_some() {
+                return Err(format!("[[group]] gid {gid}: uid belongs in a [[user]] entry"));
+            }
+            groups.push((gid, limits(g, &format!("group {gid}"))?));
+        }
+        Ok(Self { defaults, users, groups, owner_uid })
+    }
+
+    /// The limits of a user with these groups (primary first).
+    pub fn limits(&self, uid: u32, groups: &[u32]) -> Limits {
+        if let Some((_, l)) = self.users.iter().find(|(u, _)| *u == uid) {
+            return l.clone();
+        }
+        if uid == 0 || uid == self.owner_uid {
+            return Limits::owner();
+        }
+        if let Some((_, l)) = self.groups.iter().find(|(g, _)| groups.contains(g)) {
+            return l.clone();
+        }
+        self.defaults.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_gives_owner_and_root_everything_and_others_nothing() {
+        let p = Policy::builtin(1000);
+        assert!(p.limits(1000, &[1000]).allows_heap("memfd"));
+        assert!(p.limits(0, &[0]).publish);
+        let other = p.limits(65534, &[65534]);
+        assert!(!other.allows_heap("memfd"));
+        assert_eq!(other.max_bytes, 0);
+    }
+
+    #[test]
+    fn parses_users_groups_and_sizes() {
+        let p = Policy::parse(
+            r#"
+            [defaults]
+            heaps = ["memfd"]
+            max_bytes = 4096
+            max_buffers = 1
+            [[user]]
+            uid = 1000
+            heaps = ["system"]
+            max_bytes = "512MiB"
+            max_buffers = 8
+            publish = true
+            [[group]]
+            gid = 44
+            heaps = ["*"]
+            max_bytes = "1G"
+            "#,
+            0,
+        )
+        .unwrap();
+        let u = p.limits(1000, &[]);
+        assert_eq!(u.max_bytes, 512 << 20);
+        assert!(u.allows_heap("dma-heap/system") && !u.allows_heap("memfd"));
+        assert!(p.limits(2000, &[5, 44]).allows_heap("udmabuf"));
+        assert_eq!(p.limits(2000, &[5]).max_buffers, 1);
+        assert!(Policy::parse("[[user]]\nheaps=[]", 0).is_err());
+        assert!(Policy::parse("[defaults]\nbogus = 1", 0).is_err());
+        assert!(Policy::parse("[[user]]\nuid=1\nmax_bytes=\"lots\"", 0).is_err());
+    }
+}

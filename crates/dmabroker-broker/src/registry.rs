@@ -1,0 +1,238 @@
+//! The registry: every buffer the broker holds (its own fd of each), every
+//! publication (names and tokens with their ACL), and the charges per user.
+//!
+//! A buffer stays here, charged to its owner, while any of these holds:
+//! it is published; it is pinned (a memfd whose reply the client has not
+//! received yet: in flight, no scan can see it);
+//! another process holds it (see [`crate::holders`]). The broker's own fd is
+//! closed and the charge ends when none holds.
+
+use dmabroker::proto::{Access, Grant, Grantee};
+use dmabroker::{Buffer, BufferKind};
+use std::collections::{BTreeSet, HashMap};
+use std::time::SystemTime;
+
+/// Identity of a file: device and inode, as `fstat` and `/proc/PID/maps` give them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    /// `major(st_dev)`.
+    pub major: u32,
+    /// `minor(st_dev)`.
+    pub minor: u32,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+impl FileId {
+    /// `fstat` a buffer.
+    pub fn of(buffer: &Buffer) -> Option<Self> {
+        let st = rustix::fs::fstat(buffer).ok()?;
+        Some(Self { major: rustix::fs::major(st.st_dev), minor: rustix::fs::minor(st.st_dev), ino: st.st_ino })
+    }
+}
+
+/// One buffer the broker holds.
+#[derive(Debug)]
+pub struct Entry {
+    /// The broker's own handle (its fd).
+    pub buffer: Buffer,
+    /// Bytes charged.
+    pub len: u64,
+    /// Who is charged.
+    pub owner_uid: u32,
+    /// The process that allocated or published it (for reports).
+    pub owner_pid: u32,
+    /// Device and inode, to find holders by scanning `/proc`.
+    pub file: FileId,
+    /// Publications pointing at it.
+    pub publications: u32,
+    /// Open connections on which its fd was handed out (memfds only).
+    pub pins: u32,
+    /// Users it was handed to (for the conservative memfd scan).
+    pub recipients: BTreeSet<u32>,
+    /// Whether the service manager's fd store has a copy.
+    pub stored: bool,
+}
+
+impl Entry {
+    /// Whether only a `/proc` scan can tell if others hold it (memfds), as
+    /// opposed to the dma-buf's exact file count.
+    pub fn needs_scan(&self) -> bool {
+        self.buffer.kind() != BufferKind::DmaBuf
+    }
+}
+
+/// One publication.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    /// The name or token.
+    pub key: String,
+    /// The buffer.
+    pub buffer_id: u64,
+    /// Who published it.
+    pub publisher_uid: u32,
+    /// Who else may import, and how.
+    pub grants: Vec<Grant>,
+    /// Withdrawn after the first import by another user.
+    pub one_shot: bool,
+    /// Withdrawn at this time.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Publication {
+    /// The access `uid` (member of `groups`) gets, if any: the publisher and
+    /// root read-write, grantees the best of their matching grants.
+    pub fn access_for(&self, uid: u32, groups: &[u32]) -> Option<Access> {
+        if uid == self.publisher_uid || uid == 0 {
+            return Some(Access::ReadWrite);
+        }
+        self.grants
+            .iter()
+            .filter(|g| match g.who {
+                Grantee::Uid(u) => u == uid,
+                Grantee::Gid(g) => groups.contains(&g),
+                Grantee::Anyone => true,
+            })
+            .map(|g| g.access)
+            .max()
+    }
+
+    /// Whether it has expired at `now`.
+    pub fn expired(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+}
+
+/// What one user is charged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes.
+    pub bytes: u64,
+    /// Buffers.
+    pub buffers: u64,
+}
+
+/// Buffers, publications and charges.
+#[derive(Debug, Default)]
+pub struct Registry {
+    entries: HashMap<u64, Entry>,
+    by_file: HashMap<FileId, u64>,
+    publications: HashMap<String, Publication>,
+    usage: HashMap<u32, Usage>,
+    next_id: u64,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self { next_id: 1, ..Self::default() }
+    }
+
+    /// Add a buffer and charge its owner; returns its id.
+    pub fn insert(&mut self, entry: Entry) -> u64 {
+        let id = self.next_id;
+        self.insert_with_id(id, entry);
+        id
+    }
+
+    /// Add a buffer under a known id (restored from the fd store).
+    pub fn insert_with_id(&mut self, id: u64, entry: Entry) {
+        self.next_id = self.next_id.max(id + 1);
+        let u = self.usage.entry(entry.owner_uid).or_default();
+        u.bytes += entry.len;
+        u.buffers += 1;
+        self.by_file.insert(entry.file, id);
+        self.entries.insert(id, entry);
+    }
+
+    /// Drop a buffer (closing the broker's fd) and end its charge.
+    pub fn remove(&mut self, id: u64) -> Option<Entry> {
+        let entry = self.entries.remove(&id)?;
+        self.by_file.remove(&entry.file);
+        if let Some(u) = self.usage.get_mut(&entry.owner_uid) {
+            u.bytes = u.bytes.saturating_sub(entry.len);
+            u.buffers = u.buffers.saturating_sub(1);
+            if u.buffers == 0 {
+                self.usage.remove(&entry.owner_uid);
+            }
+        }
+        Some(entry)
+    }
+
+    /// Number of buffers held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no buffer is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// A buffer by id.
+    pub fn get(&self, id: u64) -> Option<&Entry> {
+        self.entries.get(&id)
+    }
+
+    /// A buffer by id, mutable.
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut Entry> {
+        self.entries.get_mut(&id)
+    }
+
+    /// The buffer with this device and inode, if the broker holds it.
+    pub fn find_file(&self, file: &FileId) -> Option<u64> {
+        self.by_file.get(file).copied()
+    }
+
+    /// Every buffer.
+    pub fn entries(&self) -> impl Iterator<Item = (u64, &Entry)> {
+        self.entries.iter().map(|(id, e)| (*id, e))
+    }
+
+    /// A user's charges.
+    pub fn usage(&self, uid: u32) -> Usage {
+        self.usage.get(&uid).copied().unwrap_or_default()
+    }
+
+    /// Buffers and bytes held, all users.
+    pub fn totals(&self) -> Usage {
+        self.usage.values().fold(Usage::default(), |a, u| Usage { bytes: a.bytes + u.bytes, buffers: a.buffers + u.buffers })
+    }
+
+    /// Add a publication (its key must be free).
+    pub fn publish(&mut self, publication: Publication) {
+        if let Some(e) = self.entries.get_mut(&publication.buffer_id) {
+            e.publications += 1;
+        }
+        self.publications.insert(publication.key.clone(), publication);
+    }
+
+    /// A publication by key.
+    pub fn publication(&self, key: &str) -> Option<&Publication> {
+        self.publications.get(key)
+    }
+
+    /// Remove a publication.
+    pub fn unpublish(&mut self, key: &str) -> Option<Publication> {
+        let p = self.publications.remove(key)?;
+        if let Some(e) = self.entries.get_mut(&p.buffer_id) {
+            e.publications = e.publications.saturating_sub(1);
+        }
+        Some(p)
+    }
+
+    /// Every publication.
+    pub fn publications(&self) -> impl Iterator<Item = &Publication> {
+        self.publications.values()
+    }
+
+    /// Number of publications.
+    pub fn publication_count(&self) -> usize {
+        self.publications.len()
+    }
+
+    /// Keys of expired publications.
+    pub fn expired(&self, now: SystemTime) -> Vec<String> {
+        self.publications.values().filter(|p| p.expired(now)).map(|p| p.key.clone()).collect()
+    }
+}

@@ -1,0 +1,346 @@
+//! The event loop: one thread, one epoll set, non-blocking `SOCK_SEQPACKET`
+//! connections. Each readable client gets at most [`BURST`] requests per
+//! turn (fairness); a reply that cannot be sent at once is kept (one per
+//! client) and the client is not read again until it is flushed, so a
+//! client that stops reading costs one pending reply and is dropped after
+//! [`STALL_LIMIT`]. Nothing a client sends can end the loop: every failure
+//! ends that client's session only.
+
+use crate::peer;
+use crate::service::{Reply, Service, Session};
+use dmabroker::proto::{self, wire, ErrorCode};
+use rustix::event::epoll::{self, EventData, EventFlags};
+use rustix::io::Errno;
+use rustix::net::SocketFlags;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// Requests handled per client per turn.
+const BURST: usize = 16;
+/// How long a reply may wait for a client that does not read.
+const STALL_LIMIT: Duration = Duration::from_secs(10);
+/// epoll tokens below this are the broker's own fds.
+const LISTENER: u64 = 0;
+const SHUTDOWN: u64 = 1;
+const FIRST_CLIENT: u64 = 16;
+/// How often idle connections' pins are re-checked.
+const PIN_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// Connections accepted per turn of the loop.
+const ACCEPT_BATCH: usize = 64;
+
+#[derive(Debug)]
+struct Conn {
+    socket: OwnedFd,
+    session: Session,
+    pending: Option<(Vec<u8>, Option<OwnedFd>)>,
+    pending_since: Option<Instant>,
+    close_after_send: bool,
+}
+
+/// Why the loop stopped with an error (never because of a client).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// epoll itself failed.
+    #[error("epoll: {0}")]
+    Epoll(Errno),
+}
+
+/// The loop's state.
+#[derive(Debug)]
+pub struct Server {
+    epoll: OwnedFd,
+    listener: OwnedFd,
+    shutdown: OwnedFd,
+    conns: HashMap<u64, Conn>,
+    next_token: u64,
+    max_clients: usize,
+    accept_paused_until: Option<Instant>,
+    next_pin_check: Instant,
+    buf: Vec<u8>,
+    /// The operations.
+    pub service: Service,
+}
+
+impl Server {
+    /// Watch `listener` (a listening SEQPACKET socket) and `shutdown` (any fd
+    /// that becomes readable when the broker should stop).
+    ///
+    /// # Errors
+    /// epoll setup failures.
+    pub fn new(listener: OwnedFd, shutdown: OwnedFd, service: Service, max_clients: usize) -> Result<Self, RunError> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(RunError::Epoll)?;
+        rustix::io::ioctl_fionbio(&listener, true).map_err(RunError::Epoll)?;
+        epoll::add(&epoll, &listener, EventData::new_u64(LISTENER), EventFlags::IN).map_err(RunError::Epoll)?;
+        epoll::add(&epoll, &shutdown, EventData::new_u64(SHUTDOWN), EventFlags::IN).map_err(RunError::Epoll)?;
+        Ok(Self {
+            epoll,
+            listener,
+            shutdown,
+            conns: HashMap::new(),
+            next_token: FIRST_CLIENT,
+            max_clients,
+            accept_paused_until: None,
+            next_pin_check: Instant::now(),
+            buf: vec![0; proto::MAX_REQUEST_LEN],
+            service,
+        })
+    }
+
+    /// Serve until `shutdown` becomes readable.
+    ///
+    /// # Errors
+    /// Only if epoll itself fails.
+    pub fn run(&mut self) -> Result<(), RunError> {
+        let mut events = Vec::with_capacity(256);
+        loop {
+            let now = Instant::now();
+            let mut deadline = self.service.next_deadline();
+            if let Some(t) = self.accept_paused_until {
+                deadline = deadline.min(t);
+            }
+            if let Some(t) = self.conns.values().filter_map(|c| c.pending_since).min() {
+                deadline = deadline.min(t + STALL_LIMIT);
+            }
+            let wait = deadline.saturating_duration_since(now);
+            let timeout = rustix::time::Timespec { tv_sec: wait.as_secs() as i64, tv_nsec: i64::from(wait.subsec_nanos()) };
+            events.clear();
+            match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), Some(&timeout)) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(RunError::Epoll(e)),
+            }
+            for event in events.iter().copied() {
+                let (token, flags) = (event.data.u64(), event.flags);
+                match token {
+                    LISTENER => self.accept_all(),
+                    SHUTDOWN => {
+                        tracing::info!("shutting down: {} client(s) disconnected", self.conns.len());
+                        for (_, conn) in self.conns.drain() {
+                            self.service.session_closed(conn.session);
+                        }
+                        let _ = self.shutdown.as_fd();
+                        return Ok(());
+                    }
+                    token => self.client_event(token, flags),
+                }
+            }
+            self.housekeeping();
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        if self.accept_paused_until.is_some_and(|t| now >= t) {
+            self.accept_paused_until = None;
+            let _ = epoll::modify(&self.epoll, &self.listener, EventData::new_u64(LISTENER), EventFlags::IN);
+        }
+        let stalled: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.pending_since.is_some_and(|t| now >= t + STALL_LIMIT))
+            .map(|(t, _)| *t)
+            .collect();
+        for token in stalled {
+            tracing::info!("dropping a client that stopped reading replies");
+            self.close(token);
+        }
+        if now >= self.next_pin_check {
+            // Idle clients that were handed memfds: unpin once received.
+            for conn in self.conns.values_mut().filter(|c| c.session.has_pins()) {
+                unpin_if_received(&mut self.service, conn);
+            }
+            self.next_pin_check = now + PIN_CHECK_INTERVAL;
+        }
+        self.service.clients = self.conns.len() as u64;
+        self.service.tick();
+    }
+
+    /// Accept what is pending, at most [`ACCEPT_BATCH`] per turn: the
+    /// hang-ups of clients that already left are handled in between, so
+    /// that dead connections do not fill the client slots during a flood.
+    fn accept_all(&mut self) {
+        for _ in 0..ACCEPT_BATCH {
+            match rustix::net::accept_with(&self.listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+                Ok(socket) => self.admit(socket),
+                Err(Errno::AGAIN) => return,
+                Err(Errno::INTR | Errno::CONNABORTED) => continue,
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOMEM: the pending connection stays
+                    // queued; stop polling the listener for a moment instead
+                    // of spinning on it.
+                    tracing::warn!("accept: {e}; pausing new connections for 100 ms");
+                    self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
+                    let _ = epoll::modify(&self.epoll, &self.listener, EventData::new_u64(LISTENER), EventFlags::empty());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, socket: OwnedFd) {
+        if self.conns.len() >= self.max_clients {
+            let reply = Reply::error(ErrorCode::Busy, format!("the broker serves {} clients, its maximum: retry later", self.max_clients), true);
+            if let Ok(bytes) = proto::encode_response(&reply.response) {
+                let _ = wire::send(socket.as_fd(), &bytes, None, true);
+            }
+            return;
+        }
+        let peer = match peer::identify(&socket) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!("cannot identify a peer: {e}");
+                return;
+            }
+        };
+        let token = self.next_token;
+        self.next_token += 1;
+        if epoll::add(&self.epoll, &socket, EventData::new_u64(token), EventFlags::IN | EventFlags::RDHUP).is_err() {
+            return;
+        }
+        tracing::debug!(uid = peer.uid, pid = peer.pid, "client connected");
+        let session = Session::new(peer, &self.service.policy);
+        self.conns.insert(token, Conn { socket, session, pending: None, pending_since: None, close_after_send: false });
+        self.service.clients = self.conns.len() as u64;
+    }
+
+    fn client_event(&mut self, token: u64, flags: EventFlags) {
+        if !self.conns.contains_key(&token) {
+            return;
+        }
+        if flags.contains(EventFlags::OUT) && !self.flush(token) {
+            return;
+        }
+        if flags.intersects(EventFlags::IN) {
+            for _ in 0..BURST {
+                if !self.read_one(token) {
+                    return;
+                }
+            }
+        } else if flags.intersects(EventFlags::HUP | EventFlags::ERR | EventFlags::RDHUP) {
+            self.close(token);
+        }
+    }
+
+    /// Read and answer one request. False when the client must not be read
+    /// again this turn (nothing queued, a reply pending, or it is gone).
+    fn read_one(&mut self, token: u64) -> bool {
+        let Some(conn) = self.conns.get_mut(&token) else { return false };
+        if conn.pending.is_some() {
+            return false;
+        }
+        let received = match wire::recv(conn.socket.as_fd(), &mut self.buf, true) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                self.close(token);
+                return false;
+            }
+            Err(Errno::AGAIN) => return false,
+            Err(e) => {
+                tracing::debug!("recv: {e}");
+                self.close(token);
+                return false;
+            }
+        };
+        let reply = if received.truncated {
+            Reply::error(ErrorCode::BadRequest, format!("request longer than {} bytes", proto::MAX_REQUEST_LEN), true)
+        } else if received.control_truncated || received.fds.len() > proto::MAX_FDS_PER_MESSAGE {
+            Reply::error(ErrorCode::BadRequest, format!("at most {} fd per message", proto::MAX_FDS_PER_MESSAGE), true)
+        } else {
+            match proto::decode_request(&self.buf[..received.len]) {
+                Err(e) => Reply::error(ErrorCode::BadRequest, e.to_string(), true),
+                Ok(request) if request.carries_fd() != (received.fds.len() == 1) => Reply::error(
+                    ErrorCode::BadRequest,
+                    if request.carries_fd() { "this request needs exactly one fd" } else { "this request takes no fd" },
+                    true,
+                ),
+                Ok(request) => {
+                    // A client that sends again has usually read every reply.
+                    unpin_if_received(&mut self.service, conn);
+                    // Unexpected fds were refused above; the expected one is
+                    // handed over, and any left are closed on drop.
+                    let fd = received.fds.into_iter().next();
+                    self.service.handle(&mut conn.session, request, fd)
+                }
+            }
+        };
+        self.send(token, reply)
+    }
+
+    /// Send a reply, or keep it until the client reads. False when the
+    /// client must not be read again this turn.
+    fn send(&mut self, token: u64, reply: Reply) -> bool {
+        let Some(conn) = self.conns.get_mut(&token) else { return false };
+        let bytes = match proto::encode_response(&reply.response) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("cannot encode a reply: {e}");
+                let fallback = Reply::error(ErrorCode::Internal, "reply too large", false);
+                proto::encode_response(&fallback.response).unwrap_or_default()
+            }
+        };
+        conn.close_after_send = reply.close;
+        match wire::send(conn.socket.as_fd(), &bytes, reply.fd.as_ref().map(AsFd::as_fd), true) {
+            Ok(()) if reply.close => {
+                self.close(token);
+                false
+            }
+            Ok(()) => true,
+            Err(Errno::AGAIN) => {
+                conn.pending = Some((bytes, reply.fd));
+                conn.pending_since = Some(Instant::now());
+                let _ = epoll::modify(&self.epoll, &conn.socket, EventData::new_u64(token), EventFlags::OUT | EventFlags::RDHUP);
+                false
+            }
+            Err(e) => {
+                tracing::debug!("send: {e}");
+                self.close(token);
+                false
+            }
+        }
+    }
+
+    /// Retry a pending reply. False when the client is gone or still full.
+    fn flush(&mut self, token: u64) -> bool {
+        let Some(conn) = self.conns.get_mut(&token) else { return false };
+        let Some((bytes, fd)) = &conn.pending else { return true };
+        match wire::send(conn.socket.as_fd(), bytes, fd.as_ref().map(AsFd::as_fd), true) {
+            Ok(()) => {
+                conn.pending = None;
+                conn.pending_since = None;
+                if conn.close_after_send {
+                    self.close(token);
+                    return false;
+                }
+                let _ = epoll::modify(&self.epoll, &conn.socket, EventData::new_u64(token), EventFlags::IN | EventFlags::RDHUP);
+                true
+            }
+            Err(Errno::AGAIN) => false,
+            Err(_) => {
+                self.close(token);
+                false
+            }
+        }
+    }
+
+    fn close(&mut self, token: u64) {
+        if let Some(conn) = self.conns.remove(&token) {
+            let _ = epoll::delete(&self.epoll, &conn.socket);
+            tracing::debug!(uid = conn.session.peer.uid, "client disconnected");
+            self.service.session_closed(conn.session);
+            self.service.clients = self.conns.len() as u64;
+        }
+    }
+
+    /// Connected clients.
+    pub fn clients(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+/// Unpin a connection's memfds when `SIOCOUTQ` says the client has received
+/// every reply sent to it (and so every fd they carried).
+fn unpin_if_received(service: &mut Service, conn: &mut Conn) {
+    if conn.session.has_pins() && conn.pending.is_none() && dmabroker_sys::socket::unreceived_bytes(&conn.socket) == Ok(0) {
+        service.unpin_all(&mut conn.session);
+    }
+}

@@ -1,0 +1,641 @@
+//! The operations (allocate, publish, import, unpublish, list, stats) on the
+//! registry, under the policy; the sweep that ends charges; timers.
+
+use crate::holders;
+use crate::notify::Notifier;
+use crate::peer::Peer;
+use crate::policy::{Limits, Policy};
+use crate::refusal::{AllocateRefusal, Code, ImportRefusal, PublishRefusal, QuotaExceeded, UnpublishRefusal};
+use crate::registry::{Entry, FileId, Publication, Registry};
+use dmabroker::heap::{AllocRequest, Heaps};
+use dmabroker::proto::{self, Access, AllocateRequest, ErrorCode, ListEntry, PublishRequest, Request, Response, Stats};
+use dmabroker::{Buffer, BufferKind};
+use std::collections::{BTreeSet, HashSet};
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Most publications one buffer may have.
+const MAX_PUBLICATIONS_PER_BUFFER: u32 = 16;
+/// Entries in one `List` reply: an entry encodes to at most ~290 bytes
+/// (two 128-byte strings and some varints), so 200 fit 64 KiB.
+const MAX_LIST_ENTRIES: usize = 200;
+/// How long a change waits before the state memfd is rewritten: batches the
+/// rewrites (each is O(publications)) of a burst of publications.
+const STATE_SAVE_DELAY: Duration = Duration::from_millis(50);
+/// Longest expiry accepted (ten years): keeps `SystemTime` arithmetic sane.
+const MAX_EXPIRY_SECS: u64 = 10 * 365 * 86400;
+
+/// One client's session state.
+#[derive(Debug)]
+pub struct Session {
+    /// Who.
+    pub peer: Peer,
+    /// What the policy allows it.
+    pub limits: Limits,
+    /// The negotiated version, once `Hello` was exchanged.
+    pub version: Option<u16>,
+    /// memfds handed out on this connection whose reply may not have been
+    /// received yet (unpinned once it has been, or when it closes).
+    pins: Vec<u64>,
+}
+
+impl Session {
+    /// A session for `peer` under `policy`.
+    pub fn new(peer: Peer, policy: &Policy) -> Self {
+        let limits = policy.limits(peer.uid, &peer.groups);
+        Self { peer, limits, version: None, pins: Vec::new() }
+    }
+
+    /// Whether memfds handed out on this connection are still pinned.
+    pub fn has_pins(&self) -> bool {
+        !self.pins.is_empty()
+    }
+}
+
+/// What to send back.
+#[derive(Debug)]
+pub struct Reply {
+    /// The response.
+    pub response: Response,
+    /// The fd that goes with it.
+    pub fd: Option<OwnedFd>,
+    /// End the session once it is sent.
+    pub close: bool,
+}
+
+impl Reply {
+    fn ok(response: Response) -> Self {
+        Self { response, fd: None, close: false }
+    }
+
+    /// An error reply.
+    pub fn error(code: ErrorCode, message: impl Into<String>, close: bool) -> Self {
+        let mut message: String = message.into();
+        if message.len() > proto::MAX_TEXT_LEN {
+            let mut cut = proto::MAX_TEXT_LEN;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        Self { response: Response::Error { code, message }, fd: None, close }
+    }
+
+    fn refused<E: Code + std::fmt::Display>(e: E) -> Self {
+        Self::error(e.code(), e.to_string(), false)
+    }
+}
+
+/// Sweep timing: how often charges are re-checked without a trigger, and
+/// how soon after one.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepTiming {
+    /// Period of the background sweep.
+    pub interval: Duration,
+    /// A sweep never starts sooner than this many times the last one's
+    /// duration after it: bounds the time spent scanning `/proc` to ~1/N.
+    pub duty_factor: u32,
+}
+
+impl Default for SweepTiming {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(2), duty_factor: 10 }
+    }
+}
+
+/// The broker's state and operations (no I/O but the heaps, `/proc` and the
+/// service manager).
+#[derive(Debug)]
+pub struct Service {
+    pub(crate) policy: Policy,
+    heaps: Heaps,
+    pub(crate) registry: Registry,
+    pub(crate) notifier: Option<Notifier>,
+    pub(crate) state_dirty: bool,
+    timing: SweepTiming,
+    last_sweep_end: Instant,
+    last_sweep_cost: Duration,
+    sweep_requested: bool,
+    next_expiry_check: Instant,
+    /// Connected clients (kept by the server).
+    pub clients: u64,
+    /// Count this process's own fds and mappings as holders (clients inside it).
+    pub scan_own_process: bool,
+    /// Buffers held beyond which a sweep runs at once: each is an fd, and
+    /// running out of fds would refuse every client.
+    fd_pressure: usize,
+    /// Buffers held after the last sweep: a pressure sweep runs only when
+    /// that grew (published buffers cannot be released, so re-sweeping the
+    /// same set would only burn CPU).
+    len_after_sweep: usize,
+    /// When the saved state became stale (saves are debounced).
+    state_dirty_since: Option<Instant>,
+    /// Mount ids of the kernel's internal memfd mounts (shmem, hugetlbfs).
+    memfd_mounts: Vec<u64>,
+}
+
+impl Service {
+    /// A service with this policy and heaps.
+    pub fn new(policy: Policy, heaps: Heaps, notifier: Option<Notifier>, timing: SweepTiming) -> Self {
+        let now = Instant::now();
+        Self {
+            policy,
+            heaps,
+            registry: Registry::new(),
+            notifier,
+            state_dirty: false,
+            timing,
+            last_sweep_end: now,
+            last_sweep_cost: Duration::ZERO,
+            sweep_requested: false,
+            next_expiry_check: now,
+            clients: 0,
+            scan_own_process: false,
+            fd_pressure: {
+                let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20);
+                usize::try_from(limit / 4 * 3).unwrap_or(usize::MAX).max(64)
+            },
+            len_after_sweep: 0,
+            state_dirty_since: None,
+            memfd_mounts: memfd_mounts(),
+        }
+    }
+
+    /// The registry (for tests and reports).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Handle one decoded request (fd: the one that came with it, if any).
+    pub fn handle(&mut self, session: &mut Session, request: Request, fd: Option<OwnedFd>) -> Reply {
+        match (&session.version, request) {
+            (None, Request::Hello { min_version, max_version }) => {
+                let version = max_version.min(proto::PROTOCOL_VERSION);
+                if version < min_version.max(proto::MIN_PROTOCOL_VERSION) {
+                    return Reply::error(
+                        ErrorCode::UnsupportedVersion,
+                        format!(
+                            "client speaks {min_version}..={max_version}, broker {}..={}: upgrade the older side",
+                            proto::MIN_PROTOCOL_VERSION,
+                            proto::PROTOCOL_VERSION
+                        ),
+                        true,
+                    );
+                }
+                session.version = Some(version);
+                Reply::ok(Response::Hello { version, server: format!("dmabroker {}", env!("CARGO_PKG_VERSION")) })
+            }
+            (None, _) => Reply::error(ErrorCode::BadRequest, "the session must open with Hello", true),
+            (Some(_), Request::Hello { .. }) => Reply::error(ErrorCode::BadRequest, "Hello sent twice", true),
+            (Some(_), Request::Allocate(a)) => self.allocate(session, a).unwrap_or_else(Reply::refused),
+            (Some(_), Request::Publish(p)) => self.publish(session, p, fd).unwrap_or_else(Reply::refused),
+            (Some(_), Request::Import { key }) => self.import(session, &key).unwrap_or_else(Reply::refused),
+            (Some(_), Request::Unpublish { key }) => self.unpublish(session, &key).unwrap_or_else(Reply::refused),
+            (Some(_), Request::List) => self.list(session),
+            (Some(_), Request::Stats) => self.stats(session),
+        }
+    }
+
+    fn check_quota(&mut self, uid: u32, limits: &Limits, len: u64) -> Result<(), QuotaExceeded> {
+        let fits = |r: &Registry| {
+            let u = r.usage(uid);
+            u.buffers < limits.max_buffers && u.bytes.checked_add(len).is_some_and(|b| b <= limits.max_bytes)
+        };
+        if fits(&self.registry) {
+            return Ok(());
+        }
+        // Pressure: look for buffers of this user that nobody holds any more
+        // before refusing.
+        self.sweep(Some(uid));
+        if fits(&self.registry) {
+            return Ok(());
+        }
+        let u = self.registry.usage(uid);
+        Err(QuotaExceeded {
+            uid,
+            bytes: u.bytes,
+            buffers: u.buffers,
+            asked: len,
+            max_bytes: limits.max_bytes,
+            max_buffers: limits.max_buffers,
+        })
+    }
+
+    fn allocate(&mut self, session: &mut Session, a: AllocateRequest) -> Result<Reply, AllocateRefusal> {
+        let uid = session.peer.uid;
+        let heap = self.heaps.require(&a.heap)?;
+        let heap_name = heap.name().to_owned();
+        if !session.limits.allows_heap(&heap_name) {
+            return Err(AllocateRefusal::HeapNotAllowed {
+                uid,
+                heap: heap_name,
+                allowed: if session.limits.heaps.is_empty() { "none".into() } else { session.limits.heaps.join(", ") },
+            });
+        }
+        let limits = session.limits.clone();
+        self.check_quota(uid, &limits, a.len)?;
+        let mut request = AllocRequest::new(a.len).align(a.align).contiguous(a.contiguous);
+        if let Some(n) = a.name {
+            request = request.name(n);
+        }
+        let buffer = self.heaps.require(&heap_name)?.allocate(&request)?;
+        // Rounding to pages may push it over the byte quota.
+        if buffer.len() > a.len {
+            self.check_quota(uid, &limits, buffer.len())?;
+        }
+        let fd = buffer.try_clone_fd().map_err(|e| {
+            AllocateRefusal::Alloc(dmabroker::heap::AllocError::Os { op: "dup", source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::MFILE) })
+        })?;
+        let len = buffer.len();
+        let id = self.insert(buffer, session).map_err(|_| {
+            AllocateRefusal::Alloc(dmabroker::heap::AllocError::Os { op: "fstat", source: rustix::io::Errno::BADF })
+        })?;
+        tracing::debug!(uid, id, len, heap = %heap_name, "allocated");
+        Ok(Reply { response: Response::Allocated { id, len, heap: heap_name }, fd: Some(fd), close: false })
+    }
+
+    /// Register a buffer charged to the session's user, pinned to it.
+    fn insert(&mut self, buffer: Buffer, session: &mut Session) -> Result<u64, ()> {
+        let file = FileId::of(&buffer).ok_or(())?;
+        let entry = Entry {
+            len: buffer.len(),
+            owner_uid: session.peer.uid,
+            owner_pid: session.peer.pid,
+            file,
+            publications: 0,
+            pins: 0,
+            recipients: BTreeSet::from([session.peer.uid]),
+            stored: false,
+            buffer,
+        };
+        let id = self.registry.insert(entry);
+        self.pin(id, session);
+        Ok(id)
+    }
+
+    /// memfds handed out stay pinned until the reply has been received: while
+    /// it sits unread in the client's queue no `/proc` scan can see it.
+    fn pin(&mut self, id: u64, session: &mut Session) {
+        if let Some(e) = self.registry.get_mut(id) {
+            e.recipients.insert(session.peer.uid);
+            if e.needs_scan() {
+                e.pins += 1;
+                session.pins.push(id);
+            }
+        }
+    }
+
+    fn publish(&mut self, session: &mut Session, p: PublishRequest, fd: Option<OwnedFd>) -> Result<Reply, PublishRefusal> {
+        let uid = session.peer.uid;
+        if !session.limits.publish {
+            return Err(PublishRefusal::NotAllowed(uid));
+        }
+        let fd = fd.ok_or(PublishRefusal::MissingFd)?;
+        if let Some(name) = &p.name {
+            if self.registry.publication(name).is_some() {
+                return Err(PublishRefusal::AlreadyExists(name.clone()));
+            }
+        }
+        let limit = session.limits.max_buffers.saturating_mul(4).saturating_add(16);
+        let mine = self.registry.publications().filter(|q| q.publisher_uid == uid).count() as u64;
+        if mine >= limit {
+            return Err(PublishRefusal::Busy(format!("uid {uid} has {mine} publications, the most it may have: unpublish some")));
+        }
+        check_inspectable(&fd, &self.memfd_mounts)?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| PublishRefusal::NotABuffer(format!("cannot fstat the fd: {e}")))?;
+        let file = FileId { major: rustix::fs::major(st.st_dev), minor: rustix::fs::minor(st.st_dev), ino: st.st_ino };
+        let id = match self.registry.find_file(&file) {
+            Some(id) => id,
+            None => {
+                let buffer = Buffer::from_fd(fd).map_err(|e| PublishRefusal::NotABuffer(e.to_string()))?;
+                if !buffer.is_size_sealed() {
+                    return Err(PublishRefusal::NotABuffer(
+                        "the memfd is not sealed against resizing: add F_SEAL_SHRINK | F_SEAL_GROW (an importer mapping it would die of SIGBUS if it shrank)".into(),
+                    ));
+                }
+                let limits = session.limits.clone();
+                self.check_quota(uid, &limits, buffer.len())?;
+                self.insert(buffer, session).map_err(|_| PublishRefusal::NotABuffer("cannot fstat the fd".into()))?
+            }
+        };
+        let entry = self.registry.get(id).expect("just found or inserted");
+        if entry.publications >= MAX_PUBLICATIONS_PER_BUFFER {
+            return Err(PublishRefusal::Busy(format!("the buffer already has {MAX_PUBLICATIONS_PER_BUFFER} publications")));
+        }
+        if p.grants.iter().any(|g| g.access == Access::ReadOnly) {
+            make_private(&entry.buffer)?;
+        }
+        let key = match p.name {
+            Some(n) => n,
+            None => new_token().map_err(|e| PublishRefusal::Busy(format!("no randomness for a token: {e}")))?,
+        };
+        let expires_at = p.expires_in_secs.map(|s| SystemTime::now() + Duration::from_secs(s.min(MAX_EXPIRY_SECS)));
+        self.registry.publish(Publication {
+            key: key.clone(),
+            buffer_id: id,
+            publisher_uid: uid,
+            grants: p.grants,
+            one_shot: p.one_shot,
+            expires_at,
+        });
+        self.store(id);
+        tracing::debug!(uid, id, key = %key, "published");
+        Ok(Reply::ok(Response::Published { key }))
+    }
+
+    /// Put a published buffer in the service manager's fd store.
+    fn store(&mut self, id: u64) {
+        let Some(notifier) = &self.notifier else { return };
+        let Some(entry) = self.registry.get_mut(id) else { return };
+        if !entry.stored {
+            match notifier.store(&format!("b{id}"), &entry.buffer) {
+                Ok(()) => entry.stored = true,
+                Err(e) => tracing::warn!("fd store refused buffer {id}: {e} (it will not survive a restart)"),
+            }
+        }
+        self.state_dirty = true;
+    }
+
+    fn import(&mut self, session: &mut Session, key: &str) -> Result<Reply, ImportRefusal> {
+        let uid = session.peer.uid;
+        let now = SystemTime::now();
+        let Some(publication) = self.registry.publication(key).cloned() else {
+            return Err(ImportRefusal::NotFound(key.to_owned()));
+        };
+        if publication.expired(now) {
+            self.withdraw(key);
+            return Err(ImportRefusal::NotFound(key.to_owned()));
+        }
+        let access = publication
+            .access_for(uid, &session.peer.groups)
+            .ok_or_else(|| ImportRefusal::NotGranted { key: key.to_owned(), uid })?;
+        let Some(entry) = self.registry.get(publication.buffer_id) else {
+            return Err(ImportRefusal::NotFound(key.to_owned()));
+        };
+        let fd = match access {
+            Access::ReadWrite => entry.buffer.try_clone_fd().map_err(|_| ImportRefusal::Busy)?,
+            // A new open file description with O_RDONLY: mmap(PROT_WRITE,
+            // MAP_SHARED), write() and ftruncate() fail on it. dma-bufs never
+            // get here: publish refuses read-only grants for them.
+            Access::ReadOnly => rustix::fs::open(
+                format!("/proc/self/fd/{}", entry.buffer.as_fd().as_raw_fd()),
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(ImportRefusal::Reopen)?,
+        };
+        let (len, heap) = (entry.len, entry.buffer.heap().to_owned());
+        self.pin(publication.buffer_id, session);
+        if publication.one_shot && uid != publication.publisher_uid {
+            self.withdraw(key);
+        }
+        tracing::debug!(uid, key, %access, "imported");
+        Ok(Reply {
+            response: Response::Imported { len, access, heap, publisher_uid: publication.publisher_uid },
+            fd: Some(fd),
+            close: false,
+        })
+    }
+
+    fn unpublish(&mut self, session: &mut Session, key: &str) -> Result<Reply, UnpublishRefusal> {
+        let p = self.registry.publication(key).ok_or_else(|| UnpublishRefusal::NotFound(key.to_owned()))?;
+        if p.publisher_uid != session.peer.uid && session.peer.uid != 0 {
+            return Err(UnpublishRefusal::NotPublisher { key: key.to_owned(), publisher: p.publisher_uid });
+        }
+        self.withdraw(key);
+        Ok(Reply::ok(Response::Unpublished))
+    }
+
+    /// Remove a publication; a buffer left with none leaves the fd store and
+    /// becomes a candidate for release.
+    pub(crate) fn withdraw(&mut self, key: &str) {
+        let Some(p) = self.registry.unpublish(key) else { return };
+        self.state_dirty |= self.notifier.is_some();
+        if let Some(e) = self.registry.get_mut(p.buffer_id) {
+            if e.publications == 0 {
+                if e.stored {
+                    if let Some(n) = &self.notifier {
+                        let _ = n.remove(&format!("b{}", p.buffer_id));
+                    }
+                    e.stored = false;
+                }
+                self.sweep_requested = true;
+            }
+        }
+    }
+
+    fn list(&self, session: &Session) -> Reply {
+        let now = SystemTime::now();
+        let uid = session.peer.uid;
+        let mut entries = Vec::new();
+        let mut truncated = false;
+        for p in self.registry.publications().filter(|p| !p.expired(now)) {
+            let is_token = p.key.starts_with(proto::TOKEN_PREFIX);
+            // A token is a capability: only its publisher sees it listed.
+            if is_token && p.publisher_uid != uid {
+                continue;
+            }
+            let Some(access) = p.access_for(uid, &session.peer.groups) else { continue };
+            if entries.len() == MAX_LIST_ENTRIES {
+                truncated = true;
+                break;
+            }
+            let e = self.registry.get(p.buffer_id);
+            entries.push(ListEntry {
+                key: p.key.clone(),
+                len: e.map_or(0, |e| e.len),
+                heap: e.map_or_else(String::new, |e| e.buffer.heap().chars().take(proto::MAX_NAME_LEN).collect()),
+                publisher_uid: p.publisher_uid,
+                access,
+                one_shot: p.one_shot,
+                expires_in_secs: p.expires_at.map(|t| t.duration_since(now).unwrap_or_default().as_secs()),
+            });
+        }
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        Reply::ok(Response::List { entries, truncated })
+    }
+
+    fn stats(&self, session: &Session) -> Reply {
+        let u = self.registry.usage(session.peer.uid);
+        let t = self.registry.totals();
+        Reply::ok(Response::Stats(Stats {
+            uid: session.peer.uid,
+            used_bytes: u.bytes,
+            used_buffers: u.buffers,
+            max_bytes: session.limits.max_bytes,
+            max_buffers: session.limits.max_buffers,
+            heaps: session.limits.heaps.clone(),
+            may_publish: session.limits.publish,
+            total_buffers: t.buffers,
+            total_bytes: t.bytes,
+            publications: self.registry.publication_count() as u64,
+            clients: self.clients,
+        }))
+    }
+
+    /// Unpin what a connection was handed, once the caller has established
+    /// that every reply sent on it has been received (`SIOCOUTQ` = 0): its
+    /// fds then sit in the client's fd table, where a scan sees them.
+    pub fn unpin_all(&mut self, session: &mut Session) {
+        if session.pins.is_empty() {
+            return;
+        }
+        for id in session.pins.drain(..) {
+            if let Some(e) = self.registry.get_mut(id) {
+                e.pins = e.pins.saturating_sub(1);
+            }
+        }
+    }
+
+    /// A connection closed (its unread replies died with it): unpin what it
+    /// was handed, and look soon for buffers nobody holds any more.
+    pub fn session_closed(&mut self, mut session: Session) {
+        self.unpin_all(&mut session);
+        self.sweep_requested = true;
+    }
+
+    /// Release every buffer (of `uid`, or of everyone) that is neither
+    /// published nor pinned and that no other process holds. Returns how
+    /// many were released.
+    pub fn sweep(&mut self, uid: Option<u32>) -> usize {
+        let start = Instant::now();
+        let candidates: Vec<u64> = self
+            .registry
+            .entries()
+            .filter(|(_, e)| e.publications == 0 && e.pins == 0 && uid.is_none_or(|u| e.owner_uid == u))
+            .map(|(id, _)| id)
+            .collect();
+        let mut release = Vec::new();
+        let mut wanted = HashSet::new();
+        for &id in &candidates {
+            let e = self.registry.get(id).expect("candidate exists");
+            if e.needs_scan() {
+                wanted.insert(e.file);
+            } else if holders::dma_buf_held_elsewhere(&e.buffer) == Some(false) {
+                release.push(id);
+            }
+        }
+        if !wanted.is_empty() {
+            let scan = holders::scan(&wanted, self.scan_own_process);
+            for &id in &candidates {
+                let e = self.registry.get(id).expect("candidate exists");
+                let maybe_hidden = e.recipients.iter().any(|u| scan.unreadable_uids.contains(u));
+                if e.needs_scan() && !scan.held(&e.file) && !maybe_hidden {
+                    release.push(id);
+                }
+            }
+        }
+        for &id in &release {
+            if let Some(e) = self.registry.remove(id) {
+                tracing::debug!(id, uid = e.owner_uid, len = e.len, "released: no holder left");
+            }
+        }
+        self.last_sweep_end = Instant::now();
+        self.last_sweep_cost = self.last_sweep_end - start;
+        self.len_after_sweep = self.registry.len();
+        if uid.is_none() {
+            self.sweep_requested = false;
+        }
+        release.len()
+    }
+
+    /// When the next timer is due.
+    pub fn next_deadline(&self) -> Instant {
+        let gap = self.last_sweep_cost * self.timing.duty_factor;
+        let sweep = if self.sweep_requested {
+            self.last_sweep_end + gap.max(Duration::from_millis(20))
+        } else {
+            self.last_sweep_end + gap.max(self.timing.interval)
+        };
+        let mut next = sweep.min(self.next_expiry_check);
+        if self.state_dirty {
+            next = next.min(self.state_dirty_since.unwrap_or_else(Instant::now) + STATE_SAVE_DELAY);
+        }
+        next
+    }
+
+    /// Run what is due: expiries, sweeps, saving state for the fd store.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        if now >= self.next_expiry_check {
+            for key in self.registry.expired(SystemTime::now()) {
+                self.withdraw(&key);
+            }
+            self.next_expiry_check = now + Duration::from_secs(1);
+        }
+        let gap = self.last_sweep_cost * self.timing.duty_factor;
+        let due = if self.sweep_requested { gap.max(Duration::from_millis(20)) } else { gap.max(self.timing.interval) };
+        // Under fd pressure, sweep as often as half the time allows.
+        let fd_pressure = self.registry.len() > self.fd_pressure
+            && self.registry.len() > self.len_after_sweep
+            && now >= self.last_sweep_end + self.last_sweep_cost.max(Duration::from_millis(5));
+        if fd_pressure || now >= self.last_sweep_end + due {
+            let has_candidates = self.registry.entries().any(|(_, e)| e.publications == 0 && e.pins == 0);
+            if has_candidates {
+                self.sweep(None);
+            } else {
+                self.last_sweep_end = now;
+                self.sweep_requested = false;
+            }
+        }
+        if self.state_dirty {
+            let since = *self.state_dirty_since.get_or_insert(now);
+            if now >= since + STATE_SAVE_DELAY {
+                self.state_dirty_since = None;
+                crate::persist::save(self);
+            }
+        }
+    }
+}
+
+/// Refuse, before any call that reaches a file system, an fd that is
+/// neither a dma-buf nor a memfd: `fstat` on a file of a hostile FUSE mount
+/// could block the broker forever. fdinfo is answered by the VFS alone.
+fn check_inspectable(fd: &OwnedFd, memfd_mounts: &[u64]) -> Result<(), PublishRefusal> {
+    let link = dmabroker::fdinfo::fd_link(None, fd.as_raw_fd()).unwrap_or_default();
+    let info = dmabroker::fdinfo::FdInfo::read(None, fd.as_raw_fd())
+        .map_err(|e| PublishRefusal::NotABuffer(format!("cannot inspect the fd: {e}")))?;
+    if info.is_dma_buf() || info.get_u64("mnt_id").is_some_and(|m| memfd_mounts.contains(&m)) {
+        return Ok(());
+    }
+    Err(PublishRefusal::NotABuffer(format!(
+        "fd is {link}, not a buffer: publish a dma-buf or a memfd (sealed with F_SEAL_SHRINK | F_SEAL_GROW)"
+    )))
+}
+
+/// The mount ids every memfd of this kernel carries: memfds live on
+/// internal mounts (one for shmem, one per huge page size), found by
+/// creating an empty one of each kind.
+fn memfd_mounts() -> Vec<u64> {
+    use rustix::fs::MemfdFlags as M;
+    [M::empty(), M::HUGETLB, M::HUGETLB | M::HUGE_2MB, M::HUGETLB | M::HUGE_1GB]
+        .into_iter()
+        .filter_map(|extra| rustix::fs::memfd_create("dmabroker-probe", M::CLOEXEC | extra).ok())
+        .filter_map(|fd| dmabroker::fdinfo::FdInfo::read(None, fd.as_raw_fd()).ok()?.get_u64("mnt_id"))
+        .collect()
+}
+
+/// Make a memfd's inode private to its owner (mode 0600) so that a
+/// read-only importer of another uid cannot reopen `/proc/self/fd/N`
+/// read-write; the owner and root can, and could anyway.
+fn make_private(buffer: &Buffer) -> Result<(), PublishRefusal> {
+    if buffer.kind() == BufferKind::DmaBuf {
+        return Err(PublishRefusal::ReadOnlyUnsupported(
+            "read-only grants are refused for dma-bufs: a dma-buf fd carries the mode its exporter gave it and cannot be reopened read-only, and a device import can write it anyway; grant rw, or publish a memfd".into(),
+        ));
+    }
+    rustix::fs::fchmod(buffer, rustix::fs::Mode::from_raw_mode(0o600)).map_err(|e| {
+        PublishRefusal::ReadOnlyUnsupported(format!(
+            "cannot make the memfd private ({e}): the broker must own it or run as root to enforce read-only grants; allocate through the broker instead"
+        ))
+    })
+}
+
+/// A 128-bit token from the kernel's CSPRNG (`/dev/urandom`).
+fn new_token() -> std::io::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{}{hex}", proto::TOKEN_PREFIX))
+}

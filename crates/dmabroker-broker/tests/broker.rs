@@ -1,0 +1,291 @@
+//! The broker in a thread of this process, driven by the library client.
+//! Other users are played by threads that change their own uid (Linux
+//! credentials are per thread, and `SO_PEERCRED` records the connecting
+//! thread's): these tests need root and say so when skipped.
+
+use dmabroker::client::{AllocateError, Client, ImportError, PublishOptions, UnpublishError};
+use dmabroker::proto::{Access, Grant};
+use dmabroker_broker::{Broker, Config, Listener, Policy};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const NOBODY: u32 = 65534;
+
+struct TestBroker {
+    path: PathBuf,
+    stop: UnixStream,
+    thread: Option<JoinHandle<()>>,
+    _dir: PathBuf,
+}
+
+impl TestBroker {
+    fn start(name: &str, policy: Option<&str>) -> Self {
+        Self::start_with(name, policy, 8192)
+    }
+
+    fn start_with(name: &str, policy: Option<&str>, max_clients: usize) -> Self {
+        let dir = std::env::temp_dir().join(format!("dmabroker-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Other uids must reach the socket.
+        rustix::fs::chmod(&dir, rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
+        let path = dir.join("broker.sock");
+        let mut config = Config::new(Listener::Path(path.clone()));
+        config.notify = false;
+        config.clients_in_process = true;
+        config.max_clients = max_clients;
+        config.timing.interval = Duration::from_millis(50);
+        let uid = rustix::process::getuid().as_raw();
+        if let Some(p) = policy {
+            config.policy = Policy::parse(p, uid).unwrap();
+        }
+        let (stop, stop_rx) = UnixStream::pair().unwrap();
+        let mut broker = Broker::start(config, Vec::new(), stop_rx.into()).unwrap();
+        let thread = std::thread::spawn(move || broker.run().unwrap());
+        Self { path, stop, thread: Some(thread), _dir: dir }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.path).unwrap()
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let _ = self.stop.write_all(b"x");
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Run `f` in a thread whose uid and gid are `uid` (root only).
+fn as_user<T: Send + 'static>(uid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        let gid = rustix::process::Gid::from_raw(uid);
+        rustix::thread::set_thread_groups(&[]).unwrap();
+        rustix::thread::set_thread_res_gid(gid, gid, gid).unwrap();
+        let u = rustix::process::Uid::from_raw(uid);
+        rustix::thread::set_thread_res_uid(u, u, u).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn allocate_publish_import_list_unpublish() {
+    let broker = TestBroker::start("basic", None);
+    let mut c = broker.client();
+    assert_eq!(c.version(), dmabroker::proto::PROTOCOL_VERSION);
+    let buffer = c.allocate("memfd", 10_000, Some("basic")).unwrap();
+    assert_eq!(buffer.len(), 12288, "rounded to pages");
+    assert!(buffer.is_size_sealed());
+    buffer.map_read_write().unwrap().begin_write().unwrap().fill(7);
+    let key = c.publish(&buffer, PublishOptions::named("cam/0")).unwrap();
+    assert_eq!(key, "cam/0");
+    assert!(matches!(c.publish(&buffer, PublishOptions::named("cam/0")), Err(dmabroker::client::PublishError::AlreadyExists(_))));
+    let token = c.publish(&buffer, PublishOptions::token()).unwrap();
+    assert!(dmabroker::proto::validate_key(&token).is_ok() && token.starts_with('@'));
+    let mut other = broker.client();
+    let imported = other.import("cam/0").unwrap();
+    assert_eq!(imported.access, Access::ReadWrite);
+    assert_eq!(imported.buffer.inode(), buffer.inode());
+    assert!(imported.buffer.map_read().unwrap().begin_read().unwrap().iter().all(|b| *b == 7));
+    assert_eq!(other.import(&token).unwrap().buffer.inode(), buffer.inode());
+    let (list, truncated) = c.list().unwrap();
+    assert!(!truncated);
+    assert_eq!(list.len(), 2, "the publisher sees its token too: {list:?}");
+    let stats = c.stats().unwrap();
+    assert_eq!((stats.used_buffers, stats.used_bytes, stats.publications), (1, 12288, 2));
+    c.unpublish("cam/0").unwrap();
+    assert!(matches!(other.import("cam/0"), Err(ImportError::NotFound(_))));
+    assert!(matches!(other.unpublish("cam/0"), Err(UnpublishError::NotFound(_))));
+    assert!(matches!(c.allocate("no-such-heap", 4096, None), Err(AllocateError::NoSuchHeap(_))));
+}
+
+#[test]
+fn foreign_memfds_must_be_sealed_and_sockets_are_refused() {
+    let broker = TestBroker::start("foreign", None);
+    let mut c = broker.client();
+    let unsealed = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&unsealed, 4096).unwrap();
+    let e = c.publish(&unsealed, PublishOptions::named("unsealed")).unwrap_err();
+    assert!(e.to_string().contains("F_SEAL_SHRINK"), "{e}");
+    let (a, _b) = UnixStream::pair().unwrap();
+    let e = c.publish(&a, PublishOptions::named("sock")).unwrap_err();
+    assert!(e.to_string().contains("socket"), "{e}");
+    let file = std::fs::File::open("/proc/self/status").unwrap();
+    let e = c.publish(&file, PublishOptions::named("file")).unwrap_err();
+    assert!(e.to_string().contains("not a buffer"), "{e}");
+    // The session survives refusals.
+    assert!(c.stats().is_ok());
+}
+
+#[test]
+fn expiry_and_one_shot() {
+    let broker = TestBroker::start("expiry", None);
+    let mut c = broker.client();
+    let b = c.allocate("memfd", 4096, None).unwrap();
+    c.publish(&b, PublishOptions::named("once").one_shot(true).grant("any:rw".parse::<Grant>().unwrap())).unwrap();
+    c.publish(&b, PublishOptions::named("brief").expires_in(Duration::from_secs(1))).unwrap();
+    // The publisher's own imports do not consume a one-shot publication.
+    c.import("once").unwrap();
+    if is_root() {
+        let path = broker.path.clone();
+        let r = as_user(NOBODY, move || Client::connect(&path).unwrap().import("once").map(|i| i.access));
+        assert_eq!(r.unwrap(), Access::ReadWrite);
+        assert!(matches!(c.import("once"), Err(ImportError::NotFound(_))));
+    }
+    std::thread::sleep(Duration::from_millis(1300));
+    assert!(matches!(c.import("brief"), Err(ImportError::NotFound(_))));
+}
+
+#[test]
+fn quota_exhaustion_is_clear_and_frees_on_close() {
+    let uid = rustix::process::getuid().as_raw();
+    let policy = format!("[[user]]\nuid = {uid}\nheaps = [\"memfd\"]\nmax_bytes = \"64KiB\"\nmax_buffers = 2\npublish = true\n");
+    let broker = TestBroker::start("quota", Some(&policy));
+    let mut c = broker.client();
+    let a = c.allocate("memfd", 4096, None).unwrap();
+    let b = c.allocate("memfd", 4096, None).unwrap();
+    let e = c.allocate("memfd", 4096, None).unwrap_err();
+    assert!(matches!(e, AllocateError::QuotaExceeded(_)), "{e}");
+    assert!(e.to_string().contains("quota of 64 KiB / 2 buffers"), "{e}");
+    let e = c.allocate("memfd", 1 << 20, None).unwrap_err();
+    assert!(matches!(e, AllocateError::QuotaExceeded(_)), "{e}");
+    assert!(matches!(c.allocate("hugetlb", 4096, None), Err(AllocateError::NotAllowed(_) | AllocateError::NoSuchHeap(_))));
+    // Closing frees the charge, on the same connection.
+    drop(b);
+    let b = c.allocate("memfd", 4096, None).unwrap();
+    // Passing a buffer away does not free its charge: `kept` still holds one.
+    let kept = a.try_clone_fd().unwrap();
+    drop((a, b, c));
+    let mut c = broker.client();
+    let _third = c.allocate("memfd", 4096, None).unwrap();
+    let e = c.allocate("memfd", 4096, None).unwrap_err();
+    assert!(matches!(e, AllocateError::QuotaExceeded(_)), "the passed-on fd still counts: {e}");
+    drop(kept);
+    c.allocate("memfd", 4096, None).unwrap();
+}
+
+#[test]
+fn other_users_get_nothing_but_what_is_granted() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to act as another uid");
+        return;
+    }
+    let broker = TestBroker::start("acl", None);
+    let mut c = broker.client();
+    let b = c.allocate("memfd", 8192, None).unwrap();
+    b.map_read_write().unwrap().begin_write().unwrap().fill(0x5a);
+    c.publish(&b, PublishOptions::named("private")).unwrap();
+    c.publish(&b, PublishOptions::named("shared-ro").grant(format!("uid={NOBODY}:ro").parse().unwrap())).unwrap();
+    c.publish(&b, PublishOptions::named("shared-rw").grant(format!("gid={NOBODY}:rw").parse().unwrap())).unwrap();
+    let path = broker.path.clone();
+    as_user(NOBODY, move || {
+        let mut n = Client::connect(&path).unwrap();
+        assert!(matches!(n.allocate("memfd", 4096, None), Err(AllocateError::NotAllowed(_))));
+        assert!(matches!(n.import("private"), Err(ImportError::NotAllowed(_))));
+        let (list, _) = n.list().unwrap();
+        let keys: Vec<_> = list.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["shared-ro", "shared-rw"]);
+        let ro = n.import("shared-ro").unwrap();
+        assert_eq!(ro.access, Access::ReadOnly);
+        assert!(ro.buffer.map_read().unwrap().begin_read().unwrap().iter().all(|x| *x == 0x5a));
+        assert!(ro.buffer.map_read_write().is_err(), "read-only grant mapped writable");
+        assert!(rustix::fs::ftruncate(&ro.buffer, 0).is_err(), "read-only grant truncated");
+        assert!(rustix::io::write(&ro.buffer, b"x").is_err(), "read-only grant written");
+        let reopen = rustix::fs::open(
+            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&ro.buffer))),
+            rustix::fs::OFlags::RDWR,
+            rustix::fs::Mode::empty(),
+        );
+        assert!(reopen.is_err(), "read-only grant reopened read-write through /proc");
+        let rw = n.import("shared-rw").unwrap();
+        assert_eq!(rw.access, Access::ReadWrite);
+        rw.buffer.map_read_write().unwrap();
+        assert!(matches!(n.unpublish("shared-rw"), Err(UnpublishError::NotAllowed(_))));
+    });
+}
+
+#[test]
+fn policy_can_let_another_user_allocate_within_quota() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to act as another uid");
+        return;
+    }
+    let policy = format!("[[user]]\nuid = {NOBODY}\nheaps = [\"memfd\"]\nmax_bytes = \"1MiB\"\nmax_buffers = 1\n");
+    let broker = TestBroker::start("policy", Some(&policy));
+    let path = broker.path.clone();
+    as_user(NOBODY, move || {
+        let mut n = Client::connect(&path).unwrap();
+        let b = n.allocate("memfd", 4096, None).unwrap();
+        assert!(matches!(n.allocate("memfd", 4096, None), Err(AllocateError::QuotaExceeded(_))));
+        let e = n.publish(&b, PublishOptions::named("nope")).unwrap_err();
+        assert!(e.to_string().contains("may not publish"), "{e}");
+        let stats = n.stats().unwrap();
+        assert_eq!((stats.uid, stats.used_buffers, stats.max_buffers), (NOBODY, 1, 1));
+    });
+}
+
+#[test]
+fn unread_replies_stay_charged_until_received() {
+    use dmabroker::proto::{self, wire, AllocateRequest, Request};
+    use std::os::fd::AsFd;
+    let uid = rustix::process::getuid().as_raw();
+    let policy = format!("[[user]]\nuid = {uid}\nheaps = [\"memfd\"]\nmax_bytes = \"1MiB\"\nmax_buffers = 2\n");
+    let broker = TestBroker::start("unread", Some(&policy));
+    let s = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    rustix::net::connect(&s, &rustix::net::SocketAddrUnix::new(&broker.path).unwrap()).unwrap();
+    let send = |r: &Request| wire::send(s.as_fd(), &proto::encode_request(r).unwrap(), None, false).unwrap();
+    let mut buf = vec![0; proto::MAX_RESPONSE_LEN];
+    send(&Request::Hello { min_version: 1, max_version: 1 });
+    wire::recv(s.as_fd(), &mut buf, false).unwrap().unwrap();
+    let alloc = Request::Allocate(AllocateRequest { heap: "memfd".into(), len: 4096, align: 1, contiguous: false, name: None });
+    send(&alloc);
+    send(&alloc);
+    // The two replies (and their memfds) sit unread: no process holds them,
+    // yet they must stay charged, or a client could hide buffers there.
+    std::thread::sleep(Duration::from_millis(400));
+    let mut c = broker.client();
+    assert!(matches!(c.allocate("memfd", 4096, None), Err(AllocateError::QuotaExceeded(_))));
+    for _ in 0..2 {
+        let r = wire::recv(s.as_fd(), &mut buf, false).unwrap().unwrap();
+        assert_eq!(r.fds.len(), 1);
+    } // received and closed
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while c.allocate("memfd", 4096, None).is_err() {
+        assert!(std::time::Instant::now() < deadline, "charges did not end after the replies were received and closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn clients_beyond_the_maximum_are_told_why() {
+    let broker = TestBroker::start_with("max", None, 2);
+    let _a = broker.client();
+    let _b = broker.client();
+    let e = Client::connect(&broker.path).unwrap_err();
+    assert!(e.to_string().contains("maximum"), "{e}");
+    drop(_a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while Client::connect(&broker.path).is_err() {
+        assert!(std::time::Instant::now() < deadline, "a freed slot was not reused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,256 @@
+//! `dmabroker serve` as a separate process, driven by the CLI verbs (some
+//! run as another uid) and by hostile clients.
+
+use dmabroker::client::Client;
+use dmabroker::proto::{self, wire};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const NOBODY: u32 = 65534;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dmabroker")
+}
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(name: &str, extra: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("dmabroker-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        rustix::fs::chmod(&dir, rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
+        let socket = dir.join("b.sock");
+        let child = Command::new(bin())
+            .args(["serve", "--socket"])
+            .arg(&socket)
+            .args(["--sweep-interval-ms", "100"])
+            .args(extra)
+            .env_remove("NOTIFY_SOCKET")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Client::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "broker did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, socket, dir }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin()).args(args).env("DMABROKER_SOCKET", &self.socket).output().unwrap()
+    }
+
+    fn cli_as(&self, uid: u32, args: &[&str]) -> Output {
+        Command::new(bin()).args(args).env("DMABROKER_SOCKET", &self.socket).uid(uid).gid(uid).output().unwrap()
+    }
+
+    fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).unwrap().count()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn raw_connect(path: &Path) -> OwnedFd {
+    let s = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
+    rustix::net::connect(&s, &SocketAddrUnix::new(path).unwrap()).unwrap();
+    s
+}
+
+fn hello(s: &OwnedFd) {
+    let bytes = proto::encode_request(&proto::Request::Hello { min_version: 1, max_version: 1 }).unwrap();
+    wire::send(s.as_fd(), &bytes, None, false).unwrap();
+    let mut buf = vec![0; proto::MAX_RESPONSE_LEN];
+    wire::recv(s.as_fd(), &mut buf, false).unwrap().unwrap();
+}
+
+/// The reply to whatever was sent, then the connection must end.
+fn expect_error_then_close(s: &OwnedFd) -> String {
+    let mut buf = vec![0; proto::MAX_RESPONSE_LEN];
+    let r = wire::recv(s.as_fd(), &mut buf, false).unwrap().expect("an error reply");
+    let response = proto::decode_response(&buf[..r.len]).unwrap();
+    let proto::Response::Error { code, message } = response else { panic!("expected an error, got {response:?}") };
+    assert_eq!(code, proto::ErrorCode::BadRequest);
+    assert!(wire::recv(s.as_fd(), &mut buf, false).unwrap().is_none(), "session should end");
+    message
+}
+
+#[test]
+fn broker_cli_alloc_publish_import_unpublish() {
+    let d = Daemon::start("verbs", &[]);
+    let o = d.cli(&["alloc", "--heap", "memfd", "--size", "1MiB", "--publish", "frames", "--allow", &format!("uid={NOBODY}:ro"), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["published"], "frames");
+    assert_eq!(v["buffer"]["len"], 1 << 20);
+    // The publisher exited; the broker keeps the buffer.
+    let o = d.cli(&["import", "frames", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["access"].as_str(), v["buffer"]["kind"].as_str()), (Some("rw"), Some("memfd")));
+    let o = d.cli(&["alloc", "--size", "4K", "--token"]);
+    assert!(o.status.success() && text(&o).contains("published as @"), "{}", text(&o));
+    let o = d.cli(&["import", "--list"]);
+    assert!(text(&o).contains("frames"), "{}", text(&o));
+    let o = d.cli(&["unpublish", "frames"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = d.cli(&["import", "frames"]);
+    assert!(!o.status.success() && text(&o).contains("nothing published as `frames`"), "{}", text(&o));
+    // In-process alloc is unchanged.
+    let o = d.cli(&["alloc", "--heap", "memfd", "--size", "4K", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new(bin()).args(["import", "x", "--socket", "/nonexistent/b.sock"]).output().unwrap();
+    assert!(!o.status.success() && text(&o).contains("no broker at /nonexistent/b.sock"), "{}", text(&o));
+}
+
+#[test]
+fn broker_cross_user_denied_and_allowed() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to run a client as uid {NOBODY}");
+        return;
+    }
+    let d = Daemon::start("users", &[]);
+    assert!(d.cli(&["alloc", "--size", "8K", "--publish", "mine"]).status.success());
+    assert!(d.cli(&["alloc", "--size", "8K", "--publish", "theirs", "--allow", &format!("uid={NOBODY}:ro")]).status.success());
+    let o = d.cli_as(NOBODY, &["import", "mine"]);
+    assert!(!o.status.success() && text(&o).contains("not granted to uid 65534"), "{}", text(&o));
+    let o = d.cli_as(NOBODY, &["import", "theirs", "--check-write", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["access"], "ro");
+    assert!(v["writable_mapping"].as_str().unwrap().starts_with("refused"), "{v}");
+    let o = d.cli_as(NOBODY, &["alloc", "--broker", "--size", "4K"]);
+    assert!(!o.status.success() && text(&o).contains("may not allocate"), "{}", text(&o));
+    let o = d.cli_as(NOBODY, &["unpublish", "theirs"]);
+    assert!(!o.status.success() && text(&o).contains("only it or root"), "{}", text(&o));
+
+    // A policy file can let that user allocate.
+    let policy = d.dir.join("policy.toml");
+    std::fs::write(&policy, format!("[[user]]\nuid = {NOBODY}\nheaps = [\"memfd\"]\nmax_bytes = \"1MiB\"\nmax_buffers = 4\n")).unwrap();
+    let p = Daemon::start("users-policy", &["--policy", policy.to_str().unwrap()]);
+    let o = p.cli_as(NOBODY, &["alloc", "--broker", "--size", "4K"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = p.cli_as(NOBODY, &["alloc", "--broker", "--size", "2M"]);
+    assert!(!o.status.success() && text(&o).contains("quota"), "{}", text(&o));
+}
+
+#[test]
+fn broker_survives_hostile_clients() {
+    let mut d = Daemon::start("hostile", &[]);
+    // Baseline with one idle client connected (it has been seen by now).
+    let idle = Client::connect(&d.socket).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let baseline = d.fd_count();
+
+    // Garbage, oversized and truncated-looking messages; data before hello.
+    let s = raw_connect(&d.socket);
+    wire::send(s.as_fd(), &[0xff; 64], None, false).unwrap();
+    assert!(expect_error_then_close(&s).contains("malformed"));
+    let s = raw_connect(&d.socket);
+    wire::send(s.as_fd(), &vec![0u8; proto::MAX_REQUEST_LEN + 100], None, false).unwrap();
+    assert!(expect_error_then_close(&s).contains("longer than"));
+    let s = raw_connect(&d.socket);
+    let stats = proto::encode_request(&proto::Request::Stats).unwrap();
+    wire::send(s.as_fd(), &stats, None, false).unwrap();
+    assert!(expect_error_then_close(&s).contains("Hello"));
+    let s = raw_connect(&d.socket);
+    hello(&s);
+    let valid = proto::encode_request(&proto::Request::Import { key: "abc".into() }).unwrap();
+    wire::send(s.as_fd(), &valid[..valid.len() - 1], None, false).unwrap();
+    expect_error_then_close(&s);
+
+    // fd floods: an fd where none is expected; more fds than allowed.
+    let s = raw_connect(&d.socket);
+    hello(&s);
+    let memfd = rustix::fs::memfd_create("flood", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    wire::send(s.as_fd(), &stats, Some(memfd.as_fd()), false).unwrap();
+    assert!(expect_error_then_close(&s).contains("takes no fd"));
+    let s = raw_connect(&d.socket);
+    hello(&s);
+    let fds: Vec<_> = (0..200).map(|_| memfd.as_fd()).collect();
+    let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(200))];
+    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+    assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+    rustix::net::sendmsg(&s, &[std::io::IoSlice::new(&stats)], &mut control, rustix::net::SendFlags::empty()).unwrap();
+    assert!(expect_error_then_close(&s).contains("fd per message"));
+    drop(memfd);
+
+    // 10,000 rapid connects and disconnects, half of them mid-hello.
+    for i in 0..10_000 {
+        let s = raw_connect(&d.socket);
+        if i % 2 == 0 {
+            let hello = proto::encode_request(&proto::Request::Hello { min_version: 1, max_version: 1 }).unwrap();
+            let _ = wire::send(s.as_fd(), &hello, None, false);
+        }
+    }
+
+    // A client that sends requests and never reads the replies.
+    let s = raw_connect(&d.socket);
+    hello(&s);
+    rustix::io::ioctl_fionbio(&s, true).unwrap();
+    let mut sent = 0;
+    while sent < 100_000 && wire::send(s.as_fd(), &stats, None, true).is_ok() {
+        sent += 1;
+    }
+    // Others are served meanwhile.
+    let mut c = Client::connect(&d.socket).unwrap();
+    c.stats().unwrap();
+    let b = c.allocate("memfd", 4096, None).unwrap();
+    drop((b, c, s));
+    assert!(d.alive(), "the broker died");
+
+    // Everything it opened for those clients is closed again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = d.fd_count();
+        if now <= baseline {
+            break;
+        }
+        assert!(Instant::now() < deadline, "fd count {now} did not return to baseline {baseline}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(idle);
+}
+
+#[test]
+fn broker_serves_thousands_of_connected_clients() {
+    let mut d = Daemon::start("many", &[]);
+    let mut clients: Vec<Client> = (0..2000).map(|_| Client::connect(&d.socket).unwrap()).collect();
+    for c in clients.iter_mut().step_by(7) {
+        let b = c.allocate("memfd", 4096, None).unwrap();
+        assert_eq!(b.len(), 4096);
+    }
+    let stats = clients[0].stats().unwrap();
+    assert_eq!(stats.clients, 2000);
+    drop(clients);
+    assert!(d.alive());
+}

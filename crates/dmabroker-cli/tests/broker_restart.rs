@@ -1,0 +1,171 @@
+//! Published buffers survive a broker restart through the service manager's
+//! fd store. This test plays systemd: it owns `$NOTIFY_SOCKET`, keeps the fds
+//! sent with `FDSTORE=1`, honours `FDSTOREREMOVE=1`, and starts the second
+//! broker with them as `LISTEN_FDS` (at fd 3 and up, `LISTEN_PID` = the
+//! broker's pid, set by a `bash` that then `exec`s the broker). Alone in its
+//! test binary, because it clears close-on-exec on fds it passes down.
+
+use dmabroker::client::{Client, PublishOptions};
+use rustix::net::{AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketAddrUnix, SocketFlags, SocketType};
+use std::collections::BTreeMap;
+use std::io::IoSliceMut;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Manager {
+    socket: OwnedFd,
+    store: BTreeMap<String, OwnedFd>,
+    ready: usize,
+}
+
+/// The manager, drained continuously by a thread as systemd would (the
+/// broker's datagrams would otherwise fill the socket's short queue).
+#[derive(Clone)]
+struct Shared(std::sync::Arc<std::sync::Mutex<Manager>>);
+
+impl Shared {
+    fn spawn(manager: Manager) -> Self {
+        let shared = Self(std::sync::Arc::new(std::sync::Mutex::new(manager)));
+        let s = shared.clone();
+        std::thread::spawn(move || loop {
+            s.0.lock().unwrap().drain();
+            std::thread::sleep(Duration::from_millis(5));
+        });
+        shared
+    }
+
+    fn wait_ready(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.0.lock().unwrap().ready < count {
+            assert!(Instant::now() < deadline, "broker never sent READY=1");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Manager {
+    /// Handle every queued notification.
+    fn drain(&mut self) {
+        loop {
+            let mut buf = [0u8; 4096];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let Ok(msg) = rustix::net::recvmsg(&self.socket, &mut [IoSliceMut::new(&mut buf)], &mut control, RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC) else {
+                return;
+            };
+            let mut fds: Vec<OwnedFd> = Vec::new();
+            for m in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(r) = m {
+                    fds.extend(r);
+                }
+            }
+            let text = String::from_utf8_lossy(&buf[..msg.bytes]).into_owned();
+            let name = text.lines().find_map(|l| l.strip_prefix("FDNAME=")).unwrap_or("stored").to_owned();
+            if text.lines().any(|l| l == "READY=1") {
+                self.ready += 1;
+            }
+            if text.lines().any(|l| l == "FDSTOREREMOVE=1") {
+                self.store.remove(&name);
+            } else if text.lines().any(|l| l == "FDSTORE=1") {
+                self.store.insert(name, fds.pop().expect("FDSTORE=1 without an fd"));
+            }
+        }
+    }
+
+}
+
+fn stop(child: &mut Child) {
+    let _ = rustix::process::kill_process(rustix::process::Pid::from_child(child), rustix::process::Signal::TERM);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "graceful shutdown should exit 0: {status}");
+}
+
+fn spawn_broker(dir: &Path, notify: &Path, inherited: &[(String, OwnedFd)]) -> Child {
+    // Move the fds out of the way (100 and up), let them be inherited, and
+    // have bash put them at 3, 4, ... before exec'ing the broker with its
+    // own pid in LISTEN_PID.
+    let mut high = Vec::new();
+    let mut script = String::new();
+    for (i, (_, fd)) in inherited.iter().enumerate() {
+        let h = rustix::io::fcntl_dupfd_cloexec(fd, 100).unwrap();
+        rustix::io::fcntl_setfd(&h, rustix::io::FdFlags::empty()).unwrap();
+        script.push_str(&format!("exec {}<&{} {}<&-; ", 3 + i, h.as_raw_fd(), h.as_raw_fd()));
+        high.push(h);
+    }
+    let names: Vec<&str> = inherited.iter().map(|(n, _)| n.as_str()).collect();
+    script.push_str(&format!(
+        "export LISTEN_PID=$$ LISTEN_FDS={} LISTEN_FDNAMES={}; exec \"$0\" \"$@\"",
+        inherited.len(),
+        names.join(":")
+    ));
+    let child = Command::new("bash")
+        .arg("-c")
+        .arg(if inherited.is_empty() { "exec \"$0\" \"$@\"".to_owned() } else { script })
+        .arg(env!("CARGO_BIN_EXE_dmabroker"))
+        .args(["serve", "--socket"])
+        .arg(dir.join("b.sock"))
+        .env("NOTIFY_SOCKET", notify)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(high); // the parent's copies; the child has its own
+    child
+}
+
+#[test]
+fn broker_publications_survive_restart_through_the_fd_store() {
+    if Command::new("bash").arg("-c").arg("true").status().is_err() {
+        eprintln!("SKIPPED: needs bash to set LISTEN_PID");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("dmabroker-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let notify = dir.join("notify.sock");
+    let socket = rustix::net::socket_with(AddressFamily::UNIX, SocketType::DGRAM, SocketFlags::CLOEXEC, None).unwrap();
+    rustix::net::bind(&socket, &SocketAddrUnix::new(&notify).unwrap()).unwrap();
+    let manager = Shared::spawn(Manager { socket, store: BTreeMap::new(), ready: 0 });
+
+    let mut first = spawn_broker(&dir, &notify, &[]);
+    manager.wait_ready(1);
+    let mut c = Client::connect(dir.join("b.sock")).unwrap();
+    let b = c.allocate("memfd", 64 << 10, Some("kept")).unwrap();
+    b.map_read_write().unwrap().begin_write().unwrap().fill(0xa5);
+    c.publish(&b, PublishOptions::named("kept").grant("uid=65534:ro".parse().unwrap())).unwrap();
+    let token = c.publish(&b, PublishOptions::token()).unwrap();
+    let gone = c.allocate("memfd", 4096, None).unwrap();
+    c.publish(&gone, PublishOptions::named("gone")).unwrap();
+    c.unpublish("gone").unwrap();
+    drop((b, gone, c));
+    std::thread::sleep(Duration::from_millis(300));
+    stop(&mut first);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut inherited: Vec<(String, OwnedFd)> = std::mem::take(&mut manager.0.lock().unwrap().store).into_iter().collect();
+    let names: Vec<&str> = inherited.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 2, "one buffer and the state: {names:?}");
+    assert!(names.contains(&"state"), "{names:?}");
+    // Socket activation too: the manager binds the socket and passes it.
+    assert!(!dir.join("b.sock").exists(), "the first broker removes its socket at exit");
+    let listener = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
+    rustix::net::bind(&listener, &SocketAddrUnix::new(dir.join("b.sock")).unwrap()).unwrap();
+    rustix::net::listen(&listener, 16).unwrap();
+    inherited.insert(0, ("dmabroker.socket".to_owned(), listener));
+    let mut second = spawn_broker(&dir, &notify, &inherited);
+    drop(inherited);
+    manager.wait_ready(2);
+    let mut c = Client::connect(dir.join("b.sock")).unwrap();
+    let kept = c.import("kept").unwrap();
+    assert_eq!(kept.buffer.len(), 64 << 10);
+    assert!(kept.buffer.map_read().unwrap().begin_read().unwrap().iter().all(|x| *x == 0xa5));
+    assert_eq!(c.import(&token).unwrap().buffer.inode(), kept.buffer.inode());
+    assert!(c.import("gone").is_err());
+    let (list, _) = c.list().unwrap();
+    assert_eq!(list.iter().find(|e| e.key == "kept").map(|e| e.publisher_uid), Some(rustix::process::getuid().as_raw()));
+    assert_eq!(c.stats().unwrap().used_buffers, 1, "the owner is charged again");
+    drop(c);
+    stop(&mut second);
+    let _ = std::fs::remove_dir_all(&dir);
+}

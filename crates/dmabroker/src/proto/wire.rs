@@ -1,0 +1,100 @@
+//! Datagrams with file descriptors over `SOCK_SEQPACKET`: `sendmsg`/`recvmsg`
+//! with `SCM_RIGHTS`, for both the client and the broker.
+//!
+//! Receiving reserves control space for [`RECV_FD_SLOTS`] descriptors, more
+//! than any message may carry, so that a peer sending too many is seen
+//! (the surplus is closed, never installed unnoticed); whatever does not fit
+//! is reported as [`Received::control_truncated`] and was closed by the kernel.
+
+use rustix::io::Errno;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// Control-message space reserved when receiving, in descriptors.
+pub const RECV_FD_SLOTS: usize = 4;
+
+/// One received datagram.
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes received into the caller's buffer (never more than its length).
+    pub len: usize,
+    /// The datagram was longer than the buffer (`MSG_TRUNC`): it was cut.
+    pub truncated: bool,
+    /// Descriptors were dropped for lack of control space (`MSG_CTRUNC`).
+    pub control_truncated: bool,
+    /// The descriptors that came with it (owned: closed when dropped).
+    pub fds: Vec<OwnedFd>,
+}
+
+/// `recvmsg(MSG_CMSG_CLOEXEC | MSG_TRUNC)`: receive one datagram and its fds.
+/// `Ok(None)` means the peer closed the connection.
+///
+/// # Errors
+/// `EAGAIN` on a non-blocking socket with nothing queued; other socket errors.
+pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) -> Result<Option<Received>, Errno> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(RECV_FD_SLOTS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::TRUNC;
+    if nonblocking {
+        flags |= RecvFlags::DONTWAIT;
+    }
+    let msg = loop {
+        match rustix::net::recvmsg(socket, &mut [IoSliceMut::new(buf)], &mut control, flags) {
+            Err(Errno::INTR) => continue,
+            other => break other?,
+        }
+    };
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = message {
+            fds.extend(rights);
+        }
+    }
+    // SEQPACKET gives 0 bytes only at end of stream: the protocol has no
+    // empty messages, so a 0-byte datagram is treated as the end too.
+    if msg.bytes == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Received {
+        len: msg.bytes.min(buf.len()),
+        truncated: msg.flags.contains(ReturnFlags::TRUNC) || msg.bytes > buf.len(),
+        control_truncated: msg.flags.contains(ReturnFlags::CTRUNC),
+        fds,
+    }))
+}
+
+/// `sendmsg(MSG_NOSIGNAL)`: send one datagram, with an fd when given.
+///
+/// # Errors
+/// `EAGAIN` when non-blocking and the peer's queue is full; `EPIPE` when the
+/// peer is gone; `EMSGSIZE` for a datagram beyond the socket's limit.
+pub fn send(socket: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>, nonblocking: bool) -> Result<(), Errno> {
+    let mut flags = SendFlags::NOSIGNAL;
+    if nonblocking {
+        flags |= SendFlags::DONTWAIT;
+    }
+    let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(Errno::NOBUFS);
+    }
+    loop {
+        match rustix::net::sendmsg(socket, &[IoSlice::new(bytes)], &mut control, flags) {
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+            // A datagram is sent whole or not at all.
+            Ok(_) => return Ok(()),
+        }
+    }
+}
+
+/// Convenience for `AsFd` holders.
+pub fn send_to(socket: &impl AsFd, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> Result<(), Errno> {
+    send(socket.as_fd(), bytes, fd, false)
+}
