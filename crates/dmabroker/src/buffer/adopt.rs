@@ -51,9 +51,12 @@ pub(super) fn adopt(fd: OwnedFd) -> Result<Buffer, FromFdError> {
     }
     let fs = rustix::fs::fstatfs(&fd).map_err(std::io::Error::from)?;
     let fs_type = fs.f_type as i64;
-    let memfd_name = link
-        .strip_prefix("/memfd:")
-        .map(|n| n.trim_end_matches(" (deleted)").to_owned());
+    // dmabroker names its memfds `dmabroker:<name>`; an adopted buffer
+    // reports the same name it was allocated with.
+    let memfd_name = link.strip_prefix("/memfd:").map(|n| {
+        let n = n.trim_end_matches(" (deleted)");
+        n.strip_prefix("dmabroker:").unwrap_or(n).to_owned()
+    });
     let len = stat.st_size as u64;
     let kind = match (fs_type, &memfd_name) {
         (HUGETLBFS_MAGIC, _) => BufferKind::HugetlbMemfd,
