@@ -9,20 +9,21 @@ fn demo(args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn demo_streams_and_verifies_every_frame() {
-    let (ok, stdout, stderr) = demo(&["--frames", "120", "--size", "320x240"]);
+    let (ok, stdout, stderr) = demo(&["--frames", "120", "--size", "320x240", "--source", "synthetic"]);
     assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("result: ok"), "{stdout}");
     assert!(stdout.contains("consumer 0: 120 frames, 0 checksum mismatches"), "{stdout}");
     assert!(stdout.contains("consumer 1: 120 frames, 0 checksum mismatches"), "{stdout}");
     assert!(stdout.contains("bytes not copied"), "{stdout}");
-    // Says where frames come from while no V4L2 source is wired in.
+    // Says where frames come from, and that a broker allocated the buffers.
     assert!(stderr.contains("synthetic"), "{stderr}");
+    assert!(stdout.contains("buffers allocated through the embedded dmabroker broker"), "{stdout}");
 }
 
 #[test]
 fn demo_with_drop_oldest_and_pacing() {
     let (ok, stdout, stderr) =
-        demo(&["--frames", "40", "--size", "64x64", "--backpressure", "drop-oldest", "--buffers", "4", "--fps", "200"]);
+        demo(&["--frames", "40", "--size", "64x64", "--source", "synthetic", "--backpressure", "drop-oldest", "--buffers", "4", "--fps", "200"]);
     assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("0 checksum mismatches"), "{stdout}");
 }
@@ -34,7 +35,7 @@ fn demo_rejects_bad_sizes_without_panicking() {
         assert!(!ok, "{bad} accepted");
         assert!(!stderr.contains("panicked"), "{bad}: {stderr}");
     }
-    let (ok, _, stderr) = demo(&["--heap", "no-such-heap", "--frames", "1"]);
+    let (ok, _, stderr) = demo(&["--heap", "no-such-heap", "--frames", "1", "--source", "synthetic"]);
     assert!(!ok);
     assert!(stderr.contains("no heap named"), "{stderr}");
 }

@@ -6,16 +6,27 @@
 //! ring entry's `meta` word and reports progress as JSON lines on its stdout,
 //! which the producer turns into the live status line.
 //!
+//! Frames come from a source (`--source`): the first V4L2 capture device
+//! (`/dev/video*` in order; the device fills the pool's buffers itself
+//! through `V4L2_MEMORY_DMABUF`, so the pool's buffers are dma-bufs chosen
+//! with the device's probed constraints), or a synthetic NV12 test pattern
+//! the producer writes. `auto` takes the device when one is usable.
+//!
 //! The transport is a parameter ([`DemoTransport`]): today a pool socket the
 //! producer listens on; an embedded broker can become another variant without
 //! touching the producer or consumer loops.
 
+use dmabroker::constraints::{allocate_for, Constraints};
+use dmabroker::device::v4l2::{video_nodes, BufType, CapFlags, Memory, Queue, V4l2Device};
+use dmabroker::format::{Layout, LayoutOptions, PixelFormat};
 use dmabroker::pool::{
-    Backpressure, Consumer, ConsumerOptions, FrameMeta, PoolError, PoolOptions, Producer, WaitMode,
+    AcquireError, Backpressure, Consumer, ConsumerOptions, FrameFlags, FrameMeta, PoolError, PoolOptions, Producer,
+    WaitMode,
 };
 use dmabroker::size::format_size;
 use dmabroker::Heaps;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,12 +39,22 @@ pub struct DemoArgs {
     /// Frames to stream.
     #[arg(long, default_value_t = 300)]
     pub frames: u64,
-    /// Frame size WxH (NV12: W*H*3/2 bytes; W and H even).
+    /// Frame size WxH (NV12: W*H*3/2 bytes; W and H even). A V4L2 device
+    /// may pick the nearest size it supports: the output says which.
     #[arg(long, default_value = "1920x1080", value_parser = parse_wh)]
     pub size: (u32, u32),
-    /// Heap for the pool's buffers (see `dmabroker heaps`).
-    #[arg(long, default_value = "memfd")]
-    pub heap: String,
+    /// Where frames come from: `auto` = the first V4L2 capture device when
+    /// one is usable, else `synthetic`.
+    #[arg(long, value_enum, default_value_t = SourceArg::Auto)]
+    pub source: SourceArg,
+    /// The V4L2 capture node (default: the first /dev/video* that captures).
+    #[arg(long, value_name = "PATH")]
+    pub device: Option<PathBuf>,
+    /// Heap for the pool's buffers (see `dmabroker heaps`). Default: memfd
+    /// for the synthetic source; for V4L2, the cheapest heap that meets the
+    /// device's probed constraints (a dma-buf heap).
+    #[arg(long)]
+    pub heap: Option<String>,
     /// Buffers in the pool (4-8 suit video).
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub buffers: u32,
@@ -43,6 +64,11 @@ pub struct DemoArgs {
     /// Frame rate to pace the producer at; 0 = as fast as the consumers go.
     #[arg(long, default_value_t = 0.0)]
     pub fps: f64,
+    /// How the synthetic source gets its pool's buffers: `embedded` starts
+    /// a dmabroker broker in this process on a temporary socket and
+    /// allocates through its client API; `none` allocates directly.
+    #[arg(long, value_enum, default_value_t = BrokerArg::Embedded)]
+    pub broker: BrokerArg,
     /// What the producer does when consumers hold every buffer.
     #[arg(long, value_enum, default_value_t = PolicyArg::Block)]
     pub backpressure: PolicyArg,
@@ -55,6 +81,26 @@ pub struct DemoArgs {
     /// Internal: the consumer's number.
     #[arg(long, hide = true, default_value_t = 0)]
     pub id: u32,
+}
+
+/// `--source` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceArg {
+    /// V4L2 when a capture device is usable, else synthetic.
+    Auto,
+    /// The first V4L2 capture device (or `--device`); an error without one.
+    V4l2,
+    /// A synthetic NV12 test pattern written by the producer.
+    Synthetic,
+}
+
+/// `--broker` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BrokerArg {
+    /// Allocate through a broker started in this process.
+    Embedded,
+    /// Allocate from the heap directly.
+    None,
 }
 
 /// `--backpressure` values.
@@ -249,29 +295,285 @@ struct Live {
     produced: AtomicU64,
 }
 
-fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow::Result<ExitCode> {
-    let (width, height) = (args.size.0 as usize, args.size.1 as usize);
-    let frame_len = (width * height * 3 / 2) as u64;
+/// Where the frames of a run come from, once set up.
+enum Source {
+    /// The producer writes a test pattern.
+    Synthetic,
+    /// A V4L2 capture device fills the pool's buffers.
+    V4l2(V4l2Source),
+}
+
+/// A V4L2 capture device with its format set.
+struct V4l2Source {
+    dev: V4l2Device,
+    buf_type: BufType,
+    /// Bytes the device fills per frame (`sizeimage`).
+    frame_len: u64,
+}
+
+/// What the producer streams, whatever the source.
+struct Setup {
+    source: Source,
+    producer: Producer,
+    width: u32,
+    height: u32,
+    format: PixelFormat,
+    frame_len: u64,
+    heap: String,
+    /// One line saying where frames come from, for the banner and summary.
+    description: String,
+}
+
+/// Capture pixel formats the demo asks a device for, preferred first.
+const CAPTURE_FORMATS: [PixelFormat; 2] = [PixelFormat::Nv12, PixelFormat::Yuyv];
+
+/// The capture queue type of a node, single-planar preferred (the demo
+/// queues one dma-buf per frame either way); `None` for nodes that do not
+/// capture video by streaming (memory-to-memory nodes included).
+fn capture_queue(dev: &V4l2Device) -> Option<BufType> {
+    let caps = dev.capabilities().device_caps;
+    if !caps.contains(CapFlags::STREAMING) {
+        None
+    } else if caps.contains(CapFlags::VIDEO_CAPTURE) {
+        Some(BufType::VideoCapture)
+    } else if caps.contains(CapFlags::VIDEO_CAPTURE_MPLANE) {
+        Some(BufType::VideoCaptureMplane)
+    } else {
+        None
+    }
+}
+
+/// The first capture node: `--device`, else `/dev/video*` in order,
+/// single-planar nodes before multi-planar ones. `Ok(None)`: none at all.
+fn find_capture_device(args: &DemoArgs) -> anyhow::Result<Option<(V4l2Device, BufType)>> {
+    if let Some(path) = &args.device {
+        let dev = V4l2Device::open(path)?;
+        let bt = capture_queue(&dev)
+            .ok_or_else(|| anyhow::anyhow!("{} is not a streaming video capture device", path.display()))?;
+        return Ok(Some((dev, bt)));
+    }
+    let mut mplane = None;
+    for path in video_nodes() {
+        let Ok(dev) = V4l2Device::open(&path) else { continue };
+        match capture_queue(&dev) {
+            Some(BufType::VideoCapture) => return Ok(Some((dev, BufType::VideoCapture))),
+            Some(bt) if mplane.is_none() => mplane = Some((dev, bt)),
+            _ => {}
+        }
+    }
+    Ok(mplane)
+}
+
+/// Open the capture device, set the format, allocate dma-bufs for it from
+/// its probed constraints and make the pool of them. `Ok(None)` when there
+/// is no capture device.
+fn setup_v4l2(args: &DemoArgs, options: &PoolOptions, heaps: &Heaps) -> anyhow::Result<Option<Setup>> {
+    let Some((dev, buf_type)) = find_capture_device(args)? else { return Ok(None) };
+    let path = dev.path().to_path_buf();
+    let offered: Vec<u32> = dev.formats(buf_type)?.iter().map(|f| f.pixelformat).collect();
+    let format = CAPTURE_FORMATS.into_iter().find(|f| offered.contains(&f.to_v4l2())).ok_or_else(|| {
+        let names: Vec<String> =
+            offered.iter().map(|&c| PixelFormat::from_v4l2(c).map_or(format!("{c:#x}"), |f| f.name().to_owned())).collect();
+        anyhow::anyhow!("{} captures neither NV12 nor YUYV (it offers {})", path.display(), names.join(", "))
+    })?;
+    let (w, h) = args.size;
+    let fmt = dev.set_format(buf_type, w, h, format.to_v4l2())?;
+    if fmt.pixelformat != format.to_v4l2() || fmt.planes.len() != 1 {
+        anyhow::bail!("{} did not accept {format} as one buffer per frame (it set {fmt:?})", path.display());
+    }
+    if (fmt.width, fmt.height) != (w, h) {
+        eprintln!("dmabroker demo: {} does not capture {w}x{h}; it chose {}x{}", path.display(), fmt.width, fmt.height);
+    }
+    // The frame as V4L2 lays it out; the driver may pad lines further.
+    let layout = Layout::new(format, fmt.width, fmt.height, &LayoutOptions::default())?;
+    if u64::from(fmt.planes[0].bytesperline) != layout.bytesperline() {
+        eprintln!(
+            "dmabroker demo: {} pads lines to {} bytes (unpadded: {})",
+            path.display(),
+            fmt.planes[0].bytesperline,
+            layout.bytesperline()
+        );
+    }
+    let frame_len = layout.total_size().max(u64::from(fmt.planes[0].sizeimage));
+    let options = PoolOptions { buffer_len: frame_len, ..options.clone() };
+    let mut buffers = Vec::with_capacity(options.buffers);
+    let heap;
+    let why;
+    match &args.heap {
+        Some(name) => {
+            for i in 0..options.buffers {
+                let request = dmabroker::AllocRequest::new(frame_len).name(format!("demo-{i}"));
+                buffers.push(heaps.allocate(name, &request)?);
+            }
+            heap = name.clone();
+            why = "--heap".to_owned();
+        }
+        None => {
+            // What sysfs and the device profiles say the device needs (a
+            // dma-buf, an address limit...); without a sysfs entry, at
+            // least a dma-buf: V4L2_MEMORY_DMABUF imports nothing else.
+            let constraints = Constraints::probe(&path).or_else(|e| {
+                tracing::debug!("probing {}: {e}; assuming it needs a dma-buf", path.display());
+                Constraints::builder(path.display().to_string()).dma_buf(true).build()
+            })?;
+            let mut chosen = None;
+            for i in 0..options.buffers {
+                let (buffer, choice) = allocate_for(heaps, &constraints, frame_len, Some(&format!("demo-{i}")))?;
+                buffers.push(buffer);
+                chosen.get_or_insert(choice);
+            }
+            let choice = chosen.ok_or_else(|| anyhow::anyhow!("a pool needs at least one buffer"))?;
+            heap = choice.heap.clone();
+            // The first reason says why this heap; the rest (what was
+            // passed over) is `dmabroker alloc --for`'s business.
+            why = choice.reasons.first().cloned().unwrap_or_default();
+        }
+    }
+    if let Some(i) = buffers.iter().position(|b| b.kind() != dmabroker::BufferKind::DmaBuf) {
+        anyhow::bail!("buffer {i} from {heap} is not a dma-buf: V4L2_MEMORY_DMABUF needs dma-bufs (choose a dma-heap or udmabuf)");
+    }
+    let producer = Producer::new(buffers, &options)?;
+    let caps = dev.capabilities();
+    let description = format!(
+        "V4L2 capture {} ({} \"{}\", {}, V4L2_MEMORY_DMABUF into {heap} buffers: {why})",
+        path.display(),
+        caps.driver,
+        caps.card,
+        if buf_type.is_multiplanar() { "multi-planar" } else { "single-planar" }
+    );
+    Ok(Some(Setup {
+        source: Source::V4l2(V4l2Source { dev, buf_type, frame_len: u64::from(fmt.planes[0].sizeimage).min(frame_len) }),
+        producer,
+        width: fmt.width,
+        height: fmt.height,
+        format,
+        frame_len,
+        heap,
+        description,
+    }))
+}
+
+/// A broker serving on a temporary socket from a thread of this process,
+/// stopped (and its socket removed) on drop.
+struct EmbeddedBroker {
+    path: PathBuf,
+    stop: Option<std::os::unix::net::UnixStream>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EmbeddedBroker {
+    fn start() -> anyhow::Result<Self> {
+        use dmabroker_broker::{Broker, Config, Listener};
+        let dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let path = dir.join(format!("dmabroker-demo-broker-{}.sock", std::process::id()));
+        let (shutdown, stop) = std::os::unix::net::UnixStream::pair()?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let listen = path.clone();
+        let thread = std::thread::Builder::new().name("broker".into()).spawn(move || {
+            let mut config = Config::new(Listener::Path(listen));
+            config.notify = false;
+            // Its clients (this demo) share its process: count their holds.
+            config.clients_in_process = true;
+            match Broker::start(config, Vec::new(), shutdown.into()) {
+                Ok(mut broker) => {
+                    let _ = ready_tx.send(Ok(()));
+                    if let Err(e) = broker.run() {
+                        tracing::warn!("embedded broker stopped: {e}");
+                    }
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })?;
+        let started = ready_rx.recv().map_err(|_| anyhow::anyhow!("the embedded broker thread died while starting"));
+        let broker = Self { path, stop: Some(stop), thread: Some(thread) };
+        started??;
+        Ok(broker)
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        // One byte makes the shutdown socket readable: the event loop ends.
+        if let Some(mut stop) = self.stop.take() {
+            let _ = stop.write_all(b"x");
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn setup_synthetic(args: &DemoArgs, options: &PoolOptions, heaps: &Heaps) -> anyhow::Result<Setup> {
+    let (width, height) = args.size;
+    let frame_len = u64::from(width) * u64::from(height) * 3 / 2;
+    let heap = args.heap.clone().unwrap_or_else(|| "memfd".to_owned());
+    let options = PoolOptions { buffer_len: frame_len, ..options.clone() };
+    let mut description = "synthetic NV12 test pattern".to_owned();
+    let producer = if args.broker == BrokerArg::Embedded && heaps.get(&heap).is_some() {
+        let broker = EmbeddedBroker::start().map_err(|e| anyhow::anyhow!("starting the embedded broker: {e:#} (or pass --broker none)"))?;
+        let mut client = dmabroker::client::Client::connect(&broker.path)?;
+        let buffers = (0..options.buffers)
+            .map(|i| client.allocate(&heap, frame_len, Some(&format!("{}-{i}", options.name))))
+            .collect::<Result<Vec<_>, _>>()?;
+        description.push_str(&format!(
+            ", buffers allocated through the embedded dmabroker broker ({} protocol v{}) at {}",
+            client.server(),
+            client.version(),
+            broker.path.display()
+        ));
+        // The buffers are ours now: the broker is not needed to stream.
+        drop(client);
+        drop(broker);
+        Producer::new(buffers, &options)?
+    } else {
+        // (An unknown heap fails here, with the list of heaps.)
+        Producer::allocate(heaps, &heap, &options)?
+    };
+    Ok(Setup {
+        source: Source::Synthetic,
+        producer,
+        width,
+        height,
+        format: PixelFormat::Nv12,
+        frame_len,
+        heap,
+        description,
+    })
+}
+
+fn setup(args: &DemoArgs, options: &PoolOptions) -> anyhow::Result<Setup> {
     let heaps = Heaps::discover();
+    match args.source {
+        SourceArg::Synthetic => setup_synthetic(args, options, &heaps),
+        SourceArg::V4l2 => setup_v4l2(args, options, &heaps)?.ok_or_else(|| {
+            anyhow::anyhow!("no V4L2 capture device: no /dev/video* node captures video (use --source synthetic)")
+        }),
+        SourceArg::Auto => match setup_v4l2(args, options, &heaps) {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => setup_synthetic(args, options, &heaps),
+            Err(e) => {
+                eprintln!("dmabroker demo: V4L2 capture unavailable ({e:#}); using the synthetic source");
+                setup_synthetic(args, options, &heaps)
+            }
+        },
+    }
+}
+
+fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow::Result<ExitCode> {
     let policy = match args.backpressure {
         PolicyArg::Block => Backpressure::Block,
         PolicyArg::DropOldest => Backpressure::DropOldest,
     };
-    let options = PoolOptions::new(args.buffers as usize, frame_len)
-        .backpressure(policy)
-        .max_consumers(args.consumers)
-        .name("demo");
-    let mut producer = Producer::allocate(&heaps, &args.heap, &options)?;
+    let options = PoolOptions::new(args.buffers as usize, 1).backpressure(policy).max_consumers(args.consumers).name("demo");
+    let Setup { source, mut producer, width, height, format, frame_len, heap, description } = setup(args, &options)?;
     transport.serve(&mut producer)?;
-    // The device layer has no V4L2 capture source yet (device/v4l2.rs);
-    // until it does, the demo says plainly that frames are synthetic.
-    let source = "synthetic NV12 test pattern (no V4L2 capture source in the device layer yet)";
     eprintln!(
-        "dmabroker demo: {} frames of {width}x{height} NV12 ({}) from a {source}; pool of {} {} buffers; {} consumer processes",
+        "dmabroker demo: {} frames of {width}x{height} {format} ({}) from a {description}; pool of {} {heap} buffers; {} consumer processes",
         args.frames,
         format_size(frame_len),
         args.buffers,
-        args.heap,
         args.consumers
     );
 
@@ -306,31 +608,10 @@ fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow::Result<Ex
         std::thread::spawn(move || status_loop(&live, &stop, frame_len))
     };
     let started = Instant::now();
-    let period = (args.fps > 0.0).then(|| Duration::from_secs_f64(1.0 / args.fps));
-    let mut result = Ok(());
-    for n in 0..args.frames {
-        let mut slot = match producer.acquire(Some(Duration::from_secs(30))) {
-            Ok(s) => s,
-            Err(e) => {
-                result = Err(anyhow::anyhow!(e));
-                break;
-            }
-        };
-        let sum = {
-            let mut w = slot.mapping().begin_write()?;
-            let frame = &mut w[..frame_len as usize];
-            test_pattern(frame, width, height, n);
-            checksum(frame)
-        };
-        slot.submit(FrameMeta::new(frame_len).meta(sum))?;
-        live.produced.fetch_add(1, Ordering::Relaxed);
-        if let Some(p) = period {
-            let due = started + p * (n as u32 + 1);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-    }
+    let result = match &source {
+        Source::Synthetic => produce_synthetic(args, &mut producer, &live, width as usize, height as usize, frame_len),
+        Source::V4l2(v) => produce_v4l2(args, &mut producer, &live, v),
+    };
     let elapsed = started.elapsed();
     let stats = producer.stats();
     producer.close();
@@ -357,7 +638,7 @@ fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow::Result<Ex
     let fps = produced as f64 / elapsed.as_secs_f64().max(1e-9);
     let received: u64 = reports.iter().map(|r| r.frames).sum();
     println!(
-        "{produced} frames of {width}x{height} NV12 ({}) in {:.2} s: {fps:.1} fps; source: {source}",
+        "{produced} frames of {width}x{height} {format} ({}) in {:.2} s: {fps:.1} fps; source: {description}",
         format_size(frame_len),
         elapsed.as_secs_f64()
     );
@@ -391,6 +672,109 @@ fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow::Result<Ex
     );
     println!("result: {}", if failed { "FAILED" } else { "ok" });
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// The producer writes each frame: the test pattern, then its checksum.
+fn produce_synthetic(
+    args: &DemoArgs,
+    producer: &mut Producer,
+    live: &Live,
+    width: usize,
+    height: usize,
+    frame_len: u64,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let period = (args.fps > 0.0).then(|| Duration::from_secs_f64(1.0 / args.fps));
+    for n in 0..args.frames {
+        let mut slot = producer.acquire(Some(Duration::from_secs(30)))?;
+        let sum = {
+            let mut w = slot.mapping().begin_write()?;
+            let frame = &mut w[..frame_len as usize];
+            test_pattern(frame, width, height, n);
+            checksum(frame)
+        };
+        slot.submit(FrameMeta::new(frame_len).meta(sum))?;
+        live.produced.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = period {
+            let due = started + p * (n as u32 + 1);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Longest wait for the device's next frame (vivid under emulation is slow).
+const CAPTURE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The device fills the pool's buffers: each free buffer is lent to the
+/// device (QBUF), each captured one (DQBUF) is checksummed under a CPU read
+/// guard and handed to the consumers; once they all released it, it is free
+/// in the pool again and goes back to the device.
+fn produce_v4l2(args: &DemoArgs, producer: &mut Producer, live: &Live, source: &V4l2Source) -> anyhow::Result<()> {
+    let nbuf = producer.options().buffers as u32;
+    let mut queue = source.dev.request_buffers(source.buf_type, Memory::DmaBuf, nbuf)?;
+    if queue.count() < nbuf {
+        anyhow::bail!("{} granted {} buffer slots of the {nbuf} asked", source.dev.path().display(), queue.count());
+    }
+    let path = source.dev.path();
+    let length = |p: &Producer| -> u32 { p.buffers().next().map_or(0, |b| u32::try_from(b.len()).unwrap_or(u32::MAX)) };
+    let length = length(producer);
+    let mut in_device = 0u32;
+    while in_device < nbuf && lend(producer, &queue, length, false)? {
+        in_device += 1;
+    }
+    queue.stream_on()?;
+    // Drop-oldest would take frames from consumers to fill the device: keep
+    // only a few there; blocking pools give it every free buffer.
+    let floor = nbuf.min(2);
+    for n in 0..args.frames {
+        let d = queue.dequeue(Some(CAPTURE_TIMEOUT)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        in_device -= 1;
+        let mut slot = producer
+            .reclaim(d.index)
+            .ok_or_else(|| anyhow::anyhow!("{} returned buffer {} that was not queued", path.display(), d.index))?;
+        let used = u64::from(d.bytesused.first().copied().unwrap_or(0));
+        let used = if used == 0 { source.frame_len } else { used.min(slot.mapping().len() as u64) };
+        let sum = {
+            let r = slot.mapping().begin_read()?;
+            checksum(&r[..used as usize])
+        };
+        let flags = if d.error { FrameFlags::ERROR } else { FrameFlags::empty() };
+        slot.submit(FrameMeta::new(used).meta(sum).flags(flags))?;
+        live.produced.fetch_add(1, Ordering::Relaxed);
+        let wanted = u32::try_from(args.frames - n - 1).unwrap_or(u32::MAX).min(nbuf);
+        while in_device < wanted.min(floor) && lend(producer, &queue, length, true)? {
+            in_device += 1;
+        }
+        if policy_blocks(producer) {
+            while in_device < wanted && lend(producer, &queue, length, false)? {
+                in_device += 1;
+            }
+        }
+    }
+    queue.stream_off()?;
+    Ok(())
+}
+
+/// Lend one free buffer to the device (QBUF). `wait`: block (or drop the
+/// oldest unread frame, per the backpressure policy) until one is free;
+/// else take only what is free now. Returns whether one was lent.
+fn lend(producer: &mut Producer, queue: &Queue<'_>, length: u32, wait: bool) -> anyhow::Result<bool> {
+    let slot = match producer.acquire(Some(if wait { Duration::from_secs(30) } else { Duration::ZERO })) {
+        Ok(slot) => slot,
+        Err(AcquireError::Timeout(_)) if !wait => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    // On error the slot drops unsubmitted: the buffer goes back to the pool.
+    queue.queue_dmabuf(slot.index(), &[slot.buffer().as_fd()], &[length])?;
+    slot.lend();
+    Ok(true)
+}
+
+fn policy_blocks(producer: &Producer) -> bool {
+    producer.options().backpressure == Backpressure::Block
 }
 
 fn spawn_consumer(id: u32, transport: &DemoTransport, frames: u64) -> anyhow::Result<Child> {

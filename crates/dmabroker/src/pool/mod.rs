@@ -66,6 +66,11 @@
 //! "no fds per frame", paid only by those who ask. The entry carries
 //! [`FrameFlags::SYNC_FILE`], and [`Frame::take_sync_file`] yields the fd.
 //!
+//! A capture device that fills the buffers itself (`V4L2_MEMORY_DMABUF`)
+//! borrows them: [`WriteSlot::lend`] keeps a buffer out of the pool while
+//! the device holds it, and [`Producer::reclaim`] takes it back to submit
+//! once the device returned it filled (see `dmabroker demo --source v4l2`).
+//!
 //! Trust: every attached consumer maps the control block read-write; a
 //! consumer can disturb the stream for others but cannot reach the
 //! producer's memory outside the pool.

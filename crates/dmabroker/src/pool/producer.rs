@@ -263,6 +263,18 @@ impl Producer {
         Ok(WriteSlot { producer: self, index, submitted: false })
     }
 
+    /// A buffer lent with [`WriteSlot::lend`], as a slot again: submit it
+    /// once the device filled it, or drop the slot to return the buffer to
+    /// the pool. `None` when `index` is out of range or not lent.
+    pub fn reclaim(&mut self, index: u32) -> Option<WriteSlot<'_>> {
+        if index as usize >= self.maps.len() || self.ctl.buf_mask(index).load(Ordering::Acquire) != PRODUCER_BIT {
+            return None;
+        }
+        // No WriteSlot is alive (it would borrow self mutably), so a set
+        // producer bit alone means the buffer is lent.
+        Some(WriteSlot { producer: self, index, submitted: false })
+    }
+
     fn any_free(&self) -> bool {
         (0..self.maps.len() as u32).any(|i| self.ctl.buf_mask(i).load(Ordering::Acquire) == 0)
     }
@@ -626,6 +638,18 @@ impl WriteSlot<'_> {
         &mut self.producer.maps[self.index as usize]
     }
 
+    /// Keep the buffer out of the pool without handing off a frame, e.g.
+    /// while it is queued in a capture device that will fill it
+    /// (`V4L2_MEMORY_DMABUF`). [`Producer::acquire`] never returns a lent
+    /// buffer; [`Producer::reclaim`] takes it back to submit it (or, dropped
+    /// unsubmitted, to return it to the pool). Returns its index.
+    pub fn lend(mut self) -> u32 {
+        // The producer bit stays set: to consumers and to take_free the
+        // buffer is in use, exactly as while this slot existed.
+        self.submitted = true;
+        self.index
+    }
+
     /// Hand the frame to every attached consumer; returns its sequence number.
     ///
     /// # Errors
@@ -642,5 +666,36 @@ impl Drop for WriteSlot<'_> {
         if !self.submitted {
             self.producer.ctl.buf_mask(self.index).store(0, Ordering::Release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lent_buffers_stay_out_of_the_pool_until_reclaimed() {
+        let heaps = Heaps::discover();
+        let mut p = Producer::allocate(&heaps, "memfd", &PoolOptions::new(2, 4096)).unwrap();
+        let lent = p.acquire(Some(Duration::ZERO)).unwrap().lend();
+        // Not lent: the other buffer is free, an index out of range is nothing.
+        assert!(p.reclaim(1 - lent).is_none());
+        assert!(p.reclaim(7).is_none());
+        // acquire only ever finds the other one.
+        for _ in 0..3 {
+            let slot = p.acquire(Some(Duration::ZERO)).unwrap();
+            assert_eq!(slot.index(), 1 - lent);
+        }
+        let other = p.acquire(Some(Duration::ZERO)).unwrap().lend();
+        assert!(matches!(p.acquire(Some(Duration::ZERO)), Err(AcquireError::Timeout(_))));
+        // Reclaimed and submitted (no consumers): free again.
+        let slot = p.reclaim(lent).expect("lent");
+        assert_eq!(slot.index(), lent);
+        slot.submit(FrameMeta::new(1)).unwrap();
+        assert_eq!(p.acquire(Some(Duration::ZERO)).unwrap().index(), lent);
+        // Reclaimed and dropped unsubmitted: back in the pool too.
+        drop(p.reclaim(other).expect("lent"));
+        assert!(p.reclaim(other).is_none());
+        assert_eq!(p.stats().produced, 1);
     }
 }
