@@ -438,7 +438,15 @@ impl Client {
         };
         let received = match wire::recv(self.socket.as_fd(), &mut self.buf, nonblocking) {
             Ok(Some(r)) => r,
-            Ok(None) | Err(Errno::AGAIN | Errno::CONNRESET) => return Err(TransportError::Closed),
+            // A broker that closes with our request still unread makes the
+            // kernel report ECONNRESET once (sk_err, cleared by reading it)
+            // ahead of the reply it queued before closing (e.g. "too many
+            // clients"): look once more for that reply.
+            Err(Errno::CONNRESET) => match wire::recv(self.socket.as_fd(), &mut self.buf, true) {
+                Ok(Some(r)) => r,
+                _ => return Err(TransportError::Closed),
+            },
+            Ok(None) | Err(Errno::AGAIN) => return Err(TransportError::Closed),
             Err(e) => return Err(e.into()),
         };
         if received.truncated {
