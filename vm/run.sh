@@ -405,7 +405,7 @@ while read -r file libtest name; do
     endline=$(grep -m1 "^DMABROKER-VM: END $name status=" <<<"$clean" || true)
     # libtest's summary lines between this binary's markers
     section=$(awk -v b="DMABROKER-VM: BEGIN $name" -v e="DMABROKER-VM: END $name status=" \
-        'index($0, b) == 1 {on = 1; next} index($0, e) == 1 {on = 0} on' <<<"$clean")
+        '$0 == b {on = 1; next} index($0, e) == 1 {on = 0} on' <<<"$clean")
     # The binary's own summary is its last `test result:` line (a test may
     # run a child test process whose summary appears earlier).
     tp=0 tf=0
