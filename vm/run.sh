@@ -136,8 +136,8 @@ for idx in "${!files[@]}"; do
     [[ "$f" == /* ]] || f="$PWD/$f"
     [[ -f "$f" ]] || die "--file $f: not a regular file"
     case "$f" in
-    /init | /bin/* | /sbin/* | /lib/modules/* | /t/* | /proc/* | /sys/* | /dev/* | /tmp/* | /run/*)
-        die "--file $f: that path belongs to the VM's own initramfs or is a mount point there"
+    /init | /bin/* | /sbin/* | /lib/modules/* | /t/* | /extra/* | /proc/* | /sys/* | /dev/*)
+        die "--file $f: that path belongs to the VM's own initramfs"
         ;;
     esac
     if [[ -x "$f" ]]; then
@@ -291,14 +291,19 @@ for b in "${binaries[@]}"; do
     echo "$dest $libtest $name" >>"$rootfs/t/list"
 done
 printf '%s\n' "${test_args[@]+"${test_args[@]}"}" >"$rootfs/t/args"
+# Files live under /extra in the initramfs; /init links each one at its own
+# path after mounting, so paths under /tmp or /run (tmpfs in the guest)
+# work too.
+: >"$rootfs/t/files"
 for f in "${files[@]+"${files[@]}"}"; do
-    mkdir -p "$rootfs$(dirname "$f")"
+    mkdir -p "$rootfs/extra$(dirname "$f")"
     if [[ -x "$f" ]] && command -v objcopy >/dev/null 2>&1; then
-        objcopy --strip-debug "$f" "$rootfs$f" 2>/dev/null || cp "$f" "$rootfs$f"
+        objcopy --strip-debug "$f" "$rootfs/extra$f" 2>/dev/null || cp "$f" "$rootfs/extra$f"
     else
-        cp "$f" "$rootfs$f"
+        cp "$f" "$rootfs/extra$f"
     fi
-    chmod "$(stat -c %a "$f")" "$rootfs$f"
+    chmod "$(stat -c %a "$f")" "$rootfs/extra$f"
+    echo "$f" >>"$rootfs/t/files"
 done
 
 cat >"$rootfs/init" <<'INIT'
@@ -315,6 +320,9 @@ mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mount -t hugetlbfs hugetlbfs /dev/hugepages 2>/dev/null
+while read -r f; do
+    mkdir -p "$(dirname "$f")" && ln -sf "/extra$f" "$f"
+done </t/files
 echo 4 >/proc/sys/kernel/printk
 
 echo "DMABROKER-VM: kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) cpus, $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo)"
