@@ -84,6 +84,10 @@ pub struct Consumer {
     wait: WaitMode,
     held: u64,
     last_health: u64,
+    /// The slot's generation when we attached: the producer bumps it each
+    /// time it gives the slot to a consumer, so a slot taken from us and
+    /// handed to another is not mistaken for ours.
+    generation: u32,
 }
 
 impl Consumer {
@@ -182,7 +186,17 @@ impl Consumer {
             }
             maps.push(buffer.map_read().map_err(|source| AttachError::Map { index, source })?);
         }
-        Ok(Self { ctl, socket, slot, maps, wait: options.wait, held: 0, last_health: now_ns() })
+        // The producer bumped the generation before sending the welcome we
+        // just read (if it evicted us since, `recv` says so).
+        let generation = ctl.slot_generation(slot).load(Ordering::Acquire);
+        Ok(Self { ctl, socket, slot, maps, wait: options.wait, held: 0, last_health: now_ns(), generation })
+    }
+
+    /// Whether the slot is still ours and receiving: not evicted, not freed
+    /// (the producer thought us dead) nor given to another consumer since.
+    fn active(&self) -> bool {
+        self.ctl.slot_state(self.slot).load(Ordering::Acquire) == SLOT_ACTIVE
+            && self.ctl.slot_generation(self.slot).load(Ordering::Relaxed) == self.generation
     }
 
     /// This consumer's slot in the pool.
@@ -226,7 +240,7 @@ impl Consumer {
         let start = now_ns();
         let slot = self.slot;
         loop {
-            if self.ctl.slot_state(slot).load(Ordering::Acquire) != SLOT_ACTIVE {
+            if !self.active() {
                 return Err(PoolError::Evicted);
             }
             let closed = self.ctl.stream_state().load(Ordering::Acquire) == STREAM_CLOSED;
@@ -260,7 +274,7 @@ impl Consumer {
                     if self.ctl.head(slot).load(Ordering::Acquire) != tail.load(Ordering::Acquire) {
                         continue;
                     }
-                    if self.ctl.slot_state(slot).load(Ordering::Acquire) != SLOT_ACTIVE {
+                    if !self.active() {
                         return Err(PoolError::Evicted);
                     }
                     return Err(PoolError::ProducerGone);
@@ -289,10 +303,13 @@ impl Consumer {
         if e.index >= g.nbuf {
             return Err(PoolError::Corrupt("buffer index out of range"));
         }
+        // From here the entry names a buffer we hold: every error path must
+        // release it, or the claim stays until we are evicted for it.
+        self.held |= 1 << e.index;
         let Some(flags) = FrameFlags::from_bits(e.flags) else {
+            self.release(e.index);
             return Err(PoolError::Corrupt("unknown frame flags"));
         };
-        self.held |= 1 << e.index;
         if e.bytes_used > self.maps[e.index as usize].len() as u64 {
             self.release(e.index);
             return Err(PoolError::Corrupt("bytes_used larger than the buffer"));
@@ -332,7 +349,7 @@ impl Consumer {
         self.held &= !bit;
         // Evicted: the producer already took the claim back, and the buffer
         // may hold someone else's frame now.
-        if self.ctl.slot_state(self.slot).load(Ordering::Acquire) != SLOT_ACTIVE {
+        if !self.active() {
             return;
         }
         // Release: our reads of the buffer happen before the producer reuses it.

@@ -189,7 +189,7 @@ impl Producer {
     /// Accept and health-check consumers until `n` are attached.
     /// Returns whether `n` were reached within `timeout`.
     pub fn wait_for_consumers(&mut self, n: usize, timeout: Duration) -> bool {
-        let deadline = now_ns().saturating_add(timeout.as_nanos() as u64);
+        let deadline = now_ns().saturating_add(nanos(timeout));
         loop {
             self.maintain(now_ns());
             if self.attached() >= n {
@@ -317,19 +317,26 @@ impl Producer {
                 let e = self.ctl.read_entry(c, t);
                 (e.index == i && e.seq == seq).then_some(t)
             };
-            if bits(mask).any(|c| at_tail(c).is_none()) {
+            // Bits of slots that do not exist are not consumers (a corrupted
+            // mask): never index by them; reap clears them.
+            let slots = self.conns.len() as u32;
+            if bits(mask, slots).any(|c| at_tail(c).is_none()) {
                 continue;
             }
-            for c in bits(mask) {
+            let mut taken = false;
+            for c in bits(mask, slots) {
                 let Some(t) = at_tail(c) else { continue };
                 // The CAS races the consumer's own take of the same entry:
                 // exactly one wins, so a frame is either read or dropped.
                 if self.ctl.tail(c).compare_exchange(t, t.wrapping_add(1), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                     self.ctl.buf_mask(i).fetch_and(!(1u64 << c), Ordering::AcqRel);
                     self.ctl.slot_dropped(c).fetch_add(1, Ordering::Relaxed);
+                    taken = true;
                 }
             }
-            self.ctl.dropped().fetch_add(1, Ordering::Relaxed);
+            if taken {
+                self.ctl.dropped().fetch_add(1, Ordering::Relaxed);
+            }
             if self.ctl.buf_mask(i).compare_exchange(0, PRODUCER_BIT, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                 return Some(i);
             }
@@ -500,12 +507,34 @@ impl Producer {
         for c in dead {
             self.lose(c as u32, false);
         }
+        // Only the producer sets consumer bits, and only for attached,
+        // non-evicted consumers; losing one clears its bits. Any other bit
+        // was written by a misbehaving peer and would pin the buffer forever.
+        let live = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter(|(_, conn)| conn.as_ref().is_some_and(|x| !x.evicted))
+            .fold(0u64, |m, (c, _)| m | 1 << c);
+        let stale = !(live | PRODUCER_BIT);
+        let mut cleared = false;
+        for i in 0..self.maps.len() as u32 {
+            let mask = self.ctl.buf_mask(i);
+            if mask.load(Ordering::Relaxed) & stale != 0 {
+                mask.fetch_and(!stale, Ordering::AcqRel);
+                cleared = true;
+            }
+        }
+        if cleared {
+            tracing::warn!("pool control block had holder bits of no attached consumer: cleared");
+        }
         if let Some(timeout) = self.options.release_timeout {
-            let limit = timeout.as_nanos() as u64;
+            let limit = nanos(timeout);
+            let slots = self.conns.len() as u32;
             for i in 0..self.maps.len() as u32 {
                 let mask = self.ctl.buf_mask(i).load(Ordering::Acquire) & !PRODUCER_BIT;
                 if mask != 0 && now.saturating_sub(self.ctl.buf_published_ns(i).load(Ordering::Relaxed)) > limit {
-                    for c in bits(mask) {
+                    for c in bits(mask, slots) {
                         if self.conns[c as usize].as_ref().is_some_and(|x| !x.evicted) {
                             tracing::warn!(slot = c, "pool consumer held a frame past the release timeout: evicted");
                             self.lose(c, true);
@@ -535,13 +564,13 @@ impl Producer {
             self.conns[c as usize] = None;
             self.ctl.slot_state(c).store(SLOT_FREE, Ordering::Release);
         }
-        if !already {
-            let bit = 1u64 << c;
-            for i in 0..self.maps.len() as u32 {
-                self.ctl.buf_mask(i).fetch_and(!bit, Ordering::AcqRel);
-            }
-            self.ctl.free_seq().fetch_add(1, Ordering::Relaxed);
+        // Also when an evicted slot is finally freed: no bit of it may
+        // survive into the next consumer that gets this slot.
+        let bit = 1u64 << c;
+        for i in 0..self.maps.len() as u32 {
+            self.ctl.buf_mask(i).fetch_and(!bit, Ordering::AcqRel);
         }
+        self.ctl.free_seq().fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counters of the pool and of each consumer.
@@ -592,10 +621,17 @@ impl Drop for Producer {
     }
 }
 
-/// Iterate the set bits of a holder mask as consumer slots.
-fn bits(mask: u64) -> impl Iterator<Item = u32> {
+/// Iterate the set bits of a holder mask as consumer slots below `slots`
+/// (the mask lives in shared memory: it may name slots that do not exist).
+fn bits(mask: u64, slots: u32) -> impl Iterator<Item = u32> {
     let mask = mask & !PRODUCER_BIT;
-    (0..63u32).filter(move |c| mask & (1 << c) != 0)
+    (0..slots.min(63)).filter(move |c| mask & (1 << c) != 0)
+}
+
+/// A duration in nanoseconds, saturating (`as u64` would wrap huge ones to
+/// small values: a "practically forever" release timeout evicting at once).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn create_control(geometry: Geometry) -> Result<(OwnedFd, Control), CreateError> {
@@ -697,5 +733,89 @@ mod tests {
         drop(p.reclaim(other).expect("lent"));
         assert!(p.reclaim(other).is_none());
         assert_eq!(p.stats().produced, 1);
+    }
+
+    /// A producer and `n` consumers attached over socket pairs (in-process).
+    fn pool(options: &PoolOptions, n: usize) -> (Producer, Vec<crate::pool::Consumer>) {
+        let mut p = Producer::allocate(&Heaps::discover(), "memfd", options).unwrap();
+        let consumers = (0..n)
+            .map(|_| {
+                let (a, b) = crate::pool::socket_pair().unwrap();
+                p.attach(a).unwrap();
+                let t = std::thread::spawn(move || crate::pool::Consumer::attach(b, &Default::default()).unwrap());
+                assert!(p.wait_for_consumers(p.attached() + 1, Duration::from_secs(5)));
+                t.join().unwrap()
+            })
+            .collect();
+        (p, consumers)
+    }
+
+    #[test]
+    fn garbage_holder_bits_neither_panic_nor_pin_buffers() {
+        // Bits a peer wrote into the shared masks: a slot beyond the pool's
+        // consumer count, and an existing slot nobody is attached to.
+        for (policy, timeout) in [
+            (Backpressure::DropOldest, None),
+            (Backpressure::DropOldest, Some(Duration::from_millis(1))),
+            (Backpressure::Block, Some(Duration::from_millis(1))),
+            (Backpressure::Block, None),
+        ] {
+            let opts = PoolOptions::new(2, 4096).max_consumers(2).backpressure(policy).release_timeout(timeout);
+            let mut p = Producer::allocate(&Heaps::discover(), "memfd", &opts).unwrap();
+            p.ctl.buf_mask(0).store(1 << 40 | 1 << 1, Ordering::Relaxed);
+            p.ctl.buf_mask(1).store(1 << 62, Ordering::Relaxed);
+            // Directly: drop-oldest must not index slot 40 or 62.
+            assert_eq!(p.drop_oldest(), None);
+            // Maintenance clears them, so the buffers come back.
+            let a = p.acquire(Some(Duration::from_secs(1))).unwrap().lend();
+            let b = p.acquire(Some(Duration::from_secs(1))).unwrap().lend();
+            assert_ne!(a, b);
+        }
+    }
+
+    #[test]
+    fn huge_release_timeout_does_not_wrap_to_a_short_one() {
+        // 18446744074 s is 2^64 ns plus about 0.29 s: `as u64` made it 0.29 s.
+        let opts = PoolOptions::new(1, 4096).release_timeout(Some(Duration::from_secs(18_446_744_074)));
+        let (mut p, mut c) = pool(&opts, 1);
+        p.acquire(None).unwrap().submit(FrameMeta::new(1)).unwrap();
+        let _frame = c[0].recv(Some(Duration::from_secs(1))).unwrap();
+        p.ctl.buf_published_ns(0).store(now_ns() - 1_000_000_000, Ordering::Relaxed);
+        p.maintain_now();
+        assert_eq!(p.attached(), 1, "evicted after 1 s with a timeout of centuries");
+    }
+
+    #[test]
+    fn consumer_whose_slot_was_given_to_another_does_not_read_its_ring() {
+        let opts = PoolOptions::new(2, 4096).max_consumers(1);
+        let (mut p, mut old) = pool(&opts, 1);
+        // The producer thinks the first consumer dead (e.g. its pidfd fired)
+        // and gives slot 0 to a new one while the first still runs.
+        p.lose(0, false);
+        let (a, b) = crate::pool::socket_pair().unwrap();
+        p.attach(a).unwrap();
+        let t = std::thread::spawn(move || crate::pool::Consumer::attach(b, &Default::default()).unwrap());
+        assert!(p.wait_for_consumers(1, Duration::from_secs(5)));
+        let mut new = t.join().unwrap();
+        assert_eq!(new.slot(), 0);
+        p.acquire(None).unwrap().submit(FrameMeta::new(1)).unwrap();
+        assert!(matches!(old[0].recv(Some(Duration::ZERO)), Err(crate::pool::PoolError::Evicted)));
+        let frame = new.recv(Some(Duration::from_secs(1))).unwrap();
+        assert_eq!(frame.info().seq, 0);
+        // The old one going away must not release the new one's claim.
+        drop(old);
+        assert_eq!(p.ctl.buf_mask(frame.info().index).load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn corrupt_entry_flags_release_the_buffer() {
+        let opts = PoolOptions::new(2, 4096);
+        let (mut p, mut c) = pool(&opts, 1);
+        p.acquire(None).unwrap().submit(FrameMeta::new(1)).unwrap();
+        let mut e = p.ctl.read_entry(0, 0);
+        e.flags = 1 << 20;
+        p.ctl.write_entry(0, 0, &e);
+        assert!(matches!(c[0].recv(Some(Duration::from_secs(1))), Err(crate::pool::PoolError::Corrupt(_))));
+        assert_eq!(p.ctl.buf_mask(e.index).load(Ordering::Relaxed), 0, "claim kept after a corrupt entry");
     }
 }
