@@ -7,7 +7,8 @@
 //!   "only the broker". Exact and cheap (one small read per buffer).
 //! - **memfds** (and hugetlb memfds): fdinfo has no count, and `st_nlink` is
 //!   0 for every memfd, so it tells nothing. The broker scans `/proc/*/fd`
-//!   (links starting `/memfd:`, then `stat` for device and inode) and
+//!   (links starting `/memfd:`, then `fdinfo` for mount and inode: never
+//!   `stat`, which could reach a hostile FUSE file system) and
 //!   `/proc/*/maps` (mappings outlive a closed fd) for the buffers' inodes.
 //!   Limits, documented in docs/PROTOCOL.md: references inside in-flight
 //!   `SCM_RIGHTS` messages are invisible to any scan (the broker pins a memfd
@@ -29,6 +30,58 @@ use std::os::fd::{AsFd, AsRawFd};
 pub fn dma_buf_held_elsewhere(fd: &impl AsFd) -> Option<bool> {
     let info = FdInfo::read(None, fd.as_fd().as_raw_fd()).ok()?;
     Some(info.file_count()? > 1)
+}
+
+/// The value of the first `key:` line. The kernel prints the fields it
+/// controls first; a dma-buf's name (`DMA_BUF_SET_NAME`, any bytes, newlines
+/// included) comes last, so a later line may be forged by whoever named it.
+fn first_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')).map(str::trim)
+}
+
+/// Mount ids of the kernel's internal memfd mounts (shmem, one hugetlbfs
+/// mount per huge page size) with their device numbers, found once by
+/// creating an empty memfd of each kind.
+pub fn memfd_mounts() -> &'static HashMap<u64, (u32, u32)> {
+    static MOUNTS: std::sync::OnceLock<HashMap<u64, (u32, u32)>> = std::sync::OnceLock::new();
+    MOUNTS.get_or_init(|| {
+        use rustix::fs::MemfdFlags as M;
+        [M::empty(), M::HUGETLB, M::HUGETLB | M::HUGE_2MB, M::HUGETLB | M::HUGE_1GB]
+            .into_iter()
+            .filter_map(|extra| rustix::fs::memfd_create("dmabroker-probe", M::CLOEXEC | extra).ok())
+            .filter_map(|fd| {
+                let mnt = FdInfo::read(None, fd.as_raw_fd()).ok()?.get_u64("mnt_id")?;
+                let st = rustix::fs::fstat(&fd).ok()?;
+                Some((mnt, (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev))))
+            })
+            .collect()
+    })
+}
+
+/// The identity of another process's fd `/proc/PID/fd/N` when it lies on a
+/// memfd mount, from `/proc/PID/fdinfo/N` (answered by the VFS alone). Never
+/// `stat` the link blindly: that reaches the file's file system, and a
+/// client can make a FUSE file (mounted in its own namespace) whose path
+/// starts with `/memfd:` and never answer. Kernels without `ino:` in fdinfo
+/// (before 5.14): the file is opened `O_PATH` (no file system call), checked
+/// to be on a memfd mount through this process's own fdinfo, then `fstat`ed.
+fn memfd_fd_identity(link: &std::path::Path, fdinfo: &std::path::Path) -> Option<FileId> {
+    let text = std::fs::read_to_string(fdinfo).ok()?;
+    let mnt: u64 = first_field(&text, "mnt_id")?.parse().ok()?;
+    let &(major, minor) = memfd_mounts().get(&mnt)?;
+    let ino = match first_field(&text, "ino") {
+        Some(ino) => ino.parse().ok()?,
+        None => {
+            use rustix::fs::{Mode, OFlags};
+            let fd = rustix::fs::open(link, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).ok()?;
+            let own = FdInfo::read(None, fd.as_raw_fd()).ok()?;
+            if !own.get_u64("mnt_id").is_some_and(|m| memfd_mounts().contains_key(&m)) {
+                return None;
+            }
+            rustix::fs::fstat(&fd).ok()?.st_ino
+        }
+    };
+    Some(FileId { major, minor, ino })
 }
 
 /// What one `/proc` scan found.
@@ -87,8 +140,7 @@ pub fn scan(wanted: &HashSet<FileId>, include_self: bool) -> Scan {
             if !link.as_os_str().as_encoded_bytes().starts_with(b"/memfd:") {
                 continue;
             }
-            let Ok(st) = rustix::fs::stat(&path) else { continue };
-            let id = FileId { major: rustix::fs::major(st.st_dev), minor: rustix::fs::minor(st.st_dev), ino: st.st_ino };
+            let Some(id) = memfd_fd_identity(&path, &base.join("fdinfo").join(fd.file_name())) else { continue };
             if !wanted.contains(&id) {
                 continue;
             }
@@ -124,6 +176,28 @@ fn parse_maps_line(line: &str) -> Option<FileId> {
 mod tests {
     use super::*;
     use dmabroker::heap::{AllocRequest, Heap};
+
+    #[test]
+    fn a_dma_buf_name_cannot_forge_fdinfo_fields() {
+        // `name:` comes last and may hold newlines (DMA_BUF_SET_NAME).
+        let text = "pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t77\nsize:\t1048576\ncount:\t3\nexp_name:\tsystem\nname:\tx\ncount:\t1\n";
+        assert_eq!(first_field(text, "count"), Some("3"));
+        assert_eq!(first_field(text, "size"), Some("1048576"));
+        assert_eq!(first_field(text, "exp"), None);
+    }
+
+    #[test]
+    fn memfd_identity_comes_from_fdinfo() {
+        assert!(!memfd_mounts().is_empty());
+        let heap = dmabroker::heap::memfd::MemfdHeap::new();
+        let buffer = heap.allocate(&AllocRequest::new(4096)).unwrap();
+        let fd = buffer.as_fd().as_raw_fd();
+        let id = memfd_fd_identity(format!("/proc/self/fd/{fd}").as_ref(), format!("/proc/self/fdinfo/{fd}").as_ref());
+        assert_eq!(id, FileId::of(&buffer));
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        let fd = file.as_raw_fd();
+        assert_eq!(memfd_fd_identity(format!("/proc/self/fd/{fd}").as_ref(), format!("/proc/self/fdinfo/{fd}").as_ref()), None);
+    }
 
     #[test]
     fn parses_maps() {

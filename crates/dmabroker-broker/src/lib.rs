@@ -62,6 +62,8 @@ pub struct Config {
     pub policy: Policy,
     /// Most clients connected at once.
     pub max_clients: usize,
+    /// Most clients of one uid connected at once.
+    pub max_clients_per_uid: usize,
     /// Sweep timing.
     pub timing: SweepTiming,
     /// Talk to the service manager (`$NOTIFY_SOCKET`) when it is set.
@@ -72,12 +74,13 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults: the built-in policy, 8192 clients, notify when run by a manager.
+    /// Defaults: the built-in policy, 8192 clients (4096 per uid), notify when run by a manager.
     pub fn new(listener: Listener) -> Self {
         Self {
             listener,
             policy: Policy::builtin(rustix::process::getuid().as_raw()),
             max_clients: 8192,
+            max_clients_per_uid: 4096,
             timing: SweepTiming::default(),
             notify: true,
             clients_in_process: false,
@@ -165,7 +168,7 @@ impl Broker {
         if restored > 0 {
             tracing::info!("restored {restored} publication(s) from the fd store");
         }
-        let server = Server::new(listener, shutdown, service, config.max_clients)?;
+        let server = Server::new(listener, shutdown, service, config.max_clients, config.max_clients_per_uid)?;
         if let Some(n) = &server.service.notifier {
             let _ = n.notify(&format!("READY=1\nSTATUS=serving, {restored} publication(s) restored"), None);
         }

@@ -67,6 +67,9 @@ pub enum PublishRefusal {
     /// No fd came with the request.
     #[error("publish needs the buffer's fd attached (SCM_RIGHTS)")]
     MissingFd,
+    /// A read-only fd of a buffer the broker holds writable.
+    #[error("this fd gives read-only access to the buffer: only a holder of a writable fd may publish it")]
+    ReadOnlyFd,
 }
 
 /// Refusals of `Import`.
@@ -135,6 +138,7 @@ impl Code for PublishRefusal {
             Self::Quota(_) => ErrorCode::QuotaExceeded,
             Self::Busy(_) => ErrorCode::Busy,
             Self::MissingFd => ErrorCode::BadRequest,
+            Self::ReadOnlyFd => ErrorCode::NotAllowed,
         }
     }
 }

@@ -53,8 +53,11 @@ pub struct Server {
     listener: OwnedFd,
     shutdown: OwnedFd,
     conns: HashMap<u64, Conn>,
+    /// Connections per uid: one user must not take every slot.
+    per_uid: HashMap<u32, usize>,
     next_token: u64,
     max_clients: usize,
+    max_clients_per_uid: usize,
     accept_paused_until: Option<Instant>,
     next_pin_check: Instant,
     buf: Vec<u8>,
@@ -64,11 +67,18 @@ pub struct Server {
 
 impl Server {
     /// Watch `listener` (a listening SEQPACKET socket) and `shutdown` (any fd
-    /// that becomes readable when the broker should stop).
+    /// that becomes readable when the broker should stop). At most
+    /// `max_clients` connections, `max_clients_per_uid` of them per user.
     ///
     /// # Errors
     /// epoll setup failures.
-    pub fn new(listener: OwnedFd, shutdown: OwnedFd, service: Service, max_clients: usize) -> Result<Self, RunError> {
+    pub fn new(
+        listener: OwnedFd,
+        shutdown: OwnedFd,
+        service: Service,
+        max_clients: usize,
+        max_clients_per_uid: usize,
+    ) -> Result<Self, RunError> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(RunError::Epoll)?;
         rustix::io::ioctl_fionbio(&listener, true).map_err(RunError::Epoll)?;
         epoll::add(&epoll, &listener, EventData::new_u64(LISTENER), EventFlags::IN).map_err(RunError::Epoll)?;
@@ -78,8 +88,10 @@ impl Server {
             listener,
             shutdown,
             conns: HashMap::new(),
+            per_uid: HashMap::new(),
             next_token: FIRST_CLIENT,
             max_clients,
+            max_clients_per_uid,
             accept_paused_until: None,
             next_pin_check: Instant::now(),
             buf: vec![0; proto::MAX_REQUEST_LEN],
@@ -179,10 +191,7 @@ impl Server {
 
     fn admit(&mut self, socket: OwnedFd) {
         if self.conns.len() >= self.max_clients {
-            let reply = Reply::error(ErrorCode::Busy, format!("the broker serves {} clients, its maximum: retry later", self.max_clients), true);
-            if let Ok(bytes) = proto::encode_response(&reply.response) {
-                let _ = wire::send(socket.as_fd(), &bytes, None, true);
-            }
+            refuse(&socket, format!("the broker serves {} clients, its maximum: retry later", self.max_clients));
             return;
         }
         let peer = match peer::identify(&socket) {
@@ -192,12 +201,18 @@ impl Server {
                 return;
             }
         };
+        let mine = self.per_uid.get(&peer.uid).copied().unwrap_or(0);
+        if mine >= self.max_clients_per_uid {
+            refuse(&socket, format!("uid {} has {mine} connections to the broker, the maximum per user: close some", peer.uid));
+            return;
+        }
         let token = self.next_token;
         self.next_token += 1;
         if epoll::add(&self.epoll, &socket, EventData::new_u64(token), EventFlags::IN | EventFlags::RDHUP).is_err() {
             return;
         }
         tracing::debug!(uid = peer.uid, pid = peer.pid, "client connected");
+        *self.per_uid.entry(peer.uid).or_default() += 1;
         let session = Session::new(peer, &self.service.policy);
         self.conns.insert(token, Conn { socket, session, pending: None, pending_since: None, close_after_send: false });
         self.service.clients = self.conns.len() as u64;
@@ -325,6 +340,13 @@ impl Server {
     fn close(&mut self, token: u64) {
         if let Some(conn) = self.conns.remove(&token) {
             let _ = epoll::delete(&self.epoll, &conn.socket);
+            let uid = conn.session.peer.uid;
+            if let Some(n) = self.per_uid.get_mut(&uid) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_uid.remove(&uid);
+                }
+            }
             tracing::debug!(uid = conn.session.peer.uid, "client disconnected");
             self.service.session_closed(conn.session);
             self.service.clients = self.conns.len() as u64;
@@ -337,10 +359,52 @@ impl Server {
     }
 }
 
+/// Tell a connection that is not admitted why (`Busy`), without blocking, and close it.
+fn refuse(socket: &OwnedFd, message: String) {
+    let reply = Reply::error(ErrorCode::Busy, message, true);
+    if let Ok(bytes) = proto::encode_response(&reply.response) {
+        let _ = wire::send(socket.as_fd(), &bytes, None, true);
+    }
+}
+
 /// Unpin a connection's memfds when `SIOCOUTQ` says the client has received
 /// every reply sent to it (and so every fd they carried).
 fn unpin_if_received(service: &mut Service, conn: &mut Conn) {
     if conn.session.has_pins() && conn.pending.is_none() && dmabroker_sys::socket::unreceived_bytes(&conn.socket) == Ok(0) {
         service.unpin_all(&mut conn.session);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Broker, Config, Listener};
+    use dmabroker::client::Client;
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn one_user_cannot_take_every_slot() {
+        let dir = std::env::temp_dir().join(format!("dmabroker-server-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("broker.sock");
+        let mut config = Config::new(Listener::Path(path.clone()));
+        config.notify = false;
+        config.max_clients_per_uid = 2;
+        let (mut stop, stop_rx) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut broker = Broker::start(config, Vec::new(), stop_rx.into()).unwrap();
+        let thread = std::thread::spawn(move || broker.run().unwrap());
+        let a = Client::connect(&path).unwrap();
+        let _b = Client::connect(&path).unwrap();
+        let e = Client::connect(&path).unwrap_err();
+        assert!(e.to_string().contains("maximum per user"), "{e}");
+        drop(a);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Client::connect(&path).is_err() {
+            assert!(Instant::now() < deadline, "a freed slot was not reused");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.write_all(b"x").unwrap();
+        thread.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -25,6 +25,10 @@ const MAX_LIST_ENTRIES: usize = 200;
 const STATE_SAVE_DELAY: Duration = Duration::from_millis(50);
 /// Longest expiry accepted (ten years): keeps `SystemTime` arithmetic sane.
 const MAX_EXPIRY_SECS: u64 = 10 * 365 * 86400;
+/// Scan time that quota refusals may spend at once on sweeps (a burst);
+/// beyond it they get `duty_factor`-th of the time: a client at its quota
+/// that keeps asking must not keep the broker scanning `/proc`.
+const PRESSURE_BURST: Duration = Duration::from_millis(200);
 
 /// One client's session state.
 #[derive(Debug)]
@@ -133,6 +137,10 @@ pub struct Service {
     state_dirty_since: Option<Instant>,
     /// Mount ids of the kernel's internal memfd mounts (shmem, hugetlbfs).
     memfd_mounts: Vec<u64>,
+    /// Scan time (seconds) quota-pressure sweeps may still spend; negative
+    /// after a sweep that overdrew it (see [`PRESSURE_BURST`]).
+    pressure_credit: f64,
+    pressure_refilled_at: Instant,
 }
 
 impl Service {
@@ -158,7 +166,9 @@ impl Service {
             },
             len_after_sweep: 0,
             state_dirty_since: None,
-            memfd_mounts: memfd_mounts(),
+            memfd_mounts: holders::memfd_mounts().keys().copied().collect(),
+            pressure_credit: PRESSURE_BURST.as_secs_f64(),
+            pressure_refilled_at: now,
         }
     }
 
@@ -206,10 +216,16 @@ impl Service {
             return Ok(());
         }
         // Pressure: look for buffers of this user that nobody holds any more
-        // before refusing.
-        self.sweep(Some(uid));
-        if fits(&self.registry) {
-            return Ok(());
+        // before refusing, within the budget; else the timer sweeps soon.
+        if self.pressure_sweep_allowed() {
+            let start = Instant::now();
+            self.sweep(Some(uid));
+            self.pressure_credit -= start.elapsed().as_secs_f64();
+            if fits(&self.registry) {
+                return Ok(());
+            }
+        } else {
+            self.sweep_requested = true;
         }
         let u = self.registry.usage(uid);
         Err(QuotaExceeded {
@@ -220,6 +236,16 @@ impl Service {
             max_bytes: limits.max_bytes,
             max_buffers: limits.max_buffers,
         })
+    }
+
+    /// Refill the pressure-sweep budget (at `1 / duty_factor` of the time
+    /// passed, up to [`PRESSURE_BURST`]) and say whether it covers a sweep.
+    fn pressure_sweep_allowed(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.pressure_refilled_at).as_secs_f64() / f64::from(self.timing.duty_factor.max(1));
+        self.pressure_credit = (self.pressure_credit + refill).min(PRESSURE_BURST.as_secs_f64());
+        self.pressure_refilled_at = now;
+        self.pressure_credit > 0.0
     }
 
     fn allocate(&mut self, session: &mut Session, a: AllocateRequest) -> Result<Reply, AllocateRefusal> {
@@ -306,7 +332,17 @@ impl Service {
         let st = rustix::fs::fstat(&fd).map_err(|e| PublishRefusal::NotABuffer(format!("cannot fstat the fd: {e}")))?;
         let file = FileId { major: rustix::fs::major(st.st_dev), minor: rustix::fs::minor(st.st_dev), ino: st.st_ino };
         let id = match self.registry.find_file(&file) {
-            Some(id) => id,
+            Some(id) => {
+                // A buffer the broker holds: the sender must hold it at least
+                // as writable as the broker does, or a read-only importer
+                // could publish its fd and import that publication
+                // read-write (the publisher's access).
+                let entry = self.registry.get(id).expect("found by file");
+                if !writable(&fd) && writable(&entry.buffer) {
+                    return Err(PublishRefusal::ReadOnlyFd);
+                }
+                id
+            }
             None => {
                 let buffer = Buffer::from_fd(fd).map_err(|e| PublishRefusal::NotABuffer(e.to_string()))?;
                 if !buffer.is_size_sealed() {
@@ -604,16 +640,10 @@ fn check_inspectable(fd: &OwnedFd, memfd_mounts: &[u64]) -> Result<(), PublishRe
     )))
 }
 
-/// The mount ids every memfd of this kernel carries: memfds live on
-/// internal mounts (one for shmem, one per huge page size), found by
-/// creating an empty one of each kind.
-fn memfd_mounts() -> Vec<u64> {
-    use rustix::fs::MemfdFlags as M;
-    [M::empty(), M::HUGETLB, M::HUGETLB | M::HUGE_2MB, M::HUGETLB | M::HUGE_1GB]
-        .into_iter()
-        .filter_map(|extra| rustix::fs::memfd_create("dmabroker-probe", M::CLOEXEC | extra).ok())
-        .filter_map(|fd| dmabroker::fdinfo::FdInfo::read(None, fd.as_raw_fd()).ok()?.get_u64("mnt_id"))
-        .collect()
+/// Whether an fd was opened for writing (not `O_RDONLY`, not `O_PATH`).
+fn writable(fd: &impl AsFd) -> bool {
+    use rustix::fs::OFlags;
+    rustix::fs::fcntl_getfl(fd).is_ok_and(|f| !f.contains(OFlags::PATH) && f.intersection(OFlags::ACCMODE) != OFlags::RDONLY)
 }
 
 /// Make a memfd's inode private to its owner (mode 0600) so that a
@@ -638,4 +668,71 @@ fn new_token() -> std::io::Result<String> {
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     Ok(format!("{}{hex}", proto::TOKEN_PREFIX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dmabroker::proto::{Grant, Grantee};
+
+    const OWNER: u32 = 4242;
+    const OTHER: u32 = 4343;
+
+    fn session(service: &mut Service, uid: u32) -> Session {
+        let peer = Peer { uid, gid: uid, pid: std::process::id(), groups: vec![uid], pidfd: None };
+        let mut s = Session::new(peer, &service.policy);
+        let hello = service.handle(&mut s, Request::Hello { min_version: 1, max_version: 1 }, None);
+        assert!(matches!(hello.response, Response::Hello { .. }));
+        s
+    }
+
+    fn service() -> Service {
+        let policy = Policy::parse(&format!("[[user]]\nuid = {OTHER}\npublish = true\n"), OWNER).unwrap();
+        Service::new(policy, Heaps::discover(), None, SweepTiming::default())
+    }
+
+    fn publish(service: &mut Service, s: &mut Session, name: &str, grants: Vec<Grant>, fd: OwnedFd) -> Response {
+        let p = PublishRequest { name: Some(name.into()), grants, one_shot: false, expires_in_secs: None };
+        service.handle(s, Request::Publish(p), Some(fd)).response
+    }
+
+    #[test]
+    fn a_read_only_import_cannot_be_republished_to_gain_write_access() {
+        let mut service = service();
+        let mut owner = session(&mut service, OWNER);
+        let alloc = AllocateRequest { heap: "memfd".into(), len: 4096, align: 1, contiguous: false, name: None };
+        let reply = service.handle(&mut owner, Request::Allocate(alloc), None);
+        let fd = reply.fd.expect("allocated");
+        let ro = vec![Grant { who: Grantee::Uid(OTHER), access: Access::ReadOnly }];
+        assert_eq!(publish(&mut service, &mut owner, "ro", ro, fd), Response::Published { key: "ro".into() });
+
+        let mut other = session(&mut service, OTHER);
+        let reply = service.handle(&mut other, Request::Import { key: "ro".into() }, None);
+        assert!(matches!(reply.response, Response::Imported { access: Access::ReadOnly, .. }), "{:?}", reply.response);
+        let ro_fd = reply.fd.unwrap();
+        assert!(!writable(&ro_fd));
+        // Re-publishing the read-only fd (or an O_PATH reopen of it) would
+        // make OTHER the publisher of a publication it imports read-write.
+        let path = rustix::fs::open(
+            format!("/proc/self/fd/{}", ro_fd.as_raw_fd()),
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        for fd in [ro_fd, path] {
+            match publish(&mut service, &mut other, "mine", Vec::new(), fd) {
+                Response::Error { code: ErrorCode::NotAllowed | ErrorCode::NotABuffer, .. } => {}
+                r => panic!("a read-only holder republished the buffer: {r:?}"),
+            }
+        }
+        assert!(service.registry.publication("mine").is_none());
+    }
+
+    #[test]
+    fn quota_pressure_sweeps_are_rationed() {
+        let mut service = service();
+        assert!(service.pressure_sweep_allowed(), "a burst is allowed at once");
+        service.pressure_credit = -1.0;
+        assert!(!service.pressure_sweep_allowed(), "an overdrawn budget waits for its refill");
+    }
 }

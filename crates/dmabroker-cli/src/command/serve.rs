@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// Most clients connected at once.
     #[arg(long, default_value_t = 8192)]
     pub max_clients: usize,
+    /// Most clients of one user connected at once, so that one user cannot
+    /// take every slot [default: half of --max-clients].
+    #[arg(long)]
+    pub max_clients_per_user: Option<usize>,
     /// Period of the background check for buffers nobody holds any more, in ms.
     #[arg(long, default_value_t = 2000)]
     pub sweep_interval_ms: u64,
@@ -57,6 +61,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = Config::new(listener);
     config.policy = policy;
     config.max_clients = args.max_clients;
+    config.max_clients_per_uid = args.max_clients_per_user.unwrap_or((args.max_clients / 2).max(1));
     config.timing = SweepTiming { interval: Duration::from_millis(args.sweep_interval_ms.max(10)), ..SweepTiming::default() };
     let mut broker = Broker::start(config, stored, shutdown_on_signals()?)?;
     tracing::info!("serving on {where_}");
