@@ -32,11 +32,16 @@ pub fn method() -> CacheMaintenance {
     #[cfg(target_arch = "x86_64")]
     {
         // CPUID leaf 7, subleaf 0, EBX bit 23: CLFLUSHOPT (std's feature
-        // detection macro does not know this one).
+        // detection macro does not know this one). Leaf 7 is only meaningful
+        // when leaf 0 reports it: above the maximum leaf, Intel CPUs answer
+        // with the highest leaf's data, whose bit 23 means something else.
         #[allow(unused_unsafe)]
         // SAFETY: cpuid is available on every x86_64 CPU and only reads ids.
+        let max_leaf = unsafe { std::arch::x86_64::__cpuid(0) }.eax;
+        #[allow(unused_unsafe)]
+        // SAFETY: as above.
         let leaf7 = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
-        if leaf7.ebx & (1 << 23) != 0 {
+        if max_leaf >= 7 && leaf7.ebx & (1 << 23) != 0 {
             CacheMaintenance::ClflushOpt
         } else {
             CacheMaintenance::Clflush

@@ -19,6 +19,7 @@ pub struct DmaBufSync {
 /// `DMA_BUF_SYNC_READ`: the CPU will read.
 pub const DMA_BUF_SYNC_READ: u64 = 1 << 0;
 /// `DMA_BUF_SYNC_WRITE`: the CPU will write.
+#[allow(clippy::identity_op)] // spelled as in dma-buf.h
 pub const DMA_BUF_SYNC_WRITE: u64 = 2 << 0;
 /// `DMA_BUF_SYNC_RW`.
 pub const DMA_BUF_SYNC_RW: u64 = DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE;

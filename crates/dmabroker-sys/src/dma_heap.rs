@@ -25,7 +25,7 @@ pub struct DmaHeapAllocationData {
 pub const DMA_HEAP_IOCTL_ALLOC: Opcode = opcode::read_write::<DmaHeapAllocationData>(b'H', 0);
 
 /// The flags dma-heap.c accepts for the new fd (`DMA_HEAP_VALID_FD_FLAGS`).
-pub const DMA_HEAP_VALID_FD_FLAGS: u32 = (OFlags::CLOEXEC.bits() | OFlags::ACCMODE.bits()) as u32;
+pub const DMA_HEAP_VALID_FD_FLAGS: u32 = OFlags::CLOEXEC.bits() | OFlags::ACCMODE.bits();
 
 /// `ioctl(heap, DMA_HEAP_IOCTL_ALLOC)`: allocate `len` bytes from an open heap
 /// device and return the new dma-buf, opened read-write and close-on-exec.
@@ -37,7 +37,7 @@ pub fn alloc(heap: impl AsFd, len: u64) -> rustix::io::Result<OwnedFd> {
     let mut data = DmaHeapAllocationData {
         len,
         fd: 0,
-        fd_flags: (OFlags::CLOEXEC.bits() | OFlags::RDWR.bits()) as u32,
+        fd_flags: OFlags::CLOEXEC.bits() | OFlags::RDWR.bits(),
         heap_flags: 0,
     };
     // SAFETY: DMA_HEAP_IOCTL_ALLOC reads and writes exactly a

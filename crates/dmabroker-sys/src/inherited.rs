@@ -3,6 +3,7 @@
 //! buffers stored in the fd store (`FDSTORE=1`).
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `SD_LISTEN_FDS_START`: inherited fds start at 3.
 pub const LISTEN_FDS_START: RawFd = 3;
@@ -21,8 +22,17 @@ pub struct InheritedFd {
 /// children do not inherit them. Returns an empty list otherwise.
 ///
 /// Call it once, early, before anything else opens files: each returned fd is
-/// adopted as owned.
+/// adopted as owned. Only the first call in a process adopts anything; later
+/// calls return an empty list.
 pub fn take_listen_fds() -> Vec<InheritedFd> {
+    // The environment alone cannot guarantee a single adoption: any code may
+    // set LISTEN_FDS again (std::env::set_var is safe in edition 2021), and a
+    // second adoption of the same numbers would make two OwnedFds close one
+    // fd. This flag makes "first call only" hold for the whole process.
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    if TAKEN.swap(true, Ordering::AcqRel) {
+        return Vec::new();
+    }
     let pid_ok = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -50,7 +60,7 @@ pub fn take_listen_fds() -> Vec<InheritedFd> {
             .ok()?;
             // SAFETY: the service manager passed `raw` to this process for it to
             // own (sd_listen_fds contract) and nothing else in this process has
-            // adopted it: this function consumes LISTEN_FDS on the first call.
+            // adopted it: the TAKEN flag above lets only the first call get here.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
             let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
             let name = names.get(i as usize).cloned().unwrap_or_else(|| "unknown".into());

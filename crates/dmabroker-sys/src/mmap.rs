@@ -87,9 +87,18 @@ impl Mapping {
     }
 
     /// The mapped bytes.
+    ///
+    /// Do not hold this slice while the same bytes are written through
+    /// [`atomic_u32`](Self::atomic_u32)/[`atomic_u64`](Self::atomic_u64) of
+    /// this mapping: a `&[u8]` promises its bytes do not change. Take atomics
+    /// only on mappings that are never viewed as slices (as dmabroker's pool
+    /// control block does).
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `ptr..ptr+len` is a live readable mapping owned by `self`
-        // for the lifetime of the borrow.
+        // for the lifetime of the borrow. Concurrent writes by other
+        // processes or devices are the shared-memory caveat in the type docs;
+        // in-process writes through this mapping's atomics are excluded only
+        // by the rule in this fn's docs (the API cannot enforce it).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
@@ -106,7 +115,7 @@ impl Mapping {
     /// An atomic 32-bit word at `offset` (for futexes and rings in shared
     /// memory); `None` when out of range or misaligned.
     pub fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
-        if offset % 4 != 0 || offset.checked_add(4)? > self.len {
+        if offset & 3 != 0 || offset.checked_add(4)? > self.len {
             return None;
         }
         // SAFETY: in bounds and 4-byte aligned (mappings are page aligned);
@@ -117,7 +126,7 @@ impl Mapping {
 
     /// An atomic 64-bit word at `offset`; `None` when out of range or misaligned.
     pub fn atomic_u64(&self, offset: usize) -> Option<&AtomicU64> {
-        if offset % 8 != 0 || offset.checked_add(8)? > self.len {
+        if offset & 7 != 0 || offset.checked_add(8)? > self.len {
             return None;
         }
         // SAFETY: as for `atomic_u32`, with 8-byte alignment checked above.

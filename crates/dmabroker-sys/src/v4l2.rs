@@ -9,7 +9,8 @@
 //! Memory safety: `V4L2_MEMORY_USERPTR` is refused by every wrapper here,
 //! because a queued user pointer lets the device write into memory that Rust
 //! believes it owns; only `MMAP` (driver memory, reached through `mmap`) and
-//! `DMABUF` (file descriptors) are accepted. The multi-planar `planes`
+//! `DMABUF` (file descriptors) are accepted: any other value (`USERPTR`,
+//! `OVERLAY`, a future model) fails with `EINVAL` before the syscall. The multi-planar `planes`
 //! pointer is always set by these wrappers to an array they own for the call.
 //!
 //! # References
@@ -55,6 +56,12 @@ pub mod memory {
     pub const USERPTR: u32 = 2;
     /// `V4L2_MEMORY_DMABUF`: buffers imported as dma-buf fds.
     pub const DMABUF: u32 = 4;
+
+    /// The models this module passes to the kernel: `MMAP` and `DMABUF`,
+    /// in which the kernel follows no user pointer.
+    pub const fn is_accepted(memory: u32) -> bool {
+        memory == MMAP || memory == DMABUF
+    }
 }
 
 /// `V4L2_CAP_*` bits of [`V4l2Capability`].
@@ -249,13 +256,20 @@ pub union V4l2FormatUnion {
 }
 
 /// `struct v4l2_format` (208 bytes).
+///
+/// Built with [`new`](Self::new), [`single`](Self::single) or
+/// [`multi`](Self::multi) and read with [`pix`](Self::pix) /
+/// [`pix_mp`](Self::pix_mp): the union is private so that all 200 of its
+/// bytes are always initialised (a union built from `pix` alone leaves 152
+/// bytes uninitialised, and reading `pix_mp` from it would be undefined
+/// behaviour in safe code).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct V4l2Format {
     /// Buffer type (`buf_type`), selects the union member.
     pub type_: u32,
-    /// The format, per `type_`.
-    pub fmt: V4l2FormatUnion,
+    /// The format, per `type_`; every byte initialised (see above).
+    fmt: V4l2FormatUnion,
 }
 
 impl V4l2Format {
@@ -283,14 +297,17 @@ impl V4l2Format {
 
     /// The union read as `v4l2_pix_format`.
     pub fn pix(&self) -> V4l2PixFormat {
-        // SAFETY: every member is plain integers, so any bit pattern of the
-        // 200 initialised bytes (zeroed in `new`) is a valid V4l2PixFormat.
+        // SAFETY: every member is plain integers, so any bit pattern is a
+        // valid V4l2PixFormat; all 200 bytes are initialised because `fmt` is
+        // private and only `new` (zeroing all of it) creates one, later
+        // writes (single/multi, the kernel) only overwrite initialised bytes.
         unsafe { self.fmt.pix }
     }
 
     /// The union read as `v4l2_pix_format_mplane`.
     pub fn pix_mp(&self) -> V4l2PixFormatMplane {
-        // SAFETY: as in `pix`: plain integers, all bytes initialised.
+        // SAFETY: as in `pix`: plain integers (packed, so no alignment
+        // requirement), all 200 bytes initialised since `fmt` is private.
         unsafe { self.fmt.pix_mp }
     }
 }
@@ -733,11 +750,11 @@ pub fn s_input(fd: impl AsFd, index: u32) -> Result<()> {
 /// queue's `buf_cap` bits.
 ///
 /// # Errors
-/// `EINVAL` when the driver does not support `memory` (or `USERPTR` was
-/// asked, which this module refuses); `EBUSY` while buffers are mapped or
-/// streaming.
+/// `EINVAL` when the driver does not support `memory` (or a model other than
+/// `MMAP`/`DMABUF` was asked, which this module refuses); `EBUSY` while
+/// buffers are mapped or streaming.
 pub fn reqbufs(fd: impl AsFd, type_: u32, memory: u32, count: u32) -> Result<V4l2RequestBuffers> {
-    if memory == memory::USERPTR {
+    if !memory::is_accepted(memory) {
         return Err(Errno::INVAL);
     }
     let mut req = V4l2RequestBuffers {
@@ -757,7 +774,7 @@ fn buffer_ioctl<const OPCODE: Opcode>(
     mut buffer: V4l2Buffer,
     planes: &[V4l2Plane],
 ) -> Result<BufferInfo> {
-    if buffer.memory == memory::USERPTR {
+    if !memory::is_accepted(buffer.memory) {
         return Err(Errno::INVAL);
     }
     let mut info = BufferInfo {
@@ -782,8 +799,9 @@ fn buffer_ioctl<const OPCODE: Opcode>(
     // SAFETY: OPCODE is one of QUERYBUF/QBUF/DQBUF (private fn, callers
     // below), each of which reads and writes one v4l2_buffer; for a
     // multi-planar type `m.planes` points at `info.planes`, which holds
-    // VIDEO_MAX_PLANES >= `length` entries and outlives the call; USERPTR,
-    // the only model in which the kernel would use other pointers, is refused.
+    // VIDEO_MAX_PLANES >= `length` entries and outlives the call; only MMAP
+    // and DMABUF pass (checked above), in which the kernel follows no other
+    // pointer (USERPTR, where it would, is refused).
     unsafe { ioctl(fd, Updater::<OPCODE, _>::new(&mut buffer))? };
     if multi {
         buffer.m.planes = std::ptr::null_mut();
@@ -809,7 +827,8 @@ pub fn querybuf(fd: impl AsFd, type_: u32, memory: u32, index: u32) -> Result<Bu
 ///
 /// # Errors
 /// `EINVAL` for a bad index, a buffer already queued, a dma-buf smaller than
-/// the format needs, more than [`VIDEO_MAX_PLANES`] planes or `USERPTR`;
+/// the format needs, more than [`VIDEO_MAX_PLANES`] planes or a memory model
+/// other than `MMAP`/`DMABUF`;
 /// `EBADF` for a bad dma-buf fd.
 pub fn qbuf(fd: impl AsFd, buffer: V4l2Buffer, planes: &[V4l2Plane]) -> Result<BufferInfo> {
     if buf_type::is_multiplanar(buffer.type_) && planes.is_empty() {
@@ -949,6 +968,24 @@ mod tests {
         assert_eq!(qbuf(&f, b, &[]).unwrap_err(), Errno::INVAL);
         let too_many = [V4l2Plane::default(); VIDEO_MAX_PLANES + 1];
         assert_eq!(qbuf(&f, b, &too_many).unwrap_err(), Errno::INVAL);
+        // V4L2_MEMORY_OVERLAY (3) and unknown models never reach the kernel.
+        for memory in [0, 3, 5, u32::MAX] {
+            assert_eq!(reqbufs(&f, buf_type::VIDEO_CAPTURE, memory, 1).unwrap_err(), Errno::INVAL);
+            let b = V4l2Buffer::new(buf_type::VIDEO_CAPTURE, memory, 0);
+            assert_eq!(qbuf(&f, b, &[]).unwrap_err(), Errno::INVAL);
+        }
+    }
+
+    #[test]
+    fn format_union_is_fully_initialised() {
+        // Reading the larger member after writing the smaller one must see
+        // zeroes, not uninitialised bytes.
+        let pix = V4l2PixFormat { width: 640, height: 480, ..Default::default() };
+        let f = V4l2Format::single(buf_type::VIDEO_CAPTURE, pix);
+        let mp = f.pix_mp();
+        assert_eq!((mp.width, mp.height), (640, 480));
+        assert_eq!({ mp.plane_fmt }[7], V4l2PlanePixFormat::default());
+        assert_eq!(mp.num_planes, 0);
     }
 
     #[test]

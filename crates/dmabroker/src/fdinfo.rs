@@ -27,15 +27,17 @@ impl FdInfo {
         Ok(Self::parse(&std::fs::read_to_string(path)?))
     }
 
-    /// Parse fdinfo text.
+    /// Parse fdinfo text. The first occurrence of a key wins: a dma-buf's
+    /// `name:` is printed last and unescaped, so a name such as
+    /// `"x\nexp_name:\tcma"` (set by whoever held the buffer) must not
+    /// override the kernel's own `size:`, `exp_name:` or `count:` lines.
     pub fn parse(text: &str) -> Self {
-        let fields = text
-            .lines()
-            .filter_map(|line| {
-                let (k, v) = line.split_once(':')?;
-                Some((k.trim().to_owned(), v.trim().to_owned()))
-            })
-            .collect();
+        let mut fields = BTreeMap::new();
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once(':') {
+                fields.entry(k.trim().to_owned()).or_insert_with(|| v.trim().to_owned());
+            }
+        }
         Self { fields }
     }
 
@@ -114,5 +116,16 @@ mod tests {
         assert_eq!(info.file_count(), Some(2));
         assert_eq!(info.flags(), Some(0o2000002));
         assert_eq!(info.inode(), Some(1234));
+    }
+
+    #[test]
+    fn a_dma_buf_name_cannot_override_kernel_fields() {
+        // DMA_BUF_SET_NAME accepts newlines and fdinfo prints the name last.
+        let info = FdInfo::parse(
+            "pos:\t0\nflags:\t02\nino:\t7\nsize:\t4096\ncount:\t1\nexp_name:\tsystem\nname:\tx\nsize:\t99999999\nexp_name:\tcma\n",
+        );
+        assert_eq!(info.dma_buf_size(), Some(4096));
+        assert_eq!(info.exporter(), Some("system"));
+        assert_eq!(info.dma_buf_name(), Some("x"));
     }
 }

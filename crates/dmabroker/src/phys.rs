@@ -59,11 +59,8 @@ const PFN_MASK: u64 = (1 << 55) - 1;
 /// [`PhysError`].
 pub fn segments(buffer: &Buffer) -> Result<Vec<Segment>, PhysError> {
     let len = usize::try_from(buffer.len()).map_err(|_| MapError::TooLarge(buffer.len()))?;
-    let map = Mapping::map(buffer, 0, len, Protection::Read, true).map_err(|e| match e {
-        rustix::io::Errno::NODEV => MapError::NotMappable,
-        rustix::io::Errno::NOMEM => MapError::OutOfMemory(buffer.len()),
-        e => MapError::Os(e),
-    })?;
+    let map = Mapping::map(buffer, 0, len, Protection::Read, true)
+        .map_err(|e| crate::buffer::mapping::map_error(buffer, Protection::Read, e))?;
     segments_of_mapping(&map)
 }
 

@@ -28,7 +28,7 @@ pub enum ParseSizeError {
         unit: String,
     },
     /// The value does not fit in 64 bits.
-    #[error("`{0}` is larger than 2^64 bytes")]
+    #[error("`{0}` does not fit in 64 bits: at most 18446744073709551615 bytes (16 EiB - 1)")]
     Overflow(String),
     /// A fraction that is not a whole number of bytes.
     #[error("`{0}` is not a whole number of bytes")]
@@ -64,9 +64,17 @@ pub fn parse_size(input: &str) -> Result<u64, ParseSizeError> {
         }
     };
     let multiplier = 1u128 << shift;
+    // Digits only by now, so a parse failure is either too many digits
+    // (overflow, told apart so the message says so) or not a number at all.
+    let parse = |digits: &str| -> Result<u128, ParseSizeError> {
+        digits.parse::<u128>().map_err(|e| match e.kind() {
+            std::num::IntErrorKind::PosOverflow => ParseSizeError::Overflow(input.to_owned()),
+            _ => ParseSizeError::NotANumber(input.to_owned()),
+        })
+    };
     let bytes: u128 = match num.split_once('.') {
         None => {
-            let n: u128 = num.parse().map_err(|_| ParseSizeError::NotANumber(input.to_owned()))?;
+            let n = parse(&num)?;
             n.checked_mul(multiplier).ok_or_else(|| ParseSizeError::Overflow(input.to_owned()))?
         }
         Some((whole, frac)) => {
@@ -76,7 +84,7 @@ pub fn parse_size(input: &str) -> Result<u64, ParseSizeError> {
             let whole: u128 = if whole.is_empty() {
                 0
             } else {
-                whole.parse().map_err(|_| ParseSizeError::NotANumber(input.to_owned()))?
+                parse(whole)?
             };
             let frac_n: u128 = frac.parse().map_err(|_| ParseSizeError::NotANumber(input.to_owned()))?;
             let scale = 10u128.pow(frac.len() as u32);
@@ -101,7 +109,7 @@ pub fn format_size(bytes: u64) -> String {
     for (name, shift) in UNITS {
         let unit = 1u64 << shift;
         if bytes >= unit {
-            if bytes % unit == 0 {
+            if bytes & (unit - 1) == 0 {
                 return format!("{} {name}", bytes >> shift);
             }
             return format!("{:.1} {name}", bytes as f64 / unit as f64);
@@ -132,6 +140,10 @@ mod tests {
         assert!(matches!(parse_size("12Q"), Err(ParseSizeError::UnknownUnit { .. })));
         assert!(matches!(parse_size("99999999999T"), Err(ParseSizeError::Overflow(_))));
         assert!(matches!(parse_size("18446744073709551616"), Err(ParseSizeError::Overflow(_))));
+        // More digits than even u128 holds is still an overflow, not "not a number".
+        let huge = "9".repeat(60);
+        assert!(matches!(parse_size(&huge), Err(ParseSizeError::Overflow(_))));
+        assert!(matches!(parse_size(&format!("{huge}.5K")), Err(ParseSizeError::Overflow(_))));
         assert!(matches!(parse_size("1.3B"), Err(ParseSizeError::Fractional(_))));
         assert!(matches!(parse_size("-1"), Err(ParseSizeError::NotANumber(_) | ParseSizeError::UnknownUnit { .. })));
     }

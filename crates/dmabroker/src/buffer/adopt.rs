@@ -22,8 +22,9 @@ pub enum FromFdError {
     /// A zero-length memfd.
     #[error("the memfd is empty (0 bytes): size it with ftruncate before sharing it")]
     Empty,
-    /// The kernel would not say what the fd is.
-    #[error("cannot inspect the fd: {0}")]
+    /// The kernel would not say what the fd is (`fstat`, `fstatfs` or
+    /// `/proc/self/fdinfo` failed).
+    #[error("cannot inspect the fd (fstat/fstatfs, /proc/self/fdinfo: is /proc mounted?): {0}")]
     Os(#[from] std::io::Error),
 }
 

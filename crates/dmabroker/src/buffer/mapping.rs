@@ -29,7 +29,12 @@ pub enum MapError {
     /// Writable mapping of an fd opened read-only.
     #[error("the buffer's fd is read-only (a read-only grant?): map it with map_read()")]
     ReadOnly,
-    /// The exporter does not support CPU mappings.
+    /// Writable mapping of a memfd sealed against writes (`F_SEAL_WRITE` or
+    /// `F_SEAL_FUTURE_WRITE`): the fd may be read-write, the file is not.
+    #[error("the memfd is sealed against writes (F_SEAL_WRITE/F_SEAL_FUTURE_WRITE): map it with map_read()")]
+    WriteSealed,
+    /// The exporter does not support CPU mappings (`ENODEV`, or `EINVAL`
+    /// from a dma-buf whose exporter has no `mmap`).
     #[error("the buffer cannot be mapped by the CPU (its exporter has no mmap): it is device-only")]
     NotMappable,
     /// The buffer is larger than the address space.
@@ -81,12 +86,8 @@ impl Direction {
 impl BufferMapping {
     pub(super) fn new(buffer: Buffer, protection: Protection) -> Result<Self, MapError> {
         let len = usize::try_from(buffer.len()).map_err(|_| MapError::TooLarge(buffer.len()))?;
-        let map = Mapping::map(&buffer, 0, len, protection, false).map_err(|e| match e {
-            rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => MapError::ReadOnly,
-            rustix::io::Errno::NODEV => MapError::NotMappable,
-            rustix::io::Errno::NOMEM => MapError::OutOfMemory(buffer.len()),
-            e => MapError::Os(e),
-        })?;
+        let map = Mapping::map(&buffer, 0, len, protection, false)
+            .map_err(|e| map_error(&buffer, protection, e))?;
         Ok(Self { buffer, map })
     }
 
@@ -176,6 +177,28 @@ impl BufferMapping {
     }
 }
 
+/// The [`MapError`] for an `mmap` errno on a whole-buffer mapping.
+///
+/// `EACCES` is the fd's access mode (read-only fd mapped writable; a
+/// write-only fd fails any mapping and stays `Os`); `EPERM` is a write seal;
+/// `EINVAL` from a dma-buf at offset 0 for its own size is an exporter
+/// without `mmap` (`dma_buf_mmap_internal`).
+pub(crate) fn map_error(buffer: &Buffer, protection: Protection, e: rustix::io::Errno) -> MapError {
+    use rustix::io::Errno;
+    let read_only_fd = || {
+        rustix::fs::fcntl_getfl(buffer)
+            .is_ok_and(|fl| fl & rustix::fs::OFlags::ACCMODE == rustix::fs::OFlags::RDONLY)
+    };
+    match e {
+        Errno::ACCESS if protection == Protection::ReadWrite && read_only_fd() => MapError::ReadOnly,
+        Errno::PERM if protection == Protection::ReadWrite => MapError::WriteSealed,
+        Errno::NODEV => MapError::NotMappable,
+        Errno::INVAL if buffer.kind() == BufferKind::DmaBuf => MapError::NotMappable,
+        Errno::NOMEM => MapError::OutOfMemory(buffer.len()),
+        e => MapError::Os(e),
+    }
+}
+
 /// Scoped CPU read access; derefs to the buffer's bytes.
 #[derive(Debug)]
 pub struct CpuRead<'m> {
@@ -220,5 +243,23 @@ impl DerefMut for CpuWrite<'_> {
 impl Drop for CpuWrite<'_> {
     fn drop(&mut self) {
         self.mapping.end(self.direction);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::fs::{MemfdFlags, SealFlags};
+
+    #[test]
+    fn write_sealed_memfd_is_told_apart_from_a_read_only_fd() {
+        let fd = rustix::fs::memfd_create("dmabroker:test", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE).unwrap();
+        let buffer = Buffer::from_fd(fd).unwrap();
+        // The fd is O_RDWR: the refusal comes from the seal, not the fd mode.
+        assert!(matches!(buffer.map_read_write(), Err(MapError::WriteSealed)));
+        assert!(buffer.map_read().is_ok());
     }
 }

@@ -183,7 +183,7 @@ impl Buffer {
     /// # Errors
     /// `EMFILE` when this process is out of file descriptors.
     pub fn try_clone_fd(&self) -> std::io::Result<OwnedFd> {
-        Ok(self.inner.fd.try_clone()?)
+        self.inner.fd.try_clone()
     }
 
     /// Give up the handle and return the fd, when this is the last clone.

@@ -864,7 +864,9 @@ impl Queue<'_> {
                 None => None,
             };
             let ts = left.map(|d| Timespec {
-                tv_sec: d.as_secs() as _,
+                // A huge timeout (Duration::MAX as "forever") must not wrap
+                // to a negative tv_sec, which poll refuses with EINVAL.
+                tv_sec: d.as_secs().min(i64::MAX as u64) as _,
                 tv_nsec: d.subsec_nanos() as _,
             });
             let mut fds = [PollFd::new(&self.dev.fd, events)];

@@ -111,7 +111,7 @@ impl Heap for HugetlbHeap {
             let c = counts(self.page_size).unwrap_or_default();
             AllocError::NoHugePages { page_size: self.page_size, needed, free: c.available(), reserved: c.total }
         };
-        let fd = create_sealed(request.name.as_deref(), len, MemfdFlags::HUGETLB | self.flags)?;
+        let fd = create_sealed(&self.name, request.name.as_deref(), len, MemfdFlags::HUGETLB | self.flags)?;
         // Take the pages now: a later fault without pages would be SIGBUS.
         rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len).map_err(|e| match e {
             rustix::io::Errno::NOSPC | rustix::io::Errno::NOMEM => no_pages(),

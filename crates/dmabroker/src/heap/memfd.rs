@@ -14,8 +14,14 @@ use std::os::fd::OwnedFd;
 pub const SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW).union(SealFlags::SEAL);
 
 /// `memfd_create` + `ftruncate` + `F_ADD_SEALS`: a sealed memfd of `len` bytes.
-/// `extra` adds `MFD_HUGETLB` and a page-size flag.
-pub(crate) fn create_sealed(name: Option<&str>, len: u64, extra: MemfdFlags) -> Result<OwnedFd, AllocError> {
+/// `extra` adds `MFD_HUGETLB` and a page-size flag; `heap` is the heap named
+/// in errors (`memfd`, `udmabuf`, `hugetlb`, ...).
+pub(crate) fn create_sealed(
+    heap: &str,
+    name: Option<&str>,
+    len: u64,
+    extra: MemfdFlags,
+) -> Result<OwnedFd, AllocError> {
     let name = format!("dmabroker:{}", name.unwrap_or("buffer"));
     // memfd names are limited to 249 bytes; keep it on a char boundary.
     let mut cut = name.len().min(240);
@@ -30,7 +36,7 @@ pub(crate) fn create_sealed(name: Option<&str>, len: u64, extra: MemfdFlags) -> 
             AllocError::SizeOverflow { requested: len, granularity: 1 }
         }
         rustix::io::Errno::NOMEM | rustix::io::Errno::NOSPC => {
-            AllocError::OutOfMemory { heap: "memfd".into(), len }
+            AllocError::OutOfMemory { heap: heap.into(), len }
         }
         source => AllocError::Os { op: "ftruncate", source },
     })?;
@@ -79,7 +85,7 @@ impl Heap for MemfdHeap {
 
     fn allocate(&self, request: &AllocRequest) -> Result<Buffer, AllocError> {
         let len = check_request(&self.limits(), request)?;
-        let fd = create_sealed(request.name.as_deref(), len, MemfdFlags::empty())?;
+        let fd = create_sealed("memfd", request.name.as_deref(), len, MemfdFlags::empty())?;
         let properties = PhysicalProperties {
             contiguous_up_to: self.page_size,
             page_size: self.page_size,

@@ -74,7 +74,7 @@ impl Heap for Udmabuf {
         let device = self.device.as_ref().map_err(|e| {
             open_error(DEVICE, *e, "add this user to the group owning /dev/udmabuf, or allocate through the broker")
         })?;
-        let memfd = create_sealed(request.name.as_deref(), len, rustix::fs::MemfdFlags::empty())?;
+        let memfd = create_sealed("udmabuf", request.name.as_deref(), len, rustix::fs::MemfdFlags::empty())?;
         let fd = dmabroker_sys::udmabuf::create(device, &memfd, 0, len).map_err(|e| match e {
             rustix::io::Errno::NOMEM => AllocError::OutOfMemory { heap: "udmabuf".into(), len },
             source => AllocError::Os { op: "UDMABUF_CREATE", source },
