@@ -182,7 +182,8 @@ fn oracle(h: &HeapInfo, c: &Constraints, len: u64) -> bool {
         return false;
     };
     let cma = h.kind == HeapKind::DmaHeap && h.contiguous_up_to.is_none();
-    let start_align = if cma { hlen.next_power_of_two().max(h.page_size) } else { h.page_size };
+    // CMA aligns to the buffer's order, capped by CONFIG_CMA_ALIGNMENT (2^8 pages).
+    let start_align = if cma { hlen.next_power_of_two().max(h.page_size).min(h.page_size << 8) } else { h.page_size };
     h.usable
         && (!c.needs_dma_buf() || h.device_importable)
         && c.max_segments().is_none_or(|r| hlen.div_ceil(h.contiguous_up_to.unwrap_or(u64::MAX)) <= r.value)

@@ -256,7 +256,7 @@ fn evaluate(h: &HeapInfo, c: &Constraints, len: u64) -> Result<u64, Vec<Lack>> {
         }
     }
     // As heap::check_request: pages, or for CMA the size's power-of-two order.
-    let max_align = if h.contiguous_up_to.is_none() { hlen.next_power_of_two().max(page) } else { page };
+    let max_align = crate::heap::max_start_alignment(h.contiguous_up_to.is_none(), hlen, page);
     if let Some(r) = c.align().filter(|r| r.value > max_align) {
         lack(Some(RequirementKind::Align), &r.from, format!("aligns only to {}", format_size(max_align)));
     }
@@ -327,7 +327,7 @@ fn how(kind: RequirementKind, h: &HeapInfo, c: &Constraints, hlen: u64) -> Strin
         RequirementKind::AddressBits => "CMA lies below 4 GiB (assumed; see the module docs)".into(),
         RequirementKind::Align | RequirementKind::PageSize => {
             if h.contiguous_up_to.is_none() {
-                format!("it aligns to {}", format_size(hlen.next_power_of_two().max(h.page_size)))
+                format!("it aligns to {}", format_size(crate::heap::max_start_alignment(true, hlen, h.page_size)))
             } else {
                 format!("it has {} pages", format_size(h.page_size))
             }

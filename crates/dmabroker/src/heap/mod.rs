@@ -245,6 +245,21 @@ pub(crate) struct Limits<'a> {
     pub max_buffer_size: Option<u64>,
 }
 
+/// `CONFIG_CMA_ALIGNMENT`'s default: CMA aligns an allocation to its own
+/// power-of-two order, capped at this order (2^8 pages = 1 MiB with 4 KiB pages).
+pub const CMA_ALIGNMENT_ORDER: u32 = 8;
+
+/// The start alignment a heap guarantees for a buffer of `len` bytes: a page,
+/// or for a heap contiguous over the whole buffer (CMA) the buffer's
+/// power-of-two size, capped at [`CMA_ALIGNMENT_ORDER`] pages.
+pub fn max_start_alignment(contiguous_whole_buffer: bool, len: u64, page: u64) -> u64 {
+    if contiguous_whole_buffer {
+        len.checked_next_power_of_two().unwrap_or(u64::MAX).clamp(page, page << CMA_ALIGNMENT_ORDER)
+    } else {
+        page
+    }
+}
+
 /// Check a request against a heap's capabilities; returns the length rounded
 /// up to the heap's page size.
 pub(crate) fn check_request(info: &Limits<'_>, request: &AllocRequest) -> Result<u64, AllocError> {
@@ -264,9 +279,7 @@ pub(crate) fn check_request(info: &Limits<'_>, request: &AllocRequest) -> Result
     if request.contiguous && len > contiguous {
         return Err(AllocError::NotContiguous { heap: info.name.to_owned(), len, max: contiguous });
     }
-    // A buffer starts on a page (or, for a contiguous heap, on its own
-    // power-of-two order up to the CMA alignment): that is all any heap promises.
-    let max_align = if info.contiguous_up_to.is_none() { len.next_power_of_two().max(page) } else { page };
+    let max_align = max_start_alignment(info.contiguous_up_to.is_none(), len, page);
     if request.align > max_align {
         return Err(AllocError::AlignmentUnsatisfiable {
             heap: info.name.to_owned(),
