@@ -196,7 +196,10 @@ mod tests {
         assert_eq!(id, FileId::of(&buffer));
         let file = std::fs::File::open("/proc/self/status").unwrap();
         let fd = file.as_raw_fd();
-        assert_eq!(memfd_fd_identity(format!("/proc/self/fd/{fd}").as_ref(), format!("/proc/self/fdinfo/{fd}").as_ref()), None);
+        assert_eq!(
+            memfd_fd_identity(format!("/proc/self/fd/{fd}").as_ref(), format!("/proc/self/fdinfo/{fd}").as_ref()),
+            None
+        );
     }
 
     #[test]

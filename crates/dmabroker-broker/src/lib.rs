@@ -124,7 +124,8 @@ pub struct Broker {
 pub fn bind(path: &Path) -> Result<OwnedFd, StartError> {
     let bind_err = |source, hint| StartError::Bind { path: path.to_owned(), source, hint };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        std::fs::create_dir_all(dir).map_err(|e| bind_err(Errno::from_io_error(&e).unwrap_or(Errno::IO), ": cannot create its directory"))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| bind_err(Errno::from_io_error(&e).unwrap_or(Errno::IO), ": cannot create its directory"))?;
     }
     let socket = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
         .map_err(|e| bind_err(e, ""))?;
@@ -133,15 +134,18 @@ pub fn bind(path: &Path) -> Result<OwnedFd, StartError> {
         Ok(()) => {}
         Err(Errno::ADDRINUSE) => {
             // A live broker answers; a stale file from a crash refuses.
-            let probe = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
-                .map_err(|e| bind_err(e, ""))?;
+            let probe =
+                rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+                    .map_err(|e| bind_err(e, ""))?;
             if rustix::net::connect(&probe, &addr).is_ok() {
                 return Err(StartError::AlreadyRunning(path.to_owned()));
             }
             let _ = std::fs::remove_file(path);
             rustix::net::bind(&socket, &addr).map_err(|e| bind_err(e, ""))?;
         }
-        Err(e @ (Errno::ACCESS | Errno::PERM)) => return Err(bind_err(e, ": run as root for /run/dmabroker, or pass --socket")),
+        Err(e @ (Errno::ACCESS | Errno::PERM)) => {
+            return Err(bind_err(e, ": run as root for /run/dmabroker, or pass --socket"))
+        }
         Err(e) => return Err(bind_err(e, "")),
     }
     let _ = rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(0o666));

@@ -32,7 +32,8 @@ impl Notifier {
             Some(name) => SocketAddrUnix::new_abstract_name(name).ok()?,
             None => SocketAddrUnix::new(std::path::Path::new(&path)).ok()?,
         };
-        let socket = rustix::net::socket_with(AddressFamily::UNIX, SocketType::DGRAM, SocketFlags::CLOEXEC, None).ok()?;
+        let socket =
+            rustix::net::socket_with(AddressFamily::UNIX, SocketType::DGRAM, SocketFlags::CLOEXEC, None).ok()?;
         Some(Self { socket, addr })
     }
 

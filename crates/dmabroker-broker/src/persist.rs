@@ -56,7 +56,12 @@ pub fn save(service: &mut Service) {
             .registry
             .entries()
             .filter(|(_, e)| e.stored)
-            .map(|(id, e)| SavedBuffer { id, owner_uid: e.owner_uid, owner_pid: e.owner_pid, recipients: e.recipients.iter().copied().collect() })
+            .map(|(id, e)| SavedBuffer {
+                id,
+                owner_uid: e.owner_uid,
+                owner_pid: e.owner_pid,
+                recipients: e.recipients.iter().copied().collect(),
+            })
             .collect(),
         publications: service
             .registry
@@ -146,7 +151,8 @@ pub fn restore(service: &mut Service, inherited: Vec<InheritedFd>) -> usize {
         restored += 1;
     }
     // Buffers whose publications all expired while the broker was down.
-    let unpublished: Vec<u64> = service.registry.entries().filter(|(_, e)| e.publications == 0).map(|(id, _)| id).collect();
+    let unpublished: Vec<u64> =
+        service.registry.entries().filter(|(_, e)| e.publications == 0).map(|(id, _)| id).collect();
     for id in unpublished {
         if let Some(n) = &service.notifier {
             let _ = n.remove(&format!("b{id}"));

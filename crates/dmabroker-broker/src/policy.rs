@@ -58,9 +58,9 @@ impl Limits {
 
     /// Whether `heap` is allowed (`dma-heap/system` also matches `system`).
     pub fn allows_heap(&self, heap: &str) -> bool {
-        self.heaps.iter().any(|h| {
-            h == "*" || h == heap || format!("dma-heap/{h}") == heap || format!("dma-heap/{heap}") == *h
-        })
+        self.heaps
+            .iter()
+            .any(|h| h == "*" || h == heap || format!("dma-heap/{h}") == heap || format!("dma-heap/{heap}") == *h)
     }
 }
 
@@ -139,7 +139,8 @@ impl Policy {
     pub fn load(path: &Path, owner_uid: u32) -> Result<Self, PolicyError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| PolicyError::Read { path: path.display().to_string(), source })?;
-        Self::parse(&text, owner_uid).map_err(|message| PolicyError::Parse { path: path.display().to_string(), message })
+        Self::parse(&text, owner_uid)
+            .map_err(|message| PolicyError::Parse { path: path.display().to_string(), message })
     }
 
     /// Parse policy TOML.
@@ -156,7 +157,12 @@ impl Policy {
                     dmabroker::size::parse_size(t).map_err(|e| format!("{what}: max_bytes `{t}`: {e}"))?
                 }
             };
-            Ok(Limits { heaps: r.heaps.clone(), max_bytes, max_buffers: r.max_buffers.unwrap_or(0), publish: r.publish })
+            Ok(Limits {
+                heaps: r.heaps.clone(),
+                max_bytes,
+                max_buffers: r.max_buffers.unwrap_or(0),
+                publish: r.publish,
+            })
         };
         let defaults = match &file.defaults {
             Some(d) if d.uid.is_some() || d.gid.is_some() => return Err("[defaults] takes no uid or gid".into()),

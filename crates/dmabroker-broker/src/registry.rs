@@ -196,7 +196,9 @@ impl Registry {
 
     /// Buffers and bytes held, all users.
     pub fn totals(&self) -> Usage {
-        self.usage.values().fold(Usage::default(), |a, u| Usage { bytes: a.bytes + u.bytes, buffers: a.buffers + u.buffers })
+        self.usage
+            .values()
+            .fold(Usage::default(), |a, u| Usage { bytes: a.bytes + u.bytes, buffers: a.buffers + u.buffers })
     }
 
     /// Add a publication (its key must be free).

@@ -115,7 +115,8 @@ impl Server {
                 deadline = deadline.min(t + STALL_LIMIT);
             }
             let wait = deadline.saturating_duration_since(now);
-            let timeout = rustix::time::Timespec { tv_sec: wait.as_secs() as i64, tv_nsec: i64::from(wait.subsec_nanos()) };
+            let timeout =
+                rustix::time::Timespec { tv_sec: wait.as_secs() as i64, tv_nsec: i64::from(wait.subsec_nanos()) };
             events.clear();
             match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), Some(&timeout)) {
                 Ok(_) | Err(Errno::INTR) => {}
@@ -182,7 +183,8 @@ impl Server {
                     // of spinning on it.
                     tracing::warn!("accept: {e}; pausing new connections for 100 ms");
                     self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
-                    let _ = epoll::modify(&self.epoll, &self.listener, EventData::new_u64(LISTENER), EventFlags::empty());
+                    let _ =
+                        epoll::modify(&self.epoll, &self.listener, EventData::new_u64(LISTENER), EventFlags::empty());
                     return;
                 }
             }
@@ -203,7 +205,10 @@ impl Server {
         };
         let mine = self.per_uid.get(&peer.uid).copied().unwrap_or(0);
         if mine >= self.max_clients_per_uid {
-            refuse(&socket, format!("uid {} has {mine} connections to the broker, the maximum per user: close some", peer.uid));
+            refuse(
+                &socket,
+                format!("uid {} has {mine} connections to the broker, the maximum per user: close some", peer.uid),
+            );
             return;
         }
         let token = self.next_token;
@@ -303,7 +308,12 @@ impl Server {
             Err(Errno::AGAIN) => {
                 conn.pending = Some((bytes, reply.fd));
                 conn.pending_since = Some(Instant::now());
-                let _ = epoll::modify(&self.epoll, &conn.socket, EventData::new_u64(token), EventFlags::OUT | EventFlags::RDHUP);
+                let _ = epoll::modify(
+                    &self.epoll,
+                    &conn.socket,
+                    EventData::new_u64(token),
+                    EventFlags::OUT | EventFlags::RDHUP,
+                );
                 false
             }
             Err(e) => {
@@ -326,7 +336,12 @@ impl Server {
                     self.close(token);
                     return false;
                 }
-                let _ = epoll::modify(&self.epoll, &conn.socket, EventData::new_u64(token), EventFlags::IN | EventFlags::RDHUP);
+                let _ = epoll::modify(
+                    &self.epoll,
+                    &conn.socket,
+                    EventData::new_u64(token),
+                    EventFlags::IN | EventFlags::RDHUP,
+                );
                 true
             }
             Err(Errno::AGAIN) => false,
@@ -370,7 +385,10 @@ fn refuse(socket: &OwnedFd, message: String) {
 /// Unpin a connection's memfds when `SIOCOUTQ` says the client has received
 /// every reply sent to it (and so every fd they carried).
 fn unpin_if_received(service: &mut Service, conn: &mut Conn) {
-    if conn.session.has_pins() && conn.pending.is_none() && dmabroker_sys::socket::unreceived_bytes(&conn.socket) == Ok(0) {
+    if conn.session.has_pins()
+        && conn.pending.is_none()
+        && dmabroker_sys::socket::unreceived_bytes(&conn.socket) == Ok(0)
+    {
         service.unpin_all(&mut conn.session);
     }
 }

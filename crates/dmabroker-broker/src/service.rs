@@ -242,7 +242,8 @@ impl Service {
     /// passed, up to [`PRESSURE_BURST`]) and say whether it covers a sweep.
     fn pressure_sweep_allowed(&mut self) -> bool {
         let now = Instant::now();
-        let refill = now.duration_since(self.pressure_refilled_at).as_secs_f64() / f64::from(self.timing.duty_factor.max(1));
+        let refill =
+            now.duration_since(self.pressure_refilled_at).as_secs_f64() / f64::from(self.timing.duty_factor.max(1));
         self.pressure_credit = (self.pressure_credit + refill).min(PRESSURE_BURST.as_secs_f64());
         self.pressure_refilled_at = now;
         self.pressure_credit > 0.0
@@ -271,7 +272,10 @@ impl Service {
             self.check_quota(uid, &limits, buffer.len())?;
         }
         let fd = buffer.try_clone_fd().map_err(|e| {
-            AllocateRefusal::Alloc(dmabroker::heap::AllocError::Os { op: "dup", source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::MFILE) })
+            AllocateRefusal::Alloc(dmabroker::heap::AllocError::Os {
+                op: "dup",
+                source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::MFILE),
+            })
         })?;
         let len = buffer.len();
         let id = self.insert(buffer, session).map_err(|_| {
@@ -312,7 +316,12 @@ impl Service {
         }
     }
 
-    fn publish(&mut self, session: &mut Session, p: PublishRequest, fd: Option<OwnedFd>) -> Result<Reply, PublishRefusal> {
+    fn publish(
+        &mut self,
+        session: &mut Session,
+        p: PublishRequest,
+        fd: Option<OwnedFd>,
+    ) -> Result<Reply, PublishRefusal> {
         let uid = session.peer.uid;
         if !session.limits.publish {
             return Err(PublishRefusal::NotAllowed(uid));
@@ -326,7 +335,9 @@ impl Service {
         let limit = session.limits.max_buffers.saturating_mul(4).saturating_add(16);
         let mine = self.registry.publications().filter(|q| q.publisher_uid == uid).count() as u64;
         if mine >= limit {
-            return Err(PublishRefusal::Busy(format!("uid {uid} has {mine} publications, the most it may have: unpublish some")));
+            return Err(PublishRefusal::Busy(format!(
+                "uid {uid} has {mine} publications, the most it may have: unpublish some"
+            )));
         }
         check_inspectable(&fd, &self.memfd_mounts)?;
         let st = rustix::fs::fstat(&fd).map_err(|e| PublishRefusal::NotABuffer(format!("cannot fstat the fd: {e}")))?;
@@ -357,7 +368,9 @@ impl Service {
         };
         let entry = self.registry.get(id).expect("just found or inserted");
         if entry.publications >= MAX_PUBLICATIONS_PER_BUFFER {
-            return Err(PublishRefusal::Busy(format!("the buffer already has {MAX_PUBLICATIONS_PER_BUFFER} publications")));
+            return Err(PublishRefusal::Busy(format!(
+                "the buffer already has {MAX_PUBLICATIONS_PER_BUFFER} publications"
+            )));
         }
         if p.grants.iter().any(|g| g.access == Access::ReadOnly) {
             make_private(&entry.buffer)?;
@@ -643,7 +656,8 @@ fn check_inspectable(fd: &OwnedFd, memfd_mounts: &[u64]) -> Result<(), PublishRe
 /// Whether an fd was opened for writing (not `O_RDONLY`, not `O_PATH`).
 fn writable(fd: &impl AsFd) -> bool {
     use rustix::fs::OFlags;
-    rustix::fs::fcntl_getfl(fd).is_ok_and(|f| !f.contains(OFlags::PATH) && f.intersection(OFlags::ACCMODE) != OFlags::RDONLY)
+    rustix::fs::fcntl_getfl(fd)
+        .is_ok_and(|f| !f.contains(OFlags::PATH) && f.intersection(OFlags::ACCMODE) != OFlags::RDONLY)
 }
 
 /// Make a memfd's inode private to its owner (mode 0600) so that a

@@ -92,7 +92,10 @@ fn allocate_publish_import_list_unpublish() {
     buffer.map_read_write().unwrap().begin_write().unwrap().fill(7);
     let key = c.publish(&buffer, PublishOptions::named("cam/0")).unwrap();
     assert_eq!(key, "cam/0");
-    assert!(matches!(c.publish(&buffer, PublishOptions::named("cam/0")), Err(dmabroker::client::PublishError::AlreadyExists(_))));
+    assert!(matches!(
+        c.publish(&buffer, PublishOptions::named("cam/0")),
+        Err(dmabroker::client::PublishError::AlreadyExists(_))
+    ));
     let token = c.publish(&buffer, PublishOptions::token()).unwrap();
     assert!(dmabroker::proto::validate_key(&token).is_ok() && token.starts_with('@'));
     let mut other = broker.client();
@@ -152,7 +155,8 @@ fn expiry_and_one_shot() {
 #[test]
 fn quota_exhaustion_is_clear_and_frees_on_close() {
     let uid = rustix::process::getuid().as_raw();
-    let policy = format!("[[user]]\nuid = {uid}\nheaps = [\"memfd\"]\nmax_bytes = \"64KiB\"\nmax_buffers = 2\npublish = true\n");
+    let policy =
+        format!("[[user]]\nuid = {uid}\nheaps = [\"memfd\"]\nmax_bytes = \"64KiB\"\nmax_buffers = 2\npublish = true\n");
     let broker = TestBroker::start("quota", Some(&policy));
     let mut c = broker.client();
     let a = c.allocate("memfd", 4096, None).unwrap();
@@ -162,7 +166,10 @@ fn quota_exhaustion_is_clear_and_frees_on_close() {
     assert!(e.to_string().contains("quota of 64 KiB / 2 buffers"), "{e}");
     let e = c.allocate("memfd", 1 << 20, None).unwrap_err();
     assert!(matches!(e, AllocateError::QuotaExceeded(_)), "{e}");
-    assert!(matches!(c.allocate("hugetlb", 4096, None), Err(AllocateError::NotAllowed(_) | AllocateError::NoSuchHeap(_))));
+    assert!(matches!(
+        c.allocate("hugetlb", 4096, None),
+        Err(AllocateError::NotAllowed(_) | AllocateError::NoSuchHeap(_))
+    ));
     // Closing frees the charge, on the same connection.
     drop(b);
     let b = c.allocate("memfd", 4096, None).unwrap();
@@ -256,7 +263,8 @@ fn unread_replies_stay_charged_until_received() {
     let mut buf = vec![0; proto::MAX_RESPONSE_LEN];
     send(&Request::Hello { min_version: 1, max_version: 1 });
     wire::recv(s.as_fd(), &mut buf, false).unwrap().unwrap();
-    let alloc = Request::Allocate(AllocateRequest { heap: "memfd".into(), len: 4096, align: 1, contiguous: false, name: None });
+    let alloc =
+        Request::Allocate(AllocateRequest { heap: "memfd".into(), len: 4096, align: 1, contiguous: false, name: None });
     send(&alloc);
     send(&alloc);
     // The two replies (and their memfds) sit unread: no process holds them,

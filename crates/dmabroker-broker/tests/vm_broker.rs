@@ -223,7 +223,12 @@ fn wait_for_usage(c: &mut Client, want: u64) {
         if s.used_buffers == want {
             return;
         }
-        assert!(Instant::now() < deadline, "usage stayed at {} buffers / {} bytes, expected {want} buffers", s.used_buffers, s.used_bytes);
+        assert!(
+            Instant::now() < deadline,
+            "usage stayed at {} buffers / {} bytes, expected {want} buffers",
+            s.used_buffers,
+            s.used_bytes
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -236,9 +241,8 @@ fn quota_follows_last_holder(test: &str, heap: &str, device: &str) {
     }
     const LEN: u64 = 256 << 10;
     let uid = rustix::process::getuid().as_raw();
-    let policy = format!(
-        "[[user]]\nuid = {uid}\nheaps = [\"{heap}\"]\nmax_bytes = \"1MiB\"\nmax_buffers = 2\npublish = true\n"
-    );
+    let policy =
+        format!("[[user]]\nuid = {uid}\nheaps = [\"{heap}\"]\nmax_bytes = \"1MiB\"\nmax_buffers = 2\npublish = true\n");
     let broker = TestBroker::start(test, Some(&policy));
     let mut c = broker.client();
     let a = c.allocate(heap, LEN, None).unwrap();

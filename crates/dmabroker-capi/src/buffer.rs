@@ -22,9 +22,7 @@ pub struct Buffer {
 impl Buffer {
     pub(crate) fn new(buffer: dmabroker_core::Buffer) -> Self {
         let heap = CString::new(buffer.heap().replace('\0', "?")).unwrap_or_default();
-        let name = buffer
-            .name()
-            .map(|n| CString::new(n.replace('\0', "?")).unwrap_or_default());
+        let name = buffer.name().map(|n| CString::new(n.replace('\0', "?")).unwrap_or_default());
         Self { buffer, heap, name }
     }
 }
@@ -130,14 +128,11 @@ pub type FdOwnershipArg = u32;
 fn request(len: u64, options: Option<&AllocOptions>) -> Result<AllocRequest> {
     let mut request = AllocRequest::new(len);
     if let Some(o) = options {
-        request = request
-            .align(o.align.max(1))
-            .contiguous(o.contiguous)
-            .coherency(if o.non_coherent {
-                Coherency::NonCoherent
-            } else {
-                Coherency::Coherent
-            });
+        request = request.align(o.align.max(1)).contiguous(o.contiguous).coherency(if o.non_coherent {
+            Coherency::NonCoherent
+        } else {
+            Coherency::Coherent
+        });
         if !o.name.is_null() {
             // SAFETY: the caller promises options->name is NULL or a valid C
             // string for the duration of the call (non-NULL checked above).
@@ -205,9 +200,7 @@ pub(crate) unsafe fn allocate(
         Heaps::discover().heaps.allocate(heap, &request)?
     } else {
         // SAFETY: non-NULL, and the caller passes a live handle.
-        unsafe { handle(heaps, "heaps") }?
-            .heaps
-            .allocate(heap, &request)?
+        unsafe { handle(heaps, "heaps") }?.heaps.allocate(heap, &request)?
     };
     Ok(buffer)
 }
@@ -232,10 +225,7 @@ pub unsafe extern "C" fn dmabroker_buffer_free(buffer: *mut Buffer) {
 /// # Safety
 /// `buffer` is NULL or a live handle; `out` is NULL or writable for one pointer.
 #[no_mangle]
-pub unsafe extern "C" fn dmabroker_buffer_clone(
-    buffer: *const Buffer,
-    out: *mut *mut Buffer,
-) -> Status {
+pub unsafe extern "C" fn dmabroker_buffer_clone(buffer: *const Buffer, out: *mut *mut Buffer) -> Status {
     guard(|| {
         // SAFETY: the caller passes NULL or a writable pointer slot.
         let out = unsafe { crate::out(out, "out") }?;
@@ -268,10 +258,7 @@ pub unsafe extern "C" fn dmabroker_buffer_len(buffer: *const Buffer) -> u64 {
 /// `buffer` is NULL or a live handle; `out` is NULL or writable for one
 /// `dmabroker_buffer_info`.
 #[no_mangle]
-pub unsafe extern "C" fn dmabroker_buffer_get_info(
-    buffer: *const Buffer,
-    out: *mut BufferInfo,
-) -> Status {
+pub unsafe extern "C" fn dmabroker_buffer_get_info(buffer: *const Buffer, out: *mut BufferInfo) -> Status {
     guard(|| {
         // SAFETY: the caller passes NULL or a writable dmabroker_buffer_info.
         let out = unsafe { crate::out(out, "out") }?;
@@ -319,22 +306,17 @@ pub unsafe extern "C" fn dmabroker_buffer_fd(buffer: *const Buffer) -> c_int {
 /// # Safety
 /// `buffer` is NULL or a live handle; `fd_out` is NULL or writable for one `int`.
 #[no_mangle]
-pub unsafe extern "C" fn dmabroker_buffer_dup_fd(
-    buffer: *const Buffer,
-    fd_out: *mut c_int,
-) -> Status {
+pub unsafe extern "C" fn dmabroker_buffer_dup_fd(buffer: *const Buffer, fd_out: *mut c_int) -> Status {
     guard(|| {
         // SAFETY: the caller passes NULL or a writable int.
         let fd_out = unsafe { out(fd_out, "fd_out") }?;
         *fd_out = -1;
         // SAFETY: the caller passes NULL or a live handle.
         let b = unsafe { handle(buffer, "buffer") }?;
-        let fd = b.buffer.try_clone_fd().map_err(|e| {
-            Error::new(
-                Status::DMABROKER_ERROR_IO,
-                format!("duplicating the buffer's fd: {e}"),
-            )
-        })?;
+        let fd = b
+            .buffer
+            .try_clone_fd()
+            .map_err(|e| Error::new(Status::DMABROKER_ERROR_IO, format!("duplicating the buffer's fd: {e}")))?;
         *fd_out = fd.into_raw_fd();
         Ok(())
     })
@@ -343,22 +325,15 @@ pub unsafe extern "C" fn dmabroker_buffer_dup_fd(
 /// Check that `fd` is an open descriptor of this process.
 fn check_open(fd: RawFd) -> Result<()> {
     if fd < 0 {
-        return Err(Error::invalid(format!(
-            "fd {fd} is negative: pass an open file descriptor"
-        )));
+        return Err(Error::invalid(format!("fd {fd} is negative: pass an open file descriptor")));
     }
     // SAFETY: the borrow is only used for fcntl(F_GETFD), which on a number
     // that is not open just fails with EBADF; it touches no Rust-owned fd.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     match rustix::io::fcntl_getfd(borrowed) {
         Ok(_) => Ok(()),
-        Err(rustix::io::Errno::BADF) => Err(Error::invalid(format!(
-            "fd {fd} is not an open file descriptor"
-        ))),
-        Err(e) => Err(Error::new(
-            Status::DMABROKER_ERROR_IO,
-            format!("fcntl(F_GETFD) on fd {fd}: {e}"),
-        )),
+        Err(rustix::io::Errno::BADF) => Err(Error::invalid(format!("fd {fd} is not an open file descriptor"))),
+        Err(e) => Err(Error::new(Status::DMABROKER_ERROR_IO, format!("fcntl(F_GETFD) on fd {fd}: {e}"))),
     }
 }
 
@@ -406,12 +381,8 @@ pub unsafe extern "C" fn dmabroker_buffer_from_fd(
             // SAFETY: fd is open (checked just above) and stays the caller's;
             // the borrow lasts only for the dup call.
             let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-            rustix::io::fcntl_dupfd_cloexec(borrowed, 0).map_err(|e| {
-                Error::new(
-                    Status::DMABROKER_ERROR_IO,
-                    format!("duplicating fd {fd}: {e}"),
-                )
-            })?
+            rustix::io::fcntl_dupfd_cloexec(borrowed, 0)
+                .map_err(|e| Error::new(Status::DMABROKER_ERROR_IO, format!("duplicating fd {fd}: {e}")))?
         } else {
             return Err(Error::invalid(format!(
                 "ownership {ownership} is not a dmabroker_fd_ownership (TAKE = 0, DUP = 1); fd {fd} was not touched"
@@ -463,10 +434,7 @@ pub unsafe extern "C" fn dmabroker_buffer_segments(
         if found.len() > capacity {
             return Err(Error::new(
                 Status::DMABROKER_ERROR_BUFFER_TOO_SMALL,
-                format!(
-                    "the buffer has {} physical segments, the array holds {capacity}",
-                    found.len()
-                ),
+                format!("the buffer has {} physical segments, the array holds {capacity}", found.len()),
             ));
         }
         if !found.is_empty() {
@@ -475,10 +443,7 @@ pub unsafe extern "C" fn dmabroker_buffer_segments(
             // caller promises room for `capacity` >= found.len() elements.
             let dst = unsafe { std::slice::from_raw_parts_mut(segments, found.len()) };
             for (d, s) in dst.iter_mut().zip(&found) {
-                *d = Segment {
-                    phys_addr: s.phys_addr,
-                    len: s.len,
-                };
+                *d = Segment { phys_addr: s.phys_addr, len: s.len };
             }
         }
         Ok(())

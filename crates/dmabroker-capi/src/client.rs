@@ -4,8 +4,8 @@ use crate::buffer::{AllocOptions, Buffer};
 use crate::error::{guard, guard_value, Error, Result, Status};
 use crate::{c_str, free_handle, handle, into_handle};
 use dmabroker_core::client::{
-    AllocateError, Client as CoreClient, ConnectError, ImportError, PublishError,
-    PublishOptions as CorePublishOptions, TransportError, UnpublishError,
+    AllocateError, Client as CoreClient, ConnectError, ImportError, PublishError, PublishOptions as CorePublishOptions,
+    TransportError, UnpublishError,
 };
 use dmabroker_core::proto::{Access, AllocateRequest, Grant};
 use std::ffi::{c_char, CString};
@@ -136,10 +136,7 @@ impl From<UnpublishError> for Error {
 /// # Safety
 /// `socket_path` is NULL or a C string; `out` is NULL or writable for one pointer.
 #[no_mangle]
-pub unsafe extern "C" fn dmabroker_client_connect(
-    socket_path: *const c_char,
-    out: *mut *mut Client,
-) -> Status {
+pub unsafe extern "C" fn dmabroker_client_connect(socket_path: *const c_char, out: *mut *mut Client) -> Status {
     guard(|| {
         // SAFETY: the caller passes NULL or a writable pointer slot.
         let out = unsafe { crate::out(out, "out") }?;
@@ -151,9 +148,7 @@ pub unsafe extern "C" fn dmabroker_client_connect(
             unsafe { c_str(socket_path, "socket_path") }?.into()
         };
         let client = CoreClient::connect(path)?;
-        *out = into_handle(Client {
-            client: Mutex::new(client),
-        });
+        *out = into_handle(Client { client: Mutex::new(client) });
         Ok(())
     })
 }
@@ -241,9 +236,8 @@ fn publish_options(options: Option<&PublishOptions>) -> Result<CorePublishOption
         for (i, g) in grants.iter().enumerate() {
             // SAFETY: each element is NULL or a C string, by the caller's promise.
             let text = unsafe { c_str(*g, &format!("options->grants[{i}]")) }?;
-            let grant: Grant = text
-                .parse()
-                .map_err(|e| Error::invalid(format!("options->grants[{i}] = {text:?}: {e}")))?;
+            let grant: Grant =
+                text.parse().map_err(|e| Error::invalid(format!("options->grants[{i}] = {text:?}: {e}")))?;
             p = p.grant(grant);
         }
     }
@@ -291,12 +285,8 @@ pub unsafe extern "C" fn dmabroker_client_publish(
         // SAFETY: the caller passes NULL or a readable dmabroker_publish_options.
         let options = publish_options(unsafe { options.as_ref() })?;
         let key = client.with(|c| c.publish(&buffer.buffer, options))?;
-        let key = CString::new(key).map_err(|_| {
-            Error::new(
-                Status::DMABROKER_ERROR_BROKER,
-                "the broker sent a key with a NUL",
-            )
-        })?;
+        let key = CString::new(key)
+            .map_err(|_| Error::new(Status::DMABROKER_ERROR_BROKER, "the broker sent a key with a NUL"))?;
         *key_out = key.into_raw();
         Ok(())
     })
@@ -350,10 +340,7 @@ pub unsafe extern "C" fn dmabroker_client_import(
 /// # Safety
 /// `client` is NULL or a live handle; `key` is NULL or a C string.
 #[no_mangle]
-pub unsafe extern "C" fn dmabroker_client_unpublish(
-    client: *const Client,
-    key: *const c_char,
-) -> Status {
+pub unsafe extern "C" fn dmabroker_client_unpublish(client: *const Client, key: *const c_char) -> Status {
     guard(|| {
         // SAFETY: the caller passes NULL or a live handle.
         let client = unsafe { handle(client, "client") }?;

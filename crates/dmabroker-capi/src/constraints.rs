@@ -7,8 +7,8 @@ use crate::heaps::Heaps;
 use crate::{c_str, free_handle, handle, handle_mut, into_handle, owned_c_string};
 use dmabroker_core::buffer::{CacheMode, Coherency as CoreCoherency};
 use dmabroker_core::constraints::{
-    allocate_for, AllocForError, ChooseError, ConflictError, Constraints as CoreConstraints,
-    DeviceCoherency, InvalidConstraint, ProbeError,
+    allocate_for, AllocForError, ChooseError, ConflictError, Constraints as CoreConstraints, DeviceCoherency,
+    InvalidConstraint, ProbeError,
 };
 use std::ffi::c_char;
 use std::ptr;
@@ -162,11 +162,9 @@ impl From<AllocForError> for Error {
             }
             AllocForError::Choose(_) => Status::DMABROKER_ERROR_UNSUPPORTED,
             // The status of the last heap tried (out of memory, permission, ...).
-            AllocForError::Alloc { attempts } => attempts
-                .last()
-                .map_or(Status::DMABROKER_ERROR_OUT_OF_MEMORY, |(_, a)| {
-                    alloc_status(a)
-                }),
+            AllocForError::Alloc { attempts } => {
+                attempts.last().map_or(Status::DMABROKER_ERROR_OUT_OF_MEMORY, |(_, a)| alloc_status(a))
+            }
             #[allow(unreachable_patterns)]
             _ => Status::DMABROKER_ERROR_IO,
         };
@@ -185,10 +183,7 @@ impl From<AllocForError> for Error {
 /// # Safety
 /// `device` is NULL or a C string; `out` is NULL or writable for one pointer.
 #[no_mangle]
-pub unsafe extern "C" fn dmabroker_constraints_new(
-    device: *const c_char,
-    out: *mut *mut Constraints,
-) -> Status {
+pub unsafe extern "C" fn dmabroker_constraints_new(device: *const c_char, out: *mut *mut Constraints) -> Status {
     guard(|| {
         // SAFETY: the caller passes NULL or a writable pointer slot.
         let out = unsafe { crate::out(out, "out") }?;
@@ -218,10 +213,7 @@ pub unsafe extern "C" fn dmabroker_constraints_new(
 /// # Safety
 /// `path` is NULL or a C string; `out` is NULL or writable for one pointer.
 #[no_mangle]
-pub unsafe extern "C" fn dmabroker_constraints_probe(
-    path: *const c_char,
-    out: *mut *mut Constraints,
-) -> Status {
+pub unsafe extern "C" fn dmabroker_constraints_probe(path: *const c_char, out: *mut *mut Constraints) -> Status {
     guard(|| {
         // SAFETY: the caller passes NULL or a writable pointer slot.
         let out = unsafe { crate::out(out, "out") }?;
@@ -235,11 +227,7 @@ pub unsafe extern "C" fn dmabroker_constraints_probe(
             [one] => one.clone(),
             _ => path.to_owned(),
         };
-        *out = into_handle(Constraints {
-            device,
-            own: Own::default(),
-            merged,
-        });
+        *out = into_handle(Constraints { device, own: Own::default(), merged });
         Ok(())
     })
 }
@@ -300,11 +288,7 @@ pub unsafe extern "C" fn dmabroker_constraints_set_max_segments(
     max_segments: u64,
 ) -> Status {
     // SAFETY: the caller's promise is set's contract.
-    unsafe {
-        set(constraints, |o| {
-            o.max_segments = (max_segments > 0).then_some(max_segments)
-        })
-    }
+    unsafe { set(constraints, |o| o.max_segments = (max_segments > 0).then_some(max_segments)) }
 }
 
 /// The device reaches physical addresses below `2^bits` only (its DMA
@@ -316,10 +300,7 @@ pub unsafe extern "C" fn dmabroker_constraints_set_max_segments(
 /// # Safety
 /// `constraints` is NULL or a live handle no other thread uses during the call.
 #[no_mangle]
-pub unsafe extern "C" fn dmabroker_constraints_set_address_bits(
-    constraints: *mut Constraints,
-    bits: u32,
-) -> Status {
+pub unsafe extern "C" fn dmabroker_constraints_set_address_bits(constraints: *mut Constraints, bits: u32) -> Status {
     // SAFETY: the caller's promise is set's contract.
     unsafe { set(constraints, |o| o.address_bits = (bits > 0).then_some(bits)) }
 }
@@ -333,10 +314,7 @@ pub unsafe extern "C" fn dmabroker_constraints_set_address_bits(
 /// # Safety
 /// `constraints` is NULL or a live handle no other thread uses during the call.
 #[no_mangle]
-pub unsafe extern "C" fn dmabroker_constraints_set_align(
-    constraints: *mut Constraints,
-    align: u64,
-) -> Status {
+pub unsafe extern "C" fn dmabroker_constraints_set_align(constraints: *mut Constraints, align: u64) -> Status {
     // SAFETY: the caller's promise is set's contract.
     unsafe { set(constraints, |o| o.align = (align > 0).then_some(align)) }
 }
@@ -351,16 +329,9 @@ pub unsafe extern "C" fn dmabroker_constraints_set_align(
 /// # Safety
 /// `constraints` is NULL or a live handle no other thread uses during the call.
 #[no_mangle]
-pub unsafe extern "C" fn dmabroker_constraints_set_page_size(
-    constraints: *mut Constraints,
-    page_size: u64,
-) -> Status {
+pub unsafe extern "C" fn dmabroker_constraints_set_page_size(constraints: *mut Constraints, page_size: u64) -> Status {
     // SAFETY: the caller's promise is set's contract.
-    unsafe {
-        set(constraints, |o| {
-            o.page_size = (page_size > 0).then_some(page_size)
-        })
-    }
+    unsafe { set(constraints, |o| o.page_size = (page_size > 0).then_some(page_size)) }
 }
 
 /// The buffer's length is rounded up to a multiple of `granularity` bytes
@@ -377,11 +348,7 @@ pub unsafe extern "C" fn dmabroker_constraints_set_granularity(
     granularity: u64,
 ) -> Status {
     // SAFETY: the caller's promise is set's contract.
-    unsafe {
-        set(constraints, |o| {
-            o.granularity = (granularity > 0).then_some(granularity)
-        })
-    }
+    unsafe { set(constraints, |o| o.granularity = (granularity > 0).then_some(granularity)) }
 }
 
 /// How the device relates to CPU caches, a `dmabroker_coherency`
@@ -426,10 +393,7 @@ pub unsafe extern "C" fn dmabroker_constraints_set_coherency(
 /// # Safety
 /// `constraints` is NULL or a live handle no other thread uses during the call.
 #[no_mangle]
-pub unsafe extern "C" fn dmabroker_constraints_set_dma_buf(
-    constraints: *mut Constraints,
-    needed: bool,
-) -> Status {
+pub unsafe extern "C" fn dmabroker_constraints_set_dma_buf(constraints: *mut Constraints, needed: bool) -> Status {
     // SAFETY: the caller's promise is set's contract.
     unsafe { set(constraints, |o| o.dma_buf = Some(needed)) }
 }
@@ -447,10 +411,7 @@ pub unsafe extern "C" fn dmabroker_constraints_set_dma_buf(
 /// `dst` is NULL or a live handle no other thread uses during the call;
 /// `src` is NULL or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn dmabroker_constraints_merge(
-    dst: *mut Constraints,
-    src: *const Constraints,
-) -> Status {
+pub unsafe extern "C" fn dmabroker_constraints_merge(dst: *mut Constraints, src: *const Constraints) -> Status {
     guard(|| {
         if src.is_null() {
             return Err(Error::null("src"));

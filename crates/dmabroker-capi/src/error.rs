@@ -156,10 +156,7 @@ pub(crate) struct Error {
 
 impl Error {
     pub(crate) fn new(status: Status, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
+        Self { status, message: message.into() }
     }
 
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
@@ -177,12 +174,8 @@ pub(crate) type Result<T> = std::result::Result<T, Error>;
 pub(crate) fn errno_status(e: rustix::io::Errno) -> Status {
     match e {
         rustix::io::Errno::NOMEM => Status::DMABROKER_ERROR_OUT_OF_MEMORY,
-        rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => {
-            Status::DMABROKER_ERROR_PERMISSION_DENIED
-        }
-        rustix::io::Errno::BADF | rustix::io::Errno::INVAL => {
-            Status::DMABROKER_ERROR_INVALID_ARGUMENT
-        }
+        rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => Status::DMABROKER_ERROR_PERMISSION_DENIED,
+        rustix::io::Errno::BADF | rustix::io::Errno::INVAL => Status::DMABROKER_ERROR_INVALID_ARGUMENT,
         _ => Status::DMABROKER_ERROR_IO,
     }
 }
@@ -201,12 +194,10 @@ pub(crate) fn alloc_status(e: &AllocError) -> Status {
             Status::DMABROKER_ERROR_INVALID_ARGUMENT
         }
         AllocError::NoSuchHeap { .. } => Status::DMABROKER_ERROR_NO_SUCH_HEAP,
-        AllocError::AlignmentUnsatisfiable { .. }
-        | AllocError::NotContiguous { .. }
-        | AllocError::TooLarge { .. } => Status::DMABROKER_ERROR_UNSUPPORTED,
-        AllocError::NoHugePages { .. } | AllocError::OutOfMemory { .. } => {
-            Status::DMABROKER_ERROR_OUT_OF_MEMORY
+        AllocError::AlignmentUnsatisfiable { .. } | AllocError::NotContiguous { .. } | AllocError::TooLarge { .. } => {
+            Status::DMABROKER_ERROR_UNSUPPORTED
         }
+        AllocError::NoHugePages { .. } | AllocError::OutOfMemory { .. } => Status::DMABROKER_ERROR_OUT_OF_MEMORY,
         AllocError::PermissionDenied { .. } => Status::DMABROKER_ERROR_PERMISSION_DENIED,
         AllocError::Os { source, .. } => errno_status(*source),
         // AllocError may grow variants; an unknown one is a kernel-side failure.
@@ -224,9 +215,7 @@ impl From<AllocError> for Error {
 impl From<FromFdError> for Error {
     fn from(e: FromFdError) -> Self {
         let status = match &e {
-            FromFdError::NotABuffer { .. } | FromFdError::Empty => {
-                Status::DMABROKER_ERROR_NOT_A_BUFFER
-            }
+            FromFdError::NotABuffer { .. } | FromFdError::Empty => Status::DMABROKER_ERROR_NOT_A_BUFFER,
             FromFdError::Os(io) => io_status(io),
             #[allow(unreachable_patterns)]
             _ => Status::DMABROKER_ERROR_IO,

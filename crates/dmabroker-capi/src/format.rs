@@ -5,9 +5,7 @@ use crate::buffer::{AllocOptions, Buffer};
 use crate::error::{guard, guard_value, Error, Result, Status};
 use crate::heaps::Heaps;
 use crate::{c_str, free_handle, handle, into_handle};
-use dmabroker_core::format::{
-    Layout as CoreLayout, LayoutError, LayoutOptions, ParseFormatError, PixelFormat,
-};
+use dmabroker_core::format::{Layout as CoreLayout, LayoutError, LayoutOptions, ParseFormatError, PixelFormat};
 use std::ffi::{c_char, CString};
 use std::ptr;
 
@@ -61,12 +59,7 @@ fn align_arg(a: u64) -> u64 {
     a.max(1)
 }
 
-fn make_layout(
-    format: *const c_char,
-    width: u32,
-    height: u32,
-    options: LayoutOptions,
-) -> Result<Layout> {
+fn make_layout(format: *const c_char, width: u32, height: u32, options: LayoutOptions) -> Result<Layout> {
     // SAFETY: every caller passes on its own caller's promise that `format`
     // is NULL or a C string valid for the call.
     let format: PixelFormat = unsafe { c_str(format, "format") }?.parse()?;
@@ -225,11 +218,7 @@ pub unsafe extern "C" fn dmabroker_layout_buffer_count(layout: *const Layout) ->
 #[no_mangle]
 pub unsafe extern "C" fn dmabroker_layout_buffer_size(layout: *const Layout, index: usize) -> u64 {
     // SAFETY: the caller's promise is get's contract.
-    unsafe {
-        get(layout, 0, |l| {
-            l.layout.buffer_sizes().get(index).copied().unwrap_or(0)
-        })
-    }
+    unsafe { get(layout, 0, |l| l.layout.buffer_sizes().get(index).copied().unwrap_or(0)) }
 }
 
 /// The size of all buffers of a frame together, in bytes (for a
@@ -281,11 +270,7 @@ pub unsafe extern "C" fn dmabroker_layout_v4l2_pixelformat(layout: *const Layout
 #[no_mangle]
 pub unsafe extern "C" fn dmabroker_layout_drm_fourcc(layout: *const Layout) -> u32 {
     // SAFETY: the caller's promise is get's contract.
-    unsafe {
-        get(layout, 0, |l| {
-            l.layout.format().to_drm().map_or(0, |d| d as u32)
-        })
-    }
+    unsafe { get(layout, 0, |l| l.layout.format().to_drm().map_or(0, |d| d as u32)) }
 }
 
 /// The canonical name of the format (`"NV12"` for `"nv12"` or `"NV12"`),
@@ -354,8 +339,7 @@ pub unsafe extern "C" fn dmabroker_alloc_format(
         }
         // SAFETY: heaps, heap and options are passed on under the caller's
         // promises, which are allocate's contract.
-        let buffer =
-            unsafe { crate::buffer::allocate(heaps, heap, layout.layout.total_size(), options) }?;
+        let buffer = unsafe { crate::buffer::allocate(heaps, heap, layout.layout.total_size(), options) }?;
         *out = into_handle(Buffer::new(buffer));
         if let Some(l) = layout_out {
             *l = into_handle(layout);

@@ -90,11 +90,7 @@ impl Heaps {
         let entries = heaps
             .infos()
             .into_iter()
-            .map(|info| Entry {
-                name: c_string(&info.name),
-                note: info.note.as_deref().map(c_string),
-                info,
-            })
+            .map(|info| Entry { name: c_string(&info.name), note: info.note.as_deref().map(c_string), info })
             .collect();
         Self { heaps, entries }
     }
@@ -155,21 +151,14 @@ pub unsafe extern "C" fn dmabroker_heaps_count(heaps: *const Heaps) -> usize {
 /// `heaps` is NULL or a live handle; `out` is NULL or writable for one
 /// `dmabroker_heap_info`.
 #[no_mangle]
-pub unsafe extern "C" fn dmabroker_heaps_get_info(
-    heaps: *const Heaps,
-    index: usize,
-    out: *mut HeapInfo,
-) -> Status {
+pub unsafe extern "C" fn dmabroker_heaps_get_info(heaps: *const Heaps, index: usize, out: *mut HeapInfo) -> Status {
     guard(|| {
         // SAFETY: the caller passes NULL or a writable dmabroker_heap_info.
         let out = unsafe { crate::out(out, "out") }?;
         // SAFETY: the caller passes NULL or a live handle.
         let heaps = unsafe { handle(heaps, "heaps") }?;
         let entry = heaps.entries.get(index).ok_or_else(|| {
-            Error::invalid(format!(
-                "heap index {index} is out of range: there are {} heaps",
-                heaps.entries.len()
-            ))
+            Error::invalid(format!("heap index {index} is out of range: there are {} heaps", heaps.entries.len()))
         })?;
         let info = &entry.info;
         *out = HeapInfo {

@@ -32,51 +32,45 @@ mod mapping;
 mod pool;
 
 pub use buffer::{
-    dmabroker_alloc, dmabroker_buffer_clone, dmabroker_buffer_dup_fd, dmabroker_buffer_fd,
-    dmabroker_buffer_free, dmabroker_buffer_from_fd, dmabroker_buffer_get_info,
-    dmabroker_buffer_len, dmabroker_buffer_segments, AllocOptions, Buffer, BufferInfo, BufferKind,
-    FdOwnership, FdOwnershipArg, Segment,
+    dmabroker_alloc, dmabroker_buffer_clone, dmabroker_buffer_dup_fd, dmabroker_buffer_fd, dmabroker_buffer_free,
+    dmabroker_buffer_from_fd, dmabroker_buffer_get_info, dmabroker_buffer_len, dmabroker_buffer_segments, AllocOptions,
+    Buffer, BufferInfo, BufferKind, FdOwnership, FdOwnershipArg, Segment,
 };
 pub use client::{
-    dmabroker_client_alloc, dmabroker_client_connect, dmabroker_client_free,
-    dmabroker_client_import, dmabroker_client_publish, dmabroker_client_unpublish,
-    dmabroker_string_free, Client, PublishOptions,
+    dmabroker_client_alloc, dmabroker_client_connect, dmabroker_client_free, dmabroker_client_import,
+    dmabroker_client_publish, dmabroker_client_unpublish, dmabroker_string_free, Client, PublishOptions,
 };
 pub use constraints::{
-    dmabroker_alloc_for, dmabroker_choice_info_clear, dmabroker_constraints_describe,
-    dmabroker_constraints_free, dmabroker_constraints_merge, dmabroker_constraints_new,
-    dmabroker_constraints_probe, dmabroker_constraints_set_address_bits,
-    dmabroker_constraints_set_align, dmabroker_constraints_set_coherency,
-    dmabroker_constraints_set_contiguous, dmabroker_constraints_set_dma_buf,
-    dmabroker_constraints_set_granularity, dmabroker_constraints_set_max_segments,
-    dmabroker_constraints_set_page_size, ChoiceInfo, Coherency, CoherencyArg, Constraints,
+    dmabroker_alloc_for, dmabroker_choice_info_clear, dmabroker_constraints_describe, dmabroker_constraints_free,
+    dmabroker_constraints_merge, dmabroker_constraints_new, dmabroker_constraints_probe,
+    dmabroker_constraints_set_address_bits, dmabroker_constraints_set_align, dmabroker_constraints_set_coherency,
+    dmabroker_constraints_set_contiguous, dmabroker_constraints_set_dma_buf, dmabroker_constraints_set_granularity,
+    dmabroker_constraints_set_max_segments, dmabroker_constraints_set_page_size, ChoiceInfo, Coherency, CoherencyArg,
+    Constraints,
 };
 pub use error::Status;
 pub use format::{
-    dmabroker_alloc_format, dmabroker_layout_buffer_count, dmabroker_layout_buffer_size,
-    dmabroker_layout_drm_fourcc, dmabroker_layout_format_name, dmabroker_layout_free,
-    dmabroker_layout_get_plane, dmabroker_layout_height, dmabroker_layout_new,
-    dmabroker_layout_new_padded, dmabroker_layout_plane_count, dmabroker_layout_total_size,
+    dmabroker_alloc_format, dmabroker_layout_buffer_count, dmabroker_layout_buffer_size, dmabroker_layout_drm_fourcc,
+    dmabroker_layout_format_name, dmabroker_layout_free, dmabroker_layout_get_plane, dmabroker_layout_height,
+    dmabroker_layout_new, dmabroker_layout_new_padded, dmabroker_layout_plane_count, dmabroker_layout_total_size,
     dmabroker_layout_v4l2_pixelformat, dmabroker_layout_width, Layout, PlaneLayout,
 };
 pub use heaps::{
-    dmabroker_heaps_count, dmabroker_heaps_discover, dmabroker_heaps_free,
-    dmabroker_heaps_get_info, HeapInfo, HeapKind, Heaps,
+    dmabroker_heaps_count, dmabroker_heaps_discover, dmabroker_heaps_free, dmabroker_heaps_get_info, HeapInfo,
+    HeapKind, Heaps,
 };
 pub use mapping::{
     dmabroker_buffer_map, dmabroker_mapping_begin, dmabroker_mapping_end, dmabroker_mapping_free,
     dmabroker_mapping_len, Access, AccessArg, MapMode, MapModeArg, Mapping,
 };
 pub use pool::{
-    dmabroker_consumer_connect, dmabroker_consumer_free, dmabroker_consumer_get_stats,
-    dmabroker_consumer_recv, dmabroker_frame_data, dmabroker_frame_free,
-    dmabroker_frame_get_buffer, dmabroker_frame_get_info, dmabroker_producer_acquire,
-    dmabroker_producer_buffer_count, dmabroker_producer_cancel, dmabroker_producer_close,
+    dmabroker_consumer_connect, dmabroker_consumer_free, dmabroker_consumer_get_stats, dmabroker_consumer_recv,
+    dmabroker_frame_data, dmabroker_frame_free, dmabroker_frame_get_buffer, dmabroker_frame_get_info,
+    dmabroker_producer_acquire, dmabroker_producer_buffer_count, dmabroker_producer_cancel, dmabroker_producer_close,
     dmabroker_producer_free, dmabroker_producer_get_buffer, dmabroker_producer_get_consumer_stats,
-    dmabroker_producer_get_stats, dmabroker_producer_listen, dmabroker_producer_new,
-    dmabroker_producer_submit, dmabroker_producer_wait_for_consumers, Consumer, ConsumerSelfStats,
-    ConsumerStats, Frame, FrameInfo, PoolOptions, PoolStats, Producer, WaitMode, WaitModeArg,
-    DMABROKER_FRAME_FLAG_ERROR, DMABROKER_FRAME_FLAG_KEY_FRAME,
+    dmabroker_producer_get_stats, dmabroker_producer_listen, dmabroker_producer_new, dmabroker_producer_submit,
+    dmabroker_producer_wait_for_consumers, Consumer, ConsumerSelfStats, ConsumerStats, Frame, FrameInfo, PoolOptions,
+    PoolStats, Producer, WaitMode, WaitModeArg, DMABROKER_FRAME_FLAG_ERROR, DMABROKER_FRAME_FLAG_KEY_FRAME,
 };
 
 use error::{guard_value, Error, Result};
@@ -90,11 +84,10 @@ pub const DMABROKER_UNLIMITED: u64 = u64::MAX;
 /// The version of the library, e.g. `"0.1.0"` (a static string).
 #[no_mangle]
 pub extern "C" fn dmabroker_version() -> *const c_char {
-    const VERSION: &CStr =
-        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
-            Ok(v) => v,
-            Err(_) => c"unknown",
-        };
+    const VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+        Ok(v) => v,
+        Err(_) => c"unknown",
+    };
     VERSION.as_ptr()
 }
 
@@ -149,8 +142,7 @@ pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> 
     // SAFETY: p is non-NULL and, by this function's contract, NUL-terminated
     // and valid for 'a.
     let c = unsafe { CStr::from_ptr(p) };
-    c.to_str()
-        .map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
+    c.to_str().map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
 }
 
 /// A shared reference to a handle.
@@ -176,9 +168,7 @@ pub(crate) unsafe fn handle_mut<'a, T>(p: *mut T, what: &str) -> Result<&'a mut 
 /// A string for C to own and release with `dmabroker_string_free` (a NUL
 /// inside is replaced, as C would cut the string there).
 pub(crate) fn owned_c_string(s: &str) -> *mut c_char {
-    std::ffi::CString::new(s.replace('\0', "?"))
-        .unwrap_or_default()
-        .into_raw()
+    std::ffi::CString::new(s.replace('\0', "?")).unwrap_or_default().into_raw()
 }
 
 /// A timeout in milliseconds as C passes it: negative means forever.

@@ -88,9 +88,7 @@ impl Mapping {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while locked (caught by the guard) leaves the state as
         // consistent as before the call: keep going.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -124,21 +122,12 @@ pub unsafe extern "C" fn dmabroker_buffer_map(
         } else if mode == MapMode::ReadWrite as u32 {
             b.buffer.map_read_write()?
         } else {
-            return Err(Error::invalid(format!(
-                "mode {mode} is not a dmabroker_map_mode (READ = 0, READ_WRITE = 1)"
-            )));
+            return Err(Error::invalid(format!("mode {mode} is not a dmabroker_map_mode (READ = 0, READ_WRITE = 1)")));
         };
         let len = mapping.len();
         let writable = mapping.is_writable();
         let mapping = NonNull::from(Box::leak(Box::new(mapping)));
-        *out = into_handle(Mapping {
-            state: Mutex::new(State {
-                mapping,
-                active: None,
-            }),
-            len,
-            writable,
-        });
+        *out = into_handle(Mapping { state: Mutex::new(State { mapping, active: None }), len, writable });
         Ok(())
     })
 }
@@ -209,7 +198,9 @@ pub unsafe extern "C" fn dmabroker_mapping_begin(
             .into_iter()
             .find(|a| *a as u32 == access)
             .ok_or_else(|| {
-                Error::invalid(format!("access {access} is not a dmabroker_access (READ = 0, WRITE = 1, READ_WRITE = 2)"))
+                Error::invalid(format!(
+                    "access {access} is not a dmabroker_access (READ = 0, WRITE = 1, READ_WRITE = 2)"
+                ))
             })?;
         let mut state = m.lock();
         if state.active.is_some() {

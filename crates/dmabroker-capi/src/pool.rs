@@ -12,9 +12,8 @@ use crate::heaps::Heaps;
 use crate::{c_str, free_handle, handle, into_handle, out, timeout_ms};
 use dmabroker_core::buffer::{BufferMapping, CpuRead, CpuWrite, SyncError};
 use dmabroker_core::pool::{
-    AcquireError, AttachError, Backpressure, Consumer as CoreConsumer, CreateError,
-    Frame as CoreFrame, FrameFlags, FrameMeta, ListenError, PoolError,
-    PoolOptions as CorePoolOptions, Producer as CoreProducer, SubmitError,
+    AcquireError, AttachError, Backpressure, Consumer as CoreConsumer, CreateError, Frame as CoreFrame, FrameFlags,
+    FrameMeta, ListenError, PoolError, PoolOptions as CorePoolOptions, Producer as CoreProducer, SubmitError,
     WaitMode as CoreWaitMode, WriteSlot,
 };
 use std::ffi::{c_char, c_void};
@@ -211,9 +210,7 @@ impl From<AcquireError> for Error {
 impl From<SubmitError> for Error {
     fn from(e: SubmitError) -> Self {
         let status = match &e {
-            SubmitError::TooLong { .. } | SubmitError::ReservedFlags(_) => {
-                Status::DMABROKER_ERROR_INVALID_ARGUMENT
-            }
+            SubmitError::TooLong { .. } | SubmitError::ReservedFlags(_) => Status::DMABROKER_ERROR_INVALID_ARGUMENT,
             SubmitError::SyncFile(_) => Status::DMABROKER_ERROR_UNSUPPORTED,
             #[allow(unreachable_patterns)]
             _ => Status::DMABROKER_ERROR_IO,
@@ -231,9 +228,7 @@ impl From<PoolError> for Error {
             PoolError::Evicted => Status::DMABROKER_ERROR_EVICTED,
             PoolError::Corrupt(_) => Status::DMABROKER_ERROR_BROKER,
             PoolError::Sync(SyncError::ReadOnlyMapping) => Status::DMABROKER_ERROR_READ_ONLY,
-            PoolError::Sync(SyncError::DmaBufSync(errno)) | PoolError::Os { source: errno, .. } => {
-                errno_status(*errno)
-            }
+            PoolError::Sync(SyncError::DmaBufSync(errno)) | PoolError::Os { source: errno, .. } => errno_status(*errno),
             #[allow(unreachable_patterns)]
             _ => Status::DMABROKER_ERROR_IO,
         };
@@ -279,9 +274,7 @@ impl ProducerState {
     /// The producer, when no slot borrows it.
     fn producer(&mut self) -> Result<&mut CoreProducer, Error> {
         if self.slot.is_some() {
-            return Err(busy(
-                "a slot is acquired: call dmabroker_producer_submit or dmabroker_producer_cancel first",
-            ));
+            return Err(busy("a slot is acquired: call dmabroker_producer_submit or dmabroker_producer_cancel first"));
         }
         // SAFETY: `producer` lives until this state's Drop; no slot exists
         // (checked above), so nothing else refers to it, and the returned
@@ -365,13 +358,7 @@ pub unsafe extern "C" fn dmabroker_producer_new(
         };
         let buffers = producer.buffers().cloned().collect();
         let producer = NonNull::from(Box::leak(Box::new(producer)));
-        *out = into_handle(Producer {
-            state: Mutex::new(ProducerState {
-                producer,
-                slot: None,
-            }),
-            buffers,
-        });
+        *out = into_handle(Producer { state: Mutex::new(ProducerState { producer, slot: None }), buffers });
         Ok(())
     })
 }
@@ -402,10 +389,7 @@ pub unsafe extern "C" fn dmabroker_producer_free(producer: *mut Producer) {
 /// # Safety
 /// `producer` is NULL or a live handle; `path` is NULL or a C string.
 #[no_mangle]
-pub unsafe extern "C" fn dmabroker_producer_listen(
-    producer: *const Producer,
-    path: *const c_char,
-) -> Status {
+pub unsafe extern "C" fn dmabroker_producer_listen(producer: *const Producer, path: *const c_char) -> Status {
     guard(|| {
         // SAFETY: the caller passes NULL or a live handle.
         let p = unsafe { handle(producer, "producer") }?;
@@ -444,10 +428,7 @@ pub unsafe extern "C" fn dmabroker_producer_wait_for_consumers(
         } else {
             Err(Error::new(
                 Status::DMABROKER_ERROR_TIMEOUT,
-                format!(
-                    "{} of {count} consumers attached within {timeout_ms} ms",
-                    core.attached()
-                ),
+                format!("{} of {count} consumers attached within {timeout_ms} ms", core.attached()),
             ))
         }
     })
@@ -501,9 +482,7 @@ pub unsafe extern "C" fn dmabroker_producer_acquire(
         let p = unsafe { handle(producer, "producer") }?;
         let mut state = lock(&p.state);
         if state.slot.is_some() {
-            return Err(busy(
-                "a slot is already acquired: submit or cancel it before the next acquire",
-            ));
+            return Err(busy("a slot is already acquired: submit or cancel it before the next acquire"));
         }
         // SAFETY: the producer lives until ProducerState's Drop, which drops
         // the slot first, so 'static outlives every use; no slot exists
@@ -517,8 +496,7 @@ pub unsafe extern "C" fn dmabroker_producer_acquire(
             // as the slot; the guard made from it is stored next to the
             // slot and dropped before it (Slot's field order), and the slot
             // is not used to reach the mapping while the guard lives.
-            let mapping: &'static mut BufferMapping =
-                unsafe { &mut *ptr::from_mut(slot.mapping()) };
+            let mapping: &'static mut BufferMapping = unsafe { &mut *ptr::from_mut(slot.mapping()) };
             let mut g = mapping.begin_write()?;
             *d = g.as_mut_ptr().cast::<c_void>();
             Some(g)
@@ -572,14 +550,12 @@ pub unsafe extern "C" fn dmabroker_producer_submit(
                 "bytes_used {bytes_used} is larger than the buffer ({buffer_len} bytes)"
             )));
         }
-        let flags = FrameFlags::from_bits(flags)
-            .filter(|f| FrameFlags::USER.contains(*f))
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "flags {flags:#x}: only DMABROKER_FRAME_FLAG_KEY_FRAME (1) and \
+        let flags = FrameFlags::from_bits(flags).filter(|f| FrameFlags::USER.contains(*f)).ok_or_else(|| {
+            Error::invalid(format!(
+                "flags {flags:#x}: only DMABROKER_FRAME_FLAG_KEY_FRAME (1) and \
                      DMABROKER_FRAME_FLAG_ERROR (2) may be set"
-                ))
-            })?;
+            ))
+        })?;
         let Slot { write, slot } = state.slot.take().expect("checked above");
         // The end of the CPU access, before the consumers see the frame.
         drop(write);
@@ -608,10 +584,7 @@ pub unsafe extern "C" fn dmabroker_producer_cancel(producer: *const Producer) ->
                 drop(slot);
                 Ok(())
             }
-            None => Err(Error::new(
-                Status::DMABROKER_ERROR_NOT_BEGUN,
-                "no slot is acquired: nothing to cancel",
-            )),
+            None => Err(Error::new(Status::DMABROKER_ERROR_NOT_BEGUN, "no slot is acquired: nothing to cancel")),
         }
     })
 }
@@ -672,10 +645,7 @@ pub unsafe extern "C" fn dmabroker_producer_get_buffer(
         // SAFETY: the caller passes NULL or a live handle.
         let p = unsafe { handle(producer, "producer") }?;
         let b = p.buffers.get(index as usize).ok_or_else(|| {
-            Error::invalid(format!(
-                "buffer index {index} is out of range: the pool has {} buffers",
-                p.buffers.len()
-            ))
+            Error::invalid(format!("buffer index {index} is out of range: the pool has {} buffers", p.buffers.len()))
         })?;
         *out = into_handle(Buffer::new(b.clone()));
         Ok(())
@@ -691,10 +661,7 @@ pub unsafe extern "C" fn dmabroker_producer_get_buffer(
 /// `producer` is NULL or a live handle; `out` is NULL or writable for one
 /// `dmabroker_pool_stats`.
 #[no_mangle]
-pub unsafe extern "C" fn dmabroker_producer_get_stats(
-    producer: *const Producer,
-    out: *mut PoolStats,
-) -> Status {
+pub unsafe extern "C" fn dmabroker_producer_get_stats(producer: *const Producer, out: *mut PoolStats) -> Status {
     guard(|| {
         // SAFETY: the caller passes NULL or a writable dmabroker_pool_stats.
         let out = unsafe { crate::out(out, "out") }?;
@@ -797,9 +764,7 @@ impl ConsumerState {
     /// The consumer, when no frame borrows it.
     fn consumer(&mut self) -> Result<&mut CoreConsumer, Error> {
         if self.frame.is_some() {
-            return Err(busy(
-                "a frame is held: free it (dmabroker_frame_free) first",
-            ));
+            return Err(busy("a frame is held: free it (dmabroker_frame_free) first"));
         }
         // SAFETY: `consumer` lives until this state's Drop; no frame exists
         // (checked above), so nothing else refers to it, and the returned
@@ -809,10 +774,7 @@ impl ConsumerState {
 
     /// The held frame with this id.
     fn frame(&mut self, id: u64) -> Result<&mut HeldFrame, Error> {
-        self.frame
-            .as_mut()
-            .filter(|f| f.id == id)
-            .ok_or_else(|| Error::invalid("the frame was already released"))
+        self.frame.as_mut().filter(|f| f.id == id).ok_or_else(|| Error::invalid("the frame was already released"))
     }
 }
 
@@ -870,9 +832,7 @@ pub unsafe extern "C" fn dmabroker_consumer_connect(
         } else if wait == WaitMode::BusyPoll as u32 {
             CoreWaitMode::BusyPoll
         } else {
-            return Err(Error::invalid(format!(
-                "wait {wait} is not a dmabroker_wait_mode (BLOCK = 0, BUSY_POLL = 1)"
-            )));
+            return Err(Error::invalid(format!("wait {wait} is not a dmabroker_wait_mode (BLOCK = 0, BUSY_POLL = 1)")));
         };
         let consumer = CoreConsumer::connect(path, wait)?;
         let buffer_count = u32::try_from(consumer.buffer_count()).unwrap_or(u32::MAX);
@@ -881,11 +841,7 @@ pub unsafe extern "C" fn dmabroker_consumer_connect(
         let consumer = NonNull::from(Box::leak(Box::new(consumer)));
         *out = into_handle(Consumer {
             inner: Arc::new(ConsumerInner {
-                state: Mutex::new(ConsumerState {
-                    consumer,
-                    frame: None,
-                    next_id: 0,
-                }),
+                state: Mutex::new(ConsumerState { consumer, frame: None, next_id: 0 }),
                 buffer_count,
                 buffer_len,
                 slot,
@@ -935,9 +891,7 @@ pub unsafe extern "C" fn dmabroker_consumer_recv(
         let c = unsafe { handle(consumer, "consumer") }?;
         let mut state = lock(&c.inner.state);
         if state.frame.is_some() {
-            return Err(busy(
-                "a frame is still held: free it (dmabroker_frame_free) before the next recv",
-            ));
+            return Err(busy("a frame is still held: free it (dmabroker_frame_free) before the next recv"));
         }
         // SAFETY: the consumer lives until ConsumerState's Drop, which drops
         // the frame first, so 'static outlives every use; no frame exists
@@ -956,16 +910,8 @@ pub unsafe extern "C" fn dmabroker_consumer_recv(
         };
         let id = state.next_id;
         state.next_id += 1;
-        state.frame = Some(HeldFrame {
-            read: None,
-            frame: f,
-            id,
-        });
-        *out = into_handle(Frame {
-            inner: Arc::clone(&c.inner),
-            id,
-            info,
-        });
+        state.frame = Some(HeldFrame { read: None, frame: f, id });
+        *out = into_handle(Frame { inner: Arc::clone(&c.inner), id, info });
         Ok(())
     })
 }
@@ -1012,10 +958,7 @@ pub unsafe extern "C" fn dmabroker_consumer_get_stats(
 /// `frame` is NULL or a live handle; `out` is NULL or writable for one
 /// `dmabroker_frame_info`.
 #[no_mangle]
-pub unsafe extern "C" fn dmabroker_frame_get_info(
-    frame: *const Frame,
-    out: *mut FrameInfo,
-) -> Status {
+pub unsafe extern "C" fn dmabroker_frame_get_info(frame: *const Frame, out: *mut FrameInfo) -> Status {
     guard(|| {
         // SAFETY: the caller passes NULL or a writable dmabroker_frame_info.
         let out = unsafe { crate::out(out, "out") }?;
@@ -1059,15 +1002,12 @@ pub unsafe extern "C" fn dmabroker_frame_data(
             // guard made from it is stored next to the frame and dropped
             // before it (HeldFrame's field order), and the frame is not used
             // to reach the mapping while the guard lives.
-            let mapping: &'static mut BufferMapping =
-                unsafe { &mut *ptr::from_mut(held.frame.mapping()) };
+            let mapping: &'static mut BufferMapping = unsafe { &mut *ptr::from_mut(held.frame.mapping()) };
             held.read = Some(mapping.begin_read().map_err(PoolError::from)?);
         }
         let bytes = held.read.as_ref().expect("begun above");
         *data = bytes.as_ptr().cast::<c_void>();
-        *len = usize::try_from(f.info.bytes_used)
-            .unwrap_or(usize::MAX)
-            .min(bytes.len());
+        *len = usize::try_from(f.info.bytes_used).unwrap_or(usize::MAX).min(bytes.len());
         Ok(())
     })
 }
@@ -1081,10 +1021,7 @@ pub unsafe extern "C" fn dmabroker_frame_data(
 /// # Safety
 /// `frame` is NULL or a live handle; `out` is NULL or writable for one pointer.
 #[no_mangle]
-pub unsafe extern "C" fn dmabroker_frame_get_buffer(
-    frame: *const Frame,
-    out: *mut *mut Buffer,
-) -> Status {
+pub unsafe extern "C" fn dmabroker_frame_get_buffer(frame: *const Frame, out: *mut *mut Buffer) -> Status {
     guard(|| {
         // SAFETY: the caller passes NULL or a writable pointer slot.
         let out = unsafe { crate::out(out, "out") }?;

@@ -7,10 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool} >/dev/null")])
-        .status()
-        .is_ok_and(|s| s.success())
+    Command::new("sh").args(["-c", &format!("command -v {tool} >/dev/null")]).status().is_ok_and(|s| s.success())
 }
 
 fn run_sh(args: &[&str]) {
@@ -24,13 +21,10 @@ fn run_sh(args: &[&str]) {
     }
     // install.sh runs cargo: the one running these tests, when known.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let cargo_dir = PathBuf::from(&cargo)
-        .parent()
-        .map(|p| p.to_path_buf())
-        .unwrap_or_default();
-    let path = std::env::join_paths(std::iter::once(cargo_dir).chain(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    )))
+    let cargo_dir = PathBuf::from(&cargo).parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let path = std::env::join_paths(
+        std::iter::once(cargo_dir).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
     .unwrap();
     let output = Command::new("bash")
         .arg(root.join("examples/c/run.sh"))
@@ -42,15 +36,8 @@ fn run_sh(args: &[&str]) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
     eprintln!("{stderr}");
-    assert!(
-        output.status.success(),
-        "examples/c/run.sh {args:?} failed ({})",
-        output.status
-    );
-    assert!(
-        stdout.contains("C examples: 7 passed, 0 failed"),
-        "unexpected summary"
-    );
+    assert!(output.status.success(), "examples/c/run.sh {args:?} failed ({})", output.status);
+    assert!(stdout.contains("C examples: 7 passed, 0 failed"), "unexpected summary");
 }
 
 #[test]

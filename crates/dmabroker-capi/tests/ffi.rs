@@ -11,9 +11,7 @@ use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::ptr;
 
 fn last_error() -> String {
-    unsafe { CStr::from_ptr(dmabroker_last_error()) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { CStr::from_ptr(dmabroker_last_error()) }.to_string_lossy().into_owned()
 }
 
 /// `status` is `want`, and a failure left a message.
@@ -33,18 +31,13 @@ const DUP: u32 = FdOwnership::Dup as u32;
 /// None when closed. Tests run in parallel threads that reuse fd numbers,
 /// so "still open" means "still the same file".
 fn target(fd: i32) -> Option<String> {
-    std::fs::read_link(format!("/proc/self/fd/{fd}"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned())
+    std::fs::read_link(format!("/proc/self/fd/{fd}")).ok().map(|p| p.to_string_lossy().into_owned())
 }
 
 /// A memfd with a name no other test uses, so `target` tells it apart.
 fn memfd(len: u64) -> OwnedFd {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let name = format!(
-        "capi-test-{}",
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
+    let name = format!("capi-test-{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     rustix::fs::ftruncate(&fd, len).unwrap();
     fd
@@ -52,51 +45,28 @@ fn memfd(len: u64) -> OwnedFd {
 
 fn alloc(len: u64) -> *mut Buffer {
     let mut b = ptr::null_mut();
-    expect(
-        unsafe { dmabroker_alloc(ptr::null(), c"memfd".as_ptr(), len, ptr::null(), &mut b) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_alloc(ptr::null(), c"memfd".as_ptr(), len, ptr::null(), &mut b) }, Status::DMABROKER_OK);
     b
 }
 
 #[test]
 fn heaps_reject_null_and_out_of_range() {
-    expect(
-        unsafe { dmabroker_heaps_discover(ptr::null_mut()) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_heaps_discover(ptr::null_mut()) }, INVALID);
     let mut heaps = ptr::null_mut();
-    expect(
-        unsafe { dmabroker_heaps_discover(&mut heaps) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_heaps_discover(&mut heaps) }, Status::DMABROKER_OK);
     let n = unsafe { dmabroker_heaps_count(heaps) };
     assert!(n >= 1, "memfd is always there");
     assert_eq!(unsafe { dmabroker_heaps_count(ptr::null()) }, 0);
     let mut info = std::mem::MaybeUninit::<HeapInfo>::uninit();
-    expect(
-        unsafe { dmabroker_heaps_get_info(heaps, n, info.as_mut_ptr()) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_heaps_get_info(ptr::null(), 0, info.as_mut_ptr()) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_heaps_get_info(heaps, 0, ptr::null_mut()) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_heaps_get_info(heaps, n, info.as_mut_ptr()) }, INVALID);
+    expect(unsafe { dmabroker_heaps_get_info(ptr::null(), 0, info.as_mut_ptr()) }, INVALID);
+    expect(unsafe { dmabroker_heaps_get_info(heaps, 0, ptr::null_mut()) }, INVALID);
     let names: Vec<String> = (0..n)
         .map(|i| {
-            expect(
-                unsafe { dmabroker_heaps_get_info(heaps, i, info.as_mut_ptr()) },
-                Status::DMABROKER_OK,
-            );
+            expect(unsafe { dmabroker_heaps_get_info(heaps, i, info.as_mut_ptr()) }, Status::DMABROKER_OK);
             let info = unsafe { info.assume_init() };
             assert!(info.page_size >= 4096);
-            unsafe { CStr::from_ptr(info.name) }
-                .to_string_lossy()
-                .into_owned()
+            unsafe { CStr::from_ptr(info.name) }.to_string_lossy().into_owned()
         })
         .collect();
     assert!(names.iter().any(|n| n == "memfd"), "{names:?}");
@@ -107,119 +77,44 @@ fn heaps_reject_null_and_out_of_range() {
 #[test]
 fn alloc_rejects_bad_requests() {
     let mut b: *mut Buffer = ptr::dangling_mut::<Buffer>();
-    expect(
-        unsafe { dmabroker_alloc(ptr::null(), ptr::null(), 4096, ptr::null(), &mut b) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_alloc(ptr::null(), ptr::null(), 4096, ptr::null(), &mut b) }, INVALID);
     assert!(b.is_null(), "out is cleared on failure");
-    expect(
-        unsafe { dmabroker_alloc(ptr::null(), c"memfd".as_ptr(), 0, ptr::null(), &mut b) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_alloc(ptr::null(), c"memfd".as_ptr(), 0, ptr::null(), &mut b) }, INVALID);
     expect(
         unsafe { dmabroker_alloc(ptr::null(), c"nope".as_ptr(), 4096, ptr::null(), &mut b) },
         Status::DMABROKER_ERROR_NO_SUCH_HEAP,
     );
-    assert!(
-        last_error().contains("memfd"),
-        "the message lists the heaps: {}",
-        last_error()
-    );
-    expect(
-        unsafe {
-            dmabroker_alloc(
-                ptr::null(),
-                c"memfd".as_ptr(),
-                4096,
-                ptr::null(),
-                ptr::null_mut(),
-            )
-        },
-        INVALID,
-    );
+    assert!(last_error().contains("memfd"), "the message lists the heaps: {}", last_error());
+    expect(unsafe { dmabroker_alloc(ptr::null(), c"memfd".as_ptr(), 4096, ptr::null(), ptr::null_mut()) }, INVALID);
     let bad_utf8 = [0xffu8, 0xfe, 0];
-    expect(
-        unsafe {
-            dmabroker_alloc(
-                ptr::null(),
-                bad_utf8.as_ptr().cast(),
-                4096,
-                ptr::null(),
-                &mut b,
-            )
-        },
-        INVALID,
-    );
-    let options = AllocOptions {
-        align: 3,
-        name: ptr::null(),
-        contiguous: false,
-        non_coherent: false,
-    };
-    expect(
-        unsafe { dmabroker_alloc(ptr::null(), c"memfd".as_ptr(), 4096, &options, &mut b) },
-        INVALID,
-    );
-    let options = AllocOptions {
-        align: 0,
-        name: ptr::null(),
-        contiguous: true,
-        non_coherent: false,
-    };
+    expect(unsafe { dmabroker_alloc(ptr::null(), bad_utf8.as_ptr().cast(), 4096, ptr::null(), &mut b) }, INVALID);
+    let options = AllocOptions { align: 3, name: ptr::null(), contiguous: false, non_coherent: false };
+    expect(unsafe { dmabroker_alloc(ptr::null(), c"memfd".as_ptr(), 4096, &options, &mut b) }, INVALID);
+    let options = AllocOptions { align: 0, name: ptr::null(), contiguous: true, non_coherent: false };
     expect(
         unsafe { dmabroker_alloc(ptr::null(), c"memfd".as_ptr(), 1 << 24, &options, &mut b) },
         Status::DMABROKER_ERROR_UNSUPPORTED,
     );
-    expect(
-        unsafe {
-            dmabroker_alloc(
-                ptr::null(),
-                c"memfd".as_ptr(),
-                u64::MAX,
-                ptr::null(),
-                &mut b,
-            )
-        },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_alloc(ptr::null(), c"memfd".as_ptr(), u64::MAX, ptr::null(), &mut b) }, INVALID);
     assert!(b.is_null());
 }
 
 #[test]
 fn named_allocation_reports_its_info() {
-    let options = AllocOptions {
-        align: 4096,
-        name: c"capi-info".as_ptr(),
-        contiguous: false,
-        non_coherent: false,
-    };
+    let options = AllocOptions { align: 4096, name: c"capi-info".as_ptr(), contiguous: false, non_coherent: false };
     let mut b = ptr::null_mut();
-    expect(
-        unsafe { dmabroker_alloc(ptr::null(), c"memfd".as_ptr(), 5000, &options, &mut b) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_alloc(ptr::null(), c"memfd".as_ptr(), 5000, &options, &mut b) }, Status::DMABROKER_OK);
     let mut info = std::mem::MaybeUninit::<BufferInfo>::uninit();
-    expect(
-        unsafe { dmabroker_buffer_get_info(b, info.as_mut_ptr()) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_buffer_get_info(b, info.as_mut_ptr()) }, Status::DMABROKER_OK);
     let info = unsafe { info.assume_init() };
     assert_eq!(info.len, 8192, "rounded up to pages");
     assert_eq!(info.kind, BufferKind::Memfd);
     assert_eq!(unsafe { CStr::from_ptr(info.heap) }, c"memfd");
-    assert!(unsafe { CStr::from_ptr(info.name) }
-        .to_string_lossy()
-        .contains("capi-info"));
+    assert!(unsafe { CStr::from_ptr(info.name) }.to_string_lossy().contains("capi-info"));
     assert!(info.inode != 0 && info.size_sealed && !info.device_importable);
     assert_eq!(unsafe { dmabroker_buffer_len(b) }, 8192);
-    expect(
-        unsafe { dmabroker_buffer_get_info(b, ptr::null_mut()) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_buffer_get_info(ptr::null(), &mut std::mem::zeroed()) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_buffer_get_info(b, ptr::null_mut()) }, INVALID);
+    expect(unsafe { dmabroker_buffer_get_info(ptr::null(), &mut std::mem::zeroed()) }, INVALID);
     unsafe { dmabroker_buffer_free(b) };
 }
 
@@ -233,103 +128,48 @@ fn fds_follow_the_ownership_rules() {
     assert_eq!(unsafe { dmabroker_buffer_fd(ptr::null()) }, -1);
     // Dup: a new fd the caller owns.
     let mut fd = 0;
-    expect(
-        unsafe { dmabroker_buffer_dup_fd(b, &mut fd) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_buffer_dup_fd(b, &mut fd) }, Status::DMABROKER_OK);
     assert!(fd >= 0 && fd != borrowed);
     let mut bad_fd = 0;
-    expect(
-        unsafe { dmabroker_buffer_dup_fd(ptr::null(), &mut bad_fd) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_buffer_dup_fd(ptr::null(), &mut bad_fd) }, INVALID);
     assert_eq!(bad_fd, -1, "fd_out is -1 on failure");
-    expect(
-        unsafe { dmabroker_buffer_dup_fd(b, ptr::null_mut()) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_buffer_dup_fd(b, ptr::null_mut()) }, INVALID);
 
     // Bad fd numbers are refused and nothing is closed.
     let mut out: *mut Buffer = ptr::dangling_mut::<Buffer>();
-    expect(
-        unsafe { dmabroker_buffer_from_fd(-1, TAKE, &mut out) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_buffer_from_fd(-1, TAKE, &mut out) }, INVALID);
     assert!(out.is_null());
-    expect(
-        unsafe { dmabroker_buffer_from_fd(999_999, TAKE, &mut out) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_buffer_from_fd(999_999, DUP, &mut out) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_buffer_from_fd(borrowed, 7, &mut out) },
-        INVALID,
-    );
-    assert_eq!(
-        target(borrowed),
-        borrowed_target,
-        "an unknown ownership value touches nothing"
-    );
+    expect(unsafe { dmabroker_buffer_from_fd(999_999, TAKE, &mut out) }, INVALID);
+    expect(unsafe { dmabroker_buffer_from_fd(999_999, DUP, &mut out) }, INVALID);
+    expect(unsafe { dmabroker_buffer_from_fd(borrowed, 7, &mut out) }, INVALID);
+    assert_eq!(target(borrowed), borrowed_target, "an unknown ownership value touches nothing");
 
     // A pipe: DUP leaves it open, TAKE closes it even though the call fails.
     let (r, w) = rustix::pipe::pipe().unwrap();
     let r = r.into_raw_fd();
     let pipe = target(r);
-    expect(
-        unsafe { dmabroker_buffer_from_fd(r, DUP, &mut out) },
-        Status::DMABROKER_ERROR_NOT_A_BUFFER,
-    );
+    expect(unsafe { dmabroker_buffer_from_fd(r, DUP, &mut out) }, Status::DMABROKER_ERROR_NOT_A_BUFFER);
     assert_eq!(target(r), pipe);
-    expect(
-        unsafe { dmabroker_buffer_from_fd(r, TAKE, &mut out) },
-        Status::DMABROKER_ERROR_NOT_A_BUFFER,
-    );
+    expect(unsafe { dmabroker_buffer_from_fd(r, TAKE, &mut out) }, Status::DMABROKER_ERROR_NOT_A_BUFFER);
     assert_ne!(target(r), pipe, "TAKE owns the fd even on failure");
     drop(w);
     // An empty memfd is not a buffer either.
     let empty = memfd(0).into_raw_fd();
-    expect(
-        unsafe { dmabroker_buffer_from_fd(empty, TAKE, &mut out) },
-        Status::DMABROKER_ERROR_NOT_A_BUFFER,
-    );
+    expect(unsafe { dmabroker_buffer_from_fd(empty, TAKE, &mut out) }, Status::DMABROKER_ERROR_NOT_A_BUFFER);
     // A NULL out with TAKE still takes (and closes) the fd.
     let m = memfd(4096).into_raw_fd();
     let m_target = target(m);
-    expect(
-        unsafe { dmabroker_buffer_from_fd(m, TAKE, ptr::null_mut()) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_buffer_from_fd(m, TAKE, ptr::null_mut()) }, INVALID);
     assert_ne!(target(m), m_target);
 
     // The dup imports as the same buffer.
-    expect(
-        unsafe { dmabroker_buffer_from_fd(fd, TAKE, &mut out) },
-        Status::DMABROKER_OK,
-    );
-    let (mut a, mut c) = unsafe {
-        (
-            std::mem::zeroed::<BufferInfo>(),
-            std::mem::zeroed::<BufferInfo>(),
-        )
-    };
-    expect(
-        unsafe { dmabroker_buffer_get_info(b, &mut a) },
-        Status::DMABROKER_OK,
-    );
-    expect(
-        unsafe { dmabroker_buffer_get_info(out, &mut c) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_buffer_from_fd(fd, TAKE, &mut out) }, Status::DMABROKER_OK);
+    let (mut a, mut c) = unsafe { (std::mem::zeroed::<BufferInfo>(), std::mem::zeroed::<BufferInfo>()) };
+    expect(unsafe { dmabroker_buffer_get_info(b, &mut a) }, Status::DMABROKER_OK);
+    expect(unsafe { dmabroker_buffer_get_info(out, &mut c) }, Status::DMABROKER_OK);
     assert_eq!(a.inode, c.inode);
     unsafe { dmabroker_buffer_free(out) };
-    assert_eq!(
-        target(borrowed),
-        borrowed_target,
-        "the original handle's fd is untouched"
-    );
+    assert_eq!(target(borrowed), borrowed_target, "the original handle's fd is untouched");
     unsafe { dmabroker_buffer_free(b) };
 }
 
@@ -337,88 +177,43 @@ fn fds_follow_the_ownership_rules() {
 fn mapping_brackets_access_and_refuses_a_second_begin() {
     let b = alloc(8192);
     let mut m: *mut Mapping = ptr::dangling_mut::<Mapping>();
-    expect(
-        unsafe { dmabroker_buffer_map(ptr::null(), MapMode::Read as u32, &mut m) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_buffer_map(ptr::null(), MapMode::Read as u32, &mut m) }, INVALID);
     assert!(m.is_null());
     expect(unsafe { dmabroker_buffer_map(b, 42, &mut m) }, INVALID);
-    expect(
-        unsafe { dmabroker_buffer_map(b, MapMode::Read as u32, ptr::null_mut()) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_buffer_map(b, MapMode::ReadWrite as u32, &mut m) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_buffer_map(b, MapMode::Read as u32, ptr::null_mut()) }, INVALID);
+    expect(unsafe { dmabroker_buffer_map(b, MapMode::ReadWrite as u32, &mut m) }, Status::DMABROKER_OK);
     assert_eq!(unsafe { dmabroker_mapping_len(m) }, 8192);
     assert_eq!(unsafe { dmabroker_mapping_len(ptr::null()) }, 0);
 
     let (mut data, mut len): (*mut c_void, usize) = (ptr::null_mut(), 0);
-    expect(
-        unsafe { dmabroker_mapping_end(m) },
-        Status::DMABROKER_ERROR_NOT_BEGUN,
-    );
-    expect(
-        unsafe { dmabroker_mapping_begin(m, 3, &mut data, &mut len) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_mapping_begin(m, Access::Write as u32, ptr::null_mut(), &mut len) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_mapping_begin(m, Access::Write as u32, &mut data, ptr::null_mut()) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_mapping_begin(ptr::null(), Access::Write as u32, &mut data, &mut len) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_mapping_begin(m, Access::Write as u32, &mut data, &mut len) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_mapping_end(m) }, Status::DMABROKER_ERROR_NOT_BEGUN);
+    expect(unsafe { dmabroker_mapping_begin(m, 3, &mut data, &mut len) }, INVALID);
+    expect(unsafe { dmabroker_mapping_begin(m, Access::Write as u32, ptr::null_mut(), &mut len) }, INVALID);
+    expect(unsafe { dmabroker_mapping_begin(m, Access::Write as u32, &mut data, ptr::null_mut()) }, INVALID);
+    expect(unsafe { dmabroker_mapping_begin(ptr::null(), Access::Write as u32, &mut data, &mut len) }, INVALID);
+    expect(unsafe { dmabroker_mapping_begin(m, Access::Write as u32, &mut data, &mut len) }, Status::DMABROKER_OK);
     assert_eq!(len, 8192);
     unsafe { std::slice::from_raw_parts_mut(data.cast::<u8>(), len) }.fill(0x5a);
     let (mut d2, mut l2): (*mut c_void, usize) = (ptr::dangling_mut::<c_void>(), 1);
-    expect(
-        unsafe { dmabroker_mapping_begin(m, Access::Read as u32, &mut d2, &mut l2) },
-        Status::DMABROKER_ERROR_BUSY,
-    );
+    expect(unsafe { dmabroker_mapping_begin(m, Access::Read as u32, &mut d2, &mut l2) }, Status::DMABROKER_ERROR_BUSY);
     assert!(d2.is_null() && l2 == 0);
     expect(unsafe { dmabroker_mapping_end(m) }, Status::DMABROKER_OK);
-    expect(
-        unsafe { dmabroker_mapping_end(m) },
-        Status::DMABROKER_ERROR_NOT_BEGUN,
-    );
+    expect(unsafe { dmabroker_mapping_end(m) }, Status::DMABROKER_ERROR_NOT_BEGUN);
     expect(unsafe { dmabroker_mapping_end(ptr::null()) }, INVALID);
     // Freed with an access active: the free ends it.
-    expect(
-        unsafe { dmabroker_mapping_begin(m, Access::ReadWrite as u32, &mut data, &mut len) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_mapping_begin(m, Access::ReadWrite as u32, &mut data, &mut len) }, Status::DMABROKER_OK);
     unsafe { dmabroker_mapping_free(m) };
 
     // A read-only mapping refuses write access; the buffer handle can go first.
-    expect(
-        unsafe { dmabroker_buffer_map(b, MapMode::Read as u32, &mut m) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_buffer_map(b, MapMode::Read as u32, &mut m) }, Status::DMABROKER_OK);
     unsafe { dmabroker_buffer_free(b) };
     expect(
         unsafe { dmabroker_mapping_begin(m, Access::Write as u32, &mut data, &mut len) },
         Status::DMABROKER_ERROR_READ_ONLY,
     );
-    expect(
-        unsafe { dmabroker_mapping_begin(m, Access::Read as u32, &mut data, &mut len) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_mapping_begin(m, Access::Read as u32, &mut data, &mut len) }, Status::DMABROKER_OK);
     let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) };
-    assert!(
-        bytes.iter().all(|&x| x == 0x5a),
-        "the mapping kept the buffer alive"
-    );
+    assert!(bytes.iter().all(|&x| x == 0x5a), "the mapping kept the buffer alive");
     expect(unsafe { dmabroker_mapping_end(m) }, Status::DMABROKER_OK);
     unsafe { dmabroker_mapping_free(m) };
     unsafe { dmabroker_mapping_free(ptr::null_mut()) };
@@ -434,15 +229,9 @@ fn read_only_fd_refuses_a_writable_mapping() {
     )
     .unwrap();
     let mut b = ptr::null_mut();
-    expect(
-        unsafe { dmabroker_buffer_from_fd(ro.into_raw_fd(), TAKE, &mut b) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_buffer_from_fd(ro.into_raw_fd(), TAKE, &mut b) }, Status::DMABROKER_OK);
     let mut m = ptr::null_mut();
-    expect(
-        unsafe { dmabroker_buffer_map(b, MapMode::ReadWrite as u32, &mut m) },
-        Status::DMABROKER_ERROR_READ_ONLY,
-    );
+    expect(unsafe { dmabroker_buffer_map(b, MapMode::ReadWrite as u32, &mut m) }, Status::DMABROKER_ERROR_READ_ONLY);
     unsafe { dmabroker_buffer_free(b) };
 }
 
@@ -450,33 +239,18 @@ fn read_only_fd_refuses_a_writable_mapping() {
 fn segments_use_the_two_call_protocol() {
     let b = alloc(4096);
     let mut count = 7;
-    expect(
-        unsafe { dmabroker_buffer_segments(ptr::null(), ptr::null_mut(), 0, &mut count) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_buffer_segments(ptr::null(), ptr::null_mut(), 0, &mut count) }, INVALID);
     assert_eq!(count, 0);
-    expect(
-        unsafe { dmabroker_buffer_segments(b, ptr::null_mut(), 0, ptr::null_mut()) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_buffer_segments(b, ptr::null_mut(), 4, &mut count) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_buffer_segments(b, ptr::null_mut(), 0, ptr::null_mut()) }, INVALID);
+    expect(unsafe { dmabroker_buffer_segments(b, ptr::null_mut(), 4, &mut count) }, INVALID);
     match unsafe { dmabroker_buffer_segments(b, ptr::null_mut(), 0, &mut count) } {
         Status::DMABROKER_ERROR_PERMISSION_DENIED => {
             println!("SKIP segments: {} (needs CAP_SYS_ADMIN)", last_error());
         }
         Status::DMABROKER_ERROR_BUFFER_TOO_SMALL => {
             assert_eq!(count, 1, "one page is one segment");
-            let mut segs = [Segment {
-                phys_addr: 0,
-                len: 0,
-            }; 1];
-            expect(
-                unsafe { dmabroker_buffer_segments(b, segs.as_mut_ptr(), 1, &mut count) },
-                Status::DMABROKER_OK,
-            );
+            let mut segs = [Segment { phys_addr: 0, len: 0 }; 1];
+            expect(unsafe { dmabroker_buffer_segments(b, segs.as_mut_ptr(), 1, &mut count) }, Status::DMABROKER_OK);
             assert_eq!((count, segs[0].len), (1, 4096));
             assert!(segs[0].phys_addr != 0);
         }
@@ -489,22 +263,11 @@ fn segments_use_the_two_call_protocol() {
 fn clone_shares_the_buffer() {
     let b = alloc(4096);
     let mut c: *mut Buffer = ptr::dangling_mut::<Buffer>();
-    expect(
-        unsafe { dmabroker_buffer_clone(ptr::null(), &mut c) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_buffer_clone(ptr::null(), &mut c) }, INVALID);
     assert!(c.is_null());
-    expect(
-        unsafe { dmabroker_buffer_clone(b, ptr::null_mut()) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_buffer_clone(b, &mut c) },
-        Status::DMABROKER_OK,
-    );
-    assert_eq!(unsafe { dmabroker_buffer_fd(b) }, unsafe {
-        dmabroker_buffer_fd(c)
-    });
+    expect(unsafe { dmabroker_buffer_clone(b, ptr::null_mut()) }, INVALID);
+    expect(unsafe { dmabroker_buffer_clone(b, &mut c) }, Status::DMABROKER_OK);
+    assert_eq!(unsafe { dmabroker_buffer_fd(b) }, unsafe { dmabroker_buffer_fd(c) });
     unsafe { dmabroker_buffer_free(b) };
     assert_eq!(unsafe { dmabroker_buffer_len(c) }, 4096);
     unsafe { dmabroker_buffer_free(c) };
@@ -512,47 +275,28 @@ fn clone_shares_the_buffer() {
 
 #[test]
 fn panics_become_a_status_and_messages_are_per_thread() {
-    expect(
-        dmabroker_private_test_panic(),
-        Status::DMABROKER_ERROR_PANIC,
-    );
+    expect(dmabroker_private_test_panic(), Status::DMABROKER_ERROR_PANIC);
     assert!(last_error().contains("panic"));
     // Another thread has its own message.
     let other = std::thread::spawn(|| {
         let before = last_error();
-        expect(
-            unsafe { dmabroker_heaps_discover(ptr::null_mut()) },
-            INVALID,
-        );
+        expect(unsafe { dmabroker_heaps_discover(ptr::null_mut()) }, INVALID);
         (before, last_error())
     })
     .join()
     .unwrap();
     assert_eq!(other.0, "", "a fresh thread starts with no message");
     assert!(other.1.contains("NULL"));
-    assert!(
-        last_error().contains("panic"),
-        "this thread's message is untouched"
-    );
+    assert!(last_error().contains("panic"), "this thread's message is untouched");
 }
 
 #[test]
 fn status_names_and_version() {
-    let name = |s: u32| {
-        unsafe { CStr::from_ptr(dmabroker_status_name(s)) }
-            .to_str()
-            .unwrap()
-            .to_owned()
-    };
+    let name = |s: u32| unsafe { CStr::from_ptr(dmabroker_status_name(s)) }.to_str().unwrap().to_owned();
     assert_eq!(name(0), "DMABROKER_OK");
-    assert_eq!(
-        name(Status::DMABROKER_ERROR_NOT_BEGUN as u32),
-        "DMABROKER_ERROR_NOT_BEGUN"
-    );
+    assert_eq!(name(Status::DMABROKER_ERROR_NOT_BEGUN as u32), "DMABROKER_ERROR_NOT_BEGUN");
     assert_eq!(name(12345), "DMABROKER_UNKNOWN_STATUS");
-    let version = unsafe { CStr::from_ptr(dmabroker_version()) }
-        .to_str()
-        .unwrap();
+    let version = unsafe { CStr::from_ptr(dmabroker_version()) }.to_str().unwrap();
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
 }
 
@@ -565,31 +309,14 @@ fn client_calls_refuse_null_and_report_a_missing_broker() {
     );
     assert!(c.is_null());
     assert!(last_error().contains("dmabroker serve"), "{}", last_error());
-    expect(
-        unsafe { dmabroker_client_connect(ptr::null(), ptr::null_mut()) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_client_connect(ptr::null(), ptr::null_mut()) }, INVALID);
     let mut b = ptr::null_mut();
-    expect(
-        unsafe {
-            dmabroker_client_alloc(ptr::null(), c"memfd".as_ptr(), 4096, ptr::null(), &mut b)
-        },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_client_alloc(ptr::null(), c"memfd".as_ptr(), 4096, ptr::null(), &mut b) }, INVALID);
     let mut key = ptr::dangling_mut::<std::ffi::c_char>();
-    expect(
-        unsafe { dmabroker_client_publish(ptr::null(), ptr::null(), ptr::null(), &mut key) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_client_publish(ptr::null(), ptr::null(), ptr::null(), &mut key) }, INVALID);
     assert!(key.is_null());
-    expect(
-        unsafe { dmabroker_client_import(ptr::null(), c"x".as_ptr(), &mut b, ptr::null_mut()) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_client_unpublish(ptr::null(), c"x".as_ptr()) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_client_import(ptr::null(), c"x".as_ptr(), &mut b, ptr::null_mut()) }, INVALID);
+    expect(unsafe { dmabroker_client_unpublish(ptr::null(), c"x".as_ptr()) }, INVALID);
     unsafe { dmabroker_client_free(ptr::null_mut()) };
     unsafe { dmabroker_string_free(ptr::null_mut()) };
 }
@@ -603,10 +330,7 @@ fn c_string_of(p: *const std::ffi::c_char) -> String {
 
 fn describe(c: *const Constraints) -> String {
     let mut text = ptr::null_mut();
-    expect(
-        unsafe { dmabroker_constraints_describe(c, &mut text) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_constraints_describe(c, &mut text) }, Status::DMABROKER_OK);
     let s = c_string_of(text);
     unsafe { dmabroker_string_free(text) };
     s
@@ -614,30 +338,18 @@ fn describe(c: *const Constraints) -> String {
 
 fn constraints(device: &CStr) -> *mut Constraints {
     let mut c = ptr::null_mut();
-    expect(
-        unsafe { dmabroker_constraints_new(device.as_ptr(), &mut c) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_constraints_new(device.as_ptr(), &mut c) }, Status::DMABROKER_OK);
     c
 }
 
 #[test]
 fn constraints_refuse_bad_values_and_keep_their_state() {
     let mut c: *mut Constraints = ptr::dangling_mut::<Constraints>();
-    expect(
-        unsafe { dmabroker_constraints_new(ptr::null(), &mut c) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_constraints_new(ptr::null(), &mut c) }, INVALID);
     assert!(c.is_null());
-    expect(
-        unsafe { dmabroker_constraints_new(c"isp0".as_ptr(), ptr::null_mut()) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_constraints_new(c"isp0".as_ptr(), ptr::null_mut()) }, INVALID);
     c = ptr::dangling_mut::<Constraints>();
-    expect(
-        unsafe { dmabroker_constraints_probe(ptr::null(), &mut c) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_constraints_probe(ptr::null(), &mut c) }, INVALID);
     assert!(c.is_null());
     expect(
         unsafe { dmabroker_constraints_probe(c"/nonexistent/video9".as_ptr(), &mut c) },
@@ -650,132 +362,53 @@ fn constraints_refuse_bad_values_and_keep_their_state() {
     assert!(c.is_null());
 
     // Every setter refuses NULL.
-    expect(
-        unsafe { dmabroker_constraints_set_contiguous(ptr::null_mut(), true) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_constraints_set_max_segments(ptr::null_mut(), 4) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_constraints_set_address_bits(ptr::null_mut(), 32) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_constraints_set_align(ptr::null_mut(), 4096) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_constraints_set_page_size(ptr::null_mut(), 4096) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_constraints_set_granularity(ptr::null_mut(), 64) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_constraints_set_coherency(ptr::null_mut(), 1) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_constraints_set_dma_buf(ptr::null_mut(), true) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_constraints_set_contiguous(ptr::null_mut(), true) }, INVALID);
+    expect(unsafe { dmabroker_constraints_set_max_segments(ptr::null_mut(), 4) }, INVALID);
+    expect(unsafe { dmabroker_constraints_set_address_bits(ptr::null_mut(), 32) }, INVALID);
+    expect(unsafe { dmabroker_constraints_set_align(ptr::null_mut(), 4096) }, INVALID);
+    expect(unsafe { dmabroker_constraints_set_page_size(ptr::null_mut(), 4096) }, INVALID);
+    expect(unsafe { dmabroker_constraints_set_granularity(ptr::null_mut(), 64) }, INVALID);
+    expect(unsafe { dmabroker_constraints_set_coherency(ptr::null_mut(), 1) }, INVALID);
+    expect(unsafe { dmabroker_constraints_set_dma_buf(ptr::null_mut(), true) }, INVALID);
 
     let c = constraints(c"isp0");
     assert!(describe(c).contains("no requirement"), "{}", describe(c));
-    expect(
-        unsafe { dmabroker_constraints_set_contiguous(c, true) },
-        Status::DMABROKER_OK,
-    );
-    expect(
-        unsafe { dmabroker_constraints_set_align(c, 65536) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_constraints_set_contiguous(c, true) }, Status::DMABROKER_OK);
+    expect(unsafe { dmabroker_constraints_set_align(c, 65536) }, Status::DMABROKER_OK);
     let before = describe(c);
     assert!(before.contains("isp0"), "{before}");
     // Invalid values are refused and leave the handle as it was.
     expect(unsafe { dmabroker_constraints_set_align(c, 3) }, INVALID);
     assert!(last_error().contains("power of two"), "{}", last_error());
-    expect(
-        unsafe { dmabroker_constraints_set_page_size(c, 12345) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_constraints_set_granularity(c, 100) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_constraints_set_address_bits(c, 8) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_constraints_set_address_bits(c, 65) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_constraints_set_coherency(c, 99) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_constraints_set_page_size(c, 12345) }, INVALID);
+    expect(unsafe { dmabroker_constraints_set_granularity(c, 100) }, INVALID);
+    expect(unsafe { dmabroker_constraints_set_address_bits(c, 8) }, INVALID);
+    expect(unsafe { dmabroker_constraints_set_address_bits(c, 65) }, INVALID);
+    expect(unsafe { dmabroker_constraints_set_coherency(c, 99) }, INVALID);
     assert_eq!(describe(c), before);
 
     // Cached against uncached: a conflict naming both, dst unchanged.
     let gpu = constraints(c"gpu0");
-    expect(
-        unsafe { dmabroker_constraints_set_coherency(gpu, Coherency::Snoops as u32) },
-        Status::DMABROKER_OK,
-    );
-    expect(
-        unsafe { dmabroker_constraints_set_coherency(c, Coherency::NeedsUncached as u32) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_constraints_set_coherency(gpu, Coherency::Snoops as u32) }, Status::DMABROKER_OK);
+    expect(unsafe { dmabroker_constraints_set_coherency(c, Coherency::NeedsUncached as u32) }, Status::DMABROKER_OK);
     let before = describe(c);
-    expect(
-        unsafe { dmabroker_constraints_merge(c, gpu) },
-        Status::DMABROKER_ERROR_CONFLICT,
-    );
-    assert!(
-        last_error().contains("gpu0") && last_error().contains("isp0"),
-        "{}",
-        last_error()
-    );
+    expect(unsafe { dmabroker_constraints_merge(c, gpu) }, Status::DMABROKER_ERROR_CONFLICT);
+    assert!(last_error().contains("gpu0") && last_error().contains("isp0"), "{}", last_error());
     assert_eq!(describe(c), before);
     // Nor may a setter create the conflict after a merge.
-    expect(
-        unsafe { dmabroker_constraints_set_coherency(c, Coherency::Unspecified as u32) },
-        Status::DMABROKER_OK,
-    );
-    expect(
-        unsafe { dmabroker_constraints_merge(c, gpu) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_constraints_set_coherency(c, Coherency::Unspecified as u32) }, Status::DMABROKER_OK);
+    expect(unsafe { dmabroker_constraints_merge(c, gpu) }, Status::DMABROKER_OK);
     expect(
         unsafe { dmabroker_constraints_set_coherency(c, Coherency::NeedsUncached as u32) },
         Status::DMABROKER_ERROR_CONFLICT,
     );
-    expect(
-        unsafe { dmabroker_constraints_merge(c, c) },
-        Status::DMABROKER_OK,
-    );
-    expect(
-        unsafe { dmabroker_constraints_merge(c, ptr::null()) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_constraints_merge(ptr::null_mut(), gpu) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_constraints_merge(c, c) }, Status::DMABROKER_OK);
+    expect(unsafe { dmabroker_constraints_merge(c, ptr::null()) }, INVALID);
+    expect(unsafe { dmabroker_constraints_merge(ptr::null_mut(), gpu) }, INVALID);
     let merged = describe(c);
-    assert!(
-        merged.contains("gpu0") && merged.contains("isp0"),
-        "{merged}"
-    );
+    assert!(merged.contains("gpu0") && merged.contains("isp0"), "{merged}");
     let mut text = ptr::dangling_mut::<std::ffi::c_char>();
-    expect(
-        unsafe { dmabroker_constraints_describe(ptr::null(), &mut text) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_constraints_describe(ptr::null(), &mut text) }, INVALID);
     assert!(text.is_null());
     unsafe {
         dmabroker_constraints_free(gpu);
@@ -797,49 +430,16 @@ fn alloc_for_chooses_explains_and_refuses() {
         non_coherent: true,
         uncached: true,
     };
-    expect(
-        unsafe {
-            dmabroker_alloc_for(
-                ptr::null(),
-                ptr::null(),
-                4096,
-                ptr::null(),
-                &mut b,
-                &mut info,
-            )
-        },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_alloc_for(ptr::null(), ptr::null(), 4096, ptr::null(), &mut b, &mut info) }, INVALID);
     assert!(b.is_null() && info.heap.is_null() && info.reasons.is_null() && info.len == 0);
     let c = constraints(c"cpu-only");
-    expect(
-        unsafe {
-            dmabroker_alloc_for(
-                ptr::null(),
-                c,
-                4096,
-                ptr::null(),
-                ptr::null_mut(),
-                &mut info,
-            )
-        },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_alloc_for(ptr::null(), c, 0, ptr::null(), &mut b, &mut info) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_alloc_for(ptr::null(), c, 4096, ptr::null(), ptr::null_mut(), &mut info) }, INVALID);
+    expect(unsafe { dmabroker_alloc_for(ptr::null(), c, 0, ptr::null(), &mut b, &mut info) }, INVALID);
     assert!(b.is_null());
 
     // CPU memory will do: the cheapest heap, memfd, with reasons.
-    expect(
-        unsafe { dmabroker_constraints_set_dma_buf(c, false) },
-        Status::DMABROKER_OK,
-    );
-    expect(
-        unsafe { dmabroker_constraints_set_granularity(c, 65536) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_constraints_set_dma_buf(c, false) }, Status::DMABROKER_OK);
+    expect(unsafe { dmabroker_constraints_set_granularity(c, 65536) }, Status::DMABROKER_OK);
     expect(
         unsafe { dmabroker_alloc_for(ptr::null(), c, 5000, c"chosen".as_ptr(), &mut b, &mut info) },
         Status::DMABROKER_OK,
@@ -869,8 +469,7 @@ fn alloc_for_chooses_explains_and_refuses() {
         dmabroker_constraints_set_address_bits(dev, 32);
         dmabroker_constraints_set_dma_buf(dev, true);
     }
-    let status =
-        unsafe { dmabroker_alloc_for(ptr::null(), dev, 64 << 20, ptr::null(), &mut b, &mut info) };
+    let status = unsafe { dmabroker_alloc_for(ptr::null(), dev, 64 << 20, ptr::null(), &mut b, &mut info) };
     if status == Status::DMABROKER_OK {
         unsafe {
             dmabroker_choice_info_clear(&mut info);
@@ -891,46 +490,18 @@ fn alloc_for_chooses_explains_and_refuses() {
 #[test]
 fn layouts_match_the_kernel_and_refuse_bad_formats() {
     let mut l: *mut Layout = ptr::dangling_mut::<Layout>();
-    expect(
-        unsafe { dmabroker_layout_new(ptr::null(), 64, 64, 0, &mut l) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_layout_new(ptr::null(), 64, 64, 0, &mut l) }, INVALID);
     assert!(l.is_null());
-    expect(
-        unsafe { dmabroker_layout_new(c"BOGUS".as_ptr(), 64, 64, 0, &mut l) },
-        INVALID,
-    );
-    assert!(
-        last_error().contains("NV12"),
-        "lists the formats: {}",
-        last_error()
-    );
-    expect(
-        unsafe { dmabroker_layout_new(c"nv12".as_ptr(), 0, 64, 0, &mut l) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_layout_new(c"nv12".as_ptr(), 64, 64, 3, &mut l) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_layout_new_padded(c"nv12".as_ptr(), 64, 64, 1, 1, 5, &mut l) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_layout_new(c"nv12".as_ptr(), 64, 64, 0, ptr::null_mut()) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_layout_new(c"BOGUS".as_ptr(), 64, 64, 0, &mut l) }, INVALID);
+    assert!(last_error().contains("NV12"), "lists the formats: {}", last_error());
+    expect(unsafe { dmabroker_layout_new(c"nv12".as_ptr(), 0, 64, 0, &mut l) }, INVALID);
+    expect(unsafe { dmabroker_layout_new(c"nv12".as_ptr(), 64, 64, 3, &mut l) }, INVALID);
+    expect(unsafe { dmabroker_layout_new_padded(c"nv12".as_ptr(), 64, 64, 1, 1, 5, &mut l) }, INVALID);
+    expect(unsafe { dmabroker_layout_new(c"nv12".as_ptr(), 64, 64, 0, ptr::null_mut()) }, INVALID);
     assert!(l.is_null());
 
-    expect(
-        unsafe { dmabroker_layout_new(c"nv12".as_ptr(), 1920, 1080, 0, &mut l) },
-        Status::DMABROKER_OK,
-    );
-    assert_eq!(
-        c_string_of(unsafe { dmabroker_layout_format_name(l) }),
-        "NV12"
-    );
+    expect(unsafe { dmabroker_layout_new(c"nv12".as_ptr(), 1920, 1080, 0, &mut l) }, Status::DMABROKER_OK);
+    assert_eq!(c_string_of(unsafe { dmabroker_layout_format_name(l) }), "NV12");
     assert_eq!(unsafe { dmabroker_layout_plane_count(l) }, 2);
     assert_eq!(unsafe { dmabroker_layout_buffer_count(l) }, 1);
     assert_eq!(unsafe { dmabroker_layout_total_size(l) }, 3_110_400);
@@ -938,40 +509,16 @@ fn layouts_match_the_kernel_and_refuse_bad_formats() {
     assert_eq!(unsafe { dmabroker_layout_buffer_size(l, 1) }, 0);
     assert_eq!(unsafe { dmabroker_layout_width(l) }, 1920);
     assert_eq!(unsafe { dmabroker_layout_height(l) }, 1080);
-    assert_eq!(
-        unsafe { dmabroker_layout_v4l2_pixelformat(l) },
-        u32::from_le_bytes(*b"NV12")
-    );
-    assert_eq!(
-        unsafe { dmabroker_layout_drm_fourcc(l) },
-        u32::from_le_bytes(*b"NV12")
-    );
+    assert_eq!(unsafe { dmabroker_layout_v4l2_pixelformat(l) }, u32::from_le_bytes(*b"NV12"));
+    assert_eq!(unsafe { dmabroker_layout_drm_fourcc(l) }, u32::from_le_bytes(*b"NV12"));
     let mut p = std::mem::MaybeUninit::<PlaneLayout>::uninit();
-    expect(
-        unsafe { dmabroker_layout_get_plane(l, 1, p.as_mut_ptr()) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_layout_get_plane(l, 1, p.as_mut_ptr()) }, Status::DMABROKER_OK);
     let p = unsafe { p.assume_init() };
-    assert_eq!(
-        p,
-        PlaneLayout {
-            buffer: 0,
-            lines: 540,
-            offset: 1920 * 1080,
-            bytesperline: 1920,
-            size: 1920 * 540
-        }
-    );
+    assert_eq!(p, PlaneLayout { buffer: 0, lines: 540, offset: 1920 * 1080, bytesperline: 1920, size: 1920 * 540 });
     let mut q = p;
     expect(unsafe { dmabroker_layout_get_plane(l, 2, &mut q) }, INVALID);
-    expect(
-        unsafe { dmabroker_layout_get_plane(ptr::null(), 0, &mut q) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_layout_get_plane(l, 0, ptr::null_mut()) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_layout_get_plane(ptr::null(), 0, &mut q) }, INVALID);
+    expect(unsafe { dmabroker_layout_get_plane(l, 0, ptr::null_mut()) }, INVALID);
     unsafe { dmabroker_layout_free(l) };
 
     // Padded: pitch to 256, sizes to pages.
@@ -987,10 +534,7 @@ fn layouts_match_the_kernel_and_refuse_bad_formats() {
     assert_eq!(unsafe { dmabroker_layout_total_size(ptr::null()) }, 0);
     assert_eq!(unsafe { dmabroker_layout_buffer_count(ptr::null()) }, 0);
     assert_eq!(unsafe { dmabroker_layout_v4l2_pixelformat(ptr::null()) }, 0);
-    assert_eq!(
-        c_string_of(unsafe { dmabroker_layout_format_name(ptr::null()) }),
-        ""
-    );
+    assert_eq!(c_string_of(unsafe { dmabroker_layout_format_name(ptr::null()) }), "");
     unsafe { dmabroker_layout_free(ptr::null_mut()) };
 }
 
@@ -999,28 +543,12 @@ fn alloc_format_allocates_single_buffer_formats_only() {
     let mut b: *mut Buffer = ptr::dangling_mut::<Buffer>();
     let mut l: *mut Layout = ptr::dangling_mut::<Layout>();
     let alloc_format = |heap: &CStr, format: &CStr, b: &mut *mut Buffer, l: *mut *mut Layout| unsafe {
-        dmabroker_alloc_format(
-            ptr::null(),
-            heap.as_ptr(),
-            format.as_ptr(),
-            640,
-            480,
-            0,
-            ptr::null(),
-            b,
-            l,
-        )
+        dmabroker_alloc_format(ptr::null(), heap.as_ptr(), format.as_ptr(), 640, 480, 0, ptr::null(), b, l)
     };
-    expect(
-        alloc_format(c"memfd", c"NV12M", &mut b, &mut l),
-        Status::DMABROKER_ERROR_UNSUPPORTED,
-    );
+    expect(alloc_format(c"memfd", c"NV12M", &mut b, &mut l), Status::DMABROKER_ERROR_UNSUPPORTED);
     assert!(b.is_null() && l.is_null());
     assert!(last_error().contains("NV12"), "{}", last_error());
-    expect(
-        alloc_format(c"nope", c"YUYV", &mut b, &mut l),
-        Status::DMABROKER_ERROR_NO_SUCH_HEAP,
-    );
+    expect(alloc_format(c"nope", c"YUYV", &mut b, &mut l), Status::DMABROKER_ERROR_NO_SUCH_HEAP);
     assert!(b.is_null() && l.is_null());
     expect(alloc_format(c"memfd", c"BOGUS", &mut b, &mut l), INVALID);
     expect(
@@ -1040,10 +568,7 @@ fn alloc_format_allocates_single_buffer_formats_only() {
         INVALID,
     );
     assert!(l.is_null());
-    expect(
-        alloc_format(c"memfd", c"YUYV", &mut b, &mut l),
-        Status::DMABROKER_OK,
-    );
+    expect(alloc_format(c"memfd", c"YUYV", &mut b, &mut l), Status::DMABROKER_OK);
     assert_eq!(unsafe { dmabroker_layout_total_size(l) }, 640 * 480 * 2);
     assert!(unsafe { dmabroker_buffer_len(b) } >= 640 * 480 * 2);
     unsafe {
@@ -1051,10 +576,7 @@ fn alloc_format_allocates_single_buffer_formats_only() {
         dmabroker_layout_free(l);
     }
     // layout_out may be NULL.
-    expect(
-        alloc_format(c"memfd", c"I420", &mut b, ptr::null_mut()),
-        Status::DMABROKER_OK,
-    );
+    expect(alloc_format(c"memfd", c"I420", &mut b, ptr::null_mut()), Status::DMABROKER_OK);
     unsafe { dmabroker_buffer_free(b) };
 }
 
@@ -1063,16 +585,7 @@ fn alloc_format_allocates_single_buffer_formats_only() {
 fn producer(buffers: u32, len: u64) -> *mut Producer {
     let mut p = ptr::null_mut();
     expect(
-        unsafe {
-            dmabroker_producer_new(
-                ptr::null(),
-                c"memfd".as_ptr(),
-                buffers,
-                len,
-                ptr::null(),
-                &mut p,
-            )
-        },
+        unsafe { dmabroker_producer_new(ptr::null(), c"memfd".as_ptr(), buffers, len, ptr::null(), &mut p) },
         Status::DMABROKER_OK,
     );
     p
@@ -1096,146 +609,58 @@ fn pool_calls_refuse_bad_arguments_and_wrong_orders() {
     expect(new(c"memfd".as_ptr(), 0, 4096, &mut p), INVALID);
     expect(new(c"memfd".as_ptr(), 65, 4096, &mut p), INVALID);
     expect(new(c"memfd".as_ptr(), 2, 0, &mut p), INVALID);
-    expect(
-        new(c"nope".as_ptr(), 2, 4096, &mut p),
-        Status::DMABROKER_ERROR_NO_SUCH_HEAP,
-    );
-    let options = PoolOptions {
-        name: ptr::null(),
-        release_timeout_ms: 0,
-        max_consumers: 64,
-        drop_oldest: false,
-    };
-    expect(
-        unsafe {
-            dmabroker_producer_new(ptr::null(), c"memfd".as_ptr(), 2, 4096, &options, &mut p)
-        },
-        INVALID,
-    );
+    expect(new(c"nope".as_ptr(), 2, 4096, &mut p), Status::DMABROKER_ERROR_NO_SUCH_HEAP);
+    let options = PoolOptions { name: ptr::null(), release_timeout_ms: 0, max_consumers: 64, drop_oldest: false };
+    expect(unsafe { dmabroker_producer_new(ptr::null(), c"memfd".as_ptr(), 2, 4096, &options, &mut p) }, INVALID);
     assert!(p.is_null());
     expect(
-        unsafe {
-            dmabroker_producer_new(
-                ptr::null(),
-                c"memfd".as_ptr(),
-                2,
-                4096,
-                ptr::null(),
-                ptr::null_mut(),
-            )
-        },
+        unsafe { dmabroker_producer_new(ptr::null(), c"memfd".as_ptr(), 2, 4096, ptr::null(), ptr::null_mut()) },
         INVALID,
     );
 
     // NULL handles.
     let (mut index, mut data, mut len, mut seq) = (0u32, ptr::null_mut::<c_void>(), 0usize, 0u64);
-    expect(
-        unsafe { dmabroker_producer_listen(ptr::null(), c"/tmp/x".as_ptr()) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_producer_wait_for_consumers(ptr::null(), 1, 0) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_producer_acquire(ptr::null(), 0, &mut index, &mut data, &mut len) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_producer_listen(ptr::null(), c"/tmp/x".as_ptr()) }, INVALID);
+    expect(unsafe { dmabroker_producer_wait_for_consumers(ptr::null(), 1, 0) }, INVALID);
+    expect(unsafe { dmabroker_producer_acquire(ptr::null(), 0, &mut index, &mut data, &mut len) }, INVALID);
     assert_eq!((index, data, len), (u32::MAX, ptr::null_mut(), 0));
-    expect(
-        unsafe { dmabroker_producer_submit(ptr::null(), 0, 0, 0, &mut seq) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_producer_submit(ptr::null(), 0, 0, 0, &mut seq) }, INVALID);
     expect(unsafe { dmabroker_producer_cancel(ptr::null()) }, INVALID);
     expect(unsafe { dmabroker_producer_close(ptr::null()) }, INVALID);
     assert_eq!(unsafe { dmabroker_producer_buffer_count(ptr::null()) }, 0);
     let mut stats = PoolStats::default();
-    expect(
-        unsafe { dmabroker_producer_get_stats(ptr::null(), &mut stats) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_producer_get_stats(ptr::null(), &mut stats) }, INVALID);
     let mut b: *mut Buffer = ptr::dangling_mut::<Buffer>();
-    expect(
-        unsafe { dmabroker_producer_get_buffer(ptr::null(), 0, &mut b) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_producer_get_buffer(ptr::null(), 0, &mut b) }, INVALID);
     assert!(b.is_null());
     unsafe { dmabroker_producer_free(ptr::null_mut()) };
 
     let p = producer(2, 4096);
     assert_eq!(unsafe { dmabroker_producer_buffer_count(p) }, 2);
-    expect(
-        unsafe { dmabroker_producer_listen(p, ptr::null()) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_producer_listen(p, ptr::null()) }, INVALID);
     let long = std::ffi::CString::new(format!("/tmp/{}", "x".repeat(200))).unwrap();
-    expect(
-        unsafe { dmabroker_producer_listen(p, long.as_ptr()) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_producer_get_buffer(p, 2, &mut b) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_producer_get_buffer(p, 1, &mut b) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_producer_listen(p, long.as_ptr()) }, INVALID);
+    expect(unsafe { dmabroker_producer_get_buffer(p, 2, &mut b) }, INVALID);
+    expect(unsafe { dmabroker_producer_get_buffer(p, 1, &mut b) }, Status::DMABROKER_OK);
     assert!(unsafe { dmabroker_buffer_fd(b) } >= 0);
     unsafe { dmabroker_buffer_free(b) };
-    expect(
-        unsafe { dmabroker_producer_wait_for_consumers(p, 1, 10) },
-        Status::DMABROKER_ERROR_TIMEOUT,
-    );
+    expect(unsafe { dmabroker_producer_wait_for_consumers(p, 1, 10) }, Status::DMABROKER_ERROR_TIMEOUT);
     // Out of order.
-    expect(
-        unsafe { dmabroker_producer_submit(p, 1, 0, 0, &mut seq) },
-        Status::DMABROKER_ERROR_NOT_BEGUN,
-    );
-    expect(
-        unsafe { dmabroker_producer_cancel(p) },
-        Status::DMABROKER_ERROR_NOT_BEGUN,
-    );
-    expect(
-        unsafe { dmabroker_producer_acquire(p, 0, ptr::null_mut(), &mut data, &mut len) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_producer_submit(p, 1, 0, 0, &mut seq) }, Status::DMABROKER_ERROR_NOT_BEGUN);
+    expect(unsafe { dmabroker_producer_cancel(p) }, Status::DMABROKER_ERROR_NOT_BEGUN);
+    expect(unsafe { dmabroker_producer_acquire(p, 0, ptr::null_mut(), &mut data, &mut len) }, INVALID);
     // No consumer: acquire works (frames go to nobody).
-    expect(
-        unsafe { dmabroker_producer_acquire(p, 0, &mut index, &mut data, &mut len) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_producer_acquire(p, 0, &mut index, &mut data, &mut len) }, Status::DMABROKER_OK);
     assert!(index < 2 && !data.is_null() && len >= 4096);
-    expect(
-        unsafe { dmabroker_producer_acquire(p, 0, &mut index, &mut data, &mut len) },
-        Status::DMABROKER_ERROR_BUSY,
-    );
+    expect(unsafe { dmabroker_producer_acquire(p, 0, &mut index, &mut data, &mut len) }, Status::DMABROKER_ERROR_BUSY);
     assert_eq!((index, data, len), (u32::MAX, ptr::null_mut(), 0));
-    expect(
-        unsafe { dmabroker_producer_get_stats(p, &mut stats) },
-        Status::DMABROKER_ERROR_BUSY,
-    );
-    expect(
-        unsafe { dmabroker_producer_wait_for_consumers(p, 0, 0) },
-        Status::DMABROKER_ERROR_BUSY,
-    );
+    expect(unsafe { dmabroker_producer_get_stats(p, &mut stats) }, Status::DMABROKER_ERROR_BUSY);
+    expect(unsafe { dmabroker_producer_wait_for_consumers(p, 0, 0) }, Status::DMABROKER_ERROR_BUSY);
     // Bad submits leave the slot acquired.
-    expect(
-        unsafe { dmabroker_producer_submit(p, 1 << 40, 0, 0, &mut seq) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_producer_submit(p, 1, 1 << 16, 0, &mut seq) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_producer_submit(p, 1, 1 << 5, 0, &mut seq) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_producer_cancel(p) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_producer_submit(p, 1 << 40, 0, 0, &mut seq) }, INVALID);
+    expect(unsafe { dmabroker_producer_submit(p, 1, 1 << 16, 0, &mut seq) }, INVALID);
+    expect(unsafe { dmabroker_producer_submit(p, 1, 1 << 5, 0, &mut seq) }, INVALID);
+    expect(unsafe { dmabroker_producer_cancel(p) }, Status::DMABROKER_OK);
     // Without a CPU pointer (a device fills the buffer).
     expect(
         unsafe { dmabroker_producer_acquire(p, 0, &mut index, ptr::null_mut(), ptr::null_mut()) },
@@ -1246,16 +671,10 @@ fn pool_calls_refuse_bad_arguments_and_wrong_orders() {
         Status::DMABROKER_OK,
     );
     assert_eq!(seq, 0);
-    expect(
-        unsafe { dmabroker_producer_get_stats(p, &mut stats) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_producer_get_stats(p, &mut stats) }, Status::DMABROKER_OK);
     assert_eq!((stats.produced, stats.consumers, stats.attached), (1, 0, 0));
     let mut cs = ConsumerStats::default();
-    expect(
-        unsafe { dmabroker_producer_get_consumer_stats(p, 0, &mut cs) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_producer_get_consumer_stats(p, 0, &mut cs) }, INVALID);
     expect(unsafe { dmabroker_producer_close(p) }, Status::DMABROKER_OK);
     expect(
         unsafe { dmabroker_producer_acquire(p, 0, &mut index, &mut data, &mut len) },
@@ -1264,10 +683,7 @@ fn pool_calls_refuse_bad_arguments_and_wrong_orders() {
     // A slot still out when the producer is freed goes back quietly.
     unsafe { dmabroker_producer_free(p) };
     let p = producer(1, 4096);
-    expect(
-        unsafe { dmabroker_producer_acquire(p, 0, &mut index, &mut data, &mut len) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_producer_acquire(p, 0, &mut index, &mut data, &mut len) }, Status::DMABROKER_OK);
     unsafe { dmabroker_producer_free(p) };
 
     // Consumer side.
@@ -1277,44 +693,20 @@ fn pool_calls_refuse_bad_arguments_and_wrong_orders() {
         Status::DMABROKER_ERROR_NO_PRODUCER,
     );
     assert!(c.is_null());
-    expect(
-        unsafe { dmabroker_consumer_connect(ptr::null(), 0, &mut c) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_consumer_connect(c"/nonexistent/pool.sock".as_ptr(), 7, &mut c) },
-        INVALID,
-    );
-    expect(
-        unsafe { dmabroker_consumer_connect(c"/x".as_ptr(), 0, ptr::null_mut()) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_consumer_connect(ptr::null(), 0, &mut c) }, INVALID);
+    expect(unsafe { dmabroker_consumer_connect(c"/nonexistent/pool.sock".as_ptr(), 7, &mut c) }, INVALID);
+    expect(unsafe { dmabroker_consumer_connect(c"/x".as_ptr(), 0, ptr::null_mut()) }, INVALID);
     let mut f: *mut Frame = ptr::dangling_mut::<Frame>();
-    expect(
-        unsafe { dmabroker_consumer_recv(ptr::null(), 0, &mut f) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_consumer_recv(ptr::null(), 0, &mut f) }, INVALID);
     assert!(f.is_null());
     let mut self_stats = ConsumerSelfStats::default();
-    expect(
-        unsafe { dmabroker_consumer_get_stats(ptr::null(), &mut self_stats) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_consumer_get_stats(ptr::null(), &mut self_stats) }, INVALID);
     let mut fi = FrameInfo::default();
-    expect(
-        unsafe { dmabroker_frame_get_info(ptr::null(), &mut fi) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_frame_get_info(ptr::null(), &mut fi) }, INVALID);
     let (mut fdata, mut flen) = (ptr::dangling::<c_void>(), 1usize);
-    expect(
-        unsafe { dmabroker_frame_data(ptr::null(), &mut fdata, &mut flen) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_frame_data(ptr::null(), &mut fdata, &mut flen) }, INVALID);
     assert!(fdata.is_null() && flen == 0);
-    expect(
-        unsafe { dmabroker_frame_get_buffer(ptr::null(), &mut b) },
-        INVALID,
-    );
+    expect(unsafe { dmabroker_frame_get_buffer(ptr::null(), &mut b) }, INVALID);
     unsafe {
         dmabroker_consumer_free(ptr::null_mut());
         dmabroker_frame_free(ptr::null_mut());
@@ -1330,95 +722,52 @@ unsafe impl<T> Send for Send_<T> {}
 fn pool_round_trip_between_threads() {
     let path = socket_path("round-trip");
     let p = producer(2, 8192);
-    expect(
-        unsafe { dmabroker_producer_listen(p, path.as_ptr()) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_producer_listen(p, path.as_ptr()) }, Status::DMABROKER_OK);
     let path2 = path.clone();
     let connecting = std::thread::spawn(move || {
         let mut c = ptr::null_mut();
         let status = unsafe { dmabroker_consumer_connect(path2.as_ptr(), 0, &mut c) };
         (status, Send_(c))
     });
-    expect(
-        unsafe { dmabroker_producer_wait_for_consumers(p, 1, 10_000) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_producer_wait_for_consumers(p, 1, 10_000) }, Status::DMABROKER_OK);
     let (status, c) = connecting.join().unwrap();
     expect(status, Status::DMABROKER_OK);
     let c = c.0;
     let mut self_stats = ConsumerSelfStats::default();
-    expect(
-        unsafe { dmabroker_consumer_get_stats(c, &mut self_stats) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_consumer_get_stats(c, &mut self_stats) }, Status::DMABROKER_OK);
     assert_eq!(self_stats.buffer_count, 2);
     assert_eq!(self_stats.buffer_len, 8192);
 
     let mut f: *mut Frame = ptr::null_mut();
-    expect(
-        unsafe { dmabroker_consumer_recv(c, 0, &mut f) },
-        Status::DMABROKER_ERROR_TIMEOUT,
-    );
+    expect(unsafe { dmabroker_consumer_recv(c, 0, &mut f) }, Status::DMABROKER_ERROR_TIMEOUT);
     assert!(f.is_null());
 
     for round in 0..3u8 {
-        let (mut index, mut data, mut len, mut seq) =
-            (0u32, ptr::null_mut::<c_void>(), 0usize, 0u64);
-        expect(
-            unsafe { dmabroker_producer_acquire(p, 5000, &mut index, &mut data, &mut len) },
-            Status::DMABROKER_OK,
-        );
+        let (mut index, mut data, mut len, mut seq) = (0u32, ptr::null_mut::<c_void>(), 0usize, 0u64);
+        expect(unsafe { dmabroker_producer_acquire(p, 5000, &mut index, &mut data, &mut len) }, Status::DMABROKER_OK);
         let bytes = unsafe { std::slice::from_raw_parts_mut(data.cast::<u8>(), len) };
         bytes[..100].fill(round + 1);
-        expect(
-            unsafe { dmabroker_producer_submit(p, 100, 0, u64::from(round) * 11, &mut seq) },
-            Status::DMABROKER_OK,
-        );
+        expect(unsafe { dmabroker_producer_submit(p, 100, 0, u64::from(round) * 11, &mut seq) }, Status::DMABROKER_OK);
         assert_eq!(seq, u64::from(round));
 
-        expect(
-            unsafe { dmabroker_consumer_recv(c, 5000, &mut f) },
-            Status::DMABROKER_OK,
-        );
+        expect(unsafe { dmabroker_consumer_recv(c, 5000, &mut f) }, Status::DMABROKER_OK);
         let mut second = ptr::null_mut();
-        expect(
-            unsafe { dmabroker_consumer_recv(c, 0, &mut second) },
-            Status::DMABROKER_ERROR_BUSY,
-        );
-        expect(
-            unsafe { dmabroker_consumer_get_stats(c, &mut self_stats) },
-            Status::DMABROKER_ERROR_BUSY,
-        );
+        expect(unsafe { dmabroker_consumer_recv(c, 0, &mut second) }, Status::DMABROKER_ERROR_BUSY);
+        expect(unsafe { dmabroker_consumer_get_stats(c, &mut self_stats) }, Status::DMABROKER_ERROR_BUSY);
         let mut info = FrameInfo::default();
-        expect(
-            unsafe { dmabroker_frame_get_info(f, &mut info) },
-            Status::DMABROKER_OK,
-        );
-        assert_eq!(
-            (info.index, info.seq, info.bytes_used, info.meta),
-            (index, seq, 100, u64::from(round) * 11)
-        );
+        expect(unsafe { dmabroker_frame_get_info(f, &mut info) }, Status::DMABROKER_OK);
+        assert_eq!((info.index, info.seq, info.bytes_used, info.meta), (index, seq, 100, u64::from(round) * 11));
         assert!(info.timestamp_ns > 0);
         let (mut fdata, mut flen) = (ptr::null::<c_void>(), 0usize);
-        expect(
-            unsafe { dmabroker_frame_data(f, &mut fdata, &mut flen) },
-            Status::DMABROKER_OK,
-        );
+        expect(unsafe { dmabroker_frame_data(f, &mut fdata, &mut flen) }, Status::DMABROKER_OK);
         assert_eq!(flen, 100);
         let seen = unsafe { std::slice::from_raw_parts(fdata.cast::<u8>(), flen) };
         assert!(seen.iter().all(|&x| x == round + 1));
         let (mut again, mut again_len) = (ptr::null::<c_void>(), 0usize);
-        expect(
-            unsafe { dmabroker_frame_data(f, &mut again, &mut again_len) },
-            Status::DMABROKER_OK,
-        );
+        expect(unsafe { dmabroker_frame_data(f, &mut again, &mut again_len) }, Status::DMABROKER_OK);
         assert_eq!((again, again_len), (fdata, flen), "the same pointer");
         let mut fb = ptr::null_mut();
-        expect(
-            unsafe { dmabroker_frame_get_buffer(f, &mut fb) },
-            Status::DMABROKER_OK,
-        );
+        expect(unsafe { dmabroker_frame_get_buffer(f, &mut fb) }, Status::DMABROKER_OK);
         assert!(unsafe { dmabroker_buffer_len(fb) } >= 8192);
         unsafe { dmabroker_buffer_free(fb) };
         if round == 2 {
@@ -1428,41 +777,26 @@ fn pool_round_trip_between_threads() {
         unsafe { dmabroker_frame_free(f) };
     }
     let mut stats = PoolStats::default();
-    expect(
-        unsafe { dmabroker_producer_get_stats(p, &mut stats) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_producer_get_stats(p, &mut stats) }, Status::DMABROKER_OK);
     assert_eq!(stats.produced, 3);
     unsafe { dmabroker_producer_free(p) };
-    let _ = std::fs::remove_dir_all(
-        std::path::Path::new(path.to_str().unwrap())
-            .parent()
-            .unwrap(),
-    );
+    let _ = std::fs::remove_dir_all(std::path::Path::new(path.to_str().unwrap()).parent().unwrap());
 }
 
 #[test]
 fn pool_consumer_sees_the_end_of_the_stream() {
     let path = socket_path("end");
     let p = producer(2, 4096);
-    expect(
-        unsafe { dmabroker_producer_listen(p, path.as_ptr()) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_producer_listen(p, path.as_ptr()) }, Status::DMABROKER_OK);
     // A second producer on a live socket is refused.
     let q = producer(1, 4096);
-    expect(
-        unsafe { dmabroker_producer_listen(q, path.as_ptr()) },
-        Status::DMABROKER_ERROR_ALREADY_EXISTS,
-    );
+    expect(unsafe { dmabroker_producer_listen(q, path.as_ptr()) }, Status::DMABROKER_ERROR_ALREADY_EXISTS);
     unsafe { dmabroker_producer_free(q) };
     let path2 = path.clone();
     let consumer = std::thread::spawn(move || {
         let mut c = ptr::null_mut();
         expect(
-            unsafe {
-                dmabroker_consumer_connect(path2.as_ptr(), WaitMode::BusyPoll as u32, &mut c)
-            },
+            unsafe { dmabroker_consumer_connect(path2.as_ptr(), WaitMode::BusyPoll as u32, &mut c) },
             Status::DMABROKER_OK,
         );
         let mut got = Vec::new();
@@ -1481,31 +815,19 @@ fn pool_consumer_sees_the_end_of_the_stream() {
         unsafe { dmabroker_consumer_free(c) };
         (end, got)
     });
-    expect(
-        unsafe { dmabroker_producer_wait_for_consumers(p, 1, 10_000) },
-        Status::DMABROKER_OK,
-    );
+    expect(unsafe { dmabroker_producer_wait_for_consumers(p, 1, 10_000) }, Status::DMABROKER_OK);
     for i in 0..5u64 {
         let mut index = 0;
         expect(
-            unsafe {
-                dmabroker_producer_acquire(p, 10_000, &mut index, ptr::null_mut(), ptr::null_mut())
-            },
+            unsafe { dmabroker_producer_acquire(p, 10_000, &mut index, ptr::null_mut(), ptr::null_mut()) },
             Status::DMABROKER_OK,
         );
-        expect(
-            unsafe { dmabroker_producer_submit(p, 1, 0, i, ptr::null_mut()) },
-            Status::DMABROKER_OK,
-        );
+        expect(unsafe { dmabroker_producer_submit(p, 1, 0, i, ptr::null_mut()) }, Status::DMABROKER_OK);
     }
     expect(unsafe { dmabroker_producer_close(p) }, Status::DMABROKER_OK);
     let (end, got) = consumer.join().unwrap();
     assert_eq!(end, Status::DMABROKER_ERROR_CLOSED);
     assert_eq!(got, [0, 1, 2, 3, 4]);
     unsafe { dmabroker_producer_free(p) };
-    let _ = std::fs::remove_dir_all(
-        std::path::Path::new(path.to_str().unwrap())
-            .parent()
-            .unwrap(),
-    );
+    let _ = std::fs::remove_dir_all(std::path::Path::new(path.to_str().unwrap()).parent().unwrap());
 }

@@ -14,8 +14,7 @@ fn header_path() -> PathBuf {
 /// The header cbindgen generates from the source, in memory.
 fn generate() -> String {
     let dir = crate_dir();
-    let config =
-        cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("reading cbindgen.toml");
+    let config = cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("reading cbindgen.toml");
     let bindings = cbindgen::Builder::new()
         .with_config(config)
         .with_src(dir.join("src/lib.rs"))

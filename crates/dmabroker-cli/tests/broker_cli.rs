@@ -107,7 +107,18 @@ fn expect_error_then_close(s: &OwnedFd) -> String {
 #[test]
 fn broker_cli_alloc_publish_import_unpublish() {
     let d = Daemon::start("verbs", &[]);
-    let o = d.cli(&["alloc", "--heap", "memfd", "--size", "1MiB", "--publish", "frames", "--allow", &format!("uid={NOBODY}:ro"), "--json"]);
+    let o = d.cli(&[
+        "alloc",
+        "--heap",
+        "memfd",
+        "--size",
+        "1MiB",
+        "--publish",
+        "frames",
+        "--allow",
+        &format!("uid={NOBODY}:ro"),
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["published"], "frames");
@@ -140,7 +151,10 @@ fn broker_cross_user_denied_and_allowed() {
     }
     let d = Daemon::start("users", &[]);
     assert!(d.cli(&["alloc", "--size", "8K", "--publish", "mine"]).status.success());
-    assert!(d.cli(&["alloc", "--size", "8K", "--publish", "theirs", "--allow", &format!("uid={NOBODY}:ro")]).status.success());
+    assert!(d
+        .cli(&["alloc", "--size", "8K", "--publish", "theirs", "--allow", &format!("uid={NOBODY}:ro")])
+        .status
+        .success());
     let o = d.cli_as(NOBODY, &["import", "mine"]);
     assert!(!o.status.success() && text(&o).contains("not granted to uid 65534"), "{}", text(&o));
     let o = d.cli_as(NOBODY, &["import", "theirs", "--check-write", "--json"]);
@@ -155,7 +169,11 @@ fn broker_cross_user_denied_and_allowed() {
 
     // A policy file can let that user allocate.
     let policy = d.dir.join("policy.toml");
-    std::fs::write(&policy, format!("[[user]]\nuid = {NOBODY}\nheaps = [\"memfd\"]\nmax_bytes = \"1MiB\"\nmax_buffers = 4\n")).unwrap();
+    std::fs::write(
+        &policy,
+        format!("[[user]]\nuid = {NOBODY}\nheaps = [\"memfd\"]\nmax_bytes = \"1MiB\"\nmax_buffers = 4\n"),
+    )
+    .unwrap();
     let p = Daemon::start("users-policy", &["--policy", policy.to_str().unwrap()]);
     let o = p.cli_as(NOBODY, &["alloc", "--broker", "--size", "4K"]);
     assert!(o.status.success(), "{}", text(&o));

@@ -6,7 +6,9 @@
 //! test binary, because it clears close-on-exec on fds it passes down.
 
 use dmabroker::client::{Client, PublishOptions};
-use rustix::net::{AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketAddrUnix, SocketFlags, SocketType};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketAddrUnix, SocketFlags, SocketType,
+};
 use std::collections::BTreeMap;
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
@@ -53,7 +55,12 @@ impl Manager {
             let mut buf = [0u8; 4096];
             let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
             let mut control = RecvAncillaryBuffer::new(&mut space);
-            let Ok(msg) = rustix::net::recvmsg(&self.socket, &mut [IoSliceMut::new(&mut buf)], &mut control, RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC) else {
+            let Ok(msg) = rustix::net::recvmsg(
+                &self.socket,
+                &mut [IoSliceMut::new(&mut buf)],
+                &mut control,
+                RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+            ) else {
                 return;
             };
             let mut fds: Vec<OwnedFd> = Vec::new();
@@ -74,7 +81,6 @@ impl Manager {
             }
         }
     }
-
 }
 
 fn stop(child: &mut Child) {
@@ -143,13 +149,15 @@ fn broker_publications_survive_restart_through_the_fd_store() {
     std::thread::sleep(Duration::from_millis(300));
     stop(&mut first);
     std::thread::sleep(Duration::from_millis(100));
-    let mut inherited: Vec<(String, OwnedFd)> = std::mem::take(&mut manager.0.lock().unwrap().store).into_iter().collect();
+    let mut inherited: Vec<(String, OwnedFd)> =
+        std::mem::take(&mut manager.0.lock().unwrap().store).into_iter().collect();
     let names: Vec<&str> = inherited.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.len(), 2, "one buffer and the state: {names:?}");
     assert!(names.contains(&"state"), "{names:?}");
     // Socket activation too: the manager binds the socket and passes it.
     assert!(!dir.join("b.sock").exists(), "the first broker removes its socket at exit");
-    let listener = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
+    let listener =
+        rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
     rustix::net::bind(&listener, &SocketAddrUnix::new(dir.join("b.sock")).unwrap()).unwrap();
     rustix::net::listen(&listener, 16).unwrap();
     inherited.insert(0, ("dmabroker.socket".to_owned(), listener));
@@ -163,7 +171,10 @@ fn broker_publications_survive_restart_through_the_fd_store() {
     assert_eq!(c.import(&token).unwrap().buffer.inode(), kept.buffer.inode());
     assert!(c.import("gone").is_err());
     let (list, _) = c.list().unwrap();
-    assert_eq!(list.iter().find(|e| e.key == "kept").map(|e| e.publisher_uid), Some(rustix::process::getuid().as_raw()));
+    assert_eq!(
+        list.iter().find(|e| e.key == "kept").map(|e| e.publisher_uid),
+        Some(rustix::process::getuid().as_raw())
+    );
     assert_eq!(c.stats().unwrap().used_buffers, 1, "the owner is charged again");
     drop(c);
     stop(&mut second);

@@ -4,7 +4,11 @@ use std::process::Command;
 
 fn demo(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dmabroker")).arg("demo").args(args).output().expect("run dmabroker");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -22,8 +26,20 @@ fn demo_streams_and_verifies_every_frame() {
 
 #[test]
 fn demo_with_drop_oldest_and_pacing() {
-    let (ok, stdout, stderr) =
-        demo(&["--frames", "40", "--size", "64x64", "--source", "synthetic", "--backpressure", "drop-oldest", "--buffers", "4", "--fps", "200"]);
+    let (ok, stdout, stderr) = demo(&[
+        "--frames",
+        "40",
+        "--size",
+        "64x64",
+        "--source",
+        "synthetic",
+        "--backpressure",
+        "drop-oldest",
+        "--buffers",
+        "4",
+        "--fps",
+        "200",
+    ]);
     assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("0 checksum mismatches"), "{stdout}");
 }

@@ -6,25 +6,17 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::process::Command;
 
 fn dmabroker(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dmabroker"))
-        .args(args)
-        .output()
-        .expect("run dmabroker")
+    Command::new(env!("CARGO_BIN_EXE_dmabroker")).args(args).output().expect("run dmabroker")
 }
 
 #[test]
 fn ps_json_sees_our_buffers() {
     let me = std::process::id();
-    let buffer = Heaps::discover()
-        .allocate("memfd", &AllocRequest::new(1 << 20).name("cli-pstest"))
-        .expect("memfd allocation");
+    let buffer =
+        Heaps::discover().allocate("memfd", &AllocRequest::new(1 << 20).name("cli-pstest")).expect("memfd allocation");
     let _map = buffer.map_read_write().unwrap();
     let out = dmabroker(&["ps", "--json", "--pid", &me.to_string()]);
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
 
     let b = v["buffers"]
@@ -36,16 +28,8 @@ fn ps_json_sees_our_buffers() {
     assert_eq!(b["size"], 1 << 20);
     assert_eq!(b["name"], "dmabroker:cli-pstest");
     assert_eq!(b["dmabroker"], true);
-    let holder = b["holders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["pid"] == me)
-        .expect("we hold it");
-    assert_eq!(
-        holder["fds"],
-        serde_json::json!([buffer.as_fd().as_raw_fd()])
-    );
+    let holder = b["holders"].as_array().unwrap().iter().find(|h| h["pid"] == me).expect("we hold it");
+    assert_eq!(holder["fds"], serde_json::json!([buffer.as_fd().as_raw_fd()]));
     assert_eq!(holder["mappings"], 1);
 
     let procs = v["processes"].as_array().unwrap();
@@ -60,48 +44,28 @@ fn ps_json_sees_our_buffers() {
 #[test]
 fn ps_tables_and_user_filter() {
     let me = std::process::id();
-    let buffer = Heaps::discover()
-        .allocate("memfd", &AllocRequest::new(2 << 20).name("cli-pstable"))
-        .expect("memfd allocation");
+    let buffer =
+        Heaps::discover().allocate("memfd", &AllocRequest::new(2 << 20).name("cli-pstable")).expect("memfd allocation");
     let uid = rustix::process::geteuid().as_raw().to_string();
     let out = dmabroker(&["ps", "--user", &uid]);
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     for section in ["BUFFERS", "PROCESSES", "USERS", "TOTAL"] {
         assert!(text.contains(section), "no {section} in:\n{text}");
     }
-    let line = text
-        .lines()
-        .find(|l| l.contains("dmabroker:cli-pstable"))
-        .expect("our buffer has a row");
-    assert!(
-        line.contains("2 MiB") && line.contains(&buffer.inode().to_string()),
-        "{line}"
-    );
-    assert!(
-        line.contains(&format!("{me}:")),
-        "holder column names us: {line}"
-    );
+    let line = text.lines().find(|l| l.contains("dmabroker:cli-pstable")).expect("our buffer has a row");
+    assert!(line.contains("2 MiB") && line.contains(&buffer.inode().to_string()), "{line}");
+    assert!(line.contains(&format!("{me}:")), "holder column names us: {line}");
 
     // A user name resolves through /etc/passwd; an unknown one is an error.
     if let Ok(passwd) = std::fs::read_to_string("/etc/passwd") {
-        if let Some(name) = passwd
-            .lines()
-            .find(|l| l.split(':').nth(2) == Some(uid.as_str()))
-            .and_then(|l| l.split(':').next())
+        if let Some(name) =
+            passwd.lines().find(|l| l.split(':').nth(2) == Some(uid.as_str())).and_then(|l| l.split(':').next())
         {
             let out = dmabroker(&["ps", "--json", "--user", name]);
             assert!(out.status.success());
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            assert!(v["processes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|p| p["pid"] == me));
+            assert!(v["processes"].as_array().unwrap().iter().any(|p| p["pid"] == me));
         }
     }
     let out = dmabroker(&["ps", "--user", "no-such-user-dmabroker"]);

@@ -29,7 +29,8 @@ fn in_vm() -> bool {
 /// every device must be present.
 fn can_run(test: &str, devices: &[&str]) -> bool {
     if !in_vm() {
-        let _ = writeln!(std::io::stderr().lock(), "SKIP {test}: runs in the test VM only (vm/run.sh sets DMABROKER_VM=1)");
+        let _ =
+            writeln!(std::io::stderr().lock(), "SKIP {test}: runs in the test VM only (vm/run.sh sets DMABROKER_VM=1)");
         return false;
     }
     for d in devices {
@@ -99,7 +100,12 @@ fn json(o: &Output, what: &str) -> Value {
 /// The buffer with this inode in `dmabroker ps --json`, if listed.
 fn ps_buffer(d: &Daemon, inode: u64) -> Option<Value> {
     let ps = json(&d.cli(&["ps", "--json"]), "ps --json");
-    ps["buffers"].as_array().unwrap_or_else(|| panic!("no buffers in {ps}")).iter().find(|b| b["inode"] == inode).cloned()
+    ps["buffers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no buffers in {ps}"))
+        .iter()
+        .find(|b| b["inode"] == inode)
+        .cloned()
 }
 
 fn holder_pids(b: &Value) -> Vec<u64> {
@@ -125,7 +131,11 @@ fn publish_import_ps(test: &str, heap: &str, device: &str, exporter: &str, publi
 
     // The publisher exited: the broker alone holds it now.
     let b = ps_buffer(&d, inode).unwrap_or_else(|| panic!("ps does not list inode {inode}"));
-    assert_eq!((b["kind"].as_str(), b["exporter"].as_str(), b["size"].as_u64()), (Some("dma-buf"), Some(exporter), Some(1 << 20)), "{b}");
+    assert_eq!(
+        (b["kind"].as_str(), b["exporter"].as_str(), b["size"].as_u64()),
+        (Some("dma-buf"), Some(exporter), Some(1 << 20)),
+        "{b}"
+    );
     assert_eq!(holder_pids(&b), [broker_pid], "{b}");
     assert_eq!(b["file_count"], 1, "{b}");
 

@@ -23,7 +23,11 @@ fn skip(test: &str, reason: &str) {
 
 fn demo(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dmabroker")).arg("demo").args(args).output().expect("run dmabroker");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn check_v4l2_run(test: &str, args: &[&str], frames: u64) {
@@ -106,7 +110,10 @@ fn demo_synthetic_dma_bufs_through_the_embedded_broker() {
     let (ok, stdout, stderr) = demo(&args);
     show(format_args!("{T}: dmabroker demo {}\n{stdout}", args.join(" ")));
     assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains("source: synthetic NV12 test pattern, buffers allocated through the embedded dmabroker broker"), "{stdout}");
+    assert!(
+        stdout.contains("source: synthetic NV12 test pattern, buffers allocated through the embedded dmabroker broker"),
+        "{stdout}"
+    );
     for id in 0..2 {
         assert!(stdout.contains(&format!("consumer {id}: 30 frames, 0 checksum mismatches")), "{stdout}");
     }

@@ -61,11 +61,9 @@ pub struct DmaBufImportSyncFile {
 }
 
 /// `DMA_BUF_IOCTL_EXPORT_SYNC_FILE = _IOWR('b', 2, struct dma_buf_export_sync_file)`.
-pub const DMA_BUF_IOCTL_EXPORT_SYNC_FILE: Opcode =
-    opcode::read_write::<DmaBufExportSyncFile>(b'b', 2);
+pub const DMA_BUF_IOCTL_EXPORT_SYNC_FILE: Opcode = opcode::read_write::<DmaBufExportSyncFile>(b'b', 2);
 /// `DMA_BUF_IOCTL_IMPORT_SYNC_FILE = _IOW('b', 3, struct dma_buf_import_sync_file)`.
-pub const DMA_BUF_IOCTL_IMPORT_SYNC_FILE: Opcode =
-    opcode::write::<DmaBufImportSyncFile>(b'b', 3);
+pub const DMA_BUF_IOCTL_IMPORT_SYNC_FILE: Opcode = opcode::write::<DmaBufImportSyncFile>(b'b', 3);
 
 /// `ioctl(dmabuf, DMA_BUF_IOCTL_SYNC, flags)`: begin (`START`) or end (`END`)
 /// CPU access for reading and/or writing.
@@ -85,12 +83,7 @@ pub fn sync(dmabuf: impl AsFd, flags: u64) -> rustix::io::Result<()> {
 pub fn set_name(dmabuf: impl AsFd, name: &CStr) -> rustix::io::Result<()> {
     // SAFETY: DMA_BUF_SET_NAME takes a pointer to a NUL-terminated string that
     // the kernel copies (strndup_user) before returning; `name` outlives the call.
-    unsafe {
-        ioctl(
-            dmabuf,
-            IntegerSetter::<DMA_BUF_SET_NAME>::new_pointer(name.as_ptr() as *mut _),
-        )
-    }
+    unsafe { ioctl(dmabuf, IntegerSetter::<DMA_BUF_SET_NAME>::new_pointer(name.as_ptr() as *mut _)) }
 }
 
 /// `ioctl(dmabuf, DMA_BUF_IOCTL_EXPORT_SYNC_FILE)`: a sync_file holding the

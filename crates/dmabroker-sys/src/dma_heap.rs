@@ -34,12 +34,8 @@ pub const DMA_HEAP_VALID_FD_FLAGS: u32 = OFlags::CLOEXEC.bits() | OFlags::ACCMOD
 /// The kernel's errno: `ENOMEM` when the heap is exhausted, `EINVAL` for a
 /// zero or page-misaligned length on some heaps.
 pub fn alloc(heap: impl AsFd, len: u64) -> rustix::io::Result<OwnedFd> {
-    let mut data = DmaHeapAllocationData {
-        len,
-        fd: 0,
-        fd_flags: OFlags::CLOEXEC.bits() | OFlags::RDWR.bits(),
-        heap_flags: 0,
-    };
+    let mut data =
+        DmaHeapAllocationData { len, fd: 0, fd_flags: OFlags::CLOEXEC.bits() | OFlags::RDWR.bits(), heap_flags: 0 };
     // SAFETY: DMA_HEAP_IOCTL_ALLOC reads and writes exactly a
     // `dma_heap_allocation_data`, which `DmaHeapAllocationData` mirrors.
     unsafe { ioctl(heap, Updater::<DMA_HEAP_IOCTL_ALLOC, _>::new(&mut data))? };

@@ -136,8 +136,7 @@ pub const DRM_IOCTL_MODE_CREATE_DUMB: Opcode = opcode::read_write::<DrmModeCreat
 /// `DRM_IOCTL_MODE_MAP_DUMB = _IOWR('d', 0xB3, struct drm_mode_map_dumb)`.
 pub const DRM_IOCTL_MODE_MAP_DUMB: Opcode = opcode::read_write::<DrmModeMapDumb>(b'd', 0xB3);
 /// `DRM_IOCTL_MODE_DESTROY_DUMB = _IOWR('d', 0xB4, struct drm_mode_destroy_dumb)`.
-pub const DRM_IOCTL_MODE_DESTROY_DUMB: Opcode =
-    opcode::read_write::<DrmModeDestroyDumb>(b'd', 0xB4);
+pub const DRM_IOCTL_MODE_DESTROY_DUMB: Opcode = opcode::read_write::<DrmModeDestroyDumb>(b'd', 0xB4);
 
 /// The strings and numbers `DRM_IOCTL_VERSION` reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,10 +203,7 @@ pub fn version(fd: impl AsFd) -> Result<Version> {
 /// # Errors
 /// `EINVAL` for a capability the kernel does not know.
 pub fn get_cap(fd: impl AsFd, capability: u64) -> Result<u64> {
-    let mut c = DrmGetCap {
-        capability,
-        value: 0,
-    };
+    let mut c = DrmGetCap { capability, value: 0 };
     // SAFETY: DRM_IOCTL_GET_CAP reads and writes one drm_get_cap.
     unsafe { ioctl(fd, Updater::<DRM_IOCTL_GET_CAP, _>::new(&mut c))? };
     Ok(c.value)
@@ -219,12 +215,7 @@ pub fn get_cap(fd: impl AsFd, capability: u64) -> Result<u64> {
 /// `EINVAL` for a handle this file does not hold.
 pub fn gem_close(fd: impl AsFd, handle: u32) -> Result<()> {
     // SAFETY: DRM_IOCTL_GEM_CLOSE reads one drm_gem_close, passed by pointer.
-    unsafe {
-        ioctl(
-            fd,
-            Setter::<DRM_IOCTL_GEM_CLOSE, _>::new(DrmGemClose { handle, pad: 0 }),
-        )
-    }
+    unsafe { ioctl(fd, Setter::<DRM_IOCTL_GEM_CLOSE, _>::new(DrmGemClose { handle, pad: 0 })) }
 }
 
 /// `ioctl(fd, DRM_IOCTL_PRIME_FD_TO_HANDLE)`: import a dma-buf, returning the
@@ -235,11 +226,7 @@ pub fn gem_close(fd: impl AsFd, handle: u32) -> Result<()> {
 /// `ENOSYS`/`EOPNOTSUPP` when the driver cannot import; `EINVAL` when the
 /// buffer is unsuitable for the device (e.g. not contiguous); `EBADF`.
 pub fn prime_fd_to_handle(fd: impl AsFd, dmabuf: impl AsFd) -> Result<u32> {
-    let mut p = DrmPrimeHandle {
-        handle: 0,
-        flags: 0,
-        fd: dmabuf.as_fd().as_raw_fd(),
-    };
+    let mut p = DrmPrimeHandle { handle: 0, flags: 0, fd: dmabuf.as_fd().as_raw_fd() };
     // SAFETY: DRM_IOCTL_PRIME_FD_TO_HANDLE reads and writes one
     // drm_prime_handle; `dmabuf` is borrowed for the duration of the call.
     unsafe { ioctl(fd, Updater::<DRM_IOCTL_PRIME_FD_TO_HANDLE, _>::new(&mut p))? };
@@ -253,11 +240,7 @@ pub fn prime_fd_to_handle(fd: impl AsFd, dmabuf: impl AsFd) -> Result<u32> {
 /// `ENOSYS`/`EOPNOTSUPP` when the driver cannot export; `ENOENT` for an
 /// unknown handle; `EINVAL` when read-write export is refused.
 pub fn prime_handle_to_fd(fd: impl AsFd, handle: u32) -> Result<OwnedFd> {
-    let mut p = DrmPrimeHandle {
-        handle,
-        flags: OFlags::CLOEXEC.bits() | OFlags::RDWR.bits(),
-        fd: -1,
-    };
+    let mut p = DrmPrimeHandle { handle, flags: OFlags::CLOEXEC.bits() | OFlags::RDWR.bits(), fd: -1 };
     // SAFETY: DRM_IOCTL_PRIME_HANDLE_TO_FD reads and writes one drm_prime_handle.
     unsafe { ioctl(fd, Updater::<DRM_IOCTL_PRIME_HANDLE_TO_FD, _>::new(&mut p))? };
     if p.fd < 0 {
@@ -274,18 +257,8 @@ pub fn prime_handle_to_fd(fd: impl AsFd, handle: u32) -> Result<OwnedFd> {
 /// # Errors
 /// `ENOSYS` when the driver has no dumb buffers; `EINVAL` for zero or
 /// overflowing dimensions; `ENOMEM`.
-pub fn mode_create_dumb(
-    fd: impl AsFd,
-    width: u32,
-    height: u32,
-    bpp: u32,
-) -> Result<DrmModeCreateDumb> {
-    let mut c = DrmModeCreateDumb {
-        height,
-        width,
-        bpp,
-        ..DrmModeCreateDumb::default()
-    };
+pub fn mode_create_dumb(fd: impl AsFd, width: u32, height: u32, bpp: u32) -> Result<DrmModeCreateDumb> {
+    let mut c = DrmModeCreateDumb { height, width, bpp, ..DrmModeCreateDumb::default() };
     // SAFETY: DRM_IOCTL_MODE_CREATE_DUMB reads and writes one drm_mode_create_dumb.
     unsafe { ioctl(fd, Updater::<DRM_IOCTL_MODE_CREATE_DUMB, _>::new(&mut c))? };
     Ok(c)
@@ -298,10 +271,7 @@ pub fn mode_create_dumb(
 /// `ENOENT` for an unknown handle; `EINVAL` for an imported buffer on
 /// drivers that cannot map those.
 pub fn mode_map_dumb(fd: impl AsFd, handle: u32) -> Result<u64> {
-    let mut m = DrmModeMapDumb {
-        handle,
-        ..DrmModeMapDumb::default()
-    };
+    let mut m = DrmModeMapDumb { handle, ..DrmModeMapDumb::default() };
     // SAFETY: DRM_IOCTL_MODE_MAP_DUMB reads and writes one drm_mode_map_dumb.
     unsafe { ioctl(fd, Updater::<DRM_IOCTL_MODE_MAP_DUMB, _>::new(&mut m))? };
     Ok(m.offset)

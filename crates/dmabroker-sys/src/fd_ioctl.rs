@@ -34,10 +34,7 @@ unsafe impl<const OPCODE: Opcode, T> Ioctl for FdReturning<'_, OPCODE, T> {
         (self.value as *mut T).cast()
     }
 
-    unsafe fn output_from_ptr(
-        out: IoctlOutput,
-        _extract_output: *mut c_void,
-    ) -> rustix::io::Result<OwnedFd> {
+    unsafe fn output_from_ptr(out: IoctlOutput, _extract_output: *mut c_void) -> rustix::io::Result<OwnedFd> {
         if out < 0 {
             return Err(rustix::io::Errno::BADF);
         }

@@ -33,14 +33,11 @@ pub fn take_listen_fds() -> Vec<InheritedFd> {
     if TAKEN.swap(true, Ordering::AcqRel) {
         return Vec::new();
     }
-    let pid_ok = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|p| p == std::process::id());
+    let pid_ok =
+        std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()).is_some_and(|p| p == std::process::id());
     let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok());
-    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
-        .map(|v| v.split(':').map(str::to_owned).collect())
-        .unwrap_or_default();
+    let names: Vec<String> =
+        std::env::var("LISTEN_FDNAMES").map(|v| v.split(':').map(str::to_owned).collect()).unwrap_or_default();
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         // Single-threaded start-up is this function's documented contract.
         std::env::remove_var(var);

@@ -64,12 +64,7 @@ pub const UDMABUF_CREATE_LIST: Opcode = opcode::write::<UdmabufCreateList>(b'u',
 /// `EINVAL` for a memfd without `F_SEAL_SHRINK`, with `F_SEAL_WRITE`, or
 /// misaligned ranges; `E2BIG`/`EINVAL` above `size_limit_mb`.
 pub fn create(udmabuf_dev: impl AsFd, memfd: impl AsFd, offset: u64, size: u64) -> rustix::io::Result<OwnedFd> {
-    let mut arg = UdmabufCreate {
-        memfd: memfd.as_fd().as_raw_fd() as u32,
-        flags: UDMABUF_FLAGS_CLOEXEC,
-        offset,
-        size,
-    };
+    let mut arg = UdmabufCreate { memfd: memfd.as_fd().as_raw_fd() as u32, flags: UDMABUF_FLAGS_CLOEXEC, offset, size };
     // SAFETY: UDMABUF_CREATE reads one `udmabuf_create` and returns a new fd.
     unsafe { ioctl(udmabuf_dev, FdReturning::<UDMABUF_CREATE, _>::new(&mut arg)) }
 }
@@ -95,8 +90,7 @@ pub fn create_list(
     // `UdmabufCreateList` followed by `count` `UdmabufCreateItem`s (both
     // 8-byte aligned, sizes multiples of 8). Each write stays in bounds.
     unsafe {
-        base.cast::<UdmabufCreateList>()
-            .write(UdmabufCreateList { flags: UDMABUF_FLAGS_CLOEXEC, count });
+        base.cast::<UdmabufCreateList>().write(UdmabufCreateList { flags: UDMABUF_FLAGS_CLOEXEC, count });
         for (i, (fd, offset, size)) in items.iter().enumerate() {
             base.add(HEAD_WORDS + i * ITEM_WORDS).cast::<UdmabufCreateItem>().write(UdmabufCreateItem {
                 memfd: fd.as_raw_fd() as u32,

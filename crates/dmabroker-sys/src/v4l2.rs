@@ -275,10 +275,7 @@ pub struct V4l2Format {
 impl V4l2Format {
     /// A zeroed format of the given buffer type.
     pub fn new(type_: u32) -> Self {
-        Self {
-            type_,
-            fmt: V4l2FormatUnion { align: [0; 25] },
-        }
+        Self { type_, fmt: V4l2FormatUnion { align: [0; 25] } }
     }
 
     /// A single-planar format.
@@ -403,13 +400,7 @@ pub struct V4l2Plane {
 
 impl Default for V4l2Plane {
     fn default() -> Self {
-        Self {
-            bytesused: 0,
-            length: 0,
-            m: V4l2PlaneM { userptr: 0 },
-            data_offset: 0,
-            reserved: [0; 11],
-        }
+        Self { bytesused: 0, length: 0, m: V4l2PlaneM { userptr: 0 }, data_offset: 0, reserved: [0; 11] }
     }
 }
 
@@ -417,13 +408,7 @@ impl V4l2Plane {
     /// A plane backed by a dma-buf fd for `QBUF` with `memory::DMABUF`.
     pub fn dmabuf(fd: impl AsFd, length: u32) -> Self {
         use std::os::fd::AsRawFd;
-        Self {
-            length,
-            m: V4l2PlaneM {
-                fd: fd.as_fd().as_raw_fd(),
-            },
-            ..Self::default()
-        }
+        Self { length, m: V4l2PlaneM { fd: fd.as_fd().as_raw_fd() }, ..Self::default() }
     }
 
     /// `m.mem_offset` (meaningful for `MMAP` buffers).
@@ -658,15 +643,8 @@ pub fn querycap(fd: impl AsFd) -> Result<V4l2Capability> {
 /// `EINVAL` past the last format (the end of the enumeration) or for a buffer
 /// type the node does not have.
 pub fn enum_fmt(fd: impl AsFd, type_: u32, index: u32) -> Result<V4l2Fmtdesc> {
-    let mut desc = V4l2Fmtdesc {
-        index,
-        type_,
-        flags: 0,
-        description: [0; 32],
-        pixelformat: 0,
-        mbus_code: 0,
-        reserved: [0; 3],
-    };
+    let mut desc =
+        V4l2Fmtdesc { index, type_, flags: 0, description: [0; 32], pixelformat: 0, mbus_code: 0, reserved: [0; 3] };
     // SAFETY: VIDIOC_ENUM_FMT reads and writes one v4l2_fmtdesc.
     unsafe { ioctl(fd, Updater::<VIDIOC_ENUM_FMT, _>::new(&mut desc))? };
     Ok(desc)
@@ -712,10 +690,7 @@ pub fn try_fmt(fd: impl AsFd, format: V4l2Format) -> Result<V4l2Format> {
 /// `EINVAL` past the last input (the end of the enumeration); `ENOTTY` for a
 /// node without inputs (an output or memory-to-memory device).
 pub fn enum_input(fd: impl AsFd, index: u32) -> Result<V4l2Input> {
-    let mut input = V4l2Input {
-        index,
-        ..V4l2Input::default()
-    };
+    let mut input = V4l2Input { index, ..V4l2Input::default() };
     // SAFETY: VIDIOC_ENUMINPUT reads and writes one v4l2_input, which
     // V4l2Input mirrors (size asserted in the tests).
     unsafe { ioctl(fd, Updater::<VIDIOC_ENUMINPUT, _>::new(&mut input))? };
@@ -757,12 +732,7 @@ pub fn reqbufs(fd: impl AsFd, type_: u32, memory: u32, count: u32) -> Result<V4l
     if !memory::is_accepted(memory) {
         return Err(Errno::INVAL);
     }
-    let mut req = V4l2RequestBuffers {
-        count,
-        type_,
-        memory,
-        ..V4l2RequestBuffers::default()
-    };
+    let mut req = V4l2RequestBuffers { count, type_, memory, ..V4l2RequestBuffers::default() };
     // SAFETY: VIDIOC_REQBUFS reads and writes one v4l2_requestbuffers.
     unsafe { ioctl(fd, Updater::<VIDIOC_REQBUFS, _>::new(&mut req))? };
     Ok(req)
@@ -777,10 +747,7 @@ fn buffer_ioctl<const OPCODE: Opcode>(
     if !memory::is_accepted(buffer.memory) {
         return Err(Errno::INVAL);
     }
-    let mut info = BufferInfo {
-        buffer,
-        planes: [V4l2Plane::default(); VIDEO_MAX_PLANES],
-    };
+    let mut info = BufferInfo { buffer, planes: [V4l2Plane::default(); VIDEO_MAX_PLANES] };
     let multi = buf_type::is_multiplanar(buffer.type_);
     if multi {
         if planes.len() > VIDEO_MAX_PLANES {
@@ -789,11 +756,7 @@ fn buffer_ioctl<const OPCODE: Opcode>(
         info.planes[..planes.len()].copy_from_slice(planes);
         // The kernel copies `length` entries in and out: give it the whole
         // array when querying (planes empty), the caller's count when queueing.
-        buffer.length = if planes.is_empty() {
-            VIDEO_MAX_PLANES as u32
-        } else {
-            planes.len() as u32
-        };
+        buffer.length = if planes.is_empty() { VIDEO_MAX_PLANES as u32 } else { planes.len() as u32 };
         buffer.m.planes = info.planes.as_mut_ptr();
     }
     // SAFETY: OPCODE is one of QUERYBUF/QBUF/DQBUF (private fn, callers
@@ -958,10 +921,7 @@ mod tests {
     #[test]
     fn userptr_is_refused_without_a_syscall() {
         let f = std::fs::File::open("/dev/null").unwrap();
-        assert_eq!(
-            reqbufs(&f, buf_type::VIDEO_CAPTURE, memory::USERPTR, 1).unwrap_err(),
-            Errno::INVAL
-        );
+        assert_eq!(reqbufs(&f, buf_type::VIDEO_CAPTURE, memory::USERPTR, 1).unwrap_err(), Errno::INVAL);
         let b = V4l2Buffer::new(buf_type::VIDEO_CAPTURE, memory::USERPTR, 0);
         assert_eq!(qbuf(&f, b, &[]).unwrap_err(), Errno::INVAL);
         let b = V4l2Buffer::new(buf_type::VIDEO_CAPTURE_MPLANE, memory::DMABUF, 0);

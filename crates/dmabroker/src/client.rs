@@ -17,7 +17,9 @@
 //! `Client` is not `Sync`: use one per thread.
 
 use crate::buffer::{Buffer, FromFdError};
-use crate::proto::{self, wire, AllocateRequest, ErrorCode, Grant, ListEntry, PublishRequest, Request, Response, Stats};
+use crate::proto::{
+    self, wire, AllocateRequest, ErrorCode, Grant, ListEntry, PublishRequest, Request, Response, Stats,
+};
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use std::os::fd::{AsFd, OwnedFd};
@@ -291,11 +293,13 @@ impl Client {
                 client.server = server;
                 Ok(client)
             }
-            (Response::Error { code: ErrorCode::UnsupportedVersion, message }, _) => Err(ConnectError::VersionMismatch {
-                min: proto::MIN_PROTOCOL_VERSION,
-                max: proto::PROTOCOL_VERSION,
-                message,
-            }),
+            (Response::Error { code: ErrorCode::UnsupportedVersion, message }, _) => {
+                Err(ConnectError::VersionMismatch {
+                    min: proto::MIN_PROTOCOL_VERSION,
+                    max: proto::PROTOCOL_VERSION,
+                    message,
+                })
+            }
             (Response::Error { message, .. }, _) => Err(ConnectError::Refused(message)),
             (other, _) => Err(unexpected(&other).into()),
         }
@@ -317,7 +321,13 @@ impl Client {
     /// # Errors
     /// [`AllocateError`].
     pub fn allocate(&mut self, heap: &str, len: u64, name: Option<&str>) -> Result<Buffer, AllocateError> {
-        self.allocate_with(AllocateRequest { heap: heap.to_owned(), len, align: 1, contiguous: false, name: name.map(str::to_owned) })
+        self.allocate_with(AllocateRequest {
+            heap: heap.to_owned(),
+            len,
+            align: 1,
+            contiguous: false,
+            name: name.map(str::to_owned),
+        })
     }
 
     /// [`Client::allocate`] with every requirement spelled out.
@@ -427,7 +437,11 @@ impl Client {
 
     /// One round trip. An fd in the reply is returned only alongside the
     /// responses that carry one; any other is closed.
-    fn call(&mut self, request: &Request, fd: Option<std::os::fd::BorrowedFd<'_>>) -> Result<(Response, Option<OwnedFd>), TransportError> {
+    fn call(
+        &mut self,
+        request: &Request,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<(Response, Option<OwnedFd>), TransportError> {
         let bytes = proto::encode_request(request)?;
         let nonblocking = match wire::send(self.socket.as_fd(), &bytes, fd, false) {
             Ok(()) => false,
@@ -452,7 +466,8 @@ impl Client {
         if received.truncated {
             return Err(TransportError::Protocol(format!("response longer than {} bytes", self.buf.len())));
         }
-        let response = proto::decode_response(&self.buf[..received.len]).map_err(|e| TransportError::Protocol(e.to_string()))?;
+        let response =
+            proto::decode_response(&self.buf[..received.len]).map_err(|e| TransportError::Protocol(e.to_string()))?;
         let carries = matches!(response, Response::Allocated { .. } | Response::Imported { .. });
         let mut fds = received.fds.into_iter();
         let fd = if carries { fds.next() } else { None };

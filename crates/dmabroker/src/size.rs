@@ -44,9 +44,7 @@ pub fn parse_size(input: &str) -> Result<u64, ParseSizeError> {
     if s.is_empty() {
         return Err(ParseSizeError::Empty);
     }
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let num: String = num.chars().filter(|&c| c != '_').collect();
     if num.is_empty() {
@@ -59,9 +57,7 @@ pub fn parse_size(input: &str) -> Result<u64, ParseSizeError> {
         "m" | "mb" | "mi" | "mib" => 20,
         "g" | "gb" | "gi" | "gib" => 30,
         "t" | "tb" | "ti" | "tib" => 40,
-        _ => {
-            return Err(ParseSizeError::UnknownUnit { input: input.to_owned(), unit: unit.to_owned() })
-        }
+        _ => return Err(ParseSizeError::UnknownUnit { input: input.to_owned(), unit: unit.to_owned() }),
     };
     let multiplier = 1u128 << shift;
     // Digits only by now, so a parse failure is either too many digits
@@ -81,11 +77,7 @@ pub fn parse_size(input: &str) -> Result<u64, ParseSizeError> {
             if frac.is_empty() || frac.len() > 18 || whole.is_empty() && frac.is_empty() {
                 return Err(ParseSizeError::NotANumber(input.to_owned()));
             }
-            let whole: u128 = if whole.is_empty() {
-                0
-            } else {
-                parse(whole)?
-            };
+            let whole: u128 = if whole.is_empty() { 0 } else { parse(whole)? };
             let frac_n: u128 = frac.parse().map_err(|_| ParseSizeError::NotANumber(input.to_owned()))?;
             let scale = 10u128.pow(frac.len() as u32);
             let total = whole

@@ -626,7 +626,8 @@ fn shipped_example_profiles_load() {
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../profiles");
     if let Ok(entries) = std::fs::read_dir(&dir) {
-        let on_disk = entries.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "toml"))).count();
+        let on_disk =
+            entries.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "toml"))).count();
         assert_eq!(on_disk, shipped.len(), "a profile was added to profiles/: list it in this test");
     }
     let mut p = Profiles::new();

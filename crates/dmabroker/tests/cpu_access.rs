@@ -9,9 +9,7 @@ use dmabroker::{AllocRequest, Heaps};
 #[test]
 fn guards_on_non_coherent_memfd_keep_data() {
     let heaps = Heaps::discover();
-    let buffer = heaps
-        .allocate("memfd", &AllocRequest::new(3 << 20).coherency(Coherency::NonCoherent))
-        .unwrap();
+    let buffer = heaps.allocate("memfd", &AllocRequest::new(3 << 20).coherency(Coherency::NonCoherent)).unwrap();
     assert_eq!(buffer.properties().coherency, Coherency::NonCoherent);
     let mut map = buffer.map_read_write().unwrap();
     {

@@ -1,16 +1,12 @@
 //! The format layer through its public API only: what the CLI and the device
 //! layer rely on (parsing user input, V4L2/DRM codes, JSON layouts, errors).
 
-use dmabroker::format::{
-    DrmFourcc, Fourcc, Layout, LayoutError, LayoutOptions, ParseFormatError, PixelFormat,
-};
+use dmabroker::format::{DrmFourcc, Fourcc, Layout, LayoutError, LayoutOptions, ParseFormatError, PixelFormat};
 
 #[test]
 fn cli_style_input_to_layout_json() {
     let format: PixelFormat = "nv12m".parse().unwrap();
-    let options = LayoutOptions::default()
-        .with_stride_align(64)
-        .with_size_align(4096);
+    let options = LayoutOptions::default().with_stride_align(64).with_size_align(4096);
     let layout = Layout::new(format, 1280, 720, &options).unwrap();
     let json: serde_json::Value = serde_json::to_value(&layout).unwrap();
     assert_eq!(json["format"], "NV12M");
@@ -45,37 +41,12 @@ fn errors_say_what_to_fix() {
     assert!(err.to_string().contains("NV12"), "{err}");
 
     let err = Layout::new(PixelFormat::Yuyv, 0, 480, &LayoutOptions::default()).unwrap_err();
-    assert!(matches!(
-        err,
-        LayoutError::EmptyImage {
-            width: 0,
-            height: 480,
-            ..
-        }
-    ));
-    assert_eq!(
-        err.to_string(),
-        "YUYV 0x480: width and height must both be at least 1"
-    );
+    assert!(matches!(err, LayoutError::EmptyImage { width: 0, height: 480, .. }));
+    assert_eq!(err.to_string(), "YUYV 0x480: width and height must both be at least 1");
 
-    let err = Layout::new(
-        PixelFormat::Nv12,
-        64,
-        64,
-        &LayoutOptions::default().with_size_align(3000),
-    )
-    .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "size_align must be a power of two, not 3000"
-    );
+    let err = Layout::new(PixelFormat::Nv12, 64, 64, &LayoutOptions::default().with_size_align(3000)).unwrap_err();
+    assert_eq!(err.to_string(), "size_align must be a power of two, not 3000");
 
-    let err = Layout::new(
-        PixelFormat::Xrgb32,
-        u32::MAX,
-        u32::MAX,
-        &LayoutOptions::default(),
-    )
-    .unwrap_err();
+    let err = Layout::new(PixelFormat::Xrgb32, u32::MAX, u32::MAX, &LayoutOptions::default()).unwrap_err();
     assert!(matches!(err, LayoutError::Overflow { .. }), "{err}");
 }

@@ -93,7 +93,8 @@ fn discovery_lists_memfd_and_hugetlb() {
 fn memfd_buffers_are_named_and_sealed() {
     let heaps = Heaps::discover();
     let buffer = heaps.allocate("memfd", &AllocRequest::new(4096).name("frame0")).unwrap();
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&buffer.as_fd()))).unwrap();
+    let link =
+        std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&buffer.as_fd()))).unwrap();
     assert!(link.to_string_lossy().contains("dmabroker:frame0"), "{link:?}");
     assert_eq!(buffer.seals(), vec!["shrink", "grow", "seal"]);
     let info = buffer.info();

@@ -45,7 +45,10 @@ impl Drop for Reservation {
 fn hugetlb_heap_allocates_contiguous_huge_pages() {
     let heaps = Heaps::discover();
     let Some(heap) = heaps.get("hugetlb") else {
-        return common::skip("hugetlb", "this kernel has no 2 MiB huge pages (no /sys/kernel/mm/hugepages/hugepages-2048kB)");
+        return common::skip(
+            "hugetlb",
+            "this kernel has no 2 MiB huge pages (no /sys/kernel/mm/hugepages/hugepages-2048kB)",
+        );
     };
     let _reservation = match Reservation::reserve(4) {
         Ok(r) => r,

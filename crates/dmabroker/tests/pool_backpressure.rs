@@ -2,7 +2,9 @@
 
 mod pool_support;
 
-use dmabroker::pool::{socket_pair, Backpressure, Consumer, ConsumerOptions, FrameMeta, PoolError, PoolOptions, Producer, WaitMode};
+use dmabroker::pool::{
+    socket_pair, Backpressure, Consumer, ConsumerOptions, FrameMeta, PoolError, PoolOptions, Producer, WaitMode,
+};
 use dmabroker::Heaps;
 use pool_support::{checksum, fill};
 use std::time::{Duration, Instant};
@@ -12,7 +14,8 @@ const FRAMES: u64 = 200;
 /// Returns (frames received, checksum mismatches, frames dropped for it).
 fn consumer(socket: std::os::fd::OwnedFd, delay: Duration) -> std::thread::JoinHandle<(u64, u64, u64)> {
     std::thread::spawn(move || {
-        let mut c = Consumer::attach(socket, &ConsumerOptions { wait: WaitMode::BusyPoll, ..Default::default() }).unwrap();
+        let mut c =
+            Consumer::attach(socket, &ConsumerOptions { wait: WaitMode::BusyPoll, ..Default::default() }).unwrap();
         let (mut n, mut bad) = (0, 0);
         loop {
             let frame = c.recv(Some(Duration::from_secs(20)));

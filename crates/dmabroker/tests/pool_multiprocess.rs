@@ -7,9 +7,7 @@
 
 mod pool_support;
 
-use dmabroker::pool::{
-    Backpressure, Consumer, ConsumerOptions, FrameMeta, PoolError, PoolOptions, Producer, WaitMode,
-};
+use dmabroker::pool::{Backpressure, Consumer, ConsumerOptions, FrameMeta, PoolError, PoolOptions, Producer, WaitMode};
 use dmabroker::Heaps;
 use pool_support::{checksum, fill, role, socket_path, spawn_child, SOCKET};
 use std::io::Read;
@@ -29,7 +27,10 @@ impl Rng {
 }
 
 fn seed() -> u64 {
-    let s = std::env::var("POOL_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| dmabroker::pool::now_ns() | 1);
+    let s = std::env::var("POOL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| dmabroker::pool::now_ns() | 1);
     eprintln!("seed {s} (set POOL_TEST_SEED to replay)");
     s
 }

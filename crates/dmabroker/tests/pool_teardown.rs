@@ -20,7 +20,8 @@ fn cycle(heaps: &Heaps) {
     });
     let path2 = path.clone();
     let by_path = std::thread::spawn(move || {
-        let mut c = Consumer::connect_with(&path2, &ConsumerOptions { want_sync_files: true, ..Default::default() }).unwrap();
+        let mut c =
+            Consumer::connect_with(&path2, &ConsumerOptions { want_sync_files: true, ..Default::default() }).unwrap();
         loop {
             match c.recv(Some(Duration::from_secs(10))) {
                 Ok(_) => {}

@@ -4,8 +4,8 @@
 mod pool_support;
 
 use dmabroker::pool::{
-    socket_pair, Consumer, ConsumerOptions, FrameFlags, FrameMeta, PoolError, PoolOptions, Producer, SubmitError,
-    WaitMode, AcquireError,
+    socket_pair, AcquireError, Consumer, ConsumerOptions, FrameFlags, FrameMeta, PoolError, PoolOptions, Producer,
+    SubmitError, WaitMode,
 };
 use dmabroker::Heaps;
 use pool_support::{checksum, fill};
@@ -94,10 +94,7 @@ fn bad_input_is_refused_not_panicking() {
     let slot = p.acquire(None).unwrap();
     assert!(matches!(slot.submit(FrameMeta::new(1 << 20)), Err(SubmitError::TooLong { .. })));
     let slot = p.acquire(None).unwrap();
-    assert!(matches!(
-        slot.submit(FrameMeta::new(1).flags(FrameFlags::SYNC_FILE)),
-        Err(SubmitError::ReservedFlags(_))
-    ));
+    assert!(matches!(slot.submit(FrameMeta::new(1).flags(FrameFlags::SYNC_FILE)), Err(SubmitError::ReservedFlags(_))));
     // Frames without consumers are free again at once.
     for _ in 0..10 {
         p.acquire(Some(Duration::from_millis(10))).unwrap().submit(FrameMeta::new(1)).unwrap();

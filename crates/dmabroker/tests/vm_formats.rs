@@ -54,15 +54,8 @@ use dmabroker::format::{Layout, LayoutOptions, PixelFormat};
 use std::collections::BTreeSet;
 
 /// Sizes to try: common ones, then odd ones (odd after halving, odd itself).
-const SIZES: [(u32, u32); 7] = [
-    (640, 480),
-    (1280, 720),
-    (1920, 1080),
-    (3840, 2160),
-    (642, 482),
-    (641, 481),
-    (319, 239),
-];
+const SIZES: [(u32, u32); 7] =
+    [(640, 480), (1280, 720), (1920, 1080), (3840, 2160), (642, 482), (641, 481), (319, 239)];
 
 /// The pitch alignment of the padded check.
 const STRIDE_ALIGN: u64 = 256;
@@ -75,11 +68,7 @@ const MAX_LINE_PIXELS: u64 = 4 * 4096;
 
 /// The vivid node whose capture queue is (multi-planar) or is not.
 fn vivid(multiplanar: bool) -> Result<(V4l2Device, BufType), String> {
-    let want = if multiplanar {
-        BufType::VideoCaptureMplane
-    } else {
-        BufType::VideoCapture
-    };
+    let want = if multiplanar { BufType::VideoCaptureMplane } else { BufType::VideoCapture };
     let nodes = video_nodes();
     for p in &nodes {
         if let Ok(d) = V4l2Device::open(p) {
@@ -88,9 +77,7 @@ fn vivid(multiplanar: bool) -> Result<(V4l2Device, BufType), String> {
             }
         }
     }
-    Err(format!(
-        "no vivid {want:?} node among {nodes:?} (modprobe vivid n_devs=2 multiplanar=1,2)"
-    ))
+    Err(format!("no vivid {want:?} node among {nodes:?} (modprobe vivid n_devs=2 multiplanar=1,2)"))
 }
 
 /// Switches a vivid node to its HDMI input and back to the original input
@@ -105,10 +92,7 @@ impl<'d> HdmiInput<'d> {
     fn select(dev: &'d V4l2Device) -> Self {
         let inputs = dev.inputs().expect("VIDIOC_ENUMINPUT");
         let original = dev.input().expect("VIDIOC_G_INPUT");
-        assert!(
-            inputs.iter().any(|i| i.index == original),
-            "G_INPUT {original} is not among {inputs:?}"
-        );
+        assert!(inputs.iter().any(|i| i.index == original), "G_INPUT {original} is not among {inputs:?}");
         let hdmi = inputs
             .iter()
             .find(|i| i.name.starts_with("HDMI"))
@@ -116,10 +100,7 @@ impl<'d> HdmiInput<'d> {
         assert!(!hdmi.tuner, "{hdmi:?}");
         dev.set_input(hdmi.index).expect("VIDIOC_S_INPUT");
         assert_eq!(dev.input().expect("VIDIOC_G_INPUT"), hdmi.index);
-        assert!(
-            dev.set_input(inputs.len() as u32).is_err(),
-            "S_INPUT past the last input must fail"
-        );
+        assert!(dev.set_input(inputs.len() as u32).is_err(), "S_INPUT past the last input must fail");
         Self { dev, original }
     }
 }
@@ -148,9 +129,7 @@ fn vivid_fmt(format: PixelFormat, multiplanar_node: bool) -> VividFmt {
     let (bit_depth, vdownsampling) = match format.plane_count() {
         // Packed: bytes per pixel from a one-pixel-wide layout (YUYV: 2).
         1 => {
-            let bpp = Layout::new(format, 1, 1, &LayoutOptions::default())
-                .unwrap()
-                .bytesperline();
+            let bpp = Layout::new(format, 1, 1, &LayoutOptions::default()).unwrap().bytesperline();
             ([bpp * 8, 0, 0], [1, 0, 0])
         }
         // Y, then interleaved chroma: as many bytes per line as Y.
@@ -163,13 +142,7 @@ fn vivid_fmt(format: PixelFormat, multiplanar_node: bool) -> VividFmt {
         (true, PixelFormat::Nv61M) => [0, DATA_OFFSET, 0],
         _ => [0; 3],
     };
-    VividFmt {
-        bit_depth,
-        vdownsampling,
-        planes: format.plane_count(),
-        buffers: format.buffer_count(),
-        data_offset,
-    }
+    VividFmt { bit_depth, vdownsampling, planes: format.plane_count(), buffers: format.buffer_count(), data_offset }
 }
 
 /// What vivid answers for `format` at `width` x `height` when asked for
@@ -194,12 +167,9 @@ fn vivid_answer(
         })
         .collect();
     for q in f.buffers..f.planes {
-        out[0].1 += out[0].0 * h * (f.bit_depth[q] / f.vdownsampling[q])
-            / (f.bit_depth[0] / f.vdownsampling[0]);
+        out[0].1 += out[0].0 * h * (f.bit_depth[q] / f.vdownsampling[q]) / (f.bit_depth[0] / f.vdownsampling[0]);
     }
-    out.into_iter()
-        .map(|(b, s)| (u32::try_from(b).unwrap(), u32::try_from(s).unwrap()))
-        .collect()
+    out.into_iter().map(|(b, s)| (u32::try_from(b).unwrap(), u32::try_from(s).unwrap())).collect()
 }
 
 /// Whether dmabroker's layout and vivid's answer must agree exactly: one
@@ -216,11 +186,7 @@ fn exact(format: PixelFormat, width: u32, height: u32, pitch_given: bool) -> boo
 fn memory_plane_pitches(layout: &Layout) -> Vec<u32> {
     let mut pitches = Vec::new();
     for buffer in 0..layout.buffer_count() {
-        let plane = layout
-            .planes()
-            .iter()
-            .find(|p| p.buffer == buffer)
-            .expect("every buffer holds a plane");
+        let plane = layout.planes().iter().find(|p| p.buffer == buffer).expect("every buffer holds a plane");
         pitches.push(u32::try_from(plane.bytesperline).unwrap());
     }
     pitches
@@ -255,26 +221,18 @@ fn check(
     fails: &mut Vec<String>,
 ) -> Option<String> {
     let mp = bt.is_multiplanar();
-    let options = if padded {
-        LayoutOptions::default().with_stride_align(STRIDE_ALIGN)
-    } else {
-        LayoutOptions::default()
-    };
+    let options =
+        if padded { LayoutOptions::default().with_stride_align(STRIDE_ALIGN) } else { LayoutOptions::default() };
     // The pitches to ask for: dmabroker's padded ones for the size vivid
     // will answer.
     let (aw, ah) = vivid_size(format, width, height);
-    let asked = if padded {
-        memory_plane_pitches(&Layout::new(format, aw, ah, &options).unwrap())
-    } else {
-        Vec::new()
-    };
+    let asked = if padded { memory_plane_pitches(&Layout::new(format, aw, ah, &options).unwrap()) } else { Vec::new() };
     let what = format!(
         "{} {format} {width}x{height}{}",
         dev.path().display(),
         if padded { " (stride_align 256)" } else { "" }
     );
-    let got: Format = match dev.set_format_with_pitches(bt, width, height, format.to_v4l2(), &asked)
-    {
+    let got: Format = match dev.set_format_with_pitches(bt, width, height, format.to_v4l2(), &asked) {
         Ok(got) => got,
         Err(e) => {
             fails.push(format!("{what}: S_FMT: {e}"));
@@ -282,16 +240,8 @@ fn check(
         }
     };
     let n = fails.len();
-    ensure!(
-        fails,
-        got.pixelformat == format.to_v4l2(),
-        "{what}: format changed: {got:?}"
-    );
-    ensure!(
-        fails,
-        got.field == 1,
-        "{what}: not progressive (V4L2_FIELD_NONE): {got:?}"
-    );
+    ensure!(fails, got.pixelformat == format.to_v4l2(), "{what}: format changed: {got:?}");
+    ensure!(fails, got.field == 1, "{what}: not progressive (V4L2_FIELD_NONE): {got:?}");
     ensure!(
         fails,
         (got.width, got.height) == (aw, ah),
@@ -305,19 +255,13 @@ fn check(
     // dmabroker's layout of the size vivid answered.
     let ours = Layout::new(format, got.width, got.height, &options).expect("Layout::new");
     if got.planes.len() != ours.buffer_count() {
-        fails.push(format!(
-            "{what}: memory planes: vivid {got:?}, dmabroker {ours:?}"
-        ));
+        fails.push(format!("{what}: memory planes: vivid {got:?}, dmabroker {ours:?}"));
         return None;
     }
 
     // vivid's answer is exactly its documented arithmetic...
     let model = vivid_answer(format, mp, got.width, got.height, &asked);
-    let answered: Vec<(u32, u32)> = got
-        .planes
-        .iter()
-        .map(|p| (p.bytesperline, p.sizeimage))
-        .collect();
+    let answered: Vec<(u32, u32)> = got.planes.iter().map(|p| (p.bytesperline, p.sizeimage)).collect();
     ensure!(
         fails,
         answered == model,
@@ -360,10 +304,8 @@ fn check(
                 pitches[p]
             );
             if (pitches[p], our_size) != (vivid_pitch, vivid_size) {
-                differs.push(format!(
-                    "plane {p}: pitch {} vs {vivid_pitch}, size {our_size} vs {vivid_size}",
-                    pitches[p]
-                ));
+                differs
+                    .push(format!("plane {p}: pitch {} vs {vivid_pitch}, size {our_size} vs {vivid_size}", pitches[p]));
             }
         }
     }
@@ -378,14 +320,8 @@ fn check(
             "{what}: matches_v4l2_implicit_planes: {ours:?}"
         );
     }
-    (!differs.is_empty()).then(|| {
-        format!(
-            "{what} (answered {}x{}): dmabroker larger: {}",
-            got.width,
-            got.height,
-            differs.join("; ")
-        )
-    })
+    (!differs.is_empty())
+        .then(|| format!("{what} (answered {}x{}): dmabroker larger: {}", got.width, got.height, differs.join("; ")))
 }
 
 /// Every known format of one vivid node at every size, unpadded and padded.
@@ -395,21 +331,14 @@ fn formats_match(test: &str, multiplanar: bool, must_have: &[PixelFormat]) {
 
     let offered = dev.formats(bt).expect("VIDIOC_ENUM_FMT");
     let codes: BTreeSet<u32> = offered.iter().map(|f| f.pixelformat).collect();
-    let known: Vec<PixelFormat> = PixelFormat::all()
-        .iter()
-        .copied()
-        .filter(|f| codes.contains(&f.to_v4l2()))
-        .collect();
+    let known: Vec<PixelFormat> = PixelFormat::all().iter().copied().filter(|f| codes.contains(&f.to_v4l2())).collect();
     let unknown: Vec<String> = offered
         .iter()
         .filter(|f| PixelFormat::from_v4l2(f.pixelformat).is_none())
         .map(|f| dmabroker::format::Fourcc(f.pixelformat).to_string())
         .collect();
     for f in must_have {
-        assert!(
-            known.contains(f),
-            "{test}: vivid does not offer {f}: {offered:?}"
-        );
+        assert!(known.contains(f), "{test}: vivid does not offer {f}: {offered:?}");
     }
     if !multiplanar {
         assert!(
@@ -431,18 +360,10 @@ fn formats_match(test: &str, multiplanar: bool, must_have: &[PixelFormat]) {
             }
         }
     }
-    assert!(
-        fails.is_empty(),
-        "{test}: {} of {checks} checks failed:\n  {}",
-        fails.len(),
-        fails.join("\n  ")
-    );
+    assert!(fails.is_empty(), "{test}: {} of {checks} checks failed:\n  {}", fails.len(), fails.join("\n  "));
     // Only odd widths may differ, and the listed odd widths of subsampled
     // formats must (else the test would not exercise the rounding).
-    assert!(
-        known.iter().any(|f| f.plane_count() > 1) != differences.is_empty(),
-        "{differences:?}"
-    );
+    assert!(known.iter().any(|f| f.plane_count() > 1) != differences.is_empty(), "{differences:?}");
     eprintln!(
         "{test}: {} formats ({}) x {} sizes x 2 = {checks} S_FMT checks; vivid formats \
          dmabroker does not know: {}; {} legitimate differences (odd sizes, vivid rounds down):",
@@ -486,17 +407,7 @@ fn multi_planar_formats_match_dmabroker_layouts() {
     formats_match(
         "multi_planar_formats_match_dmabroker_layouts",
         true,
-        &[
-            F::Yuyv,
-            F::Nv12,
-            F::Yuv420,
-            F::Nv12M,
-            F::Nv21M,
-            F::Nv16M,
-            F::Nv61M,
-            F::Yuv420M,
-            F::Yvu420M,
-        ],
+        &[F::Yuyv, F::Nv12, F::Yuv420, F::Nv12M, F::Nv21M, F::Nv16M, F::Nv61M, F::Yuv420M, F::Yvu420M],
     );
 }
 
@@ -508,24 +419,14 @@ fn webcam_input_rounds_to_its_sizes() {
     let test = "webcam_input_rounds_to_its_sizes";
     let (dev, bt) = require!(test, vivid(false), "vivid");
     let inputs = dev.inputs().expect("VIDIOC_ENUMINPUT");
-    let webcam = inputs
-        .iter()
-        .find(|i| i.name.starts_with("Webcam"))
-        .unwrap_or_else(|| panic!("no webcam input: {inputs:?}"));
+    let webcam =
+        inputs.iter().find(|i| i.name.starts_with("Webcam")).unwrap_or_else(|| panic!("no webcam input: {inputs:?}"));
     let original = dev.input().expect("G_INPUT");
     dev.set_input(webcam.index).expect("S_INPUT webcam");
-    let got = dev
-        .set_format(bt, 641, 481, PixelFormat::Nv12.to_v4l2())
-        .expect("S_FMT");
+    let got = dev.set_format(bt, 641, 481, PixelFormat::Nv12.to_v4l2()).expect("S_FMT");
     dev.set_input(original).expect("S_INPUT back");
     assert_eq!((got.width, got.height), (640, 480), "{got:?}");
-    let ours = Layout::new(
-        PixelFormat::Nv12,
-        got.width,
-        got.height,
-        &LayoutOptions::default(),
-    )
-    .unwrap();
+    let ours = Layout::new(PixelFormat::Nv12, got.width, got.height, &LayoutOptions::default()).unwrap();
     assert_eq!(u64::from(got.planes[0].bytesperline), ours.bytesperline());
     assert_eq!(u64::from(got.planes[0].sizeimage), ours.total_size());
 }

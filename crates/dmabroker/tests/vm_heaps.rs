@@ -9,8 +9,8 @@ use dmabroker::fdinfo::FdInfo;
 use dmabroker::heap::Heaps;
 use dmabroker::{Buffer, BufferKind};
 use rustix::net::{
-    recvmsg, sendmsg, socketpair, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage,
-    RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+    recvmsg, sendmsg, socketpair, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -23,11 +23,7 @@ use vm_common::{allocate, pattern};
 fn heap_round_trip(test: &str, heap: &str, len: u64) {
     let heaps = Heaps::discover();
     let buffer = require!(test, allocate(&heaps, heap, len), "heap {heap}");
-    assert!(
-        buffer.len() >= len,
-        "{heap}: {} bytes, asked {len}",
-        buffer.len()
-    );
+    assert!(buffer.len() >= len, "{heap}: {} bytes, asked {len}", buffer.len());
     let data = pattern(len ^ 0x5a, buffer.len() as usize);
     {
         let mut map = buffer.map_read_write().expect("map read-write");
@@ -36,44 +32,25 @@ fn heap_round_trip(test: &str, heap: &str, len: u64) {
     } // SYNC_END, munmap
     let mut map = buffer.map_read().expect("map read-only");
     let r = map.begin_read().expect("begin_read (SYNC_START|READ)");
-    assert!(
-        r[..] == data[..],
-        "{heap}: read back differs from what was written"
-    );
+    assert!(r[..] == data[..], "{heap}: read back differs from what was written");
     drop(r);
 
     let info = FdInfo::read(None, buffer.as_fd().as_raw_fd()).expect("fdinfo");
     match buffer.kind() {
         BufferKind::DmaBuf => {
             assert!(info.is_dma_buf(), "{heap}: fdinfo lacks exp_name: {info:?}");
-            assert_eq!(
-                info.dma_buf_size(),
-                Some(buffer.len()),
-                "{heap}: fdinfo size"
-            );
-            let want = if heap == "udmabuf" {
-                "udmabuf"
-            } else {
-                heap.trim_start_matches("dma-heap/")
-            };
+            assert_eq!(info.dma_buf_size(), Some(buffer.len()), "{heap}: fdinfo size");
+            let want = if heap == "udmabuf" { "udmabuf" } else { heap.trim_start_matches("dma-heap/") };
             assert_eq!(info.exporter(), Some(want), "{heap}: fdinfo exp_name");
-            assert_eq!(
-                info.dma_buf_name(),
-                Some("vmtest"),
-                "{heap}: DMA_BUF_SET_NAME not visible in fdinfo"
-            );
+            assert_eq!(info.dma_buf_name(), Some("vmtest"), "{heap}: DMA_BUF_SET_NAME not visible in fdinfo");
         }
         BufferKind::Memfd | BufferKind::HugetlbMemfd => {
             assert!(!info.is_dma_buf(), "{heap}: a memfd reported as dma-buf");
-            assert_eq!(
-                rustix::fs::fstat(&buffer).unwrap().st_size as u64,
-                buffer.len()
-            );
+            assert_eq!(rustix::fs::fstat(&buffer).unwrap().st_size as u64, buffer.len());
         }
     }
     // Adopting a duplicate of the fd must recognise the same kind and length.
-    let adopted =
-        Buffer::from_fd(buffer.try_clone_fd().unwrap()).expect("Buffer::from_fd of our own buffer");
+    let adopted = Buffer::from_fd(buffer.try_clone_fd().unwrap()).expect("Buffer::from_fd of our own buffer");
     assert_eq!(adopted.kind(), buffer.kind(), "{heap}: adopted kind");
     assert_eq!(adopted.len(), buffer.len(), "{heap}: adopted length");
 }
@@ -114,11 +91,7 @@ fn fdinfo_accounts_every_allocation() {
     for b in &bufs {
         let info = FdInfo::read(None, b.as_fd().as_raw_fd()).unwrap();
         assert_eq!(info.dma_buf_size(), Some(b.len()));
-        assert_eq!(
-            info.file_count(),
-            Some(1),
-            "one file reference per fresh buffer: {info:?}"
-        );
+        assert_eq!(info.file_count(), Some(1), "one file reference per fresh buffer: {info:?}");
         total += info.dma_buf_size().unwrap();
     }
     assert_eq!(total, 2 * sizes.iter().sum::<u64>());
@@ -138,13 +111,7 @@ fn send_fd(sock: impl AsFd, fd: impl AsFd, bytes: &[u8]) {
 fn recv_fd(sock: impl AsFd, bytes: &mut [u8]) -> OwnedFd {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut cmsg = RecvAncillaryBuffer::new(&mut space);
-    let msg = recvmsg(
-        sock,
-        &mut [IoSliceMut::new(bytes)],
-        &mut cmsg,
-        RecvFlags::CMSG_CLOEXEC,
-    )
-    .expect("recvmsg");
+    let msg = recvmsg(sock, &mut [IoSliceMut::new(bytes)], &mut cmsg, RecvFlags::CMSG_CLOEXEC).expect("recvmsg");
     assert_eq!(msg.bytes, bytes.len(), "short message");
     let mut got = None;
     for m in cmsg.drain() {
@@ -173,15 +140,10 @@ fn scm_rights_child() {
     let mut map = buffer.map_read_write().expect("child: map");
     {
         let r = map.begin_read().expect("child: begin_read");
-        assert!(
-            r[..] == pattern(seed, len as usize)[..],
-            "child: content differs from what the parent wrote"
-        );
+        assert!(r[..] == pattern(seed, len as usize)[..], "child: content differs from what the parent wrote");
     }
     // Answer through the same memory: the parent checks it sees this.
-    map.begin_write()
-        .expect("child: begin_write")
-        .copy_from_slice(&pattern(seed + 1, len as usize));
+    map.begin_write().expect("child: begin_write").copy_from_slice(&pattern(seed + 1, len as usize));
     rustix::io::write(sock, b"ok").expect("child: ack");
 }
 
@@ -193,25 +155,13 @@ fn scm_rights_round_trip(test: &str, heap: &str) {
     let seed = 77;
     let len = buffer.len();
     let mut map = buffer.map_read_write().unwrap();
-    map.begin_write()
-        .unwrap()
-        .copy_from_slice(&pattern(seed, len as usize));
+    map.begin_write().unwrap().copy_from_slice(&pattern(seed, len as usize));
 
-    let (ours, theirs) = socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .expect("socketpair");
+    let (ours, theirs) =
+        socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).expect("socketpair");
     let exe = std::fs::read_link("/proc/self/exe").expect("/proc/self/exe");
     let child = Command::new(exe)
-        .args([
-            "scm_rights_child",
-            "--exact",
-            "--test-threads=1",
-            "--nocapture",
-        ])
+        .args(["scm_rights_child", "--exact", "--test-threads=1", "--nocapture"])
         .env(CHILD_ENV, "1")
         .stdin(Stdio::from(theirs))
         .stdout(Stdio::piped())
@@ -234,10 +184,7 @@ fn scm_rights_round_trip(test: &str, heap: &str) {
     rustix::io::read(&ours, &mut ack).expect("read ack");
     assert_eq!(&ack, b"ok");
     let r = map.begin_read().unwrap();
-    assert!(
-        r[..] == pattern(seed + 1, len as usize)[..],
-        "{heap}: parent does not see the child's write"
-    );
+    assert!(r[..] == pattern(seed + 1, len as usize)[..], "{heap}: parent does not see the child's write");
 }
 
 #[test]

@@ -5,9 +5,7 @@
 
 mod vm_common;
 
-use dmabroker::device::v4l2::{
-    fourcc, video_nodes, BufType, Dequeued, Memory, QueueError, V4l2Device,
-};
+use dmabroker::device::v4l2::{fourcc, video_nodes, BufType, Dequeued, Memory, QueueError, V4l2Device};
 use dmabroker::heap::Heaps;
 use dmabroker::{Buffer, BufferKind};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -20,11 +18,7 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The vivid node whose capture queue is (multi-planar) or is not.
 fn vivid(multiplanar: bool) -> Result<(V4l2Device, BufType), String> {
-    let want = if multiplanar {
-        BufType::VideoCaptureMplane
-    } else {
-        BufType::VideoCapture
-    };
+    let want = if multiplanar { BufType::VideoCaptureMplane } else { BufType::VideoCapture };
     let nodes = video_nodes();
     for p in &nodes {
         if let Ok(d) = V4l2Device::open(p) {
@@ -33,9 +27,7 @@ fn vivid(multiplanar: bool) -> Result<(V4l2Device, BufType), String> {
             }
         }
     }
-    Err(format!(
-        "no vivid {want:?} node among {nodes:?} (modprobe vivid n_devs=2 multiplanar=1,2)"
-    ))
+    Err(format!("no vivid {want:?} node among {nodes:?} (modprobe vivid n_devs=2 multiplanar=1,2)"))
 }
 
 /// Capture `FRAMES` frames into buffers from `heap` and check them.
@@ -46,46 +38,21 @@ fn capture(test: &str, heap: &str, multiplanar: bool, pixfmt: &[u8; 4]) {
 
     let code = fourcc(pixfmt);
     let formats = dev.formats(bt).expect("ENUM_FMT");
-    assert!(
-        formats.iter().any(|f| f.pixelformat == code),
-        "vivid lacks {pixfmt:?}: {formats:?}"
-    );
+    assert!(formats.iter().any(|f| f.pixelformat == code), "vivid lacks {pixfmt:?}: {formats:?}");
     let fmt = dev.set_format(bt, 320, 180, code).expect("S_FMT");
-    assert_eq!(
-        fmt.pixelformat, code,
-        "driver changed the pixel format: {fmt:?}"
-    );
-    let expected_planes = if multiplanar && pixfmt == b"NM12" {
-        2
-    } else {
-        1
-    };
+    assert_eq!(fmt.pixelformat, code, "driver changed the pixel format: {fmt:?}");
+    let expected_planes = if multiplanar && pixfmt == b"NM12" { 2 } else { 1 };
     assert_eq!(fmt.planes.len(), expected_planes, "{fmt:?}");
-    assert!(
-        fmt.planes
-            .iter()
-            .all(|p| p.sizeimage > 0 && p.bytesperline >= fmt.width),
-        "{fmt:?}"
-    );
+    assert!(fmt.planes.iter().all(|p| p.sizeimage > 0 && p.bytesperline >= fmt.width), "{fmt:?}");
 
     // One dmabroker buffer per plane per slot.
     let bufs: Vec<Vec<Buffer>> = (0..SLOTS)
-        .map(|_| {
-            fmt.planes
-                .iter()
-                .map(|p| allocate(&heaps, heap, p.sizeimage.into()).unwrap())
-                .collect()
-        })
+        .map(|_| fmt.planes.iter().map(|p| allocate(&heaps, heap, p.sizeimage.into()).unwrap()).collect())
         .collect();
-    let mut maps: Vec<Vec<_>> = bufs
-        .iter()
-        .map(|s| s.iter().map(|b| b.map_read().unwrap()).collect())
-        .collect();
+    let mut maps: Vec<Vec<_>> = bufs.iter().map(|s| s.iter().map(|b| b.map_read().unwrap()).collect()).collect();
     let lengths: Vec<u32> = bufs[0].iter().map(|b| b.len() as u32).collect();
 
-    let mut queue = dev
-        .request_buffers(bt, Memory::DmaBuf, SLOTS)
-        .expect("REQBUFS DMABUF");
+    let mut queue = dev.request_buffers(bt, Memory::DmaBuf, SLOTS).expect("REQBUFS DMABUF");
     assert_eq!(queue.count(), SLOTS);
     assert_eq!(queue.planes(), fmt.planes.len());
     for (i, slot) in bufs.iter().enumerate() {
@@ -103,44 +70,27 @@ fn capture(test: &str, heap: &str, multiplanar: bool, pixfmt: &[u8; 4]) {
         let mut planes = Vec::new();
         for (p, map) in maps[slot].iter_mut().enumerate() {
             let used = d.bytesused[p] as usize;
-            assert!(
-                used > 0 && used <= fmt.planes[p].sizeimage as usize,
-                "bytesused {used} plane {p}: {d:?}"
-            );
+            assert!(used > 0 && used <= fmt.planes[p].sizeimage as usize, "bytesused {used} plane {p}: {d:?}");
             let r = map.begin_read().expect("begin_read (SYNC)");
             planes.push(r[..used].to_vec());
         }
         let fds: Vec<BorrowedFd<'_>> = bufs[slot].iter().map(|b| b.as_fd()).collect();
-        queue
-            .queue_dmabuf(d.index, &fds, &lengths)
-            .expect("re-QBUF");
+        queue.queue_dmabuf(d.index, &fds, &lengths).expect("re-QBUF");
         frames.push((d, planes));
     }
     queue.stream_off().expect("STREAMOFF");
 
     for (d, planes) in &frames {
         for (p, data) in planes.iter().enumerate() {
-            assert!(
-                data.iter().any(|&b| b != 0),
-                "frame {} plane {p} is all zeros",
-                d.sequence
-            );
+            assert!(data.iter().any(|&b| b != 0), "frame {} plane {p} is all zeros", d.sequence);
         }
     }
     for w in frames.windows(2) {
-        assert!(
-            w[1].0.sequence > w[0].0.sequence,
-            "sequence not increasing: {:?} {:?}",
-            w[0].0,
-            w[1].0
-        );
+        assert!(w[1].0.sequence > w[0].0.sequence, "sequence not increasing: {:?} {:?}", w[0].0, w[1].0);
         assert!(w[1].0.timestamp >= w[0].0.timestamp, "timestamps go back");
     }
     let changed = frames.windows(2).filter(|w| w[0].1 != w[1].1).count();
-    assert!(
-        changed > 0,
-        "all {FRAMES} frames are identical: the test pattern did not move"
-    );
+    assert!(changed > 0, "all {FRAMES} frames are identical: the test pattern did not move");
     eprintln!(
         "{test}: {}x{} {:?}, planes {:?}, sequences {:?}, {changed} of {} frame pairs differ",
         fmt.width,
@@ -154,12 +104,7 @@ fn capture(test: &str, heap: &str, multiplanar: bool, pixfmt: &[u8; 4]) {
 
 #[test]
 fn capture_yuyv_dma_heap_system() {
-    capture(
-        "capture_yuyv_dma_heap_system",
-        "dma-heap/system",
-        false,
-        b"YUYV",
-    );
+    capture("capture_yuyv_dma_heap_system", "dma-heap/system", false, b"YUYV");
 }
 
 #[test]
@@ -169,12 +114,7 @@ fn capture_yuyv_udmabuf() {
 
 #[test]
 fn capture_nv12m_dma_heap_system() {
-    capture(
-        "capture_nv12m_dma_heap_system",
-        "dma-heap/system",
-        true,
-        b"NM12",
-    );
+    capture("capture_nv12m_dma_heap_system", "dma-heap/system", true, b"NM12");
 }
 
 #[test]
@@ -186,9 +126,7 @@ fn capture_nv12m_udmabuf() {
 fn expbuf(test: &str, multiplanar: bool, pixfmt: &[u8; 4]) {
     let (dev, bt) = require!(test, vivid(multiplanar), "vivid");
     let fmt = dev.set_format(bt, 320, 180, fourcc(pixfmt)).expect("S_FMT");
-    let mut queue = dev
-        .request_buffers(bt, Memory::Mmap, 2)
-        .expect("REQBUFS MMAP");
+    let mut queue = dev.request_buffers(bt, Memory::Mmap, 2).expect("REQBUFS MMAP");
     let mut slots: Vec<Vec<Buffer>> = Vec::new();
     for i in 0..queue.count() {
         let mut planes = Vec::new();
@@ -202,11 +140,7 @@ fn expbuf(test: &str, multiplanar: bool, pixfmt: &[u8; 4]) {
                 b.len(),
                 fmt.planes[p]
             );
-            assert!(
-                b.heap().contains("vb2") || b.heap().contains("videobuf2"),
-                "exporter {}",
-                b.heap()
-            );
+            assert!(b.heap().contains("vb2") || b.heap().contains("videobuf2"), "exporter {}", b.heap());
             planes.push(b);
         }
         slots.push(planes);
@@ -223,10 +157,7 @@ fn expbuf(test: &str, multiplanar: bool, pixfmt: &[u8; 4]) {
     for (p, b) in slots[d.index as usize].iter().enumerate() {
         let mut map = b.map_read().expect("mmap of the exported dma-buf");
         let r = map.begin_read().expect("begin_read");
-        assert!(
-            r[..d.bytesused[p] as usize].iter().any(|&x| x != 0),
-            "exported plane {p} is all zeros"
-        );
+        assert!(r[..d.bytesused[p] as usize].iter().any(|&x| x != 0), "exported plane {p} is all zeros");
     }
     queue.stream_off().unwrap();
     drop(queue); // REQBUFS 0: the exported buffers stay valid (orphaned)
@@ -250,27 +181,15 @@ fn dmabuf_queue_rejects_bad_input() {
     let test = "dmabuf_queue_rejects_bad_input";
     let (dev, bt) = require!(test, vivid(false), "vivid");
     let heaps = Heaps::discover();
-    let fmt = dev
-        .set_format(bt, 320, 180, fourcc(b"YUYV"))
-        .expect("S_FMT");
-    let small = require!(
-        test,
-        allocate(&heaps, "dma-heap/system", 4096),
-        "dma-heap/system"
-    );
+    let fmt = dev.set_format(bt, 320, 180, fourcc(b"YUYV")).expect("S_FMT");
+    let small = require!(test, allocate(&heaps, "dma-heap/system", 4096), "dma-heap/system");
     let queue = dev.request_buffers(bt, Memory::DmaBuf, 2).expect("REQBUFS");
     assert!(matches!(
         queue.queue_dmabuf(queue.count(), &[small.as_fd()], &[4096]),
         Err(QueueError::IndexOutOfRange { .. })
     ));
-    assert!(matches!(
-        queue.queue_dmabuf(0, &[], &[]),
-        Err(QueueError::PlaneCountMismatch { .. })
-    ));
-    assert!(matches!(
-        queue.queue_mmap(0),
-        Err(QueueError::WrongMemory(Memory::DmaBuf))
-    ));
+    assert!(matches!(queue.queue_dmabuf(0, &[], &[]), Err(QueueError::PlaneCountMismatch { .. })));
+    assert!(matches!(queue.queue_mmap(0), Err(QueueError::WrongMemory(Memory::DmaBuf))));
     assert!(queue.export_buffer(0, 0).is_err());
     // A dma-buf smaller than sizeimage: vb2 refuses it (at QBUF or at the
     // latest STREAMON); either way an error, not a crash.

@@ -26,7 +26,14 @@ pub fn run(args: &AllocArgs) -> anyhow::Result<ExitCode> {
         return run_via_broker(args);
     }
     if args.device.in_use() {
-        return super::alloc_for::run(args.size, args.contiguous, args.align, args.name.as_deref(), args.json, &args.device);
+        return super::alloc_for::run(
+            args.size,
+            args.contiguous,
+            args.align,
+            args.name.as_deref(),
+            args.json,
+            &args.device,
+        );
     }
     let heaps = Heaps::discover();
     let mut request = AllocRequest::new(args.size.bytes()?).contiguous(args.contiguous).align(args.align);
@@ -51,7 +58,15 @@ pub fn run(args: &AllocArgs) -> anyhow::Result<ExitCode> {
     }
     let b = &report.buffer;
     let p = &b.properties;
-    println!("allocated {} ({} bytes) from {} as a {} (fd {}, inode {})", format_size(b.len), b.len, b.heap, b.kind, report.fd, b.inode);
+    println!(
+        "allocated {} ({} bytes) from {} as a {} (fd {}, inode {})",
+        format_size(b.len),
+        b.len,
+        b.heap,
+        b.kind,
+        report.fd,
+        b.inode
+    );
     println!(
         "  physical: contiguous up to {}, page {}, {}, {:?}, device-importable: {}",
         format_size(p.contiguous_up_to),
@@ -127,7 +142,14 @@ fn run_via_broker(args: &AllocArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let b = &report.buffer;
-    println!("allocated {} ({} bytes) from {} through the broker as a {} (inode {})", format_size(b.len), b.len, b.heap, b.kind, b.inode);
+    println!(
+        "allocated {} ({} bytes) from {} through the broker as a {} (inode {})",
+        format_size(b.len),
+        b.len,
+        b.heap,
+        b.kind,
+        b.inode
+    );
     if let Some(key) = &report.published {
         println!("published as {key}; the broker keeps it until `dmabroker unpublish {key}`");
     }

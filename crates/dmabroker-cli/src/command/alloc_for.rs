@@ -176,7 +176,9 @@ pub fn run(
             (Some(layout), total)
         }
         (SizeSpec::Bytes(b), None) => (None, b),
-        (SizeSpec::Bytes(b), Some(f)) => anyhow::bail!("--format {f} needs --size WIDTHxHEIGHT, not a byte count ({b})"),
+        (SizeSpec::Bytes(b), Some(f)) => {
+            anyhow::bail!("--format {f} needs --size WIDTHxHEIGHT, not a byte count ({b})")
+        }
         (s @ SizeSpec::Pixels(..), None) => (None, s.bytes()?),
     };
 
@@ -202,7 +204,13 @@ pub fn run(
     }
     println!("{}", merged_summary(&report.constraints));
     if let Some(layout) = &report.layout {
-        println!("layout: {} {}x{}, {} in all", layout.format(), layout.width(), layout.height(), format_size(layout.total_size()));
+        println!(
+            "layout: {} {}x{}, {} in all",
+            layout.format(),
+            layout.width(),
+            layout.height(),
+            format_size(layout.total_size())
+        );
         for (i, p) in layout.planes().iter().enumerate() {
             println!(
                 "  plane {i}: buffer {}, offset {}, bytesperline {}, {} lines, {} bytes",

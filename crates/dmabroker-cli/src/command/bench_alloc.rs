@@ -19,7 +19,9 @@ pub fn run(args: &BenchAllocArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.heaps.iter().map(|n| heaps.require(n)).collect::<Result<_, _>>()?
     };
-    println!("| heap | size | iterations | raw syscalls p50 | dmabroker p50 | overhead (p50) | raw p90 | dmabroker p90 |");
+    println!(
+        "| heap | size | iterations | raw syscalls p50 | dmabroker p50 | overhead (p50) | raw p90 | dmabroker p90 |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for heap in selected {
         let info = heap.info();
@@ -30,7 +32,11 @@ pub fn run(args: &BenchAllocArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
             if info.max_buffer_size.is_some_and(|m| len > m) {
-                println!("| {} | {} | skipped: above the heap's per-buffer limit | | | | | |", info.name, format_size(size));
+                println!(
+                    "| {} | {} | skipped: above the heap's per-buffer limit | | | | | |",
+                    info.name,
+                    format_size(size)
+                );
                 continue;
             }
             let iterations = (((256u64 << 20) as f64 * args.scale / size as f64) as usize).clamp(8, 2000);

@@ -45,7 +45,8 @@ struct Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), rustix::process::Signal::TERM);
+        let _ =
+            rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), rustix::process::Signal::TERM);
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -58,7 +59,10 @@ fn start_daemon(live: usize) -> anyhow::Result<Daemon> {
     let uid = rustix::process::getuid().as_raw();
     std::fs::write(
         &policy,
-        format!("[[user]]\nuid = {uid}\nheaps = [\"*\"]\nmax_bytes = \"1TiB\"\nmax_buffers = {}\npublish = true\n", live + 100_000),
+        format!(
+            "[[user]]\nuid = {uid}\nheaps = [\"*\"]\nmax_bytes = \"1TiB\"\nmax_buffers = {}\npublish = true\n",
+            live + 100_000
+        ),
     )?;
     let socket = dir.join("bench.sock");
     let child = Command::new(std::env::current_exe()?)
@@ -89,7 +93,11 @@ fn us(d: Duration) -> String {
 fn vm_rss(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
         .map_or(0, |kb| kb * 1024)
 }
 
@@ -213,7 +221,9 @@ fn measure_live(socket: &Path, pid: u32, args: &BenchBrokerArgs) -> anyhow::Resu
     let stats = c.stats()?;
     drop(held);
     let per = if made > 0 { after.saturating_sub(before) as f64 / made as f64 } else { 0.0 };
-    println!("\n| live buffers in the broker | broker VmRSS before / after | per live buffer | time to allocate them |");
+    println!(
+        "\n| live buffers in the broker | broker VmRSS before / after | per live buffer | time to allocate them |"
+    );
     println!("|---|---|---|---|");
     println!(
         "| {} | {} / {} | {per:.0} bytes | {:.2} s |",

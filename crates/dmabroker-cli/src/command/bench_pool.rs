@@ -95,7 +95,8 @@ fn run_parent(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
     let heaps = Heaps::discover();
     let mut rows = Vec::new();
     for &size in &args.sizes {
-        for (transport, wait) in [("pool, blocking consumer (futex)", "block"), ("pool, busy-polling consumer", "poll")] {
+        for (transport, wait) in [("pool, blocking consumer (futex)", "block"), ("pool, busy-polling consumer", "poll")]
+        {
             let row = bench_pool(args, &heaps, size, wait)?;
             rows.push(Row { transport, size, fps: row.0, report: row.1 });
             eprintln!("{} {}: done", transport, format_size(size));
@@ -127,7 +128,11 @@ fn run_parent(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
         let fps = |t: &str| rows.iter().find(|r| r.size == size && r.transport.starts_with(t)).map_or(0.0, |r| r.fps);
         let (pool, socket) = (fps("pool, blocking"), fps("copy"));
         if socket > 0.0 {
-            println!("\n{}: pool (blocking) delivers {:.0}x the frame rate of socket copying", format_size(size), pool / socket);
+            println!(
+                "\n{}: pool (blocking) delivers {:.0}x the frame rate of socket copying",
+                format_size(size),
+                pool / socket
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -372,8 +372,10 @@ fn setup_v4l2(args: &DemoArgs, options: &PoolOptions, heaps: &Heaps) -> anyhow::
     let path = dev.path().to_path_buf();
     let offered: Vec<u32> = dev.formats(buf_type)?.iter().map(|f| f.pixelformat).collect();
     let format = CAPTURE_FORMATS.into_iter().find(|f| offered.contains(&f.to_v4l2())).ok_or_else(|| {
-        let names: Vec<String> =
-            offered.iter().map(|&c| PixelFormat::from_v4l2(c).map_or(format!("{c:#x}"), |f| f.name().to_owned())).collect();
+        let names: Vec<String> = offered
+            .iter()
+            .map(|&c| PixelFormat::from_v4l2(c).map_or(format!("{c:#x}"), |f| f.name().to_owned()))
+            .collect();
         anyhow::anyhow!("{} captures neither NV12 nor YUYV (it offers {})", path.display(), names.join(", "))
     })?;
     let (w, h) = args.size;
@@ -430,7 +432,9 @@ fn setup_v4l2(args: &DemoArgs, options: &PoolOptions, heaps: &Heaps) -> anyhow::
         }
     }
     if let Some(i) = buffers.iter().position(|b| b.kind() != dmabroker::BufferKind::DmaBuf) {
-        anyhow::bail!("buffer {i} from {heap} is not a dma-buf: V4L2_MEMORY_DMABUF needs dma-bufs (choose a dma-heap or udmabuf)");
+        anyhow::bail!(
+            "buffer {i} from {heap} is not a dma-buf: V4L2_MEMORY_DMABUF needs dma-bufs (choose a dma-heap or udmabuf)"
+        );
     }
     let producer = Producer::new(buffers, &options)?;
     let caps = dev.capabilities();
@@ -442,7 +446,11 @@ fn setup_v4l2(args: &DemoArgs, options: &PoolOptions, heaps: &Heaps) -> anyhow::
         if buf_type.is_multiplanar() { "multi-planar" } else { "single-planar" }
     );
     Ok(Some(Setup {
-        source: Source::V4l2(V4l2Source { dev, buf_type, frame_len: u64::from(fmt.planes[0].sizeimage).min(frame_len) }),
+        source: Source::V4l2(V4l2Source {
+            dev,
+            buf_type,
+            frame_len: u64::from(fmt.planes[0].sizeimage).min(frame_len),
+        }),
         producer,
         width: fmt.width,
         height: fmt.height,
@@ -512,7 +520,8 @@ fn setup_synthetic(args: &DemoArgs, options: &PoolOptions, heaps: &Heaps) -> any
     let options = PoolOptions { buffer_len: frame_len, ..options.clone() };
     let mut description = "synthetic NV12 test pattern".to_owned();
     let producer = if args.broker == BrokerArg::Embedded && heaps.get(&heap).is_some() {
-        let broker = EmbeddedBroker::start().map_err(|e| anyhow::anyhow!("starting the embedded broker: {e:#} (or pass --broker none)"))?;
+        let broker = EmbeddedBroker::start()
+            .map_err(|e| anyhow::anyhow!("starting the embedded broker: {e:#} (or pass --broker none)"))?;
         let mut client = dmabroker::client::Client::connect(&broker.path)?;
         let buffers = (0..options.buffers)
             .map(|i| client.allocate(&heap, frame_len, Some(&format!("{}-{i}", options.name))))
@@ -566,7 +575,8 @@ fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow::Result<Ex
         PolicyArg::Block => Backpressure::Block,
         PolicyArg::DropOldest => Backpressure::DropOldest,
     };
-    let options = PoolOptions::new(args.buffers as usize, 1).backpressure(policy).max_consumers(args.consumers).name("demo");
+    let options =
+        PoolOptions::new(args.buffers as usize, 1).backpressure(policy).max_consumers(args.consumers).name("demo");
     let Setup { source, mut producer, width, height, format, frame_len, heap, description } = setup(args, &options)?;
     transport.serve(&mut producer)?;
     eprintln!(
@@ -577,7 +587,10 @@ fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow::Result<Ex
         args.consumers
     );
 
-    let live = Arc::new(Live { reports: Mutex::new(vec![Report::default(); args.consumers as usize]), produced: AtomicU64::new(0) });
+    let live = Arc::new(Live {
+        reports: Mutex::new(vec![Report::default(); args.consumers as usize]),
+        produced: AtomicU64::new(0),
+    });
     let mut children = Vec::new();
     let mut readers = Vec::new();
     for id in 0..args.consumers {

@@ -28,11 +28,9 @@ pub fn run(args: &HeapsArgs) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    crate::output::emit(
-        &table(
-            &["HEAP", "KIND", "CONTIGUOUS UP TO", "PAGE", "CACHE", "DEVICE-IMPORTABLE", "FREE", "USABLE", "NOTE"],
-            &rows
-        ),
-    )?;
+    crate::output::emit(&table(
+        &["HEAP", "KIND", "CONTIGUOUS UP TO", "PAGE", "CACHE", "DEVICE-IMPORTABLE", "FREE", "USABLE", "NOTE"],
+        &rows,
+    ))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -21,9 +21,11 @@ struct Inspection {
 }
 
 pub fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
-    let link = fd_link(Some(args.pid), args.fd)
-        .with_context(|| format!("process {} has no fd {} (or it is not yours: run as its user or root)", args.pid, args.fd))?;
-    let info = FdInfo::read(Some(args.pid), args.fd).with_context(|| format!("reading /proc/{}/fdinfo/{}", args.pid, args.fd))?;
+    let link = fd_link(Some(args.pid), args.fd).with_context(|| {
+        format!("process {} has no fd {} (or it is not yours: run as its user or root)", args.pid, args.fd)
+    })?;
+    let info = FdInfo::read(Some(args.pid), args.fd)
+        .with_context(|| format!("reading /proc/{}/fdinfo/{}", args.pid, args.fd))?;
     // Take a duplicate of the process's fd (pidfd_getfd needs ptrace rights:
     // same user with ptrace_scope 0, or CAP_SYS_PTRACE) to classify it fully.
     let theirs = rustix::process::Pid::from_raw(args.pid as i32)
@@ -72,7 +74,10 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
             println!("  {why}");
         }
         if let Some(exp) = &report.exporter {
-            println!("  dma-buf exporter {exp}, size {:?}, file references {:?}", report.fdinfo_size, report.file_count);
+            println!(
+                "  dma-buf exporter {exp}, size {:?}, file references {:?}",
+                report.fdinfo_size, report.file_count
+            );
         }
     }
     Ok(if report.buffer.is_some() { ExitCode::SUCCESS } else { ExitCode::from(3) })

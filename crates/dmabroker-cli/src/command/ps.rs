@@ -33,11 +33,7 @@ pub fn run(args: &PsArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let options = ScanOptions {
-        all_memfds: args.all_memfd,
-        pid: args.pid,
-        uid,
-    };
+    let options = ScanOptions { all_memfds: args.all_memfd, pid: args.pid, uid };
     let snapshot = accounting::scan_with(&options)?;
     if args.json {
         print_json(&snapshot)?;
@@ -55,25 +51,11 @@ pub fn run(args: &PsArgs) -> anyhow::Result<ExitCode> {
                 size_cell(b),
                 b.exporter.clone().unwrap_or_else(|| "-".into()),
                 b.name.clone().unwrap_or_else(|| "-".into()),
-                b.holders
-                    .iter()
-                    .map(holder_cell)
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                b.holders.iter().map(holder_cell).collect::<Vec<_>>().join(" "),
             ]
         })
         .collect();
-    print_section(
-        &[
-            "INODE",
-            "KIND",
-            "SIZE",
-            "EXPORTER",
-            "NAME",
-            "HOLDERS (pid:comm fds/maps)",
-        ],
-        &rows,
-    );
+    print_section(&["INODE", "KIND", "SIZE", "EXPORTER", "NAME", "HOLDERS (pid:comm fds/maps)"], &rows);
 
     println!("\nPROCESSES");
     let rows: Vec<Vec<String>> = snapshot
@@ -92,19 +74,7 @@ pub fn run(args: &PsArgs) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    print_section(
-        &[
-            "PID",
-            "COMM",
-            "USER",
-            "BUFFERS",
-            "FDS",
-            "MAPS",
-            "SIZE",
-            "PROPORTIONAL",
-        ],
-        &rows,
-    );
+    print_section(&["PID", "COMM", "USER", "BUFFERS", "FDS", "MAPS", "SIZE", "PROPORTIONAL"], &rows);
 
     println!("\nUSERS");
     let rows: Vec<Vec<String>> = snapshot
@@ -121,55 +91,23 @@ pub fn run(args: &PsArgs) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    print_section(
-        &[
-            "USER",
-            "UID",
-            "PROCESSES",
-            "BUFFERS",
-            "SIZE",
-            "PROPORTIONAL",
-        ],
-        &rows,
-    );
+    print_section(&["USER", "UID", "PROCESSES", "BUFFERS", "SIZE", "PROPORTIONAL"], &rows);
 
-    let kinds: Vec<String> = snapshot
-        .totals
-        .by_kind
-        .iter()
-        .map(|k| format!("{} {}: {}", k.buffers, k.kind, format_size(k.bytes)))
-        .collect();
+    let kinds: Vec<String> =
+        snapshot.totals.by_kind.iter().map(|k| format!("{} {}: {}", k.buffers, k.kind, format_size(k.bytes))).collect();
     println!(
         "\nTOTAL  {} buffers, {}{}",
         snapshot.totals.buffers,
         format_size(snapshot.totals.bytes),
-        if kinds.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", kinds.join(", "))
-        }
+        if kinds.is_empty() { String::new() } else { format!(" ({})", kinds.join(", ")) }
     );
-    print!(
-        "scanned {} processes, {} skipped",
-        snapshot.scanned_processes, snapshot.unreadable_processes
-    );
+    print!("scanned {} processes, {} skipped", snapshot.scanned_processes, snapshot.unreadable_processes);
     if snapshot.denied_processes > 0 {
-        let hint = if rustix::process::geteuid().is_root() {
-            ""
-        } else {
-            ": run as root to see them"
-        };
-        print!(
-            " ({} not readable by this user{hint})",
-            snapshot.denied_processes
-        );
+        let hint = if rustix::process::geteuid().is_root() { "" } else { ": run as root to see them" };
+        print!(" ({} not readable by this user{hint})", snapshot.denied_processes);
     }
     println!();
-    if snapshot
-        .buffers
-        .iter()
-        .any(|b| b.size_source == SizeSource::Mapping)
-    {
+    if snapshot.buffers.iter().any(|b| b.size_source == SizeSource::Mapping) {
         println!(">= : only mapped, size known only as the extent of the mappings");
     }
     Ok(ExitCode::SUCCESS)

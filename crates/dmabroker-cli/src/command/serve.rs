@@ -62,7 +62,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     config.policy = policy;
     config.max_clients = args.max_clients;
     config.max_clients_per_uid = args.max_clients_per_user.unwrap_or((args.max_clients / 2).max(1));
-    config.timing = SweepTiming { interval: Duration::from_millis(args.sweep_interval_ms.max(10)), ..SweepTiming::default() };
+    config.timing =
+        SweepTiming { interval: Duration::from_millis(args.sweep_interval_ms.max(10)), ..SweepTiming::default() };
     let mut broker = Broker::start(config, stored, shutdown_on_signals()?)?;
     tracing::info!("serving on {where_}");
     eprintln!("dmabroker: serving on {where_}");
@@ -81,7 +82,8 @@ fn shutdown_on_signals() -> anyhow::Result<OwnedFd> {
 }
 
 fn is_socket(fd: &OwnedFd) -> bool {
-    rustix::fs::fstat(fd).is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket)
+    rustix::fs::fstat(fd)
+        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket)
 }
 
 /// Every client connection and every held buffer is an fd: use the hard limit.

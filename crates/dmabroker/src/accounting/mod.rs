@@ -125,11 +125,7 @@ impl FileStat {
     }
 
     fn id(&self) -> BufferId {
-        BufferId {
-            dev_major: self.dev_major,
-            dev_minor: self.dev_minor,
-            inode: self.inode,
-        }
+        BufferId { dev_major: self.dev_major, dev_minor: self.dev_minor, inode: self.inode }
     }
 }
 
@@ -242,10 +238,7 @@ pub fn fd_holding(
                 size,
                 size_source,
                 exporter: fdinfo.and_then(FdInfo::exporter).map(str::to_owned),
-                name: fdinfo
-                    .and_then(FdInfo::dma_buf_name)
-                    .map(str::to_owned)
-                    .or(name),
+                name: fdinfo.and_then(FdInfo::dma_buf_name).map(str::to_owned).or(name),
                 file_count: fdinfo.and_then(FdInfo::file_count),
             })
         }
@@ -253,11 +246,7 @@ pub fn fd_holding(
 }
 
 /// The buffers mapped in a `/proc/<pid>/maps` text, one entry per buffer.
-pub fn map_holdings(
-    maps: &str,
-    shmem_dev: Option<(u32, u32)>,
-    all_memfds: bool,
-) -> Vec<MapHolding> {
+pub fn map_holdings(maps: &str, shmem_dev: Option<(u32, u32)>, all_memfds: bool) -> Vec<MapHolding> {
     let mut by_id: BTreeMap<BufferId, MapHolding> = BTreeMap::new();
     for entry in parse_maps(maps) {
         let (kind, name) = match classify_target(&entry.path) {
@@ -267,17 +256,10 @@ pub fn map_holdings(
                 if !all_memfds && !name.starts_with(DMABROKER_PREFIX) {
                     continue;
                 }
-                (
-                    memfd_kind((entry.dev_major, entry.dev_minor), shmem_dev),
-                    Some(name),
-                )
+                (memfd_kind((entry.dev_major, entry.dev_minor), shmem_dev), Some(name))
             }
         };
-        let id = BufferId {
-            dev_major: entry.dev_major,
-            dev_minor: entry.dev_minor,
-            inode: entry.inode,
-        };
+        let id = BufferId { dev_major: entry.dev_major, dev_minor: entry.dev_minor, inode: entry.inode };
         let len = entry.len();
         let h = by_id.entry(id).or_insert_with(|| MapHolding {
             id,
@@ -344,11 +326,7 @@ impl BufferRecord {
     /// The buffer's identity.
     pub fn id(&self) -> Option<BufferId> {
         let (major, minor) = self.device.split_once(':')?;
-        Some(BufferId {
-            dev_major: major.parse().ok()?,
-            dev_minor: minor.parse().ok()?,
-            inode: self.inode,
-        })
+        Some(BufferId { dev_major: major.parse().ok()?, dev_minor: minor.parse().ok()?, inode: self.inode })
     }
 }
 
@@ -519,9 +497,7 @@ impl Snapshot {
             }
         }
         for (id, acc) in &mut accs {
-            if acc.kind == BufferKind::DmaBuf
-                && (acc.size_source == SizeSource::Mapping || acc.exporter.is_none())
-            {
+            if acc.kind == BufferKind::DmaBuf && (acc.size_source == SizeSource::Mapping || acc.exporter.is_none()) {
                 if let Some((size, exporter)) = sysfs(id.inode) {
                     acc.offer_size(size, SizeSource::Sysfs);
                     acc.exporter.get_or_insert(exporter);
@@ -532,21 +508,13 @@ impl Snapshot {
         let mut buffers = Vec::new();
         let mut procs: BTreeMap<u32, ProcessTotals> = BTreeMap::new();
         let mut user_buffers: BTreeMap<u32, BTreeMap<BufferId, u64>> = BTreeMap::new();
-        let mut totals = Totals {
-            buffers: 0,
-            bytes: 0,
-            by_kind: Vec::new(),
-        };
+        let mut totals = Totals { buffers: 0, bytes: 0, by_kind: Vec::new() };
         for (id, acc) in accs {
             if !acc.holders.values().any(|h| options.matches(h.pid, h.uid)) {
                 continue;
             }
             let proportional_size = acc.size / acc.holders.len() as u64;
-            for h in acc
-                .holders
-                .values()
-                .filter(|h| options.matches(h.pid, h.uid))
-            {
+            for h in acc.holders.values().filter(|h| options.matches(h.pid, h.uid)) {
                 let t = procs.entry(h.pid).or_insert_with(|| ProcessTotals {
                     pid: h.pid,
                     comm: h.comm.clone(),
@@ -572,16 +540,9 @@ impl Snapshot {
                     k.buffers += 1;
                     k.bytes += acc.size;
                 }
-                None => totals.by_kind.push(KindTotals {
-                    kind: acc.kind,
-                    buffers: 1,
-                    bytes: acc.size,
-                }),
+                None => totals.by_kind.push(KindTotals { kind: acc.kind, buffers: 1, bytes: acc.size }),
             }
-            let dmabroker = acc
-                .name
-                .as_deref()
-                .is_some_and(|n| n.starts_with(DMABROKER_PREFIX));
+            let dmabroker = acc.name.as_deref().is_some_and(|n| n.starts_with(DMABROKER_PREFIX));
             buffers.push(BufferRecord {
                 inode: id.inode,
                 device: format!("{}:{}", id.dev_major, id.dev_minor),
@@ -655,19 +616,12 @@ pub fn scan() -> Result<Snapshot, ScanError> {
 /// # Errors
 /// As [`scan`].
 pub fn scan_with(options: &ScanOptions) -> Result<Snapshot, ScanError> {
-    let dir = std::fs::read_dir("/proc").map_err(|source| ScanError::Proc {
-        path: "/proc".into(),
-        source,
-    })?;
+    let dir = std::fs::read_dir("/proc").map_err(|source| ScanError::Proc { path: "/proc".into(), source })?;
     let shmem = shmem_dev();
     let mut holdings = Vec::new();
     let (mut vanished, mut denied, mut partial) = (0u64, 0u64, 0u64);
     for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
         match read_process(pid, shmem, options.all_memfds) {
@@ -682,8 +636,7 @@ pub fn scan_with(options: &ScanOptions) -> Result<Snapshot, ScanError> {
             Err(Skip::Vanished) => vanished += 1,
         }
     }
-    let mut snapshot =
-        Snapshot::from_holdings(&holdings, options, &procfs::user_names(), &sysfs_dma_buf);
+    let mut snapshot = Snapshot::from_holdings(&holdings, options, &procfs::user_names(), &sysfs_dma_buf);
     snapshot.scanned_processes += vanished + denied;
     snapshot.unreadable_processes = vanished + denied + partial;
     snapshot.denied_processes = denied + partial;
@@ -693,11 +646,7 @@ pub fn scan_with(options: &ScanOptions) -> Result<Snapshot, ScanError> {
 /// The device of the kernel's internal shmem mount, where every plain memfd
 /// lives (learned from a probe memfd, closed at once).
 fn shmem_dev() -> Option<(u32, u32)> {
-    let fd = rustix::fs::memfd_create(
-        "dmabroker-accounting-probe",
-        rustix::fs::MemfdFlags::CLOEXEC,
-    )
-    .ok()?;
+    let fd = rustix::fs::memfd_create("dmabroker-accounting-probe", rustix::fs::MemfdFlags::CLOEXEC).ok()?;
     let st = rustix::fs::fstat(&fd).ok()?;
     Some((rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev)))
 }
@@ -706,15 +655,8 @@ fn shmem_dev() -> Option<(u32, u32)> {
 /// `CONFIG_DMABUF_SYSFS_STATS`).
 fn sysfs_dma_buf(inode: u64) -> Option<(u64, String)> {
     let dir = format!("/sys/kernel/dmabuf/buffers/{inode}");
-    let size = std::fs::read_to_string(format!("{dir}/size"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let exporter = std::fs::read_to_string(format!("{dir}/exporter_name"))
-        .ok()?
-        .trim()
-        .to_owned();
+    let size = std::fs::read_to_string(format!("{dir}/size")).ok()?.trim().parse().ok()?;
+    let exporter = std::fs::read_to_string(format!("{dir}/exporter_name")).ok()?.trim().to_owned();
     Some((size, exporter))
 }
 
@@ -748,15 +690,8 @@ fn read_process(
     let uid = procfs::parse_status_euid(&status).ok_or(Skip::Vanished)?;
 
     let mut fds = Vec::new();
-    for entry in std::fs::read_dir(format!("{base}/fd"))
-        .map_err(|e| skip(&e))?
-        .flatten()
-    {
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
+    for entry in std::fs::read_dir(format!("{base}/fd")).map_err(|e| skip(&e))?.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
         // Any error below: the fd was closed meanwhile; skip it.
@@ -797,16 +732,7 @@ fn read_process(
             m.size = std::fs::metadata(path).ok().map(|meta| meta.size());
         }
     }
-    Ok(Some((
-        ProcessHoldings {
-            pid,
-            comm: stat.comm,
-            uid,
-            fds,
-            maps,
-        },
-        complete,
-    )))
+    Ok(Some((ProcessHoldings { pid, comm: stat.comm, uid, fds, maps }, complete)))
 }
 
 #[cfg(test)]
@@ -819,69 +745,26 @@ mod tests {
     // Real fdinfo of a system-heap dma-buf named with DMA_BUF_SET_NAME (Linux 6.12).
     const CAM_FDINFO: &str = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t52731\nsize:\t4194304\ncount:\t3\nexp_name:\tsystem\nname:\tcam0\n";
     // A udmabuf without a name.
-    const UDMABUF_FDINFO: &str = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t52740\nsize:\t1048576\ncount:\t1\nexp_name:\tudmabuf\n";
+    const UDMABUF_FDINFO: &str =
+        "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t52740\nsize:\t1048576\ncount:\t1\nexp_name:\tudmabuf\n";
 
     fn stat(dev: (u32, u32), inode: u64, size: u64) -> Option<FileStat> {
-        Some(FileStat {
-            dev_major: dev.0,
-            dev_minor: dev.1,
-            inode,
-            size,
-        })
+        Some(FileStat { dev_major: dev.0, dev_minor: dev.1, inode, size })
     }
 
     fn camera() -> ProcessHoldings {
         let cam = FdInfo::parse(CAM_FDINFO);
         let udma = FdInfo::parse(UDMABUF_FDINFO);
         let fds = vec![
-            fd_holding(
-                7,
-                "/dmabuf:cam0",
-                Some(&cam),
-                stat(DMABUF_DEV, 52731, 4194304),
-                SHMEM,
-                false,
-            )
-            .unwrap(),
+            fd_holding(7, "/dmabuf:cam0", Some(&cam), stat(DMABUF_DEV, 52731, 4194304), SHMEM, false).unwrap(),
             // The same dma-buf through a second fd.
-            fd_holding(
-                9,
-                "/dmabuf:cam0",
-                Some(&cam),
-                stat(DMABUF_DEV, 52731, 4194304),
-                SHMEM,
-                false,
-            )
-            .unwrap(),
-            fd_holding(
-                10,
-                "anon_inode:dmabuf",
-                Some(&udma),
-                stat(DMABUF_DEV, 52740, 1048576),
-                SHMEM,
-                false,
-            )
-            .unwrap(),
-            fd_holding(
-                11,
-                "/memfd:dmabroker:frames (deleted)",
-                None,
-                stat((0, 1), 1029, 2 << 20),
-                SHMEM,
-                false,
-            )
-            .unwrap(),
+            fd_holding(9, "/dmabuf:cam0", Some(&cam), stat(DMABUF_DEV, 52731, 4194304), SHMEM, false).unwrap(),
+            fd_holding(10, "anon_inode:dmabuf", Some(&udma), stat(DMABUF_DEV, 52740, 1048576), SHMEM, false).unwrap(),
+            fd_holding(11, "/memfd:dmabroker:frames (deleted)", None, stat((0, 1), 1029, 2 << 20), SHMEM, false)
+                .unwrap(),
         ];
         // Foreign memfds, sockets and files are not buffers by default.
-        assert!(fd_holding(
-            12,
-            "/memfd:wayland-shm (deleted)",
-            None,
-            stat((0, 1), 1030, 4096),
-            SHMEM,
-            false
-        )
-        .is_none());
+        assert!(fd_holding(12, "/memfd:wayland-shm (deleted)", None, stat((0, 1), 1030, 4096), SHMEM, false).is_none());
         assert!(fd_holding(13, "socket:[991]", None, stat((0, 8), 991, 0), SHMEM, true).is_none());
         let maps = map_holdings(
             "7fad5b800000-7fad5bc00000 rw-s 00000000 00:0d 52731                      /dmabuf:cam0\n\
@@ -890,13 +773,7 @@ mod tests {
             SHMEM,
             false,
         );
-        ProcessHoldings {
-            pid: 100,
-            comm: "cam".into(),
-            uid: 1000,
-            fds,
-            maps,
-        }
+        ProcessHoldings { pid: 100, comm: "cam".into(), uid: 1000, fds, maps }
     }
 
     fn display() -> ProcessHoldings {
@@ -909,19 +786,11 @@ mod tests {
             false,
         );
         assert_eq!(maps.len(), 2);
-        ProcessHoldings {
-            pid: 200,
-            comm: "display".into(),
-            uid: 0,
-            fds: Vec::new(),
-            maps,
-        }
+        ProcessHoldings { pid: 200, comm: "display".into(), uid: 0, fds: Vec::new(), maps }
     }
 
     fn snapshot(options: &ScanOptions) -> Snapshot {
-        let names = procfs::parse_passwd(
-            "root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
-        );
+        let names = procfs::parse_passwd("root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n");
         Snapshot::from_holdings(&[camera(), display()], options, &names, &|_| None)
     }
 
@@ -937,26 +806,12 @@ mod tests {
         assert_eq!(p.fds[2].name, None);
         assert_eq!(p.fds[2].exporter.as_deref(), Some("udmabuf"));
         assert_eq!(p.fds[3].kind, BufferKind::Memfd);
-        assert_eq!(
-            (p.fds[3].size, p.fds[3].size_source),
-            (2 << 20, SizeSource::Stat)
-        );
+        assert_eq!((p.fds[3].size, p.fds[3].size_source), (2 << 20, SizeSource::Stat));
         assert_eq!(p.maps.len(), 1);
-        assert_eq!(
-            (p.maps[0].mappings, p.maps[0].mapped_bytes, p.maps[0].extent),
-            (2, 5 << 20, 4 << 20)
-        );
+        assert_eq!((p.maps[0].mappings, p.maps[0].mapped_bytes, p.maps[0].extent), (2, 5 << 20, 4 << 20));
         assert_eq!(display().maps[1].kind, BufferKind::HugetlbMemfd);
         // --all-memfd includes foreign memfds.
-        assert!(fd_holding(
-            12,
-            "/memfd:wayland-shm (deleted)",
-            None,
-            stat((0, 1), 1030, 4096),
-            SHMEM,
-            true
-        )
-        .is_some());
+        assert!(fd_holding(12, "/memfd:wayland-shm (deleted)", None, stat((0, 1), 1030, 4096), SHMEM, true).is_some());
     }
 
     #[test]
@@ -964,10 +819,7 @@ mod tests {
         let s = snapshot(&ScanOptions::default());
         assert_eq!(s.buffers.len(), 4);
         assert_eq!(s.totals.buffers, 4);
-        assert_eq!(
-            s.totals.bytes,
-            (4 << 20) + (1 << 20) + (2 << 20) + (2 << 20)
-        );
+        assert_eq!(s.totals.bytes, (4 << 20) + (1 << 20) + (2 << 20) + (2 << 20));
         let cam = s.buffer_by_inode(52731).unwrap();
         assert_eq!(cam.device, "0:13");
         assert_eq!(cam.holders.len(), 2);
@@ -981,10 +833,7 @@ mod tests {
         assert!(!cam.dmabroker);
         // Held only by mapping: size from the mapping extent.
         let huge = s.buffer_by_inode(77).unwrap();
-        assert_eq!(
-            (huge.kind, huge.size, huge.size_source),
-            (BufferKind::HugetlbMemfd, 2 << 20, SizeSource::Mapping)
-        );
+        assert_eq!((huge.kind, huge.size, huge.size_source), (BufferKind::HugetlbMemfd, 2 << 20, SizeSource::Mapping));
         assert!(huge.dmabroker);
         assert_eq!(s.buffers[0].inode, 52731, "largest first");
 
@@ -1001,39 +850,22 @@ mod tests {
         // Proportional shares add up to the deduplicated total.
         let pss: u64 = s.processes.iter().map(|p| p.proportional_bytes).sum();
         assert_eq!(pss, s.totals.bytes);
-        let dma = s
-            .totals
-            .by_kind
-            .iter()
-            .find(|k| k.kind == BufferKind::DmaBuf)
-            .unwrap();
+        let dma = s.totals.by_kind.iter().find(|k| k.kind == BufferKind::DmaBuf).unwrap();
         assert_eq!((dma.buffers, dma.bytes), (2, 5 << 20));
     }
 
     #[test]
     fn filters_keep_full_holder_lists() {
-        let s = snapshot(&ScanOptions {
-            pid: Some(200),
-            ..ScanOptions::default()
-        });
+        let s = snapshot(&ScanOptions { pid: Some(200), ..ScanOptions::default() });
         assert_eq!(s.processes.len(), 1);
         assert_eq!(s.buffers.len(), 2);
         assert_eq!(s.buffer_by_inode(52731).unwrap().holders.len(), 2);
         assert_eq!(s.buffer_by_inode(52731).unwrap().proportional_size, 2 << 20);
         assert_eq!(s.totals.bytes, 6 << 20);
-        let s = snapshot(&ScanOptions {
-            uid: Some(1000),
-            ..ScanOptions::default()
-        });
-        assert_eq!(
-            s.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
-            vec![100]
-        );
+        let s = snapshot(&ScanOptions { uid: Some(1000), ..ScanOptions::default() });
+        assert_eq!(s.processes.iter().map(|p| p.pid).collect::<Vec<_>>(), vec![100]);
         assert_eq!(s.users.len(), 1);
-        let s = snapshot(&ScanOptions {
-            uid: Some(4242),
-            ..ScanOptions::default()
-        });
+        let s = snapshot(&ScanOptions { uid: Some(4242), ..ScanOptions::default() });
         assert!(s.buffers.is_empty() && s.processes.is_empty() && s.users.is_empty());
     }
 
@@ -1044,10 +876,7 @@ mod tests {
             (ino == 52731).then(|| (8 << 20, "system".to_owned()))
         });
         let cam = s.buffer_by_inode(52731).unwrap();
-        assert_eq!(
-            (cam.size, cam.size_source, cam.exporter.as_deref()),
-            (8 << 20, SizeSource::Sysfs, Some("system"))
-        );
+        assert_eq!((cam.size, cam.size_source, cam.exporter.as_deref()), (8 << 20, SizeSource::Sysfs, Some("system")));
     }
 
     #[test]
@@ -1055,11 +884,7 @@ mod tests {
         let s = snapshot(&ScanOptions::default());
         assert_eq!(
             s.buffer_by_inode(52731).unwrap().id(),
-            Some(BufferId {
-                dev_major: 0,
-                dev_minor: 13,
-                inode: 52731
-            })
+            Some(BufferId { dev_major: 0, dev_minor: 13, inode: 52731 })
         );
     }
 }

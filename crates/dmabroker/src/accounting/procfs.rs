@@ -27,18 +27,14 @@ pub enum LinkTarget {
 pub fn classify_target(target: &str) -> LinkTarget {
     if let Some(name) = target.strip_prefix("/dmabuf:") {
         let name = name.strip_suffix(" (deleted)").unwrap_or(name);
-        return LinkTarget::DmaBuf {
-            name: (!name.is_empty()).then(|| name.to_owned()),
-        };
+        return LinkTarget::DmaBuf { name: (!name.is_empty()).then(|| name.to_owned()) };
     }
     if target == "anon_inode:dmabuf" {
         return LinkTarget::DmaBuf { name: None };
     }
     if let Some(name) = target.strip_prefix("/memfd:") {
         let name = name.strip_suffix(" (deleted)").unwrap_or(name);
-        return LinkTarget::Memfd {
-            name: name.to_owned(),
-        };
+        return LinkTarget::Memfd { name: name.to_owned() };
     }
     LinkTarget::Other
 }
@@ -163,8 +159,7 @@ pub fn parse_passwd(text: &str) -> BTreeMap<u32, String> {
             continue;
         }
         let mut fields = line.split(':');
-        let (Some(name), Some(_pw), Some(uid)) = (fields.next(), fields.next(), fields.next())
-        else {
+        let (Some(name), Some(_pw), Some(uid)) = (fields.next(), fields.next(), fields.next()) else {
             continue;
         };
         if let Ok(uid) = uid.parse() {
@@ -176,9 +171,7 @@ pub fn parse_passwd(text: &str) -> BTreeMap<u32, String> {
 
 /// uid -> name from `/etc/passwd` (empty when it cannot be read).
 pub fn user_names() -> BTreeMap<u32, String> {
-    std::fs::read_to_string("/etc/passwd")
-        .map(|t| parse_passwd(&t))
-        .unwrap_or_default()
+    std::fs::read_to_string("/etc/passwd").map(|t| parse_passwd(&t)).unwrap_or_default()
 }
 
 /// Resolve a `--user` argument: a decimal uid, or a name from `/etc/passwd`.
@@ -186,10 +179,7 @@ pub fn resolve_user(user: &str, names: &BTreeMap<u32, String>) -> Option<u32> {
     if let Ok(uid) = user.parse() {
         return Some(uid);
     }
-    names
-        .iter()
-        .find(|(_, n)| n.as_str() == user)
-        .map(|(uid, _)| *uid)
+    names.iter().find(|(_, n)| n.as_str() == user).map(|(uid, _)| *uid)
 }
 
 #[cfg(test)]
@@ -198,32 +188,14 @@ mod tests {
 
     #[test]
     fn classifies_link_targets() {
-        assert_eq!(
-            classify_target("/dmabuf:cam0"),
-            LinkTarget::DmaBuf {
-                name: Some("cam0".into())
-            }
-        );
-        assert_eq!(
-            classify_target("/dmabuf:"),
-            LinkTarget::DmaBuf { name: None }
-        );
-        assert_eq!(
-            classify_target("anon_inode:dmabuf"),
-            LinkTarget::DmaBuf { name: None }
-        );
+        assert_eq!(classify_target("/dmabuf:cam0"), LinkTarget::DmaBuf { name: Some("cam0".into()) });
+        assert_eq!(classify_target("/dmabuf:"), LinkTarget::DmaBuf { name: None });
+        assert_eq!(classify_target("anon_inode:dmabuf"), LinkTarget::DmaBuf { name: None });
         assert_eq!(
             classify_target("/memfd:dmabroker:frame 0 (deleted)"),
-            LinkTarget::Memfd {
-                name: "dmabroker:frame 0".into()
-            }
+            LinkTarget::Memfd { name: "dmabroker:frame 0".into() }
         );
-        assert_eq!(
-            classify_target("/memfd:wayland-shm (deleted)"),
-            LinkTarget::Memfd {
-                name: "wayland-shm".into()
-            }
-        );
+        assert_eq!(classify_target("/memfd:wayland-shm (deleted)"), LinkTarget::Memfd { name: "wayland-shm".into() });
         assert_eq!(classify_target("socket:[12345]"), LinkTarget::Other);
         assert_eq!(classify_target("anon_inode:[eventfd]"), LinkTarget::Other);
         assert_eq!(classify_target("/dev/dri/renderD128"), LinkTarget::Other);
@@ -247,44 +219,30 @@ mod tests {
         let maps = parse_maps(MAPS);
         assert_eq!(maps.len(), 7);
         let memfd = &maps[1];
-        assert_eq!(
-            (memfd.start, memfd.end, memfd.len()),
-            (0x7fad5b676000, 0x7fad5b776000, 1 << 20)
-        );
-        assert_eq!(
-            (memfd.dev_major, memfd.dev_minor, memfd.inode),
-            (0, 1, 1029)
-        );
+        assert_eq!((memfd.start, memfd.end, memfd.len()), (0x7fad5b676000, 0x7fad5b776000, 1 << 20));
+        assert_eq!((memfd.dev_major, memfd.dev_minor, memfd.inode), (0, 1, 1029));
         assert!(memfd.is_shared());
-        assert_eq!(
-            classify_target(&memfd.path),
-            LinkTarget::Memfd {
-                name: "dmabroker:x".into()
-            }
-        );
+        assert_eq!(classify_target(&memfd.path), LinkTarget::Memfd { name: "dmabroker:x".into() });
         assert_eq!(maps[3].offset, 0x100000);
         assert_eq!((maps[3].dev_major, maps[3].dev_minor), (0, 0xd));
         assert_eq!(maps[4].path, "");
         assert_eq!(maps[0].dev_major, 0xfd);
-        assert_eq!(
-            classify_target(&maps[5].path),
-            LinkTarget::DmaBuf { name: None }
-        );
+        assert_eq!(classify_target(&maps[5].path), LinkTarget::DmaBuf { name: None });
         assert_eq!(maps[6].path, "[stack]");
         assert!(parse_maps_line("garbage").is_none());
     }
 
     #[test]
     fn parses_stat_and_status() {
-        let st = parse_stat("1234 (my (odd) prog) S 1 1234 1234 0 -1 4194560 44153 372149 0 195")
-            .unwrap();
+        let st = parse_stat("1234 (my (odd) prog) S 1 1234 1234 0 -1 4194560 44153 372149 0 195").unwrap();
         assert_eq!(st.comm, "my (odd) prog");
         assert_eq!(st.ppid, 1);
         assert_eq!(st.flags, 4194560);
         assert!(!st.is_kernel_thread());
         let kthread = parse_stat("2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0").unwrap();
         assert!(kthread.is_kernel_thread());
-        let status = "Name:\tcat\nUmask:\t0022\nState:\tR (running)\nUid:\t1000\t1001\t1000\t1000\nGid:\t100\t100\t100\t100\n";
+        let status =
+            "Name:\tcat\nUmask:\t0022\nState:\tR (running)\nUid:\t1000\t1001\t1000\t1000\nGid:\t100\t100\t100\t100\n";
         assert_eq!(parse_status_euid(status), Some(1001));
     }
 

@@ -72,11 +72,8 @@ pub(super) fn adopt(fd: OwnedFd) -> Result<Buffer, FromFdError> {
     if len == 0 {
         return Err(FromFdError::Empty);
     }
-    let page_size = if kind == BufferKind::HugetlbMemfd {
-        stat.st_blksize as u64
-    } else {
-        rustix::param::page_size() as u64
-    };
+    let page_size =
+        if kind == BufferKind::HugetlbMemfd { stat.st_blksize as u64 } else { rustix::param::page_size() as u64 };
     let properties = PhysicalProperties {
         contiguous_up_to: page_size,
         page_size,

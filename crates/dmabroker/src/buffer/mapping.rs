@@ -86,8 +86,7 @@ impl Direction {
 impl BufferMapping {
     pub(super) fn new(buffer: Buffer, protection: Protection) -> Result<Self, MapError> {
         let len = usize::try_from(buffer.len()).map_err(|_| MapError::TooLarge(buffer.len()))?;
-        let map = Mapping::map(&buffer, 0, len, protection, false)
-            .map_err(|e| map_error(&buffer, protection, e))?;
+        let map = Mapping::map(&buffer, 0, len, protection, false).map_err(|e| map_error(&buffer, protection, e))?;
         Ok(Self { buffer, map })
     }
 
@@ -150,8 +149,7 @@ impl BufferMapping {
     }
 
     fn non_coherent_memfd(&self) -> bool {
-        self.buffer.kind() != BufferKind::DmaBuf
-            && self.buffer.properties().coherency == Coherency::NonCoherent
+        self.buffer.kind() != BufferKind::DmaBuf && self.buffer.properties().coherency == Coherency::NonCoherent
     }
 
     fn begin(&self, direction: Direction) -> Result<(), SyncError> {
@@ -166,9 +164,7 @@ impl BufferMapping {
 
     fn end(&self, direction: Direction) {
         if self.buffer.kind() == BufferKind::DmaBuf {
-            if let Err(e) =
-                dma_buf::sync(&self.buffer, dma_buf::DMA_BUF_SYNC_END | direction.dma_buf_flags())
-            {
+            if let Err(e) = dma_buf::sync(&self.buffer, dma_buf::DMA_BUF_SYNC_END | direction.dma_buf_flags()) {
                 tracing::warn!("DMA_BUF_IOCTL_SYNC END failed: {e}");
             }
         } else if self.non_coherent_memfd() && direction != Direction::Read {
@@ -186,8 +182,7 @@ impl BufferMapping {
 pub(crate) fn map_error(buffer: &Buffer, protection: Protection, e: rustix::io::Errno) -> MapError {
     use rustix::io::Errno;
     let read_only_fd = || {
-        rustix::fs::fcntl_getfl(buffer)
-            .is_ok_and(|fl| fl & rustix::fs::OFlags::ACCMODE == rustix::fs::OFlags::RDONLY)
+        rustix::fs::fcntl_getfl(buffer).is_ok_and(|fl| fl & rustix::fs::OFlags::ACCMODE == rustix::fs::OFlags::RDONLY)
     };
     match e {
         Errno::ACCESS if protection == Protection::ReadWrite && read_only_fd() => MapError::ReadOnly,
@@ -253,8 +248,7 @@ mod tests {
 
     #[test]
     fn write_sealed_memfd_is_told_apart_from_a_read_only_fd() {
-        let fd = rustix::fs::memfd_create("dmabroker:test", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
-            .unwrap();
+        let fd = rustix::fs::memfd_create("dmabroker:test", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
         rustix::fs::ftruncate(&fd, 4096).unwrap();
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE).unwrap();
         let buffer = Buffer::from_fd(fd).unwrap();

@@ -265,7 +265,8 @@ fn evaluate(h: &HeapInfo, c: &Constraints, len: u64) -> Result<u64, Vec<Lack>> {
     }
     if let Some(r) = c.cache().filter(|r| !h.cache_modes.contains(&r.value)) {
         let modes: Vec<String> = h.cache_modes.iter().map(|m| m.to_string()).collect();
-        let offered = if modes.is_empty() { "no cache mode".to_owned() } else { format!("only {} memory", modes.join("/")) };
+        let offered =
+            if modes.is_empty() { "no cache mode".to_owned() } else { format!("only {} memory", modes.join("/")) };
         lack(Some(RequirementKind::Cache), &r.from, offered);
     }
     if let Some(max) = h.max_buffer_size.filter(|m| hlen > *m) {
@@ -334,7 +335,9 @@ fn how(kind: RequirementKind, h: &HeapInfo, c: &Constraints, hlen: u64) -> Strin
         }
         RequirementKind::Granularity => "the length was rounded up".into(),
         RequirementKind::Cache => "it offers that cache mode".into(),
-        RequirementKind::Coherency if c.effective_coherency() == Coherency::Coherent => "no cache maintenance needed".into(),
+        RequirementKind::Coherency if c.effective_coherency() == Coherency::Coherent => {
+            "no cache maintenance needed".into()
+        }
         RequirementKind::Coherency if h.kind == HeapKind::Udmabuf => {
             "CPU access goes through CpuRead/CpuWrite guards (DMA_BUF_IOCTL_SYNC); \
              udmabuf's sync does nothing until a device has attached the buffer"
@@ -389,11 +392,8 @@ pub fn choose_heap(heaps: &[HeapInfo], constraints: &Constraints, len: u64) -> R
         reasons.push(format!("{sentence}: {}", how(kind, best, constraints, hlen)));
     }
     reasons.extend(passed_over.iter().map(|r| format!("passed over {r}")));
-    let cache = constraints
-        .cache()
-        .map(|r| r.value)
-        .or_else(|| best.cache_modes.first().copied())
-        .unwrap_or(CacheMode::Cached);
+    let cache =
+        constraints.cache().map(|r| r.value).or_else(|| best.cache_modes.first().copied()).unwrap_or(CacheMode::Cached);
     Ok(Choice {
         heap: best.name.clone(),
         kind: best.kind,
@@ -414,11 +414,13 @@ fn no_heap(order: &[&HeapInfo], c: &Constraints, len: u64, rejected: Vec<Rejecti
     let requirements: Vec<(RequirementKind, String)> = c.describe().into_iter().filter(|(k, _)| failed(*k)).collect();
     let mut hints = Vec::new();
     let cma: Vec<&&HeapInfo> = order.iter().filter(|h| is_cma(h)).collect();
-    let cma_would_help = [RequirementKind::Segments, RequirementKind::AddressBits, RequirementKind::Align, RequirementKind::PageSize]
-        .into_iter()
-        .any(failed);
+    let cma_would_help =
+        [RequirementKind::Segments, RequirementKind::AddressBits, RequirementKind::Align, RequirementKind::PageSize]
+            .into_iter()
+            .any(failed);
     if cma.is_empty() && cma_would_help {
-        let mut hint = "no CMA heap on this machine: boot with cma=256M (or reserve a CMA region in the device tree)".to_owned();
+        let mut hint =
+            "no CMA heap on this machine: boot with cma=256M (or reserve a CMA region in the device tree)".to_owned();
         if failed(RequirementKind::AddressBits) {
             hint.push_str(", or put the device behind an IOMMU");
         }
@@ -444,9 +446,13 @@ fn no_heap(order: &[&HeapInfo], c: &Constraints, len: u64, rejected: Vec<Rejecti
             let h = order.iter().find(|h| h.name == r.heap).expect("rejected heaps come from the list");
             let fix = match h.kind {
                 HeapKind::Hugetlb => "reserve more huge pages (see `dmabroker heaps`)",
-                HeapKind::DmaHeap if !h.usable => "allocate through `dmabroker serve`, or grant access with a udev rule",
+                HeapKind::DmaHeap if !h.usable => {
+                    "allocate through `dmabroker serve`, or grant access with a udev rule"
+                }
                 HeapKind::DmaHeap if is_cma(h) => "boot with a larger cma=, or stop other CMA users",
-                HeapKind::Udmabuf => "raise /sys/module/udmabuf/parameters/size_limit_mb, or grant access to /dev/udmabuf",
+                HeapKind::Udmabuf => {
+                    "raise /sys/module/udmabuf/parameters/size_limit_mb, or grant access to /dev/udmabuf"
+                }
                 _ => "free memory",
             };
             let problems: Vec<&str> = r.lacks.iter().map(|l| l.problem.as_str()).collect();
@@ -532,7 +538,9 @@ mod tests {
                     1 => heap("hugetlb", HeapKind::Hugetlb, Some(page), page, CacheMode::Cached, false),
                     2 => heap("udmabuf", HeapKind::Udmabuf, Some(page), page, CacheMode::Cached, true),
                     3 => heap("dma-heap/system", HeapKind::DmaHeap, Some(page), page, CacheMode::Cached, true),
-                    4 => heap("dma-heap/system-uncached", HeapKind::DmaHeap, Some(page), page, CacheMode::Uncached, true),
+                    4 => {
+                        heap("dma-heap/system-uncached", HeapKind::DmaHeap, Some(page), page, CacheMode::Uncached, true)
+                    }
                     5 => heap("dma-heap/linux,cma", HeapKind::DmaHeap, None, page, CacheMode::Cached, true),
                     _ => heap("dma-heap/linux,cma-uncached", HeapKind::DmaHeap, None, page, CacheMode::Uncached, true),
                 };
@@ -598,7 +606,8 @@ mod tests {
     #[test]
     fn udmabuf_noncoherent_reason_warns_about_sync() {
         let heaps = [heap("udmabuf", HeapKind::Udmabuf, Some(4096), 4096, CacheMode::Cached, true)];
-        let c = Constraints::builder("isp0").dma_buf(true).coherency(DeviceCoherency::NeedsMaintenance).build().unwrap();
+        let c =
+            Constraints::builder("isp0").dma_buf(true).coherency(DeviceCoherency::NeedsMaintenance).build().unwrap();
         let choice = choose_heap(&heaps, &c, 4096).unwrap();
         assert!(choice.reasons.iter().any(|r| r.contains("udmabuf's sync does nothing")), "{:?}", choice.reasons);
     }

@@ -93,8 +93,7 @@ mod profile;
 mod sysfs;
 
 pub use choose::{
-    allocate_for, choose_heap, rank, AllocForError, Choice, ChooseError, Lack, NoHeapError, Rejection,
-    RANKING,
+    allocate_for, choose_heap, rank, AllocForError, Choice, ChooseError, Lack, NoHeapError, Rejection, RANKING,
 };
 pub use profile::{DeviceProfile, ProfileError, Profiles, DEFAULT_PROFILE_DIR};
 pub use sysfs::{highest_ram_address, DeviceProbe, IommuState, ProbeError, SYSFS_ROOT};
@@ -604,10 +603,16 @@ impl Constraints {
             ));
         }
         if let Some(r) = &self.align {
-            out.push((RequirementKind::Align, format!("{} {} a start aligned to {}", r.who(), r.needs(), format_size(r.value))));
+            out.push((
+                RequirementKind::Align,
+                format!("{} {} a start aligned to {}", r.who(), r.needs(), format_size(r.value)),
+            ));
         }
         if let Some(r) = &self.page_size {
-            out.push((RequirementKind::PageSize, format!("{} {} pages of at least {}", r.who(), r.needs(), format_size(r.value))));
+            out.push((
+                RequirementKind::PageSize,
+                format!("{} {} pages of at least {}", r.who(), r.needs(), format_size(r.value)),
+            ));
         }
         if let Some(r) = &self.granularity {
             out.push((
@@ -666,14 +671,21 @@ mod tests {
             Constraints::builder("a").align(3).build(),
             Err(InvalidConstraint::NotPowerOfTwo { what: "align", value: 3, .. })
         ));
-        assert!(matches!(Constraints::builder("a").max_segments(0).build(), Err(InvalidConstraint::ZeroSegments { .. })));
-        assert!(matches!(Constraints::builder("a").address_bits(8).build(), Err(InvalidConstraint::AddressBits { .. })));
+        assert!(matches!(
+            Constraints::builder("a").max_segments(0).build(),
+            Err(InvalidConstraint::ZeroSegments { .. })
+        ));
+        assert!(matches!(
+            Constraints::builder("a").address_bits(8).build(),
+            Err(InvalidConstraint::AddressBits { .. })
+        ));
     }
 
     #[test]
     fn merge_keeps_the_strictest_with_provenance() {
         let a = Constraints::builder("isp0").contiguous().address_bits(32).align(4096).build().unwrap();
-        let b = Constraints::builder("vpu0").max_segments(8).address_bits(32).align(65536).dma_buf(true).build().unwrap();
+        let b =
+            Constraints::builder("vpu0").max_segments(8).address_bits(32).align(65536).dma_buf(true).build().unwrap();
         let m = a.merge(&b).unwrap();
         assert_eq!(m.max_segments(), Some(&Requirement::new(1, "isp0")));
         assert_eq!(m.address_bits().unwrap().from, ["isp0", "vpu0"]);

@@ -162,7 +162,8 @@ impl Profiles {
     pub fn load(&mut self, files: &[PathBuf]) -> Result<(), ProfileError> {
         for file in files {
             let name = file.display().to_string();
-            let text = std::fs::read_to_string(file).map_err(|source| ProfileError::Read { file: name.clone(), source })?;
+            let text =
+                std::fs::read_to_string(file).map_err(|source| ProfileError::Read { file: name.clone(), source })?;
             self.add_str(&text, &name)?;
         }
         Ok(())
@@ -173,8 +174,10 @@ impl Profiles {
     /// # Errors
     /// [`ProfileError::Parse`] or [`ProfileError::Invalid`].
     pub fn add_str(&mut self, text: &str, origin: &str) -> Result<(), ProfileError> {
-        let parsed: ProfileFile = toml::from_str(text)
-            .map_err(|e| ProfileError::Parse { file: origin.to_owned(), message: e.to_string().trim_end().to_owned() })?;
+        let parsed: ProfileFile = toml::from_str(text).map_err(|e| ProfileError::Parse {
+            file: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
         for (i, entry) in parsed.device.iter().enumerate() {
             let invalid = |problem: String| ProfileError::Invalid {
                 file: origin.to_owned(),
@@ -210,11 +213,8 @@ impl Profiles {
     /// each matching profile entry in load order, with notes on where each
     /// came from.
     pub fn constraints_for(&self, probe: &DeviceProbe) -> Constraints {
-        let mut merged = DeviceProfile {
-            dma_buf: Some(true),
-            address_bits: probe.address_bits(),
-            ..DeviceProfile::default()
-        };
+        let mut merged =
+            DeviceProfile { dma_buf: Some(true), address_bits: probe.address_bits(), ..DeviceProfile::default() };
         let mut notes = probe.notes();
         for (file, entry) in self.matching(probe) {
             merged.override_with(entry);

@@ -164,7 +164,13 @@ impl DeviceProbe {
             return Err(ProbeError::NotACharDevice { path: shown });
         }
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-        Self::from_sysfs(sysfs_root, &shown, &canonical.display().to_string(), rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev))
+        Self::from_sysfs(
+            sysfs_root,
+            &shown,
+            &canonical.display().to_string(),
+            rustix::fs::major(st.st_rdev),
+            rustix::fs::minor(st.st_rdev),
+        )
     }
 
     /// Read what sysfs under `sysfs_root` says about device `major:minor`,
@@ -258,11 +264,14 @@ impl DeviceProbe {
         let mut notes = Vec::new();
         match &self.iommu {
             IommuState::None => notes.push("no IOMMU".to_owned()),
-            IommuState::Passthrough(g) => notes.push(format!("IOMMU group {g} in passthrough (identity): physical addresses")),
+            IommuState::Passthrough(g) => {
+                notes.push(format!("IOMMU group {g} in passthrough (identity): physical addresses"))
+            }
             IommuState::Translated(g) => notes.push(format!("behind IOMMU group {g}: any page is reachable")),
         }
         match (self.dma_mask_bits, self.address_bits()) {
-            (None, _) => notes.push("no dma_mask_bits in sysfs: address limit unknown (a profile can set address_bits)".to_owned()),
+            (None, _) => notes
+                .push("no dma_mask_bits in sysfs: address limit unknown (a profile can set address_bits)".to_owned()),
             (Some(bits), None) if bits < 64 && !self.iommu.translates() => {
                 if let Some(end) = self.ram_end {
                     notes.push(format!("{bits}-bit DMA, but all RAM lies below {}", format_size(end)));

@@ -57,7 +57,9 @@ pub struct PrimeCaps {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// `open` failed.
-    #[error("cannot open {path}: {source} (does it exist, and may this user open it? see the 'video'/'render' groups)")]
+    #[error(
+        "cannot open {path}: {source} (does it exist, and may this user open it? see the 'video'/'render' groups)"
+    )]
     Open {
         /// The node.
         path: PathBuf,
@@ -184,26 +186,16 @@ impl DrmDevice {
     /// [`OpenError::Open`], or [`OpenError::NotDrm`] for a non-DRM file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
-        let fd = open(&path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()).map_err(|e| {
-            OpenError::Open {
-                path: path.clone(),
-                source: e.into(),
-            }
-        })?;
-        let version = sys::version(&fd).map_err(|errno| OpenError::NotDrm {
-            path: path.clone(),
-            errno,
-        })?;
+        let fd = open(&path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| OpenError::Open { path: path.clone(), source: e.into() })?;
+        let version = sys::version(&fd).map_err(|errno| OpenError::NotDrm { path: path.clone(), errno })?;
         Ok(Self { fd, path, version })
     }
 
     /// The first node whose driver is `driver` (e.g. `vgem`), primary nodes
     /// first; `None` when there is none.
     pub fn find(driver: &str) -> Option<Self> {
-        drm_nodes()
-            .into_iter()
-            .filter_map(|p| Self::open(p).ok())
-            .find(|d| d.driver_name() == driver)
+        drm_nodes().into_iter().filter_map(|p| Self::open(p).ok()).find(|d| d.driver_name() == driver)
     }
 
     /// The node's path.
@@ -227,18 +219,14 @@ impl DrmDevice {
     /// The errno, for kernels without the capability query.
     pub fn prime_caps(&self) -> Result<PrimeCaps, Errno> {
         let v = sys::get_cap(&self.fd, sys::DRM_CAP_PRIME)?;
-        Ok(PrimeCaps {
-            import: v & sys::DRM_PRIME_CAP_IMPORT != 0,
-            export: v & sys::DRM_PRIME_CAP_EXPORT != 0,
-        })
+        Ok(PrimeCaps { import: v & sys::DRM_PRIME_CAP_IMPORT != 0, export: v & sys::DRM_PRIME_CAP_EXPORT != 0 })
     }
 
     fn prime_errno(&self, op: &'static str, e: Errno) -> PrimeError {
         match e {
-            Errno::NOSYS | Errno::OPNOTSUPP | Errno::NOTTY => PrimeError::Unsupported {
-                driver: self.version.name.clone(),
-                op,
-            },
+            Errno::NOSYS | Errno::OPNOTSUPP | Errno::NOTTY => {
+                PrimeError::Unsupported { driver: self.version.name.clone(), op }
+            }
             e => PrimeError::Os(e),
         }
     }
@@ -251,16 +239,14 @@ impl DrmDevice {
     /// [`PrimeError::Unsuitable`] when the device cannot reach the memory.
     pub fn prime_import(&self, dmabuf: impl AsFd) -> Result<GemHandle, PrimeError> {
         let dmabuf = dmabuf.as_fd();
-        sys::prime_fd_to_handle(&self.fd, dmabuf)
-            .map(GemHandle)
-            .map_err(|e| match e {
-                Errno::BADF => PrimeError::NotADmaBuf,
-                // dma_buf_get() says EINVAL for any non-dma-buf file; a real
-                // dma-buf refused with EINVAL is one the device cannot use.
-                Errno::INVAL if !is_dma_buf(dmabuf) => PrimeError::NotADmaBuf,
-                Errno::INVAL | Errno::NOMEM | Errno::FAULT => PrimeError::Unsuitable(e),
-                e => self.prime_errno("import", e),
-            })
+        sys::prime_fd_to_handle(&self.fd, dmabuf).map(GemHandle).map_err(|e| match e {
+            Errno::BADF => PrimeError::NotADmaBuf,
+            // dma_buf_get() says EINVAL for any non-dma-buf file; a real
+            // dma-buf refused with EINVAL is one the device cannot use.
+            Errno::INVAL if !is_dma_buf(dmabuf) => PrimeError::NotADmaBuf,
+            Errno::INVAL | Errno::NOMEM | Errno::FAULT => PrimeError::Unsuitable(e),
+            e => self.prime_errno("import", e),
+        })
     }
 
     /// `DRM_IOCTL_PRIME_HANDLE_TO_FD`: export a GEM object as a dma-buf
@@ -301,11 +287,7 @@ impl DrmDevice {
             Errno::INVAL => DumbError::InvalidSize { width, height, bpp },
             e => DumbError::Os(e),
         })?;
-        Ok(DumbBuffer {
-            handle: GemHandle(c.handle),
-            pitch: c.pitch,
-            size: c.size,
-        })
+        Ok(DumbBuffer { handle: GemHandle(c.handle), pitch: c.pitch, size: c.size })
     }
 
     /// `DRM_IOCTL_MODE_MAP_DUMB` + `mmap` of the DRM fd at the returned
@@ -319,8 +301,7 @@ impl DrmDevice {
             e => DumbError::Os(e),
         })?;
         let len = usize::try_from(buffer.size).map_err(|_| DumbError::TooLarge(buffer.size))?;
-        let map = Mapping::map(&self.fd, offset, len, Protection::ReadWrite, false)
-            .map_err(DumbError::Os)?;
+        let map = Mapping::map(&self.fd, offset, len, Protection::ReadWrite, false).map_err(DumbError::Os)?;
         Ok(DumbMapping { map })
     }
 
@@ -358,9 +339,6 @@ mod tests {
             Err(OpenError::NotDrm { errno, .. }) => assert_eq!(errno, Errno::NOTTY),
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(
-            DrmDevice::open("/nonexistent/card9"),
-            Err(OpenError::Open { .. })
-        ));
+        assert!(matches!(DrmDevice::open("/nonexistent/card9"), Err(OpenError::Open { .. })));
     }
 }

@@ -197,10 +197,7 @@ impl Format {
                 field: mp.field,
                 planes: plane_fmt[..n]
                     .iter()
-                    .map(|p| PlaneLayout {
-                        bytesperline: p.bytesperline,
-                        sizeimage: p.sizeimage,
-                    })
+                    .map(|p| PlaneLayout { bytesperline: p.bytesperline, sizeimage: p.sizeimage })
                     .collect(),
             }
         } else {
@@ -211,10 +208,7 @@ impl Format {
                 height: p.height,
                 pixelformat: p.pixelformat,
                 field: p.field,
-                planes: vec![PlaneLayout {
-                    bytesperline: p.bytesperline,
-                    sizeimage: p.sizeimage,
-                }],
+                planes: vec![PlaneLayout { bytesperline: p.bytesperline, sizeimage: p.sizeimage }],
             }
         }
     }
@@ -307,9 +301,7 @@ pub enum QueueError {
         count: u32,
     },
     /// The number of fds or lengths does not match the format's planes.
-    #[error(
-        "{got} planes given, the format has {expected} (fds and lengths must match one-to-one)"
-    )]
+    #[error("{got} planes given, the format has {expected} (fds and lengths must match one-to-one)")]
     PlaneCountMismatch {
         /// Planes of the current format.
         expected: usize,
@@ -427,24 +419,10 @@ impl V4l2Device {
     /// [`OpenError::NotV4l2`] when it is not a V4L2 device.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
-        let fd = open(
-            &path,
-            OFlags::RDWR | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| OpenError::Open {
-            path: path.clone(),
-            source: e.into(),
-        })?;
-        let raw = sys::querycap(&fd).map_err(|errno| OpenError::NotV4l2 {
-            path: path.clone(),
-            errno,
-        })?;
-        let bits = if raw.capabilities & sys::cap::DEVICE_CAPS != 0 {
-            raw.device_caps
-        } else {
-            raw.capabilities
-        };
+        let fd = open(&path, OFlags::RDWR | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| OpenError::Open { path: path.clone(), source: e.into() })?;
+        let raw = sys::querycap(&fd).map_err(|errno| OpenError::NotV4l2 { path: path.clone(), errno })?;
+        let bits = if raw.capabilities & sys::cap::DEVICE_CAPS != 0 { raw.device_caps } else { raw.capabilities };
         let caps = Capabilities {
             driver: c_string(&raw.driver),
             card: c_string(&raw.card),
@@ -511,26 +489,14 @@ impl V4l2Device {
     /// # Errors
     /// [`FormatError::UnsupportedBufType`] for a queue the node lacks.
     pub fn format(&self, buf_type: BufType) -> Result<Format, FormatError> {
-        let f =
-            sys::g_fmt(&self.fd, buf_type.raw()).map_err(|e| Self::format_errno(buf_type, e))?;
+        let f = sys::g_fmt(&self.fd, buf_type.raw()).map_err(|e| Self::format_errno(buf_type, e))?;
         Ok(Format::from_raw(buf_type, &f))
     }
 
-    fn request(
-        buf_type: BufType,
-        width: u32,
-        height: u32,
-        pixelformat: u32,
-        bytesperline: &[u32],
-    ) -> sys::V4l2Format {
+    fn request(buf_type: BufType, width: u32, height: u32, pixelformat: u32, bytesperline: &[u32]) -> sys::V4l2Format {
         if buf_type.is_multiplanar() {
-            let mut mp = sys::V4l2PixFormatMplane {
-                width,
-                height,
-                pixelformat,
-                field: sys::FIELD_NONE,
-                ..Default::default()
-            };
+            let mut mp =
+                sys::V4l2PixFormatMplane { width, height, pixelformat, field: sys::FIELD_NONE, ..Default::default() };
             for (plane, &bpl) in mp.plane_fmt.iter_mut().zip(bytesperline) {
                 plane.bytesperline = bpl;
             }
@@ -586,11 +552,8 @@ impl V4l2Device {
         pixelformat: u32,
         bytesperline: &[u32],
     ) -> Result<Format, FormatError> {
-        let f = sys::s_fmt(
-            &self.fd,
-            Self::request(buf_type, width, height, pixelformat, bytesperline),
-        )
-        .map_err(|e| Self::format_errno(buf_type, e))?;
+        let f = sys::s_fmt(&self.fd, Self::request(buf_type, width, height, pixelformat, bytesperline))
+            .map_err(|e| Self::format_errno(buf_type, e))?;
         Ok(Format::from_raw(buf_type, &f))
     }
 
@@ -606,11 +569,8 @@ impl V4l2Device {
         height: u32,
         pixelformat: u32,
     ) -> Result<Format, FormatError> {
-        let f = sys::try_fmt(
-            &self.fd,
-            Self::request(buf_type, width, height, pixelformat, &[]),
-        )
-        .map_err(|e| Self::format_errno(buf_type, e))?;
+        let f = sys::try_fmt(&self.fd, Self::request(buf_type, width, height, pixelformat, &[]))
+            .map_err(|e| Self::format_errno(buf_type, e))?;
         Ok(Format::from_raw(buf_type, &f))
     }
 
@@ -683,23 +643,15 @@ impl V4l2Device {
             FormatError::Busy => RequestBuffersError::Busy,
             FormatError::UnsupportedBufType(t) => RequestBuffersError::UnsupportedBufType(t),
         })?;
-        let req =
-            sys::reqbufs(&self.fd, buf_type.raw(), memory.raw(), count).map_err(|e| match e {
-                Errno::INVAL => RequestBuffersError::MemoryUnsupported(memory),
-                Errno::BUSY => RequestBuffersError::Busy,
-                e => RequestBuffersError::Os(e),
-            })?;
+        let req = sys::reqbufs(&self.fd, buf_type.raw(), memory.raw(), count).map_err(|e| match e {
+            Errno::INVAL => RequestBuffersError::MemoryUnsupported(memory),
+            Errno::BUSY => RequestBuffersError::Busy,
+            e => RequestBuffersError::Os(e),
+        })?;
         if req.count == 0 && count > 0 {
             return Err(RequestBuffersError::NoBuffers);
         }
-        Ok(Queue {
-            dev: self,
-            buf_type,
-            memory,
-            count: req.count,
-            planes: format.planes.len(),
-            streaming: false,
-        })
+        Ok(Queue { dev: self, buf_type, memory, count: req.count, planes: format.planes.len(), streaming: false })
     }
 }
 
@@ -740,10 +692,7 @@ impl Queue<'_> {
 
     fn check_index(&self, index: u32) -> Result<(), QueueError> {
         if index >= self.count {
-            return Err(QueueError::IndexOutOfRange {
-                index,
-                count: self.count,
-            });
+            return Err(QueueError::IndexOutOfRange { index, count: self.count });
         }
         Ok(())
     }
@@ -763,29 +712,18 @@ impl Queue<'_> {
     /// # Errors
     /// [`QueueError::PlaneCountMismatch`], [`QueueError::IndexOutOfRange`],
     /// [`QueueError::Rejected`] for a dma-buf smaller than the plane needs.
-    pub fn queue_dmabuf(
-        &self,
-        index: u32,
-        fds: &[BorrowedFd<'_>],
-        lengths: &[u32],
-    ) -> Result<(), QueueError> {
+    pub fn queue_dmabuf(&self, index: u32, fds: &[BorrowedFd<'_>], lengths: &[u32]) -> Result<(), QueueError> {
         if self.memory != Memory::DmaBuf {
             return Err(QueueError::WrongMemory(self.memory));
         }
         self.check_index(index)?;
         if fds.len() != self.planes || lengths.len() != self.planes {
-            return Err(QueueError::PlaneCountMismatch {
-                expected: self.planes,
-                got: fds.len().max(lengths.len()),
-            });
+            return Err(QueueError::PlaneCountMismatch { expected: self.planes, got: fds.len().max(lengths.len()) });
         }
         let mut b = sys::V4l2Buffer::new(self.buf_type.raw(), sys::memory::DMABUF, index);
         if self.buf_type.is_multiplanar() {
-            let planes: Vec<sys::V4l2Plane> = fds
-                .iter()
-                .zip(lengths)
-                .map(|(fd, &len)| sys::V4l2Plane::dmabuf(fd, len))
-                .collect();
+            let planes: Vec<sys::V4l2Plane> =
+                fds.iter().zip(lengths).map(|(fd, &len)| sys::V4l2Plane::dmabuf(fd, len)).collect();
             self.qbuf(b, &planes)
         } else {
             b.m.fd = std::os::fd::AsRawFd::as_raw_fd(&fds[0]);
@@ -805,14 +743,7 @@ impl Queue<'_> {
         }
         self.check_index(index)?;
         let b = sys::V4l2Buffer::new(self.buf_type.raw(), sys::memory::MMAP, index);
-        let planes = vec![
-            sys::V4l2Plane::default();
-            if self.buf_type.is_multiplanar() {
-                self.planes
-            } else {
-                0
-            }
-        ];
+        let planes = vec![sys::V4l2Plane::default(); if self.buf_type.is_multiplanar() { self.planes } else { 0 }];
         self.qbuf(b, &planes)
     }
 
@@ -824,11 +755,7 @@ impl Queue<'_> {
     /// [`DequeueError::EndOfStream`].
     pub fn dequeue(&self, timeout: Option<Duration>) -> Result<Dequeued, DequeueError> {
         let start = Instant::now();
-        let events = if self.buf_type.is_capture() {
-            PollFlags::IN
-        } else {
-            PollFlags::OUT
-        };
+        let events = if self.buf_type.is_capture() { PollFlags::IN } else { PollFlags::OUT };
         loop {
             match sys::dqbuf(&self.dev.fd, self.buf_type.raw(), self.memory.raw()) {
                 Ok(info) => {
@@ -839,10 +766,8 @@ impl Queue<'_> {
                         vec![b.bytesused]
                     };
                     let ts = b.timestamp;
-                    let timestamp = Duration::new(
-                        ts.tv_sec.max(0) as u64,
-                        (ts.tv_usec.clamp(0, 999_999) * 1000) as u32,
-                    );
+                    let timestamp =
+                        Duration::new(ts.tv_sec.max(0) as u64, (ts.tv_usec.clamp(0, 999_999) * 1000) as u32);
                     return Ok(Dequeued {
                         index: b.index,
                         sequence: b.sequence,
@@ -942,10 +867,7 @@ mod tests {
             Err(OpenError::NotV4l2 { errno, .. }) => assert_eq!(errno, Errno::NOTTY),
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(
-            V4l2Device::open("/nonexistent/video9"),
-            Err(OpenError::Open { .. })
-        ));
+        assert!(matches!(V4l2Device::open("/nonexistent/video9"), Err(OpenError::Open { .. })));
     }
 
     #[test]

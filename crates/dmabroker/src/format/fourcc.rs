@@ -46,10 +46,7 @@ impl Fourcc {
     #[must_use]
     pub fn parse(text: &str) -> Option<Self> {
         let bytes: [u8; 4] = text.as_bytes().try_into().ok()?;
-        bytes
-            .iter()
-            .all(|b| (0x20..=0x7e).contains(b))
-            .then(|| Self::from_bytes(bytes))
+        bytes.iter().all(|b| (0x20..=0x7e).contains(b)).then(|| Self::from_bytes(bytes))
     }
 
     /// Whether all four bytes are printable ASCII, so that the code reads as text.
@@ -75,9 +72,7 @@ impl fmt::Display for Fourcc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_printable() {
             // Printable ASCII is valid UTF-8, one char per byte.
-            self.to_bytes()
-                .iter()
-                .try_for_each(|&b| write!(f, "{}", char::from(b)))
+            self.to_bytes().iter().try_for_each(|&b| write!(f, "{}", char::from(b)))
         } else {
             write!(f, "{:#010x}", self.0)
         }
@@ -111,10 +106,7 @@ mod tests {
         assert_eq!(Fourcc::from_bytes(*b"NM12").to_string(), "NM12");
         assert_eq!(Fourcc::from_bytes(*b"Y10 ").to_string(), "Y10 ");
         assert_eq!(Fourcc(0x8000_0001).to_string(), "0x80000001");
-        assert_eq!(
-            format!("{:?}", Fourcc::from_bytes(*b"AR24")),
-            "Fourcc('AR24')"
-        );
+        assert_eq!(format!("{:?}", Fourcc::from_bytes(*b"AR24")), "Fourcc('AR24')");
         assert_eq!(format!("{:?}", Fourcc(0)), "Fourcc(0x00000000)");
     }
 

@@ -19,50 +19,31 @@ pub struct LayoutOptions {
 
 impl LayoutOptions {
     /// No padding: the kernel's layout (the same as [`Default`]).
-    pub const UNPADDED: Self = Self {
-        stride_align: 1,
-        plane_align: 1,
-        size_align: 1,
-    };
+    pub const UNPADDED: Self = Self { stride_align: 1, plane_align: 1, size_align: 1 };
 
     /// These options with `bytesperline` aligned to `align`.
     #[must_use]
     pub const fn with_stride_align(self, align: u64) -> Self {
-        Self {
-            stride_align: align,
-            ..self
-        }
+        Self { stride_align: align, ..self }
     }
 
     /// These options with plane offsets aligned to `align`.
     #[must_use]
     pub const fn with_plane_align(self, align: u64) -> Self {
-        Self {
-            plane_align: align,
-            ..self
-        }
+        Self { plane_align: align, ..self }
     }
 
     /// These options with buffer sizes aligned to `align`.
     #[must_use]
     pub const fn with_size_align(self, align: u64) -> Self {
-        Self {
-            size_align: align,
-            ..self
-        }
+        Self { size_align: align, ..self }
     }
 
     fn validate(&self) -> Result<(), LayoutError> {
-        [
-            ("stride_align", self.stride_align),
-            ("plane_align", self.plane_align),
-            ("size_align", self.size_align),
-        ]
-        .into_iter()
-        .find(|&(_, value)| !value.is_power_of_two())
-        .map_or(Ok(()), |(option, value)| {
-            Err(LayoutError::AlignmentNotPowerOfTwo { option, value })
-        })
+        [("stride_align", self.stride_align), ("plane_align", self.plane_align), ("size_align", self.size_align)]
+            .into_iter()
+            .find(|&(_, value)| !value.is_power_of_two())
+            .map_or(Ok(()), |(option, value)| Err(LayoutError::AlignmentNotPowerOfTwo { option, value }))
     }
 }
 
@@ -224,29 +205,14 @@ impl Layout {
     /// [`LayoutError::AlignmentNotPowerOfTwo`] for a bad option,
     /// [`LayoutError::Overflow`] or [`LayoutError::ExceedsAddressSpace`] for a
     /// frame too large to describe or to map.
-    pub fn new(
-        format: PixelFormat,
-        width: u32,
-        height: u32,
-        options: &LayoutOptions,
-    ) -> Result<Self, LayoutError> {
+    pub fn new(format: PixelFormat, width: u32, height: u32, options: &LayoutOptions) -> Result<Self, LayoutError> {
         if width == 0 || height == 0 {
-            return Err(LayoutError::EmptyImage {
-                format,
-                width,
-                height,
-            });
+            return Err(LayoutError::EmptyImage { format, width, height });
         }
         options.validate()?;
-        let overflow = |quantity| LayoutError::Overflow {
-            format,
-            width,
-            height,
-            quantity,
-        };
+        let overflow = |quantity| LayoutError::Overflow { format, width, height, quantity };
         let info = format.plane_info();
-        let pitches =
-            pitches(info, width, options.stride_align).ok_or_else(|| overflow("bytes per line"))?;
+        let pitches = pitches(info, width, options.stride_align).ok_or_else(|| overflow("bytes per line"))?;
         let chroma_lines = height.div_ceil(u32::from(info.vdiv));
 
         let mut planes = Vec::with_capacity(usize::from(info.planes));
@@ -254,54 +220,29 @@ impl Layout {
         let mut end = 0_u64;
         for (index, &bytesperline) in pitches[..usize::from(info.planes)].iter().enumerate() {
             let lines = if index == 0 { height } else { chroma_lines };
-            let size = bytesperline
-                .checked_mul(u64::from(lines))
-                .ok_or_else(|| overflow("plane size"))?;
+            let size = bytesperline.checked_mul(u64::from(lines)).ok_or_else(|| overflow("plane size"))?;
             let (buffer, offset) = if info.multi_buffer {
-                let buffer_size =
-                    align_up(size, options.size_align).ok_or_else(|| overflow("buffer size"))?;
+                let buffer_size = align_up(size, options.size_align).ok_or_else(|| overflow("buffer size"))?;
                 buffer_sizes.push(buffer_size);
                 (index, 0)
             } else {
-                let offset =
-                    align_up(end, options.plane_align).ok_or_else(|| overflow("plane offset"))?;
-                end = offset
-                    .checked_add(size)
-                    .ok_or_else(|| overflow("buffer size"))?;
+                let offset = align_up(end, options.plane_align).ok_or_else(|| overflow("plane offset"))?;
+                end = offset.checked_add(size).ok_or_else(|| overflow("buffer size"))?;
                 (0, offset)
             };
-            planes.push(PlaneLayout {
-                buffer,
-                offset,
-                bytesperline,
-                lines,
-                size,
-            });
+            planes.push(PlaneLayout { buffer, offset, bytesperline, lines, size });
         }
         if !info.multi_buffer {
-            buffer_sizes
-                .push(align_up(end, options.size_align).ok_or_else(|| overflow("buffer size"))?);
+            buffer_sizes.push(align_up(end, options.size_align).ok_or_else(|| overflow("buffer size"))?);
         }
         let total_size = buffer_sizes
             .iter()
             .try_fold(0_u64, |sum, &size| sum.checked_add(size))
             .ok_or_else(|| overflow("total size"))?;
         if total_size > MAX_TOTAL {
-            return Err(LayoutError::ExceedsAddressSpace {
-                format,
-                width,
-                height,
-                size: total_size,
-            });
+            return Err(LayoutError::ExceedsAddressSpace { format, width, height, size: total_size });
         }
-        Ok(Self {
-            format,
-            width,
-            height,
-            planes,
-            buffer_sizes,
-            total_size,
-        })
+        Ok(Self { format, width, height, planes, buffer_sizes, total_size })
     }
 
     /// The pixel format.
@@ -372,10 +313,7 @@ impl Layout {
         // Drivers derive the chroma pitch with an integer division, as here.
         let derived = self.planes[0].bytesperline / chroma_ratio(info);
         self.planes[1..].iter().all(|p| p.bytesperline == derived)
-            && self
-                .planes
-                .windows(2)
-                .all(|pair| pair[1].offset == pair[0].end())
+            && self.planes.windows(2).all(|pair| pair[1].offset == pair[0].end())
     }
 }
 
@@ -393,25 +331,16 @@ fn pitches(info: PlaneInfo, width: u32, stride_align: u64) -> Option<[u64; 3]> {
     if info.planes == 1 {
         return Some([align_up(min_luma, stride_align)?, 0, 0]);
     }
-    let min_chroma = width
-        .div_ceil(u64::from(info.hdiv))
-        .checked_mul(u64::from(info.bpp[1]))?;
+    let min_chroma = width.div_ceil(u64::from(info.hdiv)).checked_mul(u64::from(info.bpp[1]))?;
     let (luma, chroma) = if info.multi_buffer {
-        (
-            align_up(min_luma, stride_align)?,
-            align_up(min_chroma, stride_align)?,
-        )
+        (align_up(min_luma, stride_align)?, align_up(min_chroma, stride_align)?)
     } else {
         // The chroma pitch is derived from the luma pitch, so align the luma
         // pitch enough for the derived one to be aligned too. With no
         // alignment asked for, keep the kernel's minimal pitches, which for an
         // odd width makes the chroma pitch exceed the derived one.
         let ratio = chroma_ratio(info);
-        let luma_align = if stride_align > 1 {
-            stride_align.checked_mul(ratio)?
-        } else {
-            1
-        };
+        let luma_align = if stride_align > 1 { stride_align.checked_mul(ratio)? } else { 1 };
         let luma = align_up(min_luma, luma_align)?;
         (luma, align_up(min_chroma.max(luma / ratio), stride_align)?)
     };

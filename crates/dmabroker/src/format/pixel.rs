@@ -135,13 +135,7 @@ struct Info {
 
 const PACKED3: PlaneInfo = packed(3);
 const PACKED4: PlaneInfo = packed(4);
-const PACKED_422: PlaneInfo = PlaneInfo {
-    planes: 1,
-    multi_buffer: false,
-    bpp: [2, 0, 0],
-    hdiv: 2,
-    vdiv: 1,
-};
+const PACKED_422: PlaneInfo = PlaneInfo { planes: 1, multi_buffer: false, bpp: [2, 0, 0], hdiv: 2, vdiv: 1 };
 const NV_420: PlaneInfo = semi_planar(2, false);
 const NV_422: PlaneInfo = semi_planar(1, false);
 const NV_420_M: PlaneInfo = semi_planar(2, true);
@@ -150,33 +144,15 @@ const PLANAR_420: PlaneInfo = planar_420(false);
 const PLANAR_420_M: PlaneInfo = planar_420(true);
 
 const fn packed(bytes: u8) -> PlaneInfo {
-    PlaneInfo {
-        planes: 1,
-        multi_buffer: false,
-        bpp: [bytes, 0, 0],
-        hdiv: 1,
-        vdiv: 1,
-    }
+    PlaneInfo { planes: 1, multi_buffer: false, bpp: [bytes, 0, 0], hdiv: 1, vdiv: 1 }
 }
 
 const fn semi_planar(vdiv: u8, multi_buffer: bool) -> PlaneInfo {
-    PlaneInfo {
-        planes: 2,
-        multi_buffer,
-        bpp: [1, 2, 0],
-        hdiv: 2,
-        vdiv,
-    }
+    PlaneInfo { planes: 2, multi_buffer, bpp: [1, 2, 0], hdiv: 2, vdiv }
 }
 
 const fn planar_420(multi_buffer: bool) -> PlaneInfo {
-    PlaneInfo {
-        planes: 3,
-        multi_buffer,
-        bpp: [1, 1, 1],
-        hdiv: 2,
-        vdiv: 2,
-    }
+    PlaneInfo { planes: 3, multi_buffer, bpp: [1, 1, 1], hdiv: 2, vdiv: 2 }
 }
 
 impl PixelFormat {
@@ -238,22 +214,10 @@ impl PixelFormat {
             planes,
         };
         match self {
-            Self::Rgb24 => Info {
-                planes: PACKED3,
-                ..rgb("RGB24", b"RGB3", D::Bgr888, &["BGR888"])
-            },
-            Self::Bgr24 => Info {
-                planes: PACKED3,
-                ..rgb("BGR24", b"BGR3", D::Rgb888, &["RGB888"])
-            },
-            Self::Rgb32 => Info {
-                deprecated: true,
-                ..rgb("RGB32", b"RGB4", D::Bgrx8888, &[])
-            },
-            Self::Bgr32 => Info {
-                deprecated: true,
-                ..rgb("BGR32", b"BGR4", D::Xrgb8888, &[])
-            },
+            Self::Rgb24 => Info { planes: PACKED3, ..rgb("RGB24", b"RGB3", D::Bgr888, &["BGR888"]) },
+            Self::Bgr24 => Info { planes: PACKED3, ..rgb("BGR24", b"BGR3", D::Rgb888, &["RGB888"]) },
+            Self::Rgb32 => Info { deprecated: true, ..rgb("RGB32", b"RGB4", D::Bgrx8888, &[]) },
+            Self::Bgr32 => Info { deprecated: true, ..rgb("BGR32", b"BGR4", D::Xrgb8888, &[]) },
             Self::Abgr32 => rgb("ABGR32", b"AR24", D::Argb8888, &["ARGB8888"]),
             Self::Xbgr32 => rgb("XBGR32", b"XR24", D::Xrgb8888, &["XRGB8888"]),
             Self::Bgra32 => rgb("BGRA32", b"RA24", D::Rgba8888, &["RGBA8888"]),
@@ -326,9 +290,7 @@ impl PixelFormat {
     /// [`Self::Bgr32`]). Use [`Self::to_multi_buffer`] for one buffer per plane.
     #[must_use]
     pub fn from_drm(code: DrmFourcc) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|f| f.to_drm() == Some(code) && !f.is_deprecated() && !f.is_multi_buffer())
+        Self::ALL.into_iter().find(|f| f.to_drm() == Some(code) && !f.is_deprecated() && !f.is_multi_buffer())
     }
 
     /// Number of planes: 1 for packed formats, 2 for `NV…`, 3 for `YUV420`/`YVU420`.
@@ -434,9 +396,7 @@ impl ParseFormatError {
 }
 
 fn valid_names() -> String {
-    ParseFormatError::valid_names()
-        .collect::<Vec<_>>()
-        .join(", ")
+    ParseFormatError::valid_names().collect::<Vec<_>>().join(", ")
 }
 
 impl FromStr for PixelFormat {
@@ -455,18 +415,14 @@ impl FromStr for PixelFormat {
         let text = text.trim();
         let by_name = Self::ALL.into_iter().find(|f| {
             let info = f.info();
-            info.name.eq_ignore_ascii_case(text)
-                || info.aliases.iter().any(|a| a.eq_ignore_ascii_case(text))
+            info.name.eq_ignore_ascii_case(text) || info.aliases.iter().any(|a| a.eq_ignore_ascii_case(text))
         });
         let by_code = || {
             // All the V4L2 and DRM codes here are upper case.
             let code = Fourcc::parse(&text.to_ascii_uppercase())?;
-            Self::from_v4l2(code.0)
-                .or_else(|| DrmFourcc::try_from(code.0).ok().and_then(Self::from_drm))
+            Self::from_v4l2(code.0).or_else(|| DrmFourcc::try_from(code.0).ok().and_then(Self::from_drm))
         };
-        by_name.or_else(by_code).ok_or_else(|| ParseFormatError {
-            input: text.to_owned(),
-        })
+        by_name.or_else(by_code).ok_or_else(|| ParseFormatError { input: text.to_owned() })
     }
 }
 

@@ -7,7 +7,7 @@
 //! `cma`) are physically contiguous for the whole buffer, and their free
 //! capacity is `CmaFree` in /proc/meminfo.
 
-use super::{check_request, Limits, meminfo, open_error, AllocError, AllocRequest, Heap, HeapInfo, HeapKind};
+use super::{check_request, meminfo, open_error, AllocError, AllocRequest, Heap, HeapInfo, HeapKind, Limits};
 use crate::buffer::adopt::is_contiguous_exporter;
 use crate::buffer::{Buffer, BufferKind, CacheMode, PhysicalProperties};
 use rustix::fs::{Mode, OFlags};
@@ -112,7 +112,11 @@ impl Heap for DmaHeap {
     fn allocate(&self, request: &AllocRequest) -> Result<Buffer, AllocError> {
         let len = check_request(&self.limits(), request)?;
         let device = self.device.as_ref().map_err(|e| {
-            open_error(&self.path, *e, "allocate through `dmabroker serve` (the broker), or grant this user access with a udev rule")
+            open_error(
+                &self.path,
+                *e,
+                "allocate through `dmabroker serve` (the broker), or grant this user access with a udev rule",
+            )
         })?;
         let fd = dmabroker_sys::dma_heap::alloc(device, len).map_err(|e| match e {
             rustix::io::Errno::NOMEM => AllocError::OutOfMemory { heap: self.name.clone(), len },

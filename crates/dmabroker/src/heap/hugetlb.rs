@@ -8,7 +8,7 @@
 //! `fallocate`, so a buffer never faults with SIGBUS later for want of pages.
 
 use super::memfd::create_sealed;
-use super::{check_request, Limits, AllocError, AllocRequest, Heap, HeapInfo, HeapKind};
+use super::{check_request, AllocError, AllocRequest, Heap, HeapInfo, HeapKind, Limits};
 use crate::buffer::{Buffer, BufferKind, CacheMode, PhysicalProperties};
 use rustix::fs::{FallocateFlags, MemfdFlags};
 
@@ -46,7 +46,11 @@ fn sysfs_dir(page_size: u64) -> String {
 pub fn counts(page_size: u64) -> Option<HugePageCounts> {
     let dir = sysfs_dir(page_size);
     let read = |f: &str| -> Option<u64> { std::fs::read_to_string(format!("{dir}/{f}")).ok()?.trim().parse().ok() };
-    Some(HugePageCounts { total: read("nr_hugepages")?, free: read("free_hugepages")?, reserved: read("resv_hugepages")? })
+    Some(HugePageCounts {
+        total: read("nr_hugepages")?,
+        free: read("free_hugepages")?,
+        reserved: read("resv_hugepages")?,
+    })
 }
 
 impl HugetlbHeap {
@@ -72,7 +76,13 @@ impl HugetlbHeap {
 
 impl HugetlbHeap {
     fn limits(&self) -> Limits<'_> {
-        Limits { name: &self.name, kind: HeapKind::Hugetlb, page_size: self.page_size, contiguous_up_to: Some(self.page_size), max_buffer_size: None }
+        Limits {
+            name: &self.name,
+            kind: HeapKind::Hugetlb,
+            page_size: self.page_size,
+            contiguous_up_to: Some(self.page_size),
+            max_buffer_size: None,
+        }
     }
 }
 
@@ -97,7 +107,11 @@ impl Heap for HugetlbHeap {
                 "{} of {} pages free{}",
                 c.available(),
                 c.total,
-                if c.total == 0 { format!("; reserve with echo N > {}/nr_hugepages", sysfs_dir(self.page_size)) } else { String::new() }
+                if c.total == 0 {
+                    format!("; reserve with echo N > {}/nr_hugepages", sysfs_dir(self.page_size))
+                } else {
+                    String::new()
+                }
             )),
         }
     }

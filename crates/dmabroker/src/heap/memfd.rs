@@ -5,7 +5,7 @@
 //! SIGBUS) or grow it, and nobody can add `F_SEAL_WRITE` behind the writers'
 //! backs. Pages are allocated on first touch.
 
-use super::{check_request, Limits, meminfo, AllocError, AllocRequest, Heap, HeapInfo, HeapKind};
+use super::{check_request, meminfo, AllocError, AllocRequest, Heap, HeapInfo, HeapKind, Limits};
 use crate::buffer::{Buffer, BufferKind, CacheMode, PhysicalProperties};
 use rustix::fs::{MemfdFlags, SealFlags};
 use std::os::fd::OwnedFd;
@@ -35,9 +35,7 @@ pub(crate) fn create_sealed(
         rustix::io::Errno::FBIG | rustix::io::Errno::INVAL => {
             AllocError::SizeOverflow { requested: len, granularity: 1 }
         }
-        rustix::io::Errno::NOMEM | rustix::io::Errno::NOSPC => {
-            AllocError::OutOfMemory { heap: heap.into(), len }
-        }
+        rustix::io::Errno::NOMEM | rustix::io::Errno::NOSPC => AllocError::OutOfMemory { heap: heap.into(), len },
         source => AllocError::Os { op: "ftruncate", source },
     })?;
     rustix::fs::fcntl_add_seals(&fd, SEALS).map_err(|source| AllocError::Os { op: "F_ADD_SEALS", source })?;
@@ -59,7 +57,13 @@ impl MemfdHeap {
 
 impl MemfdHeap {
     fn limits(&self) -> Limits<'_> {
-        Limits { name: "memfd", kind: HeapKind::Memfd, page_size: self.page_size, contiguous_up_to: Some(self.page_size), max_buffer_size: None }
+        Limits {
+            name: "memfd",
+            kind: HeapKind::Memfd,
+            page_size: self.page_size,
+            contiguous_up_to: Some(self.page_size),
+            max_buffer_size: None,
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 //! attached.
 
 use super::memfd::create_sealed;
-use super::{check_request, Limits, meminfo, open_error, AllocError, AllocRequest, Heap, HeapInfo, HeapKind};
+use super::{check_request, meminfo, open_error, AllocError, AllocRequest, Heap, HeapInfo, HeapKind, Limits};
 use crate::buffer::{Buffer, BufferKind, CacheMode, PhysicalProperties};
 use rustix::fs::{Mode, OFlags};
 use std::os::fd::OwnedFd;
@@ -39,13 +39,23 @@ impl Udmabuf {
             return None;
         }
         let device = rustix::fs::open(DEVICE, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty());
-        Some(Self { device, page_size: rustix::param::page_size() as u64, size_limit: size_limit().unwrap_or(64 << 20) })
+        Some(Self {
+            device,
+            page_size: rustix::param::page_size() as u64,
+            size_limit: size_limit().unwrap_or(64 << 20),
+        })
     }
 }
 
 impl Udmabuf {
     fn limits(&self) -> Limits<'_> {
-        Limits { name: "udmabuf", kind: HeapKind::Udmabuf, page_size: self.page_size, contiguous_up_to: Some(self.page_size), max_buffer_size: Some(self.size_limit) }
+        Limits {
+            name: "udmabuf",
+            kind: HeapKind::Udmabuf,
+            page_size: self.page_size,
+            contiguous_up_to: Some(self.page_size),
+            max_buffer_size: Some(self.size_limit),
+        }
     }
 }
 

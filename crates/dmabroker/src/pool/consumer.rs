@@ -118,11 +118,21 @@ impl Consumer {
     /// inconsistent welcome, no answer within `options.attach_timeout`.
     pub fn attach(socket: OwnedFd, options: &ConsumerOptions) -> Result<Self, AttachError> {
         let os = |op| move |source| AttachError::Os { op, source };
-        rustix::net::sockopt::set_socket_timeout(&socket, rustix::net::sockopt::Timeout::Recv, Some(options.attach_timeout))
-            .map_err(os("SO_RCVTIMEO"))?;
+        rustix::net::sockopt::set_socket_timeout(
+            &socket,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(options.attach_timeout),
+        )
+        .map_err(os("SO_RCVTIMEO"))?;
         let flags = if options.want_sync_files { transport::HELLO_WANT_SYNC_FILES } else { 0 };
         transport::send(socket.as_fd(), &transport::encode(&[flags as u64], transport::MSG_HELLO), &[], false)
-            .map_err(|e| if e == Errno::PIPE || e == Errno::CONNRESET { AttachError::HungUp } else { AttachError::Os { op: "sendmsg", source: e } })?;
+            .map_err(|e| {
+                if e == Errno::PIPE || e == Errno::CONNRESET {
+                    AttachError::HungUp
+                } else {
+                    AttachError::Os { op: "sendmsg", source: e }
+                }
+            })?;
         let (bytes, fds) = match transport::recv(socket.as_fd(), false) {
             Ok(Some(m)) => m,
             Ok(None) | Err(Errno::CONNRESET) => return Err(AttachError::HungUp),

@@ -2,9 +2,7 @@
 //! consumers, hands off frames, watches consumers' health.
 
 use super::error::{AcquireError, AttachError, CreateError, SubmitError};
-use super::layout::{
-    Control, Entry, Geometry, PRODUCER_BIT, SLOT_ACTIVE, SLOT_EVICTED, SLOT_FREE, STREAM_CLOSED,
-};
+use super::layout::{Control, Entry, Geometry, PRODUCER_BIT, SLOT_ACTIVE, SLOT_EVICTED, SLOT_FREE, STREAM_CLOSED};
 use super::transport::{self, PoolListener};
 use super::{now_ns, timespec, Backpressure, FrameFlags, FrameMeta, PoolOptions};
 use crate::buffer::{Buffer, BufferKind, BufferMapping};
@@ -328,7 +326,8 @@ impl Producer {
                 let Some(t) = at_tail(c) else { continue };
                 // The CAS races the consumer's own take of the same entry:
                 // exactly one wins, so a frame is either read or dropped.
-                if self.ctl.tail(c).compare_exchange(t, t.wrapping_add(1), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                if self.ctl.tail(c).compare_exchange(t, t.wrapping_add(1), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                {
                     self.ctl.buf_mask(i).fetch_and(!(1u64 << c), Ordering::AcqRel);
                     self.ctl.slot_dropped(c).fetch_add(1, Ordering::Relaxed);
                     taken = true;
@@ -403,7 +402,14 @@ impl Producer {
             self.ctl.write_entry(
                 c,
                 h,
-                &Entry { seq, timestamp_ns: now, bytes_used: meta.bytes_used, meta: meta.meta, index, flags: flags.bits() },
+                &Entry {
+                    seq,
+                    timestamp_ns: now,
+                    bytes_used: meta.bytes_used,
+                    meta: meta.meta,
+                    index,
+                    flags: flags.bits(),
+                },
             );
             // SeqCst store, then SeqCst load of `waiting`: pairs with the
             // consumer's store of `waiting` and load of `head` (Dekker).
@@ -448,18 +454,24 @@ impl Producer {
 
     fn finish_attach(&mut self, socket: OwnedFd, hello: &[u64]) {
         let refuse = |reason: u32| {
-            let _ = transport::send(socket.as_fd(), &transport::encode(&[reason as u64], transport::MSG_REFUSED), &[], true);
+            let _ = transport::send(
+                socket.as_fd(),
+                &transport::encode(&[reason as u64], transport::MSG_REFUSED),
+                &[],
+                true,
+            );
         };
         if self.closed {
             return refuse(transport::REFUSED_CLOSED);
         }
-        let Some(slot) = (0..self.conns.len() as u32).find(|&c| {
-            self.conns[c as usize].is_none() && self.ctl.slot_state(c).load(Ordering::Acquire) == SLOT_FREE
-        }) else {
+        let Some(slot) = (0..self.conns.len() as u32)
+            .find(|&c| self.conns[c as usize].is_none() && self.ctl.slot_state(c).load(Ordering::Acquire) == SLOT_FREE)
+        else {
             return refuse(transport::REFUSED_FULL);
         };
         let want_sync = hello.first().is_some_and(|f| f & u64::from(transport::HELLO_WANT_SYNC_FILES) != 0);
-        let pid = rustix::net::sockopt::socket_peercred(&socket).map(|c| c.pid.as_raw_nonzero().get() as u32).unwrap_or(0);
+        let pid =
+            rustix::net::sockopt::socket_peercred(&socket).map(|c| c.pid.as_raw_nonzero().get() as u32).unwrap_or(0);
         // The pidfd catches a consumer that died while a forked child keeps
         // its socket open; the socket catches everything else.
         let pidfd = rustix::process::Pid::from_raw(pid as i32)
@@ -645,7 +657,8 @@ fn create_control(geometry: Geometry) -> Result<(OwnedFd, Control), CreateError>
     rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
         .map_err(err("F_ADD_SEALS"))?;
     let map = Mapping::map(&fd, 0, len, Protection::ReadWrite, true).map_err(err("mmap"))?;
-    let ctl = Control::new(map, geometry).ok_or(CreateError::ControlBlock { op: "size check", source: Errno::INVAL })?;
+    let ctl =
+        Control::new(map, geometry).ok_or(CreateError::ControlBlock { op: "size check", source: Errno::INVAL })?;
     Ok((fd, ctl))
 }
 

@@ -58,17 +58,11 @@ impl<T, E: std::fmt::Display> Requirable<T> for Result<T, E> {
 /// usable but the allocation fails (a bug either way).
 pub fn allocate(heaps: &Heaps, heap: &str, len: u64) -> Result<Buffer, String> {
     let Some(h) = heaps.get(heap) else {
-        return Err(format!(
-            "no heap {heap} (have: {})",
-            heaps.names().join(", ")
-        ));
+        return Err(format!("no heap {heap} (have: {})", heaps.names().join(", ")));
     };
     let info = h.info();
     if !info.usable {
-        return Err(format!(
-            "heap {heap} unusable: {}",
-            info.note.unwrap_or_default()
-        ));
+        return Err(format!("heap {heap} unusable: {}", info.note.unwrap_or_default()));
     }
     match h.allocate(&AllocRequest::new(len).name("vmtest")) {
         Ok(b) => Ok(b),

@@ -24,20 +24,8 @@ fn nv12_1080p() {
     assert_eq!(
         layout.planes(),
         [
-            PlaneLayout {
-                buffer: 0,
-                offset: 0,
-                bytesperline: 1920,
-                lines: 1080,
-                size: 2_073_600
-            },
-            PlaneLayout {
-                buffer: 0,
-                offset: 2_073_600,
-                bytesperline: 1920,
-                lines: 540,
-                size: 1_036_800
-            },
+            PlaneLayout { buffer: 0, offset: 0, bytesperline: 1920, lines: 1080, size: 2_073_600 },
+            PlaneLayout { buffer: 0, offset: 2_073_600, bytesperline: 1920, lines: 540, size: 1_036_800 },
         ]
     );
     assert!(layout.matches_v4l2_implicit_planes());
@@ -55,13 +43,7 @@ fn yuyv_vga() {
 fn packed_rgb() {
     assert_eq!(unpadded(F::Rgb24, 641, 3).bytesperline(), 1923);
     assert_eq!(unpadded(F::Xbgr32, 641, 3).total_size(), 641 * 4 * 3);
-    let aligned = Layout::new(
-        F::Rgb24,
-        641,
-        3,
-        &LayoutOptions::default().with_stride_align(64),
-    )
-    .unwrap();
+    let aligned = Layout::new(F::Rgb24, 641, 3, &LayoutOptions::default().with_stride_align(64)).unwrap();
     assert_eq!(aligned.bytesperline(), 1984);
     assert_eq!(aligned.total_size(), 1984 * 3);
 }
@@ -126,22 +108,14 @@ fn stride_align_keeps_v4l2_derivation_in_single_buffers() {
     assert_eq!(pitches_of(&i420m), [1088, 576, 576]);
 
     // An odd width with alignment: the derived chroma pitch covers it.
-    let odd = Layout::new(
-        F::Nv12,
-        641,
-        481,
-        &LayoutOptions::default().with_stride_align(2),
-    )
-    .unwrap();
+    let odd = Layout::new(F::Nv12, 641, 481, &LayoutOptions::default().with_stride_align(2)).unwrap();
     assert_eq!(pitches_of(&odd), [642, 642]);
     assert!(odd.matches_v4l2_implicit_planes());
 }
 
 #[test]
 fn plane_and_size_align() {
-    let options = LayoutOptions::default()
-        .with_plane_align(4096)
-        .with_size_align(4096);
+    let options = LayoutOptions::default().with_plane_align(4096).with_size_align(4096);
     let layout = Layout::new(F::Nv12, 100, 101, &options).unwrap();
     assert_eq!(offsets_of(&layout), [0, 12_288]);
     assert_eq!(layout.planes()[1].size, 100 * 51);
@@ -159,16 +133,9 @@ fn rejects_empty_images_and_bad_alignments() {
     let options = LayoutOptions::default();
     assert_eq!(
         Layout::new(F::Nv12, 0, 10, &options),
-        Err(LayoutError::EmptyImage {
-            format: F::Nv12,
-            width: 0,
-            height: 10
-        })
+        Err(LayoutError::EmptyImage { format: F::Nv12, width: 0, height: 10 })
     );
-    assert!(matches!(
-        Layout::new(F::Nv12, 10, 0, &options),
-        Err(LayoutError::EmptyImage { .. })
-    ));
+    assert!(matches!(Layout::new(F::Nv12, 10, 0, &options), Err(LayoutError::EmptyImage { .. })));
     for (bad, option) in [
         (options.with_stride_align(0), "stride_align"),
         (options.with_plane_align(3), "plane_align"),
@@ -187,65 +154,21 @@ fn rejects_empty_images_and_bad_alignments() {
 fn reports_overflow_instead_of_wrapping() {
     let options = LayoutOptions::default();
     let err = Layout::new(F::Xrgb32, u32::MAX, u32::MAX, &options).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            LayoutError::Overflow {
-                quantity: "plane size",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, LayoutError::Overflow { quantity: "plane size", .. }), "{err}");
     assert!(err.to_string().contains("overflows 64 bits"), "{err}");
 
     let huge_stride = options.with_stride_align(1 << 63);
     let err = Layout::new(F::Yuv420, 2, 2, &huge_stride).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            LayoutError::Overflow {
-                quantity: "bytes per line",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, LayoutError::Overflow { quantity: "bytes per line", .. }), "{err}");
 
     let err = Layout::new(F::Nv12, 16, 16, &options.with_size_align(1 << 63)).unwrap_err();
-    assert!(
-        matches!(err, LayoutError::ExceedsAddressSpace { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, LayoutError::ExceedsAddressSpace { .. }), "{err}");
 
     let err = Layout::new(F::Nv12M, 16, 16, &options.with_size_align(1 << 63)).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            LayoutError::Overflow {
-                quantity: "total size",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, LayoutError::Overflow { quantity: "total size", .. }), "{err}");
 
-    let err = Layout::new(
-        F::Nv12,
-        16,
-        16,
-        &options.with_plane_align(1 << 63).with_size_align(1 << 63),
-    );
-    assert!(
-        matches!(
-            err,
-            Err(LayoutError::Overflow {
-                quantity: "buffer size",
-                ..
-            })
-        ),
-        "{err:?}"
-    );
+    let err = Layout::new(F::Nv12, 16, 16, &options.with_plane_align(1 << 63).with_size_align(1 << 63));
+    assert!(matches!(err, Err(LayoutError::Overflow { quantity: "buffer size", .. })), "{err:?}");
 }
 
 #[test]
@@ -253,10 +176,7 @@ fn largest_addressable_frame_is_accepted() {
     // 2^34 bytes per line times 2^29 lines is 2^63: one past isize::MAX.
     let options = LayoutOptions::default().with_stride_align(1 << 34);
     let err = Layout::new(F::Xrgb32, u32::MAX, 1 << 29, &options).unwrap_err();
-    assert!(
-        matches!(err, LayoutError::ExceedsAddressSpace { size, .. } if size == 1 << 63),
-        "{err}"
-    );
+    assert!(matches!(err, LayoutError::ExceedsAddressSpace { size, .. } if size == 1 << 63), "{err}");
     let ok = Layout::new(F::Xrgb32, u32::MAX, (1 << 29) - 1, &options).unwrap();
     assert_eq!(ok.total_size(), (1 << 63) - (1 << 34));
 }
@@ -293,9 +213,7 @@ fn kernel_fill_pixfmt(format: PixelFormat, width: u32, height: u32) -> Vec<(u64,
     if mem == 1 {
         vec![(stride(0), (0..comp).map(|i| stride(i) * lines(i)).sum())]
     } else {
-        (0..comp)
-            .map(|i| (stride(i), stride(i) * lines(i)))
-            .collect()
+        (0..comp).map(|i| (stride(i), stride(i) * lines(i))).collect()
     }
 }
 
@@ -307,12 +225,7 @@ fn unpadded_layout_is_the_kernels() {
                 let layout = unpadded(format, width, height);
                 let kernel = kernel_fill_pixfmt(format, width, height);
                 let ours: Vec<(u64, u64)> = if format.is_multi_buffer() {
-                    layout
-                        .planes()
-                        .iter()
-                        .map(|p| p.bytesperline)
-                        .zip(layout.buffer_sizes().iter().copied())
-                        .collect()
+                    layout.planes().iter().map(|p| p.bytesperline).zip(layout.buffer_sizes().iter().copied()).collect()
                 } else {
                     vec![(layout.bytesperline(), layout.buffer_sizes()[0])]
                 };
@@ -343,19 +256,11 @@ fn vivid_sizeimage(format: PixelFormat, width: u64, height: u64, bpl: &[u64]) ->
     };
     let mut sizes: Vec<u64> = (0..buffers)
         .map(|p| {
-            let bytesperline = bpl
-                .get(p)
-                .copied()
-                .unwrap_or(0)
-                .max(width * bit_depth[p] / 8);
+            let bytesperline = bpl.get(p).copied().unwrap_or(0).max(width * bit_depth[p] / 8);
             bytesperline * height / vdown[p]
         })
         .collect();
-    let bpl0 = bpl
-        .first()
-        .copied()
-        .unwrap_or(0)
-        .max(width * bit_depth[0] / 8);
+    let bpl0 = bpl.first().copied().unwrap_or(0).max(width * bit_depth[0] / 8);
     for p in buffers..bit_depth.len() {
         sizes[0] += bpl0 * height * (bit_depth[p] / vdown[p]) / (bit_depth[0] / vdown[0]);
     }
@@ -365,14 +270,7 @@ fn vivid_sizeimage(format: PixelFormat, width: u64, height: u64, bpl: &[u64]) ->
 #[test]
 fn matches_vivid_at_webcam_sizes() {
     // vivid's webcam input offers only these sizes (webcam_sizes[]).
-    let sizes = [
-        (320, 180),
-        (640, 360),
-        (640, 480),
-        (1280, 720),
-        (1920, 1080),
-        (3840, 2160),
-    ];
+    let sizes = [(320, 180), (640, 360), (640, 480), (1280, 720), (1920, 1080), (3840, 2160)];
     for &format in PixelFormat::all() {
         for (width, height) in sizes {
             let layout = unpadded(format, width, height);
@@ -389,11 +287,7 @@ fn matches_vivid_at_webcam_sizes() {
                     vec![layout.bytesperline()]
                 };
                 let vivid = vivid_sizeimage(format, width.into(), height.into(), &bpl);
-                assert_eq!(
-                    layout.buffer_sizes(),
-                    vivid,
-                    "{format} {width}x{height} align {align}"
-                );
+                assert_eq!(layout.buffer_sizes(), vivid, "{format} {width}x{height} align {align}");
             }
         }
     }
@@ -423,10 +317,7 @@ fn invariants_hold_for_many_random_cases() {
         let info = format.plane_info();
         assert_eq!(layout.planes().len(), format.plane_count());
         assert_eq!(layout.buffer_count(), format.buffer_count());
-        assert_eq!(
-            layout.total_size(),
-            layout.buffer_sizes().iter().sum::<u64>()
-        );
+        assert_eq!(layout.total_size(), layout.buffer_sizes().iter().sum::<u64>());
         let kernel = kernel_fill_pixfmt(format, width, height);
         for (index, plane) in layout.planes().iter().enumerate() {
             let ctx = format!("{format} {width}x{height} {options:?} plane {index}");
@@ -442,11 +333,7 @@ fn invariants_hold_for_many_random_cases() {
             assert_eq!(plane.lines, min_lines, "{ctx}");
             assert_eq!(plane.bytesperline % options.stride_align, 0, "{ctx}");
             assert_eq!(plane.offset % options.plane_align, 0, "{ctx}");
-            assert_eq!(
-                plane.size,
-                plane.bytesperline * u64::from(plane.lines),
-                "{ctx}"
-            );
+            assert_eq!(plane.size, plane.bytesperline * u64::from(plane.lines), "{ctx}");
             assert!(plane.end() <= layout.buffer_sizes()[plane.buffer], "{ctx}");
             if index > 0 && plane.buffer == layout.planes()[index - 1].buffer {
                 assert!(plane.offset >= layout.planes()[index - 1].end(), "{ctx}");
@@ -463,10 +350,7 @@ fn invariants_hold_for_many_random_cases() {
         }
         let derivable = options.plane_align == 1 && (options.stride_align > 1 || width & 1 == 0);
         if derivable {
-            assert!(
-                layout.matches_v4l2_implicit_planes(),
-                "{format} {width}x{height} {options:?}"
-            );
+            assert!(layout.matches_v4l2_implicit_planes(), "{format} {width}x{height} {options:?}");
         }
     }
 }

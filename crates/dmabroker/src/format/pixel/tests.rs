@@ -92,10 +92,7 @@ fn v4l2_codes_match_videodev2_h() {
         assert_eq!(format.to_v4l2(), code, "{format}");
         assert_eq!(PixelFormat::from_v4l2(code), Some(format), "{format}");
     }
-    assert_eq!(
-        PixelFormat::from_v4l2(v4l2_fourcc(b'M', b'J', b'P', b'G')),
-        None
-    );
+    assert_eq!(PixelFormat::from_v4l2(v4l2_fourcc(b'M', b'J', b'P', b'G')), None);
     assert_eq!(PixelFormat::from_v4l2(0), None);
 }
 
@@ -103,11 +100,7 @@ fn v4l2_codes_match_videodev2_h() {
 fn rgb_maps_to_drm_by_memory_order() {
     for &format in &PixelFormat::all()[..12] {
         let drm = format.to_drm().expect("every RGB format has a DRM code");
-        assert_eq!(
-            drm_memory_order(drm),
-            v4l2_memory_order(format),
-            "{format} -> {drm:?}"
-        );
+        assert_eq!(drm_memory_order(drm), v4l2_memory_order(format), "{format} -> {drm:?}");
     }
     // The eight formats with alpha or padding share their fourcc with DRM.
     for format in [
@@ -120,11 +113,7 @@ fn rgb_maps_to_drm_by_memory_order() {
         PixelFormat::Argb32,
         PixelFormat::Xrgb32,
     ] {
-        assert_eq!(
-            format.to_drm().map(|d| d as u32),
-            Some(format.to_v4l2()),
-            "{format}"
-        );
+        assert_eq!(format.to_drm().map(|d| d as u32), Some(format.to_v4l2()), "{format}");
     }
 }
 
@@ -147,28 +136,16 @@ fn round_trips_v4l2_enum_drm() {
         let back = PixelFormat::from_drm(drm).unwrap();
         assert_eq!(back.to_drm(), Some(drm), "{format}");
         if format.is_deprecated() || format.is_multi_buffer() {
-            assert_ne!(
-                back, format,
-                "{format} should map back to its canonical form"
-            );
+            assert_ne!(back, format, "{format} should map back to its canonical form");
             assert!(!back.is_deprecated() && !back.is_multi_buffer());
             assert_eq!(back.plane_count(), format.plane_count());
         } else {
             assert_eq!(back, format);
         }
     }
-    assert_eq!(
-        PixelFormat::from_drm(DrmFourcc::Xrgb8888),
-        Some(PixelFormat::Xbgr32)
-    );
-    assert_eq!(
-        PixelFormat::from_drm(DrmFourcc::Bgrx8888),
-        Some(PixelFormat::Xrgb32)
-    );
-    assert_eq!(
-        PixelFormat::from_drm(DrmFourcc::Nv12),
-        Some(PixelFormat::Nv12)
-    );
+    assert_eq!(PixelFormat::from_drm(DrmFourcc::Xrgb8888), Some(PixelFormat::Xbgr32));
+    assert_eq!(PixelFormat::from_drm(DrmFourcc::Bgrx8888), Some(PixelFormat::Xrgb32));
+    assert_eq!(PixelFormat::from_drm(DrmFourcc::Nv12), Some(PixelFormat::Nv12));
     assert_eq!(PixelFormat::from_drm(DrmFourcc::Rgb565), None);
 }
 
@@ -217,10 +194,7 @@ fn parses_names_aliases_and_codes() {
     }
     for &format in PixelFormat::all() {
         assert_eq!(format.to_string().parse::<PixelFormat>(), Ok(format));
-        assert_eq!(
-            format.v4l2_fourcc().to_string().parse::<PixelFormat>(),
-            Ok(format)
-        );
+        assert_eq!(format.v4l2_fourcc().to_string().parse::<PixelFormat>(), Ok(format));
     }
 }
 
@@ -241,10 +215,7 @@ fn parse_error_lists_valid_names() {
 fn serde_uses_the_name() {
     let json = serde_json::to_string(&PixelFormat::Yuv420M).unwrap();
     assert_eq!(json, "\"YUV420M\"");
-    assert_eq!(
-        serde_json::from_str::<PixelFormat>("\"i420\"").unwrap(),
-        PixelFormat::Yuv420
-    );
+    assert_eq!(serde_json::from_str::<PixelFormat>("\"i420\"").unwrap(), PixelFormat::Yuv420);
     assert!(serde_json::from_str::<PixelFormat>("\"bogus\"").is_err());
 }
 
