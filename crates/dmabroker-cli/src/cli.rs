@@ -1,6 +1,6 @@
 //! Command-line syntax.
 
-use crate::command::{bench_broker, bench_pool, demo, import, ps, serve, unpublish};
+use crate::command::{bench_broker, bench_pool, demo, import, ps, serve, stats, unpublish};
 use clap::{Args, Parser, Subcommand};
 
 /// User-space buffer allocation and sharing for Linux: dma-heaps, udmabuf,
@@ -31,6 +31,8 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Withdraw a buffer published through the broker.
     Unpublish(unpublish::UnpublishArgs),
+    /// What the broker charges you, your quota, and the broker's totals.
+    Stats(stats::StatsArgs),
     /// Who holds what: every dma-buf and dmabroker buffer per process and user.
     Ps(ps::PsArgs),
     /// A zero-copy streaming pool end to end: producer, two consumers, live status.

@@ -132,6 +132,16 @@ fn broker_cli_alloc_publish_import_unpublish() {
     assert!(o.status.success() && text(&o).contains("published as @"), "{}", text(&o));
     let o = d.cli(&["import", "--list"]);
     assert!(text(&o).contains("frames"), "{}", text(&o));
+    // Stats: the published buffers are charged to this user, within its quota.
+    let o = d.cli(&["stats", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["used_buffers"].as_u64().unwrap() >= 2, "{v}");
+    assert!(v["used_bytes"].as_u64().unwrap() >= (1 << 20) + 4096, "{v}");
+    assert!(v["publications"].as_u64().unwrap() >= 2, "{v}");
+    assert!(v["max_bytes"].as_u64().unwrap() >= v["used_bytes"].as_u64().unwrap(), "{v}");
+    let o = d.cli(&["stats"]);
+    assert!(o.status.success() && text(&o).contains("publication(s)"), "{}", text(&o));
     let o = d.cli(&["unpublish", "frames"]);
     assert!(o.status.success(), "{}", text(&o));
     let o = d.cli(&["import", "frames"]);

@@ -11,6 +11,7 @@ pub mod import;
 mod inspect;
 pub mod ps;
 pub mod serve;
+pub mod stats;
 pub mod unpublish;
 
 use crate::cli::{BenchCommand, Command};
@@ -25,6 +26,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(&args),
         Command::Import(args) => import::run(&args),
         Command::Unpublish(args) => unpublish::run(&args),
+        Command::Stats(args) => stats::run(&args),
         Command::Ps(args) => ps::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Bench(BenchCommand::Alloc(args)) => bench_alloc::run(&args),

@@ -1,0 +1,44 @@
+//! `dmabroker stats`: what the broker charges this user, its quota, and the
+//! broker's totals.
+
+use crate::output::{emit, print_json};
+use dmabroker::client::Client;
+use dmabroker::size::format_size;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Arguments of `dmabroker stats`.
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Broker socket [default: $XDG_RUNTIME_DIR/dmabroker.sock if present, else /run/dmabroker/dmabroker.sock].
+    #[arg(long, env = "DMABROKER_SOCKET")]
+    pub socket: Option<PathBuf>,
+}
+
+pub fn run(args: &StatsArgs) -> anyhow::Result<ExitCode> {
+    let path = args.socket.clone().unwrap_or_else(dmabroker::proto::default_client_socket);
+    let stats = Client::connect(&path)?.stats()?;
+    if args.json {
+        print_json(&stats)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    emit(&format!(
+        "uid {}: {} in {} buffer(s) of a quota of {} in {} buffer(s); heaps: {}; may publish: {}\n\
+         broker: {} buffer(s), {}, {} publication(s), {} client(s) connected\n",
+        stats.uid,
+        format_size(stats.used_bytes),
+        stats.used_buffers,
+        format_size(stats.max_bytes),
+        stats.max_buffers,
+        if stats.heaps.is_empty() { "none".to_owned() } else { stats.heaps.join(", ") },
+        if stats.may_publish { "yes" } else { "no" },
+        stats.total_buffers,
+        format_size(stats.total_bytes),
+        stats.publications,
+        stats.clients,
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
