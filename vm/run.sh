@@ -12,6 +12,10 @@
 # `dmabroker` binary that CLI tests find through CARGO_BIN_EXE_dmabroker.
 # Executables among them must be statically linked too.
 #
+# --run 'COMMAND' (repeatable) runs a busybox-sh command line in the guest
+# after the binaries, as one more entry of the verdict (passes on exit 0),
+# e.g. --file "$PWD/target/.../dmabroker" --run "$PWD/target/.../dmabroker bench alloc".
+#
 # Every BINARY must be statically linked, e.g. built with
 #   RUSTFLAGS="-C target-feature=+crt-static" \
 #   cargo test --release --target x86_64-unknown-linux-gnu --no-run
@@ -38,6 +42,7 @@ timeout_s=600
 mem_mib=2560
 binaries=()
 files=()
+commands=()
 test_args=()
 prepare_only=0
 
@@ -83,6 +88,11 @@ while (($#)); do
         prepare_only=1
         shift
         ;;
+    --run)
+        [[ $# -ge 2 && -n "$2" ]] || die "--run needs a command line"
+        commands+=("$2")
+        shift 2
+        ;;
     -h | --help)
         usage
         exit 0
@@ -99,7 +109,7 @@ while (($#)); do
         ;;
     esac
 done
-((${#binaries[@]} || prepare_only)) || {
+((${#binaries[@]} || ${#commands[@]} || prepare_only)) || {
     usage >&2
     exit 2
 }
@@ -289,6 +299,13 @@ for b in "${binaries[@]}"; do
     libtest=0
     grep -qa -- '--test-threads' "$b" && libtest=1
     echo "$dest $libtest $name" >>"$rootfs/t/list"
+done
+for c in "${commands[@]+"${commands[@]}"}"; do
+    i=$((i + 1))
+    dest=$(printf '%02d-run' "$i")
+    printf '#!/bin/sh\n%s\n' "$c" >"$rootfs/t/$dest"
+    chmod 755 "$rootfs/t/$dest"
+    echo "$dest 0 run#$i" >>"$rootfs/t/list"
 done
 printf '%s\n' "${test_args[@]+"${test_args[@]}"}" >"$rootfs/t/args"
 # Files live under /extra in the initramfs; /init links each one at its own
