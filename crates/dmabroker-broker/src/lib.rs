@@ -172,8 +172,8 @@ impl Broker {
         if restored > 0 {
             tracing::info!("restored {restored} publication(s) from the fd store");
         }
-        let server = Server::new(listener, shutdown, service, config.max_clients, config.max_clients_per_uid)?;
-        if let Some(n) = &server.service.notifier {
+        let mut server = Server::new(listener, shutdown, service, config.max_clients, config.max_clients_per_uid)?;
+        if let Some(n) = &mut server.service.notifier {
             let _ = n.notify(&format!("READY=1\nSTATUS=serving, {restored} publication(s) restored"), None);
         }
         Ok(Self { server, socket_path })
@@ -185,10 +185,14 @@ impl Broker {
     /// Only when epoll fails.
     pub fn run(&mut self) -> Result<(), RunError> {
         let result = self.server.run();
-        if let Some(n) = &self.server.service.notifier {
+        if let Some(n) = &mut self.server.service.notifier {
             let _ = n.notify("STOPPING=1", None);
         }
         persist::save(&mut self.server.service);
+        // The loop is over: waiting for the manager blocks no client now.
+        if let Some(n) = &mut self.server.service.notifier {
+            n.flush_for(std::time::Duration::from_secs(2));
+        }
         if let Some(p) = &self.socket_path {
             let _ = std::fs::remove_file(p);
         }

@@ -6,7 +6,9 @@
 //!
 //! The state is rewritten at most every 50 ms (debounced by the service's
 //! timer) rather than per publication: a crash in between loses at most
-//! the publications of those 50 ms.
+//! the publications of those 50 ms. When the manager is slow to read, the
+//! update waits in [`crate::notify`]'s queue, where a newer state replaces
+//! an older one.
 
 use crate::registry::{Entry, FileId, Publication};
 use crate::service::Service;
@@ -49,7 +51,7 @@ struct SavedPublication {
 /// Write the state memfd and hand it to the fd store (replacing the old one).
 pub fn save(service: &mut Service) {
     service.state_dirty = false;
-    let Some(notifier) = &service.notifier else { return };
+    let Some(notifier) = &mut service.notifier else { return };
     let saved = Saved {
         version: 1,
         buffers: service
@@ -80,8 +82,9 @@ pub fn save(service: &mut Service) {
         let fd = rustix::fs::memfd_create("dmabroker-state", rustix::fs::MemfdFlags::CLOEXEC)?;
         let mut file = std::fs::File::from(fd);
         file.write_all(&serde_json::to_vec(&saved).map_err(std::io::Error::other)?)?;
-        notifier.remove(STATE_NAME)?;
-        notifier.store(STATE_NAME, &file)?;
+        // Sent now or queued behind earlier notifications, replacing a
+        // queued older state (never blocking the loop).
+        notifier.store_state(file.into())?;
         Ok(())
     })();
     if let Err(e) = result {
@@ -154,7 +157,7 @@ pub fn restore(service: &mut Service, inherited: Vec<InheritedFd>) -> usize {
     let unpublished: Vec<u64> =
         service.registry.entries().filter(|(_, e)| e.publications == 0).map(|(id, _)| id).collect();
     for id in unpublished {
-        if let Some(n) = &service.notifier {
+        if let Some(n) = &mut service.notifier {
             let _ = n.remove(&format!("b{id}"));
         }
         if let Some(e) = service.registry.get_mut(id) {
@@ -165,10 +168,10 @@ pub fn restore(service: &mut Service, inherited: Vec<InheritedFd>) -> usize {
     restored
 }
 
-fn drop_orphans(service: &Service, names: impl Iterator<Item = String>) {
+fn drop_orphans(service: &mut Service, names: impl Iterator<Item = String>) {
     for name in names {
         tracing::info!("dropping stored fd {name}: not in the saved state");
-        if let Some(n) = &service.notifier {
+        if let Some(n) = &mut service.notifier {
             let _ = n.remove(&name);
         }
     }

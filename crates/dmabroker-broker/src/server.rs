@@ -4,7 +4,9 @@
 //! client) and the client is not read again until it is flushed, so a
 //! client that stops reading costs one pending reply and is dropped after
 //! [`STALL_LIMIT`]. Nothing a client sends can end the loop: every failure
-//! ends that client's session only.
+//! ends that client's session only. Nor can the service manager block it:
+//! notifications it cannot take yet are queued and sent when its socket
+//! polls writable (see [`crate::notify`]).
 
 use crate::peer;
 use crate::service::{Reply, Service, Session};
@@ -23,6 +25,9 @@ const STALL_LIMIT: Duration = Duration::from_secs(10);
 /// epoll tokens below this are the broker's own fds.
 const LISTENER: u64 = 0;
 const SHUTDOWN: u64 = 1;
+/// The service manager's notify socket, watched for EPOLLOUT while
+/// notifications are queued.
+const NOTIFY: u64 = 2;
 const FIRST_CLIENT: u64 = 16;
 /// How often idle connections' pins are re-checked.
 const PIN_CHECK_INTERVAL: Duration = Duration::from_millis(250);
@@ -60,6 +65,8 @@ pub struct Server {
     max_clients_per_uid: usize,
     accept_paused_until: Option<Instant>,
     next_pin_check: Instant,
+    /// The notify socket is registered for EPOLLOUT.
+    notify_out: bool,
     buf: Vec<u8>,
     /// The operations.
     pub service: Service,
@@ -83,6 +90,10 @@ impl Server {
         rustix::io::ioctl_fionbio(&listener, true).map_err(RunError::Epoll)?;
         epoll::add(&epoll, &listener, EventData::new_u64(LISTENER), EventFlags::IN).map_err(RunError::Epoll)?;
         epoll::add(&epoll, &shutdown, EventData::new_u64(SHUTDOWN), EventFlags::IN).map_err(RunError::Epoll)?;
+        if let Some(n) = service.notifier.as_ref().filter(|n| n.pollable()) {
+            // No events until something is queued (EPOLLOUT is level-triggered).
+            epoll::add(&epoll, n.socket(), EventData::new_u64(NOTIFY), EventFlags::empty()).map_err(RunError::Epoll)?;
+        }
         Ok(Self {
             epoll,
             listener,
@@ -94,6 +105,7 @@ impl Server {
             max_clients_per_uid,
             accept_paused_until: None,
             next_pin_check: Instant::now(),
+            notify_out: false,
             buf: vec![0; proto::MAX_REQUEST_LEN],
             service,
         })
@@ -134,6 +146,15 @@ impl Server {
                         let _ = self.shutdown.as_fd();
                         return Ok(());
                     }
+                    NOTIFY => {
+                        if let Some(n) = &mut self.service.notifier {
+                            if flags.contains(EventFlags::ERR) {
+                                // Clear it (EPOLLERR is reported even unasked).
+                                let _ = rustix::net::sockopt::socket_error(n.socket());
+                            }
+                            n.flush();
+                        }
+                    }
                     token => self.client_event(token, flags),
                 }
             }
@@ -166,6 +187,20 @@ impl Server {
         }
         self.service.clients = self.conns.len() as u64;
         self.service.tick();
+        self.watch_notify();
+    }
+
+    /// Watch the notify socket for EPOLLOUT exactly while notifications are
+    /// queued.
+    fn watch_notify(&mut self) {
+        let Some(n) = self.service.notifier.as_ref().filter(|n| n.pollable()) else { return };
+        let want = n.pending() > 0;
+        if want != self.notify_out {
+            let flags = if want { EventFlags::OUT } else { EventFlags::empty() };
+            if epoll::modify(&self.epoll, n.socket(), EventData::new_u64(NOTIFY), flags).is_ok() {
+                self.notify_out = want;
+            }
+        }
     }
 
     /// Accept what is pending, at most [`ACCEPT_BATCH`] per turn: the

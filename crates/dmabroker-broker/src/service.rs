@@ -23,6 +23,9 @@ const MAX_LIST_ENTRIES: usize = 200;
 /// How long a change waits before the state memfd is rewritten: batches the
 /// rewrites (each is O(publications)) of a burst of publications.
 const STATE_SAVE_DELAY: Duration = Duration::from_millis(50);
+/// How often queued notifications are retried when the notify socket's
+/// EPOLLOUT does not come (see [`crate::notify`]).
+const NOTIFY_RETRY: Duration = Duration::from_millis(50);
 /// Longest expiry accepted (ten years): keeps `SystemTime` arithmetic sane.
 const MAX_EXPIRY_SECS: u64 = 10 * 365 * 86400;
 /// Scan time that quota refusals may spend at once on sweeps (a burst);
@@ -395,12 +398,16 @@ impl Service {
 
     /// Put a published buffer in the service manager's fd store.
     fn store(&mut self, id: u64) {
-        let Some(notifier) = &self.notifier else { return };
+        let Some(notifier) = &mut self.notifier else { return };
         let Some(entry) = self.registry.get_mut(id) else { return };
         if !entry.stored {
+            // Sent now or queued (never blocking); refused only when the
+            // queue is full or the manager is gone.
             match notifier.store(&format!("b{id}"), &entry.buffer) {
                 Ok(()) => entry.stored = true,
-                Err(e) => tracing::warn!("fd store refused buffer {id}: {e} (it will not survive a restart)"),
+                Err(e) => tracing::warn!(
+                    "cannot hand buffer {id} to the fd store: {e}; its publications will not survive a restart"
+                ),
             }
         }
         self.state_dirty = true;
@@ -464,8 +471,14 @@ impl Service {
         if let Some(e) = self.registry.get_mut(p.buffer_id) {
             if e.publications == 0 {
                 if e.stored {
-                    if let Some(n) = &self.notifier {
-                        let _ = n.remove(&format!("b{}", p.buffer_id));
+                    if let Some(n) = &mut self.notifier {
+                        if let Err(err) = n.remove(&format!("b{}", p.buffer_id)) {
+                            tracing::warn!(
+                                "cannot remove buffer {} from the fd store: {err}; the service manager keeps it until \
+                                 the next start drops it",
+                                p.buffer_id
+                            );
+                        }
                     }
                     e.stored = false;
                 }
@@ -601,12 +614,26 @@ impl Service {
         if self.state_dirty {
             next = next.min(self.state_dirty_since.unwrap_or_else(Instant::now) + STATE_SAVE_DELAY);
         }
+        if self.notifier.as_ref().is_some_and(|n| n.pending() > 0) {
+            // Notifications the manager could not take yet: retried on the
+            // socket's EPOLLOUT, and by this timer in case that never comes.
+            next = next.min(Instant::now() + NOTIFY_RETRY);
+        }
         next
     }
 
     /// Run what is due: expiries, sweeps, saving state for the fd store.
     pub fn tick(&mut self) {
         let now = Instant::now();
+        if let Some(n) = &mut self.notifier {
+            if n.pending() > 0 {
+                n.flush();
+            }
+            // A queued state update was dropped for room: save it again.
+            if n.take_state_lost() {
+                self.state_dirty = true;
+            }
+        }
         if now >= self.next_expiry_check {
             for key in self.registry.expired(SystemTime::now()) {
                 self.withdraw(&key);

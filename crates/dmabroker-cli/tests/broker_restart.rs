@@ -3,7 +3,8 @@
 //! sent with `FDSTORE=1`, honours `FDSTOREREMOVE=1`, and starts the second
 //! broker with them as `LISTEN_FDS` (at fd 3 and up, `LISTEN_PID` = the
 //! broker's pid, set by a `bash` that then `exec`s the broker). Alone in its
-//! test binary, because it clears close-on-exec on fds it passes down.
+//! test binary (with a second test that passes no fds down), because it
+//! clears close-on-exec on fds it passes down.
 
 use dmabroker::client::{Client, PublishOptions};
 use rustix::net::{
@@ -21,6 +22,9 @@ struct Manager {
     socket: OwnedFd,
     store: BTreeMap<String, OwnedFd>,
     ready: usize,
+    /// The buffers stored (`FDSTORE=1` but the state), in arrival order:
+    /// (name, inode).
+    stored: Vec<(String, u64)>,
 }
 
 /// The manager, drained continuously by a thread as systemd would (the
@@ -77,7 +81,11 @@ impl Manager {
             if text.lines().any(|l| l == "FDSTOREREMOVE=1") {
                 self.store.remove(&name);
             } else if text.lines().any(|l| l == "FDSTORE=1") {
-                self.store.insert(name, fds.pop().expect("FDSTORE=1 without an fd"));
+                let fd = fds.pop().expect("FDSTORE=1 without an fd");
+                if name != "state" {
+                    self.stored.push((name.clone(), rustix::fs::fstat(&fd).unwrap().st_ino));
+                }
+                self.store.insert(name, fd);
             }
         }
     }
@@ -133,7 +141,7 @@ fn broker_publications_survive_restart_through_the_fd_store() {
     let notify = dir.join("notify.sock");
     let socket = rustix::net::socket_with(AddressFamily::UNIX, SocketType::DGRAM, SocketFlags::CLOEXEC, None).unwrap();
     rustix::net::bind(&socket, &SocketAddrUnix::new(&notify).unwrap()).unwrap();
-    let manager = Shared::spawn(Manager { socket, store: BTreeMap::new(), ready: 0 });
+    let manager = Shared::spawn(Manager { socket, store: BTreeMap::new(), ready: 0, stored: Vec::new() });
 
     let mut first = spawn_broker(&dir, &notify, &[]);
     manager.wait_ready(1);
@@ -178,5 +186,95 @@ fn broker_publications_survive_restart_through_the_fd_store() {
     assert_eq!(c.stats().unwrap().used_buffers, 1, "the owner is charged again");
     drop(c);
     stop(&mut second);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A service manager that stops reading its notify socket (its queue holds
+/// only `net.unix.max_dgram_qlen` datagrams, 10 by default) must not slow
+/// the broker down: notifications wait in the broker, and once the manager
+/// reads, every `FDSTORE=1` arrives, in order, with the newest state.
+#[test]
+fn broker_answers_promptly_while_the_manager_does_not_read() {
+    let dir = std::env::temp_dir().join(format!("dmabroker-notify-full-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let notify = dir.join("notify.sock");
+    let socket = rustix::net::socket_with(AddressFamily::UNIX, SocketType::DGRAM, SocketFlags::CLOEXEC, None).unwrap();
+    rustix::net::bind(&socket, &SocketAddrUnix::new(&notify).unwrap()).unwrap();
+    let mut manager = Manager { socket, store: BTreeMap::new(), ready: 0, stored: Vec::new() };
+    let mut broker = spawn_broker(&dir, &notify, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while manager.ready == 0 {
+        assert!(Instant::now() < deadline, "broker never sent READY=1");
+        manager.drain();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // From here on the manager reads nothing.
+    let mut c = Client::connect(dir.join("b.sock")).unwrap();
+    let mut slowest = (Duration::ZERO, String::new());
+    let mut time = |what: String, since: Instant| {
+        if since.elapsed() > slowest.0 {
+            slowest = (since.elapsed(), what);
+        }
+    };
+    const N: usize = 60;
+    const WITHDRAWN: usize = 5;
+    let mut buffers = Vec::new();
+    for i in 0..N {
+        let t = Instant::now();
+        let b = c.allocate("memfd", 4096, None).unwrap();
+        c.publish(&b, PublishOptions::named(format!("k{i}"))).unwrap();
+        time(format!("publish k{i}"), t);
+        buffers.push(b);
+        if i % 20 == 0 {
+            // Let a few state saves (every 50 ms) queue up as well.
+            std::thread::sleep(Duration::from_millis(70));
+        }
+    }
+    for i in 0..WITHDRAWN {
+        let t = Instant::now();
+        c.unpublish(&format!("k{i}")).unwrap();
+        time(format!("unpublish k{i}"), t);
+    }
+    // The retry timer runs meanwhile; the broker still answers at once.
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    c.stats().unwrap();
+    time("stats".to_owned(), t);
+    assert!(slowest.0 < Duration::from_millis(100), "{} took {:?}", slowest.1, slowest.0);
+    assert!(manager.stored.len() < N, "the manager's queue never filled: the test proves nothing");
+
+    // The manager reads again.
+    let manager = Shared::spawn(manager);
+    let inodes: Vec<u64> = buffers.iter().map(|b| b.inode()).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = manager.0.lock().unwrap();
+        let buffers = m.store.keys().filter(|n| n.starts_with('b')).count();
+        let publications = m.store.get("state").map_or(0, |fd| {
+            let mut text = vec![0; 1 << 20];
+            let n = rustix::io::pread(fd, &mut text, 0).unwrap();
+            String::from_utf8_lossy(&text[..n]).matches("\"key\":").count()
+        });
+        if buffers == N - WITHDRAWN && publications == N - WITHDRAWN {
+            // In publication order; the withdrawn ones only if they were
+            // sent before their withdrawal.
+            let order: Vec<usize> =
+                m.stored.iter().map(|(_, ino)| inodes.iter().position(|i| i == ino).expect("unknown buffer")).collect();
+            assert!(order.windows(2).all(|w| w[0] < w[1]), "FDSTORE=1 out of order: {order:?}");
+            let kept: Vec<usize> = order.iter().copied().filter(|&i| i >= WITHDRAWN).collect();
+            assert_eq!(kept, (WITHDRAWN..N).collect::<Vec<_>>());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the manager read: {buffers} buffer(s) and {publications} publication(s) in the state stored"
+        );
+        drop(m);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(c);
+    stop(&mut broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
