@@ -182,9 +182,11 @@ impl From<AttachError> for Error {
             AttachError::NoProducer { .. } => Status::DMABROKER_ERROR_NO_PRODUCER,
             AttachError::PoolFull => Status::DMABROKER_ERROR_BUSY,
             AttachError::Closed => Status::DMABROKER_ERROR_CLOSED,
-            AttachError::Protocol(_) | AttachError::BadWelcome(_) | AttachError::HungUp => {
-                Status::DMABROKER_ERROR_BROKER
-            }
+            AttachError::Protocol(_)
+            | AttachError::BadWelcome(_)
+            | AttachError::HungUp
+            | AttachError::Unsealed { .. }
+            | AttachError::Length { .. } => Status::DMABROKER_ERROR_BROKER,
             AttachError::Timeout(_) => Status::DMABROKER_ERROR_TIMEOUT,
             AttachError::Map { source, .. } => map_status(source),
             AttachError::Os { source, .. } => errno_status(*source),

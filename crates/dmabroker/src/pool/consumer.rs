@@ -1,11 +1,11 @@
 //! The consumer side: attaches once, then takes frames from its ring and
 //! releases them.
 
-use super::error::{AttachError, PoolError};
+use super::error::{AttachError, AttachFd, PoolError};
 use super::layout::{Control, Geometry, SLOT_ACTIVE, STREAM_CLOSED};
 use super::transport;
 use super::{now_ns, timespec, FrameFlags};
-use crate::buffer::{Buffer, BufferMapping, CpuRead, SyncError};
+use crate::buffer::{Buffer, BufferKind, BufferMapping, CpuRead, SyncError};
 use dmabroker_sys::mmap::{Mapping, Protection};
 use rustix::io::Errno;
 use rustix::thread::futex;
@@ -125,14 +125,16 @@ impl Consumer {
         )
         .map_err(os("SO_RCVTIMEO"))?;
         let flags = if options.want_sync_files { transport::HELLO_WANT_SYNC_FILES } else { 0 };
-        transport::send(socket.as_fd(), &transport::encode(&[flags as u64], transport::MSG_HELLO), &[], false)
-            .map_err(|e| {
-                if e == Errno::PIPE || e == Errno::CONNRESET {
-                    AttachError::HungUp
-                } else {
-                    AttachError::Os { op: "sendmsg", source: e }
-                }
-            })?;
+        // Our pid: the producer watches this process (not the one that made
+        // the socket, e.g. a launcher's socketpair) once it checked the claim.
+        let hello = [u64::from(flags), u64::from(std::process::id())];
+        transport::send(socket.as_fd(), &transport::encode(&hello, transport::MSG_HELLO), &[], false).map_err(|e| {
+            if e == Errno::PIPE || e == Errno::CONNRESET {
+                AttachError::HungUp
+            } else {
+                AttachError::Os { op: "sendmsg", source: e }
+            }
+        })?;
         let (bytes, fds) = match transport::recv(socket.as_fd(), false) {
             Ok(Some(m)) => m,
             Ok(None) | Err(Errno::CONNRESET) => return Err(AttachError::HungUp),
@@ -153,7 +155,7 @@ impl Consumer {
             transport::MSG_REFUSED => return Err(AttachError::PoolFull),
             _ => return Err(AttachError::Protocol("unexpected message")),
         }
-        let [slot, nbuf, ring_cap, max_consumers, policy, buf_len] = msg.words[..] else {
+        let [slot, nbuf, ring_cap, max_consumers, policy, buf_len, advertised_ctl_len] = msg.words[..] else {
             return Err(AttachError::BadWelcome("wrong number of words"));
         };
         let bad = AttachError::BadWelcome;
@@ -176,8 +178,18 @@ impl Consumer {
         if buffers.len() != welcome.nbuf as usize {
             return Err(bad("fd count differs from the buffer count"));
         }
+        // Sealed first, then sized: once F_SEAL_SHRINK|F_SEAL_GROW are set
+        // nobody can remove them, so the size read after is final.
+        let seals = rustix::fs::fcntl_get_seals(&ctl_fd).unwrap_or(rustix::fs::SealFlags::empty());
+        if let Some(missing) = missing_size_seals(seals) {
+            return Err(AttachError::Unsealed { fd: AttachFd::ControlBlock, missing });
+        }
         let st = rustix::fs::fstat(&ctl_fd).map_err(os("fstat"))?;
-        let ctl_len = usize::try_from(st.st_size).map_err(|_| bad("control block size"))?;
+        let size = st.st_size as u64;
+        if size != advertised_ctl_len {
+            return Err(AttachError::Length { fd: AttachFd::ControlBlock, len: size, expected: advertised_ctl_len });
+        }
+        let ctl_len = usize::try_from(size).map_err(|_| bad("control block size"))?;
         if ctl_len < control_len {
             return Err(bad("control block smaller than its geometry"));
         }
@@ -191,9 +203,7 @@ impl Consumer {
         let mut maps = Vec::with_capacity(buffers.len());
         for (index, fd) in buffers.into_iter().enumerate() {
             let buffer = Buffer::from_fd(fd).map_err(|_| bad("an fd is not buffer memory"))?;
-            if buffer.len() < welcome.buf_len {
-                return Err(bad("a buffer is smaller than the pool's frame size"));
-            }
+            check_buffer(&buffer, index, welcome.buf_len)?;
             maps.push(buffer.map_read().map_err(|source| AttachError::Map { index, source })?);
         }
         // The producer bumped the generation before sending the welcome we
@@ -380,6 +390,40 @@ impl Drop for Consumer {
     }
 }
 
+/// The size seals an fd lacks, or `None` when it has `F_SEAL_SHRINK` and
+/// `F_SEAL_GROW` (a file that cannot be sealed has none).
+fn missing_size_seals(seals: rustix::fs::SealFlags) -> Option<&'static str> {
+    use rustix::fs::SealFlags as S;
+    match (seals.contains(S::SHRINK), seals.contains(S::GROW)) {
+        (true, true) => None,
+        (false, true) => Some("F_SEAL_SHRINK"),
+        (true, false) => Some("F_SEAL_GROW"),
+        (false, false) => Some("F_SEAL_SHRINK and F_SEAL_GROW"),
+    }
+}
+
+/// A received buffer is safe to map: its size cannot change (a dma-buf's
+/// never does; a memfd needs both size seals) and it holds a whole frame.
+fn check_buffer(buffer: &Buffer, index: usize, frame_len: u64) -> Result<(), AttachError> {
+    let fd = AttachFd::Buffer(index);
+    if buffer.kind() != BufferKind::DmaBuf {
+        let seals = rustix::fs::fcntl_get_seals(buffer).unwrap_or(rustix::fs::SealFlags::empty());
+        if let Some(missing) = missing_size_seals(seals) {
+            return Err(AttachError::Unsealed { fd, missing });
+        }
+        // `Buffer::from_fd` read the size before we saw the seals: it may
+        // have been truncated in between, and we are about to map that size.
+        let now = rustix::fs::fstat(buffer).map_err(|source| AttachError::Os { op: "fstat", source })?.st_size as u64;
+        if now != buffer.len() {
+            return Err(AttachError::Length { fd, len: now, expected: buffer.len() });
+        }
+    }
+    if buffer.len() < frame_len {
+        return Err(AttachError::Length { fd, len: buffer.len(), expected: frame_len });
+    }
+    Ok(())
+}
+
 /// A received frame; the buffer goes back to the producer when it drops.
 #[derive(Debug)]
 pub struct Frame<'c> {
@@ -426,5 +470,120 @@ impl Frame<'_> {
 impl Drop for Frame<'_> {
     fn drop(&mut self) {
         self.consumer.release(self.info.index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::{AllocRequest, Heaps};
+    use rustix::fs::{MemfdFlags, SealFlags};
+
+    const G: Geometry = Geometry { nbuf: 2, max_consumers: 1, ring_cap: 2, policy: 1, buf_len: 4096 };
+
+    /// A control block for `g`, sealed or not; returns it and its length.
+    fn control(g: Geometry, sealed: bool) -> (OwnedFd, u64) {
+        if sealed {
+            let (fd, ctl) = super::super::producer::create_control(g).unwrap();
+            ctl.init_header();
+            return (fd, ctl.len() as u64);
+        }
+        let len = g.control_len().unwrap().next_multiple_of(rustix::param::page_size());
+        let fd = rustix::fs::memfd_create("ctl", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, len as u64).unwrap();
+        let map = Mapping::map(&fd, 0, len, Protection::ReadWrite, true).unwrap();
+        Control::new(map, g).unwrap().init_header();
+        (fd, len as u64)
+    }
+
+    fn sealed_buffer(len: u64) -> OwnedFd {
+        let b = Heaps::discover().allocate("memfd", &AllocRequest::new(len)).unwrap();
+        assert!(b.is_size_sealed());
+        b.try_clone_fd().unwrap()
+    }
+
+    fn memfd_with(seals: SealFlags) -> OwnedFd {
+        let fd = rustix::fs::memfd_create("dmabroker:test", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+        fd
+    }
+
+    /// Attach to a fake producer that sends this welcome.
+    fn attach_to(g: Geometry, ctl: OwnedFd, ctl_len: u64, buffers: Vec<OwnedFd>) -> Result<Consumer, AttachError> {
+        let (a, b) = super::super::socket_pair().unwrap();
+        let producer = std::thread::spawn(move || {
+            let (bytes, _) = transport::recv(a.as_fd(), false).unwrap().unwrap();
+            let hello = transport::decode(&bytes, Vec::new()).unwrap();
+            assert_eq!(hello.words, [0, u64::from(std::process::id())], "the HELLO carries our pid");
+            let words =
+                [0, g.nbuf as u64, g.ring_cap as u64, g.max_consumers as u64, g.policy as u64, g.buf_len, ctl_len];
+            let mut fds = vec![ctl.as_fd()];
+            fds.extend(buffers.iter().map(|b| b.as_fd()));
+            transport::send(a.as_fd(), &transport::encode(&words, transport::MSG_WELCOME), &fds, false).unwrap();
+            a
+        });
+        let result = Consumer::attach(b, &ConsumerOptions::default());
+        drop(producer.join().unwrap());
+        result
+    }
+
+    #[test]
+    fn well_formed_welcome_attaches() {
+        let (ctl, len) = control(G, true);
+        let c = attach_to(G, ctl, len, vec![sealed_buffer(4096), sealed_buffer(4096)]).unwrap();
+        assert_eq!(c.buffer_count(), 2);
+    }
+
+    #[test]
+    fn unsealed_buffers_are_refused_by_index_and_seal() {
+        let cases = [
+            (SealFlags::GROW, "F_SEAL_SHRINK"),
+            (SealFlags::SHRINK, "F_SEAL_GROW"),
+            (SealFlags::empty(), "F_SEAL_SHRINK and F_SEAL_GROW"),
+            (SealFlags::WRITE.union(SealFlags::SEAL), "F_SEAL_SHRINK and F_SEAL_GROW"),
+        ];
+        for (seals, missing) in cases {
+            let (ctl, len) = control(G, true);
+            let err = attach_to(G, ctl, len, vec![sealed_buffer(4096), memfd_with(seals)]).unwrap_err();
+            assert!(
+                matches!(err, AttachError::Unsealed { fd: AttachFd::Buffer(1), missing: m } if m == missing),
+                "{seals:?}: {err}"
+            );
+            assert!(err.to_string().contains("pool buffer 1"), "{err}");
+        }
+        // A memfd made without MFD_ALLOW_SEALING can never be sealed.
+        let plain = rustix::fs::memfd_create("dmabroker:plain", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&plain, 4096).unwrap();
+        let (ctl, len) = control(G, true);
+        let err = attach_to(G, ctl, len, vec![plain, sealed_buffer(4096)]).unwrap_err();
+        assert!(matches!(err, AttachError::Unsealed { fd: AttachFd::Buffer(0), .. }), "{err}");
+    }
+
+    #[test]
+    fn unsealed_control_block_is_refused() {
+        let (ctl, len) = control(G, false);
+        let err = attach_to(G, ctl, len, vec![sealed_buffer(4096), sealed_buffer(4096)]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AttachError::Unsealed { fd: AttachFd::ControlBlock, missing: "F_SEAL_SHRINK and F_SEAL_GROW" }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn lengths_must_be_the_advertised_ones() {
+        let (ctl, len) = control(G, true);
+        let err = attach_to(G, ctl, len + 4096, vec![sealed_buffer(4096), sealed_buffer(4096)]).unwrap_err();
+        assert!(
+            matches!(err, AttachError::Length { fd: AttachFd::ControlBlock, len: l, expected } if l == len && expected == len + 4096),
+            "{err}"
+        );
+        let big = Geometry { buf_len: 8192, ..G };
+        let (ctl, len) = control(big, true);
+        let err = attach_to(big, ctl, len, vec![sealed_buffer(8192), sealed_buffer(4096)]).unwrap_err();
+        assert!(matches!(err, AttachError::Length { fd: AttachFd::Buffer(1), len: 4096, expected: 8192 }), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! One error enum per pool operation.
 
 use crate::buffer::{MapError, SyncError};
+use crate::constraints::AllocForError;
 use crate::heap::AllocError;
 use rustix::io::Errno;
 
@@ -61,6 +62,43 @@ pub enum CreateError {
     Listen(#[from] super::ListenError),
 }
 
+/// Why [`super::Producer::allocate_for`] or
+/// [`super::Producer::allocate_for_layout`] could not make a pool.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolAllocError {
+    /// No heap meets the constraints, or every suitable heap failed, for
+    /// buffer `index` (buffers before it were allocated and are freed again).
+    #[error("allocating pool buffer {index} by constraints: {source}")]
+    Alloc {
+        /// Which buffer.
+        index: usize,
+        /// Why, with the heap choice's own reasons.
+        #[source]
+        source: AllocForError,
+    },
+    /// The buffers were allocated but the pool could not be made of them.
+    #[error(transparent)]
+    Create(#[from] CreateError),
+}
+
+/// Which of the fds received at attach time a check is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachFd {
+    /// The shared control block (always a memfd).
+    ControlBlock,
+    /// Pool buffer `n`.
+    Buffer(usize),
+}
+
+impl std::fmt::Display for AttachFd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ControlBlock => f.write_str("the control block"),
+            Self::Buffer(n) => write!(f, "pool buffer {n}"),
+        }
+    }
+}
+
 /// Why a consumer could not attach (consumer side) or was not accepted
 /// (producer side).
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +130,28 @@ pub enum AttachError {
     /// No answer in time.
     #[error("the peer did not answer the attach handshake within {0:?}")]
     Timeout(std::time::Duration),
+    /// A received fd could change size: a memfd without `F_SEAL_SHRINK` and
+    /// `F_SEAL_GROW` (or a file that cannot be sealed at all). Whoever holds
+    /// it could truncate it and make this consumer die of SIGBUS when it
+    /// reads a frame, so it is refused before it is mapped.
+    #[error("{fd} is not size-sealed (missing {missing}): a truncation would SIGBUS this consumer")]
+    Unsealed {
+        /// The control block or the buffer's index.
+        fd: AttachFd,
+        /// The missing seals: `F_SEAL_SHRINK`, `F_SEAL_GROW`, or both.
+        missing: &'static str,
+    },
+    /// A received fd's size is not what the welcome advertised.
+    #[error("{fd} has {len} bytes, the producer advertised {expected}")]
+    Length {
+        /// The control block or the buffer's index.
+        fd: AttachFd,
+        /// Its size (`fstat`, or the dma-buf's size).
+        len: u64,
+        /// The advertised size: exact for the control block, the pool's
+        /// frame size as a minimum for a buffer.
+        expected: u64,
+    },
     /// A received buffer could not be mapped.
     #[error("mapping pool buffer {index}: {source}")]
     Map {

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// `"DMBP"`: the first word of the control block and of every socket message.
 pub(crate) const MAGIC: u32 = u32::from_le_bytes(*b"DMBP");
 /// Layout and wire version; both sides must agree exactly.
-pub(crate) const VERSION: u32 = 1;
+/// 2: HELLO carries the consumer's pid, WELCOME the control block's length.
+pub(crate) const VERSION: u32 = 2;
 
 /// Most buffers in a pool: holders are tracked in one `u64` per buffer.
 pub const MAX_BUFFERS: u32 = 64;
@@ -142,6 +143,11 @@ impl Control {
 
     pub fn geometry(&self) -> Geometry {
         self.geometry
+    }
+
+    /// Bytes mapped (the whole memfd).
+    pub fn len(&self) -> usize {
+        self.map.len()
     }
 
     /// Offsets are checked against the mapping length in `new` and every

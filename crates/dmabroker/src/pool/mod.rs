@@ -29,6 +29,31 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Allocating for devices
+//! [`Producer::allocate`] takes buffers from a named heap.
+//! [`Producer::allocate_for`] takes them from the heap that meets the
+//! [`Constraints`](crate::constraints::Constraints) of every device that will
+//! touch them (through [`crate::constraints::allocate_for`]), and
+//! [`Producer::choice`] says which heap and why.
+//! [`Producer::allocate_for_layout`] sizes the buffers for a
+//! [`Layout`](crate::format::Layout): one pool buffer per frame, also for
+//! the `…M` formats, whose plane buffers then lie back to back in it
+//! ([`plane_offsets`]).
+//!
+//! ```no_run
+//! use dmabroker::constraints::Constraints;
+//! use dmabroker::format::{Layout, LayoutOptions, PixelFormat};
+//! use dmabroker::pool::{PoolOptions, Producer};
+//! use dmabroker::Heaps;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let camera = Constraints::probe("/dev/video0")?;
+//! let layout = Layout::new(PixelFormat::Nv12, 1920, 1080, &LayoutOptions::default())?;
+//! let producer = Producer::allocate_for_layout(&Heaps::discover(), &camera, &PoolOptions::new(4, 0), &layout)?;
+//! let choice = producer.choice().expect("allocated by constraints");
+//! println!("{}: {}", choice.heap, choice.reasons.join("; "));
+//! # Ok(()) }
+//! ```
+//!
 //! # Handoff and wake-up
 //! The producer writes the entry, then stores the ring's `head` (SeqCst) and
 //! reads the consumer's `waiting` word; the consumer sets `waiting` (SeqCst)
@@ -71,6 +96,47 @@
 //! the device holds it, and [`Producer::reclaim`] takes it back to submit
 //! once the device returned it filled (see `dmabroker demo --source v4l2`).
 //!
+//! # Consumer identity
+//! Besides its socket, the producer watches each consumer's process with a
+//! pidfd, which catches a consumer that died while a child it forked keeps
+//! the socket open. Which process? `SO_PEERCRED` names the process that
+//! created the socket: the consumer itself when it connected to
+//! [`Producer::listen`]'s path, but the launcher when a launcher made a
+//! [`socket_pair`] and handed one end to the consumer it started (the
+//! launcher may exit at once, which must not drop a live consumer). So the
+//! consumer puts its own pid in its HELLO, and the producer:
+//!
+//! - watches the `SO_PEERCRED` pid when it equals the HELLO pid (also when
+//!   the HELLO pid is that process's pid in a nested pid namespace, the last
+//!   `NSpid:` of `/proc/<pid>/status`);
+//! - otherwise (a socket made by someone else) watches the HELLO pid, but
+//!   only when that process's effective uid (`Uid:` in `/proc/<pid>/status`,
+//!   the uid `SO_PEERCRED` reports) equals the `SO_PEERCRED` uid. The pidfd is
+//!   opened before the uid is read and checked unfired after, so a pid
+//!   reused in between cannot slip through;
+//! - otherwise watches the socket alone (no pidfd): a hang-up still ends
+//!   the consumer, only the "child keeps the socket" case goes unnoticed.
+//!
+//! Residual trust: the HELLO pid is a claim, not a kernel fact. A consumer
+//! can name any process of the uid that made its socket; it can then make
+//! the producer drop it early (that process exits) or rely on its socket
+//! alone (a long-lived one). Either way it harms only itself: the pid picks
+//! which liveness signal ends its own slot and is shown in
+//! [`ConsumerStats::pid`]; it grants nothing, and a same-uid process could
+//! signal or trace that process anyway. A consumer in another pid namespace
+//! behind a launcher's socketpair names a pid of its namespace, which may
+//! be another (same-uid) process here, with the same bounded effect.
+//!
+//! # What a consumer verifies
+//! Every received fd is checked before it is mapped: the control block must
+//! be a memfd with `F_SEAL_SHRINK` and `F_SEAL_GROW` and exactly the length
+//! the WELCOME advertised; each buffer must be a dma-buf (fixed size) or a
+//! memfd with both seals, hold a whole frame, and still have the size it had
+//! when adopted. A file that could shrink would let the producer, or anyone
+//! holding the fd, kill the consumer with SIGBUS; attach fails instead with
+//! [`AttachError::Unsealed`] or [`AttachError::Length`], naming the fd
+//! ([`AttachFd`]) and the missing seal.
+//!
 //! Trust: every attached consumer maps the control block read-write; a
 //! consumer can disturb the stream for others but cannot reach the
 //! producer's memory outside the pool.
@@ -82,12 +148,38 @@ mod producer;
 pub mod transport;
 
 pub use consumer::{Consumer, ConsumerOptions, Frame, FrameInfo, WaitMode};
-pub use error::{AcquireError, AttachError, CreateError, PoolError, SubmitError};
+pub use error::{AcquireError, AttachError, AttachFd, CreateError, PoolAllocError, PoolError, SubmitError};
 pub use layout::{MAX_BUFFERS, MAX_CONSUMERS};
 pub use producer::{ConsumerStats, PoolStats, Producer, WriteSlot};
 pub use transport::{connect, socket_pair, ListenError, PoolListener};
 
 use std::time::Duration;
+
+/// Where each plane of `layout` lies in a buffer of a pool made by
+/// [`Producer::allocate_for_layout`], in plane order. One-buffer formats:
+/// the layout's own offsets. `…M` formats, whose planes have buffers of
+/// their own elsewhere: the pool buffer holds those buffers back to back,
+/// so plane `i` starts where the sizes of the buffers before its own end.
+///
+/// ```
+/// use dmabroker::format::{Layout, LayoutOptions, PixelFormat};
+/// let nv12m = Layout::new(PixelFormat::Nv12M, 64, 32, &LayoutOptions::default().with_size_align(4096))?;
+/// assert_eq!(dmabroker::pool::plane_offsets(&nv12m), [0, 4096]);
+/// # Ok::<(), dmabroker::format::LayoutError>(())
+/// ```
+pub fn plane_offsets(layout: &crate::format::Layout) -> Vec<u64> {
+    let starts: Vec<u64> = layout
+        .buffer_sizes()
+        .iter()
+        .scan(0u64, |at, &size| {
+            let start = *at;
+            // Cannot overflow: Layout checked that the sizes sum in range.
+            *at += size;
+            Some(start)
+        })
+        .collect();
+    layout.planes().iter().map(|p| starts[p.buffer] + p.offset).collect()
+}
 
 /// What the producer does when every buffer is still held by a consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

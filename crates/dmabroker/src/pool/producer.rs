@@ -1,11 +1,13 @@
 //! The producer side: owns the buffers and the control block, accepts
 //! consumers, hands off frames, watches consumers' health.
 
-use super::error::{AcquireError, AttachError, CreateError, SubmitError};
+use super::error::{AcquireError, AttachError, CreateError, PoolAllocError, SubmitError};
 use super::layout::{Control, Entry, Geometry, PRODUCER_BIT, SLOT_ACTIVE, SLOT_EVICTED, SLOT_FREE, STREAM_CLOSED};
 use super::transport::{self, PoolListener};
 use super::{now_ns, timespec, Backpressure, FrameFlags, FrameMeta, PoolOptions};
 use crate::buffer::{Buffer, BufferKind, BufferMapping};
+use crate::constraints::{Choice, Constraints};
+use crate::format::Layout;
 use crate::heap::{AllocRequest, Heaps};
 use dmabroker_sys::mmap::{Mapping, Protection};
 use rustix::io::Errno;
@@ -43,7 +45,8 @@ struct Pending {
 pub struct ConsumerStats {
     /// Its slot in the control block.
     pub slot: u32,
-    /// Its process id (from `SO_PEERCRED`).
+    /// Its process id: the pid its HELLO named when that was verified (see
+    /// [the module docs](super#consumer-identity)), else `SO_PEERCRED`'s.
     pub pid: u32,
     /// Frames put in its ring.
     pub delivered: u64,
@@ -87,6 +90,8 @@ pub struct Producer {
     last_maintenance: u64,
     lost_consumers: u64,
     closed: bool,
+    /// The heap choice of [`Producer::allocate_for`].
+    choice: Option<Choice>,
 }
 
 impl Producer {
@@ -143,6 +148,7 @@ impl Producer {
             last_maintenance: 0,
             lost_consumers: 0,
             closed: false,
+            choice: None,
         })
     }
 
@@ -161,6 +167,91 @@ impl Producer {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Self::new(buffers, options)
+    }
+
+    /// Allocate `options.buffers` buffers of `options.buffer_len` bytes for
+    /// the devices behind `constraints` and make a pool of them. Each buffer
+    /// comes from [`crate::constraints::allocate_for`]: the cheapest heap
+    /// that meets every requirement, falling back to the next suitable one
+    /// when it runs out, so a pool may mix heaps (each meets everything).
+    ///
+    /// [`Producer::choice`] then says which heap and why (the first buffer's
+    /// choice; a later buffer that came from another heap adds a reason).
+    ///
+    /// # Errors
+    /// [`PoolAllocError::Alloc`] naming the buffer and wrapping
+    /// [`crate::constraints::AllocForError`] (no heap meets the constraints,
+    /// or every suitable one failed); [`PoolAllocError::Create`] as
+    /// [`Producer::new`].
+    pub fn allocate_for(
+        heaps: &Heaps,
+        constraints: &Constraints,
+        options: &PoolOptions,
+    ) -> Result<Self, PoolAllocError> {
+        if options.buffers == 0 || options.buffers > super::MAX_BUFFERS as usize {
+            return Err(CreateError::BufferCount(options.buffers).into());
+        }
+        if options.buffer_len == 0 {
+            return Err(CreateError::ZeroLength.into());
+        }
+        let mut buffers = Vec::with_capacity(options.buffers);
+        let mut first: Option<Choice> = None;
+        for index in 0..options.buffers {
+            let name = format!("{}-{index}", options.name);
+            let (buffer, choice) =
+                crate::constraints::allocate_for(heaps, constraints, options.buffer_len, Some(&name))
+                    .map_err(|source| PoolAllocError::Alloc { index, source })?;
+            buffers.push(buffer);
+            match &mut first {
+                None => first = Some(choice),
+                Some(f) if f.heap != choice.heap => f.reasons.push(format!(
+                    "buffer {index} came from {}: {}",
+                    choice.heap,
+                    choice
+                        .reasons
+                        .iter()
+                        .filter(|r| r.starts_with("fell back"))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )),
+                Some(_) => {}
+            }
+        }
+        let mut producer = Self::new(buffers, options)?;
+        producer.choice = first;
+        Ok(producer)
+    }
+
+    /// [`Producer::allocate_for`] for frames of `layout`: each pool buffer
+    /// holds one whole frame, `layout.total_size()` bytes (this replaces
+    /// `options.buffer_len`).
+    ///
+    /// For a one-buffer format the planes lie where `layout` puts them. For
+    /// a multi-buffer `…M` format (one buffer per plane in V4L2/DRM terms)
+    /// the pool still allocates **one** buffer per frame, holding every
+    /// plane's buffer back to back: plane buffer `b` starts at the sum of
+    /// `layout.buffer_sizes()[..b]` (so [`LayoutOptions::size_align`](crate::format::LayoutOptions::size_align)
+    /// aligns those starts), and [`plane_offsets`](super::plane_offsets)
+    /// gives each plane's offset. Hand a device the same fd once per plane
+    /// with those offsets (DRM and V4L2 `…M` take an fd and an offset per plane).
+    ///
+    /// # Errors
+    /// As [`Producer::allocate_for`].
+    pub fn allocate_for_layout(
+        heaps: &Heaps,
+        constraints: &Constraints,
+        options: &PoolOptions,
+        layout: &Layout,
+    ) -> Result<Self, PoolAllocError> {
+        let options = PoolOptions { buffer_len: layout.total_size(), ..options.clone() };
+        Self::allocate_for(heaps, constraints, &options)
+    }
+
+    /// Which heap [`Producer::allocate_for`] chose and why (`reasons`,
+    /// `passed_over`); `None` for pools made otherwise.
+    pub fn choice(&self) -> Option<&Choice> {
+        self.choice.as_ref()
     }
 
     /// Accept consumers on a socket at `path` (handshakes run between frames).
@@ -470,16 +561,26 @@ impl Producer {
             return refuse(transport::REFUSED_FULL);
         };
         let want_sync = hello.first().is_some_and(|f| f & u64::from(transport::HELLO_WANT_SYNC_FILES) != 0);
-        let pid =
-            rustix::net::sockopt::socket_peercred(&socket).map(|c| c.pid.as_raw_nonzero().get() as u32).unwrap_or(0);
+        let hello_pid = hello.get(1).and_then(|&p| u32::try_from(p).ok()).filter(|&p| p != 0);
+        let creds = rustix::net::sockopt::socket_peercred(&socket)
+            .ok()
+            .map(|c| PeerCred { pid: c.pid.as_raw_nonzero().get() as u32, uid: c.uid.as_raw() });
         // The pidfd catches a consumer that died while a forked child keeps
         // its socket open; the socket catches everything else.
-        let pidfd = rustix::process::Pid::from_raw(pid as i32)
-            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
+        let (pid, pidfd) = watch_consumer(creds, hello_pid);
         self.ctl.reset_slot(slot, pid);
         self.ctl.slot_state(slot).store(SLOT_ACTIVE, Ordering::Release);
         let g = self.ctl.geometry();
-        let words = [slot as u64, g.nbuf as u64, g.ring_cap as u64, g.max_consumers as u64, g.policy as u64, g.buf_len];
+        let ctl_len = self.ctl.len() as u64;
+        let words = [
+            slot as u64,
+            g.nbuf as u64,
+            g.ring_cap as u64,
+            g.max_consumers as u64,
+            g.policy as u64,
+            g.buf_len,
+            ctl_len,
+        ];
         let mut fds = vec![self.ctl_fd.as_fd()];
         fds.extend(self.maps.iter().map(|m| m.buffer().as_fd()));
         if transport::send(socket.as_fd(), &transport::encode(&words, transport::MSG_WELCOME), &fds, true).is_err() {
@@ -633,6 +734,65 @@ impl Drop for Producer {
     }
 }
 
+/// What `SO_PEERCRED` said about a consumer's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PeerCred {
+    pid: u32,
+    uid: u32,
+}
+
+/// Which process to watch for a consumer, and its pidfd: see the module
+/// docs' [consumer identity](super#consumer-identity).
+fn watch_consumer(creds: Option<PeerCred>, hello_pid: Option<u32>) -> (u32, Option<OwnedFd>) {
+    let open = |pid: u32| {
+        rustix::process::Pid::from_raw(pid as i32)
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+    };
+    let Some(creds) = creds else {
+        // Not a Unix socket peer we can identify: the socket alone tells.
+        return (0, None);
+    };
+    let Some(claimed) = hello_pid else { return (creds.pid, open(creds.pid)) };
+    // The process that connected (or its pid inside a nested pid namespace:
+    // the consumer reports getpid() as it sees it).
+    if claimed == creds.pid || proc_status(creds.pid, "NSpid:").and_then(|v| v.last().copied()) == Some(claimed) {
+        return (creds.pid, open(creds.pid));
+    }
+    // A socket made by someone else (a launcher's socketpair): trust the
+    // claim only for a process of the same user. Open the pidfd first, read
+    // the uid, then check the pidfd has not fired: a process that has not
+    // exited still owns its pid, so the uid read was that process's.
+    let Some(pidfd) = open(claimed) else {
+        tracing::debug!(claimed, "pool consumer's HELLO pid names no process: watching its socket only");
+        return (creds.pid, None);
+    };
+    let euid = proc_status(claimed, "Uid:").and_then(|v| v.get(1).copied());
+    if euid == Some(creds.uid) && !pidfd_fired(&pidfd) {
+        return (claimed, Some(pidfd));
+    }
+    tracing::warn!(
+        claimed,
+        peer_pid = creds.pid,
+        peer_uid = creds.uid,
+        "pool consumer's HELLO pid is another user's process: watching its socket only"
+    );
+    (creds.pid, None)
+}
+
+/// The numbers of one line of `/proc/<pid>/status` (`Uid:`, `NSpid:`).
+fn proc_status(pid: u32, key: &str) -> Option<Vec<u32>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find_map(|l| l.strip_prefix(key))?;
+    line.split_whitespace().map(|w| w.parse().ok()).collect()
+}
+
+/// True when the process behind `pidfd` has exited.
+fn pidfd_fired(pidfd: &OwnedFd) -> bool {
+    use rustix::event::{PollFd, PollFlags};
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    rustix::event::poll(&mut fds, Some(&timespec(Duration::ZERO))).map_or(true, |n| n > 0)
+}
+
 /// Iterate the set bits of a holder mask as consumer slots below `slots`
 /// (the mask lives in shared memory: it may name slots that do not exist).
 fn bits(mask: u64, slots: u32) -> impl Iterator<Item = u32> {
@@ -646,7 +806,7 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn create_control(geometry: Geometry) -> Result<(OwnedFd, Control), CreateError> {
+pub(super) fn create_control(geometry: Geometry) -> Result<(OwnedFd, Control), CreateError> {
     use rustix::fs::{MemfdFlags, SealFlags};
     let err = |op| move |source| CreateError::ControlBlock { op, source };
     let len = geometry.control_len().ok_or(CreateError::BufferCount(geometry.nbuf as usize))?;
@@ -818,6 +978,73 @@ mod tests {
         // The old one going away must not release the new one's claim.
         drop(old);
         assert_eq!(p.ctl.buf_mask(frame.info().index).load(Ordering::Relaxed), 1);
+    }
+
+    /// A process of ours that lives until killed: stands for a consumer
+    /// started by a launcher.
+    fn child() -> std::process::Child {
+        std::process::Command::new("sleep").arg("60").spawn().expect("spawn sleep")
+    }
+
+    fn me() -> PeerCred {
+        PeerCred { pid: std::process::id(), uid: rustix::process::geteuid().as_raw() }
+    }
+
+    #[test]
+    fn consumer_identity_rules() {
+        let mut kid = child();
+        let kid_pid = kid.id();
+        // Connected itself (or an old HELLO without a pid): SO_PEERCRED's pid.
+        for hello in [Some(me().pid), None] {
+            let (pid, fd) = watch_consumer(Some(me()), hello);
+            assert_eq!(pid, me().pid);
+            assert!(fd.is_some());
+        }
+        // A launcher's socketpair: the HELLO pid, same user.
+        let (pid, fd) = watch_consumer(Some(me()), Some(kid_pid));
+        assert_eq!(pid, kid_pid);
+        assert!(fd.is_some());
+        // Another user's process: socket only.
+        let stranger = PeerCred { uid: me().uid.wrapping_add(1), ..me() };
+        let (pid, fd) = watch_consumer(Some(stranger), Some(kid_pid));
+        assert_eq!(pid, me().pid);
+        assert!(fd.is_none());
+        // A pid that names nothing (pid_max is at most 2^22): socket only.
+        let (pid, fd) = watch_consumer(Some(me()), Some(u32::MAX >> 1));
+        assert_eq!(pid, me().pid);
+        assert!(fd.is_none());
+        // No credentials at all.
+        assert_eq!(watch_consumer(None, Some(kid_pid)).0, 0);
+        kid.kill().unwrap();
+        kid.wait().unwrap();
+        // Exited and reaped: nothing to open.
+        assert!(watch_consumer(Some(me()), Some(kid_pid)).1.is_none());
+    }
+
+    #[test]
+    fn socketpair_consumer_is_watched_by_its_hello_pid() {
+        let mut p = Producer::allocate(&Heaps::discover(), "memfd", &PoolOptions::new(2, 4096)).unwrap();
+        // We made the pair (the launcher); the consumer is another process
+        // that says so in its HELLO. Its socket end stays open here.
+        let mut kid = child();
+        let (a, b) = crate::pool::socket_pair().unwrap();
+        p.attach(a).unwrap();
+        let hello = transport::encode(&[0, u64::from(kid.id())], transport::MSG_HELLO);
+        transport::send(b.as_fd(), &hello, &[], false).unwrap();
+        assert!(p.wait_for_consumers(1, Duration::from_secs(5)));
+        assert_eq!(p.stats().consumers[0].pid, kid.id());
+        let (welcome, fds) = transport::recv(b.as_fd(), false).unwrap().unwrap();
+        let welcome = transport::decode(&welcome, fds).unwrap();
+        assert_eq!(welcome.kind, transport::MSG_WELCOME);
+        assert_eq!(welcome.words[6], p.ctl.len() as u64, "the WELCOME advertises the control length");
+        // The launcher (us) lives on and the socket is open: only the
+        // consumer's pidfd can tell that it died.
+        kid.kill().unwrap();
+        kid.wait().unwrap();
+        p.maintain_now();
+        assert_eq!(p.attached(), 0);
+        assert_eq!(p.stats().lost_consumers, 1);
+        drop(b);
     }
 
     #[test]

@@ -3,12 +3,15 @@
 //! File descriptors cross only here, once per consumer, at attach time:
 //!
 //! ```text
-//! consumer -> producer  HELLO    magic, version, flags (want sync_files)
+//! consumer -> producer  HELLO    magic, version, flags (want sync_files), pid (getpid())
 //! producer -> consumer  WELCOME  magic, version, slot, geometry, control length
 //!                                + SCM_RIGHTS [control memfd, buffer 0 .. buffer N-1]
 //!                   or  REFUSED  magic, version, reason
 //! producer -> consumer  SYNC     magic, seq + SCM_RIGHTS [sync_file]   (only when asked)
 //! ```
+//!
+//! Version 2 (this one) added the HELLO's pid and the WELCOME's control
+//! length; peers of another version are refused at the first message.
 //!
 //! After the handshake the socket carries nothing per frame (except the
 //! optional sync_files); it stays open because its hang-up is how each side
