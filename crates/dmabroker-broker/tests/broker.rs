@@ -5,80 +5,15 @@
 
 use dmabroker::client::{AllocateError, Client, ImportError, PublishOptions, UnpublishError};
 use dmabroker::proto::{Access, Grant};
-use dmabroker_broker::{Broker, Config, Listener, Policy};
-use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-const NOBODY: u32 = 65534;
+mod common;
 
-struct TestBroker {
-    path: PathBuf,
-    stop: UnixStream,
-    thread: Option<JoinHandle<()>>,
-    _dir: PathBuf,
-}
-
-impl TestBroker {
-    fn start(name: &str, policy: Option<&str>) -> Self {
-        Self::start_with(name, policy, 8192)
-    }
-
-    fn start_with(name: &str, policy: Option<&str>, max_clients: usize) -> Self {
-        let dir = std::env::temp_dir().join(format!("dmabroker-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        // Other uids must reach the socket.
-        rustix::fs::chmod(&dir, rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
-        let path = dir.join("broker.sock");
-        let mut config = Config::new(Listener::Path(path.clone()));
-        config.notify = false;
-        config.clients_in_process = true;
-        config.max_clients = max_clients;
-        config.timing.interval = Duration::from_millis(50);
-        let uid = rustix::process::getuid().as_raw();
-        if let Some(p) = policy {
-            config.policy = Policy::parse(p, uid).unwrap();
-        }
-        let (stop, stop_rx) = UnixStream::pair().unwrap();
-        let mut broker = Broker::start(config, Vec::new(), stop_rx.into()).unwrap();
-        let thread = std::thread::spawn(move || broker.run().unwrap());
-        Self { path, stop, thread: Some(thread), _dir: dir }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(&self.path).unwrap()
-    }
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        let _ = self.stop.write_all(b"x");
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
-}
+use common::{as_user, TestBroker, NOBODY};
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
-}
-
-/// Run `f` in a thread whose uid and gid are `uid` (root only).
-fn as_user<T: Send + 'static>(uid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        let gid = rustix::process::Gid::from_raw(uid);
-        rustix::thread::set_thread_groups(&[]).unwrap();
-        rustix::thread::set_thread_res_gid(gid, gid, gid).unwrap();
-        let u = rustix::process::Uid::from_raw(uid);
-        rustix::thread::set_thread_res_uid(u, u, u).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
 }
 
 #[test]

@@ -15,15 +15,15 @@ use dmabroker::client::{AllocateError, Client, ImportError, PublishError, Publis
 use dmabroker::fdinfo::FdInfo;
 use dmabroker::proto::{Access, Grant};
 use dmabroker::{Buffer, BufferKind};
-use dmabroker_broker::{Broker, Config, Listener, Policy};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-const NOBODY: u32 = 65534;
+mod common;
+
+use common::{as_user, TestBroker, NOBODY};
+
 const SYSTEM_HEAP: &str = "/dev/dma_heap/system";
 
 /// Whether this run is inside the test VM, where skipping is a failure.
@@ -49,64 +49,6 @@ fn can_run(test: &str, device: &str) -> bool {
     }
     let _ = writeln!(std::io::stderr().lock(), "SKIP {test}: {reason}");
     false
-}
-
-struct TestBroker {
-    path: PathBuf,
-    stop: UnixStream,
-    thread: Option<JoinHandle<()>>,
-    dir: PathBuf,
-}
-
-impl TestBroker {
-    fn start(name: &str, policy: Option<&str>) -> Self {
-        let dir = std::env::temp_dir().join(format!("dmabroker-vmtest-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        // Other uids must reach the socket.
-        rustix::fs::chmod(&dir, rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
-        let path = dir.join("broker.sock");
-        let mut config = Config::new(Listener::Path(path.clone()));
-        config.notify = false;
-        config.clients_in_process = true;
-        config.timing.interval = Duration::from_millis(50);
-        if let Some(p) = policy {
-            config.policy = Policy::parse(p, rustix::process::getuid().as_raw()).unwrap();
-        }
-        let (stop, stop_rx) = UnixStream::pair().unwrap();
-        let mut broker = Broker::start(config, Vec::new(), stop_rx.into()).unwrap();
-        let thread = std::thread::spawn(move || broker.run().unwrap());
-        Self { path, stop, thread: Some(thread), dir }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(&self.path).unwrap()
-    }
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        let _ = self.stop.write_all(b"x");
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Run `f` in a thread whose uid and gid are `uid` (root only).
-fn as_user<T: Send + 'static>(uid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        let gid = rustix::process::Gid::from_raw(uid);
-        rustix::thread::set_thread_groups(&[]).unwrap();
-        rustix::thread::set_thread_res_gid(gid, gid, gid).unwrap();
-        let u = rustix::process::Uid::from_raw(uid);
-        rustix::thread::set_thread_res_uid(u, u, u).unwrap();
-        assert_eq!(rustix::process::geteuid().as_raw(), uid, "the thread did not change its uid");
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 /// A deterministic byte pattern for `seed`.

@@ -8,7 +8,7 @@ use crate::{c_str, free_handle, handle, handle_mut, into_handle, owned_c_string}
 use dmabroker_core::buffer::{CacheMode, Coherency as CoreCoherency};
 use dmabroker_core::constraints::{
     allocate_for, AllocForError, ChooseError, ConflictError, Constraints as CoreConstraints, DeviceCoherency,
-    InvalidConstraint, ProbeError,
+    DeviceProfile, InvalidConstraint, ProbeError,
 };
 use std::ffi::c_char;
 use std::ptr;
@@ -33,59 +33,6 @@ pub enum Coherency {
 /// A `dmabroker_coherency` as C passes it (read as an integer).
 pub type CoherencyArg = u32;
 
-/// The requirements this handle's own device states through the setters.
-#[derive(Debug, Clone, Default)]
-struct Own {
-    dma_buf: Option<bool>,
-    max_segments: Option<u64>,
-    address_bits: Option<u32>,
-    align: Option<u64>,
-    page_size: Option<u64>,
-    granularity: Option<u64>,
-    coherency: Option<DeviceCoherency>,
-}
-
-impl Own {
-    fn is_empty(&self) -> bool {
-        self.dma_buf.is_none()
-            && self.max_segments.is_none()
-            && self.address_bits.is_none()
-            && self.align.is_none()
-            && self.page_size.is_none()
-            && self.granularity.is_none()
-            && self.coherency.is_none()
-    }
-
-    fn build(&self, device: &str) -> Result<Option<CoreConstraints>> {
-        if self.is_empty() {
-            return Ok(None);
-        }
-        let mut b = CoreConstraints::builder(device);
-        if let Some(v) = self.dma_buf {
-            b = b.dma_buf(v);
-        }
-        if let Some(v) = self.max_segments {
-            b = b.max_segments(v);
-        }
-        if let Some(v) = self.address_bits {
-            b = b.address_bits(v);
-        }
-        if let Some(v) = self.align {
-            b = b.align(v);
-        }
-        if let Some(v) = self.page_size {
-            b = b.page_size(v);
-        }
-        if let Some(v) = self.granularity {
-            b = b.granularity(v);
-        }
-        if let Some(v) = self.coherency {
-            b = b.coherency(v);
-        }
-        b.build().map(Some).map_err(Error::from)
-    }
-}
-
 /// The requirements of one or more devices (opaque): made by
 /// `dmabroker_constraints_new` (one device described by the setters) or
 /// `dmabroker_constraints_probe` (a device node read through sysfs and the
@@ -95,8 +42,9 @@ impl Own {
 pub struct Constraints {
     /// The device the setters speak for.
     device: String,
-    /// What the setters said.
-    own: Own,
+    /// What the setters said: the requirement keys of a profile entry
+    /// (never its matcher, `contiguous` or `unless_iommu`).
+    own: DeviceProfile,
     /// What probing and merging brought in.
     merged: CoreConstraints,
 }
@@ -108,16 +56,17 @@ impl Constraints {
         Self::combine(&self.device, &self.own, &self.merged)
     }
 
-    fn combine(device: &str, own: &Own, merged: &CoreConstraints) -> Result<CoreConstraints> {
-        match own.build(device)? {
-            None => Ok(merged.clone()),
-            Some(o) => merged.merge(&o).map_err(Error::from),
+    fn combine(device: &str, own: &DeviceProfile, merged: &CoreConstraints) -> Result<CoreConstraints> {
+        if *own == DeviceProfile::default() {
+            // Nothing said: the device does not join the merged set.
+            return Ok(merged.clone());
         }
+        merged.merge(&own.to_constraints(device)?).map_err(Error::from)
     }
 
     /// Change the own requirements, keeping the change only when the result
     /// is valid and conflict-free.
-    fn update(&mut self, change: impl FnOnce(&mut Own)) -> Result<()> {
+    fn update(&mut self, change: impl FnOnce(&mut DeviceProfile)) -> Result<()> {
         let mut next = self.own.clone();
         change(&mut next);
         Self::combine(&self.device, &next, &self.merged)?;
@@ -192,7 +141,7 @@ pub unsafe extern "C" fn dmabroker_constraints_new(device: *const c_char, out: *
         let device = unsafe { c_str(device, "device") }?;
         *out = into_handle(Constraints {
             device: device.to_owned(),
-            own: Own::default(),
+            own: DeviceProfile::default(),
             merged: CoreConstraints::none(),
         });
         Ok(())
@@ -227,7 +176,7 @@ pub unsafe extern "C" fn dmabroker_constraints_probe(path: *const c_char, out: *
             [one] => one.clone(),
             _ => path.to_owned(),
         };
-        *out = into_handle(Constraints { device, own: Own::default(), merged });
+        *out = into_handle(Constraints { device, own: DeviceProfile::default(), merged });
         Ok(())
     })
 }
@@ -248,7 +197,7 @@ pub unsafe extern "C" fn dmabroker_constraints_free(constraints: *mut Constraint
 ///
 /// # Safety
 /// `constraints` is NULL or a live handle no other thread uses during the call.
-unsafe fn set(constraints: *mut Constraints, change: impl FnOnce(&mut Own)) -> Status {
+unsafe fn set(constraints: *mut Constraints, change: impl FnOnce(&mut DeviceProfile)) -> Status {
     guard(|| {
         // SAFETY: by this function's contract.
         let c = unsafe { handle_mut(constraints, "constraints") }?;

@@ -5,75 +5,17 @@ use dmabroker::client::Client;
 use dmabroker::proto::{self, wire};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const NOBODY: u32 = 65534;
+mod common;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_dmabroker")
-}
+use common::broker::{bin, text, Daemon, NOBODY};
 
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    dir: PathBuf,
-}
-
-impl Daemon {
-    fn start(name: &str, extra: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!("dmabroker-cli-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        rustix::fs::chmod(&dir, rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
-        let socket = dir.join("b.sock");
-        let child = Command::new(bin())
-            .args(["serve", "--socket"])
-            .arg(&socket)
-            .args(["--sweep-interval-ms", "100"])
-            .args(extra)
-            .env_remove("NOTIFY_SOCKET")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Client::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "broker did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, socket, dir }
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin()).args(args).env("DMABROKER_SOCKET", &self.socket).output().unwrap()
-    }
-
-    fn cli_as(&self, uid: u32, args: &[&str]) -> Output {
-        Command::new(bin()).args(args).env("DMABROKER_SOCKET", &self.socket).uid(uid).gid(uid).output().unwrap()
-    }
-
-    fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).unwrap().count()
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+/// A broker for one test, given 20 s to start.
+fn daemon(name: &str, extra: &[&str]) -> Daemon {
+    Daemon::start("dmabroker-cli", name, extra, Duration::from_secs(20))
 }
 
 fn is_root() -> bool {
@@ -106,7 +48,7 @@ fn expect_error_then_close(s: &OwnedFd) -> String {
 
 #[test]
 fn broker_cli_alloc_publish_import_unpublish() {
-    let d = Daemon::start("verbs", &[]);
+    let d = daemon("verbs", &[]);
     let o = d.cli(&[
         "alloc",
         "--heap",
@@ -159,7 +101,7 @@ fn broker_cross_user_denied_and_allowed() {
         eprintln!("SKIPPED: needs root to run a client as uid {NOBODY}");
         return;
     }
-    let d = Daemon::start("users", &[]);
+    let d = daemon("users", &[]);
     assert!(d.cli(&["alloc", "--size", "8K", "--publish", "mine"]).status.success());
     assert!(d
         .cli(&["alloc", "--size", "8K", "--publish", "theirs", "--allow", &format!("uid={NOBODY}:ro")])
@@ -184,7 +126,7 @@ fn broker_cross_user_denied_and_allowed() {
         format!("[[user]]\nuid = {NOBODY}\nheaps = [\"memfd\"]\nmax_bytes = \"1MiB\"\nmax_buffers = 4\n"),
     )
     .unwrap();
-    let p = Daemon::start("users-policy", &["--policy", policy.to_str().unwrap()]);
+    let p = daemon("users-policy", &["--policy", policy.to_str().unwrap()]);
     let o = p.cli_as(NOBODY, &["alloc", "--broker", "--size", "4K"]);
     assert!(o.status.success(), "{}", text(&o));
     let o = p.cli_as(NOBODY, &["alloc", "--broker", "--size", "2M"]);
@@ -193,7 +135,7 @@ fn broker_cross_user_denied_and_allowed() {
 
 #[test]
 fn broker_survives_hostile_clients() {
-    let mut d = Daemon::start("hostile", &[]);
+    let mut d = daemon("hostile", &[]);
     // Baseline with one idle client connected (it has been seen by now).
     let idle = Client::connect(&d.socket).unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -271,7 +213,7 @@ fn broker_survives_hostile_clients() {
 
 #[test]
 fn broker_serves_thousands_of_connected_clients() {
-    let mut d = Daemon::start("many", &[]);
+    let mut d = daemon("many", &[]);
     let mut clients: Vec<Client> = (0..2000).map(|_| Client::connect(&d.socket).unwrap()).collect();
     for c in clients.iter_mut().step_by(7) {
         let b = c.allocate("memfd", 4096, None).unwrap();

@@ -9,16 +9,13 @@
 use dmabroker::client::Client;
 use serde_json::Value;
 use std::io::Write;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-const NOBODY: u32 = 65534;
+mod common;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_dmabroker")
-}
+use common::broker::{text, Daemon, NOBODY};
 
 /// Whether this run is inside the test VM.
 fn in_vm() -> bool {
@@ -38,57 +35,6 @@ fn can_run(test: &str, devices: &[&str]) -> bool {
     }
     assert!(rustix::process::geteuid().is_root(), "{test}: the VM runs tests as root");
     true
-}
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    dir: PathBuf,
-}
-
-impl Daemon {
-    fn start(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("dmabroker-vmcli-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        rustix::fs::chmod(&dir, rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
-        let socket = dir.join("b.sock");
-        let child = Command::new(bin())
-            .args(["serve", "--socket"])
-            .arg(&socket)
-            .args(["--sweep-interval-ms", "100"])
-            .env_remove("NOTIFY_SOCKET")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Client::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "broker did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, socket, dir }
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin()).args(args).env("DMABROKER_SOCKET", &self.socket).output().unwrap()
-    }
-
-    fn cli_as(&self, uid: u32, args: &[&str]) -> Output {
-        Command::new(bin()).args(args).env("DMABROKER_SOCKET", &self.socket).uid(uid).gid(uid).output().unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// Stdout as JSON; panics unless the command succeeded.
@@ -117,7 +63,7 @@ fn publish_import_ps(test: &str, heap: &str, device: &str, exporter: &str, publi
     if !can_run(test, &["/dev/dma_heap/system", device]) {
         return;
     }
-    let d = Daemon::start(test);
+    let d = Daemon::start("dmabroker-vmcli", test, &[], Duration::from_secs(60));
     let broker_pid = u64::from(d.child.id());
     let allow = format!("uid={NOBODY}:rw");
     let mut args = vec!["alloc", "--broker", "--heap", heap, "--size", "1MiB"];

@@ -49,9 +49,10 @@
 
 mod vm_common;
 
-use dmabroker::device::v4l2::{video_nodes, BufType, Format, V4l2Device};
+use dmabroker::device::v4l2::{BufType, Format, V4l2Device};
 use dmabroker::format::{Layout, LayoutOptions, PixelFormat};
 use std::collections::BTreeSet;
+use vm_common::vivid;
 
 /// Sizes to try: common ones, then odd ones (odd after halving, odd itself).
 const SIZES: [(u32, u32); 7] =
@@ -65,20 +66,6 @@ const DATA_OFFSET: u32 = 128;
 
 /// vivid's `MAX_ZOOM * MAX_WIDTH`: the widest line its `bytesperline` may span.
 const MAX_LINE_PIXELS: u64 = 4 * 4096;
-
-/// The vivid node whose capture queue is (multi-planar) or is not.
-fn vivid(multiplanar: bool) -> Result<(V4l2Device, BufType), String> {
-    let want = if multiplanar { BufType::VideoCaptureMplane } else { BufType::VideoCapture };
-    let nodes = video_nodes();
-    for p in &nodes {
-        if let Ok(d) = V4l2Device::open(p) {
-            if d.capabilities().driver == "vivid" && d.capture_type() == Some(want) {
-                return Ok((d, want));
-            }
-        }
-    }
-    Err(format!("no vivid {want:?} node among {nodes:?} (modprobe vivid n_devs=2 multiplanar=1,2)"))
-}
 
 /// Switches a vivid node to its HDMI input and back to the original input
 /// when dropped (also when a test panics), so that later tests and test

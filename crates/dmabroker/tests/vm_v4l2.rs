@@ -5,30 +5,16 @@
 
 mod vm_common;
 
-use dmabroker::device::v4l2::{fourcc, video_nodes, BufType, Dequeued, Memory, QueueError, V4l2Device};
+use dmabroker::device::v4l2::{fourcc, Dequeued, Memory, QueueError};
 use dmabroker::heap::Heaps;
 use dmabroker::{Buffer, BufferKind};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
-use vm_common::allocate;
+use vm_common::{allocate, vivid};
 
 const FRAMES: usize = 6;
 const SLOTS: u32 = 4;
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The vivid node whose capture queue is (multi-planar) or is not.
-fn vivid(multiplanar: bool) -> Result<(V4l2Device, BufType), String> {
-    let want = if multiplanar { BufType::VideoCaptureMplane } else { BufType::VideoCapture };
-    let nodes = video_nodes();
-    for p in &nodes {
-        if let Ok(d) = V4l2Device::open(p) {
-            if d.capabilities().driver == "vivid" && d.capture_type() == Some(want) {
-                return Ok((d, want));
-            }
-        }
-    }
-    Err(format!("no vivid {want:?} node among {nodes:?} (modprobe vivid n_devs=2 multiplanar=1,2)"))
-}
 
 /// Capture `FRAMES` frames into buffers from `heap` and check them.
 fn capture(test: &str, heap: &str, multiplanar: bool, pixfmt: &[u8; 4]) {

@@ -3,6 +3,7 @@
 //! `vm/run.sh`), where every feature must be present.
 #![allow(dead_code)]
 
+use dmabroker::device::v4l2::{video_nodes, BufType, V4l2Device};
 use dmabroker::heap::{AllocRequest, Heaps};
 use dmabroker::Buffer;
 use std::io::Write;
@@ -68,6 +69,20 @@ pub fn allocate(heaps: &Heaps, heap: &str, len: u64) -> Result<Buffer, String> {
         Ok(b) => Ok(b),
         Err(e) => panic!("{heap}: allocating {len} bytes failed although the heap is usable: {e}"),
     }
+}
+
+/// The vivid node whose capture queue is (multi-planar) or is not.
+pub fn vivid(multiplanar: bool) -> Result<(V4l2Device, BufType), String> {
+    let want = if multiplanar { BufType::VideoCaptureMplane } else { BufType::VideoCapture };
+    let nodes = video_nodes();
+    for p in &nodes {
+        if let Ok(d) = V4l2Device::open(p) {
+            if d.capabilities().driver == "vivid" && d.capture_type() == Some(want) {
+                return Ok((d, want));
+            }
+        }
+    }
+    Err(format!("no vivid {want:?} node among {nodes:?} (modprobe vivid n_devs=2 multiplanar=1,2)"))
 }
 
 /// A deterministic byte pattern for `seed`.
