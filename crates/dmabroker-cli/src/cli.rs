@@ -135,6 +135,10 @@ pub struct BenchAllocArgs {
     /// Scale the iteration counts (1.0 = default).
     #[arg(long, default_value_t = 1.0)]
     pub scale: f64,
+    /// Control run (A/A): measure the raw path against itself in the
+    /// library's place, to show what the method alone reports as overhead.
+    #[arg(long)]
+    pub control: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

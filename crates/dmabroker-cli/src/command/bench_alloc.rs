@@ -19,8 +19,9 @@ pub fn run(args: &BenchAllocArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.heaps.iter().map(|n| heaps.require(n)).collect::<Result<_, _>>()?
     };
+    let measured = if args.control { "raw syscalls again (control)" } else { "dmabroker" };
     println!(
-        "| heap | size | iterations | raw syscalls p50 | dmabroker p50 | overhead (p50) | raw p90 | dmabroker p90 |"
+        "| heap | size | iterations | raw syscalls p50 | {measured} p50 | overhead (p50) | raw p90 | {measured} p90 |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for heap in selected {
@@ -44,17 +45,20 @@ pub fn run(args: &BenchAllocArgs) -> anyhow::Result<ExitCode> {
             let mut raw = Vec::with_capacity(iterations);
             let mut lib = Vec::with_capacity(iterations);
             let request = AllocRequest::new(size);
+            // The measured path: the library, or (--control) the raw path
+            // again, so that the method's own bias can be read off.
+            let measure = || if args.control { raw_once() } else { library_once(heap, &request) };
             // Warm up both paths once (page cache of /proc, lazy statics).
             raw_once()?;
-            library_once(heap, &request)?;
+            measure()?;
             for i in 0..iterations {
                 // Alternate which goes first so neither always runs on a
                 // cache just warmed by the other.
                 if i % 2 == 0 {
                     raw.push(raw_once()?);
-                    lib.push(library_once(heap, &request)?);
+                    lib.push(measure()?);
                 } else {
-                    lib.push(library_once(heap, &request)?);
+                    lib.push(measure()?);
                     raw.push(raw_once()?);
                 }
             }
