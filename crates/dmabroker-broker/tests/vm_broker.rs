@@ -86,6 +86,19 @@ fn rw(uid: u32) -> Grant {
     format!("uid={uid}:rw").parse().unwrap()
 }
 
+/// fdinfo once the file count has settled at `expected` (or after 5 s): the
+/// broker's event loop may still hold the dup it sent for a moment after
+/// our receive returned.
+fn settled_fdinfo(buffer: &Buffer, expected: u64) -> FdInfo {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut info = fdinfo(buffer);
+    while info.file_count() != Some(expected) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        info = fdinfo(buffer);
+    }
+    info
+}
+
 /// Allocate through the broker, publish by name and by token, import as
 /// another uid, read what the publisher wrote, write back.
 fn share_across_users(test: &str, heap: &'static str, device: &str, exporter: &'static str) {
@@ -98,7 +111,7 @@ fn share_across_users(test: &str, heap: &'static str, device: &str, exporter: &'
     let buffer = c.allocate(heap, LEN as u64, Some("vmtest")).unwrap();
     assert_eq!(buffer.kind(), BufferKind::DmaBuf, "{heap} gave a {}", buffer.kind());
     assert_eq!(buffer.len(), LEN as u64);
-    let info = fdinfo(&buffer);
+    let info = settled_fdinfo(&buffer, 2);
     assert_eq!(info.exporter(), Some(exporter), "{info:?}");
     assert_eq!(info.file_count(), Some(2), "the broker keeps its own reference besides ours: {info:?}");
     let first = pattern(1, LEN);
@@ -206,7 +219,7 @@ fn quota_follows_last_holder(test: &str, heap: &str, device: &str) {
     write_all(&held, &pattern(3, LEN as usize));
     drop(a);
     c.unpublish(&key).unwrap();
-    assert_eq!(fdinfo(&held).file_count(), Some(2), "only the broker and the importer are left");
+    assert_eq!(settled_fdinfo(&held, 2).file_count(), Some(2), "only the broker and the importer are left");
     // The importer of another uid still holds it: still charged to us.
     std::thread::sleep(Duration::from_millis(300));
     let e = c.allocate(heap, LEN, None).unwrap_err();

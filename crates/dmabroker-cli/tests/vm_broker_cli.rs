@@ -54,6 +54,21 @@ fn ps_buffer(d: &Daemon, inode: u64) -> Option<Value> {
         .cloned()
 }
 
+/// `ps_buffer` once the buffer's file count has settled at `count` (or after
+/// 5 s): the broker may hold the dup it sent for a moment after the
+/// receiver has it.
+fn ps_buffer_settled(d: &Daemon, inode: u64, count: u64) -> Option<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let b = ps_buffer(d, inode);
+        let settled = b.as_ref().is_some_and(|b| b["file_count"] == count);
+        if settled || std::time::Instant::now() >= deadline {
+            return b;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn holder_pids(b: &Value) -> Vec<u64> {
     b["holders"].as_array().unwrap().iter().map(|h| h["pid"].as_u64().unwrap()).collect()
 }
@@ -76,7 +91,7 @@ fn publish_import_ps(test: &str, heap: &str, device: &str, exporter: &str, publi
     let inode = v["buffer"]["inode"].as_u64().unwrap();
 
     // The publisher exited: the broker alone holds it now.
-    let b = ps_buffer(&d, inode).unwrap_or_else(|| panic!("ps does not list inode {inode}"));
+    let b = ps_buffer_settled(&d, inode, 1).unwrap_or_else(|| panic!("ps does not list inode {inode}"));
     assert_eq!(
         (b["kind"].as_str(), b["exporter"].as_str(), b["size"].as_u64()),
         (Some("dma-buf"), Some(exporter), Some(1 << 20)),
@@ -101,7 +116,7 @@ fn publish_import_ps(test: &str, heap: &str, device: &str, exporter: &str, publi
 
     // A second holder (this process) shows up in ps next to the broker.
     let mine = Client::connect(&d.socket).unwrap().import(&key).unwrap();
-    let b = ps_buffer(&d, inode).unwrap();
+    let b = ps_buffer_settled(&d, inode, 2).unwrap();
     let mut pids = holder_pids(&b);
     pids.sort_unstable();
     let mut want = vec![broker_pid, u64::from(std::process::id())];
