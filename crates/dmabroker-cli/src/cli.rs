@@ -63,7 +63,7 @@ pub struct AllocArgs {
     #[arg(long)]
     pub contiguous: bool,
     /// Required start alignment in bytes (power of two).
-    #[arg(long, value_parser = parse_size, default_value = "1")]
+    #[arg(long, value_parser = dmabroker::size::parse_size, default_value = "1")]
     pub align: u64,
     /// Buffer name (shown in /proc fdinfo and `dmabroker ps`).
     #[arg(long)]
@@ -127,7 +127,7 @@ pub enum BenchCommand {
 #[derive(Debug, Args)]
 pub struct BenchAllocArgs {
     /// Sizes to measure.
-    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "4K,1M,12M,64M")]
+    #[arg(long, value_delimiter = ',', value_parser = dmabroker::size::parse_size, default_value = "4K,1M,12M,64M")]
     pub sizes: Vec<u64>,
     /// Heaps to measure (default: every usable heap).
     #[arg(long, value_delimiter = ',')]
@@ -139,8 +139,4 @@ pub struct BenchAllocArgs {
     /// library's place, to show what the method alone reports as overhead.
     #[arg(long)]
     pub control: bool,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    dmabroker::size::parse_size(s).map_err(|e| e.to_string())
 }

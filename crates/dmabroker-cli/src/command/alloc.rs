@@ -46,7 +46,7 @@ pub fn run(args: &AllocArgs) -> anyhow::Result<ExitCode> {
         Err(e) => (None, Some(e.to_string())),
     };
     let report = AllocReport {
-        fd: buffer.as_fd_raw(),
+        fd: std::os::fd::AsFd::as_fd(&buffer).as_raw_fd(),
         contiguous: segments.as_deref().map(dmabroker::phys::is_contiguous),
         buffer: buffer.info(),
         segments,
@@ -92,17 +92,6 @@ pub fn run(args: &AllocArgs) -> anyhow::Result<ExitCode> {
         (None, None) => {}
     }
     Ok(ExitCode::SUCCESS)
-}
-
-trait RawFdNumber {
-    fn as_fd_raw(&self) -> i32;
-}
-
-impl RawFdNumber for dmabroker::Buffer {
-    /// The fd number, for display only.
-    fn as_fd_raw(&self) -> i32 {
-        std::os::fd::AsFd::as_fd(self).as_raw_fd()
-    }
 }
 
 #[derive(Serialize)]

@@ -17,7 +17,7 @@ pub struct BenchBrokerArgs {
     #[arg(long, default_value = "memfd")]
     pub heap: String,
     /// Sizes for the round-trip comparison.
-    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "4K,1M,12M")]
+    #[arg(long, value_delimiter = ',', value_parser = dmabroker::size::parse_size, default_value = "4K,1M,12M")]
     pub sizes: Vec<u64>,
     /// Concurrency levels for the throughput test.
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
@@ -31,10 +31,6 @@ pub struct BenchBrokerArgs {
     /// Round trips per size.
     #[arg(long, default_value_t = 500)]
     pub iterations: usize,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    dmabroker::size::parse_size(s).map_err(|e| e.to_string())
 }
 
 struct Daemon {

@@ -27,7 +27,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchPoolArgs {
     /// Payload sizes (default: 4 KiB, 1 MiB, and 3840x2160 NV12 = 12441600 bytes).
-    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "4096,1048576,12441600")]
+    #[arg(long, value_delimiter = ',', value_parser = dmabroker::size::parse_size, default_value = "4096,1048576,12441600")]
     pub sizes: Vec<u64>,
     /// Heap for the pool's buffers.
     #[arg(long, default_value = "memfd")]
@@ -53,10 +53,6 @@ pub struct BenchPoolArgs {
     /// Internal: the pool consumer's wait mode (`block`, `poll`).
     #[arg(long, hide = true, default_value = "block")]
     pub wait: String,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    dmabroker::size::parse_size(s).map_err(|e| e.to_string())
 }
 
 /// Phase markers in the frame's meta word / socket header.
