@@ -32,13 +32,6 @@ pub fn dma_buf_held_elsewhere(fd: &impl AsFd) -> Option<bool> {
     Some(info.file_count()? > 1)
 }
 
-/// The value of the first `key:` line. The kernel prints the fields it
-/// controls first; a dma-buf's name (`DMA_BUF_SET_NAME`, any bytes, newlines
-/// included) comes last, so a later line may be forged by whoever named it.
-fn first_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')).map(str::trim)
-}
-
 /// Mount ids of the kernel's internal memfd mounts (shmem, one hugetlbfs
 /// mount per huge page size) with their device numbers, found once by
 /// creating an empty memfd of each kind.
@@ -66,10 +59,12 @@ pub fn memfd_mounts() -> &'static HashMap<u64, (u32, u32)> {
 /// (before 5.14): the file is opened `O_PATH` (no file system call), checked
 /// to be on a memfd mount through this process's own fdinfo, then `fstat`ed.
 fn memfd_fd_identity(link: &std::path::Path, fdinfo: &std::path::Path) -> Option<FileId> {
-    let text = std::fs::read_to_string(fdinfo).ok()?;
-    let mnt: u64 = first_field(&text, "mnt_id")?.parse().ok()?;
+    // FdInfo keeps the first occurrence of a key: a dma-buf's name, printed
+    // last and free to hold newlines, cannot forge the fields before it.
+    let info = FdInfo::parse(&std::fs::read_to_string(fdinfo).ok()?);
+    let mnt = info.get_u64("mnt_id")?;
     let &(major, minor) = memfd_mounts().get(&mnt)?;
-    let ino = match first_field(&text, "ino") {
+    let ino = match info.get("ino") {
         Some(ino) => ino.parse().ok()?,
         None => {
             use rustix::fs::{Mode, OFlags};
@@ -181,9 +176,10 @@ mod tests {
     fn a_dma_buf_name_cannot_forge_fdinfo_fields() {
         // `name:` comes last and may hold newlines (DMA_BUF_SET_NAME).
         let text = "pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t77\nsize:\t1048576\ncount:\t3\nexp_name:\tsystem\nname:\tx\ncount:\t1\n";
-        assert_eq!(first_field(text, "count"), Some("3"));
-        assert_eq!(first_field(text, "size"), Some("1048576"));
-        assert_eq!(first_field(text, "exp"), None);
+        let info = FdInfo::parse(text);
+        assert_eq!(info.get("count"), Some("3"));
+        assert_eq!(info.get("size"), Some("1048576"));
+        assert_eq!(info.get("exp"), None);
     }
 
     #[test]
