@@ -32,24 +32,7 @@ pub fn dma_buf_held_elsewhere(fd: &impl AsFd) -> Option<bool> {
     Some(info.file_count()? > 1)
 }
 
-/// Mount ids of the kernel's internal memfd mounts (shmem, one hugetlbfs
-/// mount per huge page size) with their device numbers, found once by
-/// creating an empty memfd of each kind.
-pub fn memfd_mounts() -> &'static HashMap<u64, (u32, u32)> {
-    static MOUNTS: std::sync::OnceLock<HashMap<u64, (u32, u32)>> = std::sync::OnceLock::new();
-    MOUNTS.get_or_init(|| {
-        use rustix::fs::MemfdFlags as M;
-        [M::empty(), M::HUGETLB, M::HUGETLB | M::HUGE_2MB, M::HUGETLB | M::HUGE_1GB]
-            .into_iter()
-            .filter_map(|extra| rustix::fs::memfd_create("dmabroker-probe", M::CLOEXEC | extra).ok())
-            .filter_map(|fd| {
-                let mnt = FdInfo::read(None, fd.as_raw_fd()).ok()?.get_u64("mnt_id")?;
-                let st = rustix::fs::fstat(&fd).ok()?;
-                Some((mnt, (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev))))
-            })
-            .collect()
-    })
-}
+pub use dmabroker::fdinfo::memfd_mounts;
 
 /// The identity of another process's fd `/proc/PID/fd/N` when it lies on a
 /// memfd mount, from `/proc/PID/fdinfo/N` (answered by the VFS alone). Never
@@ -66,15 +49,7 @@ fn memfd_fd_identity(link: &std::path::Path, fdinfo: &std::path::Path) -> Option
     let &(major, minor) = memfd_mounts().get(&mnt)?;
     let ino = match info.get("ino") {
         Some(ino) => ino.parse().ok()?,
-        None => {
-            use rustix::fs::{Mode, OFlags};
-            let fd = rustix::fs::open(link, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).ok()?;
-            let own = FdInfo::read(None, fd.as_raw_fd()).ok()?;
-            if !own.get_u64("mnt_id").is_some_and(|m| memfd_mounts().contains_key(&m)) {
-                return None;
-            }
-            rustix::fs::fstat(&fd).ok()?.st_ino
-        }
+        None => rustix::fs::fstat(dmabroker::fdinfo::open_memfd_path(link)?).ok()?.st_ino,
     };
     Some(FileId { major, minor, ino })
 }

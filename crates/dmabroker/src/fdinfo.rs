@@ -87,6 +87,40 @@ impl FdInfo {
     }
 }
 
+/// Mount ids of the kernel's internal memfd mounts (shmem, one hugetlbfs
+/// mount per huge page size) with their device numbers (major, minor),
+/// found once by creating an empty memfd of each kind.
+pub fn memfd_mounts() -> &'static std::collections::HashMap<u64, (u32, u32)> {
+    use std::os::fd::AsRawFd;
+    static MOUNTS: std::sync::OnceLock<std::collections::HashMap<u64, (u32, u32)>> = std::sync::OnceLock::new();
+    MOUNTS.get_or_init(|| {
+        use rustix::fs::MemfdFlags as M;
+        [M::empty(), M::HUGETLB, M::HUGETLB | M::HUGE_2MB, M::HUGETLB | M::HUGE_1GB]
+            .into_iter()
+            .filter_map(|extra| rustix::fs::memfd_create("dmabroker-probe", M::CLOEXEC | extra).ok())
+            .filter_map(|fd| {
+                let mnt = FdInfo::read(None, fd.as_raw_fd()).ok()?.get_u64("mnt_id")?;
+                let st = rustix::fs::fstat(&fd).ok()?;
+                Some((mnt, (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev))))
+            })
+            .collect()
+    })
+}
+
+/// Open another process's fd link (`/proc/<pid>/fd/<n>`) `O_PATH` and return
+/// it only when the file lies on a memfd mount, so that `fstat` on it is
+/// answered by shmem/hugetlbfs. Never `stat` such a link blindly: that
+/// reaches the file's file system, and anyone can mount a FUSE file whose
+/// path starts with `/memfd:` and never answer. An `O_PATH` open calls no
+/// file system code.
+pub fn open_memfd_path(link: &std::path::Path) -> Option<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::fd::AsRawFd;
+    let fd = rustix::fs::open(link, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let own = FdInfo::read(None, fd.as_raw_fd()).ok()?;
+    own.get_u64("mnt_id").is_some_and(|m| memfd_mounts().contains_key(&m)).then_some(fd)
+}
+
 /// The target of `/proc/<pid>/fd/<fd>`: `/memfd:name (deleted)`,
 /// `/dmabuf:name`, `anon_inode:dmabuf`, `socket:[123]`, a path...
 ///

@@ -115,6 +115,15 @@ pub struct FileStat {
 }
 
 impl FileStat {
+    fn from_stat(st: &rustix::fs::Stat) -> Self {
+        Self {
+            dev_major: rustix::fs::major(st.st_dev),
+            dev_minor: rustix::fs::minor(st.st_dev),
+            inode: st.st_ino,
+            size: st.st_size as u64,
+        }
+    }
+
     fn from_metadata(m: &std::fs::Metadata) -> Self {
         Self {
             dev_major: rustix::fs::major(m.dev()),
@@ -702,14 +711,26 @@ fn read_process(
         if target == LinkTarget::Other {
             continue;
         }
-        let Ok(meta) = std::fs::metadata(entry.path()) else {
-            continue;
-        };
+        // Never stat a link blindly: a FUSE file named `/memfd:...` or
+        // `/dmabuf:...` would never answer. A dma-buf is stat'ed once its
+        // fdinfo (answered by the VFS alone) shows an exporter; a memfd once
+        // it is known to be on a memfd mount.
         let fdinfo = match target {
-            LinkTarget::DmaBuf { .. } => FdInfo::read(Some(pid), fd).ok(),
+            LinkTarget::DmaBuf { .. } => match FdInfo::read(Some(pid), fd) {
+                Ok(info) if info.is_dma_buf() => Some(info),
+                _ => continue,
+            },
             _ => None,
         };
-        let stat = Some(FileStat::from_metadata(&meta));
+        let stat = match target {
+            LinkTarget::DmaBuf { .. } => std::fs::metadata(entry.path()).ok().map(|m| FileStat::from_metadata(&m)),
+            _ => crate::fdinfo::open_memfd_path(&entry.path())
+                .and_then(|fd| rustix::fs::fstat(fd).ok())
+                .map(|st| FileStat::from_stat(&st)),
+        };
+        if stat.is_none() {
+            continue;
+        }
         if let Some(h) = fd_holding(fd, &link, fdinfo.as_ref(), stat, shmem, all_memfds) {
             fds.push(h);
         }
@@ -727,9 +748,15 @@ fn read_process(
     let mut maps = map_holdings(&maps, shmem, all_memfds);
     for m in &mut maps {
         if !fds.iter().any(|f| f.id == m.id) {
-            // Only mapped here: the file's size through map_files (root only).
+            // Only mapped here: the file's size through map_files (root
+            // only), opened O_PATH and checked like an fd link for memfds.
             let path = format!("{base}/map_files/{:x}-{:x}", m.range.0, m.range.1);
-            m.size = std::fs::metadata(path).ok().map(|meta| meta.size());
+            m.size = match m.kind {
+                BufferKind::DmaBuf => std::fs::metadata(path).ok().map(|meta| meta.size()),
+                _ => crate::fdinfo::open_memfd_path(path.as_ref())
+                    .and_then(|fd| rustix::fs::fstat(fd).ok())
+                    .map(|st| st.st_size as u64),
+            };
         }
     }
     Ok(Some((ProcessHoldings { pid, comm: stat.comm, uid, fds, maps }, complete)))
