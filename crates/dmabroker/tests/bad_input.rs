@@ -75,6 +75,7 @@ fn bad_input_gives_typed_errors_and_leaks_nothing() {
     let ro = Buffer::from_fd(ro).unwrap();
     assert!(matches!(ro.map_read_write(), Err(MapError::ReadOnly)));
     let mut map = ro.map_read().unwrap();
+    assert_eq!(common::mappings(), maps_before + 1, "the leak check must see a buffer mapping");
     assert!(matches!(map.begin_write(), Err(SyncError::ReadOnlyMapping)));
     drop(map);
     drop(ro);
