@@ -2,12 +2,15 @@
 //!
 //! `SO_PEERCRED` gives the uid, gid and pid the kernel recorded when the
 //! client called `connect()`: the uid is the identity every decision uses,
-//! and the client cannot forge it. The pid is only a number that could be
-//! recycled once the client exits, so the broker opens a pidfd right away
-//! and reads the supplementary groups from `/proc/PID/status`, then checks
-//! through the pidfd that the process is still alive and its uid unchanged:
-//! if so, the groups read belong to the connecting process (a pid number is
-//! reused only after its process has exited, which makes the pidfd
+//! and the client cannot forge it. `SO_PEERGROUPS` gives the supplementary
+//! groups recorded at the same moment. The pid is only a number that could be
+//! recycled once the client exits, so the broker opens a pidfd right away and
+//! keeps it only after checking through it that the process is still alive
+//! with the same uid.
+//!
+//! Kernels before 4.13 lack `SO_PEERGROUPS`; there the groups are read from
+//! `/proc/PID/status` and trusted only when the pidfd check passes (a pid
+//! number is reused only after its process has exited, which makes the pidfd
 //! readable). Otherwise only the primary gid is trusted.
 
 use rustix::event::{poll, PollFd, PollFlags};
@@ -39,8 +42,12 @@ pub fn identify(socket: &impl AsFd) -> rustix::io::Result<Peer> {
     let gid = cred.gid.as_raw();
     let pid = cred.pid.as_raw_nonzero().get() as u32;
     let mut peer = Peer { uid, gid, pid, groups: vec![gid], pidfd: None };
+    let recorded_groups = dmabroker_sys::socket::peer_groups(socket).ok();
+    if let Some(groups) = &recorded_groups {
+        peer.groups.extend(groups.iter().copied().filter(|g| *g != gid));
+    }
     // ESRCH: the client already exited; it gets served (its uid is still
-    // right) but with its primary group only.
+    // right) but without a pidfd (and, on old kernels, with its primary group only).
     let Ok(pidfd) = pidfd_open(cred.pid, PidfdFlags::empty()) else { return Ok(peer) };
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let alive = {
@@ -50,8 +57,11 @@ pub fn identify(socket: &impl AsFd) -> rustix::io::Result<Peer> {
     };
     let status_uid = field(&status, "Uid:").and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok());
     if alive && status_uid == Some(uid) {
-        if let Some(groups) = field(&status, "Groups:") {
-            peer.groups.extend(groups.split_whitespace().filter_map(|g| g.parse::<u32>().ok()).filter(|g| *g != gid));
+        if recorded_groups.is_none() {
+            if let Some(groups) = field(&status, "Groups:") {
+                peer.groups
+                    .extend(groups.split_whitespace().filter_map(|g| g.parse::<u32>().ok()).filter(|g| *g != gid));
+            }
         }
         peer.pidfd = Some(pidfd);
     }

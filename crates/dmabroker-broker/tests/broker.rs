@@ -10,7 +10,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{as_user, TestBroker, NOBODY};
+use common::{as_user, as_user_in_groups, TestBroker, NOBODY};
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -117,6 +117,36 @@ fn quota_exhaustion_is_clear_and_frees_on_close() {
     assert!(matches!(e, AllocateError::QuotaExceeded(_)), "the passed-on fd still counts: {e}");
     drop(kept);
     c.allocate("memfd", 4096, None).unwrap();
+}
+
+/// A grant to a supplementary group reaches exactly the members of that
+/// group. The "other users" here are threads of this process with their own
+/// credentials, so `/proc/PID/status` (the main thread's) would name the
+/// wrong groups: only the groups the kernel recorded at connect time
+/// (`SO_PEERGROUPS`) get this right.
+#[test]
+fn grants_to_a_supplementary_group_reach_its_members_only() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to act as another uid");
+        return;
+    }
+    const VIDEO_GROUP: u32 = 64_123;
+    let broker = TestBroker::start("groups", None);
+    let mut c = broker.client();
+    let b = c.allocate("memfd", 4096, None).unwrap();
+    c.publish(&b, PublishOptions::named("for-the-group").grant(format!("gid={VIDEO_GROUP}:ro").parse().unwrap()))
+        .unwrap();
+    let path = broker.path.clone();
+    as_user_in_groups(NOBODY, &[VIDEO_GROUP], move || {
+        let mut member = Client::connect(&path).unwrap();
+        let imported = member.import("for-the-group").unwrap();
+        assert_eq!(imported.access, Access::ReadOnly);
+    });
+    let path = broker.path.clone();
+    as_user(NOBODY, move || {
+        let mut outsider = Client::connect(&path).unwrap();
+        assert!(matches!(outsider.import("for-the-group"), Err(ImportError::NotAllowed(_))));
+    });
 }
 
 #[test]

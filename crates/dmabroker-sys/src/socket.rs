@@ -1,4 +1,4 @@
-//! Socket queue state rustix does not expose.
+//! Socket state rustix does not expose: the send queue and the peer's groups.
 
 use rustix::ioctl::{Getter, Opcode};
 use std::ffi::c_int;
@@ -24,5 +24,98 @@ pub fn unreceived_bytes(socket: impl AsFd) -> rustix::io::Result<u64> {
     unsafe {
         let ctl = Getter::<SIOCOUTQ, c_int>::new();
         rustix::ioctl::ioctl(socket, ctl).map(|n| n.max(0) as u64)
+    }
+}
+
+/// `SO_PEERGROUPS` (`include/uapi/asm-generic/socket.h`); the architectures
+/// with their own numbering (alpha, mips, parisc, sparc) are left out and get
+/// `ENOPROTOOPT` from [`peer_groups`].
+#[cfg(any(
+    target_arch = "x86",
+    target_arch = "x86_64",
+    target_arch = "arm",
+    target_arch = "aarch64",
+    target_arch = "riscv32",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "s390x"
+))]
+const SO_PEERGROUPS: Option<c_int> = Some(59);
+#[cfg(not(any(
+    target_arch = "x86",
+    target_arch = "x86_64",
+    target_arch = "arm",
+    target_arch = "aarch64",
+    target_arch = "riscv32",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "s390x"
+)))]
+const SO_PEERGROUPS: Option<c_int> = None;
+
+/// Largest group list the kernel keeps (`NGROUPS_MAX`).
+const NGROUPS_MAX: usize = 65536;
+
+/// `getsockopt(SO_PEERGROUPS)`: the supplementary groups the peer of a
+/// connected Unix socket had when it called `connect()` (or `socketpair()`),
+/// as recorded by the kernel with its `SO_PEERCRED` credentials. Unlike a read
+/// of `/proc/PID/status` this cannot be raced by the peer exiting or changing
+/// its groups afterwards.
+///
+/// # Errors
+/// `ENOPROTOOPT` on kernels before 4.13 or architectures whose number is not
+/// known here; `ENOTSOCK`, `EBADF`, `ENOTCONN` as for `SO_PEERCRED`.
+///
+/// # References
+/// - `sk_getsockopt()` case `SO_PEERGROUPS` and `groups_to_user()` in `net/core/sock.c`
+pub fn peer_groups(socket: impl AsFd) -> rustix::io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    let Some(option) = SO_PEERGROUPS else { return Err(rustix::io::Errno::NOPROTOOPT) };
+    let fd = socket.as_fd();
+    let mut groups: Vec<u32> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * size_of::<u32>()) as libc::socklen_t;
+        // SAFETY: `fd` is a live borrowed descriptor; the kernel writes at most
+        // `len` bytes into `groups`, whose buffer holds exactly `len` bytes, and
+        // writes the length it used (or needs, on ERANGE) back into `len`.
+        let rc =
+            unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, option, groups.as_mut_ptr().cast(), &mut len) };
+        let needed = len as usize / size_of::<u32>();
+        if rc == 0 {
+            groups.truncate(needed.min(groups.len()));
+            return Ok(groups);
+        }
+        let errno = rustix::io::Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(rustix::io::Errno::IO);
+        // ERANGE: the buffer was too small and `len` now says how large it must be.
+        if errno == rustix::io::Errno::RANGE && needed > groups.len() && needed <= NGROUPS_MAX {
+            groups.resize(needed, 0);
+            continue;
+        }
+        return Err(errno);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_groups_of_a_socketpair_are_our_own_groups() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut theirs = peer_groups(&a).unwrap();
+        let mut ours: Vec<u32> = rustix::process::getgroups().unwrap().into_iter().map(|g| g.as_raw()).collect();
+        theirs.sort_unstable();
+        ours.sort_unstable();
+        assert_eq!(theirs, ours);
+    }
+
+    #[test]
+    fn peer_groups_of_a_non_socket_is_an_error() {
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        assert_eq!(peer_groups(&f), Err(rustix::io::Errno::NOTSOCK));
     }
 }

@@ -73,9 +73,19 @@ impl Drop for TestBroker {
 /// Run `f` in a thread whose uid and gid are `uid` (root only); a panic in
 /// `f` is this caller's panic.
 pub fn as_user<T: Send + 'static>(uid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
+    as_user_in_groups(uid, &[], f)
+}
+
+/// [`as_user`] with these supplementary groups.
+pub fn as_user_in_groups<T: Send + 'static>(
+    uid: u32,
+    supplementary: &[u32],
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let supplementary: Vec<_> = supplementary.iter().map(|g| rustix::process::Gid::from_raw(*g)).collect();
     std::thread::spawn(move || {
         let gid = rustix::process::Gid::from_raw(uid);
-        rustix::thread::set_thread_groups(&[]).unwrap();
+        rustix::thread::set_thread_groups(&supplementary).unwrap();
         rustix::thread::set_thread_res_gid(gid, gid, gid).unwrap();
         let u = rustix::process::Uid::from_raw(uid);
         rustix::thread::set_thread_res_uid(u, u, u).unwrap();
