@@ -14,9 +14,11 @@
 //! assert!(dmabroker::phys::is_contiguous(&segments));
 //! ```
 
-use crate::buffer::{Buffer, MapError};
+use crate::buffer::{Buffer, BufferKind, MapError};
+use crate::size::format_size;
 use dmabroker_sys::mmap::{Mapping, Protection};
 use serde::Serialize;
+use std::os::unix::fs::FileExt;
 
 /// One physically contiguous run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -33,6 +35,22 @@ pub enum PhysError {
     /// Frame numbers read as zero.
     #[error("the kernel hides physical frame numbers from processes without CAP_SYS_ADMIN: run as root (or with that capability) to read physical segments")]
     FramesHidden,
+    /// Reading the segments would fault in more of the buffer than there is
+    /// memory available.
+    #[error(
+        "reading physical segments faults the whole buffer in (MAP_POPULATE): {} of this {} buffer \
+         are not in memory yet, more than the {} available: read the segments of a smaller buffer, \
+         or free memory first",
+        format_size(*missing), format_size(*len), format_size(*available)
+    )]
+    TooLargeToPopulate {
+        /// The buffer's length.
+        len: u64,
+        /// Bytes of it not resident yet, which populating would allocate.
+        missing: u64,
+        /// Memory available now (`MemAvailable`).
+        available: u64,
+    },
     /// A page is not resident (swapped out, or the mapping could not populate it).
     #[error("page at offset {offset} is not resident in memory (swapped out?)")]
     NotResident {
@@ -53,15 +71,68 @@ const PFN_MASK: u64 = (1 << 55) - 1;
 /// The physical segments of a buffer, merged, in buffer order.
 ///
 /// Maps the buffer read-only with `MAP_POPULATE` (so every page is resident)
-/// for the duration of the call.
+/// for the duration of the call. Before that, without faulting anything in,
+/// it checks that the kernel shows frame numbers to this process
+/// ([`PhysError::FramesHidden`] otherwise) and, for a shmem memfd (whose
+/// pages come on first touch), that the pages still missing fit in the
+/// memory available ([`PhysError::TooLargeToPopulate`] otherwise).
 ///
 /// # Errors
 /// [`PhysError`].
 pub fn segments(buffer: &Buffer) -> Result<Vec<Segment>, PhysError> {
     let len = usize::try_from(buffer.len()).map_err(|_| MapError::TooLarge(buffer.len()))?;
+    let page = rustix::param::page_size() as u64;
+    let pagemap = std::fs::File::open("/proc/self/pagemap").map_err(PhysError::Pagemap)?;
+    if !frames_visible(&pagemap, page)? {
+        return Err(PhysError::FramesHidden);
+    }
+    check_fits(buffer)?;
     let map = Mapping::map(buffer, 0, len, Protection::Read, true)
         .map_err(|e| crate::buffer::mapping::map_error(buffer, Protection::Read, e))?;
-    segments_of_mapping(&map)
+    read_segments(&pagemap, &map, page)
+}
+
+/// Whether pagemap shows this process frame numbers, probed on one page
+/// known to be resident: the one holding a local variable of this call.
+/// A probe page reported absent proves nothing; the full read decides then.
+fn frames_visible(pagemap: &std::fs::File, page: u64) -> Result<bool, PhysError> {
+    let marker = std::hint::black_box(0x5au8);
+    let addr = std::ptr::addr_of!(marker) as u64;
+    let mut entry = [0u8; 8];
+    pagemap.read_exact_at(&mut entry, addr / page * 8).map_err(PhysError::Pagemap)?;
+    let entry = u64::from_le_bytes(entry);
+    Ok(entry & PRESENT == 0 || entry & PFN_MASK != 0)
+}
+
+/// Refuse to populate a shmem memfd whose missing pages exceed the memory
+/// available. Other buffers have their pages already: dma-heaps and udmabuf
+/// allocate (or pin) them at creation, hugetlb takes them with fallocate.
+fn check_fits(buffer: &Buffer) -> Result<(), PhysError> {
+    if buffer.kind() != BufferKind::Memfd {
+        return Ok(());
+    }
+    // st_blocks of a shmem file counts the pages it holds.
+    let resident =
+        rustix::fs::fstat(buffer).map(|st| u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512)).unwrap_or(0);
+    let missing = buffer.len().saturating_sub(resident);
+    let available = available_memory();
+    if missing > available {
+        return Err(PhysError::TooLargeToPopulate { len: buffer.len(), missing, available });
+    }
+    Ok(())
+}
+
+/// Memory available for new pages: `MemAvailable` (free memory plus what
+/// the kernel can reclaim), or where /proc is unreadable free RAM and buffer
+/// memory from sysinfo(2), which leaves out the page cache. Not on any fast
+/// path: only before populating a buffer.
+#[allow(clippy::useless_conversion)] // c_ulong is u32 on 32-bit targets
+fn available_memory() -> u64 {
+    crate::heap::meminfo("MemAvailable").unwrap_or_else(|| {
+        let info = rustix::system::sysinfo();
+        let unit = u64::from(info.mem_unit).max(1);
+        u64::from(info.freeram).saturating_add(u64::from(info.bufferram)).saturating_mul(unit)
+    })
 }
 
 /// The physical segments behind a live mapping.
@@ -69,11 +140,14 @@ pub fn segments(buffer: &Buffer) -> Result<Vec<Segment>, PhysError> {
 /// # Errors
 /// [`PhysError`].
 pub fn segments_of_mapping(map: &Mapping) -> Result<Vec<Segment>, PhysError> {
-    use std::os::unix::fs::FileExt;
     let page = rustix::param::page_size() as u64;
+    let pagemap = std::fs::File::open("/proc/self/pagemap").map_err(PhysError::Pagemap)?;
+    read_segments(&pagemap, map, page)
+}
+
+fn read_segments(file: &std::fs::File, map: &Mapping, page: u64) -> Result<Vec<Segment>, PhysError> {
     let start = map.as_ptr() as u64;
     let pages = (map.len() as u64).div_ceil(page);
-    let file = std::fs::File::open("/proc/self/pagemap").map_err(PhysError::Pagemap)?;
     let mut raw = vec![0u8; pages as usize * 8];
     file.read_exact_at(&mut raw, start / page * 8).map_err(PhysError::Pagemap)?;
     let mut segments: Vec<Segment> = Vec::new();

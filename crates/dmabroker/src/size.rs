@@ -97,7 +97,7 @@ pub fn parse_size(input: &str) -> Result<u64, ParseSizeError> {
 /// Format a byte count with the largest binary unit that divides it exactly,
 /// or with one decimal otherwise (`1.5 MiB`).
 pub fn format_size(bytes: u64) -> String {
-    const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
+    const UNITS: [(&str, u32); 6] = [("EiB", 60), ("PiB", 50), ("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
     for (name, shift) in UNITS {
         let unit = 1u64 << shift;
         if bytes >= unit {
@@ -146,5 +146,7 @@ mod tests {
         assert_eq!(format_size(4096), "4 KiB");
         assert_eq!(format_size(12 << 20), "12 MiB");
         assert_eq!(format_size(3 << 19), "1.5 MiB");
+        assert_eq!(format_size(1 << 63), "8 EiB");
+        assert_eq!(format_size(u64::MAX), "16.0 EiB");
     }
 }

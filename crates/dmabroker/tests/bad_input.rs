@@ -39,6 +39,56 @@ fn bad_input_gives_typed_errors_and_leaks_nothing() {
     assert!(matches!(e, AllocError::NotContiguous { .. }), "{e}");
     assert!(e.to_string().contains("CMA"), "{e}");
 
+    // Hints never point back at the heap that refused, nor at one that
+    // would refuse too (checked before any page is taken, so no huge page
+    // needs to be reserved).
+    if heaps.get("hugetlb-1G").is_some() {
+        let e = heaps.allocate("hugetlb-1G", &AllocRequest::new(2 << 30).contiguous(true)).unwrap_err();
+        let AllocError::NotContiguous { hint, .. } = &e else { panic!("{e}") };
+        assert!(!hint.contains("hugetlb"), "neither hugetlb heap holds 2 GiB in one page: {e}");
+        assert!(hint.contains("CMA") && hint.contains("cma=2048M"), "{e}");
+    }
+    if heaps.get("hugetlb").is_some() {
+        let e = heaps.allocate("hugetlb", &AllocRequest::new(1).align(4 << 20)).unwrap_err();
+        let AllocError::AlignmentUnsatisfiable { hint, .. } = &e else { panic!("{e}") };
+        assert_eq!(hint, "use hugetlb-1G (1 GiB pages)", "{e}");
+        assert!(e.to_string().contains("at most 2 MiB, 4 MiB asked"), "{e}");
+        let e = heaps.allocate("hugetlb", &AllocRequest::new(4 << 20).contiguous(true)).unwrap_err();
+        let AllocError::NotContiguous { hint, .. } = &e else { panic!("{e}") };
+        assert!(hint.starts_with("use hugetlb-1G (1 GiB pages) or a CMA dma-heap"), "{e}");
+    }
+    let e = heaps.allocate("memfd", &AllocRequest::new(4096).align(1 << 31)).unwrap_err();
+    let AllocError::AlignmentUnsatisfiable { hint, .. } = &e else { panic!("{e}") };
+    assert!(hint.starts_with("no heap aligns a 4 KiB buffer to 2 GiB"), "{e}");
+
+    // More than RAM and swap together: refused at once (it used to be
+    // accepted, and the first full touch brought the OOM killer).
+    let si = rustix::system::sysinfo();
+    let unit = si.mem_unit as u64;
+    let machine = (si.totalram as u64).saturating_add(si.totalswap as u64).saturating_mul(unit);
+    if machine < 1 << 40 {
+        let e = heaps.allocate("memfd", &AllocRequest::new(1 << 40)).unwrap_err();
+        assert!(matches!(e, AllocError::LargerThanMemory { len, .. } if len == 1 << 40), "{e}");
+        let text = e.to_string();
+        assert!(text.starts_with("heap memfd cannot hold 1 TiB: this machine has "), "{text}");
+        assert!(text.contains("of RAM and") && text.contains("of swap"), "{text}");
+    } else {
+        common::skip("1 TiB memfd", "this machine has 1 TiB or more of RAM and swap");
+    }
+    // As large as the machine (accepted: pages come on first touch), but
+    // reading its physical segments would fault it all in: refused before
+    // anything is populated.
+    let page = rustix::param::page_size() as u64;
+    let big = heaps.allocate("memfd", &AllocRequest::new(machine / page * page)).unwrap();
+    match dmabroker::phys::segments(&big) {
+        Err(dmabroker::phys::PhysError::TooLargeToPopulate { missing, available, .. }) => {
+            assert!(missing > available, "{missing} <= {available}");
+        }
+        Err(dmabroker::phys::PhysError::FramesHidden) => assert!(!common::is_root()),
+        other => panic!("segments of a buffer as large as the machine: {other:?}"),
+    }
+    drop(big);
+
     // A regular file is not a buffer.
     let file: OwnedFd = std::fs::File::open("/proc/self/status").unwrap().into();
     let e = Buffer::from_fd(file).unwrap_err();

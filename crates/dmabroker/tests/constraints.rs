@@ -10,6 +10,8 @@ use dmabroker::heap::{HeapInfo, HeapKind, Heaps};
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 
+mod common;
+
 // ---------------------------------------------------------------- helpers
 
 fn heap(name: &str, kind: HeapKind, contig: Option<u64>, page: u64, cache: CacheMode, import: bool) -> HeapInfo {
@@ -24,6 +26,8 @@ fn heap(name: &str, kind: HeapKind, contig: Option<u64>, page: u64, cache: Cache
         max_buffer_size: None,
         usable: true,
         note: None,
+        pool_pages: None,
+        ram_end: None,
     }
 }
 
@@ -155,8 +159,9 @@ fn arb_heap() -> impl Strategy<Value = HeapInfo> {
         prop::option::of(prop::sample::select(vec![1u64 << 20, 16 << 20, 1 << 40])),
         prop::option::of(prop::sample::select(vec![1u64 << 20, 64 << 20])),
         0..3u8,
+        prop::option::of(prop::sample::select(vec![1u64 << 30, 4 << 30, 24 << 30])),
     )
-        .prop_map(|(k, page, usable, free, max, suffix)| {
+        .prop_map(|(k, page, usable, free, max, suffix, ram_end)| {
             let (name, kind, contig, cache, import) = match k {
                 0 => ("memfd", HeapKind::Memfd, Some(page), CacheMode::Cached, false),
                 1 => ("hugetlb", HeapKind::Hugetlb, Some(page), CacheMode::Cached, false),
@@ -170,6 +175,7 @@ fn arb_heap() -> impl Strategy<Value = HeapInfo> {
             h.usable = usable;
             h.free_bytes = free;
             h.max_buffer_size = max;
+            h.ram_end = ram_end;
             h
         })
 }
@@ -187,7 +193,7 @@ fn oracle(h: &HeapInfo, c: &Constraints, len: u64) -> bool {
     h.usable
         && (!c.needs_dma_buf() || h.device_importable)
         && c.max_segments().is_none_or(|r| hlen.div_ceil(h.contiguous_up_to.unwrap_or(u64::MAX)) <= r.value)
-        && c.address_bits().is_none_or(|r| cma && r.value >= 32)
+        && c.address_bits().is_none_or(|r| cma && r.value >= 32 || h.ram_end.is_some_and(|e| e <= 1 << r.value))
         && c.align().is_none_or(|r| r.value <= start_align)
         && c.page_size().is_none_or(|r| r.value <= start_align)
         && c.cache().is_none_or(|r| h.cache_modes.contains(&r.value))
@@ -270,11 +276,112 @@ fn import_picks_udmabuf_then_system_for_large_buffers() {
     let small = choose_heap(&heaps, &cam, 8 << 20).unwrap();
     assert_eq!(small.heap, "udmabuf");
     assert!(small.reasons.iter().any(|r| r.contains("video0 (vivid) needs a dma-buf")), "{:?}", small.reasons);
-    assert!(small.reasons.iter().any(|r| r.starts_with("passed over memfd: CPU/IPC memory")), "{:?}", small.reasons);
+    // The heaps passed over are listed once, in `passed_over`, not among the reasons.
+    let passed: Vec<String> = small.passed_over.iter().map(ToString::to_string).collect();
+    assert_eq!(passed, ["memfd: CPU/IPC memory, not a dma-buf", "hugetlb: CPU/IPC memory, not a dma-buf"]);
+    assert!(
+        !small.reasons.iter().any(|r| r.contains("passed over") || r.contains("CPU/IPC memory, not")),
+        "{:?}",
+        small.reasons
+    );
     // Over udmabuf's 64 MiB limit.
     let big = choose_heap(&heaps, &cam, 100 << 20).unwrap();
     assert_eq!(big.heap, "dma-heap/system");
-    assert!(big.reasons.iter().any(|r| r.contains("udmabuf: at most 64 MiB per buffer")), "{:?}", big.reasons);
+    assert!(
+        big.passed_over.iter().any(|r| r.to_string() == "udmabuf: at most 64 MiB per buffer"),
+        "{:?}",
+        big.passed_over
+    );
+}
+
+#[test]
+fn an_address_limit_at_or_above_the_end_of_ram_is_met_by_every_heap() {
+    let on_24g = |mut h: HeapInfo| {
+        h.ram_end = Some(24 << 30);
+        h
+    };
+    let heaps = [on_24g(memfd()), on_24g(hugetlb()), on_24g(system())];
+    // `--max-address 0x7fffffffffffffff`: 63 bits, far above 24 GiB of RAM.
+    let cli = Constraints::builder("command line").address_bits(63).build().unwrap();
+    let choice = choose_heap(&heaps, &cli, 4096).unwrap();
+    assert_eq!(choice.heap, "memfd");
+    assert_eq!(choice.candidates.len(), 3, "{:?}", choice.candidates);
+    assert!(
+        choice.reasons.iter().any(|r| r.contains("63-bit DMA") && r.contains("all RAM lies below 24 GiB")),
+        "{:?}",
+        choice.reasons
+    );
+    // Exactly at the end of RAM counts too, whoever asked (a profile, say).
+    let at_end = Constraints::builder("video0 (rga)").address_bits(35).build().unwrap();
+    let mut small = memfd();
+    small.ram_end = Some(32 << 30);
+    assert_eq!(choose_heap(&[small], &at_end, 4096).unwrap().heap, "memfd");
+    // Below the end of RAM the limit stands.
+    let dma32 = Constraints::builder("isp0").address_bits(32).build().unwrap();
+    let text = choose_heap(&heaps, &dma32, 4096).unwrap_err().to_string();
+    assert!(text.contains("may place pages anywhere in RAM"), "{text}");
+    // Without a known end of RAM, nothing changes.
+    assert!(choose_heap(&[memfd()], &cli, 4096).is_err());
+}
+
+#[test]
+fn each_heap_is_listed_once_with_all_its_reasons_and_huge_page_fixes_give_the_number() {
+    // 3 free 2 MiB pages in a pool of 3; no 1 GiB page at all.
+    let mut h2m = hugetlb();
+    h2m.free_bytes = Some(3 * (2 << 20));
+    h2m.pool_pages = Some(3);
+    h2m.note = Some("3 of 3 pages free".into());
+    let mut h1g = heap("hugetlb-1G", HeapKind::Hugetlb, Some(1 << 30), 1 << 30, CacheMode::Cached, false);
+    h1g.free_bytes = Some(0);
+    h1g.pool_pages = Some(0);
+    h1g.usable = false;
+    h1g.note = Some("0 of 0 pages free; reserve with echo N > somewhere".into());
+    let mut locked = udmabuf();
+    locked.usable = false;
+    locked.note = Some("cannot open /dev/udmabuf: Permission denied".into());
+    let c = Constraints::builder("dsp").page_size(2 << 20).build().unwrap();
+    let err = match choose_heap(&[memfd(), h2m, h1g, locked], &c, 8 << 20) {
+        Err(ChooseError::NoHeap(e)) => e,
+        other => panic!("expected NoHeap, got {other:?}"),
+    };
+    let text = err.to_string();
+    let machine = text.lines().find(|l| l.trim_start().starts_with("on this machine:")).expect(&text);
+    assert_eq!(
+        machine.trim(),
+        "on this machine: hugetlb: needs 4 free 2 MiB huge page(s), 3 free; \
+         hugetlb-1G: needs 1 free 1 GiB huge page(s), 0 free; \
+         udmabuf: not usable (cannot open /dev/udmabuf: Permission denied)"
+    );
+    assert!(!text.contains("not usable("), "{text}");
+    assert!(!text.contains("echo N"), "{text}");
+    assert!(
+        text.contains(
+            "hint: hugetlb meets every device requirement but needs 4 free 2 MiB huge page(s), 3 free: \
+             reserve 1 more as root with `echo 4 > /proc/sys/vm/nr_hugepages`"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "reserve 1 more as root with `echo 1 > /sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages`"
+        ),
+        "{text}"
+    );
+    // A CMA heap would not have 2 MiB pages for an 8 MiB buffer: not suggested.
+    assert!(!text.contains("cma="), "{text}");
+
+    // Two problems of one heap: one entry.
+    let mut full = udmabuf();
+    full.usable = false;
+    full.note = Some("cannot open /dev/udmabuf: Permission denied".into());
+    let text = choose_heap(&[full], &Constraints::none(), 100 << 20).unwrap_err().to_string();
+    assert!(
+        text.contains(
+            "on this machine: udmabuf: not usable (cannot open /dev/udmabuf: Permission denied), at most 64 MiB per buffer"
+        ),
+        "{text}"
+    );
+    assert_eq!(text.matches(" udmabuf: ").count(), 1, "{text}");
 }
 
 #[test]
@@ -486,9 +593,17 @@ fn probe_errors_name_the_node() {
     sys.add("virtual/mem", "mem", "null", "1:3", None, None, None);
     let e = sys.probe("/dev/null", 1, 3).unwrap_err();
     assert!(matches!(e, ProbeError::UnsupportedSubsystem { ref subsystem, .. } if subsystem == "mem"), "{e}");
+    // sysfs is there (dev/char exists): nobody registered 81:9.
     let e = sys.probe("/dev/video9", 81, 9).unwrap_err();
+    assert!(matches!(e, ProbeError::NoSuchDevice { major: 81, minor: 9, .. }), "{e}");
+    assert!(e.to_string().contains("/dev/video9 (81:9): no device is registered"), "{e}");
+    assert!(e.to_string().contains("driver that is not loaded"), "{e}");
+    assert!(!e.to_string().contains("sysfs mounted"), "{e}");
+    // No dev/char at all: sysfs is not mounted.
+    let bare = FakeSysfs::new(None);
+    let e = bare.probe("/dev/video9", 81, 9).unwrap_err();
     assert!(matches!(e, ProbeError::NoSysfsEntry { .. }), "{e}");
-    assert!(e.to_string().contains("/dev/video9 (81:9)"), "{e}");
+    assert!(e.to_string().contains("is sysfs mounted?"), "{e}");
     // Real stat paths.
     let e = DeviceProbe::probe("/dev/does-not-exist-dmabroker").unwrap_err();
     assert!(matches!(e, ProbeError::NotFound { .. }), "{e}");
@@ -504,6 +619,37 @@ fn probing_dev_null_on_the_real_sysfs_is_refused() {
     }
     let e = DeviceProbe::probe("/dev/null").unwrap_err();
     assert!(matches!(e, ProbeError::UnsupportedSubsystem { .. }), "{e}");
+}
+
+#[test]
+fn a_node_with_no_device_behind_it_is_called_stale() {
+    use rustix::fs::{FileType, Mode};
+    if !Path::new("/sys/dev/char").is_dir() {
+        return common::skip("stale node", "no /sys/dev/char on this machine");
+    }
+    if !common::is_root() {
+        return common::skip("stale node", "mknod of a character device needs root");
+    }
+    // A V4L2 number nobody registered here.
+    let Some(minor) = (200..256u32).find(|m| !Path::new(&format!("/sys/dev/char/81:{m}")).exists()) else {
+        return common::skip("stale node", "every minor 81:200-255 is registered here");
+    };
+    let dir = temp_dir("stale");
+    let node = dir.join("video");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &node,
+        FileType::CharacterDevice,
+        Mode::from_raw_mode(0o600),
+        rustix::fs::makedev(81, minor),
+    )
+    .unwrap();
+    let e = DeviceProbe::probe(&node).unwrap_err();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(matches!(e, ProbeError::NoSuchDevice { major: 81, .. }), "{e}");
+    let text = e.to_string();
+    assert!(text.contains(&format!("(81:{minor}): no device is registered with that number")), "{text}");
+    assert!(!text.contains("sysfs mounted"), "{text}");
 }
 
 // -------------------------------------------------------------- profiles
@@ -613,6 +759,42 @@ fn unreadable_profile_files_are_named() {
     // A missing directory is no profiles.
     p.load_dir(Path::new("/nonexistent/devices.d")).unwrap();
     assert_eq!(p.entries().count(), 0);
+}
+
+#[test]
+fn profiles_that_are_not_regular_files_or_too_large_are_refused() {
+    use rustix::fs::{FileType, Mode};
+    let dir = temp_dir("special");
+    let load = |path: &Path| Profiles::new().load(&[path.to_owned()]).unwrap_err();
+    // A device that never ends (`--profile /dev/zero` used to read until memory ran out).
+    let e = load(Path::new("/dev/zero"));
+    assert!(matches!(e, ProfileError::NotAFile { what: "a character device", .. }), "{e}");
+    assert!(e.to_string().starts_with("/dev/zero is a character device, not a regular file"), "{e}");
+    // A FIFO nobody writes: opening it for reading would block forever.
+    let fifo = dir.join("fifo.toml");
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+    let e = load(&fifo);
+    assert!(matches!(e, ProfileError::NotAFile { what: "a FIFO", .. }), "{e}");
+    // A directory, also when it is named like a profile in devices.d.
+    let sub = dir.join("devices.d");
+    std::fs::create_dir_all(sub.join("board.toml")).unwrap();
+    let e = Profiles::new().load_dir(&sub).unwrap_err();
+    assert!(matches!(e, ProfileError::NotAFile { what: "a directory", .. }), "{e}");
+    // Over the size limit.
+    let big = dir.join("big.toml");
+    let mut text = "# padding\n".repeat((dmabroker::constraints::MAX_PROFILE_BYTES / 10) as usize);
+    text.push_str("[[device]]\ndriver = \"x\"\n");
+    std::fs::write(&big, &text).unwrap();
+    let e = load(&big);
+    assert!(matches!(e, ProfileError::TooLarge { max, .. } if max == 1 << 20), "{e}");
+    assert!(e.to_string().contains("more than the 1 MiB a profile may hold"), "{e}");
+    // Just under the limit loads.
+    let ok = dir.join("ok.toml");
+    std::fs::write(&ok, "# padding\n".repeat(100_000) + "[[device]]\ndriver = \"x\"\n").unwrap();
+    let mut p = Profiles::new();
+    p.load(&[ok]).unwrap();
+    assert_eq!(p.entries().count(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

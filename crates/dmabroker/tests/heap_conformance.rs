@@ -87,6 +87,12 @@ fn discovery_lists_memfd_and_hugetlb() {
     if std::path::Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").exists() {
         assert!(names.contains(&"hugetlb".to_owned()), "{names:?}");
     }
+    // Pool sizes where there is a pool; the end of RAM where sysfs lists memory blocks.
+    let listed = std::path::Path::new("/sys/devices/system/memory/block_size_bytes").exists();
+    for info in Heaps::discover().infos() {
+        assert_eq!(info.pool_pages.is_some(), info.kind == dmabroker::heap::HeapKind::Hugetlb, "{info:?}");
+        assert_eq!(info.ram_end.is_some(), listed, "{info:?}");
+    }
 }
 
 #[test]

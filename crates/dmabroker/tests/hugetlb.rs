@@ -84,4 +84,22 @@ fn hugetlb_heap_allocates_contiguous_huge_pages() {
     let err = heap.allocate(&AllocRequest::new(1 << 40)).unwrap_err();
     assert!(matches!(err, AllocError::NoHugePages { .. }), "{err}");
     assert!(err.to_string().contains("/proc/sys/vm/nr_hugepages"), "{err}");
+    // One page more than are free: the counts are those after the failed
+    // fallocate gave back the pages it had taken, so the fix is exact.
+    let before = dmabroker::heap::hugetlb::counts(2 << 20).unwrap();
+    let free = before.available();
+    let err = heap.allocate(&AllocRequest::new((free + 1) * (2 << 20))).unwrap_err();
+    match &err {
+        AllocError::NoHugePages { needed, free: f, reserved, .. } => {
+            assert_eq!((*needed, *f, *reserved), (free + 1, free, before.total), "{err}");
+        }
+        other => panic!("expected NoHugePages, got {other}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains(&format!("needs {} free 2 MiB huge page(s) and {free} are free", free + 1)), "{text}");
+    assert!(
+        text.contains(&format!("reserve 1 more as root with `echo {} > /proc/sys/vm/nr_hugepages`", before.total + 1)),
+        "{text}"
+    );
+    assert_eq!(dmabroker::heap::hugetlb::counts(2 << 20).unwrap().available(), free, "a refused allocation kept pages");
 }

@@ -29,7 +29,9 @@
 
 use super::{who, Constraints, RequirementKind};
 use crate::buffer::{Buffer, CacheMode, Coherency};
-use crate::heap::{check_request, AllocError, AllocRequest, HeapInfo, HeapKind, Heaps, Limits};
+use crate::heap::{
+    check_request, cma_cmdline, reserve_huge_pages, AllocError, AllocRequest, HeapInfo, HeapKind, Heaps, Limits,
+};
 use crate::size::format_size;
 use serde::Serialize;
 use std::fmt;
@@ -100,7 +102,8 @@ pub struct Choice {
     pub cache: CacheMode,
     /// Whether CPU access needs cache maintenance.
     pub coherency: Coherency,
-    /// Why this heap, one sentence each.
+    /// Why this heap, one sentence each. The heaps passed over are not
+    /// among them: they are in `passed_over`, to be shown once.
     pub reasons: Vec<String>,
     /// Every heap that meets everything, cheapest first (the fallbacks of
     /// [`allocate_for`]).
@@ -159,14 +162,19 @@ impl fmt::Display for NoHeapError {
             .map(|(k, s)| (Some(*k), s.clone()))
             .chain(std::iter::once((None, "on this machine".to_owned())));
         for (kind, sentence) in lines {
-            // Group the heaps that lack it by what they lack.
-            let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+            // Each heap once, with everything it lacks here; heaps that lack
+            // exactly the same share an entry.
+            let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
             for r in &self.rejected {
-                for l in r.lacks.iter().filter(|l| l.requirement == kind) {
-                    match groups.iter_mut().find(|(p, _)| *p == l.problem) {
-                        Some((_, heaps)) => heaps.push(&r.heap),
-                        None => groups.push((&l.problem, vec![&r.heap])),
-                    }
+                let problems: Vec<&str> =
+                    r.lacks.iter().filter(|l| l.requirement == kind).map(|l| l.problem.as_str()).collect();
+                if problems.is_empty() {
+                    continue;
+                }
+                let problem = problems.join(", ");
+                match groups.iter_mut().find(|(p, _)| *p == problem) {
+                    Some((_, heaps)) => heaps.push(&r.heap),
+                    None => groups.push((problem, vec![&r.heap])),
                 }
             }
             if groups.is_empty() {
@@ -222,11 +230,19 @@ fn evaluate(h: &HeapInfo, c: &Constraints, len: u64) -> Result<u64, Vec<Lack>> {
         lacks.push(Lack { requirement: req, from: from.to_vec(), problem });
     };
     let page = h.page_size;
+    if page == 0 {
+        lack(None, &[], "reports a page size of 0".to_owned());
+        return Err(lacks);
+    }
     let Some(hlen) = len.checked_next_multiple_of(page).filter(|l| *l <= isize::MAX as u64) else {
         lack(None, &[], format!("{} rounded up to {}-byte pages overflows", format_size(len), page));
         return Err(lacks);
     };
-    if !h.usable {
+    // A hugetlb heap is unusable exactly when it has no free page: the
+    // shortage below says so with the number to reserve, once.
+    let short_of_pages = h.free_bytes.filter(|f| hlen > *f);
+    let said_by_shortage = h.kind == HeapKind::Hugetlb && short_of_pages.is_some();
+    if !h.usable && !said_by_shortage {
         let why = h.note.as_deref().unwrap_or("this process cannot allocate from it");
         lack(None, &[], format!("not usable ({why})"));
     }
@@ -246,9 +262,9 @@ fn evaluate(h: &HeapInfo, c: &Constraints, len: u64) -> Result<u64, Vec<Lack>> {
         }
     }
     if let Some(r) = c.address_bits() {
-        if !(is_cma(h) && r.value >= 32) {
+        if !(is_cma(h) && r.value >= 32 || below_limit(h, r.value)) {
             let problem = if is_cma(h) {
-                format!("CMA assumed below 4 GiB, not below {}", format_size(1 << r.value))
+                format!("CMA assumed below 4 GiB, not below {}", format_size(address_limit(r.value)))
             } else {
                 "may place pages anywhere in RAM".to_owned()
             };
@@ -272,8 +288,14 @@ fn evaluate(h: &HeapInfo, c: &Constraints, len: u64) -> Result<u64, Vec<Lack>> {
     if let Some(max) = h.max_buffer_size.filter(|m| hlen > *m) {
         lack(None, &[], format!("at most {} per buffer", format_size(max)));
     }
-    if let Some(free) = h.free_bytes.filter(|f| hlen > *f) {
-        lack(None, &[], format!("only {} free", format_size(free)));
+    if let Some(free) = short_of_pages {
+        let problem = if h.kind == HeapKind::Hugetlb {
+            let (needed, free) = (hlen / page, free / page);
+            format!("needs {needed} free {} huge page(s), {free} free", format_size(page))
+        } else {
+            format!("only {} free", format_size(free))
+        };
+        lack(None, &[], problem);
     }
     if lacks.is_empty() {
         // The allocator's own check must agree; if it does not, trust it.
@@ -286,6 +308,17 @@ fn evaluate(h: &HeapInfo, c: &Constraints, len: u64) -> Result<u64, Vec<Lack>> {
     } else {
         Err(lacks)
     }
+}
+
+/// The first address out of reach of `bits`-bit DMA (`u64::MAX` from 64 bits).
+fn address_limit(bits: u32) -> u64 {
+    1u64.checked_shl(bits).unwrap_or(u64::MAX)
+}
+
+/// True when all RAM lies below the reach of `bits`-bit DMA, so that no page
+/// of the heap can be out of reach.
+fn below_limit(h: &HeapInfo, bits: u32) -> bool {
+    h.ram_end.is_some_and(|end| end <= address_limit(bits))
 }
 
 /// The allocator's view of a heap.
@@ -325,7 +358,14 @@ fn how(kind: RequirementKind, h: &HeapInfo, c: &Constraints, hlen: u64) -> Strin
             None => "it is contiguous over the whole buffer".into(),
             Some(cu) => format!("contiguous runs of {} make {} segment(s)", format_size(cu), hlen.div_ceil(cu.max(1))),
         },
-        RequirementKind::AddressBits => "CMA lies below 4 GiB (assumed; see the module docs)".into(),
+        RequirementKind::AddressBits => match (c.address_bits(), h.ram_end) {
+            (Some(r), Some(end)) if end <= address_limit(r.value) => format!(
+                "all RAM lies below {} (the highest memory block in /sys/devices/system/memory), \
+                 so every heap meets it",
+                format_size(end)
+            ),
+            _ => "CMA lies below 4 GiB (assumed; see the module docs)".into(),
+        },
         RequirementKind::Align | RequirementKind::PageSize => {
             if h.contiguous_up_to.is_none() {
                 format!("it aligns to {}", format_size(crate::heap::max_start_alignment(true, hlen, h.page_size)))
@@ -391,7 +431,6 @@ pub fn choose_heap(heaps: &[HeapInfo], constraints: &Constraints, len: u64) -> R
     for (kind, sentence) in constraints.describe() {
         reasons.push(format!("{sentence}: {}", how(kind, best, constraints, hlen)));
     }
-    reasons.extend(passed_over.iter().map(|r| format!("passed over {r}")));
     let cache =
         constraints.cache().map(|r| r.value).or_else(|| best.cache_modes.first().copied()).unwrap_or(CacheMode::Cached);
     Ok(Choice {
@@ -414,17 +453,41 @@ fn no_heap(order: &[&HeapInfo], c: &Constraints, len: u64, rejected: Vec<Rejecti
     let requirements: Vec<(RequirementKind, String)> = c.describe().into_iter().filter(|(k, _)| failed(*k)).collect();
     let mut hints = Vec::new();
     let cma: Vec<&&HeapInfo> = order.iter().filter(|h| is_cma(h)).collect();
-    let cma_would_help =
-        [RequirementKind::Segments, RequirementKind::AddressBits, RequirementKind::Align, RequirementKind::PageSize]
-            .into_iter()
-            .any(failed);
+    // Suggest CMA only where a CMA heap would meet what failed: evaluate one
+    // as this machine would have it.
+    let cma_kinds =
+        [RequirementKind::Segments, RequirementKind::AddressBits, RequirementKind::Align, RequirementKind::PageSize];
+    let base_page = order.iter().map(|h| h.page_size).min().unwrap_or(4096);
+    let would_be_cma = HeapInfo {
+        name: "dma-heap/linux,cma".into(),
+        kind: HeapKind::DmaHeap,
+        contiguous_up_to: None,
+        page_size: base_page,
+        cache_modes: vec![CacheMode::Cached],
+        device_importable: true,
+        free_bytes: None,
+        max_buffer_size: None,
+        usable: true,
+        note: None,
+        pool_pages: None,
+        ram_end: order.iter().find_map(|h| h.ram_end),
+    };
+    let cma_lacks = evaluate(&would_be_cma, c, len).err().unwrap_or_default();
+    let cma_would_help = cma_kinds.into_iter().any(failed)
+        && !cma_lacks.iter().any(|l| l.requirement.is_some_and(|k| cma_kinds.contains(&k)));
     if cma.is_empty() && cma_would_help {
-        let mut hint =
-            "no CMA heap on this machine: boot with cma=256M (or reserve a CMA region in the device tree)".to_owned();
+        let mut hint = format!(
+            "no CMA heap on this machine: boot with {} (or reserve a CMA region in the device tree)",
+            cma_cmdline(len)
+        );
         if failed(RequirementKind::AddressBits) {
             hint.push_str(", or put the device behind an IOMMU");
         }
         hints.push(hint);
+    } else if failed(RequirementKind::AddressBits)
+        && rejected.iter().all(|r| r.lacks.iter().any(|l| l.requirement == Some(RequirementKind::AddressBits)))
+    {
+        hints.push("no heap here places pages within the device's reach: put the device behind an IOMMU".to_owned());
     }
     if failed(RequirementKind::DmaBuf) && !order.iter().any(|h| h.device_importable && h.usable) {
         hints.push(
@@ -444,8 +507,18 @@ fn no_heap(order: &[&HeapInfo], c: &Constraints, len: u64, rejected: Vec<Rejecti
     for r in &rejected {
         if !r.lacks.is_empty() && r.lacks.iter().all(|l| l.requirement.is_none()) {
             let h = order.iter().find(|h| h.name == r.heap).expect("rejected heaps come from the list");
+            let problems: Vec<&str> = r.lacks.iter().map(|l| l.problem.as_str()).collect();
+            // Too few huge pages: the exact number to reserve.
+            let hlen = len.checked_next_multiple_of(h.page_size);
+            let free = hlen.and_then(|l| h.free_bytes.filter(|f| h.kind == HeapKind::Hugetlb && l > *f));
+            if let (Some(hlen), Some(free), [problem]) = (hlen, free, problems.as_slice()) {
+                let missing = (hlen / h.page_size).saturating_sub(free / h.page_size);
+                let fix = reserve_huge_pages(h.page_size, missing, h.pool_pages);
+                hints.push(format!("{} meets every device requirement but {problem}: {fix}", r.heap));
+                continue;
+            }
             let fix = match h.kind {
-                HeapKind::Hugetlb => "reserve more huge pages (see `dmabroker heaps`)",
+                HeapKind::Hugetlb => "reserve huge pages (see `dmabroker heaps`)",
                 HeapKind::DmaHeap if !h.usable => {
                     "allocate through `dmabroker serve`, or grant access with a udev rule"
                 }
@@ -455,7 +528,6 @@ fn no_heap(order: &[&HeapInfo], c: &Constraints, len: u64, rejected: Vec<Rejecti
                 }
                 _ => "free memory",
             };
-            let problems: Vec<&str> = r.lacks.iter().map(|l| l.problem.as_str()).collect();
             hints.push(format!("{} meets every device requirement but is {}: {fix}", r.heap, problems.join(", ")));
         }
     }
@@ -521,6 +593,8 @@ mod tests {
             max_buffer_size: None,
             usable: true,
             note: None,
+            pool_pages: None,
+            ram_end: None,
         }
     }
 

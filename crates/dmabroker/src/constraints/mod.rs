@@ -95,7 +95,7 @@ mod sysfs;
 pub use choose::{
     allocate_for, choose_heap, rank, AllocForError, Choice, ChooseError, Lack, NoHeapError, Rejection, RANKING,
 };
-pub use profile::{DeviceProfile, ProfileError, Profiles, DEFAULT_PROFILE_DIR};
+pub use profile::{DeviceProfile, ProfileError, Profiles, DEFAULT_PROFILE_DIR, MAX_PROFILE_BYTES};
 pub use sysfs::{highest_ram_address, DeviceProbe, IommuState, ProbeError, SYSFS_ROOT};
 
 use crate::buffer::{CacheMode, Coherency};
@@ -597,7 +597,7 @@ impl Constraints {
                     "{} {} memory below {} ({}-bit DMA, no IOMMU)",
                     r.who(),
                     r.needs(),
-                    format_size(1u64 << r.value),
+                    format_size(1u64.checked_shl(r.value).unwrap_or(u64::MAX)),
                     r.value
                 ),
             ));

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 /// The directory read by [`Profiles::load_default`].
 pub const DEFAULT_PROFILE_DIR: &str = "/etc/dmabroker/devices.d";
 
+/// The largest profile file read: real ones are a few KiB.
+pub const MAX_PROFILE_BYTES: u64 = 1 << 20;
+
 /// One `[[device]]` entry of a profile file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,6 +94,31 @@ pub enum ProfileError {
         #[source]
         source: std::io::Error,
     },
+    /// Not a regular file (a FIFO, a device, a directory, a socket): reading
+    /// it could block forever or never end.
+    #[error("{file} is {what}, not a regular file: give the path of a TOML profile file")]
+    NotAFile {
+        /// The file.
+        file: String,
+        /// What it is (`a FIFO`, `a character device`, `a directory`, ...).
+        what: &'static str,
+    },
+    /// Larger than [`MAX_PROFILE_BYTES`].
+    #[error(
+        "{file} holds {}{} bytes, more than the {} a profile may hold: is it the right file? \
+         (split real profiles into several files)",
+        if *at_least { "at least " } else { "" }, len, crate::size::format_size(*max)
+    )]
+    TooLarge {
+        /// The file.
+        file: String,
+        /// Its size, or how much was read before giving up.
+        len: u64,
+        /// True when `len` is what was read, not the whole file.
+        at_least: bool,
+        /// The limit.
+        max: u64,
+    },
     /// Not valid TOML, or a key that is unknown or of the wrong type (the
     /// parser's message names the key, line and column).
     #[error("{file}: {message}")]
@@ -162,8 +190,7 @@ impl Profiles {
     pub fn load(&mut self, files: &[PathBuf]) -> Result<(), ProfileError> {
         for file in files {
             let name = file.display().to_string();
-            let text =
-                std::fs::read_to_string(file).map_err(|source| ProfileError::Read { file: name.clone(), source })?;
+            let text = read_bounded(file, &name)?;
             self.add_str(&text, &name)?;
         }
         Ok(())
@@ -227,6 +254,60 @@ impl Profiles {
         // Every value was range-checked when its file was loaded.
         b.build().unwrap_or_else(|_| probe.constraints())
     }
+}
+
+/// What a file type is, for [`ProfileError::NotAFile`].
+fn file_type_name(t: rustix::fs::FileType) -> &'static str {
+    use rustix::fs::FileType;
+    match t {
+        FileType::RegularFile => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::Fifo => "a FIFO",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Socket => "a socket",
+        FileType::Symlink => "a symbolic link",
+        _ => "not a file of a known type",
+    }
+}
+
+/// Read a profile file: a regular file of at most [`MAX_PROFILE_BYTES`].
+/// The path is checked before it is opened (opening a FIFO blocks, opening
+/// some devices has effects), opened non-blocking, checked again through the
+/// fd (the path may have changed in between), and read no further than the
+/// limit (procfs files report size 0, and a file may grow).
+fn read_bounded(file: &Path, name: &str) -> Result<String, ProfileError> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    use std::io::Read;
+    let read_err = |source: std::io::Error| ProfileError::Read { file: name.to_owned(), source };
+    let check = |st: &rustix::fs::Stat| -> Result<(), ProfileError> {
+        let t = FileType::from_raw_mode(st.st_mode);
+        if t != FileType::RegularFile {
+            return Err(ProfileError::NotAFile { file: name.to_owned(), what: file_type_name(t) });
+        }
+        let len = u64::try_from(st.st_size).unwrap_or(0);
+        if len > MAX_PROFILE_BYTES {
+            return Err(ProfileError::TooLarge { file: name.to_owned(), len, at_least: false, max: MAX_PROFILE_BYTES });
+        }
+        Ok(())
+    };
+    check(&rustix::fs::stat(file).map_err(|e| read_err(e.into()))?)?;
+    let fd =
+        rustix::fs::open(file, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY, Mode::empty())
+            .map_err(|e| read_err(e.into()))?;
+    check(&rustix::fs::fstat(&fd).map_err(|e| read_err(e.into()))?)?;
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd).take(MAX_PROFILE_BYTES + 1).read_to_end(&mut bytes).map_err(read_err)?;
+    if bytes.len() as u64 > MAX_PROFILE_BYTES {
+        return Err(ProfileError::TooLarge {
+            file: name.to_owned(),
+            len: bytes.len() as u64,
+            at_least: true,
+            max: MAX_PROFILE_BYTES,
+        });
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8 text: {e}"))))
 }
 
 /// Builder errors in a profile's own words (its keys).

@@ -94,9 +94,25 @@ pub enum ProbeError {
         /// The node.
         path: String,
     },
-    /// sysfs has no entry for the device number.
-    #[error("{path} ({major}:{minor}): no {sysfs} entry (is sysfs mounted?)")]
+    /// sysfs (`/sys/dev/char`) is not there at all.
+    #[error("{path} ({major}:{minor}): no {sysfs} entry, nor its dev/char directory: is sysfs mounted? (`mount -t sysfs sysfs /sys`)")]
     NoSysfsEntry {
+        /// The node.
+        path: String,
+        /// Device number.
+        major: u32,
+        /// Device number.
+        minor: u32,
+        /// The missing sysfs path.
+        sysfs: String,
+    },
+    /// sysfs is mounted but no device is registered with that number.
+    #[error(
+        "{path} ({major}:{minor}): no device is registered with that number ({sysfs} does not exist): \
+         the node is stale or belongs to a driver that is not loaded; load the driver, or use the node \
+         udev created (`ls -l /dev/video* /dev/dri`)"
+    )]
+    NoSuchDevice {
         /// The node.
         path: String,
         /// Device number.
@@ -130,14 +146,9 @@ fn link_basename(path: &Path) -> Option<String> {
 /// The end address of the highest memory block, from
 /// `<sysfs_root>/devices/system/memory/{block_size_bytes,memoryN}`; `None`
 /// where the kernel does not list memory blocks.
+/// The heaps report the same value as [`HeapInfo::ram_end`](crate::heap::HeapInfo::ram_end).
 pub fn highest_ram_address(sysfs_root: &Path) -> Option<u64> {
-    let dir = sysfs_root.join("devices/system/memory");
-    let block = u64::from_str_radix(read_trimmed(&dir.join("block_size_bytes"))?.trim_start_matches("0x"), 16).ok()?;
-    let top = std::fs::read_dir(&dir)
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("memory")?.parse::<u64>().ok())
-        .max()?;
-    top.checked_add(1)?.checked_mul(block)
+    crate::heap::highest_ram_address(sysfs_root)
 }
 
 impl DeviceProbe {
@@ -178,7 +189,8 @@ impl DeviceProbe {
     /// symlinks lead). No `stat`: this is the part tests drive.
     ///
     /// # Errors
-    /// [`ProbeError::NoSysfsEntry`], [`ProbeError::UnsupportedSubsystem`].
+    /// [`ProbeError::NoSuchDevice`], [`ProbeError::NoSysfsEntry`],
+    /// [`ProbeError::UnsupportedSubsystem`].
     pub fn from_sysfs(
         sysfs_root: &Path,
         path: &str,
@@ -188,11 +200,12 @@ impl DeviceProbe {
     ) -> Result<Self, ProbeError> {
         let class_dev = sysfs_root.join(format!("dev/char/{major}:{minor}"));
         if std::fs::symlink_metadata(&class_dev).is_err() {
-            return Err(ProbeError::NoSysfsEntry {
-                path: path.to_owned(),
-                major,
-                minor,
-                sysfs: class_dev.display().to_string(),
+            let (path, sysfs) = (path.to_owned(), class_dev.display().to_string());
+            // With /sys/dev/char present, sysfs is mounted: nobody registered the number.
+            return Err(if sysfs_root.join("dev/char").is_dir() {
+                ProbeError::NoSuchDevice { path, major, minor, sysfs }
+            } else {
+                ProbeError::NoSysfsEntry { path, major, minor, sysfs }
             });
         }
         let subsystem = link_basename(&class_dev.join("subsystem")).unwrap_or_else(|| "unknown".to_owned());

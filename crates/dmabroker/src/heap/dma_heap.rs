@@ -7,7 +7,7 @@
 //! `cma`) are physically contiguous for the whole buffer, and their free
 //! capacity is `CmaFree` in /proc/meminfo.
 
-use super::{check_request, meminfo, open_error, AllocError, AllocRequest, Heap, HeapInfo, HeapKind, Limits};
+use super::{check_request, meminfo, open_error, ram_end, AllocError, AllocRequest, Heap, HeapInfo, HeapKind, Limits};
 use crate::buffer::adopt::is_contiguous_exporter;
 use crate::buffer::{Buffer, BufferKind, CacheMode, PhysicalProperties};
 use rustix::fs::{Mode, OFlags};
@@ -106,6 +106,8 @@ impl Heap for DmaHeap {
             note: self.device.as_ref().err().map(|e| {
                 format!("cannot open {}: {e} (heaps are root-only on most distributions: use the broker)", self.path)
             }),
+            pool_pages: None,
+            ram_end: ram_end(),
         }
     }
 

@@ -8,7 +8,7 @@
 //! `fallocate`, so a buffer never faults with SIGBUS later for want of pages.
 
 use super::memfd::create_sealed;
-use super::{check_request, AllocError, AllocRequest, Heap, HeapInfo, HeapKind, Limits};
+use super::{check_request, ram_end, AllocError, AllocRequest, Heap, HeapInfo, HeapKind, Limits};
 use crate::buffer::{Buffer, BufferKind, CacheMode, PhysicalProperties};
 use rustix::fs::{FallocateFlags, MemfdFlags};
 
@@ -100,7 +100,7 @@ impl Heap for HugetlbHeap {
             page_size: self.page_size,
             cache_modes: vec![CacheMode::Cached],
             device_importable: false,
-            free_bytes: Some(c.available() * self.page_size),
+            free_bytes: Some(c.available().saturating_mul(self.page_size)),
             max_buffer_size: None,
             usable: c.available() > 0,
             note: Some(format!(
@@ -113,24 +113,35 @@ impl Heap for HugetlbHeap {
                     String::new()
                 }
             )),
+            pool_pages: Some(c.total),
+            ram_end: ram_end(),
         }
     }
 
     fn allocate(&self, request: &AllocRequest) -> Result<Buffer, AllocError> {
         let len = check_request(&self.limits(), request)?;
         let needed = len / self.page_size;
-        // The free-page counters are read only when the kernel refuses, so
-        // the fast path does no sysfs I/O; fallocate is the authority.
-        let no_pages = || {
-            let c = counts(self.page_size).unwrap_or_default();
-            AllocError::NoHugePages { page_size: self.page_size, needed, free: c.available(), reserved: c.total }
-        };
         let fd = create_sealed(&self.name, request.name.as_deref(), len, MemfdFlags::HUGETLB | self.flags)?;
         // Take the pages now: a later fault without pages would be SIGBUS.
-        rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len).map_err(|e| match e {
-            rustix::io::Errno::NOSPC | rustix::io::Errno::NOMEM => no_pages(),
-            source => AllocError::Os { op: "fallocate", source },
-        })?;
+        if let Err(e) = rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len) {
+            // A failed fallocate keeps the pages it took before running out:
+            // close the memfd first so that they are back in the pool, then
+            // read the counters (only on refusal, so the fast path does no
+            // sysfs I/O; fallocate is the authority).
+            drop(fd);
+            return Err(match e {
+                rustix::io::Errno::NOSPC | rustix::io::Errno::NOMEM => {
+                    let c = counts(self.page_size).unwrap_or_default();
+                    AllocError::NoHugePages {
+                        page_size: self.page_size,
+                        needed,
+                        free: c.available(),
+                        reserved: c.total,
+                    }
+                }
+                source => AllocError::Os { op: "fallocate", source },
+            });
+        }
         let properties = PhysicalProperties {
             contiguous_up_to: self.page_size,
             page_size: self.page_size,

@@ -5,10 +5,13 @@
 //! SIGBUS) or grow it, and nobody can add `F_SEAL_WRITE` behind the writers'
 //! backs. Pages are allocated on first touch.
 
-use super::{check_request, meminfo, AllocError, AllocRequest, Heap, HeapInfo, HeapKind, Limits};
+use super::{
+    check_request, meminfo, ram_and_swap, ram_end, AllocError, AllocRequest, Heap, HeapInfo, HeapKind, Limits,
+};
 use crate::buffer::{Buffer, BufferKind, CacheMode, PhysicalProperties};
 use rustix::fs::{MemfdFlags, SealFlags};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The seals every dmabroker memfd carries.
 pub const SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW).union(SealFlags::SEAL);
@@ -46,12 +49,16 @@ pub(crate) fn create_sealed(
 #[derive(Debug, Default)]
 pub struct MemfdHeap {
     page_size: u64,
+    /// RAM plus swap in bytes at the last look (sysinfo); looked at again
+    /// before a size above it is refused, since swap may have been added.
+    machine_bytes: AtomicU64,
 }
 
 impl MemfdHeap {
     /// The memfd heap (always available).
     pub fn new() -> Self {
-        Self { page_size: rustix::param::page_size() as u64 }
+        let (ram, swap) = ram_and_swap();
+        Self { page_size: rustix::param::page_size() as u64, machine_bytes: AtomicU64::new(ram.saturating_add(swap)) }
     }
 }
 
@@ -84,11 +91,25 @@ impl Heap for MemfdHeap {
             max_buffer_size: None,
             usable: true,
             note: Some("CPU/IPC memory; devices import it through udmabuf".into()),
+            pool_pages: None,
+            ram_end: ram_end(),
         }
     }
 
     fn allocate(&self, request: &AllocRequest) -> Result<Buffer, AllocError> {
         let len = check_request(&self.limits(), request)?;
+        // Pages come on first touch, so the kernel accepts any size here and
+        // the OOM killer settles it later. A buffer larger than RAM and swap
+        // together can never be filled: refuse it now. No /proc read on this
+        // path: a size within the last known total costs a compare, and one
+        // above it a sysinfo(2) call for the current total.
+        if len > self.machine_bytes.load(Ordering::Relaxed) {
+            let (ram, swap) = ram_and_swap();
+            self.machine_bytes.store(ram.saturating_add(swap), Ordering::Relaxed);
+            if len > ram.saturating_add(swap) {
+                return Err(AllocError::LargerThanMemory { heap: "memfd".into(), len, ram, swap });
+            }
+        }
         let fd = create_sealed("memfd", request.name.as_deref(), len, MemfdFlags::empty())?;
         let properties = PhysicalProperties {
             contiguous_up_to: self.page_size,

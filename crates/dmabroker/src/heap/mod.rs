@@ -115,6 +115,15 @@ pub struct HeapInfo {
     pub usable: bool,
     /// Why not, or anything else worth knowing.
     pub note: Option<String>,
+    /// Pages in the pool it takes from, where it has one (hugetlb:
+    /// `nr_hugepages`): with `free_bytes`, how many pages to reserve for a
+    /// buffer.
+    pub pool_pages: Option<u64>,
+    /// The end of physical RAM (the highest memory block in
+    /// `/sys/devices/system/memory`), where the kernel lists memory blocks:
+    /// no page of any heap lies above it, so a device address limit at or
+    /// above it is no limit.
+    pub ram_end: Option<u64>,
 }
 
 /// Why an allocation failed. Each variant says what to do about it.
@@ -135,7 +144,7 @@ pub enum AllocError {
     #[error("alignment {0} is not a power of two")]
     BadAlignment(u64),
     /// The heap cannot align buffers that much.
-    #[error("heap {heap} aligns buffers to at most {max} bytes, {align} asked: use a heap with larger pages (hugetlb) or a contiguous heap")]
+    #[error("heap {heap} aligns buffers to at most {}, {} asked: {hint}", format_size(*max), format_size(*align))]
     AlignmentUnsatisfiable {
         /// The heap.
         heap: String,
@@ -143,6 +152,8 @@ pub enum AllocError {
         align: u64,
         /// What it can do.
         max: u64,
+        /// Which other heaps could, or what else to do.
+        hint: String,
     },
     /// No heap of that name on this machine.
     #[error("no heap named `{name}` on this machine; available: {} (see `dmabroker heaps`)", available.join(", "))]
@@ -153,7 +164,7 @@ pub enum AllocError {
         available: Vec<String>,
     },
     /// The heap cannot give a contiguous buffer that large.
-    #[error("heap {heap} is physically contiguous only up to {}, {} asked: use a CMA dma-heap (boot with cma=256M) or hugetlb-1G", format_size(*max), format_size(*len))]
+    #[error("heap {heap} is physically contiguous only up to {}, {} asked: {hint}", format_size(*max), format_size(*len))]
     NotContiguous {
         /// The heap.
         heap: String,
@@ -161,6 +172,8 @@ pub enum AllocError {
         len: u64,
         /// Its contiguity.
         max: u64,
+        /// Which other heaps could, or what else to do.
+        hint: String,
     },
     /// Larger than the heap's per-buffer limit.
     #[error("heap {heap} allows at most {} per buffer, {} asked: {hint}", format_size(*max), format_size(*len))]
@@ -175,7 +188,7 @@ pub enum AllocError {
         hint: String,
     },
     /// Not enough free huge pages.
-    #[error("the buffer needs {needed} free {} huge page(s) and {free} are free: reserve more as root with `echo {} > {sysctl}`", format_size(*page_size), reserved + needed.saturating_sub(*free), sysctl = sysctl_path(*page_size))]
+    #[error("{}", huge_page_shortage(*page_size, *needed, *free, Some(*reserved)))]
     NoHugePages {
         /// Huge page size.
         page_size: u64,
@@ -193,6 +206,23 @@ pub enum AllocError {
         path: String,
         /// What to do.
         hint: String,
+    },
+    /// Larger than this machine's RAM and swap together: it could never be
+    /// filled, however much memory were freed.
+    #[error(
+        "heap {heap} cannot hold {}: this machine has {} of RAM and {} of swap, {} in all, \
+         so such a buffer could never be filled; allocate less (or add swap)",
+        format_size(*len), format_size(*ram), format_size(*swap), format_size(ram.saturating_add(*swap))
+    )]
+    LargerThanMemory {
+        /// The heap.
+        heap: String,
+        /// Requested length (page-rounded).
+        len: u64,
+        /// Total RAM in bytes.
+        ram: u64,
+        /// Total swap in bytes.
+        swap: u64,
     },
     /// The heap is out of memory.
     #[error("heap {heap} has no {} left", format_size(*len))]
@@ -213,11 +243,50 @@ pub enum AllocError {
     },
 }
 
-fn sysctl_path(page_size: u64) -> String {
+/// The file that sets the size of the pool of `page_size` huge pages.
+pub(crate) fn sysctl_path(page_size: u64) -> String {
     if page_size == 2 << 20 {
         "/proc/sys/vm/nr_hugepages".to_owned()
     } else {
         format!("/sys/kernel/mm/hugepages/hugepages-{}kB/nr_hugepages", page_size / 1024)
+    }
+}
+
+/// A huge page size as the hugetlb cgroup controller names it (`2MB`, `1GB`).
+fn cgroup_page_name(page_size: u64) -> String {
+    if page_size >= 1 << 30 {
+        format!("{}GB", page_size >> 30)
+    } else if page_size >= 1 << 20 {
+        format!("{}MB", page_size >> 20)
+    } else {
+        format!("{}KB", page_size >> 10)
+    }
+}
+
+/// Why `needed` huge pages of `page_size` cannot be had with `free` free in
+/// a pool of `pool` pages, and the exact command that fixes it.
+pub(crate) fn huge_page_shortage(page_size: u64, needed: u64, free: u64, pool: Option<u64>) -> String {
+    let size = format_size(page_size);
+    if free >= needed {
+        return format!(
+            "the kernel refused {needed} {size} huge page(s) although {free} are free: a hugetlb cgroup limit \
+             (hugetlb.{}.max) or the memory policy of this process forbids them",
+            cgroup_page_name(page_size)
+        );
+    }
+    format!(
+        "the buffer needs {needed} free {size} huge page(s) and {free} are free: {}",
+        reserve_huge_pages(page_size, needed - free, pool)
+    )
+}
+
+/// How to add `missing` pages to a pool of `pool` huge pages of `page_size`:
+/// the exact `echo N > nr_hugepages` where the pool size is known.
+pub(crate) fn reserve_huge_pages(page_size: u64, missing: u64, pool: Option<u64>) -> String {
+    let sysctl = sysctl_path(page_size);
+    match pool {
+        Some(pool) => format!("reserve {missing} more as root with `echo {} > {sysctl}`", pool.saturating_add(missing)),
+        None => format!("raise {sysctl} by {missing} as root"),
     }
 }
 
@@ -254,7 +323,7 @@ pub const CMA_ALIGNMENT_ORDER: u32 = 8;
 /// power-of-two size, capped at [`CMA_ALIGNMENT_ORDER`] pages.
 pub fn max_start_alignment(contiguous_whole_buffer: bool, len: u64, page: u64) -> u64 {
     if contiguous_whole_buffer {
-        len.checked_next_power_of_two().unwrap_or(u64::MAX).clamp(page, page << CMA_ALIGNMENT_ORDER)
+        len.checked_next_power_of_two().unwrap_or(u64::MAX).clamp(page, page.saturating_mul(1 << CMA_ALIGNMENT_ORDER))
     } else {
         page
     }
@@ -277,7 +346,12 @@ pub(crate) fn check_request(info: &Limits<'_>, request: &AllocRequest) -> Result
         .ok_or(AllocError::SizeOverflow { requested: request.len, granularity: page })?;
     let contiguous = info.contiguous_up_to.unwrap_or(u64::MAX);
     if request.contiguous && len > contiguous {
-        return Err(AllocError::NotContiguous { heap: info.name.to_owned(), len, max: contiguous });
+        return Err(AllocError::NotContiguous {
+            heap: info.name.to_owned(),
+            len,
+            max: contiguous,
+            hint: contiguity_hint(info.name, len),
+        });
     }
     let max_align = max_start_alignment(info.contiguous_up_to.is_none(), len, page);
     if request.align > max_align {
@@ -285,6 +359,7 @@ pub(crate) fn check_request(info: &Limits<'_>, request: &AllocRequest) -> Result
             heap: info.name.to_owned(),
             align: request.align,
             max: max_align,
+            hint: alignment_hint(info.name, request.align, request.len),
         });
     }
     if let Some(max) = info.max_buffer_size.filter(|m| len > *m) {
@@ -296,6 +371,90 @@ pub(crate) fn check_request(info: &Limits<'_>, request: &AllocRequest) -> Result
         return Err(AllocError::TooLarge { heap: info.name.to_owned(), len, max, hint });
     }
     Ok(len)
+}
+
+/// The hugetlb heaps by name and page size, for hints.
+const HUGETLB_HEAPS: [(&str, u64); 2] = [("hugetlb", 2 << 20), ("hugetlb-1G", 1 << 30)];
+
+/// `cma=` on the kernel command line for at least `len` bytes (whole MiB,
+/// at least the customary 256M).
+pub(crate) fn cma_cmdline(len: u64) -> String {
+    format!("cma={}M", len.div_ceil(1 << 20).max(256))
+}
+
+/// The other heaps that could give `len` contiguous bytes, for a refusal by
+/// `heap`: the hugetlb heaps whose page holds the whole buffer, and a CMA
+/// dma-heap (which `heap` is not: CMA is contiguous over any length).
+fn contiguity_hint(heap: &str, len: u64) -> String {
+    let mut options: Vec<String> = HUGETLB_HEAPS
+        .iter()
+        .filter(|(name, page)| *name != heap && len <= *page)
+        .map(|(name, page)| format!("{name} ({} pages)", format_size(*page)))
+        .collect();
+    options.push(format!("a CMA dma-heap (boot with {} if there is none)", cma_cmdline(len)));
+    format!("use {}", or_list(&options))
+}
+
+/// The other heaps that could start a `len`-byte buffer on an `align`
+/// boundary, for a refusal by `heap`: hugetlb heaps whose page is at least
+/// `align`, and CMA while the buffer's own order covers it (see
+/// [`max_start_alignment`]).
+fn alignment_hint(heap: &str, align: u64, len: u64) -> String {
+    let mut options: Vec<String> = HUGETLB_HEAPS
+        .iter()
+        .filter(|(name, page)| *name != heap && align <= *page)
+        .map(|(name, page)| format!("{name} ({} pages)", format_size(*page)))
+        .collect();
+    let base_page = rustix::param::page_size() as u64;
+    if align <= max_start_alignment(true, len, base_page) {
+        options.push("a CMA dma-heap".to_owned());
+    }
+    if options.is_empty() {
+        return format!(
+            "no heap aligns a {} buffer to {}: lower the alignment, or allocate {} more and use an aligned part",
+            format_size(len),
+            format_size(align),
+            format_size(align)
+        );
+    }
+    format!("use {}", or_list(&options))
+}
+
+/// `a`, `a or b`, `a, b or c`.
+fn or_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// This machine's total RAM and total swap in bytes, from `sysinfo(2)`: one
+/// cheap system call, fit for the allocation path (no /proc read).
+#[allow(clippy::useless_conversion)] // c_ulong is u32 on 32-bit targets
+pub(crate) fn ram_and_swap() -> (u64, u64) {
+    let info = rustix::system::sysinfo();
+    let unit = u64::from(info.mem_unit).max(1);
+    (u64::from(info.totalram).saturating_mul(unit), u64::from(info.totalswap).saturating_mul(unit))
+}
+
+/// The end address of the highest memory block, from
+/// `<sysfs_root>/devices/system/memory/{block_size_bytes,memoryN}`; `None`
+/// where the kernel does not list memory blocks.
+pub(crate) fn highest_ram_address(sysfs_root: &std::path::Path) -> Option<u64> {
+    let dir = sysfs_root.join("devices/system/memory");
+    let block = std::fs::read_to_string(dir.join("block_size_bytes")).ok()?;
+    let block = u64::from_str_radix(block.trim().trim_start_matches("0x"), 16).ok()?;
+    let top = std::fs::read_dir(&dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("memory")?.parse::<u64>().ok())
+        .max()?;
+    top.checked_add(1)?.checked_mul(block)
+}
+
+/// [`highest_ram_address`] of the running machine, for [`HeapInfo::ram_end`].
+pub(crate) fn ram_end() -> Option<u64> {
+    highest_ram_address(std::path::Path::new("/sys"))
 }
 
 /// The heaps of this machine.

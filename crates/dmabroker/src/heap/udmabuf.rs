@@ -10,7 +10,7 @@
 //! attached.
 
 use super::memfd::create_sealed;
-use super::{check_request, meminfo, open_error, AllocError, AllocRequest, Heap, HeapInfo, HeapKind, Limits};
+use super::{check_request, meminfo, open_error, ram_end, AllocError, AllocRequest, Heap, HeapInfo, HeapKind, Limits};
 use crate::buffer::{Buffer, BufferKind, CacheMode, PhysicalProperties};
 use rustix::fs::{Mode, OFlags};
 use std::os::fd::OwnedFd;
@@ -76,6 +76,8 @@ impl Heap for Udmabuf {
             max_buffer_size: Some(self.size_limit),
             usable: self.device.is_ok(),
             note: self.device.as_ref().err().map(|e| format!("cannot open {DEVICE}: {e}")),
+            pool_pages: None,
+            ram_end: ram_end(),
         }
     }
 
