@@ -24,6 +24,12 @@ pub enum Command {
     /// Allocate a buffer and print what was allocated.
     Alloc(AllocArgs),
     /// Tell what an open fd of a process is (dma-buf, memfd, ...).
+    #[command(after_help = "Exit status:\n  \
+                            0  the fd is a buffer (dma-buf or memfd)\n  \
+                            3  the fd exists but is not a buffer, or could not be copied to classify it \
+                            (the reason is printed; with --json in `not_a_buffer`)\n  \
+                            1  error: no such process, no such fd, permission denied\n  \
+                            2  usage error")]
     Inspect(InspectArgs),
     /// Run the broker daemon (allocation service, sharing, quotas, accounting).
     Serve(serve::ServeArgs),
@@ -53,17 +59,18 @@ pub struct HeapsArgs {
 /// `dmabroker alloc`.
 #[derive(Debug, Args)]
 pub struct AllocArgs {
-    /// Heap to allocate from (see `dmabroker heaps`).
-    #[arg(long, default_value = "memfd")]
-    pub heap: String,
-    /// Size: 4096, 4K, 12MiB, 1G..., or WIDTHxHEIGHT with --format.
+    /// Heap to allocate from (see `dmabroker heaps`) [default: memfd, or with
+    /// device options the cheapest heap that meets them].
+    #[arg(long)]
+    pub heap: Option<String>,
+    /// Size: 4096, 4K, 12MiB, 1G, 0x1000 (hexadecimal bytes)..., or WIDTHxHEIGHT with --format.
     #[arg(long, value_parser = crate::command::alloc_for::parse_size_spec)]
     pub size: crate::command::alloc_for::SizeSpec,
     /// Require physically contiguous memory.
     #[arg(long)]
     pub contiguous: bool,
-    /// Required start alignment in bytes (power of two).
-    #[arg(long, value_parser = dmabroker::size::parse_size, default_value = "1")]
+    /// Required start alignment in bytes (power of two: 1, 4K, 2M...).
+    #[arg(long, value_parser = parse_power_of_two, default_value = "1")]
     pub align: u64,
     /// Buffer name (shown in /proc fdinfo and `dmabroker ps`).
     #[arg(long)]
@@ -126,17 +133,66 @@ pub enum BenchCommand {
 /// `dmabroker bench alloc`.
 #[derive(Debug, Args)]
 pub struct BenchAllocArgs {
-    /// Sizes to measure.
-    #[arg(long, value_delimiter = ',', value_parser = dmabroker::size::parse_size, default_value = "4K,1M,12M,64M")]
+    /// Sizes to measure (each at least one byte).
+    #[arg(long, value_delimiter = ',', value_parser = parse_nonzero_size, default_value = "4K,1M,12M,64M")]
     pub sizes: Vec<u64>,
     /// Heaps to measure (default: every usable heap).
     #[arg(long, value_delimiter = ',')]
     pub heaps: Vec<String>,
-    /// Scale the iteration counts (1.0 = default).
-    #[arg(long, default_value_t = 1.0)]
+    /// Scale the iteration counts (1.0 = default; a finite number above 0).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_scale)]
     pub scale: f64,
     /// Control run (A/A): measure the raw path against itself in the
     /// library's place, to show what the method alone reports as overhead.
     #[arg(long)]
     pub control: bool,
+}
+
+/// clap value parser for alignments: a size that is a power of two (not 0).
+pub fn parse_power_of_two(s: &str) -> Result<u64, String> {
+    let value = dmabroker::size::parse_size(s).map_err(|e| e.to_string())?;
+    if !value.is_power_of_two() {
+        return Err(format!("alignment {value} is not a power of two: give 1, 2, 4, ... bytes (e.g. 64, 4K, 2M)"));
+    }
+    Ok(value)
+}
+
+/// clap value parser for `bench alloc --sizes`: a size of at least one byte.
+fn parse_nonzero_size(s: &str) -> Result<u64, String> {
+    match dmabroker::size::parse_size(s).map_err(|e| e.to_string())? {
+        0 => Err("size 0: a buffer needs at least one byte (e.g. 4K)".to_owned()),
+        n => Ok(n),
+    }
+}
+
+/// clap value parser for `bench alloc --scale`: a finite number above 0.
+fn parse_scale(s: &str) -> Result<f64, String> {
+    let value: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number: give e.g. 0.5 or 2"))?;
+    if !value.is_finite() || value <= 0.0 {
+        return Err(format!("scale {value} must be a finite number above 0 (e.g. 0.5 or 2)"));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alignments_are_powers_of_two() {
+        assert_eq!(parse_power_of_two("4K"), Ok(4096));
+        assert_eq!(parse_power_of_two("1"), Ok(1));
+        assert!(parse_power_of_two("0").unwrap_err().contains("not a power of two"));
+        assert!(parse_power_of_two("3").unwrap_err().contains("not a power of two"));
+    }
+
+    #[test]
+    fn scales_are_finite_and_positive() {
+        assert_eq!(parse_scale("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "NaN", "inf", "-inf", "x"] {
+            assert!(parse_scale(bad).is_err(), "{bad}");
+        }
+        assert!(parse_nonzero_size("0").is_err());
+        assert_eq!(parse_nonzero_size("4K"), Ok(4096));
+    }
 }

@@ -8,6 +8,9 @@ use serde::Serialize;
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
+/// The heap of `alloc --size S` without `--heap` or device options.
+const DEFAULT_HEAP: &str = "memfd";
+
 #[derive(Serialize)]
 struct AllocReport {
     fd: i32,
@@ -21,29 +24,38 @@ pub fn run(args: &AllocArgs) -> anyhow::Result<ExitCode> {
     if args.broker || args.publish.is_some() || args.token {
         anyhow::ensure!(
             !args.device.in_use(),
-            "--format/--for/--max-address/--page-size/--uncached are not yet supported with --broker: allocate in-process"
+            "--format/--for/--profile/--max-address/--page-size/--uncached/--stride-align are not yet supported \
+             with --broker/--publish/--token: allocate in-process (leave out --broker)"
         );
         return run_via_broker(args);
     }
     if args.device.in_use() {
-        return super::alloc_for::run(
-            args.size,
-            args.contiguous,
-            args.align,
-            args.name.as_deref(),
-            args.json,
-            &args.device,
-        );
+        return super::alloc_for::run(&super::alloc_for::AllocFor {
+            size: args.size,
+            contiguous: args.contiguous,
+            align: args.align,
+            name: args.name.as_deref(),
+            json: args.json,
+            heap: args.heap.as_deref(),
+            dev: &args.device,
+        });
     }
     let heaps = Heaps::discover();
     let mut request = AllocRequest::new(args.size.bytes()?).contiguous(args.contiguous).align(args.align);
     if let Some(name) = &args.name {
         request = request.name(name.clone());
     }
-    let buffer = heaps.allocate(&args.heap, &request)?;
+    let buffer = heaps.allocate(args.heap.as_deref().unwrap_or(DEFAULT_HEAP), &request)?;
+    // Physical segments are extra information: when they cannot be read
+    // (frames hidden without CAP_SYS_ADMIN, a buffer too large to populate,
+    // a device-only buffer) the allocation still succeeded, so the reason is
+    // a note (`segments_error` in JSON), never a failure.
     let (segments, segments_error) = match dmabroker::phys::segments(&buffer) {
         Ok(s) => (Some(s), None),
-        Err(e) => (None, Some(e.to_string())),
+        Err(e) => {
+            tracing::debug!("physical segments not available: {e}");
+            (None, Some(e.to_string()))
+        }
     };
     let report = AllocReport {
         fd: std::os::fd::AsFd::as_fd(&buffer).as_raw_fd(),
@@ -88,7 +100,7 @@ pub fn run(args: &AllocArgs) -> anyhow::Result<ExitCode> {
                 println!("    ... {} more", segs.len() - 16);
             }
         }
-        (None, Some(e)) => println!("  physical segments: not available: {e}"),
+        (None, Some(e)) => println!("  note: physical segments not available: {e}"),
         (None, None) => {}
     }
     Ok(ExitCode::SUCCESS)
@@ -107,11 +119,11 @@ fn run_via_broker(args: &AllocArgs) -> anyhow::Result<ExitCode> {
     let path = args.socket.clone().unwrap_or_else(dmabroker::proto::default_client_socket);
     let mut client = Client::connect(&path)?;
     let buffer = client.allocate_with(dmabroker::proto::AllocateRequest {
-        heap: args.heap.clone(),
+        heap: args.heap.clone().unwrap_or_else(|| DEFAULT_HEAP.to_owned()),
         len: args.size.bytes()?,
         align: args.align,
         contiguous: args.contiguous,
-        name: args.name.clone(),
+        name: args.name.clone().or_else(|| args.publish.clone()),
     })?;
     let published = if args.publish.is_some() || args.token {
         let mut options = match &args.publish {

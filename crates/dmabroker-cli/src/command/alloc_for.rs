@@ -3,11 +3,14 @@
 //! constraints (and which device asked for each), the plane layout, the
 //! chosen heap and why.
 
-use dmabroker::constraints::{allocate_for, AllocForError, Constraints, DeviceCoherency, Profiles};
+use dmabroker::constraints::{
+    allocate_for, choose_heap, AllocForError, Choice, ChooseError, Constraints, DeviceCoherency, NoHeapError, Profiles,
+};
 use dmabroker::format::{Layout, LayoutOptions, PixelFormat};
 use dmabroker::size::{format_size, parse_size};
-use dmabroker::Heaps;
+use dmabroker::{Buffer, Heaps};
 use serde::Serialize;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,26 +33,48 @@ impl SizeSpec {
     }
 }
 
-/// clap value parser for `--size`: `4096`, `12MiB`, `1920x1080`.
+/// clap value parser for `--size`: `4096`, `12MiB`, `0x1000` (hexadecimal
+/// bytes), `1920x1080` (pixels).
 pub fn parse_size_spec(s: &str) -> Result<SizeSpec, String> {
-    if let Some((w, h)) = s.split_once(['x', 'X']) {
+    let t = s.trim();
+    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        return parse_hex(hex, s).map(SizeSpec::Bytes);
+    }
+    if let Some((w, h)) = t.split_once(['x', 'X']) {
         if !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()) {
-            let w: u32 = w.parse().map_err(|_| format!("width `{w}` is not a number of pixels"))?;
-            let h: u32 = h.parse().map_err(|_| format!("height `{h}` is not a number of pixels"))?;
-            if w == 0 || h == 0 {
-                return Err(format!("{s}: width and height must be at least 1 pixel"));
+            let w: u32 = w.parse().map_err(|_| format!("width `{w}` in `{s}` is not a number of pixels"))?;
+            let h: u32 = h.parse().map_err(|_| format!("height `{h}` in `{s}` is not a number of pixels"))?;
+            if w == 0 {
+                return Err(format!("`{s}`: the width is 0 pixels: give at least 1 (e.g. 1920x1080)"));
+            }
+            if h == 0 {
+                return Err(format!("`{s}`: the height is 0 pixels: give at least 1 (e.g. 1920x1080)"));
             }
             return Ok(SizeSpec::Pixels(w, h));
         }
     }
-    parse_size(s).map(SizeSpec::Bytes).map_err(|e| e.to_string())
+    parse_size(t).map(SizeSpec::Bytes).map_err(|e| e.to_string())
+}
+
+/// The digits after `0x` as a byte count or address (`_` separators allowed).
+fn parse_hex(digits: &str, input: &str) -> Result<u64, String> {
+    let digits = digits.replace('_', "");
+    if digits.is_empty() {
+        return Err(format!("`{input}`: hexadecimal digits must follow 0x (e.g. 0x1000)"));
+    }
+    u64::from_str_radix(&digits, 16).map_err(|e| match e.kind() {
+        std::num::IntErrorKind::PosOverflow => {
+            format!("`{input}` does not fit in 64 bits: at most 0xffffffffffffffff")
+        }
+        _ => format!("`{input}` is not a hexadecimal number (e.g. 0x1000)"),
+    })
 }
 
 /// clap value parser for `--max-address`: `0xffffffff`, `4G`, `4294967295`.
 fn parse_address(s: &str) -> Result<u64, String> {
     let t = s.trim();
     if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        return u64::from_str_radix(&hex.replace('_', ""), 16).map_err(|e| format!("`{s}`: {e}"));
+        return parse_hex(hex, s);
     }
     parse_size(t).map_err(|e| e.to_string())
 }
@@ -90,9 +115,9 @@ pub struct DeviceArgs {
     /// The buffer must be uncached for the CPU.
     #[arg(long)]
     pub uncached: bool,
-    /// Align each plane's bytesperline to this many bytes.
-    #[arg(long, value_parser = parse_size, default_value = "1")]
-    pub stride_align: u64,
+    /// Align each plane's bytesperline to this many bytes (a power of two; needs --format).
+    #[arg(long, value_parser = crate::cli::parse_power_of_two)]
+    pub stride_align: Option<u64>,
 }
 
 impl DeviceArgs {
@@ -104,6 +129,7 @@ impl DeviceArgs {
             || self.max_address.is_some()
             || self.page_size.is_some()
             || self.uncached
+            || self.stride_align.is_some()
     }
 }
 
@@ -112,19 +138,59 @@ struct Report {
     constraints: Constraints,
     requirements: Vec<String>,
     layout: Option<Layout>,
-    choice: dmabroker::constraints::Choice,
+    /// How buffer 0's heap was chosen (every buffer's choice is in `buffers`).
+    choice: Choice,
+    /// Buffer 0 (the only one except for the `…M` formats).
+    buffer: dmabroker::buffer::BufferInfo,
+    /// Every buffer allocated: one, or one per plane for the `…M` formats.
+    buffers: Vec<BufferReport>,
+}
+
+#[derive(Serialize)]
+struct BufferReport {
+    /// The buffer index that the layout's planes refer to.
+    index: usize,
+    /// Its fd in this process.
+    fd: i32,
+    /// Bytes the layout needs in it (before page rounding).
+    size: u64,
+    /// Bytes allocated.
+    len: u64,
+    /// The heap it came from.
+    heap: String,
+    /// The planes it holds (indexes into `layout.planes`); empty without a format.
+    planes: Vec<usize>,
+    choice: Choice,
     buffer: dmabroker::buffer::BufferInfo,
 }
 
+/// What the user asked of `dmabroker alloc` with device-aware options.
+pub struct AllocFor<'a> {
+    /// `--size`.
+    pub size: SizeSpec,
+    /// `--contiguous`.
+    pub contiguous: bool,
+    /// `--align` (a power of two, 1 = none).
+    pub align: u64,
+    /// `--name`.
+    pub name: Option<&'a str>,
+    /// `--json`.
+    pub json: bool,
+    /// `--heap`, when given: allocate from it only.
+    pub heap: Option<&'a str>,
+    /// The device options.
+    pub dev: &'a DeviceArgs,
+}
+
 /// Run `dmabroker alloc` with device-aware options.
-pub fn run(
-    size: SizeSpec,
-    contiguous: bool,
-    align: u64,
-    name: Option<&str>,
-    json: bool,
-    dev: &DeviceArgs,
-) -> anyhow::Result<ExitCode> {
+pub fn run(args: &AllocFor<'_>) -> anyhow::Result<ExitCode> {
+    let dev = args.dev;
+    if let (Some(stride), None) = (dev.stride_align, dev.format) {
+        anyhow::bail!(
+            "--stride-align {stride} needs --format: it pads the rows of a pixel format's planes \
+             (e.g. --format NV12 --size 1920x1080 --stride-align {stride})"
+        );
+    }
     let mut profiles = Profiles::load_default()?;
     profiles.load(&dev.profiles)?;
     let mut all = Vec::new();
@@ -133,13 +199,14 @@ pub fn run(
     }
     // Explicit options form a pseudo-device "command line", listed among
     // the devices only when it asks for something.
-    let explicit = contiguous || align > 1 || dev.max_address.is_some() || dev.page_size.is_some() || dev.uncached;
+    let explicit =
+        args.contiguous || args.align > 1 || dev.max_address.is_some() || dev.page_size.is_some() || dev.uncached;
     let mut cli = Constraints::builder("command line");
-    if contiguous {
+    if args.contiguous {
         cli = cli.contiguous();
     }
-    if align > 1 {
-        cli = cli.align(align);
+    if args.align > 1 {
+        cli = cli.align(args.align);
     }
     if let Some(max) = dev.max_address {
         cli = cli.address_bits(address_bits(max)?);
@@ -155,9 +222,9 @@ pub fn run(
     }
     let merged = Constraints::merge_all(&all)?;
 
-    let (layout, len) = match (size, dev.format) {
+    let (layout, sizes) = match (args.size, dev.format) {
         (SizeSpec::Pixels(w, h), Some(format)) => {
-            let mut options = LayoutOptions::default().with_stride_align(dev.stride_align);
+            let mut options = LayoutOptions::default().with_stride_align(dev.stride_align.unwrap_or(1));
             if let Some(a) = merged.align() {
                 options = options.with_plane_align(a.value);
             }
@@ -165,51 +232,151 @@ pub fn run(
                 options = options.with_size_align(g.value);
             }
             let layout = Layout::new(format, w, h, &options)?;
-            if layout.buffer_count() > 1 {
-                // One allocation per memory plane would be the V4L2 M-format
-                // way; a single buffer holding every plane at its offset is
-                // what DRM and most importers want, so allocate the sum.
-                tracing::info!("{} has {} memory planes: allocating them in one buffer", format, layout.buffer_count());
+            // The `…M` formats (V4L2 memory planes, one DRM handle each) get
+            // one buffer per plane, each meeting every constraint.
+            let sizes = layout.buffer_sizes().to_vec();
+            if sizes.len() > 1 {
+                tracing::info!("{format} has {} memory planes: allocating one buffer per plane", sizes.len());
             }
-            let total = layout.buffer_sizes().iter().try_fold(0u64, |a, b| a.checked_add(*b));
-            let total = total.ok_or_else(|| anyhow::anyhow!("{w}x{h} {format}: total size overflows"))?;
-            (Some(layout), total)
+            (Some(layout), sizes)
         }
-        (SizeSpec::Bytes(b), None) => (None, b),
-        (SizeSpec::Bytes(b), Some(f)) => {
-            anyhow::bail!("--format {f} needs --size WIDTHxHEIGHT, not a byte count ({b})")
-        }
-        (s @ SizeSpec::Pixels(..), None) => (None, s.bytes()?),
+        (SizeSpec::Bytes(b), None) => (None, vec![b]),
+        (SizeSpec::Bytes(b), Some(f)) => anyhow::bail!(
+            "--format {f} needs --size WIDTHxHEIGHT in pixels, not a byte count ({b} bytes; 0x... is read as hexadecimal)"
+        ),
+        (s @ SizeSpec::Pixels(..), None) => (None, vec![s.bytes()?]),
     };
 
     let heaps = Heaps::discover();
-    let (buffer, choice) = match allocate_for(&heaps, &merged, len, name) {
-        Ok(ok) => ok,
-        Err(AllocForError::Choose(e)) => {
-            eprintln!("{}", merged_summary(&merged));
-            anyhow::bail!("{e}");
-        }
-        Err(e) => return Err(e.into()),
+    let forced = match args.heap {
+        Some(name) => Some(heaps.require(name)?.name().to_owned()),
+        None => None,
     };
+    let count = sizes.len();
+    let mut buffers = Vec::with_capacity(count);
+    for (index, &size) in sizes.iter().enumerate() {
+        let which = || {
+            if count > 1 {
+                format!("buffer {index} of {count} (plane {index}): ")
+            } else {
+                String::new()
+            }
+        };
+        let result = match &forced {
+            Some(heap) => allocate_from(&heaps, heap, &merged, size, args.name),
+            None => allocate_for(&heaps, &merged, size, args.name),
+        };
+        let (buffer, choice) = match result {
+            Ok(ok) => ok,
+            Err(AllocForError::Choose(ChooseError::NoHeap(e))) if forced.is_some() => {
+                eprintln!("{}", merged_summary(&merged));
+                anyhow::bail!("{}{}", which(), heap_lacks(&e));
+            }
+            Err(AllocForError::Choose(e)) => {
+                eprintln!("{}", merged_summary(&merged));
+                anyhow::bail!("{}{e}", which());
+            }
+            Err(AllocForError::Alloc { attempts }) if forced.is_some() && attempts.len() == 1 => {
+                let (heap, e) = &attempts[0];
+                anyhow::bail!("{}allocation from heap {heap} (--heap) failed: {e}", which());
+            }
+            Err(e) => anyhow::bail!("{}{e}", which()),
+        };
+        let planes = match &layout {
+            Some(l) => l.planes().iter().enumerate().filter(|(_, p)| p.buffer == index).map(|(i, _)| i).collect(),
+            None => Vec::new(),
+        };
+        buffers.push((buffer, choice, size, planes));
+    }
+    let buffers: Vec<BufferReport> = buffers
+        .iter()
+        .enumerate()
+        .map(|(index, (buffer, choice, size, planes))| {
+            let info = buffer.info();
+            BufferReport {
+                index,
+                fd: buffer.as_fd().as_raw_fd(),
+                size: *size,
+                len: info.len,
+                heap: info.heap.clone(),
+                planes: planes.clone(),
+                choice: choice.clone(),
+                buffer: info,
+            }
+        })
+        .collect();
+    let first = buffers.first().ok_or_else(|| anyhow::anyhow!("the layout has no buffer"))?;
     let report = Report {
         requirements: merged.describe().into_iter().map(|(_, s)| s).collect(),
         constraints: merged,
         layout,
-        choice,
-        buffer: buffer.info(),
+        choice: first.choice.clone(),
+        buffer: first.buffer.clone(),
+        buffers,
     };
-    if json {
+    if args.json {
         crate::output::print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
     }
+    print_human(&report);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--heap H` with device options: that heap only, if it meets the constraints.
+fn allocate_from(
+    heaps: &Heaps,
+    heap: &str,
+    merged: &Constraints,
+    len: u64,
+    name: Option<&str>,
+) -> Result<(Buffer, Choice), AllocForError> {
+    let infos: Vec<_> = heaps.infos().into_iter().filter(|h| h.name == heap).collect();
+    let mut choice = choose_heap(&infos, merged, len)?;
+    if let Some(first) = choice.reasons.first_mut() {
+        *first = format!("{heap} was asked for (--heap) and meets every requirement");
+    }
+    match heaps.allocate(&choice.heap, &choice.request(name)) {
+        Ok(buffer) => Ok((buffer, choice)),
+        Err(e) => Err(AllocForError::Alloc { attempts: vec![(choice.heap, e)] }),
+    }
+}
+
+/// Why the one heap given with `--heap` cannot take the buffer, requirement
+/// by requirement, with the devices behind each.
+fn heap_lacks(e: &NoHeapError) -> String {
+    let mut out = String::new();
+    for r in &e.rejected {
+        out.push_str(&format!("heap {} cannot allocate {}", r.heap, format_size(e.len)));
+        // Name the devices when one of their requirements is what fails.
+        if !e.devices.is_empty() && r.lacks.iter().any(|l| l.requirement.is_some()) {
+            out.push_str(&format!(" for {}", e.devices.join(", ")));
+        }
+        out.push(':');
+        for lack in &r.lacks {
+            let sentence = lack
+                .requirement
+                .and_then(|k| e.requirements.iter().find(|(kind, _)| *kind == k).map(|(_, s)| s.clone()))
+                .unwrap_or_else(|| "on this machine".to_owned());
+            out.push_str(&format!("\n  {sentence}: {}: {}", r.heap, lack.problem));
+        }
+    }
+    for hint in &e.hints {
+        out.push_str(&format!("\n  hint: {hint}"));
+    }
+    out.push_str("\n  hint: leave out --heap to let dmabroker choose among every heap");
+    out
+}
+
+fn print_human(report: &Report) {
     println!("{}", merged_summary(&report.constraints));
     if let Some(layout) = &report.layout {
         println!(
-            "layout: {} {}x{}, {} in all",
+            "layout: {} {}x{}, {} in all, in {} buffer(s)",
             layout.format(),
             layout.width(),
             layout.height(),
-            format_size(layout.total_size())
+            format_size(layout.total_size()),
+            layout.buffer_count()
         );
         for (i, p) in layout.planes().iter().enumerate() {
             println!(
@@ -218,16 +385,48 @@ pub fn run(
             );
         }
     }
-    println!("heap: {} ({} bytes allocated)", report.choice.heap, report.choice.allocated_len);
-    for r in &report.choice.reasons {
-        println!("  because {r}");
+    let mut explained: Option<&str> = None;
+    for b in &report.buffers {
+        if explained == Some(b.choice.heap.as_str()) {
+            continue;
+        }
+        explained = Some(&b.choice.heap);
+        print_choice(&b.choice);
     }
-    for r in &report.choice.passed_over {
-        println!("  passed over {r}");
+    let many = report.buffers.len() > 1;
+    for b in &report.buffers {
+        let info = &b.buffer;
+        let planes = match b.planes.as_slice() {
+            [] => String::new(),
+            [p] => format!(", plane {p}"),
+            ps => format!(", planes {}", ps.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+        };
+        let which = if many { format!("buffer {}: ", b.index) } else { String::new() };
+        println!(
+            "allocated {which}{} as a {} from {} (fd {}, inode {}{planes})",
+            format_size(info.len),
+            info.kind,
+            info.heap,
+            b.fd,
+            info.inode
+        );
     }
-    let b = &report.buffer;
-    println!("allocated {} as a {} from {} (inode {})", format_size(b.len), b.kind, b.heap, b.inode);
-    Ok(ExitCode::SUCCESS)
+}
+
+/// The chosen heap and why, each passed-over heap once.
+fn print_choice(choice: &Choice) {
+    for line in choice_lines(choice) {
+        println!("{line}");
+    }
+}
+
+fn choice_lines(choice: &Choice) -> Vec<String> {
+    let mut lines = vec![format!("heap: {} ({} bytes allocated)", choice.heap, choice.allocated_len)];
+    // The passed-over heaps are listed from `passed_over`, once, whether or
+    // not the library also words them among the reasons.
+    lines.extend(choice.reasons.iter().filter(|r| !r.starts_with("passed over ")).map(|r| format!("  because {r}")));
+    lines.extend(choice.passed_over.iter().map(|r| format!("  passed over {r}")));
+    lines
 }
 
 fn merged_summary(c: &Constraints) -> String {
@@ -251,8 +450,46 @@ mod tests {
     fn sizes_parse_as_bytes_or_pixels() {
         assert_eq!(parse_size_spec("12MiB"), Ok(SizeSpec::Bytes(12 << 20)));
         assert_eq!(parse_size_spec("1920x1080"), Ok(SizeSpec::Pixels(1920, 1080)));
-        assert!(parse_size_spec("0x1080").is_err());
+        assert_eq!(parse_size_spec("0x1000"), Ok(SizeSpec::Bytes(4096)));
+        assert_eq!(parse_size_spec("0x1080"), Ok(SizeSpec::Bytes(0x1080)));
+        assert!(parse_size_spec("0x").is_err());
+        assert!(parse_size_spec("0xzz").is_err());
         assert!(parse_size_spec("1920x").is_err());
+        assert!(parse_size_spec("00x1080").unwrap_err().contains("width is 0"));
+        assert!(parse_size_spec("1920x0").unwrap_err().contains("height is 0"));
+    }
+
+    #[test]
+    fn each_passed_over_heap_is_listed_once() {
+        use dmabroker::buffer::{CacheMode, Coherency};
+        use dmabroker::constraints::{Lack, Rejection};
+        use dmabroker::heap::HeapKind;
+        let memfd = Rejection {
+            heap: "memfd".into(),
+            lacks: vec![Lack { requirement: None, from: Vec::new(), problem: "has 4 KiB pages".into() }],
+        };
+        let mut choice = Choice {
+            heap: "hugetlb".into(),
+            kind: HeapKind::Hugetlb,
+            len: 2 << 20,
+            allocated_len: 2 << 20,
+            align: 1,
+            contiguous: false,
+            cache: CacheMode::Cached,
+            coherency: Coherency::Coherent,
+            reasons: vec!["hugetlb is the only heap that meets every requirement".into()],
+            candidates: vec!["hugetlb".into()],
+            passed_over: vec![memfd.clone()],
+        };
+        // Whether or not the reasons also word it (the library did, and may not).
+        for worded in [false, true] {
+            if worded {
+                choice.reasons.push(format!("passed over {memfd}"));
+            }
+            let lines = choice_lines(&choice);
+            assert_eq!(lines.iter().filter(|l| l.contains("memfd")).count(), 1, "{lines:?}");
+            assert_eq!(lines.iter().filter(|l| l.starts_with("  because")).count(), 1, "{lines:?}");
+        }
     }
 
     #[test]

@@ -19,6 +19,25 @@ pub fn run(args: &BenchAllocArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.heaps.iter().map(|n| heaps.require(n)).collect::<Result<_, _>>()?
     };
+    // Check every size up front, before the table starts: at least one byte
+    // (clap checked), and a whole number of each heap's pages that one
+    // mapping can hold.
+    for heap in &selected {
+        let info = heap.info();
+        for &size in &args.sizes {
+            anyhow::ensure!(size > 0, "--sizes 0: a buffer needs at least one byte (e.g. --sizes 4K,1M)");
+            anyhow::ensure!(
+                rounded(size, info.page_size).is_some(),
+                "--sizes {size}: rounding up to whole {} pages of {} overflows the address space: give a smaller size (e.g. 64M)",
+                format_size(info.page_size),
+                info.name
+            );
+        }
+    }
+    // Memory the kernel could hand out now, read once outside the timed
+    // loops: a size above it is skipped rather than pushing the machine into
+    // reclaim, swap or the OOM killer.
+    let available = mem_available();
     let measured = if args.control { "raw syscalls again (control)" } else { "dmabroker" };
     println!(
         "| heap | size | iterations | raw syscalls p50 | {measured} p50 | overhead (p50) | raw p90 | {measured} p90 |"
@@ -27,7 +46,18 @@ pub fn run(args: &BenchAllocArgs) -> anyhow::Result<ExitCode> {
     for heap in selected {
         let info = heap.info();
         for &size in &args.sizes {
-            let len = size.next_multiple_of(info.page_size);
+            let len = rounded(size, info.page_size).unwrap_or(u64::MAX);
+            // Huge pages come from their own pool (checked below), which
+            // MemAvailable does not count.
+            if let Some(avail) = available.filter(|a| info.kind != HeapKind::Hugetlb && len > *a) {
+                println!(
+                    "| {} | {} | skipped: more than the {} of memory available (MemAvailable) | | | | | |",
+                    info.name,
+                    format_size(size),
+                    format_size(avail)
+                );
+                continue;
+            }
             if info.kind == HeapKind::Hugetlb && info.free_bytes.unwrap_or(0) < len {
                 println!("| {} | {} | skipped: not enough free huge pages | | | | | |", info.name, format_size(size));
                 continue;
@@ -79,6 +109,21 @@ pub fn run(args: &BenchAllocArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `size` rounded up to whole pages, when that fits in one mapping.
+fn rounded(size: u64, page: u64) -> Option<u64> {
+    size.checked_next_multiple_of(page.max(1)).filter(|l| *l <= isize::MAX as u64)
+}
+
+/// `MemAvailable` from /proc/meminfo in bytes; `None` when unreadable (then
+/// nothing is skipped for it).
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines().find_map(|l| {
+        let kb = l.strip_prefix("MemAvailable:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+        kb.checked_mul(1024)
+    })
 }
 
 fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {

@@ -8,6 +8,9 @@ use dmabroker::size::format_size;
 use serde::Serialize;
 use std::process::ExitCode;
 
+/// Exit status when the fd exists but is not a buffer (or could not be copied).
+const NOT_A_BUFFER: u8 = 3;
+
 #[derive(Serialize)]
 struct Inspection {
     pid: u32,
@@ -21,9 +24,26 @@ struct Inspection {
 }
 
 pub fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
-    let link = fd_link(Some(args.pid), args.fd).with_context(|| {
-        format!("process {} has no fd {} (or it is not yours: run as its user or root)", args.pid, args.fd)
-    })?;
+    let link = match fd_link(Some(args.pid), args.fd) {
+        Ok(link) => link,
+        // /proc/<pid> is there for every process, whoever owns it.
+        Err(_) if args.pid == 0 || !std::path::Path::new(&format!("/proc/{}", args.pid)).exists() => {
+            anyhow::bail!(
+                "no such process {}: give the pid of a running process (see `ps` or `dmabroker ps`)",
+                args.pid
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            anyhow::bail!("cannot read the fds of process {}: permission denied: run as its user or root", args.pid)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "process {} has no fd {}: see `ls -l /proc/{}/fd` for its open fds",
+            args.pid,
+            args.fd,
+            args.pid
+        ),
+        Err(e) => return Err(e).with_context(|| format!("reading /proc/{}/fd/{}", args.pid, args.fd)),
+    };
     let info = FdInfo::read(Some(args.pid), args.fd)
         .with_context(|| format!("reading /proc/{}/fdinfo/{}", args.pid, args.fd))?;
     // Take a duplicate of the process's fd (pidfd_getfd needs ptrace rights:
@@ -80,5 +100,6 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    Ok(if report.buffer.is_some() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    // Documented in `dmabroker inspect --help` and the README: 3 = not a buffer.
+    Ok(if report.buffer.is_some() { ExitCode::SUCCESS } else { ExitCode::from(NOT_A_BUFFER) })
 }
