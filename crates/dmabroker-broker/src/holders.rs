@@ -8,13 +8,17 @@
 //! - **memfds** (and hugetlb memfds): fdinfo has no count, and `st_nlink` is
 //!   0 for every memfd, so it tells nothing. The broker scans `/proc/*/fd`
 //!   (links starting `/memfd:`, then `fdinfo` for mount and inode: never
-//!   `stat`, which could reach a hostile FUSE file system) and
-//!   `/proc/*/maps` (mappings outlive a closed fd) for the buffers' inodes.
+//!   `stat`, which could reach a hostile FUSE file system), the tables of
+//!   threads that have their own (`unshare(CLONE_FILES)`, found with
+//!   `kcmp(KCMP_FILES)`) in `/proc/*/task/*/fd`, and `/proc/*/maps`
+//!   (mappings outlive a closed fd) for the buffers' inodes.
 //!   Limits, documented in docs/PROTOCOL.md: references inside in-flight
 //!   `SCM_RIGHTS` messages are invisible to any scan (the broker pins a memfd
 //!   until `SIOCOUTQ` says its reply was received, or the connection closed,
 //!   so its own replies cannot be used to hide one; a client's own sockets can hide at most
-//!   RLIMIT_NOFILE in-flight fds, the kernel's `unix_inflight` limit); a
+//!   RLIMIT_NOFILE in-flight fds, the kernel's `unix_inflight` limit); files
+//!   registered with an io_uring (fixed files) and then closed are held by
+//!   the ring, not by any fd table, and are invisible too; a
 //!   process whose `/proc/PID/fd` the broker cannot read (another user when
 //!   the broker is not root) is assumed to hold every memfd that was handed
 //!   to its user; a scan costs one `readlink` per fd on the machine, so it
@@ -94,34 +98,33 @@ pub fn scan(wanted: &HashSet<FileId>, include_self: bool) -> Scan {
         }
         scan.processes += 1;
         let base = p.path();
-        let fd_dir = match std::fs::read_dir(base.join("fd")) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+        match scan_fd_table(&mut scan, &base, pid == me, wanted) {
+            Table::Read => {}
+            Table::Denied => {
                 if let Ok(st) = rustix::fs::stat(&base) {
                     scan.unreadable_uids.insert(st.st_uid);
                 }
                 continue;
             }
-            Err(_) => continue, // the process exited meanwhile
-        };
-        for fd in fd_dir.flatten() {
-            let path = fd.path();
-            let Ok(link) = std::fs::read_link(&path) else { continue };
-            if !link.as_os_str().as_encoded_bytes().starts_with(b"/memfd:") {
-                continue;
-            }
-            let Some(id) = memfd_fd_identity(&path, &base.join("fdinfo").join(fd.file_name())) else { continue };
-            if !wanted.contains(&id) {
-                continue;
-            }
-            if pid == me {
-                *scan.own_fds.entry(id).or_default() += 1;
-            } else {
-                scan.held.insert(id);
+            Table::Gone => continue, // the process exited meanwhile
+        }
+        // Threads with a table of their own (unshare(CLONE_FILES)): their
+        // fds are listed only under /proc/PID/task/TID/fd.
+        // Where kcmp cannot tell, every thread's table is read, except in the
+        // broker's own process, whose fds are counted: a table read twice
+        // would count twice.
+        for tid in dmabroker::accounting::threads_with_own_fd_table(pid, pid != me) {
+            let task = base.join("task").join(tid.to_string());
+            if scan_fd_table(&mut scan, &task, pid == me, wanted) == Table::Denied {
+                if let Ok(st) = rustix::fs::stat(&base) {
+                    scan.unreadable_uids.insert(st.st_uid);
+                }
             }
         }
         // Mappings keep the memory after the fd is closed. The broker itself
         // never maps its buffers, so its own mappings are clients' (tests).
+        // Threads share the mappings (CLONE_THREAD implies CLONE_VM; tasks
+        // with their own mm are processes of their own in /proc).
         if let Ok(maps) = std::fs::read_to_string(base.join("maps")) {
             for line in maps.lines().filter(|l| l.contains("/memfd:")) {
                 if let Some(id) = parse_maps_line(line).filter(|id| wanted.contains(id)) {
@@ -131,6 +134,42 @@ pub fn scan(wanted: &HashSet<FileId>, include_self: bool) -> Scan {
         }
     }
     scan
+}
+
+/// How reading one fd table went.
+#[derive(Debug, PartialEq, Eq)]
+enum Table {
+    Read,
+    Denied,
+    Gone,
+}
+
+/// Record the `wanted` memfds in the fd table of `task` (`/proc/PID` or
+/// `/proc/PID/task/TID`). `own`: the broker's own process, whose fds are
+/// counted (its registry holds one of each) rather than marked held.
+fn scan_fd_table(scan: &mut Scan, task: &std::path::Path, own: bool, wanted: &HashSet<FileId>) -> Table {
+    let fd_dir = match std::fs::read_dir(task.join("fd")) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Table::Denied,
+        Err(_) => return Table::Gone,
+    };
+    for fd in fd_dir.flatten() {
+        let path = fd.path();
+        let Ok(link) = std::fs::read_link(&path) else { continue };
+        if !link.as_os_str().as_encoded_bytes().starts_with(b"/memfd:") {
+            continue;
+        }
+        let Some(id) = memfd_fd_identity(&path, &task.join("fdinfo").join(fd.file_name())) else { continue };
+        if !wanted.contains(&id) {
+            continue;
+        }
+        if own {
+            *scan.own_fds.entry(id).or_default() += 1;
+        } else {
+            scan.held.insert(id);
+        }
+    }
+    Table::Read
 }
 
 /// `start-end perms offset major:minor inode path` -> the file's identity.

@@ -47,7 +47,8 @@ pub use service::{Service, SweepTiming};
 /// Where the broker listens.
 #[derive(Debug)]
 pub enum Listener {
-    /// Bind this path (a stale socket file is replaced; a live one is an error).
+    /// Bind this path (a stale socket is replaced; a live one, or anything
+    /// that is not a socket, is an error: see [`bind`]).
     Path(PathBuf),
     /// A listening socket passed by the service manager.
     Inherited(OwnedFd),
@@ -94,6 +95,42 @@ pub enum StartError {
     /// Another broker answers on the path.
     #[error("a broker is already running on {0}: stop it, or pass another --socket")]
     AlreadyRunning(PathBuf),
+    /// Something other than a socket is at the path: never removed.
+    #[error(
+        "{path} exists and is {what}, not a socket: the broker replaces only a stale socket there; pass another \
+         --socket, or move that file away yourself if it is not needed"
+    )]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+        /// What is there ("a regular file", "a directory", ...).
+        what: &'static str,
+    },
+    /// A socket that is not a stale one of a broker (another program's, or
+    /// one this user may not connect to): never removed.
+    #[error(
+        "{path} is a socket in use or not ours (connecting to it: {source}): pass another --socket, or stop the \
+         program listening there"
+    )]
+    SocketInUse {
+        /// The path.
+        path: PathBuf,
+        /// What `connect` said (not `ECONNREFUSED`, which marks a stale socket).
+        source: Errno,
+    },
+    /// A non-root broker without `$XDG_RUNTIME_DIR` and without `--socket`.
+    #[error(
+        "XDG_RUNTIME_DIR is not set, so there is no private directory for this user's broker socket: pass \
+         --socket PATH (in a directory only you can write), or set XDG_RUNTIME_DIR (a login session sets it to \
+         /run/user/{uid}; clients look for $XDG_RUNTIME_DIR/dmabroker.sock)"
+    )]
+    NoRuntimeDir {
+        /// The broker's uid.
+        uid: u32,
+    },
+    /// The socket passed by the service manager cannot serve clients.
+    #[error("the socket passed by the service manager (LISTEN_FDS) {0}")]
+    BadInheritedSocket(String),
     /// The socket could not be created or bound.
     #[error("cannot listen on {path}: {source}{hint}")]
     Bind {
@@ -109,19 +146,83 @@ pub enum StartError {
     Run(#[from] RunError),
 }
 
+/// The socket file the broker bound: its path and identity (device and
+/// inode, from `lstat` right after `bind`), so that at exit it removes that
+/// path only while it is still this socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundSocket {
+    /// The path.
+    pub path: PathBuf,
+    /// `st_dev` of the socket file.
+    pub dev: u64,
+    /// `st_ino` of the socket file.
+    pub ino: u64,
+}
+
+impl BoundSocket {
+    /// Whether the path is still this socket file.
+    pub fn is_still_there(&self) -> bool {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino)
+    }
+
+    /// Remove the socket file if the path is still this socket (another
+    /// broker may have replaced it, or anything else been put there).
+    pub fn remove(&self) {
+        if self.is_still_there() {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!("cannot remove the socket {}: {e}", self.path.display());
+            }
+        } else {
+            tracing::info!("{} is no longer this broker's socket: left in place", self.path.display());
+        }
+    }
+}
+
 /// The daemon: a [`Server`] plus what it must undo at exit.
 #[derive(Debug)]
 pub struct Broker {
     server: Server,
-    socket_path: Option<PathBuf>,
+    socket: Option<BoundSocket>,
+}
+
+/// What is at a path, in words, for errors.
+fn describe(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_file() {
+        "a regular file"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "a file of unknown type"
+    }
 }
 
 /// `socket(AF_UNIX, SOCK_SEQPACKET)` + `bind` + `listen`, mode 0666 (access
 /// is decided by the policy, per uid, not by file permissions).
 ///
+/// Whatever is already at `path` is left alone unless it is a stale socket:
+/// `lstat` says socket and `connect` is refused (`ECONNREFUSED`: nobody
+/// listens, e.g. a broker that crashed). A live broker is
+/// [`StartError::AlreadyRunning`]; another program's socket
+/// [`StartError::SocketInUse`]; a file, directory, symbolic link or device
+/// [`StartError::NotASocket`].
+///
 /// # Errors
 /// [`StartError`].
-pub fn bind(path: &Path) -> Result<OwnedFd, StartError> {
+pub fn bind(path: &Path) -> Result<(OwnedFd, BoundSocket), StartError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let bind_err = |source, hint| StartError::Bind { path: path.to_owned(), source, hint };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
         std::fs::create_dir_all(dir)
@@ -133,14 +234,30 @@ pub fn bind(path: &Path) -> Result<OwnedFd, StartError> {
     match rustix::net::bind(&socket, &addr) {
         Ok(()) => {}
         Err(Errno::ADDRINUSE) => {
-            // A live broker answers; a stale file from a crash refuses.
+            let meta = std::fs::symlink_metadata(path)
+                .map_err(|e| bind_err(Errno::from_io_error(&e).unwrap_or(Errno::ADDRINUSE), ""))?;
+            if !meta.file_type().is_socket() {
+                return Err(StartError::NotASocket { path: path.to_owned(), what: describe(meta.file_type()) });
+            }
+            // A live broker answers; a stale socket from a crash refuses.
             let probe =
                 rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
                     .map_err(|e| bind_err(e, ""))?;
-            if rustix::net::connect(&probe, &addr).is_ok() {
-                return Err(StartError::AlreadyRunning(path.to_owned()));
+            match rustix::net::connect(&probe, &addr) {
+                // EAGAIN: a live listener whose backlog is full.
+                Ok(()) | Err(Errno::AGAIN) => return Err(StartError::AlreadyRunning(path.to_owned())),
+                Err(Errno::CONNREFUSED) => {}
+                Err(source) => return Err(StartError::SocketInUse { path: path.to_owned(), source }),
             }
-            let _ = std::fs::remove_file(path);
+            // Still the same stale socket (not swapped meanwhile)?
+            let again = std::fs::symlink_metadata(path).ok();
+            if !again.is_some_and(|m| m.file_type().is_socket() && m.dev() == meta.dev() && m.ino() == meta.ino()) {
+                return Err(bind_err(Errno::ADDRINUSE, ": the path changed while the broker checked it; retry"));
+            }
+            tracing::info!("replacing the stale socket {}", path.display());
+            std::fs::remove_file(path).map_err(|e| {
+                bind_err(Errno::from_io_error(&e).unwrap_or(Errno::ADDRINUSE), ": cannot remove the stale socket")
+            })?;
             rustix::net::bind(&socket, &addr).map_err(|e| bind_err(e, ""))?;
         }
         Err(e @ (Errno::ACCESS | Errno::PERM)) => {
@@ -148,9 +265,62 @@ pub fn bind(path: &Path) -> Result<OwnedFd, StartError> {
         }
         Err(e) => return Err(bind_err(e, "")),
     }
-    let _ = rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(0o666));
+    // Identify the file just bound without following a link (O_PATH |
+    // O_NOFOLLOW), and chmod that very inode through /proc/self/fd: a path
+    // swapped for a symbolic link meanwhile must not redirect the chmod.
+    let file = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| bind_err(e, ": the socket file vanished right after bind"))?;
+    let st = rustix::fs::fstat(&file).map_err(|e| bind_err(e, ""))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
+        return Err(bind_err(Errno::EXIST, ": the path was replaced right after bind"));
+    }
+    use std::os::fd::AsRawFd;
+    if let Err(e) =
+        rustix::fs::chmod(format!("/proc/self/fd/{}", file.as_raw_fd()), rustix::fs::Mode::from_raw_mode(0o666))
+    {
+        tracing::warn!("cannot make {} reachable by every user (chmod 0666): {e}", path.display());
+    }
+    let bound = BoundSocket { path: path.to_owned(), dev: st.st_dev as u64, ino: st.st_ino as u64 };
     rustix::net::listen(&socket, 1024).map_err(|e| bind_err(e, ""))?;
-    Ok(socket)
+    Ok((socket, bound))
+}
+
+/// Check a listening socket passed by the service manager: a Unix
+/// `SOCK_SEQPACKET` socket in listening state (`SO_TYPE`, `SO_ACCEPTCONN`).
+///
+/// # Errors
+/// [`StartError::BadInheritedSocket`] saying what the `.socket` unit must say.
+pub fn check_inherited_listener(fd: &OwnedFd) -> Result<(), StartError> {
+    let bad = |m: String| Err(StartError::BadInheritedSocket(m));
+    match rustix::net::sockopt::socket_type(fd) {
+        Ok(SocketType::SEQPACKET) => {}
+        Ok(t) => {
+            let what = match t {
+                SocketType::STREAM => "a stream socket (SOCK_STREAM, ListenStream=)",
+                SocketType::DGRAM => "a datagram socket (SOCK_DGRAM, ListenDatagram=)",
+                _ => "not a SOCK_SEQPACKET socket",
+            };
+            return bad(format!(
+                "is {what}: the protocol keeps message boundaries and needs SOCK_SEQPACKET; use \
+                 ListenSequentialPacket=/run/dmabroker/dmabroker.sock in the .socket unit (see \
+                 systemd/dmabroker.socket)"
+            ));
+        }
+        Err(e) => return bad(format!("is not a socket ({e}): pass the .socket unit's listening socket")),
+    }
+    match rustix::net::sockopt::socket_acceptconn(fd) {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            bad("is not listening (a connected socket, as Accept=yes passes): use Accept=no (the default) with \
+             ListenSequentialPacket= in the .socket unit"
+                .into())
+        }
+        Err(e) => bad(format!("cannot be checked for listening (SO_ACCEPTCONN: {e})")),
+    }
 }
 
 impl Broker {
@@ -161,9 +331,15 @@ impl Broker {
     /// # Errors
     /// [`StartError`].
     pub fn start(config: Config, inherited: Vec<InheritedFd>, shutdown: OwnedFd) -> Result<Self, StartError> {
-        let (listener, socket_path) = match config.listener {
-            Listener::Path(p) => (bind(&p)?, Some(p)),
-            Listener::Inherited(fd) => (fd, None),
+        let (listener, socket) = match config.listener {
+            Listener::Path(p) => {
+                let (fd, bound) = bind(&p)?;
+                (fd, Some(bound))
+            }
+            Listener::Inherited(fd) => {
+                check_inherited_listener(&fd)?;
+                (fd, None)
+            }
         };
         let notifier = if config.notify { notify::Notifier::from_env() } else { None };
         let mut service = Service::new(config.policy, Heaps::discover(), notifier, config.timing);
@@ -176,10 +352,11 @@ impl Broker {
         if let Some(n) = &mut server.service.notifier {
             let _ = n.notify(&format!("READY=1\nSTATUS=serving, {restored} publication(s) restored"), None);
         }
-        Ok(Self { server, socket_path })
+        Ok(Self { server, socket })
     }
 
-    /// Serve until shutdown; then save state and remove the socket file.
+    /// Serve until shutdown; then save state and remove the socket file
+    /// (when the path is still the socket it bound).
     ///
     /// # Errors
     /// Only when epoll fails.
@@ -193,8 +370,9 @@ impl Broker {
         if let Some(n) = &mut self.server.service.notifier {
             n.flush_for(std::time::Duration::from_secs(2));
         }
-        if let Some(p) = &self.socket_path {
-            let _ = std::fs::remove_file(p);
+        // Only while the path is still the socket bound at start.
+        if let Some(socket) = &self.socket {
+            socket.remove();
         }
         result
     }
@@ -206,13 +384,119 @@ impl Broker {
 }
 
 /// The daemon's default socket: `/run/dmabroker/dmabroker.sock` as root,
-/// else `$XDG_RUNTIME_DIR/dmabroker.sock`.
-pub fn default_socket() -> PathBuf {
-    if rustix::process::getuid().is_root() {
-        return dmabroker::proto::SYSTEM_SOCKET.into();
+/// else `$XDG_RUNTIME_DIR/dmabroker.sock` (where clients look).
+///
+/// # Errors
+/// [`StartError::NoRuntimeDir`] for a non-root user without
+/// `$XDG_RUNTIME_DIR`: a fixed name in a shared directory such as `/tmp`
+/// could be taken by anyone first, and clients would not look there.
+pub fn default_socket() -> Result<PathBuf, StartError> {
+    let uid = rustix::process::getuid();
+    if uid.is_root() {
+        return Ok(dmabroker::proto::SYSTEM_SOCKET.into());
     }
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => Path::new(&dir).join("dmabroker.sock"),
-        None => std::env::temp_dir().join(format!("dmabroker-{}.sock", rustix::process::getuid().as_raw())),
+        Some(dir) => Ok(Path::new(&dir).join("dmabroker.sock")),
+        None => Err(StartError::NoRuntimeDir { uid: uid.as_raw() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::FileTypeExt;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("dmabroker-bind-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn only_a_stale_socket_is_ever_replaced() {
+        let d = dir("kinds");
+        // A regular file, a directory, a symbolic link (to a file): refused, left alone.
+        let file = d.join("file");
+        std::fs::write(&file, b"precious").unwrap();
+        let e = bind(&file).unwrap_err();
+        assert!(matches!(e, StartError::NotASocket { what: "a regular file", .. }), "{e}");
+        assert!(e.to_string().contains(&file.display().to_string()), "{e}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+        let sub = d.join("dir");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(matches!(bind(&sub), Err(StartError::NotASocket { what: "a directory", .. })));
+        assert!(sub.is_dir());
+        let link = d.join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(matches!(bind(&link), Err(StartError::NotASocket { what: "a symbolic link", .. })));
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+
+        // Another program's live stream socket: refused, left alone.
+        let stream = d.join("stream.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&stream).unwrap();
+        let e = bind(&stream).unwrap_err();
+        assert!(matches!(e, StartError::SocketInUse { .. }), "{e}");
+        assert!(std::fs::symlink_metadata(&stream).unwrap().file_type().is_socket());
+
+        // A live broker: refused.
+        let live = d.join("live.sock");
+        let (_fd, _bound) = bind(&live).unwrap();
+        assert!(matches!(bind(&live), Err(StartError::AlreadyRunning(_))));
+
+        // A stale socket (nobody listens: a crashed broker): replaced.
+        let stale = d.join("stale.sock");
+        drop(bind(&stale).unwrap());
+        let (_fd, bound) = bind(&stale).unwrap();
+        assert!(bound.is_still_there());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn at_exit_only_our_own_socket_is_removed() {
+        let d = dir("exit");
+        let path = d.join("b.sock");
+        let mut config = Config::new(Listener::Path(path.clone()));
+        config.notify = false;
+        let (mut stop, stop_rx) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut broker = Broker::start(config, Vec::new(), stop_rx.into()).unwrap();
+        // Someone moves the socket away and puts a file there meanwhile.
+        std::fs::rename(&path, d.join("moved.sock")).unwrap();
+        std::fs::write(&path, b"not yours").unwrap();
+        let thread = std::thread::spawn(move || broker.run().unwrap());
+        stop.write_all(b"x").unwrap();
+        thread.join().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"not yours", "the broker removed a file that was not its socket");
+
+        // Undisturbed, the socket is removed at exit.
+        std::fs::remove_file(&path).unwrap();
+        let mut config = Config::new(Listener::Path(path.clone()));
+        config.notify = false;
+        let (mut stop, stop_rx) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut broker = Broker::start(config, Vec::new(), stop_rx.into()).unwrap();
+        let thread = std::thread::spawn(move || broker.run().unwrap());
+        stop.write_all(b"x").unwrap();
+        thread.join().unwrap();
+        assert!(std::fs::symlink_metadata(&path).is_err(), "the broker left its socket behind");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn an_inherited_socket_must_be_a_listening_seqpacket_socket() {
+        let d = dir("inherited");
+        let stream: OwnedFd = std::os::unix::net::UnixListener::bind(d.join("s")).unwrap().into();
+        let e = check_inherited_listener(&stream).unwrap_err();
+        assert!(e.to_string().contains("ListenSequentialPacket="), "{e}");
+        let (a, _b) =
+            rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
+        let e = check_inherited_listener(&a).unwrap_err();
+        assert!(e.to_string().contains("not listening") && e.to_string().contains("Accept=no"), "{e}");
+        let (fd, _bound) = bind(&d.join("ok.sock")).unwrap();
+        check_inherited_listener(&fd).unwrap();
+        let file: OwnedFd = std::fs::File::open("/proc/self/status").unwrap().into();
+        assert!(check_inherited_listener(&file).is_err());
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

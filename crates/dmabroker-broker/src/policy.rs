@@ -25,6 +25,9 @@
 //! publish = true
 //! ```
 //!
+//! Each uid may have one `[[user]]` entry and each gid one `[[group]]` entry;
+//! a repeated one is an error naming it (which one should win is not obvious).
+//!
 //! Without a `[[user]]` entry of their own, root and the broker's own uid get
 //! [`Limits::owner`] (every heap, 1 GiB, 1024 buffers, publish): the people
 //! who could open the heaps themselves lose nothing by going through the broker.
@@ -175,6 +178,12 @@ impl Policy {
             if u.gid.is_some() {
                 return Err(format!("[[user]] uid {uid}: gid belongs in a [[group]] entry"));
             }
+            if users.iter().any(|(other, _)| *other == uid) {
+                return Err(format!(
+                    "[[user]] uid {uid} appears more than once (entry #{}): merge the entries into one",
+                    i + 1
+                ));
+            }
             users.push((uid, limits(u, &format!("user {uid}"))?));
         }
         let mut groups = Vec::new();
@@ -182,6 +191,12 @@ impl Policy {
             let gid = g.gid.ok_or_else(|| format!("[[group]] #{}: gid is required", i + 1))?;
             if g.uid.is_some() {
                 return Err(format!("[[group]] gid {gid}: uid belongs in a [[user]] entry"));
+            }
+            if groups.iter().any(|(other, _)| *other == gid) {
+                return Err(format!(
+                    "[[group]] gid {gid} appears more than once (entry #{}): merge the entries into one",
+                    i + 1
+                ));
             }
             groups.push((gid, limits(g, &format!("group {gid}"))?));
         }
@@ -247,5 +262,15 @@ mod tests {
         assert!(Policy::parse("[[user]]\nheaps=[]", 0).is_err());
         assert!(Policy::parse("[defaults]\nbogus = 1", 0).is_err());
         assert!(Policy::parse("[[user]]\nuid=1\nmax_bytes=\"lots\"", 0).is_err());
+    }
+
+    #[test]
+    fn duplicate_entries_are_refused_by_id() {
+        let e =
+            Policy::parse("[[user]]\nuid = 5\nmax_buffers = 1\n[[user]]\nuid = 5\nmax_buffers = 9\n", 0).unwrap_err();
+        assert!(e.contains("uid 5 appears more than once"), "{e}");
+        let e = Policy::parse("[[group]]\ngid = 44\n[[user]]\nuid = 44\n[[group]]\ngid = 44\n", 0).unwrap_err();
+        assert!(e.contains("gid 44 appears more than once"), "{e}");
+        assert!(Policy::parse("[[group]]\ngid = 44\n[[user]]\nuid = 44\n", 0).is_ok(), "a uid and a gid may be equal");
     }
 }

@@ -67,6 +67,9 @@ pub enum PublishRefusal {
     /// No fd came with the request.
     #[error("publish needs the buffer's fd attached (SCM_RIGHTS)")]
     MissingFd,
+    /// A field out of bounds (the wire decoder refuses these already).
+    #[error("{0}")]
+    BadRequest(String),
     /// A read-only fd of a buffer the broker holds writable.
     #[error("this fd gives read-only access to the buffer: only a holder of a writable fd may publish it")]
     ReadOnlyFd,
@@ -100,13 +103,17 @@ pub enum UnpublishRefusal {
     /// No such publication.
     #[error("nothing published as `{0}`")]
     NotFound(String),
-    /// Not the publisher.
-    #[error("`{key}` was published by uid {publisher}; only it or root may withdraw it")]
+    /// Neither the publisher, nor the buffer's owner, nor root.
+    #[error(
+        "`{key}` was published by uid {publisher}; only it, the buffer's owner (uid {owner}) or root may withdraw it"
+    )]
     NotPublisher {
         /// The key.
         key: String,
         /// The publisher.
         publisher: u32,
+        /// The uid charged for the buffer.
+        owner: u32,
     },
 }
 
@@ -137,7 +144,7 @@ impl Code for PublishRefusal {
             Self::ReadOnlyUnsupported(_) => ErrorCode::ReadOnlyUnsupported,
             Self::Quota(_) => ErrorCode::QuotaExceeded,
             Self::Busy(_) => ErrorCode::Busy,
-            Self::MissingFd => ErrorCode::BadRequest,
+            Self::MissingFd | Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::ReadOnlyFd => ErrorCode::NotAllowed,
         }
     }

@@ -33,6 +33,15 @@ const FIRST_CLIENT: u64 = 16;
 const PIN_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// Connections accepted per turn of the loop.
 const ACCEPT_BATCH: usize = 64;
+/// How long a connection ended with an error reply (or refused with `Busy`)
+/// is kept half-closed so that the client can read that reply (see
+/// [`Server::retire`]).
+const LINGER: Duration = Duration::from_millis(500);
+/// Most connections kept lingering at once; beyond, they are closed at once
+/// (after draining what they sent).
+const MAX_LINGERING: usize = 256;
+/// Datagrams drained from a lingering connection per event.
+const DRAIN_BATCH: usize = 64;
 
 #[derive(Debug)]
 struct Conn {
@@ -41,6 +50,15 @@ struct Conn {
     pending: Option<(Vec<u8>, Option<OwnedFd>)>,
     pending_since: Option<Instant>,
     close_after_send: bool,
+}
+
+/// A connection ended by the broker after its last reply: write side shut
+/// down, still read (and discarded) until the client hangs up or
+/// [`LINGER`] passes.
+#[derive(Debug)]
+struct Lingering {
+    socket: OwnedFd,
+    until: Instant,
 }
 
 /// Why the loop stopped with an error (never because of a client).
@@ -58,6 +76,8 @@ pub struct Server {
     listener: OwnedFd,
     shutdown: OwnedFd,
     conns: HashMap<u64, Conn>,
+    /// Connections ended after an error reply, until the client has read it.
+    lingering: HashMap<u64, Lingering>,
     /// Connections per uid: one user must not take every slot.
     per_uid: HashMap<u32, usize>,
     next_token: u64,
@@ -99,6 +119,7 @@ impl Server {
             listener,
             shutdown,
             conns: HashMap::new(),
+            lingering: HashMap::new(),
             per_uid: HashMap::new(),
             next_token: FIRST_CLIENT,
             max_clients,
@@ -126,6 +147,9 @@ impl Server {
             if let Some(t) = self.conns.values().filter_map(|c| c.pending_since).min() {
                 deadline = deadline.min(t + STALL_LIMIT);
             }
+            if let Some(t) = self.lingering.values().map(|l| l.until).min() {
+                deadline = deadline.min(t);
+            }
             let wait = deadline.saturating_duration_since(now);
             let timeout =
                 rustix::time::Timespec { tv_sec: wait.as_secs() as i64, tv_nsec: i64::from(wait.subsec_nanos()) };
@@ -143,6 +167,7 @@ impl Server {
                         for (_, conn) in self.conns.drain() {
                             self.service.session_closed(conn.session);
                         }
+                        self.lingering.clear();
                         let _ = self.shutdown.as_fd();
                         return Ok(());
                     }
@@ -155,6 +180,7 @@ impl Server {
                             n.flush();
                         }
                     }
+                    token if self.lingering.contains_key(&token) => self.lingering_event(token, flags),
                     token => self.client_event(token, flags),
                 }
             }
@@ -177,6 +203,10 @@ impl Server {
         for token in stalled {
             tracing::info!("dropping a client that stopped reading replies");
             self.close(token);
+        }
+        let expired: Vec<u64> = self.lingering.iter().filter(|(_, l)| now >= l.until).map(|(t, _)| *t).collect();
+        for token in expired {
+            self.end_lingering(token);
         }
         if now >= self.next_pin_check {
             // Idle clients that were handed memfds: unpin once received.
@@ -229,6 +259,7 @@ impl Server {
     fn admit(&mut self, socket: OwnedFd) {
         if self.conns.len() >= self.max_clients {
             refuse(&socket, format!("the broker serves {} clients, its maximum: retry later", self.max_clients));
+            self.retire(socket);
             return;
         }
         let peer = match peer::identify(&socket) {
@@ -244,6 +275,7 @@ impl Server {
                 &socket,
                 format!("uid {} has {mine} connections to the broker, the maximum per user: close some", peer.uid),
             );
+            self.retire(socket);
             return;
         }
         let token = self.next_token;
@@ -296,7 +328,13 @@ impl Server {
                 return false;
             }
         };
-        let reply = if received.truncated {
+        let reply = if received.len == 0 && received.fds.is_empty() && !received.truncated {
+            Reply::error(
+                ErrorCode::BadRequest,
+                "empty datagram: every request is one postcard-encoded Request (docs/PROTOCOL.md)",
+                true,
+            )
+        } else if received.truncated {
             Reply::error(ErrorCode::BadRequest, format!("request longer than {} bytes", proto::MAX_REQUEST_LEN), true)
         } else if received.control_truncated || received.fds.len() > proto::MAX_FDS_PER_MESSAGE {
             Reply::error(ErrorCode::BadRequest, format!("at most {} fd per message", proto::MAX_FDS_PER_MESSAGE), true)
@@ -336,7 +374,7 @@ impl Server {
         conn.close_after_send = reply.close;
         match wire::send(conn.socket.as_fd(), &bytes, reply.fd.as_ref().map(AsFd::as_fd), true) {
             Ok(()) if reply.close => {
-                self.close(token);
+                self.close_after_reply(token);
                 false
             }
             Ok(()) => true,
@@ -368,7 +406,7 @@ impl Server {
                 conn.pending = None;
                 conn.pending_since = None;
                 if conn.close_after_send {
-                    self.close(token);
+                    self.close_after_reply(token);
                     return false;
                 }
                 let _ = epoll::modify(
@@ -388,19 +426,69 @@ impl Server {
     }
 
     fn close(&mut self, token: u64) {
-        if let Some(conn) = self.conns.remove(&token) {
-            let _ = epoll::delete(&self.epoll, &conn.socket);
-            let uid = conn.session.peer.uid;
-            if let Some(n) = self.per_uid.get_mut(&uid) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_uid.remove(&uid);
-                }
-            }
-            tracing::debug!(uid = conn.session.peer.uid, "client disconnected");
-            self.service.session_closed(conn.session);
-            self.service.clients = self.conns.len() as u64;
+        drop(self.end_session(token));
+    }
+
+    /// End a session whose last reply (an error that ends it) was sent:
+    /// the client must still be able to read that reply (see [`Self::retire`]).
+    fn close_after_reply(&mut self, token: u64) {
+        if let Some(socket) = self.end_session(token) {
+            self.retire(socket);
         }
+    }
+
+    /// Keep a connection the broker has ended half-open for a moment.
+    /// Closing a Unix socket whose receive queue holds unread requests makes
+    /// the kernel report `ECONNRESET` to the peer, ahead of the reply already
+    /// queued for it: a client that sent its request before reading (a raw
+    /// client sending `Hello` at once, refused with `Busy`) would see the
+    /// reset, not the reason. So: shut the write side down (the client reads
+    /// the reply, then end of stream), discard what it sent, and close when it
+    /// hangs up or after [`LINGER`], draining once more; at most
+    /// [`MAX_LINGERING`] such connections, beyond which they are drained and
+    /// closed at once.
+    fn retire(&mut self, socket: OwnedFd) {
+        let _ = rustix::net::shutdown(&socket, rustix::net::Shutdown::Write);
+        if drain(&socket, &mut self.buf) || self.lingering.len() >= MAX_LINGERING {
+            return; // hung up already, or too many lingering: closed now
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        if epoll::add(&self.epoll, &socket, EventData::new_u64(token), EventFlags::IN | EventFlags::RDHUP).is_ok() {
+            self.lingering.insert(token, Lingering { socket, until: Instant::now() + LINGER });
+        }
+    }
+
+    fn lingering_event(&mut self, token: u64, flags: EventFlags) {
+        let Some(l) = self.lingering.get(&token) else { return };
+        let gone = drain(&l.socket, &mut self.buf);
+        if gone || flags.intersects(EventFlags::HUP | EventFlags::ERR) {
+            self.end_lingering(token);
+        }
+    }
+
+    fn end_lingering(&mut self, token: u64) {
+        if let Some(l) = self.lingering.remove(&token) {
+            let _ = epoll::delete(&self.epoll, &l.socket);
+            drain(&l.socket, &mut self.buf);
+        }
+    }
+
+    /// Forget a session and return its socket (not yet closed).
+    fn end_session(&mut self, token: u64) -> Option<OwnedFd> {
+        let conn = self.conns.remove(&token)?;
+        let _ = epoll::delete(&self.epoll, &conn.socket);
+        let uid = conn.session.peer.uid;
+        if let Some(n) = self.per_uid.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_uid.remove(&uid);
+            }
+        }
+        tracing::debug!(uid, "client disconnected");
+        self.service.session_closed(conn.session);
+        self.service.clients = self.conns.len() as u64;
+        Some(conn.socket)
     }
 
     /// Connected clients.
@@ -409,12 +497,27 @@ impl Server {
     }
 }
 
-/// Tell a connection that is not admitted why (`Busy`), without blocking, and close it.
+/// Tell a connection that is not admitted why (`Busy`), without blocking;
+/// the caller then retires it ([`Server::retire`]).
 fn refuse(socket: &OwnedFd, message: String) {
     let reply = Reply::error(ErrorCode::Busy, message, true);
     if let Ok(bytes) = proto::encode_response(&reply.response) {
         let _ = wire::send(socket.as_fd(), &bytes, None, true);
     }
+}
+
+/// Read and discard what a connection the broker has ended still sent (fds
+/// that came along are closed), at most [`DRAIN_BATCH`] datagrams. True when
+/// the peer is gone (end of stream or an error).
+fn drain(socket: &OwnedFd, buf: &mut [u8]) -> bool {
+    for _ in 0..DRAIN_BATCH {
+        match wire::recv(socket.as_fd(), buf, true) {
+            Ok(Some(_)) => {}
+            Err(Errno::AGAIN) => return false,
+            Ok(None) | Err(_) => return true,
+        }
+    }
+    false
 }
 
 /// Unpin a connection's memfds when `SIOCOUTQ` says the client has received

@@ -26,8 +26,6 @@ const STATE_SAVE_DELAY: Duration = Duration::from_millis(50);
 /// How often queued notifications are retried when the notify socket's
 /// EPOLLOUT does not come (see [`crate::notify`]).
 const NOTIFY_RETRY: Duration = Duration::from_millis(50);
-/// Longest expiry accepted (ten years): keeps `SystemTime` arithmetic sane.
-const MAX_EXPIRY_SECS: u64 = 10 * 365 * 86400;
 /// Scan time that quota refusals may spend at once on sweeps (a burst);
 /// beyond it they get `duty_factor`-th of the time: a client at its quota
 /// that keeps asking must not keep the broker scanning `/proc`.
@@ -330,6 +328,26 @@ impl Service {
             return Err(PublishRefusal::NotAllowed(uid));
         }
         let fd = fd.ok_or(PublishRefusal::MissingFd)?;
+        if rustix::fs::fcntl_getfl(&fd).is_ok_and(|f| f.contains(rustix::fs::OFlags::PATH)) {
+            return Err(PublishRefusal::NotABuffer(
+                "the fd was opened with O_PATH, which gives no access to the buffer's memory: an O_PATH fd is not \
+                 a buffer; send the fd the allocator or importer returned, or reopen it \
+                 (open(\"/proc/self/fd/N\", O_RDWR))"
+                    .into(),
+            ));
+        }
+        // Bounded by proto::MAX_EXPIRY_SECS when decoded (which also keeps
+        // the arithmetic sane); checked again for direct callers of handle().
+        let expires_at = match p.expires_in_secs {
+            None => None,
+            Some(s) if s <= proto::MAX_EXPIRY_SECS => SystemTime::now().checked_add(Duration::from_secs(s)),
+            Some(s) => {
+                return Err(PublishRefusal::BadRequest(format!(
+                    "expires_in_secs: {s}, at most {} (10 years)",
+                    proto::MAX_EXPIRY_SECS
+                )))
+            }
+        };
         if let Some(name) = &p.name {
             if self.registry.publication(name).is_some() {
                 return Err(PublishRefusal::AlreadyExists(name.clone()));
@@ -382,7 +400,9 @@ impl Service {
             Some(n) => n,
             None => new_token().map_err(|e| PublishRefusal::Busy(format!("no randomness for a token: {e}")))?,
         };
-        let expires_at = p.expires_in_secs.map(|s| SystemTime::now() + Duration::from_secs(s.min(MAX_EXPIRY_SECS)));
+        if !key.starts_with(proto::TOKEN_PREFIX) {
+            name_after_publication(&entry.buffer, &key);
+        }
         self.registry.publish(Publication {
             key: key.clone(),
             buffer_id: id,
@@ -423,12 +443,11 @@ impl Service {
             self.withdraw(key);
             return Err(ImportRefusal::NotFound(key.to_owned()));
         }
-        let access = publication
-            .access_for(uid, &session.peer.groups)
-            .ok_or_else(|| ImportRefusal::NotGranted { key: key.to_owned(), uid })?;
         let Some(entry) = self.registry.get(publication.buffer_id) else {
             return Err(ImportRefusal::NotFound(key.to_owned()));
         };
+        let access = access_for(&publication, entry, uid, &session.peer.groups)
+            .ok_or_else(|| ImportRefusal::NotGranted { key: key.to_owned(), uid })?;
         let fd = match access {
             Access::ReadWrite => entry.buffer.try_clone_fd().map_err(|_| ImportRefusal::Busy)?,
             // A new open file description with O_RDONLY: mmap(PROT_WRITE,
@@ -454,10 +473,27 @@ impl Service {
         })
     }
 
+    /// Withdraw a publication: its publisher, root, or the owner of the
+    /// buffer (the uid charged for it), so that nobody can keep another
+    /// user's buffer, and its charge, alive by republishing an import.
     fn unpublish(&mut self, session: &mut Session, key: &str) -> Result<Reply, UnpublishRefusal> {
+        let uid = session.peer.uid;
         let p = self.registry.publication(key).ok_or_else(|| UnpublishRefusal::NotFound(key.to_owned()))?;
-        if p.publisher_uid != session.peer.uid && session.peer.uid != 0 {
-            return Err(UnpublishRefusal::NotPublisher { key: key.to_owned(), publisher: p.publisher_uid });
+        let owner = self.registry.get(p.buffer_id).map(|e| e.owner_uid);
+        if p.publisher_uid != uid && uid != 0 && owner != Some(uid) {
+            return Err(UnpublishRefusal::NotPublisher {
+                key: key.to_owned(),
+                publisher: p.publisher_uid,
+                owner: owner.unwrap_or(p.publisher_uid),
+            });
+        }
+        if p.publisher_uid != uid {
+            tracing::info!(
+                uid,
+                key,
+                publisher = p.publisher_uid,
+                "publication withdrawn by the buffer's owner or root"
+            );
         }
         self.withdraw(key);
         Ok(Reply::ok(Response::Unpublished))
@@ -493,17 +529,26 @@ impl Service {
         let mut entries = Vec::new();
         let mut truncated = false;
         for p in self.registry.publications().filter(|p| !p.expired(now)) {
+            let e = self.registry.get(p.buffer_id);
+            // The owner of the buffer (the uid charged) sees every
+            // publication of it, whoever published it, tokens included:
+            // it may withdraw them, and it holds the buffer anyway.
+            let owns = e.is_some_and(|e| e.owner_uid == uid);
             let is_token = p.key.starts_with(proto::TOKEN_PREFIX);
-            // A token is a capability: only its publisher sees it listed.
-            if is_token && p.publisher_uid != uid {
+            // A token is a capability: only its publisher (and the buffer's
+            // owner) sees it listed.
+            if is_token && p.publisher_uid != uid && !owns {
                 continue;
             }
-            let Some(access) = p.access_for(uid, &session.peer.groups) else { continue };
+            let access = match e {
+                Some(e) => access_for(p, e, uid, &session.peer.groups),
+                None => p.access_for(uid, &session.peer.groups),
+            };
+            let Some(access) = access else { continue };
             if entries.len() == MAX_LIST_ENTRIES {
                 truncated = true;
                 break;
             }
-            let e = self.registry.get(p.buffer_id);
             entries.push(ListEntry {
                 key: p.key.clone(),
                 len: e.map_or(0, |e| e.len),
@@ -680,6 +725,44 @@ fn check_inspectable(fd: &OwnedFd, memfd_mounts: &[u64]) -> Result<(), PublishRe
     )))
 }
 
+/// The access `uid` gets to a publication: what its grants give
+/// ([`Publication::access_for`]: publisher and root read-write), and
+/// read-write for the owner of the buffer (the uid charged for it), which
+/// allocated it or sent the broker its fd and may see and withdraw every
+/// publication of it. The fd handed out is the broker's own (its mode, see
+/// `import`), never more than the owner had.
+fn access_for(p: &Publication, entry: &Entry, uid: u32, groups: &[u32]) -> Option<Access> {
+    if entry.owner_uid == uid {
+        return Some(Access::ReadWrite);
+    }
+    p.access_for(uid, groups)
+}
+
+/// Name an unnamed dma-buf after its first named publication
+/// (`DMA_BUF_SET_NAME`, cut to 31 bytes), so that `/proc/PID/fdinfo` and
+/// `dmabroker ps` show it. Tokens are never used (they are secrets); memfd
+/// names are fixed at creation (pass the name when allocating); a failure
+/// only logs, a name being a debugging aid.
+fn name_after_publication(buffer: &Buffer, name: &str) {
+    if buffer.kind() != BufferKind::DmaBuf {
+        return;
+    }
+    let named = dmabroker::fdinfo::FdInfo::read(None, buffer.as_fd().as_raw_fd())
+        .map(|info| info.dma_buf_name().is_some_and(|n| !n.is_empty()));
+    if named.unwrap_or(true) {
+        return;
+    }
+    let mut cut = name.len().min(dmabroker_sys::dma_buf::DMA_BUF_NAME_LEN - 1);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    if let Ok(c) = std::ffi::CString::new(&name[..cut]) {
+        if let Err(e) = dmabroker_sys::dma_buf::set_name(buffer, &c) {
+            tracing::debug!("DMA_BUF_SET_NAME {name:?}: {e}");
+        }
+    }
+}
+
 /// Whether an fd was opened for writing (not `O_RDONLY`, not `O_PATH`).
 fn writable(fd: &impl AsFd) -> bool {
     use rustix::fs::OFlags;
@@ -767,6 +850,92 @@ mod tests {
             }
         }
         assert!(service.registry.publication("mine").is_none());
+    }
+
+    /// OTHER imports OWNER's buffer and republishes it as a token: OWNER
+    /// must see that publication (marked as OTHER's) and may withdraw it,
+    /// or OTHER could keep OWNER charged for good.
+    #[test]
+    fn the_owner_sees_and_withdraws_republications_of_its_buffer() {
+        let mut service = service();
+        let mut owner = session(&mut service, OWNER);
+        let alloc = AllocateRequest { heap: "memfd".into(), len: 4096, align: 1, contiguous: false, name: None };
+        let fd = service.handle(&mut owner, Request::Allocate(alloc), None).fd.expect("allocated");
+        let rw = vec![Grant { who: Grantee::Uid(OTHER), access: Access::ReadWrite }];
+        assert_eq!(publish(&mut service, &mut owner, "a", rw, fd), Response::Published { key: "a".into() });
+
+        let mut other = session(&mut service, OTHER);
+        let imported = service.handle(&mut other, Request::Import { key: "a".into() }, None).fd.expect("imported");
+        let p = PublishRequest { name: None, grants: Vec::new(), one_shot: false, expires_in_secs: None };
+        let Response::Published { key: token } =
+            service.handle(&mut other, Request::Publish(p), Some(imported)).response
+        else {
+            panic!("republishing a rw import is allowed");
+        };
+        assert!(matches!(
+            service.handle(&mut owner, Request::Unpublish { key: "a".into() }, None).response,
+            Response::Unpublished
+        ));
+        assert_eq!(service.registry.usage(OWNER).buffers, 1, "OTHER's token keeps OWNER's buffer");
+
+        // The owner sees the token, marked as OTHER's.
+        let Response::List { entries, .. } = service.handle(&mut owner, Request::List, None).response else {
+            panic!("list")
+        };
+        let entry = entries.iter().find(|e| e.key == token).expect("the owner sees publications of its buffer");
+        assert_eq!((entry.publisher_uid, entry.access), (OTHER, Access::ReadWrite));
+        // A third user neither sees nor withdraws it.
+        let mut third = session(&mut service, OTHER + 1);
+        let Response::List { entries, .. } = service.handle(&mut third, Request::List, None).response else {
+            panic!("list")
+        };
+        assert!(entries.is_empty(), "{entries:?}");
+        match service.handle(&mut third, Request::Unpublish { key: token.clone() }, None).response {
+            Response::Error { code: ErrorCode::NotAllowed, message } => {
+                assert!(message.contains(&format!("owner (uid {OWNER})")), "{message}")
+            }
+            r => panic!("a third user withdrew it: {r:?}"),
+        }
+        // The owner withdraws it; nothing holds the buffer any more.
+        assert!(matches!(
+            service.handle(&mut owner, Request::Unpublish { key: token }, None).response,
+            Response::Unpublished
+        ));
+        assert_eq!(service.registry.get(1).map(|e| e.publications), Some(0));
+    }
+
+    #[test]
+    fn an_o_path_fd_is_not_a_buffer() {
+        let mut service = service();
+        let mut owner = session(&mut service, OWNER);
+        let memfd = rustix::fs::memfd_create("opath", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let path = rustix::fs::open(
+            format!("/proc/self/fd/{}", memfd.as_raw_fd()),
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        match publish(&mut service, &mut owner, "opath", Vec::new(), path) {
+            Response::Error { code: ErrorCode::NotABuffer, message } => {
+                assert!(message.contains("O_PATH") && message.contains("reopen"), "{message}")
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn expiry_beyond_the_bound_is_refused() {
+        let mut service = service();
+        let mut owner = session(&mut service, OWNER);
+        let memfd = rustix::fs::memfd_create("expiry", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let p = PublishRequest { name: None, grants: Vec::new(), one_shot: false, expires_in_secs: Some(u64::MAX) };
+        match service.handle(&mut owner, Request::Publish(p), Some(memfd)).response {
+            Response::Error { code: ErrorCode::BadRequest, message } => {
+                assert!(message.contains("at most"), "{message}")
+            }
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(service.registry.len(), 0, "nothing was adopted");
     }
 
     #[test]

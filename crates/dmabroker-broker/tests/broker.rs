@@ -262,3 +262,66 @@ fn clients_beyond_the_maximum_are_told_why() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A raw client that sends `Hello` right after `connect` (before the broker
+/// accepted it) must read the `Busy` refusal, not `ECONNRESET`: the broker
+/// closes only after draining what the client sent.
+#[test]
+fn a_refused_raw_client_reads_why() {
+    use dmabroker::proto::{self, wire, ErrorCode, Request, Response};
+    use std::os::fd::AsFd;
+    let broker = TestBroker::start_with("busy-raw", None, 1);
+    let _a = broker.client();
+    for _ in 0..20 {
+        let s = rustix::net::socket_with(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::connect(&s, &rustix::net::SocketAddrUnix::new(&broker.path).unwrap()).unwrap();
+        let hello = proto::encode_request(&Request::Hello { min_version: 1, max_version: 1 }).unwrap();
+        wire::send(s.as_fd(), &hello, None, false).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let mut buf = vec![0; proto::MAX_RESPONSE_LEN];
+        let r = wire::recv(s.as_fd(), &mut buf, false).expect("the refusal, not a reset").expect("a reply");
+        match proto::decode_response(&buf[..r.len]).unwrap() {
+            Response::Error { code: ErrorCode::Busy, message } => assert!(message.contains("maximum"), "{message}"),
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        assert!(wire::recv(s.as_fd(), &mut buf, false).unwrap().is_none(), "then the end of the session");
+    }
+}
+
+/// A thread with a file descriptor table of its own (`unshare(CLONE_FILES)`)
+/// that keeps a memfd after every other holder closed it keeps it charged.
+/// (Clients in the broker's process: see also broker_cli.rs, where the
+/// broker is another process.)
+#[test]
+fn a_memfd_held_in_a_threads_own_fd_table_stays_charged() {
+    let uid = rustix::process::getuid().as_raw();
+    let policy = format!("[[user]]\nuid = {uid}\nheaps = [\"memfd\"]\nmax_bytes = \"1MiB\"\nmax_buffers = 1\n");
+    let broker = TestBroker::start("own-table", Some(&policy));
+    let mut c = broker.client();
+    let b = c.allocate("memfd", 4096, None).unwrap();
+    let holder = match dmabroker_sys::kcmp::OwnTableHolder::hold(b.try_clone_fd().unwrap()) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("SKIP a_memfd_held_in_a_threads_own_fd_table_stays_charged: unshare(CLONE_FILES): {e}");
+            return;
+        }
+    };
+    drop(b);
+    std::thread::sleep(Duration::from_millis(400)); // several sweeps
+    assert!(
+        matches!(c.allocate("memfd", 4096, None), Err(AllocateError::QuotaExceeded(_))),
+        "the charge of a buffer held by a thread's own fd table ended"
+    );
+    drop(holder);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while c.allocate("memfd", 4096, None).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the charge did not end once the thread let go");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

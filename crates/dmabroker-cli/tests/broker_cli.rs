@@ -117,7 +117,7 @@ fn broker_cross_user_denied_and_allowed() {
     let o = d.cli_as(NOBODY, &["alloc", "--broker", "--size", "4K"]);
     assert!(!o.status.success() && text(&o).contains("may not allocate"), "{}", text(&o));
     let o = d.cli_as(NOBODY, &["unpublish", "theirs"]);
-    assert!(!o.status.success() && text(&o).contains("only it or root"), "{}", text(&o));
+    assert!(!o.status.success() && text(&o).contains("may withdraw it"), "{}", text(&o));
 
     // A policy file can let that user allocate.
     let policy = d.dir.join("policy.toml");
@@ -152,6 +152,11 @@ fn broker_survives_hostile_clients() {
     let stats = proto::encode_request(&proto::Request::Stats).unwrap();
     wire::send(s.as_fd(), &stats, None, false).unwrap();
     assert!(expect_error_then_close(&s).contains("Hello"));
+    // An empty datagram gets its error too (not a silent close).
+    let s = raw_connect(&d.socket);
+    hello(&s);
+    wire::send(s.as_fd(), &[], None, false).unwrap();
+    assert!(expect_error_then_close(&s).contains("empty datagram"));
     let s = raw_connect(&d.socket);
     hello(&s);
     let valid = proto::encode_request(&proto::Request::Import { key: "abc".into() }).unwrap();
@@ -223,4 +228,89 @@ fn broker_serves_thousands_of_connected_clients() {
     assert_eq!(stats.clients, 2000);
     drop(clients);
     assert!(d.alive());
+}
+
+/// A client process whose only remaining holder of a memfd is a thread with
+/// a file descriptor table of its own (`unshare(CLONE_FILES)`, then the main
+/// thread closed its fd): the broker, another process, must find it in
+/// `/proc/PID/task/TID/fd` and keep it charged, so the quota holds.
+#[test]
+fn broker_keeps_charging_a_memfd_held_by_a_threads_own_fd_table() {
+    let uid = rustix::process::getuid().as_raw();
+    let policy = std::env::temp_dir().join(format!("dmabroker-cli-own-table-{}.toml", std::process::id()));
+    std::fs::write(
+        &policy,
+        format!("[[user]]\nuid = {uid}\nheaps = [\"memfd\"]\nmax_bytes = \"1MiB\"\nmax_buffers = 1\n"),
+    )
+    .unwrap();
+    let d = daemon("own-table", &["--policy", policy.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&policy);
+    let mut c = Client::connect(&d.socket).unwrap();
+    let b = c.allocate("memfd", 4096, None).unwrap();
+    let holder = match dmabroker_sys::kcmp::OwnTableHolder::hold(b.try_clone_fd().unwrap()) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("SKIP broker_keeps_charging_a_memfd_held_by_a_threads_own_fd_table: unshare: {e}");
+            return;
+        }
+    };
+    drop(b);
+    let inode_held_by_thread = std::fs::read_dir(format!("/proc/self/task/{}/fd", holder.tid()))
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:dmabroker")));
+    assert!(inode_held_by_thread, "the thread holds the memfd");
+    std::thread::sleep(Duration::from_millis(600)); // several sweeps (every 100 ms)
+    let e = c.allocate("memfd", 4096, None).unwrap_err();
+    assert!(e.to_string().contains("quota"), "the quota escaped through a thread's own fd table: {e}");
+    drop(holder);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.allocate("memfd", 4096, None).is_err() {
+        assert!(Instant::now() < deadline, "the charge did not end once the thread let go");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `serve --socket PATH` never removes what is at PATH unless it is a
+/// stale socket; and a broker without XDG_RUNTIME_DIR needs --socket.
+#[test]
+fn serve_refuses_a_path_that_is_not_a_stale_socket() {
+    let dir = std::env::temp_dir().join(format!("dmabroker-cli-serve-path-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("precious.txt");
+    std::fs::write(&file, b"keep me").unwrap();
+    let o = output_within(Command::new(bin()).args(["serve", "--socket"]).arg(&file).env_remove("NOTIFY_SOCKET"));
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("is a regular file, not a socket"), "{}", text(&o));
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me", "serve removed a regular file");
+
+    // No XDG_RUNTIME_DIR, not root, no --socket: an error, not /tmp.
+    let mut cmd = Command::new(bin());
+    cmd.arg("serve").env_remove("XDG_RUNTIME_DIR").env_remove("NOTIFY_SOCKET").env_remove("LISTEN_FDS");
+    if is_root() {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(NOBODY).gid(NOBODY).current_dir("/");
+    }
+    let o = output_within(&mut cmd);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("XDG_RUNTIME_DIR") && text(&o).contains("--socket"), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Run a command that must exit by itself (a `serve` that should refuse to
+/// start); killed after 20 s so that a regression fails instead of hanging.
+fn output_within(cmd: &mut Command) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!("still running after 20 s: {}", text(&o));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }

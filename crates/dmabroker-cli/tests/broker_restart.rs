@@ -2,9 +2,10 @@
 //! fd store. This test plays systemd: it owns `$NOTIFY_SOCKET`, keeps the fds
 //! sent with `FDSTORE=1`, honours `FDSTOREREMOVE=1`, and starts the second
 //! broker with them as `LISTEN_FDS` (at fd 3 and up, `LISTEN_PID` = the
-//! broker's pid, set by a `bash` that then `exec`s the broker). Alone in its
-//! test binary (with a second test that passes no fds down), because it
-//! clears close-on-exec on fds it passes down.
+//! broker's pid, set by a `bash` that then `exec`s the broker). In a test
+//! binary of its own, because it clears close-on-exec on fds it passes down;
+//! the tests here that pass fds take turns (`PASSING_FDS`). Also: a socket
+//! of the wrong kind passed by the manager is refused with the fix.
 
 use dmabroker::client::{Client, PublishOptions};
 use rustix::net::{
@@ -97,7 +98,15 @@ fn stop(child: &mut Child) {
     assert!(status.success(), "graceful shutdown should exit 0: {status}");
 }
 
+/// Tests that pass fds down clear close-on-exec on copies of them: one at
+/// a time, so that no other test's child inherits them.
+static PASSING_FDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn spawn_broker(dir: &Path, notify: &Path, inherited: &[(String, OwnedFd)]) -> Child {
+    spawn_broker_with(dir, notify, inherited, Stdio::null())
+}
+
+fn spawn_broker_with(dir: &Path, notify: &Path, inherited: &[(String, OwnedFd)], stderr: Stdio) -> Child {
     // Move the fds out of the way (100 and up), let them be inherited, and
     // have bash put them at 3, 4, ... before exec'ing the broker with its
     // own pid in LISTEN_PID.
@@ -122,7 +131,7 @@ fn spawn_broker(dir: &Path, notify: &Path, inherited: &[(String, OwnedFd)]) -> C
         .args(["serve", "--socket"])
         .arg(dir.join("b.sock"))
         .env("NOTIFY_SOCKET", notify)
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     drop(high); // the parent's copies; the child has its own
@@ -131,6 +140,7 @@ fn spawn_broker(dir: &Path, notify: &Path, inherited: &[(String, OwnedFd)]) -> C
 
 #[test]
 fn broker_publications_survive_restart_through_the_fd_store() {
+    let _one_at_a_time = PASSING_FDS.lock().unwrap_or_else(|e| e.into_inner());
     if Command::new("bash").arg("-c").arg("true").status().is_err() {
         eprintln!("SKIPPED: needs bash to set LISTEN_PID");
         return;
@@ -276,5 +286,38 @@ fn broker_answers_promptly_while_the_manager_does_not_read() {
     }
     drop(c);
     stop(&mut broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `.socket` unit with `ListenStream=` (or `Accept=yes`) passes a socket
+/// the protocol cannot use: the broker must refuse to start and say which
+/// setting to use, not serve a stream socket silently.
+#[test]
+fn broker_refuses_a_socket_activation_socket_of_the_wrong_kind() {
+    if Command::new("bash").arg("-c").arg("true").status().is_err() {
+        eprintln!("SKIPPED: needs bash to set LISTEN_PID");
+        return;
+    }
+    let _one_at_a_time = PASSING_FDS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("dmabroker-activation-kind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let notify = dir.join("notify.sock"); // nobody listens: notifications are dropped
+    let stream: OwnedFd = std::os::unix::net::UnixListener::bind(dir.join("stream.sock")).unwrap().into();
+    let (connected, _peer) =
+        rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
+    for (socket, expected) in [(stream, "ListenSequentialPacket="), (connected, "Accept=no")] {
+        let child = spawn_broker_with(&dir, &notify, &[("dmabroker.socket".to_owned(), socket)], Stdio::piped());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut child = child;
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the broker serves a socket of the wrong kind");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(expected), "{expected} not in: {err}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

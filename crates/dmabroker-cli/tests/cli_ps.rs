@@ -72,3 +72,37 @@ fn ps_tables_and_user_filter() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-user-dmabroker"));
 }
+
+/// A buffer held only in the fd table of a thread that unshared its files
+/// (the main thread closed its fd) is still listed as held by this process.
+#[test]
+fn ps_sees_a_buffer_held_only_by_a_threads_own_fd_table() {
+    let me = std::process::id();
+    let buffer = Heaps::discover()
+        .allocate("memfd", &AllocRequest::new(1 << 20).name("cli-psthread"))
+        .expect("memfd allocation");
+    let inode = buffer.inode();
+    let holder = match dmabroker_sys::kcmp::OwnTableHolder::hold(buffer.try_clone_fd().unwrap()) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("SKIP ps_sees_a_buffer_held_only_by_a_threads_own_fd_table: unshare: {e}");
+            return;
+        }
+    };
+    drop(buffer);
+    let out = dmabroker(&["ps", "--json", "--pid", &me.to_string()]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let b = v["buffers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["inode"] == inode)
+        .unwrap_or_else(|| panic!("the buffer held by thread {} is not listed: {v}", holder.tid()));
+    assert_eq!(b["name"], "dmabroker:cli-psthread");
+    let h = b["holders"].as_array().unwrap().iter().find(|h| h["pid"] == me).expect("we hold it");
+    // The thread's table is a copy of the process's at unshare time: it
+    // holds the buffer's fd and its clone.
+    assert!(h["fds"].as_array().is_some_and(|fds| !fds.is_empty()), "{h}");
+    drop(holder);
+}

@@ -20,6 +20,7 @@ pub mod dma_heap;
 pub mod drm;
 mod fd_ioctl;
 pub mod inherited;
+pub mod kcmp;
 pub mod mmap;
 pub mod socket;
 pub mod udmabuf;

@@ -394,7 +394,8 @@ impl Client {
         }
     }
 
-    /// Withdraw a publication (name or token). Holders keep their fds.
+    /// Withdraw a publication (name or token): this user's own, or any of a
+    /// buffer this user owns (is charged for). Holders keep their fds.
     ///
     /// # Errors
     /// [`UnpublishError`].
@@ -410,8 +411,9 @@ impl Client {
         }
     }
 
-    /// The publications this user may import or has published, and whether
-    /// the list was cut to fit one message.
+    /// The publications this user may import or has published, and those of
+    /// buffers it owns whoever published them (`publisher_uid` says who), and
+    /// whether the list was cut to fit one message.
     ///
     /// # Errors
     /// [`QueryError`].

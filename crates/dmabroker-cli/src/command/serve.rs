@@ -3,7 +3,9 @@
 //! Listens on `--socket`, or on the socket systemd passes (socket
 //! activation, `LISTEN_FDS`), or on the default path
 //! (`/run/dmabroker/dmabroker.sock` as root, `$XDG_RUNTIME_DIR/dmabroker.sock`
-//! otherwise). Published buffers handed to systemd's fd store come back
+//! otherwise; without `$XDG_RUNTIME_DIR` a non-root broker needs `--socket`).
+//! Whatever is at the path is only replaced when it is a stale socket.
+//! Published buffers handed to systemd's fd store come back
 //! through `LISTEN_FDS` too. SIGTERM and SIGINT stop it gracefully.
 
 use dmabroker_broker::{Broker, Config, Listener, Policy, SweepTiming};
@@ -20,6 +22,7 @@ const DEFAULT_POLICY: &str = "/etc/dmabroker/policy.toml";
 pub struct ServeArgs {
     /// Socket path [default: /run/dmabroker/dmabroker.sock as root, else
     /// $XDG_RUNTIME_DIR/dmabroker.sock]; ignored under socket activation.
+    /// Only a stale socket at PATH is replaced, never any other file.
     #[arg(long)]
     pub socket: Option<PathBuf>,
     /// Policy file (TOML) [default: /etc/dmabroker/policy.toml if present,
@@ -48,11 +51,21 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         None if std::path::Path::new(DEFAULT_POLICY).exists() => Policy::load(DEFAULT_POLICY.as_ref(), uid)?,
         None => Policy::builtin(uid),
     };
+    // Buffers in the fd store are memfds and dma-bufs: a socket is the
+    // listening socket of the .socket unit (checked by Broker::start to be
+    // a listening SOCK_SEQPACKET socket).
     let (sockets, stored): (Vec<_>, Vec<_>) = inherited.into_iter().partition(|f| is_socket(&f.fd));
+    if sockets.len() > 1 {
+        anyhow::bail!(
+            "the service manager passed {} sockets: the .socket unit must have exactly one \
+             ListenSequentialPacket= line",
+            sockets.len()
+        );
+    }
     let listener = match (sockets.into_iter().next(), &args.socket) {
         (Some(f), _) => Listener::Inherited(f.fd),
         (None, Some(p)) => Listener::Path(p.clone()),
-        (None, None) => Listener::Path(dmabroker_broker::default_socket()),
+        (None, None) => Listener::Path(dmabroker_broker::default_socket()?),
     };
     let where_ = match &listener {
         Listener::Path(p) => p.display().to_string(),

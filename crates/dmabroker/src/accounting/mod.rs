@@ -4,8 +4,10 @@
 //! [`scan`] walks `/proc`, not the broker: it sees every dma-buf (whoever
 //! exported it) and every dmabroker memfd (named `dmabroker:<name>`, see
 //! [`crate::heap::memfd`]), held through a file descriptor
-//! (`/proc/<pid>/fd`, `/proc/<pid>/fdinfo`) or only through a mapping
-//! (`/proc/<pid>/maps`). Other memfds are included with
+//! (`/proc/<pid>/fd`, `/proc/<pid>/fdinfo`; for threads with a file
+//! descriptor table of their own, `unshare(CLONE_FILES)`, also
+//! `/proc/<pid>/task/<tid>/fd`, listed under the process with the fd numbers
+//! of that table) or only through a mapping (`/proc/<pid>/maps`). Other memfds are included with
 //! [`ScanOptions::all_memfds`].
 //!
 //! Buffers are identified by filesystem device and inode ([`BufferId`]), so a
@@ -698,41 +700,15 @@ fn read_process(
     let status = std::fs::read_to_string(format!("{base}/status")).map_err(|e| skip(&e))?;
     let uid = procfs::parse_status_euid(&status).ok_or(Skip::Vanished)?;
 
-    let mut fds = Vec::new();
-    for entry in std::fs::read_dir(format!("{base}/fd")).map_err(|e| skip(&e))?.flatten() {
-        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        // Any error below: the fd was closed meanwhile; skip it.
-        let Ok(link) = crate::fdinfo::fd_link(Some(pid), fd) else {
-            continue;
-        };
-        let target = classify_target(&link);
-        if target == LinkTarget::Other {
-            continue;
-        }
-        // Never stat a link blindly: a FUSE file named `/memfd:...` or
-        // `/dmabuf:...` would never answer. A dma-buf is stat'ed once its
-        // fdinfo (answered by the VFS alone) shows an exporter; a memfd once
-        // it is known to be on a memfd mount.
-        let fdinfo = match target {
-            LinkTarget::DmaBuf { .. } => match FdInfo::read(Some(pid), fd) {
-                Ok(info) if info.is_dma_buf() => Some(info),
-                _ => continue,
-            },
-            _ => None,
-        };
-        let stat = match target {
-            LinkTarget::DmaBuf { .. } => std::fs::metadata(entry.path()).ok().map(|m| FileStat::from_metadata(&m)),
-            _ => crate::fdinfo::open_memfd_path(&entry.path())
-                .and_then(|fd| rustix::fs::fstat(fd).ok())
-                .map(|st| FileStat::from_stat(&st)),
-        };
-        if stat.is_none() {
-            continue;
-        }
-        if let Some(h) = fd_holding(fd, &link, fdinfo.as_ref(), stat, shmem, all_memfds) {
-            fds.push(h);
+    let mut fds = read_fd_table(&base, shmem, all_memfds).map_err(|e| skip(&e))?;
+    // Threads with a table of their own (unshare(CLONE_FILES)): a buffer
+    // they hold after every other thread closed it is listed only there.
+    for tid in threads_with_own_fd_table(pid, true) {
+        let Ok(more) = read_fd_table(&format!("{base}/task/{tid}"), shmem, all_memfds) else { continue };
+        for h in more {
+            if !fds.iter().any(|f: &FdHolding| f.fd == h.fd && f.id == h.id) {
+                fds.push(h);
+            }
         }
     }
     fds.sort_by_key(|f| f.fd);
@@ -760,6 +736,98 @@ fn read_process(
         }
     }
     Ok(Some((ProcessHoldings { pid, comm: stat.comm, uid, fds, maps }, complete)))
+}
+
+/// The buffer fds of one fd table: `task` is `/proc/<pid>` or
+/// `/proc/<pid>/task/<tid>`.
+fn read_fd_table(task: &str, shmem: Option<(u32, u32)>, all_memfds: bool) -> io::Result<Vec<FdHolding>> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir(format!("{task}/fd"))?.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        // Any error below: the fd was closed meanwhile; skip it.
+        let Ok(link) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy();
+        let target = classify_target(&link);
+        if target == LinkTarget::Other {
+            continue;
+        }
+        // Never stat a link blindly: a FUSE file named `/memfd:...` or
+        // `/dmabuf:...` would never answer. A dma-buf is stat'ed once its
+        // fdinfo (answered by the VFS alone) shows an exporter; a memfd once
+        // it is known to be on a memfd mount.
+        let fdinfo = match target {
+            LinkTarget::DmaBuf { .. } => {
+                match std::fs::read_to_string(format!("{task}/fdinfo/{fd}")).map(|t| FdInfo::parse(&t)) {
+                    Ok(info) if info.is_dma_buf() => Some(info),
+                    _ => continue,
+                }
+            }
+            _ => None,
+        };
+        let stat = match target {
+            LinkTarget::DmaBuf { .. } => std::fs::metadata(entry.path()).ok().map(|m| FileStat::from_metadata(&m)),
+            _ => crate::fdinfo::open_memfd_path(&entry.path())
+                .and_then(|fd| rustix::fs::fstat(fd).ok())
+                .map(|st| FileStat::from_stat(&st)),
+        };
+        if stat.is_none() {
+            continue;
+        }
+        if let Some(h) = fd_holding(fd, &link, fdinfo.as_ref(), stat, shmem, all_memfds) {
+            fds.push(h);
+        }
+    }
+    Ok(fds)
+}
+
+/// Threads of process `pid` whose file descriptor table is not the
+/// process's own (`/proc/<pid>/fd`): threads that called
+/// `unshare(CLONE_FILES)`, one per distinct table. Compared with
+/// `kcmp(KCMP_FILES)`, one system call per thread, so that the (normally
+/// shared) table is read once. When kcmp cannot tell (`ENOSYS`: a kernel
+/// without `CONFIG_KCMP`; `EPERM`), the thread is included if `when_unsure`
+/// (its table is read as well: callers that collect buffers in a set lose
+/// nothing by reading a table twice) and left out otherwise.
+pub fn threads_with_own_fd_table(pid: u32, when_unsure: bool) -> Vec<u32> {
+    let mut tables: Vec<u32> = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return tables;
+    };
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if tid == pid {
+            continue;
+        }
+        let mut distinct = true;
+        for other in std::iter::once(pid).chain(tables.iter().copied()) {
+            match dmabroker_sys::kcmp::same_files(other, tid) {
+                Ok(true) => {
+                    distinct = false;
+                    break;
+                }
+                Ok(false) => {}
+                // The thread exited meanwhile.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error()) => {
+                    distinct = false;
+                    break;
+                }
+                Err(_) => {
+                    distinct = when_unsure;
+                    break;
+                }
+            }
+        }
+        if distinct {
+            tables.push(tid);
+        }
+    }
+    tables
 }
 
 #[cfg(test)]

@@ -38,6 +38,9 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_GRANTS: usize = 32;
 /// Longest free text (error messages, versions), in bytes.
 pub const MAX_TEXT_LEN: usize = 1024;
+/// Longest expiry a publication may ask for, in seconds (ten years, 365-day
+/// years); a longer one is refused as out of bounds.
+pub const MAX_EXPIRY_SECS: u64 = 10 * 365 * 86400;
 /// Prefix that tells a token from a name: tokens are `@` and 32 hex digits.
 pub const TOKEN_PREFIX: char = '@';
 
@@ -60,12 +63,14 @@ pub enum Request {
         /// A publication name or a token (`@` + 32 hex digits).
         key: String,
     },
-    /// Withdraw a publication (by name or token).
+    /// Withdraw a publication (by name or token): its publisher, the owner
+    /// of the buffer (the uid charged for it) or root.
     Unpublish {
         /// A publication name or a token.
         key: String,
     },
-    /// The publications this client may import or has published.
+    /// The publications this client may import or has published, and every
+    /// publication of a buffer it owns (is charged for), whoever published it.
     List,
     /// This client's usage and quota, and the broker's totals.
     Stats,
@@ -95,7 +100,8 @@ pub struct PublishRequest {
     pub grants: Vec<Grant>,
     /// Withdraw the publication after its first import by someone else.
     pub one_shot: bool,
-    /// Withdraw the publication after this many seconds.
+    /// Withdraw the publication after this many seconds (at most
+    /// [`MAX_EXPIRY_SECS`]).
     pub expires_in_secs: Option<u64>,
 }
 
@@ -406,7 +412,12 @@ impl Request {
                 if p.grants.len() > MAX_GRANTS {
                     return Err(invalid(format!("grants: {} entries, at most {MAX_GRANTS}", p.grants.len())));
                 }
-                Ok(())
+                match p.expires_in_secs {
+                    Some(secs) if secs > MAX_EXPIRY_SECS => Err(invalid(format!(
+                        "expires_in_secs: {secs}, at most {MAX_EXPIRY_SECS} (10 years); leave it out for no expiry"
+                    ))),
+                    _ => Ok(()),
+                }
             }
             Self::Import { key } | Self::Unpublish { key } => validate_key(key),
         }
@@ -503,6 +514,19 @@ mod tests {
         let grants = vec![Grant { who: Grantee::Anyone, access: Access::ReadOnly }; MAX_GRANTS + 1];
         let too_many = Request::Publish(PublishRequest { name: None, grants, one_shot: false, expires_in_secs: None });
         assert!(encode_request(&too_many).is_err());
+        let expiry = |secs| {
+            Request::Publish(PublishRequest {
+                name: None,
+                grants: vec![],
+                one_shot: false,
+                expires_in_secs: Some(secs),
+            })
+        };
+        assert!(encode_request(&expiry(MAX_EXPIRY_SECS)).is_ok());
+        let e = encode_request(&expiry(u64::MAX)).unwrap_err();
+        assert!(e.to_string().contains("expires_in_secs"), "{e}");
+        let bytes = postcard::to_stdvec(&expiry(MAX_EXPIRY_SECS + 1)).unwrap();
+        assert!(matches!(decode_request(&bytes), Err(CodecError::InvalidField(_))));
     }
 
     #[test]

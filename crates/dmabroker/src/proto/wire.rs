@@ -32,7 +32,9 @@ pub struct Received {
 }
 
 /// `recvmsg(MSG_CMSG_CLOEXEC | MSG_TRUNC)`: receive one datagram and its fds.
-/// `Ok(None)` means the peer closed the connection.
+/// `Ok(None)` means the peer closed the connection (or shut down its
+/// sending side); an empty datagram from a peer still connected comes back
+/// with `len` 0.
 ///
 /// # Errors
 /// `EAGAIN` on a non-blocking socket with nothing queued; other socket errors.
@@ -55,9 +57,12 @@ pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) -> Result
             fds.extend(rights);
         }
     }
-    // SEQPACKET gives 0 bytes only at end of stream: the protocol has no
-    // empty messages, so a 0-byte datagram is treated as the end too.
-    if msg.bytes == 0 && fds.is_empty() {
+    // SEQPACKET returns 0 bytes both at the end of the stream and for an
+    // empty datagram. At the end the peer has shut down (closed, or
+    // shutdown(SHUT_WR)), which poll reports as POLLRDHUP; an empty datagram
+    // from a peer still connected is returned as one (`len` 0), so that the
+    // broker can answer it with an error.
+    if msg.bytes == 0 && fds.is_empty() && peer_shut_down(socket) {
         return Ok(None);
     }
     Ok(Some(Received {
@@ -66,6 +71,19 @@ pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) -> Result
         control_truncated: msg.flags.contains(ReturnFlags::CTRUNC),
         fds,
     }))
+}
+
+/// Whether the peer of a connected socket has shut down its sending side
+/// (closed, or `shutdown(SHUT_WR)`): `POLLRDHUP`/`POLLHUP` without waiting.
+fn peer_shut_down(socket: BorrowedFd<'_>) -> bool {
+    use rustix::event::{PollFd, PollFlags};
+    let mut fds = [PollFd::new(&socket, PollFlags::RDHUP)];
+    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+    match rustix::event::poll(&mut fds, Some(&zero)) {
+        Ok(_) => fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+        // Cannot tell: the end of the stream is the safe reading.
+        Err(_) => true,
+    }
 }
 
 /// `sendmsg(MSG_NOSIGNAL)`: send one datagram, with an fd when given.
