@@ -26,6 +26,11 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
+# A string as the replacement of sed's s|...|...|: \, & and the | delimiter
+# escaped (a prefix like /opt/a&b would otherwise put the matched text in
+# place of the &), and a backslash before each embedded newline.
+sed_escape() { printf '%s\n' "$1" | sed -e 's/[\\&|]/\\&/g' -e '$!s/$/\\/'; }
+
 prefix=
 destdir=
 while (($#)); do
@@ -83,7 +88,8 @@ ln -sfn "libdmabroker.so.$major" "$stage/lib/libdmabroker.so"
 install -m 0644 "$out/libdmabroker_capi.a" "$stage/lib/libdmabroker.a"
 install -m 0644 "$root/crates/dmabroker-capi/include/dmabroker.h" "$stage/include/dmabroker.h"
 install -m 0755 "$out/dmabroker" "$stage/bin/dmabroker"
-sed -e "s|@PREFIX@|$prefix|g" -e "s|@VERSION@|$version|g" -e "s|@LIBS_PRIVATE@|$libs_private|g" \
+sed -e "s|@PREFIX@|$(sed_escape "$prefix")|g" -e "s|@VERSION@|$(sed_escape "$version")|g" \
+    -e "s|@LIBS_PRIVATE@|$(sed_escape "$libs_private")|g" \
     "$root/crates/dmabroker-capi/dmabroker.pc.in" >"$stage/lib/pkgconfig/dmabroker.pc"
 chmod 0644 "$stage/lib/pkgconfig/dmabroker.pc"
 
@@ -93,7 +99,8 @@ if [[ -d $root/systemd ]]; then
     for unit in "$root"/systemd/*.service "$root"/systemd/*.socket; do
         # Point the units at the command as installed (they say /usr/bin/dmabroker,
         # or @bindir@).
-        sed -e "s|@bindir@|$prefix/bin|g" -e "s|/usr/bin/dmabroker|$prefix/bin/dmabroker|g" \
+        sed -e "s|@bindir@|$(sed_escape "$prefix/bin")|g" \
+            -e "s|/usr/bin/dmabroker|$(sed_escape "$prefix/bin/dmabroker")|g" \
             "$unit" >"$stage/lib/systemd/system/$(basename "$unit")"
         chmod 0644 "$stage/lib/systemd/system/$(basename "$unit")"
     done

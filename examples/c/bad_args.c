@@ -207,6 +207,14 @@ int main(void) {
            dmabroker_client_connect("/nonexistent/dmabroker.sock", &client), DMABROKER_ERROR_NO_BROKER);
     expect_true("  out cleared to NULL", client == NULL);
     expect("client_connect(NULL out)", dmabroker_client_connect(NULL, NULL), INVALID);
+    char long_path[301];
+    memset(long_path, 'x', sizeof long_path - 1);
+    long_path[0] = '/';
+    long_path[sizeof long_path - 1] = '\0';
+    client = (dmabroker_client *)1;
+    expect("client_connect(\"\")", dmabroker_client_connect("", &client), INVALID);
+    expect_true("  out cleared to NULL", client == NULL);
+    expect("client_connect(a 300-byte path)", dmabroker_client_connect(long_path, &client), INVALID);
     expect("client_alloc(NULL client)", dmabroker_client_alloc(NULL, "memfd", 4096, NULL, &buffer2),
            INVALID);
     char *key = (char *)1;
@@ -276,13 +284,46 @@ int main(void) {
     expect("producer_acquire(second)", dmabroker_producer_acquire(producer, 0, &index, &data, &len),
            DMABROKER_ERROR_BUSY);
     expect_true("  index, data, len cleared", index == UINT32_MAX && data == NULL && len == 0);
-    expect("producer_submit(reserved flag)", dmabroker_producer_submit(producer, 1, 1u << 16, 0, NULL),
+    expect("producer_submit(reserved flag)", dmabroker_producer_submit(producer, 1, 1u << 17, 0, NULL),
            INVALID);
     expect("producer_submit(too long)", dmabroker_producer_submit(producer, 1u << 30, 0, 0, NULL),
            INVALID);
     expect("producer_cancel", dmabroker_producer_cancel(producer), DMABROKER_OK);
+    expect("producer_listen(\"\")", dmabroker_producer_listen(producer, ""), INVALID);
+    expect("producer_listen(a 300-byte path)", dmabroker_producer_listen(producer, long_path),
+           INVALID);
     dmabroker_producer_free(producer);
     dmabroker_producer_free(NULL);
+    dmabroker_constraints *any_device = NULL;
+    expect("constraints_new(\"any\")", dmabroker_constraints_new("any", &any_device), DMABROKER_OK);
+    dmabroker_choice_info why;
+    memset(&why, 0xff, sizeof why);
+    producer = (dmabroker_producer *)1;
+    expect("producer_new_for(NULL constraints)",
+           dmabroker_producer_new_for(NULL, NULL, 2, 4096, NULL, &producer, &why), INVALID);
+    expect_true("  out and choice_info cleared",
+                producer == NULL && why.heap == NULL && why.reasons == NULL && why.len == 0);
+    expect("producer_new_for(NULL out)",
+           dmabroker_producer_new_for(NULL, any_device, 2, 4096, NULL, NULL, &why), INVALID);
+    expect("producer_new_for(0 buffers)",
+           dmabroker_producer_new_for(NULL, any_device, 0, 4096, NULL, &producer, NULL), INVALID);
+    expect("producer_new_for(size 0)",
+           dmabroker_producer_new_for(NULL, any_device, 2, 0, NULL, &producer, NULL), INVALID);
+    expect("producer_new_for_layout(NULL layout)",
+           dmabroker_producer_new_for_layout(NULL, any_device, NULL, 2, NULL, &producer, &why),
+           INVALID);
+    expect_true("  out cleared to NULL", producer == NULL);
+    dmabroker_layout *nv12 = NULL;
+    expect("layout_new(NV12 64x64)", dmabroker_layout_new("NV12", 64, 64, 0, &nv12), DMABROKER_OK);
+    expect("producer_new_for_layout(NULL constraints)",
+           dmabroker_producer_new_for_layout(NULL, NULL, nv12, 2, NULL, &producer, NULL), INVALID);
+    expect("producer_new_for_layout(NULL out)",
+           dmabroker_producer_new_for_layout(NULL, any_device, nv12, 2, NULL, NULL, NULL), INVALID);
+    expect("producer_new_for_layout(65 buffers)",
+           dmabroker_producer_new_for_layout(NULL, any_device, nv12, 65, NULL, &producer, NULL),
+           INVALID);
+    dmabroker_layout_free(nv12);
+    dmabroker_constraints_free(any_device);
     dmabroker_consumer *consumer = (dmabroker_consumer *)1;
     expect("consumer_connect(nobody there)",
            dmabroker_consumer_connect("/nonexistent/pool.sock", DMABROKER_WAIT_MODE_BLOCK, &consumer),
@@ -291,11 +332,36 @@ int main(void) {
     expect("consumer_connect(wait mode 7)",
            dmabroker_consumer_connect("/nonexistent/pool.sock", (dmabroker_wait_mode)7, &consumer),
            INVALID);
+    expect("consumer_connect(\"\")",
+           dmabroker_consumer_connect("", DMABROKER_WAIT_MODE_BLOCK, &consumer), INVALID);
+    dmabroker_consumer_options consumer_opts = {0};
+    consumer = (dmabroker_consumer *)1;
+    expect("consumer_connect_with(nobody there)",
+           dmabroker_consumer_connect_with("/nonexistent/pool.sock", &consumer_opts, &consumer),
+           DMABROKER_ERROR_NO_PRODUCER);
+    expect_true("  out cleared to NULL", consumer == NULL);
+    expect("consumer_connect_with(NULL path)",
+           dmabroker_consumer_connect_with(NULL, NULL, &consumer), INVALID);
+    expect("consumer_connect_with(NULL out)",
+           dmabroker_consumer_connect_with("/nonexistent/pool.sock", NULL, NULL), INVALID);
+    consumer_opts.wait = (dmabroker_wait_mode)7;
+    expect("consumer_connect_with(wait mode 7)",
+           dmabroker_consumer_connect_with("/nonexistent/pool.sock", &consumer_opts, &consumer),
+           INVALID);
+    expect("consumer_connect_with(a 300-byte path)",
+           dmabroker_consumer_connect_with(long_path, NULL, &consumer), INVALID);
+    size_t held = 9;
+    expect("consumer_held_count(NULL consumer)", dmabroker_consumer_held_count(NULL, &held), INVALID);
+    expect_true("  count cleared to 0", held == 0);
     dmabroker_frame *frame = (dmabroker_frame *)1;
     expect("consumer_recv(NULL consumer)", dmabroker_consumer_recv(NULL, 0, &frame), INVALID);
     expect_true("  frame cleared to NULL", frame == NULL);
     const void *frame_data = (const void *)1;
     expect("frame_data(NULL frame)", dmabroker_frame_data(NULL, &frame_data, &len), INVALID);
+    int sync_fd = 9;
+    expect("frame_take_sync_file(NULL frame)", dmabroker_frame_take_sync_file(NULL, &sync_fd),
+           INVALID);
+    expect_true("  fd cleared to -1", sync_fd == -1);
     dmabroker_consumer_free(NULL);
     dmabroker_frame_free(NULL);
 

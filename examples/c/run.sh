@@ -18,7 +18,9 @@
 #   5. each binary runs and exits 0; alloc_publish and import_check talk to a
 #      broker (PREFIX/bin/dmabroker serve on a socket in the temporary dir)
 #      started here and stopped at the end; pool_demo forks a producer and a
-#      consumer of a frame pool; vivid_capture captures from /dev/video0 into
+#      consumer of a frame pool; pool_keep does the same with a pool made for
+#      a pixel format by constraints, whose consumer holds several frames at
+#      once; vivid_capture captures from /dev/video0 into
 #      dmabroker buffers (it prints SKIP and passes where there is none: the
 #      real run is in the VM, examples/c/vm-build.sh + vm/run.sh).
 set -euo pipefail
@@ -106,7 +108,7 @@ if command -v c++ >/dev/null; then
 fi
 
 step "build the examples"
-examples=(alloc_map bad_args alloc_publish import_check pool_demo vivid_capture)
+examples=(alloc_map bad_args alloc_publish import_check pool_demo pool_keep vivid_capture)
 for ex in "${examples[@]}"; do
     # shellcheck disable=SC2086
     "$cc" -std=c11 -O1 -g -Wall -Wextra -Werror "$here/$ex.c" $cflags $libs -Wl,-rpath,"$prefix/lib" -o "$build/$ex"
@@ -134,7 +136,7 @@ for _ in $(seq 100); do [[ -S $DMABROKER_SOCKET ]] && break; sleep 0.05; done
 [[ -S $DMABROKER_SOCKET ]] || { cat "$tmp/broker.log" >&2; echo "run.sh: the broker did not start" >&2; exit 1; }
 echo "broker pid $broker_pid on $DMABROKER_SOCKET"
 
-all=(alloc_map alloc_map_static bad_args alloc_publish import_check pool_demo vivid_capture)
+all=(alloc_map alloc_map_static bad_args alloc_publish import_check pool_demo pool_keep vivid_capture)
 failed=0
 for ex in "${all[@]}"; do
     step "run $ex${runner:+ under valgrind}"

@@ -42,6 +42,15 @@
 #define DMABROKER_FRAME_FLAG_ERROR 2
 
 /**
+ * Frame flag: a sync_file goes with the frame. At submit: export one
+ * (`DMA_BUF_IOCTL_EXPORT_SYNC_FILE`, Linux 6.0+) for the consumers that
+ * asked for them; ignored for pools of buffers that are not dma-bufs
+ * (memfd) and when no consumer asked. In `dmabroker_frame_info.flags`: one
+ * came, `dmabroker_frame_take_sync_file` gives it.
+ */
+#define DMABROKER_FRAME_FLAG_SYNC_FILE (1 << 16)
+
+/**
  * The result of every fallible call: `DMABROKER_OK` (0) or an error whose
  * details `dmabroker_last_error()` describes.
  *
@@ -103,8 +112,8 @@ typedef enum dmabroker_status {
     DMABROKER_ERROR_BUFFER_TOO_SMALL = 10,
     /**
      * `dmabroker_mapping_begin` while an access is active on that mapping:
-     * call `dmabroker_mapping_end` first. Also: a pool call while a slot or
-     * frame is still out (submit, cancel or free it first), and a pool that
+     * call `dmabroker_mapping_end` first. Also: a producer call while a
+     * slot is still out (submit or cancel it first), and a pool that
      * serves as many consumers as it may.
      */
     DMABROKER_ERROR_BUSY = 11,
@@ -407,17 +416,19 @@ typedef struct dmabroker_client dmabroker_client;
 typedef struct dmabroker_constraints dmabroker_constraints;
 
 /**
- * The consuming end of a pool (opaque): made by `dmabroker_consumer_connect`,
- * released by `dmabroker_consumer_free`. It holds one frame at a time: free
- * the frame from `dmabroker_consumer_recv` before the next. Its calls lock
- * it, so threads may share it.
+ * The consuming end of a pool (opaque): made by `dmabroker_consumer_connect`
+ * or `_connect_with`, released by `dmabroker_consumer_free`. It may hold
+ * several frames at once, each a `dmabroker_frame` of its own. Its calls
+ * lock it, so threads may share it.
  */
 typedef struct dmabroker_consumer dmabroker_consumer;
 
 /**
- * A received frame (opaque): made by `dmabroker_consumer_recv`; freeing it
- * (`dmabroker_frame_free`) ends CPU access and gives the buffer back to
- * the producer. It keeps its consumer alive (attached) until then.
+ * A received frame (opaque): made by `dmabroker_consumer_recv`; its buffer
+ * stays held (the producer does not reuse it) until `dmabroker_frame_free`,
+ * which ends CPU access and gives the buffer back. Frames are independent:
+ * a consumer may hold several, freed in any order. A frame keeps its
+ * consumer alive (attached) until it is freed.
  */
 typedef struct dmabroker_frame dmabroker_frame;
 
@@ -778,6 +789,29 @@ typedef struct dmabroker_consumer_stats {
 } dmabroker_consumer_stats;
 
 /**
+ * How `dmabroker_consumer_connect_with` attaches. All-zero (`{0}`) means
+ * the defaults (those of `dmabroker_consumer_connect` with
+ * `DMABROKER_WAIT_MODE_BLOCK`).
+ */
+typedef struct dmabroker_consumer_options {
+    /**
+     * How `dmabroker_consumer_recv` waits (a `dmabroker_wait_mode`; 0: `BLOCK`).
+     */
+    dmabroker_wait_mode wait;
+    /**
+     * Receive the sync_file of each frame the producer exports one for
+     * (dma-buf pools, frames submitted with `DMABROKER_FRAME_FLAG_SYNC_FILE`);
+     * take it with `dmabroker_frame_take_sync_file`.
+     */
+    bool want_sync_files;
+    /**
+     * How long to wait for the producer's answer when attaching, in
+     * milliseconds; 0: 5000; negative: no limit.
+     */
+    int64_t attach_timeout_ms;
+} dmabroker_consumer_options;
+
+/**
  * What a consumer sees of its own attachment (`dmabroker_consumer_get_stats`).
  */
 typedef struct dmabroker_consumer_self_stats {
@@ -1000,7 +1034,8 @@ enum dmabroker_status dmabroker_buffer_segments(const struct dmabroker_buffer *b
  * # Errors
  * `DMABROKER_ERROR_NO_BROKER` (nothing listens there: start `dmabroker
  * serve`), `DMABROKER_ERROR_PERMISSION_DENIED`, `DMABROKER_ERROR_BROKER`
- * (version mismatch, refused session), `DMABROKER_ERROR_INVALID_ARGUMENT`.
+ * (version mismatch, refused session), `DMABROKER_ERROR_INVALID_ARGUMENT`
+ * (`out` NULL, an empty path, a path over 107 bytes).
  *
  * # Safety
  * `socket_path` is NULL or a C string; `out` is NULL or writable for one pointer.
@@ -1588,6 +1623,50 @@ enum dmabroker_status dmabroker_mapping_end(const struct dmabroker_mapping *mapp
 enum dmabroker_status dmabroker_producer_new(const struct dmabroker_heaps *heaps, const char *heap, uint32_t buffers, uint64_t buffer_len, const struct dmabroker_pool_options *options, struct dmabroker_producer **out);
 
 /**
+ * Allocate `buffers` buffers of `buffer_len` bytes each for the devices
+ * behind `constraints` (as `dmabroker_alloc_for`: the cheapest heap that
+ * meets every requirement, the next suitable one when it runs out) and
+ * make a pool of them, so the same pool can feed a device. `heaps` may be
+ * NULL (discovered for this call); `options` may be NULL (the defaults);
+ * `choice_info` may be NULL, otherwise it receives the heap and the
+ * reasons of the first buffer's choice (a later buffer from another heap
+ * adds a reason): free its strings with `dmabroker_choice_info_clear`.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_UNSUPPORTED` (no heap meets the constraints; the
+ * message says what each heap lacks), the status of the last heap tried
+ * when every suitable one failed (`DMABROKER_ERROR_OUT_OF_MEMORY`, ...),
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers, 0 or more than 64
+ * buffers, size 0, more than 63 consumers). On failure `*out` is NULL and
+ * `*choice_info` all-zero.
+ *
+ * # Safety
+ * `heaps` is NULL or a live handle; `constraints` is NULL or a live
+ * handle; `options` is NULL or readable (its `name` NULL or a C string);
+ * `out` is NULL or writable for one pointer; `choice_info` is NULL or
+ * writable for one `dmabroker_choice_info` (its old contents are
+ * overwritten, not freed).
+ */
+enum dmabroker_status dmabroker_producer_new_for(const struct dmabroker_heaps *heaps, const struct dmabroker_constraints *constraints, uint32_t buffers, uint64_t buffer_len, const struct dmabroker_pool_options *options, struct dmabroker_producer **out, struct dmabroker_choice_info *choice_info);
+
+/**
+ * `dmabroker_producer_new_for` with buffers sized for frames of `layout`
+ * (`dmabroker_layout_total_size` bytes each): one pool buffer per frame.
+ * For a `...M` format (a buffer per plane in V4L2/DRM terms) each pool
+ * buffer holds the plane buffers back to back: plane buffer `b` starts at
+ * the sum of `dmabroker_layout_buffer_size` of the buffers before it, so
+ * hand a device the same fd once per plane with those offsets.
+ *
+ * # Errors
+ * Those of `dmabroker_producer_new_for` (`layout` NULL:
+ * `DMABROKER_ERROR_INVALID_ARGUMENT`).
+ *
+ * # Safety
+ * As `dmabroker_producer_new_for`; `layout` is NULL or a live handle.
+ */
+enum dmabroker_status dmabroker_producer_new_for_layout(const struct dmabroker_heaps *heaps, const struct dmabroker_constraints *constraints, const struct dmabroker_layout *layout, uint32_t buffers, const struct dmabroker_pool_options *options, struct dmabroker_producer **out, struct dmabroker_choice_info *choice_info);
+
+/**
  * Close the stream (consumers receive the frames already handed off, then
  * `DMABROKER_ERROR_CLOSED`), release the producer's buffers and remove its
  * socket. NULL is ignored. A slot still acquired goes back unsubmitted.
@@ -1600,13 +1679,17 @@ void dmabroker_producer_free(struct dmabroker_producer *producer);
 
 /**
  * Accept consumers on a Unix socket at `path` (a stale socket file of a
- * dead producer is replaced; the file is removed when the producer is
- * freed). Handshakes run during acquire and wait-for-consumers calls.
+ * dead producer is replaced, and nothing but a socket ever is; the socket is
+ * removed when the producer is freed, if it is still the one made here).
+ * Handshakes run during acquire and wait-for-consumers calls; after
+ * `dmabroker_producer_close` late consumers are refused with
+ * `DMABROKER_ERROR_CLOSED` at the producer's next call or when it is freed.
  *
  * # Errors
- * `DMABROKER_ERROR_ALREADY_EXISTS` (a live process listens there),
+ * `DMABROKER_ERROR_ALREADY_EXISTS` (a live process listens there, or the
+ * path is a file, FIFO, directory or anything else that is not a socket),
  * `DMABROKER_ERROR_PERMISSION_DENIED`, `DMABROKER_ERROR_INVALID_ARGUMENT`
- * (NULL, a path over 107 bytes), `DMABROKER_ERROR_BUSY` (a slot is
+ * (NULL, an empty path, a path over 107 bytes), `DMABROKER_ERROR_BUSY` (a slot is
  * acquired), `DMABROKER_ERROR_IO`.
  *
  * # Safety
@@ -1658,11 +1741,16 @@ enum dmabroker_status dmabroker_producer_acquire(const struct dmabroker_producer
  * `bytes_used` bytes with `flags` (`DMABROKER_FRAME_FLAG_*`) and the
  * application word `meta`. Ends the CPU access begun by acquire.
  * `*seq` (when `seq` is not NULL) receives the frame's sequence number.
+ * With `DMABROKER_FRAME_FLAG_SYNC_FILE`, a dma-buf pool exports a
+ * sync_file (it signals when the buffer's writers are done) for each
+ * consumer that asked for them; other pools ignore the flag.
  *
  * # Errors
  * `DMABROKER_ERROR_NOT_BEGUN` (no slot acquired),
  * `DMABROKER_ERROR_INVALID_ARGUMENT` (`bytes_used` beyond the buffer,
- * unknown flags: the slot stays acquired, fix and retry, or cancel).
+ * unknown flags: the slot stays acquired, fix and retry, or cancel),
+ * `DMABROKER_ERROR_UNSUPPORTED` (the sync_file could not be exported:
+ * Linux 6.0+ is needed; the buffer went back unsubmitted).
  *
  * # Safety
  * `producer` is NULL or a live handle; `seq` is NULL or writable.
@@ -1750,7 +1838,9 @@ enum dmabroker_status dmabroker_producer_get_consumer_stats(const struct dmabrok
  * `DMABROKER_ERROR_BUSY` (the pool serves as many consumers as it may),
  * `DMABROKER_ERROR_CLOSED` (the stream ended), `DMABROKER_ERROR_TIMEOUT`
  * (no answer in 5 s), `DMABROKER_ERROR_BROKER` (not a dmabroker pool of
- * this version), `DMABROKER_ERROR_INVALID_ARGUMENT`, `DMABROKER_ERROR_IO`.
+ * this version), `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers, an
+ * empty path, a path over 107 bytes, an unknown wait mode),
+ * `DMABROKER_ERROR_IO`.
  *
  * # Safety
  * `path` is NULL or a C string; `out` is NULL or writable for one pointer.
@@ -1758,8 +1848,22 @@ enum dmabroker_status dmabroker_producer_get_consumer_stats(const struct dmabrok
 enum dmabroker_status dmabroker_consumer_connect(const char *path, dmabroker_wait_mode wait, struct dmabroker_consumer **out);
 
 /**
+ * `dmabroker_consumer_connect` with options: the wait mode, sync_files,
+ * the attach timeout. `options` may be NULL (the defaults).
+ *
+ * # Errors
+ * Those of `dmabroker_consumer_connect`.
+ *
+ * # Safety
+ * `path` is NULL or a C string; `options` is NULL or readable; `out` is
+ * NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_consumer_connect_with(const char *path, const struct dmabroker_consumer_options *options, struct dmabroker_consumer **out);
+
+/**
  * Detach (release every buffer held and close the socket). NULL is
- * ignored. A frame not yet freed keeps the attachment until it is.
+ * ignored. Frames not yet freed keep the attachment until the last of
+ * them is freed.
  *
  * # Safety
  * `consumer` is NULL or a live handle not freed before, used by no other
@@ -1770,13 +1874,19 @@ void dmabroker_consumer_free(struct dmabroker_consumer *consumer);
 /**
  * The next frame, waiting at most `timeout_ms` milliseconds (negative: no
  * limit; 0: only look). Frames already handed off are always delivered
- * before an end-of-stream status. Free the frame before the next recv.
+ * before an end-of-stream status.
+ *
+ * Frames received before may still be held: each is freed on its own
+ * (`dmabroker_frame_free`). Every frame held is a buffer the producer
+ * cannot fill: holding all of them stalls a producer that waits for a
+ * release (the default), and holding one longer than the release timeout
+ * gets this consumer evicted. A frame freed by another thread during the
+ * wait is released within 10 ms.
  *
  * # Errors
  * `DMABROKER_ERROR_TIMEOUT` (nothing yet; the stream goes on),
  * `DMABROKER_ERROR_CLOSED` (the producer ended the stream),
  * `DMABROKER_ERROR_PRODUCER_GONE` (it died), `DMABROKER_ERROR_EVICTED`,
- * `DMABROKER_ERROR_BUSY` (a frame is still held),
  * `DMABROKER_ERROR_INVALID_ARGUMENT`, `DMABROKER_ERROR_BROKER` (the
  * control block is corrupt). `*frame` is NULL on failure.
  *
@@ -1787,10 +1897,11 @@ enum dmabroker_status dmabroker_consumer_recv(const struct dmabroker_consumer *c
 
 /**
  * This consumer's view of the pool: buffers, their length, its slot, the
- * frames dropped for it and the wake-ups it needed.
+ * frames dropped for it and the wake-ups it needed. Waits while another
+ * thread is in `dmabroker_consumer_recv`.
  *
  * # Errors
- * `DMABROKER_ERROR_BUSY` (a frame is held), `DMABROKER_ERROR_INVALID_ARGUMENT`.
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers.
  *
  * # Safety
  * `consumer` is NULL or a live handle; `out` is NULL or writable for one
@@ -1799,8 +1910,23 @@ enum dmabroker_status dmabroker_consumer_recv(const struct dmabroker_consumer *c
 enum dmabroker_status dmabroker_consumer_get_stats(const struct dmabroker_consumer *consumer, struct dmabroker_consumer_self_stats *out);
 
 /**
+ * The number of buffers this consumer holds: its frames not freed yet
+ * (frames freed by another thread during a recv count until released).
+ * Waits while another thread is in `dmabroker_consumer_recv`.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers. On failure
+ * `*count` is 0.
+ *
+ * # Safety
+ * `consumer` is NULL or a live handle; `count` is NULL or writable.
+ */
+enum dmabroker_status dmabroker_consumer_held_count(const struct dmabroker_consumer *consumer, size_t *count);
+
+/**
  * What the producer said about the frame: buffer index, flags, sequence
- * number, timestamp, bytes used, application word.
+ * number, timestamp, bytes used, application word. `flags` has
+ * `DMABROKER_FRAME_FLAG_SYNC_FILE` when a sync_file came with the frame.
  *
  * # Errors
  * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers.
@@ -1815,10 +1941,14 @@ enum dmabroker_status dmabroker_frame_get_info(const struct dmabroker_frame *fra
  * The frame's bytes: begins CPU read access (`DMA_BUF_IOCTL_SYNC` for
  * dma-bufs) on the first call; `*data` points to the frame's `*len` bytes
  * (its `bytes_used`), read-only and valid until the frame is freed, which
- * ends the access. Later calls give the same pointer.
+ * ends the access. Later calls give the same pointer. Several frames of a
+ * consumer may be read at the same time. The first call waits while
+ * another thread is in `dmabroker_consumer_recv`.
  *
  * # Errors
- * `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers), `DMABROKER_ERROR_IO`
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers),
+ * `DMABROKER_ERROR_EVICTED` (the consumer was evicted before the access
+ * began: the buffer may hold another frame now), `DMABROKER_ERROR_IO`
  * (the sync ioctl failed). On failure `*data` is NULL and `*len` 0.
  *
  * # Safety
@@ -1839,9 +1969,28 @@ enum dmabroker_status dmabroker_frame_data(const struct dmabroker_frame *frame, 
 enum dmabroker_status dmabroker_frame_get_buffer(const struct dmabroker_frame *frame, struct dmabroker_buffer **out);
 
 /**
+ * Take the frame's sync_file: `*fd` receives it (the caller owns it and
+ * must `close()` it), or -1 when none came with the frame: the consumer
+ * did not ask (`dmabroker_consumer_options.want_sync_files`), the producer
+ * did not export one (`DMABROKER_FRAME_FLAG_SYNC_FILE` at submit), the
+ * pool's buffers are not dma-bufs (memfd pools never have one), or it was
+ * taken already. Wait for it (`poll` for `POLLIN`) before touching the
+ * buffer with a device; `dmabroker_frame_data` needs no fence.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers (`*fd` is then -1).
+ *
+ * # Safety
+ * `frame` is NULL or a live handle; `fd` is NULL or writable.
+ */
+enum dmabroker_status dmabroker_frame_take_sync_file(const struct dmabroker_frame *frame, int *fd);
+
+/**
  * Release the frame: end CPU access and give the buffer back to the
- * producer. NULL is ignored. Pointers from `dmabroker_frame_data` are
- * invalid afterwards.
+ * producer (a sync_file not taken is closed). NULL is ignored. Pointers
+ * from `dmabroker_frame_data` are invalid afterwards. Never waits: while
+ * another thread is in `dmabroker_consumer_recv`, that call releases the
+ * buffer within 10 ms.
  *
  * # Safety
  * `frame` is NULL or a live handle not freed before, used by no other

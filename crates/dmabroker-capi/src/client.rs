@@ -131,7 +131,8 @@ impl From<UnpublishError> for Error {
 /// # Errors
 /// `DMABROKER_ERROR_NO_BROKER` (nothing listens there: start `dmabroker
 /// serve`), `DMABROKER_ERROR_PERMISSION_DENIED`, `DMABROKER_ERROR_BROKER`
-/// (version mismatch, refused session), `DMABROKER_ERROR_INVALID_ARGUMENT`.
+/// (version mismatch, refused session), `DMABROKER_ERROR_INVALID_ARGUMENT`
+/// (`out` NULL, an empty path, a path over 107 bytes).
 ///
 /// # Safety
 /// `socket_path` is NULL or a C string; `out` is NULL or writable for one pointer.
@@ -145,7 +146,7 @@ pub unsafe extern "C" fn dmabroker_client_connect(socket_path: *const c_char, ou
             dmabroker_core::proto::default_client_socket()
         } else {
             // SAFETY: non-NULL, and the caller passes a C string.
-            unsafe { c_str(socket_path, "socket_path") }?.into()
+            crate::socket_path_arg(unsafe { c_str(socket_path, "socket_path") }?, "socket_path")?.into()
         };
         let client = CoreClient::connect(path)?;
         *out = into_handle(Client { client: Mutex::new(client) });

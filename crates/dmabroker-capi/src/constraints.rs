@@ -7,7 +7,7 @@ use crate::heaps::Heaps;
 use crate::{c_str, free_handle, handle, handle_mut, into_handle, owned_c_string};
 use dmabroker_core::buffer::{CacheMode, Coherency as CoreCoherency};
 use dmabroker_core::constraints::{
-    allocate_for, AllocForError, ChooseError, ConflictError, Constraints as CoreConstraints, DeviceCoherency,
+    allocate_for, AllocForError, Choice, ChooseError, ConflictError, Constraints as CoreConstraints, DeviceCoherency,
     DeviceProfile, InvalidConstraint, ProbeError,
 };
 use std::ffi::c_char;
@@ -90,7 +90,7 @@ impl From<ConflictError> for Error {
 impl From<ProbeError> for Error {
     fn from(e: ProbeError) -> Self {
         let status = match &e {
-            ProbeError::NotFound { .. } => Status::DMABROKER_ERROR_NOT_FOUND,
+            ProbeError::NotFound { .. } | ProbeError::NoSuchDevice { .. } => Status::DMABROKER_ERROR_NOT_FOUND,
             ProbeError::Stat { source, .. } => errno_status(*source),
             ProbeError::NotACharDevice { .. } | ProbeError::UnsupportedSubsystem { .. } => {
                 Status::DMABROKER_ERROR_UNSUPPORTED
@@ -433,7 +433,21 @@ pub struct ChoiceInfo {
 }
 
 impl ChoiceInfo {
-    const EMPTY: Self = Self {
+    /// The choice as C sees it; the strings are the caller's to free.
+    pub(crate) fn of(choice: &Choice) -> Self {
+        Self {
+            heap: owned_c_string(&choice.heap),
+            reasons: owned_c_string(&choice.reasons.join("; ")),
+            len: choice.len,
+            allocated_len: choice.allocated_len,
+            align: choice.align,
+            contiguous: choice.contiguous,
+            non_coherent: choice.coherency == CoreCoherency::NonCoherent,
+            uncached: choice.cache == CacheMode::Uncached,
+        }
+    }
+
+    pub(crate) const EMPTY: Self = Self {
         heap: ptr::null_mut(),
         reasons: ptr::null_mut(),
         len: 0,
@@ -497,16 +511,7 @@ pub unsafe extern "C" fn dmabroker_alloc_for(
             allocate_for(&heaps.heaps, &constraints, len, name)?
         };
         if let Some(i) = info {
-            *i = ChoiceInfo {
-                heap: owned_c_string(&choice.heap),
-                reasons: owned_c_string(&choice.reasons.join("; ")),
-                len: choice.len,
-                allocated_len: choice.allocated_len,
-                align: choice.align,
-                contiguous: choice.contiguous,
-                non_coherent: choice.coherency == CoreCoherency::NonCoherent,
-                uncached: choice.cache == CacheMode::Uncached,
-            };
+            *i = ChoiceInfo::of(&choice);
         }
         *out = into_handle(Buffer::new(buffer));
         Ok(())

@@ -49,8 +49,8 @@ pub enum Status {
     /// An output array is too small; the required count was stored.
     DMABROKER_ERROR_BUFFER_TOO_SMALL = 10,
     /// `dmabroker_mapping_begin` while an access is active on that mapping:
-    /// call `dmabroker_mapping_end` first. Also: a pool call while a slot or
-    /// frame is still out (submit, cancel or free it first), and a pool that
+    /// call `dmabroker_mapping_end` first. Also: a producer call while a
+    /// slot is still out (submit or cancel it first), and a pool that
     /// serves as many consumers as it may.
     DMABROKER_ERROR_BUSY = 11,
     /// `dmabroker_mapping_end` with no access active; a pool submit or
@@ -197,7 +197,9 @@ pub(crate) fn alloc_status(e: &AllocError) -> Status {
         AllocError::AlignmentUnsatisfiable { .. } | AllocError::NotContiguous { .. } | AllocError::TooLarge { .. } => {
             Status::DMABROKER_ERROR_UNSUPPORTED
         }
-        AllocError::NoHugePages { .. } | AllocError::OutOfMemory { .. } => Status::DMABROKER_ERROR_OUT_OF_MEMORY,
+        AllocError::NoHugePages { .. } | AllocError::OutOfMemory { .. } | AllocError::LargerThanMemory { .. } => {
+            Status::DMABROKER_ERROR_OUT_OF_MEMORY
+        }
         AllocError::PermissionDenied { .. } => Status::DMABROKER_ERROR_PERMISSION_DENIED,
         AllocError::Os { source, .. } => errno_status(*source),
         // AllocError may grow variants; an unknown one is a kernel-side failure.
@@ -258,6 +260,7 @@ impl From<PhysError> for Error {
         let status = match &e {
             PhysError::FramesHidden => Status::DMABROKER_ERROR_PERMISSION_DENIED,
             PhysError::NotResident { .. } => Status::DMABROKER_ERROR_IO,
+            PhysError::TooLargeToPopulate { .. } => Status::DMABROKER_ERROR_OUT_OF_MEMORY,
             PhysError::Pagemap(io) => io_status(io),
             PhysError::Map(inner) => map_status(inner),
             #[allow(unreachable_patterns)]

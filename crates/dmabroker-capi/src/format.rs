@@ -15,7 +15,7 @@ use std::ptr;
 /// `dmabroker_alloc_format`, released by `dmabroker_layout_free`.
 /// Read-only after creation, so it may be shared between threads.
 pub struct Layout {
-    layout: CoreLayout,
+    pub(crate) layout: CoreLayout,
     name: CString,
 }
 

@@ -64,13 +64,15 @@ pub use mapping::{
     dmabroker_mapping_len, Access, AccessArg, MapMode, MapModeArg, Mapping,
 };
 pub use pool::{
-    dmabroker_consumer_connect, dmabroker_consumer_free, dmabroker_consumer_get_stats, dmabroker_consumer_recv,
-    dmabroker_frame_data, dmabroker_frame_free, dmabroker_frame_get_buffer, dmabroker_frame_get_info,
-    dmabroker_producer_acquire, dmabroker_producer_buffer_count, dmabroker_producer_cancel, dmabroker_producer_close,
-    dmabroker_producer_free, dmabroker_producer_get_buffer, dmabroker_producer_get_consumer_stats,
-    dmabroker_producer_get_stats, dmabroker_producer_listen, dmabroker_producer_new, dmabroker_producer_submit,
-    dmabroker_producer_wait_for_consumers, Consumer, ConsumerSelfStats, ConsumerStats, Frame, FrameInfo, PoolOptions,
-    PoolStats, Producer, WaitMode, WaitModeArg, DMABROKER_FRAME_FLAG_ERROR, DMABROKER_FRAME_FLAG_KEY_FRAME,
+    dmabroker_consumer_connect, dmabroker_consumer_connect_with, dmabroker_consumer_free, dmabroker_consumer_get_stats,
+    dmabroker_consumer_held_count, dmabroker_consumer_recv, dmabroker_frame_data, dmabroker_frame_free,
+    dmabroker_frame_get_buffer, dmabroker_frame_get_info, dmabroker_frame_take_sync_file, dmabroker_producer_acquire,
+    dmabroker_producer_buffer_count, dmabroker_producer_cancel, dmabroker_producer_close, dmabroker_producer_free,
+    dmabroker_producer_get_buffer, dmabroker_producer_get_consumer_stats, dmabroker_producer_get_stats,
+    dmabroker_producer_listen, dmabroker_producer_new, dmabroker_producer_new_for, dmabroker_producer_new_for_layout,
+    dmabroker_producer_submit, dmabroker_producer_wait_for_consumers, Consumer, ConsumerOptions, ConsumerSelfStats,
+    ConsumerStats, Frame, FrameInfo, PoolOptions, PoolStats, Producer, WaitMode, WaitModeArg,
+    DMABROKER_FRAME_FLAG_ERROR, DMABROKER_FRAME_FLAG_KEY_FRAME, DMABROKER_FRAME_FLAG_SYNC_FILE,
 };
 
 use error::{guard_value, Error, Result};
@@ -169,6 +171,26 @@ pub(crate) unsafe fn handle_mut<'a, T>(p: *mut T, what: &str) -> Result<&'a mut 
 /// inside is replaced, as C would cut the string there).
 pub(crate) fn owned_c_string(s: &str) -> *mut c_char {
     std::ffi::CString::new(s.replace('\0', "?")).unwrap_or_default().into_raw()
+}
+
+/// The longest Unix socket path: `sun_path` holds 108 bytes, the last for
+/// the terminating NUL.
+pub(crate) const MAX_SOCKET_PATH: usize = 107;
+
+/// A Unix socket path argument (`what` names it in the message): neither
+/// empty nor longer than `sun_path` holds.
+pub(crate) fn socket_path_arg<'a>(path: &'a str, what: &str) -> Result<&'a str> {
+    if path.is_empty() {
+        return Err(Error::invalid(format!("{what} is empty: pass the path of the Unix socket")));
+    }
+    if path.len() > MAX_SOCKET_PATH {
+        return Err(Error::invalid(format!(
+            "{what} is {} bytes long; a Unix socket path has at most {MAX_SOCKET_PATH} bytes (sun_path): \
+             use a shorter directory",
+            path.len()
+        )));
+    }
+    Ok(path)
 }
 
 /// A timeout in milliseconds as C passes it: negative means forever.

@@ -1,34 +1,47 @@
 //! Zero-copy streaming pools: `dmabroker_producer_*`, `dmabroker_consumer_*`
 //! and `dmabroker_frame_*`.
 //!
-//! The library's `WriteSlot` and `Frame` borrow their producer or consumer
-//! mutably, so a handle has at most one slot (producer) or frame (consumer)
-//! out at a time; the guard of the slot or frame lives inside the handle's
-//! state, next to the producer or consumer it borrows (as in `mapping.rs`).
+//! The library's `WriteSlot` borrows its producer mutably, so a producer
+//! handle has at most one slot out at a time; the slot lives inside the
+//! handle's state, next to the producer it borrows (as in `mapping.rs`).
+//! A consumer handle may hold several frames: each is the library's
+//! `KeptFrame` (which borrows nothing), kept in the consumer's state by id
+//! with the CPU read access begun on it, so frame handles are independent.
 
 use crate::buffer::Buffer;
+use crate::constraints::{ChoiceInfo, Constraints};
 use crate::error::{alloc_status, errno_status, guard, guard_value, map_status, Error, Status};
+use crate::format::Layout;
 use crate::heaps::Heaps;
 use crate::{c_str, free_handle, handle, into_handle, out, timeout_ms};
 use dmabroker_core::buffer::{BufferMapping, CpuRead, CpuWrite, SyncError};
 use dmabroker_core::pool::{
-    AcquireError, AttachError, Backpressure, Consumer as CoreConsumer, CreateError, Frame as CoreFrame, FrameFlags,
-    FrameMeta, ListenError, PoolError, PoolOptions as CorePoolOptions, Producer as CoreProducer, SubmitError,
-    WaitMode as CoreWaitMode, WriteSlot,
+    AcquireError, AttachError, Backpressure, Consumer as CoreConsumer, ConsumerOptions as CoreConsumerOptions,
+    CreateError, FrameFlags, FrameMeta, KeptError, KeptFrame, ListenError, PoolAllocError, PoolError,
+    PoolOptions as CorePoolOptions, Producer as CoreProducer, SubmitError, WaitMode as CoreWaitMode, WriteSlot,
 };
-use std::ffi::{c_char, c_void};
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void};
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::ptr::{self, NonNull};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
 
 /// Frame flag: the frame can be decoded on its own (encoders).
 pub const DMABROKER_FRAME_FLAG_KEY_FRAME: u32 = 1;
 /// Frame flag: the source reported an error for this frame.
 pub const DMABROKER_FRAME_FLAG_ERROR: u32 = 2;
+/// Frame flag: a sync_file goes with the frame. At submit: export one
+/// (`DMA_BUF_IOCTL_EXPORT_SYNC_FILE`, Linux 6.0+) for the consumers that
+/// asked for them; ignored for pools of buffers that are not dma-bufs
+/// (memfd) and when no consumer asked. In `dmabroker_frame_info.flags`: one
+/// came, `dmabroker_frame_take_sync_file` gives it.
+pub const DMABROKER_FRAME_FLAG_SYNC_FILE: u32 = 1 << 16;
 
 const _: () = {
     assert!(DMABROKER_FRAME_FLAG_KEY_FRAME == FrameFlags::KEY_FRAME.bits());
     assert!(DMABROKER_FRAME_FLAG_ERROR == FrameFlags::ERROR.bits());
+    assert!(DMABROKER_FRAME_FLAG_SYNC_FILE == FrameFlags::SYNC_FILE.bits());
     const fn assert_send<T: Send>() {}
     assert_send::<CoreProducer>();
     assert_send::<CoreConsumer>();
@@ -143,7 +156,8 @@ pub struct FrameInfo {
 fn listen_status(e: &ListenError) -> Status {
     match e {
         ListenError::AddressInUse(_) => Status::DMABROKER_ERROR_ALREADY_EXISTS,
-        ListenError::PathTooLong(_) => Status::DMABROKER_ERROR_INVALID_ARGUMENT,
+        ListenError::PathTooLong(_) | ListenError::InvalidPath { .. } => Status::DMABROKER_ERROR_INVALID_ARGUMENT,
+        ListenError::NotASocket { .. } => Status::DMABROKER_ERROR_ALREADY_EXISTS,
         ListenError::PermissionDenied(_) => Status::DMABROKER_ERROR_PERMISSION_DENIED,
         ListenError::Os { source, .. } => errno_status(*source),
         #[allow(unreachable_patterns)]
@@ -334,35 +348,183 @@ pub unsafe extern "C" fn dmabroker_producer_new(
         *out = ptr::null_mut();
         // SAFETY: the caller passes NULL or a C string.
         let heap = unsafe { c_str(heap, "heap") }?;
-        let mut o = CorePoolOptions::new(buffers as usize, buffer_len);
         // SAFETY: the caller passes NULL or a readable dmabroker_pool_options.
-        if let Some(c) = unsafe { options.as_ref() } {
-            if !c.name.is_null() {
-                // SAFETY: non-NULL, and the caller passes a C string.
-                o = o.name(unsafe { c_str(c.name, "options->name") }?);
-            }
-            match c.release_timeout_ms {
-                0 => {}
-                ms => o = o.release_timeout(timeout_ms(ms)),
-            }
-            if c.max_consumers != 0 {
-                o = o.max_consumers(c.max_consumers);
-            }
-            if c.drop_oldest {
-                o = o.backpressure(Backpressure::DropOldest);
-            }
-        }
-        let producer = if heaps.is_null() {
-            CoreProducer::allocate(&Heaps::discover().heaps, heap, &o)?
-        } else {
-            // SAFETY: non-NULL, and the caller passes a live handle.
-            CoreProducer::allocate(&unsafe { handle(heaps, "heaps") }?.heaps, heap, &o)?
-        };
-        let buffers = producer.buffers().cloned().collect();
-        let producer = NonNull::from(Box::leak(Box::new(producer)));
-        *out = into_handle(Producer { state: Mutex::new(ProducerState { producer, slot: None }), buffers });
+        let o = unsafe { pool_options(buffers, buffer_len, options) }?;
+        // SAFETY: the caller passes NULL or a live handle.
+        let producer = unsafe { with_heaps(heaps, |h| CoreProducer::allocate(h, heap, &o)) }??;
+        *out = into_producer(producer);
         Ok(())
     })
+}
+
+/// The library's pool options from C's (NULL: the defaults).
+///
+/// # Safety
+/// `options` is NULL or readable, its `name` NULL or a C string.
+unsafe fn pool_options(buffers: u32, buffer_len: u64, options: *const PoolOptions) -> Result<CorePoolOptions, Error> {
+    let mut o = CorePoolOptions::new(buffers as usize, buffer_len);
+    // SAFETY: the caller passes NULL or a readable dmabroker_pool_options.
+    if let Some(c) = unsafe { options.as_ref() } {
+        if !c.name.is_null() {
+            // SAFETY: non-NULL, and the caller passes a C string.
+            o = o.name(unsafe { c_str(c.name, "options->name") }?);
+        }
+        match c.release_timeout_ms {
+            0 => {}
+            ms => o = o.release_timeout(timeout_ms(ms)),
+        }
+        if c.max_consumers != 0 {
+            o = o.max_consumers(c.max_consumers);
+        }
+        if c.drop_oldest {
+            o = o.backpressure(Backpressure::DropOldest);
+        }
+    }
+    Ok(o)
+}
+
+/// Run `f` with the heaps of `heaps`, or discovered ones when it is NULL.
+///
+/// # Safety
+/// `heaps` is NULL or a live handle.
+unsafe fn with_heaps<T>(heaps: *const Heaps, f: impl FnOnce(&dmabroker_core::Heaps) -> T) -> Result<T, Error> {
+    if heaps.is_null() {
+        Ok(f(&Heaps::discover().heaps))
+    } else {
+        // SAFETY: non-NULL, and the caller passes a live handle.
+        Ok(f(&unsafe { handle(heaps, "heaps") }?.heaps))
+    }
+}
+
+/// A producer as a handle for C.
+fn into_producer(producer: CoreProducer) -> *mut Producer {
+    let buffers = producer.buffers().cloned().collect();
+    let producer = NonNull::from(Box::leak(Box::new(producer)));
+    into_handle(Producer { state: Mutex::new(ProducerState { producer, slot: None }), buffers })
+}
+
+impl From<PoolAllocError> for Error {
+    fn from(e: PoolAllocError) -> Self {
+        match e {
+            // The status of the choice (no heap meets them: UNSUPPORTED) or
+            // of the last heap tried, with the buffer named.
+            PoolAllocError::Alloc { index, source } => {
+                let inner = Error::from(source);
+                Self::new(inner.status, format!("allocating pool buffer {index} by constraints: {}", inner.message))
+            }
+            PoolAllocError::Create(c) => c.into(),
+            #[allow(unreachable_patterns)]
+            e => Self::new(Status::DMABROKER_ERROR_IO, e.to_string()),
+        }
+    }
+}
+
+/// Shared by `dmabroker_producer_new_for` and `_new_for_layout`.
+///
+/// # Safety
+/// As `dmabroker_producer_new_for`; `layout`, when given, is NULL or a live handle.
+#[allow(clippy::too_many_arguments)]
+unsafe fn new_for(
+    heaps: *const Heaps,
+    constraints: *const Constraints,
+    layout: Option<*const Layout>,
+    buffers: u32,
+    buffer_len: u64,
+    options: *const PoolOptions,
+    out: *mut *mut Producer,
+    choice_info: *mut ChoiceInfo,
+) -> Result<(), Error> {
+    // SAFETY: the caller passes NULL or a writable dmabroker_choice_info.
+    let mut info = unsafe { choice_info.as_mut() };
+    if let Some(i) = info.as_deref_mut() {
+        *i = ChoiceInfo::EMPTY;
+    }
+    // SAFETY: the caller passes NULL or a writable pointer slot.
+    let out = unsafe { crate::out(out, "out") }?;
+    *out = ptr::null_mut();
+    // SAFETY: the caller passes NULL or a live handle.
+    let constraints = unsafe { handle(constraints, "constraints") }?.effective()?;
+    // SAFETY: the caller passes NULL or a live handle.
+    let layout = layout.map(|l| unsafe { handle(l, "layout") }).transpose()?;
+    // SAFETY: the caller passes NULL or a readable dmabroker_pool_options.
+    let o = unsafe { pool_options(buffers, buffer_len, options) }?;
+    // SAFETY: the caller passes NULL or a live handle.
+    let producer = unsafe {
+        with_heaps(heaps, |h| match layout {
+            Some(l) => CoreProducer::allocate_for_layout(h, &constraints, &o, &l.layout),
+            None => CoreProducer::allocate_for(h, &constraints, &o),
+        })
+    }??;
+    if let (Some(i), Some(choice)) = (info, producer.choice()) {
+        *i = ChoiceInfo::of(choice);
+    }
+    *out = into_producer(producer);
+    Ok(())
+}
+
+/// Allocate `buffers` buffers of `buffer_len` bytes each for the devices
+/// behind `constraints` (as `dmabroker_alloc_for`: the cheapest heap that
+/// meets every requirement, the next suitable one when it runs out) and
+/// make a pool of them, so the same pool can feed a device. `heaps` may be
+/// NULL (discovered for this call); `options` may be NULL (the defaults);
+/// `choice_info` may be NULL, otherwise it receives the heap and the
+/// reasons of the first buffer's choice (a later buffer from another heap
+/// adds a reason): free its strings with `dmabroker_choice_info_clear`.
+///
+/// # Errors
+/// `DMABROKER_ERROR_UNSUPPORTED` (no heap meets the constraints; the
+/// message says what each heap lacks), the status of the last heap tried
+/// when every suitable one failed (`DMABROKER_ERROR_OUT_OF_MEMORY`, ...),
+/// `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers, 0 or more than 64
+/// buffers, size 0, more than 63 consumers). On failure `*out` is NULL and
+/// `*choice_info` all-zero.
+///
+/// # Safety
+/// `heaps` is NULL or a live handle; `constraints` is NULL or a live
+/// handle; `options` is NULL or readable (its `name` NULL or a C string);
+/// `out` is NULL or writable for one pointer; `choice_info` is NULL or
+/// writable for one `dmabroker_choice_info` (its old contents are
+/// overwritten, not freed).
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_producer_new_for(
+    heaps: *const Heaps,
+    constraints: *const Constraints,
+    buffers: u32,
+    buffer_len: u64,
+    options: *const PoolOptions,
+    out: *mut *mut Producer,
+    choice_info: *mut ChoiceInfo,
+) -> Status {
+    // SAFETY: the caller's promises are new_for's contract.
+    guard(|| unsafe { new_for(heaps, constraints, None, buffers, buffer_len, options, out, choice_info) })
+}
+
+/// `dmabroker_producer_new_for` with buffers sized for frames of `layout`
+/// (`dmabroker_layout_total_size` bytes each): one pool buffer per frame.
+/// For a `...M` format (a buffer per plane in V4L2/DRM terms) each pool
+/// buffer holds the plane buffers back to back: plane buffer `b` starts at
+/// the sum of `dmabroker_layout_buffer_size` of the buffers before it, so
+/// hand a device the same fd once per plane with those offsets.
+///
+/// # Errors
+/// Those of `dmabroker_producer_new_for` (`layout` NULL:
+/// `DMABROKER_ERROR_INVALID_ARGUMENT`).
+///
+/// # Safety
+/// As `dmabroker_producer_new_for`; `layout` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_producer_new_for_layout(
+    heaps: *const Heaps,
+    constraints: *const Constraints,
+    layout: *const Layout,
+    buffers: u32,
+    options: *const PoolOptions,
+    out: *mut *mut Producer,
+    choice_info: *mut ChoiceInfo,
+) -> Status {
+    // SAFETY: the caller's promises are new_for's contract; the length is
+    // the layout's (new_for replaces it).
+    guard(|| unsafe { new_for(heaps, constraints, Some(layout), buffers, 1, options, out, choice_info) })
 }
 
 /// Close the stream (consumers receive the frames already handed off, then
@@ -379,13 +541,17 @@ pub unsafe extern "C" fn dmabroker_producer_free(producer: *mut Producer) {
 }
 
 /// Accept consumers on a Unix socket at `path` (a stale socket file of a
-/// dead producer is replaced; the file is removed when the producer is
-/// freed). Handshakes run during acquire and wait-for-consumers calls.
+/// dead producer is replaced, and nothing but a socket ever is; the socket is
+/// removed when the producer is freed, if it is still the one made here).
+/// Handshakes run during acquire and wait-for-consumers calls; after
+/// `dmabroker_producer_close` late consumers are refused with
+/// `DMABROKER_ERROR_CLOSED` at the producer's next call or when it is freed.
 ///
 /// # Errors
-/// `DMABROKER_ERROR_ALREADY_EXISTS` (a live process listens there),
+/// `DMABROKER_ERROR_ALREADY_EXISTS` (a live process listens there, or the
+/// path is a file, FIFO, directory or anything else that is not a socket),
 /// `DMABROKER_ERROR_PERMISSION_DENIED`, `DMABROKER_ERROR_INVALID_ARGUMENT`
-/// (NULL, a path over 107 bytes), `DMABROKER_ERROR_BUSY` (a slot is
+/// (NULL, an empty path, a path over 107 bytes), `DMABROKER_ERROR_BUSY` (a slot is
 /// acquired), `DMABROKER_ERROR_IO`.
 ///
 /// # Safety
@@ -396,7 +562,7 @@ pub unsafe extern "C" fn dmabroker_producer_listen(producer: *const Producer, pa
         // SAFETY: the caller passes NULL or a live handle.
         let p = unsafe { handle(producer, "producer") }?;
         // SAFETY: the caller passes NULL or a C string.
-        let path = unsafe { c_str(path, "path") }?;
+        let path = crate::socket_path_arg(unsafe { c_str(path, "path") }?, "path")?;
         lock(&p.state).producer()?.listen(path)?;
         Ok(())
     })
@@ -518,11 +684,16 @@ pub unsafe extern "C" fn dmabroker_producer_acquire(
 /// `bytes_used` bytes with `flags` (`DMABROKER_FRAME_FLAG_*`) and the
 /// application word `meta`. Ends the CPU access begun by acquire.
 /// `*seq` (when `seq` is not NULL) receives the frame's sequence number.
+/// With `DMABROKER_FRAME_FLAG_SYNC_FILE`, a dma-buf pool exports a
+/// sync_file (it signals when the buffer's writers are done) for each
+/// consumer that asked for them; other pools ignore the flag.
 ///
 /// # Errors
 /// `DMABROKER_ERROR_NOT_BEGUN` (no slot acquired),
 /// `DMABROKER_ERROR_INVALID_ARGUMENT` (`bytes_used` beyond the buffer,
-/// unknown flags: the slot stays acquired, fix and retry, or cancel).
+/// unknown flags: the slot stays acquired, fix and retry, or cancel),
+/// `DMABROKER_ERROR_UNSUPPORTED` (the sync_file could not be exported:
+/// Linux 6.0+ is needed; the buffer went back unsubmitted).
 ///
 /// # Safety
 /// `producer` is NULL or a live handle; `seq` is NULL or writable.
@@ -552,16 +723,18 @@ pub unsafe extern "C" fn dmabroker_producer_submit(
                 "bytes_used {bytes_used} is larger than the buffer ({buffer_len} bytes)"
             )));
         }
-        let flags = FrameFlags::from_bits(flags).filter(|f| FrameFlags::USER.contains(*f)).ok_or_else(|| {
+        let sync_file = flags & DMABROKER_FRAME_FLAG_SYNC_FILE != 0;
+        let user = flags & !DMABROKER_FRAME_FLAG_SYNC_FILE;
+        let flags = FrameFlags::from_bits(user).filter(|f| FrameFlags::USER.contains(*f)).ok_or_else(|| {
             Error::invalid(format!(
-                "flags {flags:#x}: only DMABROKER_FRAME_FLAG_KEY_FRAME (1) and \
-                     DMABROKER_FRAME_FLAG_ERROR (2) may be set"
+                "flags {flags:#x}: only DMABROKER_FRAME_FLAG_KEY_FRAME (1), DMABROKER_FRAME_FLAG_ERROR (2) \
+                 and DMABROKER_FRAME_FLAG_SYNC_FILE (1 << 16) may be set"
             ))
         })?;
         let Slot { write, slot } = state.slot.take().expect("checked above");
         // The end of the CPU access, before the consumers see the frame.
         drop(write);
-        let s = slot.submit(FrameMeta::new(bytes_used).flags(flags).meta(meta))?;
+        let s = slot.submit(FrameMeta::new(bytes_used).flags(flags).meta(meta).sync_file(sync_file))?;
         if let Some(out) = seq {
             *out = s;
         }
@@ -727,21 +900,43 @@ pub unsafe extern "C" fn dmabroker_producer_get_consumer_stats(
 
 // ---- consumer ---------------------------------------------------------------
 
-/// A frame the consumer holds: the CPU read access (if begun) and the
-/// library's frame, which borrows the consumer. `read` is declared first,
-/// so it is dropped (the access ended) before the frame (the release).
+/// How long `dmabroker_consumer_recv` waits in one go before it releases
+/// the frames freed meanwhile by other threads and waits again.
+const RECV_SLICE: Duration = Duration::from_millis(10);
+
+/// How `dmabroker_consumer_connect_with` attaches. All-zero (`{0}`) means
+/// the defaults (those of `dmabroker_consumer_connect` with
+/// `DMABROKER_WAIT_MODE_BLOCK`).
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct ConsumerOptions {
+    /// How `dmabroker_consumer_recv` waits (a `dmabroker_wait_mode`; 0: `BLOCK`).
+    pub wait: WaitModeArg,
+    /// Receive the sync_file of each frame the producer exports one for
+    /// (dma-buf pools, frames submitted with `DMABROKER_FRAME_FLAG_SYNC_FILE`);
+    /// take it with `dmabroker_frame_take_sync_file`.
+    pub want_sync_files: bool,
+    /// How long to wait for the producer's answer when attaching, in
+    /// milliseconds; 0: 5000; negative: no limit.
+    pub attach_timeout_ms: i64,
+}
+
+/// A frame handed to C and not freed yet: the library's kept frame and the
+/// CPU read access begun on it (if any). `read` is declared first, so it
+/// is dropped (the access ended) before the frame is released.
 struct HeldFrame {
     read: Option<CpuRead<'static>>,
-    frame: CoreFrame<'static>,
-    id: u64,
+    kept: KeptFrame,
 }
 
 struct ConsumerState {
     /// The consumer, from `Box::into_raw`; owned by this state and freed in
-    /// its `Drop`. While `frame` is `Some`, the frame inside holds the only
-    /// reference to it; otherwise nothing does.
+    /// its `Drop`, after every access in `frames` has ended. Besides the
+    /// state, only the read guards in `frames` refer into it, each to the
+    /// mapping of a buffer its frame holds.
     consumer: NonNull<CoreConsumer>,
-    frame: Option<HeldFrame>,
+    /// Frames handed to C and not released yet, by id.
+    frames: HashMap<u64, HeldFrame>,
     next_id: u64,
 }
 
@@ -753,55 +948,154 @@ unsafe impl Send for ConsumerState {}
 
 impl Drop for ConsumerState {
     fn drop(&mut self) {
-        // A frame still held is released (its access ended first).
-        self.frame = None;
-        // SAFETY: `consumer` came from Box::into_raw in
-        // dmabroker_consumer_connect; with the frame gone nothing refers to
-        // it, and it is freed only here.
+        // Every access ends before the mappings go; the consumer releases
+        // the buffers of the frames still held when it drops.
+        self.frames.clear();
+        // SAFETY: `consumer` came from Box::into_raw in `connect`; with the
+        // guards gone nothing refers to it, and it is freed only here.
         drop(unsafe { Box::from_raw(self.consumer.as_ptr()) });
     }
 }
 
 impl ConsumerState {
-    /// The consumer, when no frame borrows it.
-    fn consumer(&mut self) -> Result<&mut CoreConsumer, Error> {
-        if self.frame.is_some() {
-            return Err(busy("a frame is held: free it (dmabroker_frame_free) first"));
-        }
-        // SAFETY: `consumer` lives until this state's Drop; no frame exists
-        // (checked above), so nothing else refers to it, and the returned
-        // reference borrows `self`, so no frame can be made while it lives.
-        Ok(unsafe { self.consumer.as_mut() })
+    /// The consumer.
+    fn consumer(&mut self) -> &mut CoreConsumer {
+        // SAFETY: `consumer` lives until this state's Drop, and the returned
+        // reference borrows `self` exclusively (the state's lock is held),
+        // so no other reference is made through the state meanwhile. The
+        // read guards in `frames` point only into the mappings of buffers
+        // their frames hold, which the consumer's methods leave alone
+        // while held: `recv` refuses a hand-off of a held buffer, and only
+        // `read_kept`/`kept_buffer` reach a held buffer's mapping, which
+        // this module calls only for a frame that has no guard yet.
+        unsafe { self.consumer.as_mut() }
     }
 
-    /// The held frame with this id.
-    fn frame(&mut self, id: u64) -> Result<&mut HeldFrame, Error> {
-        self.frame.as_mut().filter(|f| f.id == id).ok_or_else(|| Error::invalid("the frame was already released"))
+    /// Give the frames of `ids` back to the producer (their accesses end first).
+    fn release(&mut self, ids: impl IntoIterator<Item = u64>) {
+        for id in ids {
+            if let Some(HeldFrame { read, kept }) = self.frames.remove(&id) {
+                drop(read);
+                // This consumer received it: never foreign.
+                let _ = self.consumer().release_kept(kept);
+            }
+        }
     }
 }
 
 struct ConsumerInner {
     state: Mutex<ConsumerState>,
+    /// Frames freed while another thread held `state` (a recv waiting),
+    /// released by the next holder: `dmabroker_frame_free` never waits.
+    freed: Mutex<Vec<u64>>,
     buffer_count: u32,
     buffer_len: u64,
     slot: u32,
 }
 
-/// The consuming end of a pool (opaque): made by `dmabroker_consumer_connect`,
-/// released by `dmabroker_consumer_free`. It holds one frame at a time: free
-/// the frame from `dmabroker_consumer_recv` before the next. Its calls lock
-/// it, so threads may share it.
+impl ConsumerInner {
+    /// Run `f` on the locked state; frames freed meanwhile by other
+    /// threads are released before `f` and after the lock is let go.
+    fn with<R>(&self, f: impl FnOnce(&mut ConsumerState) -> R) -> R {
+        let result = {
+            let mut state = lock(&self.state);
+            self.drain(&mut state);
+            f(&mut state)
+        };
+        self.settle();
+        result
+    }
+
+    /// Release the frames queued in `freed` (the caller holds the state).
+    fn drain(&self, state: &mut ConsumerState) {
+        let ids = std::mem::take(&mut *lock(&self.freed));
+        state.release(ids);
+    }
+
+    /// Release the queued frames, unless another thread holds the state:
+    /// every holder settles after it lets go (`with`), so a frame queued
+    /// while the state is held is released by that holder.
+    fn settle(&self) {
+        while !lock(&self.freed).is_empty() {
+            match self.state.try_lock() {
+                Ok(mut state) => self.drain(&mut state),
+                Err(TryLockError::Poisoned(poisoned)) => self.drain(&mut poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) => return,
+            }
+        }
+    }
+
+    /// Release the frame `id` now, or as soon as the thread holding the
+    /// state lets go of it.
+    fn free(&self, id: u64) {
+        lock(&self.freed).push(id);
+        self.settle();
+    }
+}
+
+/// The consuming end of a pool (opaque): made by `dmabroker_consumer_connect`
+/// or `_connect_with`, released by `dmabroker_consumer_free`. It may hold
+/// several frames at once, each a `dmabroker_frame` of its own. Its calls
+/// lock it, so threads may share it.
 pub struct Consumer {
     inner: Arc<ConsumerInner>,
 }
 
-/// A received frame (opaque): made by `dmabroker_consumer_recv`; freeing it
-/// (`dmabroker_frame_free`) ends CPU access and gives the buffer back to
-/// the producer. It keeps its consumer alive (attached) until then.
+/// A received frame (opaque): made by `dmabroker_consumer_recv`; its buffer
+/// stays held (the producer does not reuse it) until `dmabroker_frame_free`,
+/// which ends CPU access and gives the buffer back. Frames are independent:
+/// a consumer may hold several, freed in any order. A frame keeps its
+/// consumer alive (attached) until it is freed.
 pub struct Frame {
     inner: Arc<ConsumerInner>,
     id: u64,
     info: FrameInfo,
+    buffer: dmabroker_core::Buffer,
+    sync_file: Mutex<Option<OwnedFd>>,
+}
+
+impl From<KeptError> for Error {
+    fn from(e: KeptError) -> Self {
+        match e {
+            KeptError::Evicted => Self::new(Status::DMABROKER_ERROR_EVICTED, e.to_string()),
+            KeptError::Sync(s) => PoolError::Sync(s).into(),
+            _ => Self::invalid(e.to_string()),
+        }
+    }
+}
+
+/// A `dmabroker_wait_mode` as the library's.
+fn wait_mode(wait: WaitModeArg) -> Result<CoreWaitMode, Error> {
+    if wait == WaitMode::Block as u32 {
+        Ok(CoreWaitMode::default())
+    } else if wait == WaitMode::BusyPoll as u32 {
+        Ok(CoreWaitMode::BusyPoll)
+    } else {
+        Err(Error::invalid(format!("wait {wait} is not a dmabroker_wait_mode (BLOCK = 0, BUSY_POLL = 1)")))
+    }
+}
+
+/// Attach at `path` and give C the handle.
+///
+/// # Safety
+/// `path` is NULL or a C string.
+unsafe fn connect(path: *const c_char, options: &CoreConsumerOptions) -> Result<*mut Consumer, Error> {
+    // SAFETY: the caller passes NULL or a C string.
+    let path = crate::socket_path_arg(unsafe { c_str(path, "path") }?, "path")?;
+    let consumer = CoreConsumer::connect_with(path, options)?;
+    let buffer_count = u32::try_from(consumer.buffer_count()).unwrap_or(u32::MAX);
+    let buffer_len = consumer.buffer_len();
+    let slot = consumer.slot();
+    let consumer = NonNull::from(Box::leak(Box::new(consumer)));
+    Ok(into_handle(Consumer {
+        inner: Arc::new(ConsumerInner {
+            state: Mutex::new(ConsumerState { consumer, frames: HashMap::new(), next_id: 0 }),
+            freed: Mutex::new(Vec::new()),
+            buffer_count,
+            buffer_len,
+            slot,
+        }),
+    }))
 }
 
 /// Attach to the producer listening at the socket `path`: receive the
@@ -813,7 +1107,9 @@ pub struct Frame {
 /// `DMABROKER_ERROR_BUSY` (the pool serves as many consumers as it may),
 /// `DMABROKER_ERROR_CLOSED` (the stream ended), `DMABROKER_ERROR_TIMEOUT`
 /// (no answer in 5 s), `DMABROKER_ERROR_BROKER` (not a dmabroker pool of
-/// this version), `DMABROKER_ERROR_INVALID_ARGUMENT`, `DMABROKER_ERROR_IO`.
+/// this version), `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers, an
+/// empty path, a path over 107 bytes, an unknown wait mode),
+/// `DMABROKER_ERROR_IO`.
 ///
 /// # Safety
 /// `path` is NULL or a C string; `out` is NULL or writable for one pointer.
@@ -827,34 +1123,52 @@ pub unsafe extern "C" fn dmabroker_consumer_connect(
         // SAFETY: the caller passes NULL or a writable pointer slot.
         let out = unsafe { crate::out(out, "out") }?;
         *out = ptr::null_mut();
+        let options = CoreConsumerOptions { wait: wait_mode(wait)?, ..CoreConsumerOptions::default() };
         // SAFETY: the caller passes NULL or a C string.
-        let path = unsafe { c_str(path, "path") }?;
-        let wait = if wait == WaitMode::Block as u32 {
-            CoreWaitMode::default()
-        } else if wait == WaitMode::BusyPoll as u32 {
-            CoreWaitMode::BusyPoll
-        } else {
-            return Err(Error::invalid(format!("wait {wait} is not a dmabroker_wait_mode (BLOCK = 0, BUSY_POLL = 1)")));
-        };
-        let consumer = CoreConsumer::connect(path, wait)?;
-        let buffer_count = u32::try_from(consumer.buffer_count()).unwrap_or(u32::MAX);
-        let buffer_len = consumer.buffer_len();
-        let slot = consumer.slot();
-        let consumer = NonNull::from(Box::leak(Box::new(consumer)));
-        *out = into_handle(Consumer {
-            inner: Arc::new(ConsumerInner {
-                state: Mutex::new(ConsumerState { consumer, frame: None, next_id: 0 }),
-                buffer_count,
-                buffer_len,
-                slot,
-            }),
-        });
+        *out = unsafe { connect(path, &options) }?;
+        Ok(())
+    })
+}
+
+/// `dmabroker_consumer_connect` with options: the wait mode, sync_files,
+/// the attach timeout. `options` may be NULL (the defaults).
+///
+/// # Errors
+/// Those of `dmabroker_consumer_connect`.
+///
+/// # Safety
+/// `path` is NULL or a C string; `options` is NULL or readable; `out` is
+/// NULL or writable for one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_consumer_connect_with(
+    path: *const c_char,
+    options: *const ConsumerOptions,
+    out: *mut *mut Consumer,
+) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a writable pointer slot.
+        let out = unsafe { crate::out(out, "out") }?;
+        *out = ptr::null_mut();
+        let mut o = CoreConsumerOptions::default();
+        // SAFETY: the caller passes NULL or a readable dmabroker_consumer_options.
+        if let Some(c) = unsafe { options.as_ref() } {
+            o.wait = wait_mode(c.wait)?;
+            o.want_sync_files = c.want_sync_files;
+            match c.attach_timeout_ms {
+                0 => {}
+                // "No limit": the kernel takes so long a receive timeout as none.
+                ms => o.attach_timeout = crate::timeout_ms(ms).unwrap_or(Duration::from_secs(1 << 31)),
+            }
+        }
+        // SAFETY: the caller passes NULL or a C string.
+        *out = unsafe { connect(path, &o) }?;
         Ok(())
     })
 }
 
 /// Detach (release every buffer held and close the socket). NULL is
-/// ignored. A frame not yet freed keeps the attachment until it is.
+/// ignored. Frames not yet freed keep the attachment until the last of
+/// them is freed.
 ///
 /// # Safety
 /// `consumer` is NULL or a live handle not freed before, used by no other
@@ -867,13 +1181,19 @@ pub unsafe extern "C" fn dmabroker_consumer_free(consumer: *mut Consumer) {
 
 /// The next frame, waiting at most `timeout_ms` milliseconds (negative: no
 /// limit; 0: only look). Frames already handed off are always delivered
-/// before an end-of-stream status. Free the frame before the next recv.
+/// before an end-of-stream status.
+///
+/// Frames received before may still be held: each is freed on its own
+/// (`dmabroker_frame_free`). Every frame held is a buffer the producer
+/// cannot fill: holding all of them stalls a producer that waits for a
+/// release (the default), and holding one longer than the release timeout
+/// gets this consumer evicted. A frame freed by another thread during the
+/// wait is released within 10 ms.
 ///
 /// # Errors
 /// `DMABROKER_ERROR_TIMEOUT` (nothing yet; the stream goes on),
 /// `DMABROKER_ERROR_CLOSED` (the producer ended the stream),
 /// `DMABROKER_ERROR_PRODUCER_GONE` (it died), `DMABROKER_ERROR_EVICTED`,
-/// `DMABROKER_ERROR_BUSY` (a frame is still held),
 /// `DMABROKER_ERROR_INVALID_ARGUMENT`, `DMABROKER_ERROR_BROKER` (the
 /// control block is corrupt). `*frame` is NULL on failure.
 ///
@@ -891,38 +1211,59 @@ pub unsafe extern "C" fn dmabroker_consumer_recv(
         *out = ptr::null_mut();
         // SAFETY: the caller passes NULL or a live handle.
         let c = unsafe { handle(consumer, "consumer") }?;
-        let mut state = lock(&c.inner.state);
-        if state.frame.is_some() {
-            return Err(busy("a frame is still held: free it (dmabroker_frame_free) before the next recv"));
-        }
-        // SAFETY: the consumer lives until ConsumerState's Drop, which drops
-        // the frame first, so 'static outlives every use; no frame exists
-        // (checked above), so this is the only reference, and the state lock
-        // keeps it so until the frame is stored in `state.frame`.
-        let core: &'static mut CoreConsumer = unsafe { &mut *state.consumer.as_ptr() };
-        let f = core.recv(crate::timeout_ms(timeout_ms))?;
-        let i = f.info();
+        let inner = &c.inner;
+        let limit = crate::timeout_ms(timeout_ms);
+        let start = Instant::now();
+        let (id, kept_info, buffer, sync_file) = inner.with(|state| loop {
+            let left = limit.map(|l| l.saturating_sub(start.elapsed()));
+            let slice = left.map_or(RECV_SLICE, |l| l.min(RECV_SLICE));
+            // Kept at once: the frame no longer borrows the consumer.
+            let received = state.consumer().recv(Some(slice)).map(|f| f.keep());
+            let mut kept = match received {
+                Ok(kept) => kept,
+                // Time left: release what other threads freed, wait on.
+                Err(PoolError::Timeout(_)) if left.is_none_or(|l| l > slice) => {
+                    inner.drain(state);
+                    continue;
+                }
+                Err(PoolError::Timeout(_)) => {
+                    return Err(Error::from(PoolError::Timeout(limit.unwrap_or_default())));
+                }
+                Err(e) => return Err(Error::from(e)),
+            };
+            let buffer = match state.consumer().kept_buffer(&kept) {
+                Ok(b) => b.clone(),
+                Err(e) => {
+                    let _ = state.consumer().release_kept(kept);
+                    return Err(Error::from(e));
+                }
+            };
+            let sync_file = kept.take_sync_file();
+            let info = *kept.info();
+            let id = state.next_id;
+            state.next_id += 1;
+            state.frames.insert(id, HeldFrame { read: None, kept });
+            return Ok((id, info, buffer, sync_file));
+        })?;
         let info = FrameInfo {
-            index: i.index,
-            flags: i.flags.bits(),
-            seq: i.seq,
-            timestamp_ns: i.timestamp_ns,
-            bytes_used: i.bytes_used,
-            meta: i.meta,
+            index: kept_info.index,
+            flags: kept_info.flags.bits(),
+            seq: kept_info.seq,
+            timestamp_ns: kept_info.timestamp_ns,
+            bytes_used: kept_info.bytes_used,
+            meta: kept_info.meta,
         };
-        let id = state.next_id;
-        state.next_id += 1;
-        state.frame = Some(HeldFrame { read: None, frame: f, id });
-        *out = into_handle(Frame { inner: Arc::clone(&c.inner), id, info });
+        *out = into_handle(Frame { inner: Arc::clone(inner), id, info, buffer, sync_file: Mutex::new(sync_file) });
         Ok(())
     })
 }
 
 /// This consumer's view of the pool: buffers, their length, its slot, the
-/// frames dropped for it and the wake-ups it needed.
+/// frames dropped for it and the wake-ups it needed. Waits while another
+/// thread is in `dmabroker_consumer_recv`.
 ///
 /// # Errors
-/// `DMABROKER_ERROR_BUSY` (a frame is held), `DMABROKER_ERROR_INVALID_ARGUMENT`.
+/// `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers.
 ///
 /// # Safety
 /// `consumer` is NULL or a live handle; `out` is NULL or writable for one
@@ -937,12 +1278,14 @@ pub unsafe extern "C" fn dmabroker_consumer_get_stats(
         let out = unsafe { crate::out(out, "out") }?;
         // SAFETY: the caller passes NULL or a live handle.
         let c = unsafe { handle(consumer, "consumer") }?;
-        let mut state = lock(&c.inner.state);
-        let core = state.consumer()?;
+        let (dropped, wakes) = c.inner.with(|state| {
+            let core = state.consumer();
+            (core.dropped(), core.wakes())
+        });
         *out = ConsumerSelfStats {
             buffer_len: c.inner.buffer_len,
-            dropped: core.dropped(),
-            wakes: core.wakes(),
+            dropped,
+            wakes,
             buffer_count: c.inner.buffer_count,
             slot: c.inner.slot,
         };
@@ -950,8 +1293,32 @@ pub unsafe extern "C" fn dmabroker_consumer_get_stats(
     })
 }
 
+/// The number of buffers this consumer holds: its frames not freed yet
+/// (frames freed by another thread during a recv count until released).
+/// Waits while another thread is in `dmabroker_consumer_recv`.
+///
+/// # Errors
+/// `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers. On failure
+/// `*count` is 0.
+///
+/// # Safety
+/// `consumer` is NULL or a live handle; `count` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_consumer_held_count(consumer: *const Consumer, count: *mut usize) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a writable size_t.
+        let count = unsafe { out(count, "count") }?;
+        *count = 0;
+        // SAFETY: the caller passes NULL or a live handle.
+        let c = unsafe { handle(consumer, "consumer") }?;
+        *count = c.inner.with(|state| state.consumer().held_count());
+        Ok(())
+    })
+}
+
 /// What the producer said about the frame: buffer index, flags, sequence
-/// number, timestamp, bytes used, application word.
+/// number, timestamp, bytes used, application word. `flags` has
+/// `DMABROKER_FRAME_FLAG_SYNC_FILE` when a sync_file came with the frame.
 ///
 /// # Errors
 /// `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers.
@@ -973,10 +1340,14 @@ pub unsafe extern "C" fn dmabroker_frame_get_info(frame: *const Frame, out: *mut
 /// The frame's bytes: begins CPU read access (`DMA_BUF_IOCTL_SYNC` for
 /// dma-bufs) on the first call; `*data` points to the frame's `*len` bytes
 /// (its `bytes_used`), read-only and valid until the frame is freed, which
-/// ends the access. Later calls give the same pointer.
+/// ends the access. Later calls give the same pointer. Several frames of a
+/// consumer may be read at the same time. The first call waits while
+/// another thread is in `dmabroker_consumer_recv`.
 ///
 /// # Errors
-/// `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers), `DMABROKER_ERROR_IO`
+/// `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers),
+/// `DMABROKER_ERROR_EVICTED` (the consumer was evicted before the access
+/// began: the buffer may hold another frame now), `DMABROKER_ERROR_IO`
 /// (the sync ioctl failed). On failure `*data` is NULL and `*len` 0.
 ///
 /// # Safety
@@ -996,20 +1367,28 @@ pub unsafe extern "C" fn dmabroker_frame_data(
         *len = 0;
         // SAFETY: the caller passes NULL or a live handle.
         let f = unsafe { handle(frame, "frame") }?;
-        let mut state = lock(&f.inner.state);
-        let held = state.frame(f.id)?;
-        if held.read.is_none() {
-            // SAFETY: the mapping lives in the consumer, which outlives the
-            // held frame (ConsumerState's Drop drops the frame first); the
-            // guard made from it is stored next to the frame and dropped
-            // before it (HeldFrame's field order), and the frame is not used
-            // to reach the mapping while the guard lives.
-            let mapping: &'static mut BufferMapping = unsafe { &mut *ptr::from_mut(held.frame.mapping()) };
-            held.read = Some(mapping.begin_read().map_err(PoolError::from)?);
-        }
-        let bytes = held.read.as_ref().expect("begun above");
-        *data = bytes.as_ptr().cast::<c_void>();
-        *len = usize::try_from(f.info.bytes_used).unwrap_or(usize::MAX).min(bytes.len());
+        let (bytes, bytes_len) = f.inner.with(|state| -> Result<_, Error> {
+            let consumer = state.consumer;
+            let held = state.frames.get_mut(&f.id).ok_or_else(|| Error::invalid("the frame was already released"))?;
+            if held.read.is_none() {
+                // SAFETY: the consumer lives until ConsumerState's Drop, which
+                // ends every access first, so 'static outlives every use of
+                // the guard; the state lock is held, so nothing else uses the
+                // consumer now. The guard reaches only this frame's buffer's
+                // mapping, held until the frame is released, which drops the
+                // guard first (ConsumerState::release, HeldFrame's field
+                // order). Nothing else reaches that mapping meanwhile: one
+                // guard per frame, one frame per held buffer (the library
+                // refuses to hand a held buffer off again), and the
+                // consumer's other methods leave held buffers' mappings alone.
+                let core: &'static mut CoreConsumer = unsafe { &mut *consumer.as_ptr() };
+                held.read = Some(core.read_kept(&held.kept)?);
+            }
+            let bytes = held.read.as_ref().expect("begun above");
+            Ok((bytes.as_ptr(), bytes.len()))
+        })?;
+        *data = bytes.cast::<c_void>();
+        *len = usize::try_from(f.info.bytes_used).unwrap_or(usize::MAX).min(bytes_len);
         Ok(())
     })
 }
@@ -1030,16 +1409,44 @@ pub unsafe extern "C" fn dmabroker_frame_get_buffer(frame: *const Frame, out: *m
         *out = ptr::null_mut();
         // SAFETY: the caller passes NULL or a live handle.
         let f = unsafe { handle(frame, "frame") }?;
-        let mut state = lock(&f.inner.state);
-        let buffer = state.frame(f.id)?.frame.buffer().clone();
-        *out = into_handle(Buffer::new(buffer));
+        *out = into_handle(Buffer::new(f.buffer.clone()));
+        Ok(())
+    })
+}
+
+/// Take the frame's sync_file: `*fd` receives it (the caller owns it and
+/// must `close()` it), or -1 when none came with the frame: the consumer
+/// did not ask (`dmabroker_consumer_options.want_sync_files`), the producer
+/// did not export one (`DMABROKER_FRAME_FLAG_SYNC_FILE` at submit), the
+/// pool's buffers are not dma-bufs (memfd pools never have one), or it was
+/// taken already. Wait for it (`poll` for `POLLIN`) before touching the
+/// buffer with a device; `dmabroker_frame_data` needs no fence.
+///
+/// # Errors
+/// `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers (`*fd` is then -1).
+///
+/// # Safety
+/// `frame` is NULL or a live handle; `fd` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_frame_take_sync_file(frame: *const Frame, fd: *mut c_int) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a writable int.
+        let fd = unsafe { out(fd, "fd") }?;
+        *fd = -1;
+        // SAFETY: the caller passes NULL or a live handle.
+        let f = unsafe { handle(frame, "frame") }?;
+        if let Some(sync_file) = lock(&f.sync_file).take() {
+            *fd = sync_file.into_raw_fd();
+        }
         Ok(())
     })
 }
 
 /// Release the frame: end CPU access and give the buffer back to the
-/// producer. NULL is ignored. Pointers from `dmabroker_frame_data` are
-/// invalid afterwards.
+/// producer (a sync_file not taken is closed). NULL is ignored. Pointers
+/// from `dmabroker_frame_data` are invalid afterwards. Never waits: while
+/// another thread is in `dmabroker_consumer_recv`, that call releases the
+/// buffer within 10 ms.
 ///
 /// # Safety
 /// `frame` is NULL or a live handle not freed before, used by no other
@@ -1052,14 +1459,7 @@ pub unsafe extern "C" fn dmabroker_frame_free(frame: *mut Frame) {
         }
         // SAFETY: non-NULL, from into_handle, given up by the caller.
         let f = unsafe { Box::from_raw(frame) };
-        {
-            let mut state = lock(&f.inner.state);
-            if state.frame.as_ref().is_some_and(|h| h.id == f.id) {
-                // Inside the lock: the frame borrows the consumer the lock
-                // guards. The access ends, then the buffer goes back.
-                state.frame = None;
-            }
-        }
+        f.inner.free(f.id);
         // The last handle of a freed consumer detaches it here.
         drop(f);
     })

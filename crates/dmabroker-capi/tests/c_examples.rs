@@ -37,7 +37,7 @@ fn run_sh(args: &[&str]) {
     println!("{stdout}");
     eprintln!("{stderr}");
     assert!(output.status.success(), "examples/c/run.sh {args:?} failed ({})", output.status);
-    assert!(stdout.contains("C examples: 7 passed, 0 failed"), "unexpected summary");
+    assert!(stdout.contains("C examples: 8 passed, 0 failed"), "unexpected summary");
 }
 
 #[test]

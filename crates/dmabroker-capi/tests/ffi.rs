@@ -310,6 +310,14 @@ fn client_calls_refuse_null_and_report_a_missing_broker() {
     assert!(c.is_null());
     assert!(last_error().contains("dmabroker serve"), "{}", last_error());
     expect(unsafe { dmabroker_client_connect(ptr::null(), ptr::null_mut()) }, INVALID);
+    // Paths no Unix socket can have are bad arguments, not a missing broker.
+    c = ptr::dangling_mut::<Client>();
+    expect(unsafe { dmabroker_client_connect(c"".as_ptr(), &mut c) }, INVALID);
+    assert!(c.is_null());
+    assert!(last_error().contains("empty"), "{}", last_error());
+    let long = std::ffi::CString::new(format!("/tmp/{}", "x".repeat(295))).unwrap();
+    expect(unsafe { dmabroker_client_connect(long.as_ptr(), &mut c) }, INVALID);
+    assert!(last_error().contains("300 bytes"), "{}", last_error());
     let mut b = ptr::null_mut();
     expect(unsafe { dmabroker_client_alloc(ptr::null(), c"memfd".as_ptr(), 4096, ptr::null(), &mut b) }, INVALID);
     let mut key = ptr::dangling_mut::<std::ffi::c_char>();
@@ -640,6 +648,9 @@ fn pool_calls_refuse_bad_arguments_and_wrong_orders() {
     expect(unsafe { dmabroker_producer_listen(p, ptr::null()) }, INVALID);
     let long = std::ffi::CString::new(format!("/tmp/{}", "x".repeat(200))).unwrap();
     expect(unsafe { dmabroker_producer_listen(p, long.as_ptr()) }, INVALID);
+    assert!(last_error().contains("107"), "{}", last_error());
+    expect(unsafe { dmabroker_producer_listen(p, c"".as_ptr()) }, INVALID);
+    assert!(last_error().contains("empty"), "{}", last_error());
     expect(unsafe { dmabroker_producer_get_buffer(p, 2, &mut b) }, INVALID);
     expect(unsafe { dmabroker_producer_get_buffer(p, 1, &mut b) }, Status::DMABROKER_OK);
     assert!(unsafe { dmabroker_buffer_fd(b) } >= 0);
@@ -658,7 +669,7 @@ fn pool_calls_refuse_bad_arguments_and_wrong_orders() {
     expect(unsafe { dmabroker_producer_wait_for_consumers(p, 0, 0) }, Status::DMABROKER_ERROR_BUSY);
     // Bad submits leave the slot acquired.
     expect(unsafe { dmabroker_producer_submit(p, 1 << 40, 0, 0, &mut seq) }, INVALID);
-    expect(unsafe { dmabroker_producer_submit(p, 1, 1 << 16, 0, &mut seq) }, INVALID);
+    expect(unsafe { dmabroker_producer_submit(p, 1, 1 << 17, 0, &mut seq) }, INVALID);
     expect(unsafe { dmabroker_producer_submit(p, 1, 1 << 5, 0, &mut seq) }, INVALID);
     expect(unsafe { dmabroker_producer_cancel(p) }, Status::DMABROKER_OK);
     // Without a CPU pointer (a device fills the buffer).
@@ -696,6 +707,27 @@ fn pool_calls_refuse_bad_arguments_and_wrong_orders() {
     expect(unsafe { dmabroker_consumer_connect(ptr::null(), 0, &mut c) }, INVALID);
     expect(unsafe { dmabroker_consumer_connect(c"/nonexistent/pool.sock".as_ptr(), 7, &mut c) }, INVALID);
     expect(unsafe { dmabroker_consumer_connect(c"/x".as_ptr(), 0, ptr::null_mut()) }, INVALID);
+    expect(unsafe { dmabroker_consumer_connect(c"".as_ptr(), 0, &mut c) }, INVALID);
+    expect(unsafe { dmabroker_consumer_connect(long.as_ptr(), 0, &mut c) }, INVALID);
+    assert!(c.is_null());
+    // connect_with: NULL options are the defaults; bad ones are refused.
+    c = ptr::dangling_mut::<Consumer>();
+    expect(
+        unsafe { dmabroker_consumer_connect_with(c"/nonexistent/pool.sock".as_ptr(), ptr::null(), &mut c) },
+        Status::DMABROKER_ERROR_NO_PRODUCER,
+    );
+    assert!(c.is_null());
+    let bad_wait = ConsumerOptions { wait: 9, want_sync_files: true, attach_timeout_ms: 0 };
+    expect(unsafe { dmabroker_consumer_connect_with(c"/nonexistent/pool.sock".as_ptr(), &bad_wait, &mut c) }, INVALID);
+    expect(unsafe { dmabroker_consumer_connect_with(ptr::null(), ptr::null(), &mut c) }, INVALID);
+    expect(unsafe { dmabroker_consumer_connect_with(c"".as_ptr(), ptr::null(), &mut c) }, INVALID);
+    expect(unsafe { dmabroker_consumer_connect_with(c"/x".as_ptr(), ptr::null(), ptr::null_mut()) }, INVALID);
+    let mut held = 5usize;
+    expect(unsafe { dmabroker_consumer_held_count(ptr::null(), &mut held) }, INVALID);
+    assert_eq!(held, 0);
+    let mut sync_fd = 5;
+    expect(unsafe { dmabroker_frame_take_sync_file(ptr::null(), &mut sync_fd) }, INVALID);
+    assert_eq!(sync_fd, -1);
     let mut f: *mut Frame = ptr::dangling_mut::<Frame>();
     expect(unsafe { dmabroker_consumer_recv(ptr::null(), 0, &mut f) }, INVALID);
     assert!(f.is_null());
@@ -751,9 +783,17 @@ fn pool_round_trip_between_threads() {
         assert_eq!(seq, u64::from(round));
 
         expect(unsafe { dmabroker_consumer_recv(c, 5000, &mut f) }, Status::DMABROKER_OK);
-        let mut second = ptr::null_mut();
-        expect(unsafe { dmabroker_consumer_recv(c, 0, &mut second) }, Status::DMABROKER_ERROR_BUSY);
-        expect(unsafe { dmabroker_consumer_get_stats(c, &mut self_stats) }, Status::DMABROKER_ERROR_BUSY);
+        // Holding a frame blocks nothing: nothing more to receive, stats readable.
+        let mut second = ptr::dangling_mut::<Frame>();
+        expect(unsafe { dmabroker_consumer_recv(c, 0, &mut second) }, Status::DMABROKER_ERROR_TIMEOUT);
+        assert!(second.is_null());
+        expect(unsafe { dmabroker_consumer_get_stats(c, &mut self_stats) }, Status::DMABROKER_OK);
+        let mut held = 0usize;
+        expect(unsafe { dmabroker_consumer_held_count(c, &mut held) }, Status::DMABROKER_OK);
+        assert_eq!(held, 1);
+        let mut sync_fd = 7;
+        expect(unsafe { dmabroker_frame_take_sync_file(f, &mut sync_fd) }, Status::DMABROKER_OK);
+        assert_eq!(sync_fd, -1, "memfd pools carry no sync_file");
         let mut info = FrameInfo::default();
         expect(unsafe { dmabroker_frame_get_info(f, &mut info) }, Status::DMABROKER_OK);
         assert_eq!((info.index, info.seq, info.bytes_used, info.meta), (index, seq, 100, u64::from(round) * 11));
@@ -828,6 +868,226 @@ fn pool_consumer_sees_the_end_of_the_stream() {
     let (end, got) = consumer.join().unwrap();
     assert_eq!(end, Status::DMABROKER_ERROR_CLOSED);
     assert_eq!(got, [0, 1, 2, 3, 4]);
+    unsafe { dmabroker_producer_free(p) };
+    let _ = std::fs::remove_dir_all(std::path::Path::new(path.to_str().unwrap()).parent().unwrap());
+}
+
+#[test]
+fn pools_by_constraints_and_by_layout() {
+    let c = constraints(c"cpu-only");
+    expect(unsafe { dmabroker_constraints_set_dma_buf(c, false) }, Status::DMABROKER_OK);
+    let mut layout = ptr::null_mut();
+    expect(unsafe { dmabroker_layout_new(c"NV12".as_ptr(), 64, 32, 0, &mut layout) }, Status::DMABROKER_OK);
+    let zeroed = || ChoiceInfo {
+        heap: ptr::dangling_mut(),
+        reasons: ptr::dangling_mut(),
+        len: 1,
+        allocated_len: 1,
+        align: 1,
+        contiguous: true,
+        non_coherent: true,
+        uncached: true,
+    };
+
+    // Bad arguments: out-parameters cleared, nothing allocated.
+    let mut p: *mut Producer = ptr::dangling_mut();
+    let mut info = zeroed();
+    expect(
+        unsafe { dmabroker_producer_new_for(ptr::null(), ptr::null(), 2, 4096, ptr::null(), &mut p, &mut info) },
+        INVALID,
+    );
+    assert!(p.is_null() && info.heap.is_null() && info.reasons.is_null() && info.len == 0);
+    expect(
+        unsafe { dmabroker_producer_new_for(ptr::null(), c, 2, 4096, ptr::null(), ptr::null_mut(), &mut info) },
+        INVALID,
+    );
+    expect(unsafe { dmabroker_producer_new_for(ptr::null(), c, 0, 4096, ptr::null(), &mut p, &mut info) }, INVALID);
+    expect(unsafe { dmabroker_producer_new_for(ptr::null(), c, 65, 4096, ptr::null(), &mut p, &mut info) }, INVALID);
+    expect(unsafe { dmabroker_producer_new_for(ptr::null(), c, 2, 0, ptr::null(), &mut p, &mut info) }, INVALID);
+    let options = PoolOptions { name: ptr::null(), release_timeout_ms: 0, max_consumers: 64, drop_oldest: false };
+    expect(unsafe { dmabroker_producer_new_for(ptr::null(), c, 2, 4096, &options, &mut p, ptr::null_mut()) }, INVALID);
+    assert!(p.is_null());
+    p = ptr::dangling_mut();
+    info = zeroed();
+    expect(
+        unsafe { dmabroker_producer_new_for_layout(ptr::null(), c, ptr::null(), 2, ptr::null(), &mut p, &mut info) },
+        INVALID,
+    );
+    assert!(p.is_null() && info.heap.is_null());
+    expect(
+        unsafe {
+            dmabroker_producer_new_for_layout(ptr::null(), ptr::null(), layout, 2, ptr::null(), &mut p, &mut info)
+        },
+        INVALID,
+    );
+    expect(
+        unsafe {
+            dmabroker_producer_new_for_layout(ptr::null(), c, layout, 2, ptr::null(), ptr::null_mut(), &mut info)
+        },
+        INVALID,
+    );
+    expect(
+        unsafe { dmabroker_producer_new_for_layout(ptr::null(), c, layout, 0, ptr::null(), &mut p, &mut info) },
+        INVALID,
+    );
+
+    // By constraints: CPU memory will do, so the cheapest heap, with reasons.
+    expect(
+        unsafe { dmabroker_producer_new_for(ptr::null(), c, 3, 5000, ptr::null(), &mut p, &mut info) },
+        Status::DMABROKER_OK,
+    );
+    assert_eq!(c_string_of(info.heap), "memfd");
+    assert!(!c_string_of(info.reasons).is_empty());
+    assert!(info.len >= 5000 && info.allocated_len >= info.len);
+    unsafe { dmabroker_choice_info_clear(&mut info) };
+    assert_eq!(unsafe { dmabroker_producer_buffer_count(p) }, 3);
+    let mut b = ptr::null_mut();
+    expect(unsafe { dmabroker_producer_get_buffer(p, 2, &mut b) }, Status::DMABROKER_OK);
+    assert!(unsafe { dmabroker_buffer_len(b) } >= 5000);
+    unsafe { dmabroker_buffer_free(b) };
+    unsafe { dmabroker_producer_free(p) };
+
+    // By layout: one buffer per frame of the layout's total size; heaps
+    // given, choice_info not wanted.
+    let mut heaps = ptr::null_mut();
+    expect(unsafe { dmabroker_heaps_discover(&mut heaps) }, Status::DMABROKER_OK);
+    expect(
+        unsafe { dmabroker_producer_new_for_layout(heaps, c, layout, 2, ptr::null(), &mut p, ptr::null_mut()) },
+        Status::DMABROKER_OK,
+    );
+    let total = unsafe { dmabroker_layout_total_size(layout) };
+    assert_eq!(total, 64 * 32 * 3 / 2);
+    expect(unsafe { dmabroker_producer_get_buffer(p, 1, &mut b) }, Status::DMABROKER_OK);
+    assert!(unsafe { dmabroker_buffer_len(b) } >= total);
+    unsafe { dmabroker_buffer_free(b) };
+    let (mut index, mut data, mut len) = (0u32, ptr::null_mut::<c_void>(), 0usize);
+    expect(unsafe { dmabroker_producer_acquire(p, 0, &mut index, &mut data, &mut len) }, Status::DMABROKER_OK);
+    assert!(len as u64 >= total);
+    // A sync_file asked for on a memfd pool is no error: there is none to export.
+    expect(
+        unsafe { dmabroker_producer_submit(p, total, DMABROKER_FRAME_FLAG_SYNC_FILE, 0, ptr::null_mut()) },
+        Status::DMABROKER_OK,
+    );
+    unsafe { dmabroker_producer_free(p) };
+
+    // No heap meets an impossible requirement: UNSUPPORTED, with the reasons.
+    let strict = constraints(c"needs-dma-buf-below-4g");
+    expect(unsafe { dmabroker_constraints_set_dma_buf(strict, true) }, Status::DMABROKER_OK);
+    expect(unsafe { dmabroker_constraints_set_contiguous(strict, true) }, Status::DMABROKER_OK);
+    expect(unsafe { dmabroker_constraints_set_address_bits(strict, 12) }, Status::DMABROKER_OK);
+    info = zeroed();
+    let status = unsafe { dmabroker_producer_new_for(heaps, strict, 2, 1 << 20, ptr::null(), &mut p, &mut info) };
+    assert_ne!(status, Status::DMABROKER_OK);
+    assert!(p.is_null() && info.heap.is_null());
+    assert!(last_error().contains("pool buffer 0"), "{}", last_error());
+    unsafe {
+        dmabroker_constraints_free(strict);
+        dmabroker_heaps_free(heaps);
+        dmabroker_layout_free(layout);
+        dmabroker_constraints_free(c);
+    }
+}
+
+/// Fill the acquired buffer's first `n` bytes with `byte` and submit it.
+fn submit_filled(p: *mut Producer, byte: u8, n: usize) -> u32 {
+    let (mut index, mut data, mut len) = (0u32, ptr::null_mut::<c_void>(), 0usize);
+    expect(unsafe { dmabroker_producer_acquire(p, 5000, &mut index, &mut data, &mut len) }, Status::DMABROKER_OK);
+    unsafe { std::slice::from_raw_parts_mut(data.cast::<u8>(), n) }.fill(byte);
+    expect(
+        unsafe { dmabroker_producer_submit(p, n as u64, 0, u64::from(byte), ptr::null_mut()) },
+        Status::DMABROKER_OK,
+    );
+    index
+}
+
+/// The frame's bytes, checked to be `n` times its `meta` byte.
+fn frame_bytes_ok(f: *mut Frame, n: usize) -> bool {
+    let mut info = FrameInfo::default();
+    expect(unsafe { dmabroker_frame_get_info(f, &mut info) }, Status::DMABROKER_OK);
+    let (mut data, mut len) = (ptr::null::<c_void>(), 0usize);
+    expect(unsafe { dmabroker_frame_data(f, &mut data, &mut len) }, Status::DMABROKER_OK);
+    len == n && unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) }.iter().all(|&x| u64::from(x) == info.meta)
+}
+
+#[test]
+fn a_consumer_holds_several_frames_and_frees_them_from_any_thread() {
+    const N: usize = 1000;
+    let path = socket_path("several");
+    let p = producer(3, 8192);
+    expect(unsafe { dmabroker_producer_listen(p, path.as_ptr()) }, Status::DMABROKER_OK);
+    let path2 = path.clone();
+    let connecting = std::thread::spawn(move || {
+        let mut c = ptr::null_mut();
+        let options = ConsumerOptions { wait: WaitMode::Block as u32, want_sync_files: true, attach_timeout_ms: -1 };
+        let status = unsafe { dmabroker_consumer_connect_with(path2.as_ptr(), &options, &mut c) };
+        (status, Send_(c))
+    });
+    expect(unsafe { dmabroker_producer_wait_for_consumers(p, 1, 10_000) }, Status::DMABROKER_OK);
+    let (status, c) = connecting.join().unwrap();
+    expect(status, Status::DMABROKER_OK);
+    let c = c.0;
+
+    // Three frames held at once, each readable, none overwritten.
+    let mut frames = Vec::new();
+    for byte in 1..=3u8 {
+        submit_filled(p, byte, N);
+        let mut f = ptr::null_mut();
+        expect(unsafe { dmabroker_consumer_recv(c, 5000, &mut f) }, Status::DMABROKER_OK);
+        assert!(frame_bytes_ok(f, N));
+        frames.push(f);
+    }
+    let mut held = 0usize;
+    expect(unsafe { dmabroker_consumer_held_count(c, &mut held) }, Status::DMABROKER_OK);
+    assert_eq!(held, 3);
+    // Every buffer is held: the producer waits (blocking backpressure).
+    let (mut index, mut data, mut len) = (0u32, ptr::null_mut::<c_void>(), 0usize);
+    expect(
+        unsafe { dmabroker_producer_acquire(p, 20, &mut index, &mut data, &mut len) },
+        Status::DMABROKER_ERROR_TIMEOUT,
+    );
+
+    // A recv waits in another thread; the producer waits for a buffer in a
+    // third; freeing a frame here neither waits for the recv nor is lost.
+    let (pc, cc) = (Send_(p), Send_(c));
+    let producing = std::thread::spawn(move || {
+        let pc = pc;
+        submit_filled(pc.0, 4, N)
+    });
+    let receiving = std::thread::spawn(move || {
+        let cc = cc;
+        let mut f = ptr::null_mut();
+        let status = unsafe { dmabroker_consumer_recv(cc.0, 10_000, &mut f) };
+        (status, Send_(f))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let mut first = FrameInfo::default();
+    expect(unsafe { dmabroker_frame_get_info(frames[0], &mut first) }, Status::DMABROKER_OK);
+    let started = std::time::Instant::now();
+    unsafe { dmabroker_frame_free(frames.remove(0)) };
+    assert!(started.elapsed() < std::time::Duration::from_millis(500), "frame_free waited for the recv");
+    assert_eq!(producing.join().unwrap(), first.index, "the freed buffer was the one refilled");
+    let (status, f4) = receiving.join().unwrap();
+    expect(status, Status::DMABROKER_OK);
+    let f4 = f4.0;
+    assert!(frame_bytes_ok(f4, N));
+    frames.push(f4);
+    // The two frames held all along are intact.
+    for &f in &frames {
+        assert!(frame_bytes_ok(f, N));
+    }
+    // Freed in any order, all buffers go back.
+    unsafe { dmabroker_frame_free(frames.remove(1)) };
+    expect(unsafe { dmabroker_consumer_held_count(c, &mut held) }, Status::DMABROKER_OK);
+    assert_eq!(held, 2);
+    for f in frames {
+        unsafe { dmabroker_frame_free(f) };
+    }
+    expect(unsafe { dmabroker_consumer_held_count(c, &mut held) }, Status::DMABROKER_OK);
+    assert_eq!(held, 0);
+    let mut cs = ConsumerStats::default();
+    expect(unsafe { dmabroker_producer_get_consumer_stats(p, 0, &mut cs) }, Status::DMABROKER_OK);
+    assert_eq!((cs.received, cs.released), (4, 4));
+    unsafe { dmabroker_consumer_free(c) };
     unsafe { dmabroker_producer_free(p) };
     let _ = std::fs::remove_dir_all(std::path::Path::new(path.to_str().unwrap()).parent().unwrap());
 }

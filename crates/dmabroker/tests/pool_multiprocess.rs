@@ -11,7 +11,38 @@ use dmabroker::pool::{Backpressure, Consumer, ConsumerOptions, FrameMeta, PoolEr
 use dmabroker::Heaps;
 use pool_support::{checksum, fill, role, socket_path, spawn_child, SOCKET};
 use std::io::Read;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// A unique socket path, removed when dropped: at the end of the test, also
+/// when it fails or a child producer was killed before it could remove its
+/// socket itself.
+struct TestSocket(PathBuf);
+
+impl TestSocket {
+    fn new(tag: &str) -> Self {
+        Self(socket_path(tag))
+    }
+}
+
+impl std::ops::Deref for TestSocket {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TestSocket {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TestSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
 
 const FRAME: u64 = 64 << 10;
 
@@ -165,7 +196,7 @@ fn report(child: std::process::Child) -> (u64, u64, u64, String) {
 
 fn randomized(policy: Backpressure, frames: u64) {
     let mut rng = Rng(seed());
-    let path = socket_path("random");
+    let path = TestSocket::new("random");
     let opts = PoolOptions::new(5, FRAME).backpressure(policy);
     let mut p = Producer::allocate(&Heaps::discover(), "memfd", &opts).unwrap();
     p.listen(&path).unwrap();
@@ -204,7 +235,7 @@ fn randomized_fan_out_drop_oldest_three_processes() {
 
 #[test]
 fn consumer_sigkilled_mid_stream_loses_claims_others_carry_on() {
-    let path = socket_path("kill");
+    let path = TestSocket::new("kill");
     let opts = PoolOptions::new(4, FRAME).release_timeout(None);
     let mut p = Producer::allocate(&Heaps::discover(), "memfd", &opts).unwrap();
     p.listen(&path).unwrap();
@@ -230,7 +261,7 @@ fn consumer_sigkilled_mid_stream_loses_claims_others_carry_on() {
 
 #[test]
 fn hung_consumer_is_evicted_after_release_timeout() {
-    let path = socket_path("hang");
+    let path = TestSocket::new("hang");
     let opts = PoolOptions::new(3, FRAME).release_timeout(Some(Duration::from_millis(300)));
     let mut p = Producer::allocate(&Heaps::discover(), "memfd", &opts).unwrap();
     p.listen(&path).unwrap();
@@ -256,7 +287,7 @@ fn hung_consumer_is_evicted_after_release_timeout() {
 }
 
 fn consume_from_child_producer(role: &str, kill: bool) -> PoolError {
-    let path = socket_path(role);
+    let path = TestSocket::new(role);
     let mut producer = spawn_child("pool_child", role, &path, &[]);
     let started = Instant::now();
     let mut c = loop {
@@ -282,6 +313,7 @@ fn consume_from_child_producer(role: &str, kill: bool) -> PoolError {
 fn producer_killed_is_producer_gone() {
     let err = consume_from_child_producer("producer-die", true);
     assert!(matches!(err, PoolError::ProducerGone), "{err:?}");
+    // The killed child left its socket; consume_from_child_producer removed it.
 }
 
 #[test]

@@ -15,13 +15,19 @@
 //! The transport is a parameter ([`DemoTransport`]): today a pool socket the
 //! producer listens on; an embedded broker can become another variant without
 //! touching the producer or consumer loops.
+//!
+//! The run ends after `--frames` frames, on SIGINT/SIGTERM (the stream is
+//! closed in order and the socket removed; exit status 128 + the signal), or
+//! as FAILED when every consumer is gone. `--json` prints the summary as one
+//! JSON document on stdout. Memory does not grow with `--frames`: latency
+//! percentiles come from a fixed log-scale histogram.
 
 use dmabroker::constraints::{allocate_for, Constraints};
 use dmabroker::device::v4l2::{video_nodes, BufType, CapFlags, Memory, Queue, V4l2Device};
 use dmabroker::format::{Layout, LayoutOptions, PixelFormat};
 use dmabroker::pool::{
     AcquireError, Backpressure, Consumer, ConsumerOptions, FrameFlags, FrameMeta, PoolError, PoolOptions, Producer,
-    WaitMode,
+    WaitMode, WriteSlot,
 };
 use dmabroker::size::format_size;
 use dmabroker::Heaps;
@@ -29,7 +35,7 @@ use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,6 +78,9 @@ pub struct DemoArgs {
     /// What the producer does when consumers hold every buffer.
     #[arg(long, value_enum, default_value_t = PolicyArg::Block)]
     pub backpressure: PolicyArg,
+    /// Print the summary as JSON on stdout (the live status stays on stderr).
+    #[arg(long)]
+    pub json: bool,
     /// Internal: run as a consumer process.
     #[arg(long, hide = true)]
     pub role: Option<String>,
@@ -169,6 +178,9 @@ struct Report {
     bad: u64,
     gaps: u64,
     wakes: u64,
+    /// Frames the producer took back before this consumer read them.
+    #[serde(default)]
+    dropped: u64,
     /// Latency percentiles over the last window (progress) or the whole run (final), ns.
     p50_ns: u64,
     p99_ns: u64,
@@ -218,6 +230,80 @@ pub(crate) fn checksum(buf: &[u8]) -> u64 {
     h
 }
 
+/// Latency samples in fixed memory: a log-scale histogram with 16
+/// sub-buckets per power of two (values within 1/16 of each other share a
+/// bucket), so p50/p99 are within about 3% whatever the number of frames.
+#[derive(Debug, Clone)]
+pub(crate) struct LatencyHistogram {
+    counts: Vec<u64>,
+    total: u64,
+    max: u64,
+}
+
+impl LatencyHistogram {
+    const SUB_BITS: u32 = 4;
+    const SUB: u64 = 1 << Self::SUB_BITS;
+    /// Buckets: one per value below `SUB`, then `SUB` per power of two up to 2^63.
+    const BUCKETS: usize = ((64 - Self::SUB_BITS + 1) as usize) * Self::SUB as usize;
+
+    pub(crate) fn new() -> Self {
+        Self { counts: vec![0; Self::BUCKETS], total: 0, max: 0 }
+    }
+
+    fn bucket(v: u64) -> usize {
+        if v < Self::SUB {
+            return v as usize;
+        }
+        let e = 63 - v.leading_zeros(); // >= SUB_BITS
+        let sub = (v >> (e - Self::SUB_BITS)) & (Self::SUB - 1);
+        (e - Self::SUB_BITS + 1) as usize * Self::SUB as usize + sub as usize
+    }
+
+    /// The smallest value of bucket `i` and its width.
+    fn bounds(i: usize) -> (u64, u64) {
+        let (b, sub) = ((i as u64) / Self::SUB, (i as u64) % Self::SUB);
+        if b == 0 {
+            (sub, 1)
+        } else {
+            ((Self::SUB + sub) << (b - 1), 1 << (b - 1))
+        }
+    }
+
+    pub(crate) fn record(&mut self, v: u64) {
+        self.counts[Self::bucket(v)] += 1;
+        self.total += 1;
+        self.max = self.max.max(v);
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.counts.fill(0);
+        self.total = 0;
+        self.max = 0;
+    }
+
+    /// The value at quantile `q` (0..=1): the middle of its bucket, at most
+    /// the largest sample; 0 when empty.
+    pub(crate) fn quantile(&self, q: f64) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (i, &n) in self.counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                let (low, width) = Self::bounds(i);
+                return (low + (width - 1) / 2).min(self.max);
+            }
+        }
+        self.max
+    }
+
+    pub(crate) fn p50_p99(&self) -> (u64, u64) {
+        (self.quantile(0.50), self.quantile(0.99))
+    }
+}
+
 /// p50 and p99 of samples (sorted in place); zeros when empty.
 pub(crate) fn p50_p99(samples: &mut [u64]) -> (u64, u64) {
     if samples.is_empty() {
@@ -239,11 +325,15 @@ pub(crate) fn fmt_ns(ns: u64) -> String {
 }
 
 fn run_consumer(args: &DemoArgs) -> anyhow::Result<ExitCode> {
+    // Ctrl-C on a terminal reaches the whole process group: the producer
+    // stops and closes the stream, and this process ends with it.
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::new(AtomicBool::new(false)))?;
     let mut consumer = DemoTransport::connect(args)?;
     let mut out = std::io::stdout().lock();
     let mut report = Report { id: args.id, ..Report::default() };
-    let mut all = Vec::with_capacity(args.frames as usize);
-    let mut window = Vec::new();
+    // Fixed memory however many frames come (--frames can be 2^64 - 1).
+    let mut all = LatencyHistogram::new();
+    let mut window = LatencyHistogram::new();
     let mut last_print = Instant::now();
     let mut last_seq: Option<u64> = None;
     let end = loop {
@@ -262,8 +352,8 @@ fn run_consumer(args: &DemoArgs) -> anyhow::Result<ExitCode> {
                 }
                 last_seq = Some(info.seq);
                 report.frames += 1;
-                all.push(latency);
-                window.push(latency);
+                all.record(latency);
+                window.record(latency);
                 None
             }
             Err(PoolError::Closed) => Some("closed".to_owned()),
@@ -274,16 +364,18 @@ fn run_consumer(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             break end;
         }
         if last_print.elapsed() >= Duration::from_millis(250) {
-            (report.p50_ns, report.p99_ns) = p50_p99(&mut window);
+            (report.p50_ns, report.p99_ns) = window.p50_p99();
             report.wakes = consumer.wakes();
+            report.dropped = consumer.dropped();
             window.clear();
             writeln!(out, "{}", serde_json::to_string(&report)?)?;
             out.flush()?;
             last_print = Instant::now();
         }
     };
-    (report.p50_ns, report.p99_ns) = p50_p99(&mut all);
+    (report.p50_ns, report.p99_ns) = all.p50_p99();
     report.wakes = consumer.wakes();
+    report.dropped = consumer.dropped();
     report.end = Some(end.clone());
     writeln!(out, "{}", serde_json::to_string(&report)?)?;
     out.flush()?;
@@ -293,7 +385,64 @@ fn run_consumer(args: &DemoArgs) -> anyhow::Result<ExitCode> {
 struct Live {
     reports: Mutex<Vec<Report>>,
     produced: AtomicU64,
+    /// When production ended (ns after it started, plus one; 0 = still
+    /// running): the last status line measures fps up to here.
+    finished_ns: AtomicU64,
 }
+
+impl Live {
+    fn finish(&self, started: Instant) {
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        let _ = self.finished_ns.compare_exchange(0, ns + 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn finished_at(&self, started: Instant) -> Option<Instant> {
+        match self.finished_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(started + Duration::from_nanos(ns - 1)),
+        }
+    }
+}
+
+/// SIGINT/SIGTERM: the run stops at the next frame (or wait slice), closes
+/// the stream in order and removes its socket.
+#[derive(Debug, Clone)]
+struct Stop {
+    /// The signal number received, 0 while none.
+    signal: Arc<AtomicUsize>,
+}
+
+impl Stop {
+    fn on_signals() -> anyhow::Result<Self> {
+        let signal = Arc::new(AtomicUsize::new(0));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)?;
+        }
+        Ok(Self { signal })
+    }
+
+    /// The signal that asked to stop, if any.
+    fn signal(&self) -> Option<usize> {
+        match self.signal.load(Ordering::Relaxed) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+}
+
+/// Why production ended early.
+#[derive(Debug)]
+enum Ended {
+    /// `--frames` frames were produced.
+    Complete,
+    /// SIGINT/SIGTERM.
+    Interrupted,
+}
+
+/// Longest the producer waits for a free buffer before it gives up.
+const ACQUIRE_LIMIT: Duration = Duration::from_secs(30);
+/// Waits are cut in slices this long to notice signals and lost consumers.
+const SLICE: Duration = Duration::from_millis(100);
 
 /// Where the frames of a run come from, once set up.
 enum Source {
@@ -570,7 +719,62 @@ fn setup(args: &DemoArgs, options: &PoolOptions) -> anyhow::Result<Setup> {
     }
 }
 
+/// One consumer in the summary (`--json`).
+#[derive(Debug, serde::Serialize)]
+struct ConsumerSummary {
+    id: u32,
+    pid: u32,
+    frames: u64,
+    bad: u64,
+    /// Frames the producer took back before this consumer read them.
+    dropped: u64,
+    /// Frames handed to it (the producer's count; `None` when it was lost).
+    delivered: Option<u64>,
+    p50_ns: u64,
+    p99_ns: u64,
+    wakes: u64,
+    end: Option<String>,
+}
+
+/// The run's summary (`--json`).
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    /// `ok`, `FAILED` or `interrupted`.
+    result: &'static str,
+    /// Why the producer stopped early, if it did.
+    error: Option<String>,
+    /// The signal that stopped the run.
+    signal: Option<usize>,
+    produced: u64,
+    elapsed_s: f64,
+    fps: f64,
+    width: u32,
+    height: u32,
+    format: String,
+    frame_len: u64,
+    source: String,
+    heap: String,
+    buffers: u32,
+    backpressure: &'static str,
+    /// Frames taken back from at least one consumer (drop-oldest).
+    dropped: u64,
+    lost_consumers: u64,
+    bytes_not_copied: u64,
+    consumers: Vec<ConsumerSummary>,
+}
+
 fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow::Result<ExitCode> {
+    if !args.fps.is_finite() || args.fps < 0.0 {
+        anyhow::bail!("--fps {}: expected a frame rate of 0 (unpaced) or more", args.fps);
+    }
+    let period = match args.fps {
+        f if f > 0.0 => Some(
+            Duration::try_from_secs_f64(1.0 / f)
+                .map_err(|_| anyhow::anyhow!("--fps {f:e} is too small: one frame would take forever"))?,
+        ),
+        _ => None,
+    };
+    let stop = Stop::on_signals()?;
     let policy = match args.backpressure {
         PolicyArg::Block => Backpressure::Block,
         PolicyArg::DropOldest => Backpressure::DropOldest,
@@ -590,12 +794,23 @@ fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow::Result<Ex
     let live = Arc::new(Live {
         reports: Mutex::new(vec![Report::default(); args.consumers as usize]),
         produced: AtomicU64::new(0),
+        finished_ns: AtomicU64::new(0),
     });
     let mut children = Vec::new();
     let mut readers = Vec::new();
     for id in 0..args.consumers {
-        let mut child = spawn_consumer(id, transport, args.frames)?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("consumer {id} has no stdout"))?;
+        let mut child = match spawn_consumer(id, transport, args.frames) {
+            Ok(child) => child,
+            Err(e) => {
+                reap(&mut children);
+                return Err(e);
+            }
+        };
+        let Some(stdout) = child.stdout.take() else {
+            children.push(child);
+            reap(&mut children);
+            anyhow::bail!("consumer {id} has no stdout");
+        };
         let live = Arc::clone(&live);
         readers.push(std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -608,32 +823,58 @@ fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow::Result<Ex
         }));
         children.push(child);
     }
-    if !producer.wait_for_consumers(args.consumers as usize, Duration::from_secs(10)) {
-        for c in &mut children {
-            let _ = c.kill();
+    // The pids the producer sees in its stats: each consumer connects itself.
+    let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    let attach_deadline = Instant::now() + Duration::from_secs(10);
+    while !producer.wait_for_consumers(args.consumers as usize, SLICE) {
+        if let Some(signal) = stop.signal() {
+            reap(&mut children);
+            eprintln!("dmabroker demo: stopped by signal {signal} before the consumers attached");
+            return Ok(signal_exit(signal));
         }
-        anyhow::bail!("the consumer processes did not attach within 10 s");
+        if Instant::now() >= attach_deadline {
+            reap(&mut children);
+            anyhow::bail!("the consumer processes did not attach within 10 s");
+        }
     }
 
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let status = {
-        let (live, stop) = (Arc::clone(&live), Arc::clone(&stop));
-        std::thread::spawn(move || status_loop(&live, &stop, frame_len))
-    };
+    let status_done = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let result = match &source {
-        Source::Synthetic => produce_synthetic(args, &mut producer, &live, width as usize, height as usize, frame_len),
-        Source::V4l2(v) => produce_v4l2(args, &mut producer, &live, v),
+    let status = {
+        let (live, status_done) = (Arc::clone(&live), Arc::clone(&status_done));
+        std::thread::spawn(move || status_loop(&live, &status_done, frame_len, started))
     };
+    let result = match &source {
+        Source::Synthetic => {
+            produce_synthetic(args, &mut producer, &live, &stop, period, (width as usize, height as usize, frame_len))
+        }
+        Source::V4l2(v) => produce_v4l2(args, &mut producer, &live, &stop, v),
+    };
+    live.finish(started);
     let elapsed = started.elapsed();
     let stats = producer.stats();
     producer.close();
     drop(producer);
-    let mut failed = result.is_err();
-    if let Err(e) = &result {
-        eprintln!("dmabroker demo: producer stopped: {e:#}");
-    }
-    for (id, mut child) in children.into_iter().enumerate() {
+    let mut failed = false;
+    let mut interrupted = None;
+    let error = match &result {
+        Ok(Ended::Complete) => None,
+        Ok(Ended::Interrupted) => {
+            interrupted = stop.signal();
+            eprintln!(
+                "dmabroker demo: stopped by signal {} after {} frames",
+                interrupted.unwrap_or(0),
+                live.produced.load(Ordering::Relaxed)
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("dmabroker demo: producer stopped: {e:#}");
+            failed = true;
+            Some(format!("{e:#}"))
+        }
+    };
+    for (id, child) in children.iter_mut().enumerate() {
         let status = child.wait()?;
         if !status.success() {
             eprintln!("dmabroker demo: consumer {id} failed ({status})");
@@ -643,48 +884,190 @@ fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow::Result<Ex
     for r in readers {
         let _ = r.join();
     }
-    stop.store(true, Ordering::Relaxed);
+    status_done.store(true, Ordering::Relaxed);
     let _ = status.join();
 
     let produced = live.produced.load(Ordering::Relaxed);
     let reports = live.reports.lock().map(|r| r.clone()).unwrap_or_default();
     let fps = produced as f64 / elapsed.as_secs_f64().max(1e-9);
     let received: u64 = reports.iter().map(|r| r.frames).sum();
-    println!(
-        "{produced} frames of {width}x{height} {format} ({}) in {:.2} s: {fps:.1} fps; source: {description}",
-        format_size(frame_len),
-        elapsed.as_secs_f64()
-    );
-    for r in &reports {
-        let dropped = stats.consumers.iter().find(|c| c.slot == r.id).map_or(0, |c| c.dropped);
-        println!(
-            "consumer {}: {} frames, {} checksum mismatches, {} dropped, latency p50 {} p99 {}, {} futex wake-ups, end: {}",
-            r.id,
-            r.frames,
-            r.bad,
-            dropped,
-            fmt_ns(r.p50_ns),
-            fmt_ns(r.p99_ns),
-            r.wakes,
-            r.end.as_deref().unwrap_or("no report")
-        );
+    let mut consumers = Vec::with_capacity(reports.len());
+    for (r, &pid) in reports.iter().zip(&pids) {
+        // By pid: `r.id` is the spawn order, the producer's slots are the
+        // attach order, and the two differ whenever consumers race to attach.
+        let seen = stats.consumers.iter().find(|c| c.pid == pid);
+        let dropped = seen.map_or(r.dropped, |c| c.dropped);
         if r.bad > 0 || r.end.as_deref() != Some("closed") {
             failed = true;
         }
-        if policy == Backpressure::Block && r.frames != produced {
-            eprintln!("dmabroker demo: consumer {} received {} of {produced} frames", r.id, r.frames);
-            failed = true;
+        if interrupted.is_none() && r.end.as_deref() == Some("closed") {
+            if policy == Backpressure::Block && r.frames != produced {
+                eprintln!("dmabroker demo: consumer {} received {} of {produced} frames", r.id, r.frames);
+                failed = true;
+            }
+            if r.frames + dropped != produced {
+                eprintln!(
+                    "dmabroker demo: consumer {}: {} received + {dropped} dropped is not the {produced} produced",
+                    r.id, r.frames
+                );
+                failed = true;
+            }
+        }
+        consumers.push(ConsumerSummary {
+            id: r.id,
+            pid,
+            frames: r.frames,
+            bad: r.bad,
+            dropped,
+            delivered: seen.map(|c| c.delivered),
+            p50_ns: r.p50_ns,
+            p99_ns: r.p99_ns,
+            wakes: r.wakes,
+            end: r.end.clone(),
+        });
+    }
+    let summary = Summary {
+        result: if interrupted.is_some() && !failed {
+            "interrupted"
+        } else if failed || interrupted.is_some() {
+            "FAILED"
+        } else {
+            "ok"
+        },
+        error,
+        signal: interrupted,
+        produced,
+        elapsed_s: elapsed.as_secs_f64(),
+        fps,
+        width,
+        height,
+        format: format.to_string(),
+        frame_len,
+        source: description,
+        heap,
+        buffers: args.buffers,
+        backpressure: match policy {
+            Backpressure::Block => "block",
+            Backpressure::DropOldest => "drop-oldest",
+        },
+        dropped: stats.dropped,
+        lost_consumers: stats.lost_consumers,
+        bytes_not_copied: received.saturating_mul(frame_len),
+        consumers,
+    };
+    if args.json {
+        crate::output::print_json(&summary)?;
+    } else {
+        print_summary(&summary)?;
+    }
+    Ok(match interrupted {
+        Some(signal) if !failed => signal_exit(signal),
+        _ if failed => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+fn print_summary(s: &Summary) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    writeln!(
+        text,
+        "{} frames of {}x{} {} ({}) in {:.2} s: {:.1} fps; source: {}",
+        s.produced,
+        s.width,
+        s.height,
+        s.format,
+        format_size(s.frame_len),
+        s.elapsed_s,
+        s.fps,
+        s.source
+    )?;
+    for c in &s.consumers {
+        writeln!(
+            text,
+            "consumer {}: {} frames, {} checksum mismatches, {} dropped, latency p50 {} p99 {}, {} futex wake-ups, end: {}",
+            c.id,
+            c.frames,
+            c.bad,
+            c.dropped,
+            fmt_ns(c.p50_ns),
+            fmt_ns(c.p99_ns),
+            c.wakes,
+            c.end.as_deref().unwrap_or("no report")
+        )?;
+    }
+    let deliveries = s.consumers.iter().map(|c| c.frames).sum::<u64>();
+    writeln!(
+        text,
+        "bytes not copied: {} ({deliveries} deliveries of {} each); frames dropped by backpressure: {}",
+        format_size(s.bytes_not_copied),
+        format_size(s.frame_len),
+        s.dropped
+    )?;
+    writeln!(text, "result: {}", s.result)?;
+    crate::output::emit(&text)
+}
+
+/// The exit status of a run stopped by `signal`: 128 + its number, as a shell reports it.
+fn signal_exit(signal: usize) -> ExitCode {
+    ExitCode::from(u8::try_from(128 + signal).unwrap_or(u8::MAX))
+}
+
+/// Kill and reap consumer processes (setup failed or was interrupted).
+fn reap(children: &mut Vec<Child>) {
+    for c in children.iter_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    children.clear();
+}
+
+/// Fails when every consumer is gone: nobody would see the frames.
+fn ensure_consumers(producer: &Producer) -> anyhow::Result<()> {
+    if producer.attached() == 0 {
+        let lost = producer.stats().lost_consumers;
+        anyhow::bail!("every consumer is gone ({lost} lost): stopping instead of streaming to nobody");
+    }
+    Ok(())
+}
+
+/// Get a free buffer (waiting in slices, so that a signal or the loss of
+/// every consumer ends the wait) and hand it to `use_slot`. `Ok(None)`: a
+/// signal asked to stop.
+fn with_free_slot<T>(
+    producer: &mut Producer,
+    stop: &Stop,
+    use_slot: impl FnOnce(WriteSlot<'_>) -> anyhow::Result<T>,
+) -> anyhow::Result<Option<T>> {
+    let started = Instant::now();
+    loop {
+        if stop.signal().is_some() {
+            return Ok(None);
+        }
+        match producer.acquire(Some(SLICE)) {
+            Ok(slot) => return use_slot(slot).map(Some),
+            Err(AcquireError::Timeout(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Starved: every consumer holds every buffer (or none is left).
+        ensure_consumers(producer)?;
+        if started.elapsed() >= ACQUIRE_LIMIT {
+            return Err(AcquireError::Timeout(ACQUIRE_LIMIT).into());
         }
     }
-    println!(
-        "bytes not copied: {} ({} deliveries of {} each); frames dropped by backpressure: {}",
-        format_size(received * frame_len),
-        received,
-        format_size(frame_len),
-        stats.dropped
-    );
-    println!("result: {}", if failed { "FAILED" } else { "ok" });
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Sleep until `due`, in slices; false when a signal asked to stop.
+fn sleep_until(due: Instant, stop: &Stop) -> bool {
+    loop {
+        if stop.signal().is_some() {
+            return false;
+        }
+        match due.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => std::thread::sleep(left.min(SLICE)),
+            _ => return true,
+        }
+    }
 }
 
 /// The producer writes each frame: the test pattern, then its checksum.
@@ -692,30 +1075,36 @@ fn produce_synthetic(
     args: &DemoArgs,
     producer: &mut Producer,
     live: &Live,
-    width: usize,
-    height: usize,
-    frame_len: u64,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let period = (args.fps > 0.0).then(|| Duration::from_secs_f64(1.0 / args.fps));
+    stop: &Stop,
+    period: Option<Duration>,
+    (width, height, frame_len): (usize, usize, u64),
+) -> anyhow::Result<Ended> {
+    let mut due = Instant::now();
     for n in 0..args.frames {
-        let mut slot = producer.acquire(Some(Duration::from_secs(30)))?;
-        let sum = {
-            let mut w = slot.mapping().begin_write()?;
-            let frame = &mut w[..frame_len as usize];
-            test_pattern(frame, width, height, n);
-            checksum(frame)
-        };
-        slot.submit(FrameMeta::new(frame_len).meta(sum))?;
+        let written = with_free_slot(producer, stop, |mut slot| {
+            let sum = {
+                let mut w = slot.mapping().begin_write()?;
+                let frame = &mut w[..frame_len as usize];
+                test_pattern(frame, width, height, n);
+                checksum(frame)
+            };
+            slot.submit(FrameMeta::new(frame_len).meta(sum))?;
+            Ok(())
+        })?;
+        if written.is_none() {
+            return Ok(Ended::Interrupted);
+        }
         live.produced.fetch_add(1, Ordering::Relaxed);
+        // acquire() noticed the dead ones (its maintenance runs every 10 ms).
+        ensure_consumers(producer)?;
         if let Some(p) = period {
-            let due = started + p * (n as u32 + 1);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
+            due = due.checked_add(p).unwrap_or(due);
+            if !sleep_until(due, stop) {
+                return Ok(Ended::Interrupted);
             }
         }
     }
-    Ok(())
+    Ok(Ended::Complete)
 }
 
 /// Longest wait for the device's next frame (vivid under emulation is slow).
@@ -725,7 +1114,13 @@ const CAPTURE_TIMEOUT: Duration = Duration::from_secs(20);
 /// device (QBUF), each captured one (DQBUF) is checksummed under a CPU read
 /// guard and handed to the consumers; once they all released it, it is free
 /// in the pool again and goes back to the device.
-fn produce_v4l2(args: &DemoArgs, producer: &mut Producer, live: &Live, source: &V4l2Source) -> anyhow::Result<()> {
+fn produce_v4l2(
+    args: &DemoArgs,
+    producer: &mut Producer,
+    live: &Live,
+    stop: &Stop,
+    source: &V4l2Source,
+) -> anyhow::Result<Ended> {
     let nbuf = producer.options().buffers as u32;
     let mut queue = source.dev.request_buffers(source.buf_type, Memory::DmaBuf, nbuf)?;
     if queue.count() < nbuf {
@@ -735,7 +1130,7 @@ fn produce_v4l2(args: &DemoArgs, producer: &mut Producer, live: &Live, source: &
     let length = |p: &Producer| -> u32 { p.buffers().next().map_or(0, |b| u32::try_from(b.len()).unwrap_or(u32::MAX)) };
     let length = length(producer);
     let mut in_device = 0u32;
-    while in_device < nbuf && lend(producer, &queue, length, false)? {
+    while in_device < nbuf && lend(producer, &queue, length, None)? {
         in_device += 1;
     }
     queue.stream_on()?;
@@ -743,6 +1138,10 @@ fn produce_v4l2(args: &DemoArgs, producer: &mut Producer, live: &Live, source: &
     // only a few there; blocking pools give it every free buffer.
     let floor = nbuf.min(2);
     for n in 0..args.frames {
+        if stop.signal().is_some() {
+            queue.stream_off()?;
+            return Ok(Ended::Interrupted);
+        }
         let d = queue.dequeue(Some(CAPTURE_TIMEOUT)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         in_device -= 1;
         let mut slot = producer
@@ -757,33 +1156,43 @@ fn produce_v4l2(args: &DemoArgs, producer: &mut Producer, live: &Live, source: &
         let flags = if d.error { FrameFlags::ERROR } else { FrameFlags::empty() };
         slot.submit(FrameMeta::new(used).meta(sum).flags(flags))?;
         live.produced.fetch_add(1, Ordering::Relaxed);
+        // Nobody left to stream to: stop (the maintenance in acquire, run
+        // by lend, keeps `attached` current).
+        producer.maintain_now();
+        ensure_consumers(producer)?;
         let wanted = u32::try_from(args.frames - n - 1).unwrap_or(u32::MAX).min(nbuf);
-        while in_device < wanted.min(floor) && lend(producer, &queue, length, true)? {
+        while in_device < wanted.min(floor) && lend(producer, &queue, length, Some(stop))? {
             in_device += 1;
         }
         if policy_blocks(producer) {
-            while in_device < wanted && lend(producer, &queue, length, false)? {
+            while in_device < wanted && lend(producer, &queue, length, None)? {
                 in_device += 1;
             }
         }
     }
     queue.stream_off()?;
-    Ok(())
+    Ok(Ended::Complete)
 }
 
-/// Lend one free buffer to the device (QBUF). `wait`: block (or drop the
-/// oldest unread frame, per the backpressure policy) until one is free;
-/// else take only what is free now. Returns whether one was lent.
-fn lend(producer: &mut Producer, queue: &Queue<'_>, length: u32, wait: bool) -> anyhow::Result<bool> {
-    let slot = match producer.acquire(Some(if wait { Duration::from_secs(30) } else { Duration::ZERO })) {
-        Ok(slot) => slot,
-        Err(AcquireError::Timeout(_)) if !wait => return Ok(false),
-        Err(e) => return Err(e.into()),
-    };
+/// Lend one free buffer to the device (QBUF). `wait` (with the run's stop
+/// signal): block (or drop the oldest unread frame, per the backpressure
+/// policy) until one is free; else take only what is free now. Returns
+/// whether one was lent (false also when a signal ended the wait).
+fn lend(producer: &mut Producer, queue: &Queue<'_>, length: u32, wait: Option<&Stop>) -> anyhow::Result<bool> {
     // On error the slot drops unsubmitted: the buffer goes back to the pool.
-    queue.queue_dmabuf(slot.index(), &[slot.buffer().as_fd()], &[length])?;
-    slot.lend();
-    Ok(true)
+    let queue_it = |slot: WriteSlot<'_>| -> anyhow::Result<()> {
+        queue.queue_dmabuf(slot.index(), &[slot.buffer().as_fd()], &[length])?;
+        slot.lend();
+        Ok(())
+    };
+    match wait {
+        Some(stop) => Ok(with_free_slot(producer, stop, queue_it)?.is_some()),
+        None => match producer.acquire(Some(Duration::ZERO)) {
+            Ok(slot) => queue_it(slot).map(|()| true),
+            Err(AcquireError::Timeout(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        },
+    }
 }
 
 fn policy_blocks(producer: &Producer) -> bool {
@@ -801,18 +1210,26 @@ fn spawn_consumer(id: u32, transport: &DemoTransport, frames: u64) -> anyhow::Re
 }
 
 /// The live status line: ~4 times a second on a terminal, once a second
-/// as plain lines otherwise (logs, CI).
-fn status_loop(live: &Live, stop: &std::sync::atomic::AtomicBool, frame_len: u64) {
+/// as plain lines otherwise (logs, CI). The fps of each line counts the
+/// frames of its interval over the time frames were produced in it (the
+/// last interval ends when production ended, not at the tick).
+fn status_loop(live: &Live, done: &AtomicBool, frame_len: u64, started: Instant) {
     let tty = std::io::stderr().is_terminal();
     let every = if tty { Duration::from_millis(250) } else { Duration::from_secs(1) };
-    let mut last = (Instant::now(), 0u64);
+    let mut last = (started, 0u64);
     let mut printed = false;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(every);
+    while !done.load(Ordering::Relaxed) {
+        // Sleep in slices: a run that ends early prints its last line at once.
+        let tick = last.0 + every;
+        while Instant::now() < tick && live.finished_at(started).is_none() && !done.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(10).min(tick.saturating_duration_since(Instant::now())));
+        }
+        let finished = live.finished_at(started);
         let produced = live.produced.load(Ordering::Relaxed);
-        let now = Instant::now();
-        let fps = (produced - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-9);
-        last = (now, produced);
+        let end = finished.unwrap_or_else(Instant::now).max(last.0);
+        let span = end.duration_since(last.0).as_secs_f64();
+        let fps = if span > 0.0 { produced.saturating_sub(last.1) as f64 / span } else { 0.0 };
+        last = (end, produced);
         let reports = live.reports.lock().map(|r| r.clone()).unwrap_or_default();
         let p50 = reports.iter().map(|r| r.p50_ns).max().unwrap_or(0);
         let p99 = reports.iter().map(|r| r.p99_ns).max().unwrap_or(0);
@@ -821,7 +1238,7 @@ fn status_loop(live: &Live, stop: &std::sync::atomic::AtomicBool, frame_len: u64
             "frames {produced}  {fps:6.1} fps  handoff latency p50 {} p99 {}  not copied {}",
             fmt_ns(p50),
             fmt_ns(p99),
-            format_size(received * frame_len)
+            format_size(received.saturating_mul(frame_len))
         );
         if tty {
             eprint!("\r\x1b[K{line}");
@@ -829,6 +1246,9 @@ fn status_loop(live: &Live, stop: &std::sync::atomic::AtomicBool, frame_len: u64
             eprintln!("{line}");
         }
         printed = true;
+        if finished.is_some() {
+            break;
+        }
     }
     if tty && printed {
         eprintln!();
@@ -846,6 +1266,35 @@ mod tests {
         assert!(parse_wh("0x0").is_err());
         assert!(parse_wh("axb").is_err());
         assert!(parse_wh("1920").is_err());
+    }
+
+    #[test]
+    fn histogram_percentiles_are_close_in_fixed_memory() {
+        let mut h = LatencyHistogram::new();
+        assert_eq!(h.p50_p99(), (0, 0));
+        let mut exact: Vec<u64> = (1..=10_000u64).map(|i| i * i % 1_000_003 + 7).collect();
+        for &v in &exact {
+            h.record(v);
+        }
+        let (p50, p99) = h.p50_p99();
+        let (e50, e99) = p50_p99(&mut exact);
+        for (got, want) in [(p50, e50), (p99, e99)] {
+            let err = got.abs_diff(want) as f64 / want as f64;
+            assert!(err < 1.0 / 16.0, "{got} vs {want}");
+        }
+        // Small values are exact; extreme ones neither panic nor overflow.
+        let mut small = LatencyHistogram::new();
+        for v in [3, 3, 3, 9] {
+            small.record(v);
+        }
+        assert_eq!(small.p50_p99(), (3, 9));
+        let mut big = LatencyHistogram::new();
+        big.record(u64::MAX);
+        big.record(0);
+        assert!(big.quantile(1.0) >= u64::MAX - u64::MAX / 16, "{}", big.quantile(1.0));
+        assert_eq!(big.quantile(0.0), 0);
+        big.clear();
+        assert_eq!(big.p50_p99(), (0, 0));
     }
 
     #[test]

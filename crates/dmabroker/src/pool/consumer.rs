@@ -1,5 +1,5 @@
 //! The consumer side: attaches once, then takes frames from its ring and
-//! releases them.
+//! releases them, one at a time ([`Frame`]) or several at once ([`KeptFrame`]).
 
 use super::error::{AttachError, AttachFd, PoolError};
 use super::layout::{Control, Geometry, SLOT_ACTIVE, STREAM_CLOSED};
@@ -11,8 +11,13 @@ use rustix::io::Errno;
 use rustix::thread::futex;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// The identity of the next attachment in this process: every
+/// [`Consumer`] gets its own, never reused, so a [`KeptFrame`] names the
+/// one attachment it came from.
+static NEXT_ATTACHMENT: AtomicU64 = AtomicU64::new(1);
 
 /// How often a waiting consumer checks that the producer is still alive.
 const HEALTH_NS: u64 = 50_000_000;
@@ -88,6 +93,9 @@ pub struct Consumer {
     /// time it gives the slot to a consumer, so a slot taken from us and
     /// handed to another is not mistaken for ours.
     generation: u32,
+    /// This attachment's identity in the process ([`NEXT_ATTACHMENT`]):
+    /// what a [`KeptFrame`] is checked against.
+    attachment: u64,
 }
 
 impl Consumer {
@@ -209,7 +217,8 @@ impl Consumer {
         // The producer bumped the generation before sending the welcome we
         // just read (if it evicted us since, `recv` says so).
         let generation = ctl.slot_generation(slot).load(Ordering::Acquire);
-        Ok(Self { ctl, socket, slot, maps, wait: options.wait, held: 0, last_health: now_ns(), generation })
+        let attachment = NEXT_ATTACHMENT.fetch_add(1, Ordering::Relaxed);
+        Ok(Self { ctl, socket, slot, maps, wait: options.wait, held: 0, last_health: now_ns(), generation, attachment })
     }
 
     /// Whether the slot is still ours and receiving: not evicted, not freed
@@ -247,6 +256,67 @@ impl Consumer {
     /// Wake-ups the producer spent on this consumer.
     pub fn wakes(&self) -> u64 {
         self.ctl.slot_wakes(self.slot).load(Ordering::Relaxed)
+    }
+
+    /// Buffers this consumer holds now: the frame being read plus every
+    /// [`KeptFrame`] not yet released (dropped ones included; after an
+    /// eviction, until they are released).
+    pub fn held_count(&self) -> usize {
+        self.held.count_ones() as usize
+    }
+
+    /// Whether `frame` was received by this attachment (the only consumer
+    /// that can read or release it).
+    pub fn owns(&self, frame: &KeptFrame) -> bool {
+        frame.attachment == self.attachment
+    }
+
+    /// The buffer of a kept frame (to import it into a device).
+    ///
+    /// # Errors
+    /// [`KeptError::Foreign`] when another consumer (or an earlier
+    /// attachment) received `frame`.
+    pub fn kept_buffer(&self, frame: &KeptFrame) -> Result<&Buffer, KeptError> {
+        self.check_owner(frame)?;
+        Ok(self.maps[frame.info.index as usize].buffer())
+    }
+
+    /// Begin CPU reads of a kept frame's buffer, as [`Frame::read`] does.
+    /// Several kept frames can be read one after the other; the guard
+    /// borrows the consumer, so one guard at a time.
+    ///
+    /// # Errors
+    /// [`KeptError::Foreign`]; [`KeptError::Evicted`] when the producer
+    /// took the buffer back (the release timeout passed: it may hold
+    /// another frame now); [`KeptError::Sync`] when the sync ioctl fails.
+    pub fn read_kept(&mut self, frame: &KeptFrame) -> Result<CpuRead<'_>, KeptError> {
+        self.check_owner(frame)?;
+        if !self.active() {
+            return Err(KeptError::Evicted);
+        }
+        Ok(self.maps[frame.info.index as usize].begin_read()?)
+    }
+
+    /// Give a kept frame's buffer back to the producer. Also succeeds after
+    /// an eviction (the producer already took the buffer back).
+    ///
+    /// # Errors
+    /// [`ForeignFrame`], holding `frame` again, when another consumer (or
+    /// an earlier attachment) received it: nothing is released.
+    pub fn release_kept(&mut self, frame: KeptFrame) -> Result<(), ForeignFrame> {
+        if !self.owns(&frame) {
+            return Err(ForeignFrame(frame));
+        }
+        self.release(frame.info.index);
+        Ok(())
+    }
+
+    fn check_owner(&self, frame: &KeptFrame) -> Result<(), KeptError> {
+        if self.owns(frame) {
+            Ok(())
+        } else {
+            Err(KeptError::Foreign { index: frame.info.index })
+        }
     }
 
     /// The next frame. Frames already handed off are always delivered before
@@ -322,6 +392,14 @@ impl Consumer {
         let g = self.ctl.geometry();
         if e.index >= g.nbuf {
             return Err(PoolError::Corrupt("buffer index out of range"));
+        }
+        // A buffer we still hold (a kept frame) is never handed off again by
+        // a producer that follows the protocol: refuse it, and leave the
+        // claim to the frame that has it. So a held buffer has exactly one
+        // frame, whose reads no other frame's can alias (the C API keeps a
+        // read guard per kept frame on that promise).
+        if self.held & (1 << e.index) != 0 {
+            return Err(PoolError::Corrupt("a buffer this consumer still holds was handed off again"));
         }
         // From here the entry names a buffer we hold: every error path must
         // release it, or the claim stays until we are evicted for it.
@@ -424,7 +502,8 @@ fn check_buffer(buffer: &Buffer, index: usize, frame_len: u64) -> Result<(), Att
     Ok(())
 }
 
-/// A received frame; the buffer goes back to the producer when it drops.
+/// A received frame; the buffer goes back to the producer when it drops,
+/// unless [`Frame::keep`] detaches it to hold several at once.
 #[derive(Debug)]
 pub struct Frame<'c> {
     consumer: &'c mut Consumer,
@@ -465,7 +544,98 @@ impl Frame<'_> {
 
     /// Give the buffer back now (same as dropping the frame).
     pub fn release(self) {}
+
+    /// Keep the frame past this borrow of the consumer, so that the next
+    /// [`Consumer::recv`] can run while the buffer stays held. Read it with
+    /// [`Consumer::read_kept`], give it back with [`Consumer::release_kept`].
+    /// A sync_file not taken yet goes with it.
+    pub fn keep(mut self) -> KeptFrame {
+        let kept =
+            KeptFrame { attachment: self.consumer.attachment, info: self.info, sync_file: self.sync_file.take() };
+        // The buffer stays held: skip the release in `Drop`. Nothing else
+        // in the frame needs dropping (a reference, plain data, `None`).
+        std::mem::forget(self);
+        kept
+    }
 }
+
+/// A frame detached from the borrow of its [`Consumer`] by [`Frame::keep`]:
+/// its buffer stays held (the producer cannot reuse it) until
+/// [`Consumer::release_kept`].
+///
+/// It names the attachment that received it: the consumer methods that
+/// take it refuse a kept frame of another consumer, or of an earlier
+/// attachment of the same process ([`KeptError::Foreign`], [`ForeignFrame`]).
+///
+/// Dropping it does **not** release the buffer (no reference to the
+/// consumer is kept): the buffer stays held until the consumer is dropped,
+/// or until the producer evicts the consumer for holding it past
+/// [`PoolOptions::release_timeout`](super::PoolOptions::release_timeout).
+#[derive(Debug)]
+#[must_use = "a kept frame holds its buffer until Consumer::release_kept (dropping it does not release it)"]
+pub struct KeptFrame {
+    attachment: u64,
+    info: FrameInfo,
+    sync_file: Option<OwnedFd>,
+}
+
+impl KeptFrame {
+    /// What the producer said about it.
+    pub fn info(&self) -> &FrameInfo {
+        &self.info
+    }
+
+    /// The frame's sync_file, when the producer exported one and the
+    /// consumer asked for them ([`ConsumerOptions::want_sync_files`]).
+    pub fn take_sync_file(&mut self) -> Option<OwnedFd> {
+        self.sync_file.take()
+    }
+}
+
+/// Why a [`KeptFrame`] could not be used with a consumer.
+#[derive(Debug, thiserror::Error)]
+pub enum KeptError {
+    /// The frame was received by another consumer, or by an earlier
+    /// attachment: only the consumer that received it can use it.
+    #[error(
+        "the kept frame of buffer {index} belongs to another consumer attachment: use the consumer that received it"
+    )]
+    Foreign {
+        /// The frame's buffer index.
+        index: u32,
+    },
+    /// The producer evicted this consumer and took the buffer back: it
+    /// may hold another frame now.
+    #[error("evicted by the producer: the kept frame was held longer than the pool's release timeout")]
+    Evicted,
+    /// CPU access could not begin.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+}
+
+/// [`Consumer::release_kept`] was given a frame another consumer (or an
+/// earlier attachment) received; the frame is handed back untouched.
+#[derive(Debug)]
+pub struct ForeignFrame(pub KeptFrame);
+
+impl ForeignFrame {
+    /// The kept frame, to release on the consumer that received it.
+    pub fn into_frame(self) -> KeptFrame {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ForeignFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the kept frame of buffer {} belongs to another consumer attachment: release it on the consumer that received it",
+            self.0.info.index
+        )
+    }
+}
+
+impl std::error::Error for ForeignFrame {}
 
 impl Drop for Frame<'_> {
     fn drop(&mut self) {

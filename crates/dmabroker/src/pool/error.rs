@@ -57,6 +57,16 @@ pub enum CreateError {
         #[source]
         source: Errno,
     },
+    /// A memfd buffer could not be reopened read-only for consumers
+    /// (`open("/proc/self/fd/N", O_RDONLY)`: is /proc mounted?).
+    #[error("reopening pool buffer {index} read-only for consumers (/proc/self/fd: is /proc mounted?): {source}")]
+    ReadOnlyFd {
+        /// Which buffer.
+        index: usize,
+        /// The errno.
+        #[source]
+        source: Errno,
+    },
     /// Binding the attach socket failed.
     #[error(transparent)]
     Listen(#[from] super::ListenError),
@@ -128,7 +138,10 @@ pub enum AttachError {
     #[error("the peer hung up during the attach handshake")]
     HungUp,
     /// No answer in time.
-    #[error("the peer did not answer the attach handshake within {0:?}")]
+    #[error(
+        "the producer did not service the attach handshake within {0:?}: it is busy, or not calling \
+         acquire/wait_for_consumers/maintain_now (handshakes run only inside those calls)"
+    )]
     Timeout(std::time::Duration),
     /// A received fd could change size: a memfd without `F_SEAL_SHRINK` and
     /// `F_SEAL_GROW` (or a file that cannot be sealed at all). Whoever holds

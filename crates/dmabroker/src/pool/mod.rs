@@ -54,6 +54,55 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Holding several frames
+//! A [`Frame`] borrows its consumer, so it must go before the next
+//! [`Consumer::recv`]. To hold several buffers at once (a reorder window,
+//! a frame compared with the previous ones, a device still scanning one
+//! out), detach a frame with [`Frame::keep`]: the [`KeptFrame`] keeps its
+//! buffer held while the consumer receives more. Read it with
+//! [`Consumer::read_kept`] (or import [`Consumer::kept_buffer`] into a
+//! device) and give it back with [`Consumer::release_kept`];
+//! [`Consumer::held_count`] says how many buffers the consumer holds.
+//!
+//! ```no_run
+//! use dmabroker::pool::{Consumer, WaitMode};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut consumer = Consumer::connect("/tmp/camera.pool", WaitMode::default())?;
+//! let older = consumer.recv(None)?.keep();
+//! let newer = consumer.recv(None)?.keep();
+//! // One read guard at a time: each ends with its statement.
+//! let now = consumer.read_kept(&newer)?[0];
+//! let before = consumer.read_kept(&older)?[0];
+//! println!("{} ({} buffers held)", now.wrapping_sub(before), consumer.held_count());
+//! consumer.release_kept(older)?;
+//! consumer.release_kept(newer)?;
+//! # Ok(()) }
+//! ```
+//!
+//! The rules:
+//! - A held buffer is never reused or overwritten: the producer hands it
+//!   out again only after every holder released it, and drop-oldest takes
+//!   back only frames no consumer has received yet, never a kept one.
+//! - A kept frame names the attachment that received it. The consumer
+//!   methods refuse one from another consumer, or from an earlier
+//!   attachment in the same process ([`KeptError::Foreign`];
+//!   [`ForeignFrame`] hands the frame back), so it cannot release a
+//!   buffer it does not hold.
+//! - Dropping a [`KeptFrame`] does **not** release its buffer (it has no
+//!   reference to its consumer). The buffer stays held until the consumer
+//!   is dropped, or until the producer evicts the consumer for holding it
+//!   past the release timeout.
+//! - [`PoolOptions::release_timeout`] runs per buffer, from its hand-off:
+//!   keeping a frame longer than that gets the consumer evicted
+//!   ([`PoolError::Evicted`] from `recv`, [`KeptError::Evicted`] from
+//!   `read_kept`), whatever it does with its other frames.
+//! - Every frame kept is a buffer the producer cannot fill. A consumer that
+//!   keeps all of them stalls a [`Backpressure::Block`] producer (and with
+//!   it every other consumer) until it releases one or is evicted; under
+//!   [`Backpressure::DropOldest`] the producer only drops frames not yet
+//!   received and waits when there are none. Keep fewer frames than the
+//!   pool has buffers, and size pools for the frames consumers keep.
+//!
 //! # Handoff and wake-up
 //! The producer writes the entry, then stores the ring's `head` (SeqCst) and
 //! reads the consumer's `waiting` word; the consumer sets `waiting` (SeqCst)
@@ -139,7 +188,13 @@
 //!
 //! Trust: every attached consumer maps the control block read-write; a
 //! consumer can disturb the stream for others but cannot reach the
-//! producer's memory outside the pool.
+//! producer's memory outside the pool. Frame buffers of memfd (and hugetlb)
+//! pools reach consumers as `O_RDONLY` fds, so a consumer's bug cannot
+//! change a frame the others read (a hostile process of the same user could
+//! still reopen the memfd read-write through /proc: this guards against
+//! mistakes, not attacks). A dma-buf fd cannot be reopened read-only, and a
+//! device import can write it anyway: consumers of dma-buf pools are
+//! trusted not to write.
 
 mod consumer;
 mod error;
@@ -147,7 +202,7 @@ pub(crate) mod layout;
 mod producer;
 pub mod transport;
 
-pub use consumer::{Consumer, ConsumerOptions, Frame, FrameInfo, WaitMode};
+pub use consumer::{Consumer, ConsumerOptions, ForeignFrame, Frame, FrameInfo, KeptError, KeptFrame, WaitMode};
 pub use error::{AcquireError, AttachError, AttachFd, CreateError, PoolAllocError, PoolError, SubmitError};
 pub use layout::{MAX_BUFFERS, MAX_CONSUMERS};
 pub use producer::{ConsumerStats, PoolStats, Producer, WriteSlot};

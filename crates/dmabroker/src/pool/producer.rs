@@ -1,9 +1,13 @@
 //! The producer side: owns the buffers and the control block, accepts
 //! consumers, hands off frames, watches consumers' health.
+//!
+//! The producer is single-threaded by design: it services attach
+//! handshakes, health checks and evictions only from inside its own calls
+//! (see [`Producer`]).
 
 use super::error::{AcquireError, AttachError, CreateError, PoolAllocError, SubmitError};
 use super::layout::{Control, Entry, Geometry, PRODUCER_BIT, SLOT_ACTIVE, SLOT_EVICTED, SLOT_FREE, STREAM_CLOSED};
-use super::transport::{self, PoolListener};
+use super::transport::{self, PoolListener, HELLO_TIMEOUT_NS};
 use super::{now_ns, timespec, Backpressure, FrameFlags, FrameMeta, PoolOptions};
 use crate::buffer::{Buffer, BufferKind, BufferMapping};
 use crate::constraints::{Choice, Constraints};
@@ -12,7 +16,7 @@ use crate::heap::{AllocRequest, Heaps};
 use dmabroker_sys::mmap::{Mapping, Protection};
 use rustix::io::Errno;
 use rustix::thread::futex;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -22,8 +26,6 @@ use std::time::Duration;
 const MAINTENANCE_NS: u64 = 10_000_000;
 /// Longest single futex sleep while starved: health checks run between sleeps.
 const STARVED_SLICE: Duration = Duration::from_millis(10);
-/// A connection that has not said HELLO after this long is dropped.
-const HELLO_TIMEOUT_NS: u64 = 5_000_000_000;
 
 #[derive(Debug)]
 struct Conn {
@@ -38,6 +40,10 @@ struct Conn {
 struct Pending {
     socket: OwnedFd,
     since: u64,
+    /// REFUSED(closed) was sent: kept only until its HELLO is read (closing
+    /// a socket with unread data would reset the peer before it reads the
+    /// answer), it hangs up, or the HELLO timeout.
+    refused: bool,
 }
 
 /// Counters of one attached consumer.
@@ -76,11 +82,50 @@ pub struct PoolStats {
 }
 
 /// The producing end of a pool.
+///
+/// # Threading and attach handshakes
+/// A producer is single-threaded by design: nothing runs behind the
+/// caller's back. Consumers that connect to [`Producer::listen`]'s socket
+/// (or sockets given to [`Producer::attach`]) wait in the listen backlog
+/// until the producer services them, which happens only inside
+/// [`Producer::acquire`] (every 10 ms while frames flow, at once when
+/// starved), [`Producer::wait_for_consumers`] and [`Producer::maintain_now`].
+/// A consumer's attach therefore fails with [`super::AttachError::Timeout`]
+/// (after [`super::ConsumerOptions::attach_timeout`], 5 s by default) when
+/// the producer calls none of these for that long (it idles between frames,
+/// or is blocked elsewhere): call [`Producer::maintain_now`] periodically
+/// while idle. Health checks and evictions run at the same points.
+///
+/// After [`Producer::close`] the listener stays open until the producer is
+/// dropped, and connections are answered with "closed"
+/// ([`super::AttachError::Closed`]): those waiting at close at once, later
+/// ones at the next [`Producer::acquire`] (which then fails with
+/// [`AcquireError::Closed`]), [`Producer::wait_for_consumers`],
+/// [`Producer::maintain_now`], or when the producer is dropped. Sockets given
+/// to [`Producer::attach`] after close are answered at once.
+///
+/// # What consumers can do with the buffers
+/// Memfd (and hugetlb memfd) buffers go to consumers as read-only fds: one
+/// `O_RDONLY` reopen of each buffer (`open("/proc/self/fd/N")`), made once
+/// when the pool is created. A consumer cannot map them writable
+/// ([`MapError::ReadOnly`](crate::buffer::MapError::ReadOnly)), `write()`
+/// or truncate them, so a buggy consumer cannot change a frame under the
+/// producer and the other consumers. This is a guard, not a wall against a
+/// hostile process: memfd inodes have mode 0777, so a consumer can reopen
+/// its own `/proc/self/fd/N` read-write.
+///
+/// Dma-buf buffers go to consumers read-write: a dma-buf cannot be reopened
+/// read-only, and a device that imports it may write to it whatever the fd
+/// mode. Consumers of dma-buf pools are trusted not to write.
 #[derive(Debug)]
 pub struct Producer {
     ctl: Control,
     ctl_fd: OwnedFd,
     maps: Vec<BufferMapping>,
+    /// What consumers receive for each buffer: a read-only reopen
+    /// (`O_RDONLY`) of a memfd, or `None` to send the buffer's own fd
+    /// (dma-bufs cannot be reopened read-only).
+    shared: Vec<Option<OwnedFd>>,
     options: PoolOptions,
     conns: Vec<Option<Conn>>,
     pending: Vec<Pending>,
@@ -112,6 +157,7 @@ impl Producer {
             return Err(CreateError::ZeroLength);
         }
         let mut maps = Vec::with_capacity(buffers.len());
+        let mut shared = Vec::with_capacity(buffers.len());
         for (index, buffer) in buffers.into_iter().enumerate() {
             if buffer.len() < options.buffer_len {
                 return Err(CreateError::BufferTooSmall { index, len: buffer.len(), need: options.buffer_len });
@@ -120,6 +166,12 @@ impl Producer {
             if !buffer.is_size_sealed() {
                 return Err(CreateError::Unsealed(index));
             }
+            shared.push(match buffer.kind() {
+                BufferKind::DmaBuf => None,
+                BufferKind::Memfd | BufferKind::HugetlbMemfd => {
+                    Some(reopen_read_only(&buffer).map_err(|source| CreateError::ReadOnlyFd { index, source })?)
+                }
+            });
             maps.push(buffer.map_read_write().map_err(|source| CreateError::Map { index, source })?);
         }
         let nbuf = maps.len() as u32;
@@ -139,6 +191,7 @@ impl Producer {
             ctl,
             ctl_fd,
             maps,
+            shared,
             options: options.clone(),
             conns,
             pending: Vec::new(),
@@ -254,10 +307,18 @@ impl Producer {
         self.choice.as_ref()
     }
 
-    /// Accept consumers on a socket at `path` (handshakes run between frames).
+    /// Accept consumers on a socket at `path`. Handshakes run only inside
+    /// [`Producer::acquire`], [`Producer::wait_for_consumers`] and
+    /// [`Producer::maintain_now`] (see [`Producer`]). A stale socket file of
+    /// a dead producer is replaced; any other file at `path` is left alone
+    /// and refused. The socket file is removed when the producer is dropped
+    /// (if it is still the one this call created).
     ///
     /// # Errors
-    /// [`super::ListenError`].
+    /// [`super::ListenError`]: a live process listens there
+    /// ([`AddressInUse`](super::ListenError::AddressInUse)), a regular file,
+    /// FIFO, directory... is there ([`NotASocket`](super::ListenError::NotASocket)),
+    /// an empty path ([`InvalidPath`](super::ListenError::InvalidPath)), ...
     pub fn listen(&mut self, path: impl AsRef<Path>) -> Result<&Path, super::ListenError> {
         let listener = PoolListener::bind(path)?;
         Ok(self.listener.insert(listener).path())
@@ -265,19 +326,30 @@ impl Producer {
 
     /// Take a connected `SOCK_SEQPACKET` socket whose other end belongs to a
     /// consumer (from [`super::socket_pair`], a broker, ...). The handshake
-    /// completes during the next [`Producer::acquire`] or [`Producer::wait_for_consumers`].
+    /// completes during the next [`Producer::acquire`],
+    /// [`Producer::wait_for_consumers`] or [`Producer::maintain_now`]; after
+    /// [`Producer::close`] the consumer is told "closed" at once.
     ///
     /// # Errors
     /// [`AttachError::Os`] when the socket cannot be made non-blocking.
     pub fn attach(&mut self, socket: OwnedFd) -> Result<(), AttachError> {
         rustix::io::ioctl_fionbio(&socket, true).map_err(|source| AttachError::Os { op: "FIONBIO", source })?;
-        self.pending.push(Pending { socket, since: now_ns() });
+        let refused = self.closed;
+        if refused {
+            transport::refuse_closed(socket.as_fd());
+        }
+        self.pending.push(Pending { socket, since: now_ns(), refused });
         Ok(())
     }
 
     /// Accept and health-check consumers until `n` are attached.
-    /// Returns whether `n` were reached within `timeout`.
+    /// Returns whether `n` were reached within `timeout` (at once after
+    /// [`Producer::close`]: no consumer can attach any more).
     pub fn wait_for_consumers(&mut self, n: usize, timeout: Duration) -> bool {
+        if self.closed {
+            self.service_connections(now_ns());
+            return self.attached() >= n;
+        }
         let deadline = now_ns().saturating_add(nanos(timeout));
         loop {
             self.maintain(now_ns());
@@ -314,6 +386,8 @@ impl Producer {
     /// [`AcquireError::Closed`] after [`Producer::close`].
     pub fn acquire(&mut self, timeout: Option<Duration>) -> Result<WriteSlot<'_>, AcquireError> {
         if self.closed {
+            // Tell consumers still connecting that the pool is closed.
+            self.service_connections(now_ns());
             return Err(AcquireError::Closed);
         }
         let start = now_ns();
@@ -524,12 +598,33 @@ impl Producer {
 
     fn maintain(&mut self, now: u64) {
         self.last_maintenance = now;
+        self.service_connections(now);
+        self.reap(now);
+    }
+
+    /// Accept new connections and answer those that said HELLO: attach
+    /// them, or refuse them (full; closed, which is answered without
+    /// waiting for the HELLO).
+    fn service_connections(&mut self, now: u64) {
         if let Some(listener) = &self.listener {
             while let Ok(Some(socket)) = listener.try_accept() {
-                self.pending.push(Pending { socket, since: now });
+                self.pending.push(Pending { socket, since: now, refused: false });
             }
         }
-        for p in std::mem::take(&mut self.pending) {
+        for mut p in std::mem::take(&mut self.pending) {
+            if self.closed && !p.refused {
+                // Answered before its HELLO is even read: the consumer
+                // finds the answer whenever it sent its HELLO.
+                transport::refuse_closed(p.socket.as_fd());
+                p.refused = true;
+            }
+            if p.refused {
+                let (open, read_hello) = transport::drain(p.socket.as_fd());
+                if open && !read_hello && now.saturating_sub(p.since) < HELLO_TIMEOUT_NS {
+                    self.pending.push(p);
+                }
+                continue;
+            }
             match transport::recv(p.socket.as_fd(), true) {
                 Ok(Some((bytes, _fds))) => match transport::decode(&bytes, Vec::new()) {
                     Ok(m) if m.kind == transport::MSG_HELLO => self.finish_attach(p.socket, &m.words),
@@ -540,7 +635,6 @@ impl Producer {
                 _ => {}
             }
         }
-        self.reap(now);
     }
 
     fn finish_attach(&mut self, socket: OwnedFd, hello: &[u64]) {
@@ -582,7 +676,10 @@ impl Producer {
             ctl_len,
         ];
         let mut fds = vec![self.ctl_fd.as_fd()];
-        fds.extend(self.maps.iter().map(|m| m.buffer().as_fd()));
+        // Read-only reopens of memfds; dma-bufs as they are.
+        fds.extend(
+            self.maps.iter().zip(&self.shared).map(|(m, ro)| ro.as_ref().map_or(m.buffer().as_fd(), AsFd::as_fd)),
+        );
         if transport::send(socket.as_fd(), &transport::encode(&words, transport::MSG_WELCOME), &fds, true).is_err() {
             self.ctl.slot_state(slot).store(SLOT_FREE, Ordering::Release);
             return;
@@ -714,6 +811,11 @@ impl Producer {
 
     /// End the stream in order: consumers receive the frames already handed
     /// off, then [`super::PoolError::Closed`]. Also done on drop.
+    ///
+    /// Consumers still in their handshake are refused with
+    /// [`super::AttachError::Closed`] now; those that connect later, while the
+    /// producer lives, at its next call that services handshakes or when it
+    /// is dropped (see [`Producer`]).
     pub fn close(&mut self) {
         if self.closed {
             return;
@@ -725,12 +827,17 @@ impl Producer {
                 let _ = futex::wake(self.ctl.head(c), futex::Flags::empty(), u32::MAX);
             }
         }
+        // Only the connections: no health check or eviction here, which
+        // could take back frames handed off before the close.
+        self.service_connections(now_ns());
     }
 }
 
 impl Drop for Producer {
     fn drop(&mut self) {
         self.close();
+        // Answer whoever connected since: "closed", not a hang-up.
+        self.service_connections(now_ns());
     }
 }
 
@@ -791,6 +898,24 @@ fn pidfd_fired(pidfd: &OwnedFd) -> bool {
     use rustix::event::{PollFd, PollFlags};
     let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
     rustix::event::poll(&mut fds, Some(&timespec(Duration::ZERO))).map_or(true, |n| n > 0)
+}
+
+/// A new open file description of a memfd buffer with `O_RDONLY`
+/// (`open("/proc/self/fd/N")`): a consumer cannot `mmap(PROT_WRITE,
+/// MAP_SHARED)`, `write()` or `ftruncate()` through it.
+fn reopen_read_only(buffer: &Buffer) -> Result<OwnedFd, Errno> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        format!("/proc/self/fd/{}", buffer.as_fd().as_raw_fd()),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    // The same file, not whatever /proc resolved to (paranoia: it is ours).
+    let (a, b) = (rustix::fs::fstat(buffer)?, rustix::fs::fstat(&fd)?);
+    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+        return Err(Errno::XDEV);
+    }
+    Ok(fd)
 }
 
 /// Iterate the set bits of a holder mask as consumer slots below `slots`

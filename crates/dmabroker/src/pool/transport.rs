@@ -71,42 +71,157 @@ pub enum ListenError {
         #[source]
         source: Errno,
     },
+    /// Something other than a socket is at the path (a regular file, a
+    /// FIFO, a directory, a symbolic link...). It is never replaced: only a
+    /// stale socket left by a dead producer is.
+    #[error("{path} is {what}, not a socket: choose another path (only a stale pool socket is ever replaced)")]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+        /// What is there: `a directory`, `a regular file`, `a FIFO`, ...
+        what: &'static str,
+    },
+    /// The path cannot name a socket file: it is empty (binding it would
+    /// autobind an abstract address no consumer could find) or holds a NUL byte.
+    #[error("invalid pool socket path {path:?}: {reason}")]
+    InvalidPath {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: &'static str,
+    },
 }
 
 /// A `SOCK_SEQPACKET` socket bound to a path, where consumers connect.
-/// Non-blocking: the producer accepts between frames. The path is removed on drop.
+/// Non-blocking: the producer accepts between frames. The path is removed on
+/// drop, but only while it is still the socket this listener created (same
+/// device and inode as at bind): a file someone put there since is left alone.
 #[derive(Debug)]
 pub struct PoolListener {
     fd: OwnedFd,
     path: PathBuf,
+    /// `(st_dev, st_ino)` of the socket file as bound.
+    identity: Option<(u64, u64)>,
+}
+
+/// What `lstat` found at a path, in words.
+fn file_kind(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_file() {
+        "a regular file"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "a file of unknown type"
+    }
+}
+
+/// `(st_dev, st_ino)` of the socket file at `path` (`lstat`: a symbolic
+/// link is not followed), `None` when there is none.
+fn socket_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    meta.file_type().is_socket().then(|| (meta.dev(), meta.ino()))
 }
 
 impl PoolListener {
     /// `socket(AF_UNIX, SOCK_SEQPACKET)` + `bind(path)` + `listen`. A stale
-    /// socket file left by a dead producer (connect refused) is replaced.
+    /// socket file left by a dead producer (`lstat` says socket, and
+    /// connecting to it is refused) is replaced; nothing else ever is.
     ///
     /// # Errors
-    /// [`ListenError::AddressInUse`] when a live process listens there.
+    /// [`ListenError::AddressInUse`] when a live process listens there;
+    /// [`ListenError::NotASocket`] when a regular file, FIFO, directory,
+    /// symbolic link... is at the path; [`ListenError::InvalidPath`] for an
+    /// empty path or one with a NUL byte; [`ListenError::PathTooLong`].
     pub fn bind(path: impl AsRef<Path>) -> Result<Self, ListenError> {
+        use std::os::unix::ffi::OsStrExt;
         let path = path.as_ref().to_path_buf();
+        let invalid = |reason| ListenError::InvalidPath { path: path.clone(), reason };
+        if path.as_os_str().is_empty() {
+            return Err(invalid("the path is empty (an unnamed socket would get an abstract address)"));
+        }
+        if path.as_os_str().as_bytes().contains(&0) {
+            return Err(invalid("the path contains a NUL byte"));
+        }
         let addr = SocketAddrUnix::new(path.as_path()).map_err(|_| ListenError::PathTooLong(path.clone()))?;
         let os = |op, source| ListenError::Os { op, path: path.clone(), source };
         let fd = seqpacket_socket(SocketFlags::NONBLOCK).map_err(|e| os("socket", e))?;
         match rustix::net::bind(&fd, &addr) {
             Ok(()) => {}
             Err(Errno::ADDRINUSE) => {
-                // Only a socket nobody listens on may be replaced.
-                if connect(&path).is_ok() {
-                    return Err(ListenError::AddressInUse(path));
-                }
-                std::fs::remove_file(&path).map_err(|_| ListenError::AddressInUse(path.clone()))?;
-                rustix::net::bind(&fd, &addr).map_err(|e| os("bind", e))?;
+                Self::replace_stale(&path)?;
+                rustix::net::bind(&fd, &addr).map_err(|e| match e {
+                    // Someone else bound it since: they are alive.
+                    Errno::ADDRINUSE => ListenError::AddressInUse(path.clone()),
+                    e => os("bind", e),
+                })?;
             }
             Err(Errno::ACCESS | Errno::PERM) => return Err(ListenError::PermissionDenied(path)),
             Err(e) => return Err(os("bind", e)),
         }
-        rustix::net::listen(&fd, 64).map_err(|e| os("listen", e))?;
-        Ok(Self { fd, path })
+        // Recorded before anything else can happen to the path: on drop,
+        // only this very file is removed.
+        let identity = socket_identity(&path);
+        if let Err(source) = rustix::net::listen(&fd, 64) {
+            // Dropped as a listener, so the file we just bound goes too.
+            drop(Self { fd, path: path.clone(), identity });
+            return Err(os("listen", source));
+        }
+        Ok(Self { fd, path, identity })
+    }
+
+    /// `bind` said EADDRINUSE: remove the file at `path` if it is a socket
+    /// nobody listens on; refuse anything else.
+    fn replace_stale(path: &Path) -> Result<(), ListenError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            // Gone in the meantime: bind again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                let source = Errno::from_io_error(&e).unwrap_or(Errno::IO);
+                return Err(ListenError::Os { op: "lstat", path: path.to_path_buf(), source });
+            }
+        };
+        let ft = meta.file_type();
+        if !std::os::unix::fs::FileTypeExt::is_socket(&ft) {
+            return Err(ListenError::NotASocket { path: path.to_path_buf(), what: file_kind(ft) });
+        }
+        match connect(path) {
+            // Only a socket whose connect is refused is stale.
+            Err(Errno::CONNREFUSED) => {}
+            Err(Errno::ACCESS | Errno::PERM) => return Err(ListenError::PermissionDenied(path.to_path_buf())),
+            Err(Errno::NOENT) => return Ok(()),
+            // Listening (or its backlog is full, EAGAIN: alive too).
+            Ok(_) | Err(Errno::AGAIN) => return Err(ListenError::AddressInUse(path.to_path_buf())),
+            Err(source) => return Err(ListenError::Os { op: "connect", path: path.to_path_buf(), source }),
+        }
+        // Still the socket we probed (not one a new producer just bound)?
+        if socket_identity(path) != Some((meta.dev(), meta.ino())) {
+            return Err(ListenError::AddressInUse(path.to_path_buf()));
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                Err(ListenError::PermissionDenied(path.to_path_buf()))
+            }
+            Err(e) => {
+                let source = Errno::from_io_error(&e).unwrap_or(Errno::IO);
+                Err(ListenError::Os { op: "unlink", path: path.to_path_buf(), source })
+            }
+        }
     }
 
     /// The socket path.
@@ -126,7 +241,11 @@ impl PoolListener {
 
 impl Drop for PoolListener {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Only the socket file we bound: a file someone replaced it with
+        // (or a new producer's socket) stays.
+        if self.identity.is_some() && socket_identity(&self.path) == self.identity {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -134,6 +253,31 @@ impl AsFd for PoolListener {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// A connection that has not said HELLO after this long is dropped.
+pub(crate) const HELLO_TIMEOUT_NS: u64 = 5_000_000_000;
+
+/// Send `REFUSED(closed)` on a connection (never blocks).
+pub(crate) fn refuse_closed(socket: BorrowedFd<'_>) {
+    let _ = send(socket, &encode(&[u64::from(REFUSED_CLOSED)], MSG_REFUSED), &[], true);
+}
+
+/// Read and discard whatever the peer sent (its HELLO), without blocking:
+/// a Unix socket closed with unread data resets its peer, which would then
+/// miss the REFUSED queued for it. Returns `(open, read_any)`: `open` is
+/// false once the peer hung up.
+pub(crate) fn drain(socket: BorrowedFd<'_>) -> (bool, bool) {
+    let mut read_any = false;
+    // Bounded: a peer that keeps sending does not keep the producer here.
+    for _ in 0..8 {
+        match recv(socket, true) {
+            Ok(Some(_)) | Err(Errno::MSGSIZE) => read_any = true,
+            Err(Errno::AGAIN) => return (true, read_any),
+            Ok(None) | Err(_) => return (false, read_any),
+        }
+    }
+    (true, read_any)
 }
 
 fn seqpacket_socket(extra: SocketFlags) -> Result<OwnedFd, Errno> {
