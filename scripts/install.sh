@@ -11,6 +11,8 @@
 #   PREFIX/lib/systemd/system/*     (from systemd/, when it exists)
 #
 # usage: scripts/install.sh --prefix DIR [--destdir DIR]
+#   --prefix DIR    where it is installed (no whitespace: systemd and pkg-config
+#                   split at it).
 #   --destdir DIR   stage under DIR (for packaging): files land in DIR/PREFIX,
 #                   while dmabroker.pc still says PREFIX.
 #
@@ -49,6 +51,15 @@ if [[ -z $prefix ]]; then
     exit 2
 fi
 prefix=$(realpath -m -- "$prefix")
+# The prefix ends up unquoted in the systemd units (ExecStart= splits its
+# command line at whitespace) and in dmabroker.pc (pkg-config splits flags at
+# whitespace): refuse what they cannot carry rather than install broken files.
+if [[ $prefix =~ [[:space:][:cntrl:]] ]]; then
+    printf 'install.sh: the prefix "%s" contains whitespace or control characters, which the
+' "$prefix" >&2
+    echo "installed systemd units (ExecStart=) and dmabroker.pc cannot carry: choose another prefix" >&2
+    exit 2
+fi
 stage=${destdir:+$(realpath -m -- "$destdir")}$prefix
 
 # Drop +crt-static (it removes cdylib support) and build for the host.

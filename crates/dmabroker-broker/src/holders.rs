@@ -113,19 +113,30 @@ pub fn scan(wanted: &HashSet<FileId>, include_self: bool) -> Scan {
         // Where kcmp cannot tell, every thread's table is read, except in the
         // broker's own process, whose fds are counted: a table read twice
         // would count twice.
-        for tid in dmabroker::accounting::threads_with_own_fd_table(pid, pid != me) {
+        // At most MAX_OWN_FD_TABLES tables are read per process and sweep
+        // (the search costs O(threads + t log t) kcmp calls): a process with
+        // more is treated like one whose fds cannot be read, so the memfds
+        // handed to its user stay charged (a capped scan never ends a
+        // charge early).
+        let tables = dmabroker::accounting::threads_with_own_fd_table(pid, pid != me);
+        let mut unreadable = !tables.complete;
+        for tid in tables.tids {
             let task = base.join("task").join(tid.to_string());
             if scan_fd_table(&mut scan, &task, pid == me, wanted) == Table::Denied {
-                if let Ok(st) = rustix::fs::stat(&base) {
-                    scan.unreadable_uids.insert(st.st_uid);
-                }
+                unreadable = true;
+            }
+        }
+        if unreadable {
+            if let Ok(st) = rustix::fs::stat(&base) {
+                scan.unreadable_uids.insert(st.st_uid);
             }
         }
         // Mappings keep the memory after the fd is closed. The broker itself
         // never maps its buffers, so its own mappings are clients' (tests).
         // Threads share the mappings (CLONE_THREAD implies CLONE_VM; tasks
-        // with their own mm are processes of their own in /proc).
-        if let Ok(maps) = std::fs::read_to_string(base.join("maps")) {
+        // with their own mm are processes of their own in /proc); when the
+        // leader has exited, its maps are empty and a live thread's are read.
+        if let Ok(maps) = dmabroker::accounting::process_maps(pid) {
             for line in maps.lines().filter(|l| l.contains("/memfd:")) {
                 if let Some(id) = parse_maps_line(line).filter(|id| wanted.contains(id)) {
                     scan.held.insert(id);
@@ -232,5 +243,139 @@ mod tests {
         assert!(scan(&wanted, true).held(&id), "a mapping holds it");
         drop(map);
         assert!(!scan(&wanted, true).held(&id));
+    }
+
+    /// A C program with `threads` threads, each in a file descriptor table
+    /// of its own (`unshare(CLONE_FILES)`), started and ready (a child
+    /// process: threads of the test process itself would copy other tests'
+    /// fds). `None` without a C compiler.
+    fn own_tables_child(threads: usize) -> Option<std::process::Child> {
+        const SRC: &str = r#"
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static int ready;
+static void *own(void *p) {
+    (void)p;
+    if (unshare(CLONE_FILES) == 0) __atomic_add_fetch(&ready, 1, __ATOMIC_SEQ_CST);
+    for (;;) pause();
+    return 0;
+}
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 0;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, 65536);
+    for (int i = 0; i < n; i++) {
+        pthread_t t;
+        if (pthread_create(&t, &a, own, 0)) return 1;
+    }
+    while (__atomic_load_n(&ready, __ATOMIC_SEQ_CST) < n) usleep(1000);
+    printf("ready\n");
+    fflush(stdout);
+    for (;;) pause();
+}
+"#;
+        let dir = std::env::temp_dir().join(format!("dmabroker-holders-own-tables-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let (src, exe) = (dir.join("own.c"), dir.join("own"));
+        std::fs::write(&src, SRC).ok()?;
+        let compiled = std::process::Command::new("cc").arg("-pthread").arg("-o").arg(&exe).arg(&src).status();
+        if !compiled.is_ok_and(|s| s.success()) {
+            return None;
+        }
+        let mut child = std::process::Command::new(&exe)
+            .arg(threads.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take()?), &mut line).ok()?;
+        assert_eq!(line, "ready\n");
+        Some(child)
+    }
+
+    #[test]
+    fn a_capped_fd_table_search_keeps_the_charge() {
+        let me = std::process::id();
+        if dmabroker_sys::kcmp::same_files(me, me).is_err() {
+            eprintln!("SKIP a_capped_fd_table_search_keeps_the_charge: kcmp unavailable");
+            return;
+        }
+        let Some(mut child) = own_tables_child(dmabroker::accounting::MAX_OWN_FD_TABLES + 8) else {
+            eprintln!("SKIP a_capped_fd_table_search_keeps_the_charge: no C compiler");
+            return;
+        };
+        let heap = dmabroker::heap::memfd::MemfdHeap::new();
+        let buffer = heap.allocate(&AllocRequest::new(4096)).unwrap();
+        let wanted: HashSet<_> = [FileId::of(&buffer).unwrap()].into();
+        let scan = scan(&wanted, false);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            scan.unreadable_uids.contains(&rustix::process::geteuid().as_raw()),
+            "tables past the cap are unread: this user's memfds stay charged"
+        );
+    }
+
+    #[test]
+    fn a_mapping_in_a_process_whose_leader_exited_holds() {
+        const SRC: &str = r#"
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static void *hold(void *p) { (void)p; for (;;) pause(); return 0; }
+int main(void) {
+    int fd = memfd_create("dmabroker:zombie-holder", MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, 65536) < 0) return 1;
+    char *m = mmap(0, 65536, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) return 1;
+    close(fd);
+    pthread_t t;
+    if (pthread_create(&t, 0, hold, 0)) return 1;
+    syscall(SYS_exit, 0);
+    return 0;
+}
+"#;
+        let dir = std::env::temp_dir().join(format!("dmabroker-holders-zombie-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, exe) = (dir.join("zombie.c"), dir.join("zombie"));
+        std::fs::write(&src, SRC).unwrap();
+        let compiled = std::process::Command::new("cc").arg("-pthread").arg("-o").arg(&exe).arg(&src).status();
+        if !compiled.is_ok_and(|s| s.success()) {
+            eprintln!("SKIP a_mapping_in_a_process_whose_leader_exited_holds: no C compiler");
+            return;
+        }
+        let mut child = std::process::Command::new(&exe).spawn().unwrap();
+        let pid = child.id();
+        let mut id = None;
+        for _ in 0..500 {
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|s| s.lines().any(|l| l.starts_with("State:\tZ")));
+            let thread_maps = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("maps")).ok())
+                .find(|m| m.contains("dmabroker:zombie-holder"))
+                .unwrap_or_default();
+            if zombie {
+                id = thread_maps.lines().find(|l| l.contains("dmabroker:zombie-holder")).and_then(parse_maps_line);
+                if id.is_some() {
+                    break;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let wanted: HashSet<_> = id.into_iter().collect();
+        let held = id.map(|id| scan(&wanted, false).held(&id));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(held, Some(true), "a live thread's mapping holds the memfd after the leader exited");
     }
 }

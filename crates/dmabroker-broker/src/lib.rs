@@ -342,7 +342,15 @@ impl Broker {
             }
         };
         let notifier = if config.notify { notify::Notifier::from_env() } else { None };
-        let mut service = Service::new(config.policy, Heaps::discover(), notifier, config.timing);
+        let heaps = Heaps::discover();
+        let names = heaps.names();
+        for (rule, heap) in config.policy.unknown_heaps(&names) {
+            tracing::warn!(
+                "policy {rule}: heap `{heap}` does not exist on this machine (its heaps: {}); it allows nothing here",
+                names.join(", ")
+            );
+        }
+        let mut service = Service::new(config.policy, heaps, notifier, config.timing);
         service.scan_own_process = config.clients_in_process;
         let restored = persist::restore(&mut service, inherited);
         if restored > 0 {

@@ -24,7 +24,8 @@ pub struct Peer {
     pub uid: u32,
     /// Primary group id.
     pub gid: u32,
-    /// Process id at connect time.
+    /// Process id at connect time; 0 when the client's process is not
+    /// visible in the broker's pid namespace.
     pub pid: u32,
     /// Primary and supplementary groups.
     pub groups: Vec<u32>,
@@ -37,18 +38,22 @@ pub struct Peer {
 /// # Errors
 /// The `getsockopt` errno (the socket is not a connected Unix socket).
 pub fn identify(socket: &impl AsFd) -> rustix::io::Result<Peer> {
-    let cred = rustix::net::sockopt::socket_peercred(socket)?;
-    let uid = cred.uid.as_raw();
-    let gid = cred.gid.as_raw();
-    let pid = cred.pid.as_raw_nonzero().get() as u32;
+    let (pid, uid, gid) = dmabroker_sys::socket::peer_cred(socket)?;
     let mut peer = Peer { uid, gid, pid, groups: vec![gid], pidfd: None };
     let recorded_groups = dmabroker_sys::socket::peer_groups(socket).ok();
     if let Some(groups) = &recorded_groups {
         peer.groups.extend(groups.iter().copied().filter(|g| *g != gid));
     }
+    // pid 0: the client's process is outside the broker's pid namespace
+    // (the broker runs in a child namespace). uid and groups come from the
+    // kernel all the same, so it is served by them, without a pidfd.
+    let Some(process) = rustix::process::Pid::from_raw(pid as i32) else {
+        tracing::debug!(uid, "client outside the broker's pid namespace (pid 0): served by uid, without a pidfd");
+        return Ok(peer);
+    };
     // ESRCH: the client already exited; it gets served (its uid is still
     // right) but without a pidfd (and, on old kernels, with its primary group only).
-    let Ok(pidfd) = pidfd_open(cred.pid, PidfdFlags::empty()) else { return Ok(peer) };
+    let Ok(pidfd) = pidfd_open(process, PidfdFlags::empty()) else { return Ok(peer) };
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let alive = {
         let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];

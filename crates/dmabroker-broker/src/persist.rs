@@ -123,6 +123,9 @@ pub fn restore(service: &mut Service, inherited: Vec<InheritedFd>) -> usize {
         service.registry.insert_with_id(
             b.id,
             Entry {
+                // Not saved: a restored buffer is treated as adopted (its
+                // mode changed only for a publisher that owns the file).
+                adopted: true,
                 len: buffer.len(),
                 owner_uid: b.owner_uid,
                 owner_pid: b.owner_pid,

@@ -203,6 +203,26 @@ impl Policy {
         Ok(Self { defaults, users, groups, owner_uid })
     }
 
+    /// Heap names in the policy that none of `known` (this machine's heaps,
+    /// [`dmabroker::Heaps::names`]) matches, as `(entry, heap)`: not an
+    /// error (a policy may be shared by machines with other heaps), but
+    /// worth a warning at load, since a typo silently allows nothing.
+    pub fn unknown_heaps(&self, known: &[String]) -> Vec<(String, String)> {
+        let rules = std::iter::once(("[defaults]".to_owned(), &self.defaults))
+            .chain(self.users.iter().map(|(uid, l)| (format!("user {uid}"), l)))
+            .chain(self.groups.iter().map(|(gid, l)| (format!("group {gid}"), l)));
+        let mut unknown = Vec::new();
+        for (what, limits) in rules {
+            for heap in limits.heaps.iter().filter(|h| h.as_str() != "*") {
+                let one = Limits { heaps: vec![heap.clone()], ..Limits::nothing() };
+                if !known.iter().any(|k| one.allows_heap(k)) {
+                    unknown.push((what.clone(), heap.clone()));
+                }
+            }
+        }
+        unknown
+    }
+
     /// The limits of a user with these groups (primary first).
     pub fn limits(&self, uid: u32, groups: &[u32]) -> Limits {
         if let Some((_, l)) = self.users.iter().find(|(u, _)| *u == uid) {
@@ -262,6 +282,18 @@ mod tests {
         assert!(Policy::parse("[[user]]\nheaps=[]", 0).is_err());
         assert!(Policy::parse("[defaults]\nbogus = 1", 0).is_err());
         assert!(Policy::parse("[[user]]\nuid=1\nmax_bytes=\"lots\"", 0).is_err());
+    }
+
+    #[test]
+    fn hexadecimal_sizes_and_unknown_heaps() {
+        let p = Policy::parse(
+            "[defaults]\nheaps = [\"memfd\", \"*\"]\n[[user]]\nuid = 7\nheaps = [\"nosuch\", \"system\"]\nmax_bytes = \"0x10\"\n",
+            0,
+        )
+        .unwrap();
+        assert_eq!(p.limits(7, &[]).max_bytes, 16);
+        let known = vec!["memfd".to_owned(), "dma-heap/system".to_owned()];
+        assert_eq!(p.unknown_heaps(&known), vec![("user 7".to_owned(), "nosuch".to_owned())]);
     }
 
     #[test]

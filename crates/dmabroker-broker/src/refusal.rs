@@ -25,6 +25,35 @@ pub enum AllocateRefusal {
     Alloc(#[from] dmabroker::heap::AllocError),
 }
 
+/// Refusals of `AllocateFor`.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocateForRefusal {
+    /// No allowed heap meets every requirement: the chooser's explanation.
+    #[error("{0}")]
+    NoHeap(String),
+    /// Impossible constraints or length (the wire decoder refuses most already).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Every suitable heap failed to allocate.
+    #[error("every suitable heap failed: {0}")]
+    Failed(String),
+    /// Quota, or a failure shared with `Allocate`.
+    #[error(transparent)]
+    Allocate(#[from] AllocateRefusal),
+}
+
+impl From<QuotaExceeded> for AllocateForRefusal {
+    fn from(e: QuotaExceeded) -> Self {
+        Self::Allocate(e.into())
+    }
+}
+
+impl From<dmabroker::heap::AllocError> for AllocateForRefusal {
+    fn from(e: dmabroker::heap::AllocError) -> Self {
+        Self::Allocate(e.into())
+    }
+}
+
 /// A quota would be exceeded.
 #[derive(Debug, thiserror::Error)]
 #[error("uid {uid} holds {} in {buffers} buffer(s) through the broker; {} more would exceed its quota of {} / {max_buffers} buffers: close buffers (charges end when every holder has closed them) or ask for a larger quota", format_size(*bytes), format_size(*asked), format_size(*max_bytes))]
@@ -73,6 +102,12 @@ pub enum PublishRefusal {
     /// A read-only fd of a buffer the broker holds writable.
     #[error("this fd gives read-only access to the buffer: only a holder of a writable fd may publish it")]
     ReadOnlyFd,
+    /// An rw grant on a buffer the broker holds only read-only.
+    #[error(
+        "the broker holds this buffer only through a read-only fd (it was published from an O_RDONLY fd): \
+         an rw grant could not be honoured; grant ro, or publish a writable fd"
+    )]
+    ReadWriteFromReadOnlyFd,
 }
 
 /// Refusals of `Import`.
@@ -135,6 +170,17 @@ impl Code for AllocateRefusal {
     }
 }
 
+impl Code for AllocateForRefusal {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::NoHeap(_) => ErrorCode::NoSuitableHeap,
+            Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::Failed(_) => ErrorCode::AllocationFailed,
+            Self::Allocate(a) => a.code(),
+        }
+    }
+}
+
 impl Code for PublishRefusal {
     fn code(&self) -> ErrorCode {
         match self {
@@ -145,7 +191,7 @@ impl Code for PublishRefusal {
             Self::Quota(_) => ErrorCode::QuotaExceeded,
             Self::Busy(_) => ErrorCode::Busy,
             Self::MissingFd | Self::BadRequest(_) => ErrorCode::BadRequest,
-            Self::ReadOnlyFd => ErrorCode::NotAllowed,
+            Self::ReadOnlyFd | Self::ReadWriteFromReadOnlyFd => ErrorCode::NotAllowed,
         }
     }
 }

@@ -52,6 +52,11 @@ pub struct Entry {
     pub recipients: BTreeSet<u32>,
     /// Whether the service manager's fd store has a copy.
     pub stored: bool,
+    /// Whether a client sent it (publish of a buffer the broker did not
+    /// hold), rather than the broker allocating it: the file then belongs
+    /// to whoever created it, and the broker changes its mode only for a
+    /// publisher that owns it (see `make_private` in service.rs).
+    pub adopted: bool,
 }
 
 impl Entry {

@@ -5,10 +5,17 @@ use crate::holders;
 use crate::notify::Notifier;
 use crate::peer::Peer;
 use crate::policy::{Limits, Policy};
-use crate::refusal::{AllocateRefusal, Code, ImportRefusal, PublishRefusal, QuotaExceeded, UnpublishRefusal};
+use crate::refusal::{
+    AllocateForRefusal, AllocateRefusal, Code, ImportRefusal, PublishRefusal, QuotaExceeded, UnpublishRefusal,
+};
 use crate::registry::{Entry, FileId, Publication, Registry};
+use dmabroker::constraints::{choose_heap, ChooseError, NoHeapError};
+use dmabroker::heap::HeapInfo;
 use dmabroker::heap::{AllocRequest, Heaps};
-use dmabroker::proto::{self, Access, AllocateRequest, ErrorCode, ListEntry, PublishRequest, Request, Response, Stats};
+use dmabroker::proto::{
+    self, Access, AllocateForRequest, AllocateRequest, ChoiceReport, ErrorCode, ListEntry, PublishRequest, Request,
+    Response, Stats,
+};
 use dmabroker::{Buffer, BufferKind};
 use std::collections::{BTreeSet, HashSet};
 use std::io::Read;
@@ -77,8 +84,10 @@ impl Reply {
     /// An error reply.
     pub fn error(code: ErrorCode, message: impl Into<String>, close: bool) -> Self {
         let mut message: String = message.into();
-        if message.len() > proto::MAX_TEXT_LEN {
-            let mut cut = proto::MAX_TEXT_LEN;
+        // The chooser's explanation lists every heap: it gets more room.
+        let max = if code == ErrorCode::NoSuitableHeap { proto::MAX_EXPLANATION_LEN } else { proto::MAX_TEXT_LEN };
+        if message.len() > max {
+            let mut cut = max;
             while !message.is_char_boundary(cut) {
                 cut -= 1;
             }
@@ -205,6 +214,15 @@ impl Service {
             (Some(_), Request::Unpublish { key }) => self.unpublish(session, &key).unwrap_or_else(Reply::refused),
             (Some(_), Request::List) => self.list(session),
             (Some(_), Request::Stats) => self.stats(session),
+            (Some(v), Request::AllocateFor(_)) if *v < proto::ALLOCATE_FOR_VERSION => Reply::error(
+                ErrorCode::BadRequest,
+                format!(
+                    "AllocateFor needs protocol version {}; this session negotiated version {v}",
+                    proto::ALLOCATE_FOR_VERSION
+                ),
+                true,
+            ),
+            (Some(_), Request::AllocateFor(a)) => self.allocate_for(session, a).unwrap_or_else(Reply::refused),
         }
     }
 
@@ -268,9 +286,93 @@ impl Service {
             request = request.name(n);
         }
         let buffer = self.heaps.require(&heap_name)?.allocate(&request)?;
-        // Rounding to pages may push it over the byte quota.
-        if buffer.len() > a.len {
-            self.check_quota(uid, &limits, buffer.len())?;
+        let (id, fd, len) = self.hand_out(session, &limits, buffer, a.len)?;
+        tracing::debug!(uid, id, len, heap = %heap_name, "allocated");
+        Ok(Reply { response: Response::Allocated { id, len, heap: heap_name }, fd: Some(fd), close: false })
+    }
+
+    /// The heap infos as `uid` may use them: heaps the policy does not allow
+    /// stay in the list (so that explanations name them) but are unusable,
+    /// with the policy as the reason.
+    fn heap_infos_for(&self, session: &Session, only: Option<&str>) -> (Vec<HeapInfo>, Vec<String>) {
+        let uid = session.peer.uid;
+        let mut disallowed = Vec::new();
+        let infos = self
+            .heaps
+            .infos()
+            .into_iter()
+            .filter(|h| only.is_none_or(|o| h.name == o))
+            .map(|mut h| {
+                if !session.limits.allows_heap(&h.name) {
+                    disallowed.push(h.name.clone());
+                    h.usable = false;
+                    h.note = Some(format!("not allowed by policy for uid {uid}"));
+                    // The policy is what matters: no shortage to report.
+                    h.free_bytes = None;
+                }
+                h
+            })
+            .collect();
+        (infos, disallowed)
+    }
+
+    fn allocate_for(&mut self, session: &mut Session, a: AllocateForRequest) -> Result<Reply, AllocateForRefusal> {
+        let uid = session.peer.uid;
+        let constraints = a.constraints().map_err(|e| AllocateForRefusal::BadRequest(e.to_string()))?;
+        let only = match &a.heap {
+            Some(h) => Some(self.heaps.require(h)?.name().to_owned()),
+            None => None,
+        };
+        let (mut infos, disallowed) = self.heap_infos_for(session, only.as_deref());
+        let limits = session.limits.clone();
+        let mut attempts: Vec<String> = Vec::new();
+        let (buffer, mut choice) = loop {
+            let choice = match choose_heap(&infos, &constraints, a.len) {
+                Ok(c) => c,
+                Err(ChooseError::NoHeap(e)) if attempts.is_empty() => {
+                    return Err(AllocateForRefusal::NoHeap(explain(e, uid, &disallowed, &limits.heaps)));
+                }
+                Err(e @ (ChooseError::ZeroSize | ChooseError::SizeOverflow { .. })) => {
+                    return Err(AllocateForRefusal::BadRequest(e.to_string()));
+                }
+                Err(_) => return Err(AllocateForRefusal::Failed(attempts.join("; "))),
+            };
+            // As Allocate: the quota for the length asked, then (below) for
+            // the length the heap gave.
+            self.check_quota(uid, &limits, choice.len)?;
+            let heap = self.heaps.require(&choice.heap)?;
+            match heap.allocate(&choice.request(a.name.as_deref())) {
+                Ok(buffer) => break (buffer, choice),
+                Err(e) => {
+                    tracing::debug!(uid, heap = %choice.heap, "allocation by constraints failed: {e}; trying the next");
+                    infos.retain(|h| h.name != choice.heap);
+                    attempts.push(format!("{}: {e}", choice.heap));
+                }
+            }
+        };
+        for attempt in &attempts {
+            choice.reasons.push(format!("fell back from {attempt}"));
+        }
+        let heap = choice.heap.clone();
+        let (id, fd, len) = self.hand_out(session, &limits, buffer, choice.len)?;
+        tracing::debug!(uid, id, len, heap = %heap, "allocated by constraints");
+        let choice = ChoiceReport::from(&choice);
+        Ok(Reply { response: Response::AllocatedFor { id, len, heap, choice }, fd: Some(fd), close: false })
+    }
+
+    /// A buffer just allocated for the session's user (the quota checked for
+    /// the `asked` length): the quota again when the heap gave more (rounding
+    /// to pages may push it over the byte quota), then registered; its id,
+    /// an fd for the reply, and its length.
+    fn hand_out(
+        &mut self,
+        session: &mut Session,
+        limits: &Limits,
+        buffer: Buffer,
+        asked: u64,
+    ) -> Result<(u64, OwnedFd, u64), AllocateRefusal> {
+        if buffer.len() > asked {
+            self.check_quota(session.peer.uid, limits, buffer.len())?;
         }
         let fd = buffer.try_clone_fd().map_err(|e| {
             AllocateRefusal::Alloc(dmabroker::heap::AllocError::Os {
@@ -282,8 +384,7 @@ impl Service {
         let id = self.insert(buffer, session).map_err(|_| {
             AllocateRefusal::Alloc(dmabroker::heap::AllocError::Os { op: "fstat", source: rustix::io::Errno::BADF })
         })?;
-        tracing::debug!(uid, id, len, heap = %heap_name, "allocated");
-        Ok(Reply { response: Response::Allocated { id, len, heap: heap_name }, fd: Some(fd), close: false })
+        Ok((id, fd, len))
     }
 
     /// Register a buffer charged to the session's user, pinned to it.
@@ -298,6 +399,7 @@ impl Service {
             pins: 0,
             recipients: BTreeSet::from([session.peer.uid]),
             stored: false,
+            adopted: false,
             buffer,
         };
         let id = self.registry.insert(entry);
@@ -382,19 +484,34 @@ impl Service {
                         "the memfd is not sealed against resizing: add F_SEAL_SHRINK | F_SEAL_GROW (an importer mapping it would die of SIGBUS if it shrank)".into(),
                     ));
                 }
+                if !writable(&buffer) && p.grants.iter().any(|g| g.access == Access::ReadWrite) {
+                    return Err(PublishRefusal::ReadWriteFromReadOnlyFd);
+                }
                 let limits = session.limits.clone();
                 self.check_quota(uid, &limits, buffer.len())?;
-                self.insert(buffer, session).map_err(|_| PublishRefusal::NotABuffer("cannot fstat the fd".into()))?
+                let id = self
+                    .insert(buffer, session)
+                    .map_err(|_| PublishRefusal::NotABuffer("cannot fstat the fd".into()))?;
+                if let Some(e) = self.registry.get_mut(id) {
+                    e.adopted = true;
+                }
+                id
             }
         };
         let entry = self.registry.get(id).expect("just found or inserted");
+        // The broker's fd is read-only (a buffer first published from an
+        // O_RDONLY fd): every importer gets ro (see access_for), so an rw
+        // grant would be a lie.
+        if !writable(&entry.buffer) && p.grants.iter().any(|g| g.access == Access::ReadWrite) {
+            return Err(PublishRefusal::ReadWriteFromReadOnlyFd);
+        }
         if entry.publications >= MAX_PUBLICATIONS_PER_BUFFER {
             return Err(PublishRefusal::Busy(format!(
                 "the buffer already has {MAX_PUBLICATIONS_PER_BUFFER} publications"
             )));
         }
         if p.grants.iter().any(|g| g.access == Access::ReadOnly) {
-            make_private(&entry.buffer)?;
+            make_private(entry, uid)?;
         }
         let key = match p.name {
             Some(n) => n,
@@ -501,8 +618,29 @@ impl Service {
 
     /// Remove a publication; a buffer left with none leaves the fd store and
     /// becomes a candidate for release.
+    ///
+    /// The state is saved at once, before the reply goes out, not after
+    /// `STATE_SAVE_DELAY`: a withdrawn publication (unpublished, a consumed
+    /// one-shot, expired) must not come back if the broker crashes within
+    /// the delay. (Saves are still batched for new publications: a crash
+    /// then loses a publication its publisher can redo, never resurrects one.)
     pub(crate) fn withdraw(&mut self, key: &str) {
-        let Some(p) = self.registry.unpublish(key) else { return };
+        if self.withdraw_unsaved(key) {
+            self.save_now();
+        }
+    }
+
+    /// Save the state for the fd store now (when there is a service manager).
+    fn save_now(&mut self) {
+        if self.notifier.is_some() {
+            self.state_dirty_since = None;
+            crate::persist::save(self);
+        }
+    }
+
+    /// [`Self::withdraw`] without the save; whether there was a publication.
+    fn withdraw_unsaved(&mut self, key: &str) -> bool {
+        let Some(p) = self.registry.unpublish(key) else { return false };
         self.state_dirty |= self.notifier.is_some();
         if let Some(e) = self.registry.get_mut(p.buffer_id) {
             if e.publications == 0 {
@@ -521,6 +659,7 @@ impl Service {
                 self.sweep_requested = true;
             }
         }
+        true
     }
 
     fn list(&self, session: &Session) -> Reply {
@@ -680,8 +819,13 @@ impl Service {
             }
         }
         if now >= self.next_expiry_check {
+            let mut withdrawn = false;
             for key in self.registry.expired(SystemTime::now()) {
-                self.withdraw(&key);
+                withdrawn |= self.withdraw_unsaved(&key);
+            }
+            if withdrawn {
+                // One save for every expiry of this check.
+                self.save_now();
             }
             self.next_expiry_check = now + Duration::from_secs(1);
         }
@@ -713,6 +857,32 @@ impl Service {
 /// Refuse, before any call that reaches a file system, an fd that is
 /// neither a dma-buf nor a memfd: `fstat` on a file of a hostile FUSE mount
 /// could block the broker forever. fdinfo is answered by the VFS alone.
+/// The chooser's explanation, with the heaps the policy keeps from `uid`
+/// named as such (the chooser's own hints assume an in-process caller).
+fn explain(mut e: NoHeapError, uid: u32, disallowed: &[String], allowed: &[String]) -> String {
+    e.hints.retain(|h| !disallowed.iter().any(|d| h.starts_with(&format!("{d} "))));
+    for h in &mut e.hints {
+        *h = h.replace(
+            "allocate through `dmabroker serve`, or grant access with a udev rule",
+            "give the broker access with a udev rule",
+        );
+        if h.starts_with("no dma-buf allocator usable here") {
+            *h = "no dma-buf allocator the broker can use: `modprobe udmabuf`, or give the broker access to \
+                  /dev/udmabuf or /dev/dma_heap/system, then restart it"
+                .to_owned();
+        }
+    }
+    if !disallowed.is_empty() {
+        let allowed = if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") };
+        e.hints.push(format!(
+            "heaps not allowed by policy for uid {uid}: {} (allowed: {allowed}); ask the administrator to add \
+             the heap to the policy",
+            disallowed.join(", ")
+        ));
+    }
+    e.to_string()
+}
+
 fn check_inspectable(fd: &OwnedFd, memfd_mounts: &[u64]) -> Result<(), PublishRefusal> {
     let link = dmabroker::fdinfo::fd_link(None, fd.as_raw_fd()).unwrap_or_default();
     let info = dmabroker::fdinfo::FdInfo::read(None, fd.as_raw_fd())
@@ -731,11 +901,15 @@ fn check_inspectable(fd: &OwnedFd, memfd_mounts: &[u64]) -> Result<(), PublishRe
 /// allocated it or sent the broker its fd and may see and withdraw every
 /// publication of it. The fd handed out is the broker's own (its mode, see
 /// `import`), never more than the owner had.
+///
+/// Never more than the broker's own fd gives: a buffer it holds read-only
+/// (first published from an `O_RDONLY` fd) is imported ro by everyone.
 fn access_for(p: &Publication, entry: &Entry, uid: u32, groups: &[u32]) -> Option<Access> {
-    if entry.owner_uid == uid {
-        return Some(Access::ReadWrite);
+    let access = if entry.owner_uid == uid { Some(Access::ReadWrite) } else { p.access_for(uid, groups) };
+    match access {
+        Some(Access::ReadWrite) if !writable(&entry.buffer) => Some(Access::ReadOnly),
+        other => other,
     }
-    p.access_for(uid, groups)
 }
 
 /// Name an unnamed dma-buf after its first named publication
@@ -773,11 +947,36 @@ fn writable(fd: &impl AsFd) -> bool {
 /// Make a memfd's inode private to its owner (mode 0600) so that a
 /// read-only importer of another uid cannot reopen `/proc/self/fd/N`
 /// read-write; the owner and root can, and could anyway.
-fn make_private(buffer: &Buffer) -> Result<(), PublishRefusal> {
+///
+/// Only a file the broker allocated, or one the publisher owns (or root
+/// publishes) has its mode changed: the broker never changes the mode of
+/// another user's file on behalf of a publisher who could not. A memfd that
+/// is already closed to others' writes (no `0o022` bits) needs no change
+/// (its owner uid can still reopen it writable: it owns the file); any
+/// other is refused, since a read-only grant could not be enforced.
+fn make_private(entry: &Entry, publisher: u32) -> Result<(), PublishRefusal> {
+    let buffer = &entry.buffer;
     if buffer.kind() == BufferKind::DmaBuf {
         return Err(PublishRefusal::ReadOnlyUnsupported(
             "read-only grants are refused for dma-bufs: a dma-buf fd carries the mode its exporter gave it and cannot be reopened read-only, and a device import can write it anyway; grant rw, or publish a memfd".into(),
         ));
+    }
+    let st = rustix::fs::fstat(buffer)
+        .map_err(|e| PublishRefusal::ReadOnlyUnsupported(format!("cannot fstat the memfd: {e}")))?;
+    if st.st_mode & 0o077 == 0 {
+        return Ok(());
+    }
+    if entry.adopted && st.st_uid != publisher && publisher != 0 {
+        if st.st_mode & 0o022 == 0 {
+            return Ok(());
+        }
+        return Err(PublishRefusal::ReadOnlyUnsupported(format!(
+            "the memfd belongs to uid {} and others may write it (mode {:o}): the broker does not change the mode \
+             of a file the publisher does not own, so a read-only grant could not be enforced; have its owner \
+             fchmod it 0600 first, or grant rw",
+            st.st_uid,
+            st.st_mode & 0o777
+        )));
     }
     rustix::fs::fchmod(buffer, rustix::fs::Mode::from_raw_mode(0o600)).map_err(|e| {
         PublishRefusal::ReadOnlyUnsupported(format!(
@@ -944,5 +1143,124 @@ mod tests {
         assert!(service.pressure_sweep_allowed(), "a burst is allowed at once");
         service.pressure_credit = -1.0;
         assert!(!service.pressure_sweep_allowed(), "an overdrawn budget waits for its refill");
+    }
+
+    /// [`service`] with a quota for OTHER (publishing a foreign fd charges it).
+    fn service_with_quota() -> Service {
+        let policy = Policy::parse(
+            &format!("[[user]]\nuid = {OTHER}\npublish = true\nmax_bytes = \"1MiB\"\nmax_buffers = 8\n"),
+            OWNER,
+        )
+        .unwrap();
+        Service::new(policy, Heaps::discover(), None, SweepTiming::default())
+    }
+
+    /// A sealed memfd of this test, opened again with `flags`.
+    fn foreign_memfd(flags: rustix::fs::OFlags) -> (OwnedFd, OwnedFd) {
+        let memfd = rustix::fs::memfd_create(
+            "foreign",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        rustix::fs::ftruncate(&memfd, 4096).unwrap();
+        rustix::fs::fcntl_add_seals(&memfd, rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW).unwrap();
+        let again = rustix::fs::open(
+            format!("/proc/self/fd/{}", memfd.as_raw_fd()),
+            flags | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        (memfd, again)
+    }
+
+    #[test]
+    fn an_rw_grant_on_a_buffer_published_read_only_is_refused() {
+        let mut service = service_with_quota();
+        let mut other = session(&mut service, OTHER);
+        let (_memfd, ro) = foreign_memfd(rustix::fs::OFlags::RDONLY);
+        let rw = vec![Grant { who: Grantee::Uid(OWNER), access: Access::ReadWrite }];
+        match publish(&mut service, &mut other, "rw", rw, ro) {
+            Response::Error { code: ErrorCode::NotAllowed, message } => {
+                assert!(message.contains("read-only"), "{message}")
+            }
+            r => panic!("an rw grant on an O_RDONLY fd was accepted: {r:?}"),
+        }
+        let (_memfd, ro) = foreign_memfd(rustix::fs::OFlags::RDONLY);
+        assert_eq!(publish(&mut service, &mut other, "ro", Vec::new(), ro), Response::Published { key: "ro".into() });
+        // The publisher itself gets what the broker holds: ro, and says so.
+        let reply = service.handle(&mut other, Request::Import { key: "ro".into() }, None);
+        assert!(matches!(reply.response, Response::Imported { access: Access::ReadOnly, .. }), "{:?}", reply.response);
+    }
+
+    #[test]
+    fn the_mode_of_another_users_memfd_is_left_alone() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIP the_mode_of_another_users_memfd_is_left_alone: needs root (fchown)");
+            return;
+        }
+        let mut service = service_with_quota();
+        let mut other = session(&mut service, OTHER);
+        let (memfd, rw) = foreign_memfd(rustix::fs::OFlags::RDWR);
+        // Owned by a third uid, writable by everyone.
+        rustix::fs::fchown(&memfd, Some(rustix::process::Uid::from_raw(4444)), None).unwrap();
+        rustix::fs::fchmod(&memfd, rustix::fs::Mode::from_raw_mode(0o777)).unwrap();
+        let ro = vec![Grant { who: Grantee::Uid(OWNER), access: Access::ReadOnly }];
+        match publish(&mut service, &mut other, "ro", ro, rw) {
+            Response::Error { code: ErrorCode::ReadOnlyUnsupported, message } => {
+                assert!(message.contains("does not own"), "{message}")
+            }
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(rustix::fs::fstat(&memfd).unwrap().st_mode & 0o777, 0o777, "the broker changed the mode");
+        // Owned by the publisher: made private as before.
+        let (memfd, rw) = foreign_memfd(rustix::fs::OFlags::RDWR);
+        rustix::fs::fchown(&memfd, Some(rustix::process::Uid::from_raw(OTHER)), None).unwrap();
+        let ro = vec![Grant { who: Grantee::Uid(OWNER), access: Access::ReadOnly }];
+        assert_eq!(publish(&mut service, &mut other, "ro2", ro, rw), Response::Published { key: "ro2".into() });
+        assert_eq!(rustix::fs::fstat(&memfd).unwrap().st_mode & 0o777, 0o600);
+    }
+
+    /// A consumed one-shot is saved before the import's reply: no
+    /// `STATE_SAVE_DELAY` window in which a crash would bring it back.
+    #[test]
+    fn a_consumed_one_shot_is_saved_at_once() {
+        let dir = std::env::temp_dir().join(format!("dmabroker-service-save-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify");
+        let manager = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        manager.set_nonblocking(true).unwrap();
+        let notifier = Notifier::new(rustix::net::SocketAddrUnix::new(&path).unwrap()).unwrap();
+        let policy = Policy::parse(&format!("[[user]]\nuid = {OTHER}\npublish = true\n"), OWNER).unwrap();
+        let mut service = Service::new(policy, Heaps::discover(), Some(notifier), SweepTiming::default());
+        let mut owner = session(&mut service, OWNER);
+        let alloc = AllocateRequest { heap: "memfd".into(), len: 4096, align: 1, contiguous: false, name: None };
+        let fd = service.handle(&mut owner, Request::Allocate(alloc), None).fd.expect("allocated");
+        let rw = vec![Grant { who: Grantee::Uid(OTHER), access: Access::ReadWrite }];
+        let p = PublishRequest { name: Some("once".into()), grants: rw, one_shot: true, expires_in_secs: None };
+        assert!(matches!(
+            service.handle(&mut owner, Request::Publish(p), Some(fd)).response,
+            Response::Published { .. }
+        ));
+        let mut buf = vec![0u8; 4096];
+        let drain = |buf: &mut [u8]| {
+            let mut texts = Vec::new();
+            while let Ok(n) = manager.recv(buf) {
+                texts.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            texts
+        };
+        drain(&mut buf);
+        let mut other = session(&mut service, OTHER);
+        let reply = service.handle(&mut other, Request::Import { key: "once".into() }, None);
+        assert!(matches!(reply.response, Response::Imported { .. }));
+        assert!(service.registry.publication("once").is_none(), "consumed");
+        let sent = drain(&mut buf);
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = format!("FDNAME={}", crate::persist::STATE_NAME);
+        assert!(
+            sent.iter().any(|t| t.contains("FDSTORE=1") && t.contains(&state)),
+            "no state saved before the reply: {sent:?}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{as_user, as_user_in_groups, TestBroker, NOBODY};
+use common::{as_user, as_user_in_groups, memfd_policy, uid, TestBroker, NOBODY};
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -89,7 +89,7 @@ fn expiry_and_one_shot() {
 
 #[test]
 fn quota_exhaustion_is_clear_and_frees_on_close() {
-    let uid = rustix::process::getuid().as_raw();
+    let uid = uid();
     let policy =
         format!("[[user]]\nuid = {uid}\nheaps = [\"memfd\"]\nmax_bytes = \"64KiB\"\nmax_buffers = 2\npublish = true\n");
     let broker = TestBroker::start("quota", Some(&policy));
@@ -195,7 +195,7 @@ fn policy_can_let_another_user_allocate_within_quota() {
         eprintln!("SKIPPED: needs root to act as another uid");
         return;
     }
-    let policy = format!("[[user]]\nuid = {NOBODY}\nheaps = [\"memfd\"]\nmax_bytes = \"1MiB\"\nmax_buffers = 1\n");
+    let policy = memfd_policy(NOBODY, "1MiB", 1);
     let broker = TestBroker::start("policy", Some(&policy));
     let path = broker.path.clone();
     as_user(NOBODY, move || {
@@ -213,17 +213,9 @@ fn policy_can_let_another_user_allocate_within_quota() {
 fn unread_replies_stay_charged_until_received() {
     use dmabroker::proto::{self, wire, AllocateRequest, Request};
     use std::os::fd::AsFd;
-    let uid = rustix::process::getuid().as_raw();
-    let policy = format!("[[user]]\nuid = {uid}\nheaps = [\"memfd\"]\nmax_bytes = \"1MiB\"\nmax_buffers = 2\n");
+    let policy = memfd_policy(uid(), "1MiB", 2);
     let broker = TestBroker::start("unread", Some(&policy));
-    let s = rustix::net::socket_with(
-        rustix::net::AddressFamily::UNIX,
-        rustix::net::SocketType::SEQPACKET,
-        rustix::net::SocketFlags::CLOEXEC,
-        None,
-    )
-    .unwrap();
-    rustix::net::connect(&s, &rustix::net::SocketAddrUnix::new(&broker.path).unwrap()).unwrap();
+    let s = broker.raw_socket();
     let send = |r: &Request| wire::send(s.as_fd(), &proto::encode_request(r).unwrap(), None, false).unwrap();
     let mut buf = vec![0; proto::MAX_RESPONSE_LEN];
     send(&Request::Hello { min_version: 1, max_version: 1 });
@@ -273,14 +265,7 @@ fn a_refused_raw_client_reads_why() {
     let broker = TestBroker::start_with("busy-raw", None, 1);
     let _a = broker.client();
     for _ in 0..20 {
-        let s = rustix::net::socket_with(
-            rustix::net::AddressFamily::UNIX,
-            rustix::net::SocketType::SEQPACKET,
-            rustix::net::SocketFlags::CLOEXEC,
-            None,
-        )
-        .unwrap();
-        rustix::net::connect(&s, &rustix::net::SocketAddrUnix::new(&broker.path).unwrap()).unwrap();
+        let s = broker.raw_socket();
         let hello = proto::encode_request(&Request::Hello { min_version: 1, max_version: 1 }).unwrap();
         wire::send(s.as_fd(), &hello, None, false).unwrap();
         std::thread::sleep(Duration::from_millis(20));
@@ -300,8 +285,7 @@ fn a_refused_raw_client_reads_why() {
 /// broker is another process.)
 #[test]
 fn a_memfd_held_in_a_threads_own_fd_table_stays_charged() {
-    let uid = rustix::process::getuid().as_raw();
-    let policy = format!("[[user]]\nuid = {uid}\nheaps = [\"memfd\"]\nmax_bytes = \"1MiB\"\nmax_buffers = 1\n");
+    let policy = memfd_policy(uid(), "1MiB", 1);
     let broker = TestBroker::start("own-table", Some(&policy));
     let mut c = broker.client();
     let b = c.allocate("memfd", 4096, None).unwrap();

@@ -244,3 +244,41 @@ fn dma_heap_system_quota_released_by_last_holder() {
 fn udmabuf_quota_released_by_last_holder() {
     quota_follows_last_holder("udmabuf_quota_released_by_last_holder", "udmabuf", "/dev/udmabuf");
 }
+
+/// Allocation by constraints (`AllocateFor`) for a device that imports a
+/// dma-buf: the broker chooses a dma-buf heap, and only among those the
+/// policy allows.
+#[test]
+fn allocate_for_a_dma_buf_importer_chooses_a_dma_buf_heap() {
+    let test = "allocate_for_a_dma_buf_importer_chooses_a_dma_buf_heap";
+    if !can_run(test, SYSTEM_HEAP) {
+        return;
+    }
+    let gpu = dmabroker::constraints::Constraints::builder("gpu0").dma_buf(true).build().unwrap();
+    // Every heap allowed: udmabuf (cheaper) or dma-heap/system.
+    let broker = TestBroker::start(test, None);
+    let got = broker.client().allocate_for(&gpu, 64 << 10, Some("for-gpu")).unwrap();
+    assert_eq!(got.buffer.kind(), BufferKind::DmaBuf);
+    assert!(["udmabuf", "dma-heap/system"].contains(&got.choice.heap.as_str()), "{:?}", got.choice);
+    assert!(got.choice.reasons.iter().any(|r| r.contains("gpu0 needs a dma-buf")), "{:?}", got.choice);
+    drop(broker);
+    // The policy allows memfd and the system heap only: the system heap,
+    // with udmabuf (where present) passed over for the policy.
+    let uid = rustix::process::getuid().as_raw();
+    let policy = format!(
+        "[[user]]\nuid = {uid}\nheaps = [\"memfd\", \"dma-heap/system\"]\nmax_bytes = \"1MiB\"\nmax_buffers = 2\n"
+    );
+    let broker = TestBroker::start(&format!("{test}-policy"), Some(&policy));
+    let mut c = broker.client();
+    let got = c.allocate_for(&gpu, 64 << 10, None).unwrap();
+    assert_eq!(got.choice.heap, "dma-heap/system", "{:?}", got.choice);
+    assert_eq!(got.buffer.kind(), BufferKind::DmaBuf);
+    if Path::new("/dev/udmabuf").exists() {
+        assert!(
+            got.choice.passed_over.iter().any(|p| p.starts_with("udmabuf") && p.contains("not allowed by policy")),
+            "{:?}",
+            got.choice
+        );
+    }
+    assert_eq!(c.stats().unwrap().used_bytes, 64 << 10, "charged as Allocate");
+}

@@ -551,36 +551,6 @@ typedef struct dmabroker_segment {
 } dmabroker_segment;
 
 /**
- * How `dmabroker_client_publish` publishes. All-zero (`{0}`) means: as an
- * unguessable token, importable by this user only, until withdrawn.
- */
-typedef struct dmabroker_publish_options {
-    /**
-     * The name to publish under; NULL: the broker chooses a token
-     * (`@` + 32 hex digits).
-     */
-    const char *name;
-    /**
-     * Who else may import it and how, e.g. `"uid=1000:ro"`, `"gid=44:rw"`,
-     * `"any:ro"` (access defaults to `ro`);
-     * `grant_count` strings, or NULL when `grant_count` is 0.
-     */
-    const char *const *grants;
-    /**
-     * The number of strings in `grants`.
-     */
-    size_t grant_count;
-    /**
-     * Withdraw it after this many seconds; 0: never.
-     */
-    uint64_t expires_in_secs;
-    /**
-     * Withdraw it after its first import.
-     */
-    bool one_shot;
-} dmabroker_publish_options;
-
-/**
  * What `dmabroker_alloc_for` chose and why. The two strings belong to the
  * caller: release them with `dmabroker_choice_info_clear` (or each with
  * `dmabroker_string_free`). On failure both are NULL and the rest 0.
@@ -620,6 +590,36 @@ typedef struct dmabroker_choice_info {
      */
     bool uncached;
 } dmabroker_choice_info;
+
+/**
+ * How `dmabroker_client_publish` publishes. All-zero (`{0}`) means: as an
+ * unguessable token, importable by this user only, until withdrawn.
+ */
+typedef struct dmabroker_publish_options {
+    /**
+     * The name to publish under; NULL: the broker chooses a token
+     * (`@` + 32 hex digits).
+     */
+    const char *name;
+    /**
+     * Who else may import it and how, e.g. `"uid=1000:ro"`, `"gid=44:rw"`,
+     * `"any:ro"` (access defaults to `ro`);
+     * `grant_count` strings, or NULL when `grant_count` is 0.
+     */
+    const char *const *grants;
+    /**
+     * The number of strings in `grants`.
+     */
+    size_t grant_count;
+    /**
+     * Withdraw it after this many seconds; 0: never.
+     */
+    uint64_t expires_in_secs;
+    /**
+     * Withdraw it after its first import.
+     */
+    bool one_shot;
+} dmabroker_publish_options;
 
 /**
  * One plane of a layout.
@@ -708,8 +708,10 @@ typedef struct dmabroker_pool_options {
      */
     const char *name;
     /**
-     * A consumer holding a frame longer than this is evicted; 0: 5000 ms;
-     * negative: never.
+     * A consumer is evicted when it holds a received frame longer than
+     * this (counted from receipt), or when a frame waits unreceived for it
+     * while it receives and frees no frame for this long (a slow consumer
+     * that keeps receiving is not evicted); 0: 5000 ms; negative: never.
      */
     int64_t release_timeout_ms;
     /**
@@ -1068,6 +1070,31 @@ void dmabroker_client_free(struct dmabroker_client *client);
  * `options` is NULL or readable; `out` is NULL or writable for one pointer.
  */
 enum dmabroker_status dmabroker_client_alloc(const struct dmabroker_client *client, const char *heap, uint64_t len, const struct dmabroker_alloc_options *options, struct dmabroker_buffer **out);
+
+/**
+ * Allocate through the broker by constraints: the broker chooses the
+ * cheapest heap that its policy allows this user and that meets every
+ * requirement of `constraints` (as `dmabroker_alloc_for` does in-process),
+ * allocates `len` bytes from it and charges them to this user's quota.
+ * `name` (NULL: none) names the buffer. `choice_info` may be NULL;
+ * otherwise it receives the heap and the reasons (free its strings with
+ * `dmabroker_choice_info_clear`). Needs a broker speaking protocol version 2.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_UNSUPPORTED` when no allowed heap meets the constraints
+ * (the message names each unmet requirement, its devices, what each heap
+ * lacks and the heaps the policy does not allow) or the broker is too old,
+ * `DMABROKER_ERROR_QUOTA_EXCEEDED`, `DMABROKER_ERROR_OUT_OF_MEMORY`,
+ * `DMABROKER_ERROR_BROKER`, `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL
+ * pointers, size 0, more than 16 devices).
+ *
+ * # Safety
+ * `client` and `constraints` are NULL or live handles; `name` is NULL or a
+ * C string; `out` is NULL or writable for one pointer; `choice_info` is NULL
+ * or writable for one `dmabroker_choice_info` (its old contents are
+ * overwritten, not freed).
+ */
+enum dmabroker_status dmabroker_client_alloc_for(const struct dmabroker_client *client, const struct dmabroker_constraints *constraints, uint64_t len, const char *name, struct dmabroker_buffer **out, struct dmabroker_choice_info *choice_info);
 
 /**
  * Publish a buffer so other processes can import it by its key; the key
@@ -1681,13 +1708,16 @@ void dmabroker_producer_free(struct dmabroker_producer *producer);
  * Accept consumers on a Unix socket at `path` (a stale socket file of a
  * dead producer is replaced, and nothing but a socket ever is; the socket is
  * removed when the producer is freed, if it is still the one made here).
- * Handshakes run during acquire and wait-for-consumers calls; after
+ * While it lives the producer holds a `flock` on `path` + `".lock"` (also
+ * removed when it is freed), so a second dmabroker producer on the same
+ * path is refused even before the first listens. Handshakes run during acquire and wait-for-consumers calls; after
  * `dmabroker_producer_close` late consumers are refused with
  * `DMABROKER_ERROR_CLOSED` at the producer's next call or when it is freed.
  *
  * # Errors
- * `DMABROKER_ERROR_ALREADY_EXISTS` (a live process listens there, or the
- * path is a file, FIFO, directory or anything else that is not a socket),
+ * `DMABROKER_ERROR_ALREADY_EXISTS` (a live process listens there, another
+ * producer holds the lock file, a live socket of another type is there, or
+ * the path is a file, FIFO, directory or anything else that is not a socket),
  * `DMABROKER_ERROR_PERMISSION_DENIED`, `DMABROKER_ERROR_INVALID_ARGUMENT`
  * (NULL, an empty path, a path over 107 bytes), `DMABROKER_ERROR_BUSY` (a slot is
  * acquired), `DMABROKER_ERROR_IO`.
@@ -1897,8 +1927,9 @@ enum dmabroker_status dmabroker_consumer_recv(const struct dmabroker_consumer *c
 
 /**
  * This consumer's view of the pool: buffers, their length, its slot, the
- * frames dropped for it and the wake-ups it needed. Waits while another
- * thread is in `dmabroker_consumer_recv`.
+ * frames dropped for it and the wake-ups it needed. While another thread
+ * is in `dmabroker_consumer_recv`, waits for the end of its current wait
+ * slice (10 ms at most).
  *
  * # Errors
  * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers.
@@ -1912,7 +1943,8 @@ enum dmabroker_status dmabroker_consumer_get_stats(const struct dmabroker_consum
 /**
  * The number of buffers this consumer holds: its frames not freed yet
  * (frames freed by another thread during a recv count until released).
- * Waits while another thread is in `dmabroker_consumer_recv`.
+ * While another thread is in `dmabroker_consumer_recv`, waits for the end
+ * of its current wait slice (10 ms at most).
  *
  * # Errors
  * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers. On failure
@@ -1942,8 +1974,9 @@ enum dmabroker_status dmabroker_frame_get_info(const struct dmabroker_frame *fra
  * dma-bufs) on the first call; `*data` points to the frame's `*len` bytes
  * (its `bytes_used`), read-only and valid until the frame is freed, which
  * ends the access. Later calls give the same pointer. Several frames of a
- * consumer may be read at the same time. The first call waits while
- * another thread is in `dmabroker_consumer_recv`.
+ * consumer may be read at the same time. The first call on a frame may
+ * wait for the end of the current wait slice (10 ms at most) of a
+ * `dmabroker_consumer_recv` in another thread; later calls never wait.
  *
  * # Errors
  * `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers),
@@ -1955,6 +1988,26 @@ enum dmabroker_status dmabroker_frame_get_info(const struct dmabroker_frame *fra
  * `frame` is NULL or a live handle; `data` and `len` are NULL or writable.
  */
 enum dmabroker_status dmabroker_frame_data(const struct dmabroker_frame *frame, const void **data, size_t *len);
+
+/**
+ * Whether the frame's buffer still holds the frame: call it **after**
+ * reading the bytes of `dmabroker_frame_data`. `DMABROKER_OK`: the
+ * consumer was not evicted since it received the frame, so no byte read
+ * before this call was overwritten. `DMABROKER_ERROR_EVICTED`: the
+ * producer evicted the consumer (a frame held past the release timeout)
+ * and took back every buffer it held, this one included; it may have
+ * reused it, so the bytes read may be torn or another frame's: discard
+ * them. The frame must still be freed. While another thread is in
+ * `dmabroker_consumer_recv`, waits for the end of its current wait slice
+ * (10 ms at most).
+ *
+ * # Errors
+ * `DMABROKER_ERROR_EVICTED`, `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL).
+ *
+ * # Safety
+ * `frame` is NULL or a live handle.
+ */
+enum dmabroker_status dmabroker_frame_check(const struct dmabroker_frame *frame);
 
 /**
  * A new handle to the frame's buffer (the same memory; free it with

@@ -4,8 +4,8 @@ use crate::buffer::{AllocOptions, Buffer};
 use crate::error::{guard, guard_value, Error, Result, Status};
 use crate::{c_str, free_handle, handle, into_handle};
 use dmabroker_core::client::{
-    AllocateError, Client as CoreClient, ConnectError, ImportError, PublishError, PublishOptions as CorePublishOptions,
-    TransportError, UnpublishError,
+    AllocateError, AllocateForError, Client as CoreClient, ConnectError, ImportError, PublishError,
+    PublishOptions as CorePublishOptions, TransportError, UnpublishError,
 };
 use dmabroker_core::proto::{Access, AllocateRequest, Grant};
 use std::ffi::{c_char, CString};
@@ -214,6 +214,97 @@ pub unsafe extern "C" fn dmabroker_client_alloc(
         };
         let buffer = client.with(|c| c.allocate_with(request))?;
         *out = into_handle(Buffer::new(buffer));
+        Ok(())
+    })
+}
+
+impl From<AllocateForError> for Error {
+    fn from(e: AllocateForError) -> Self {
+        let status = match &e {
+            AllocateForError::Unsupported { .. } | AllocateForError::NoSuitableHeap(_) => {
+                Status::DMABROKER_ERROR_UNSUPPORTED
+            }
+            AllocateForError::Invalid(_) => Status::DMABROKER_ERROR_INVALID_ARGUMENT,
+            AllocateForError::NotAllowed(_) => Status::DMABROKER_ERROR_PERMISSION_DENIED,
+            AllocateForError::QuotaExceeded(_) => Status::DMABROKER_ERROR_QUOTA_EXCEEDED,
+            AllocateForError::NoSuchHeap(_) => Status::DMABROKER_ERROR_NO_SUCH_HEAP,
+            AllocateForError::AllocationFailed(_) => Status::DMABROKER_ERROR_OUT_OF_MEMORY,
+            AllocateForError::BadBuffer(_) => Status::DMABROKER_ERROR_NOT_A_BUFFER,
+            AllocateForError::Transport(t) => transport_status(t),
+            _ => Status::DMABROKER_ERROR_BROKER,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+/// Allocate through the broker by constraints: the broker chooses the
+/// cheapest heap that its policy allows this user and that meets every
+/// requirement of `constraints` (as `dmabroker_alloc_for` does in-process),
+/// allocates `len` bytes from it and charges them to this user's quota.
+/// `name` (NULL: none) names the buffer. `choice_info` may be NULL;
+/// otherwise it receives the heap and the reasons (free its strings with
+/// `dmabroker_choice_info_clear`). Needs a broker speaking protocol version 2.
+///
+/// # Errors
+/// `DMABROKER_ERROR_UNSUPPORTED` when no allowed heap meets the constraints
+/// (the message names each unmet requirement, its devices, what each heap
+/// lacks and the heaps the policy does not allow) or the broker is too old,
+/// `DMABROKER_ERROR_QUOTA_EXCEEDED`, `DMABROKER_ERROR_OUT_OF_MEMORY`,
+/// `DMABROKER_ERROR_BROKER`, `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL
+/// pointers, size 0, more than 16 devices).
+///
+/// # Safety
+/// `client` and `constraints` are NULL or live handles; `name` is NULL or a
+/// C string; `out` is NULL or writable for one pointer; `choice_info` is NULL
+/// or writable for one `dmabroker_choice_info` (its old contents are
+/// overwritten, not freed).
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_client_alloc_for(
+    client: *const Client,
+    constraints: *const crate::constraints::Constraints,
+    len: u64,
+    name: *const c_char,
+    out: *mut *mut Buffer,
+    choice_info: *mut crate::constraints::ChoiceInfo,
+) -> Status {
+    use crate::constraints::ChoiceInfo;
+    guard(|| {
+        // SAFETY: the caller passes NULL or a writable dmabroker_choice_info.
+        let mut info = unsafe { choice_info.as_mut() };
+        if let Some(i) = info.as_deref_mut() {
+            *i = ChoiceInfo::EMPTY;
+        }
+        // SAFETY: the caller passes NULL or a writable pointer slot.
+        let out = unsafe { crate::out(out, "out") }?;
+        *out = ptr::null_mut();
+        // SAFETY: the caller passes NULL or a live handle.
+        let client = unsafe { handle(client, "client") }?;
+        // SAFETY: the caller passes NULL or a live handle.
+        let constraints = unsafe { handle(constraints, "constraints") }?.effective()?;
+        let name = if name.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL, and the caller passes a C string.
+            Some(unsafe { c_str(name, "name") }?)
+        };
+        if len == 0 {
+            return Err(Error::invalid("size 0: a buffer needs at least one byte"));
+        }
+        let got = client.with(|c| c.allocate_for(&constraints, len, name))?;
+        if let Some(i) = info {
+            let c = &got.choice;
+            *i = ChoiceInfo {
+                heap: crate::owned_c_string(&c.heap),
+                reasons: crate::owned_c_string(&c.reasons.join("; ")),
+                len: c.len,
+                allocated_len: c.allocated_len,
+                align: c.align,
+                contiguous: c.contiguous,
+                non_coherent: c.coherency == "non-coherent",
+                uncached: c.cache == "uncached",
+            };
+        }
+        *out = into_handle(Buffer::new(got.buffer));
         Ok(())
     })
 }

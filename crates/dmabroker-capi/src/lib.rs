@@ -37,8 +37,9 @@ pub use buffer::{
     Buffer, BufferInfo, BufferKind, FdOwnership, FdOwnershipArg, Segment,
 };
 pub use client::{
-    dmabroker_client_alloc, dmabroker_client_connect, dmabroker_client_free, dmabroker_client_import,
-    dmabroker_client_publish, dmabroker_client_unpublish, dmabroker_string_free, Client, PublishOptions,
+    dmabroker_client_alloc, dmabroker_client_alloc_for, dmabroker_client_connect, dmabroker_client_free,
+    dmabroker_client_import, dmabroker_client_publish, dmabroker_client_unpublish, dmabroker_string_free, Client,
+    PublishOptions,
 };
 pub use constraints::{
     dmabroker_alloc_for, dmabroker_choice_info_clear, dmabroker_constraints_describe, dmabroker_constraints_free,
@@ -65,14 +66,14 @@ pub use mapping::{
 };
 pub use pool::{
     dmabroker_consumer_connect, dmabroker_consumer_connect_with, dmabroker_consumer_free, dmabroker_consumer_get_stats,
-    dmabroker_consumer_held_count, dmabroker_consumer_recv, dmabroker_frame_data, dmabroker_frame_free,
-    dmabroker_frame_get_buffer, dmabroker_frame_get_info, dmabroker_frame_take_sync_file, dmabroker_producer_acquire,
-    dmabroker_producer_buffer_count, dmabroker_producer_cancel, dmabroker_producer_close, dmabroker_producer_free,
-    dmabroker_producer_get_buffer, dmabroker_producer_get_consumer_stats, dmabroker_producer_get_stats,
-    dmabroker_producer_listen, dmabroker_producer_new, dmabroker_producer_new_for, dmabroker_producer_new_for_layout,
-    dmabroker_producer_submit, dmabroker_producer_wait_for_consumers, Consumer, ConsumerOptions, ConsumerSelfStats,
-    ConsumerStats, Frame, FrameInfo, PoolOptions, PoolStats, Producer, WaitMode, WaitModeArg,
-    DMABROKER_FRAME_FLAG_ERROR, DMABROKER_FRAME_FLAG_KEY_FRAME, DMABROKER_FRAME_FLAG_SYNC_FILE,
+    dmabroker_consumer_held_count, dmabroker_consumer_recv, dmabroker_frame_check, dmabroker_frame_data,
+    dmabroker_frame_free, dmabroker_frame_get_buffer, dmabroker_frame_get_info, dmabroker_frame_take_sync_file,
+    dmabroker_producer_acquire, dmabroker_producer_buffer_count, dmabroker_producer_cancel, dmabroker_producer_close,
+    dmabroker_producer_free, dmabroker_producer_get_buffer, dmabroker_producer_get_consumer_stats,
+    dmabroker_producer_get_stats, dmabroker_producer_listen, dmabroker_producer_new, dmabroker_producer_new_for,
+    dmabroker_producer_new_for_layout, dmabroker_producer_submit, dmabroker_producer_wait_for_consumers, Consumer,
+    ConsumerOptions, ConsumerSelfStats, ConsumerStats, Frame, FrameInfo, PoolOptions, PoolStats, Producer, WaitMode,
+    WaitModeArg, DMABROKER_FRAME_FLAG_ERROR, DMABROKER_FRAME_FLAG_KEY_FRAME, DMABROKER_FRAME_FLAG_SYNC_FILE,
 };
 
 use error::{guard_value, Error, Result};

@@ -24,7 +24,8 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void};
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::ptr::{self, NonNull};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 
 /// Frame flag: the frame can be decoded on its own (encoders).
@@ -68,8 +69,10 @@ pub type WaitModeArg = u32;
 pub struct PoolOptions {
     /// A name for the buffers (shown in `/proc/PID/fd` and fdinfo); NULL: `"pool"`.
     pub name: *const c_char,
-    /// A consumer holding a frame longer than this is evicted; 0: 5000 ms;
-    /// negative: never.
+    /// A consumer is evicted when it holds a received frame longer than
+    /// this (counted from receipt), or when a frame waits unreceived for it
+    /// while it receives and frees no frame for this long (a slow consumer
+    /// that keeps receiving is not evicted); 0: 5000 ms; negative: never.
     pub release_timeout_ms: i64,
     /// Most consumers attached at once (1 to 63); 0: 8.
     pub max_consumers: u32,
@@ -543,13 +546,16 @@ pub unsafe extern "C" fn dmabroker_producer_free(producer: *mut Producer) {
 /// Accept consumers on a Unix socket at `path` (a stale socket file of a
 /// dead producer is replaced, and nothing but a socket ever is; the socket is
 /// removed when the producer is freed, if it is still the one made here).
-/// Handshakes run during acquire and wait-for-consumers calls; after
+/// While it lives the producer holds a `flock` on `path` + `".lock"` (also
+/// removed when it is freed), so a second dmabroker producer on the same
+/// path is refused even before the first listens. Handshakes run during acquire and wait-for-consumers calls; after
 /// `dmabroker_producer_close` late consumers are refused with
 /// `DMABROKER_ERROR_CLOSED` at the producer's next call or when it is freed.
 ///
 /// # Errors
-/// `DMABROKER_ERROR_ALREADY_EXISTS` (a live process listens there, or the
-/// path is a file, FIFO, directory or anything else that is not a socket),
+/// `DMABROKER_ERROR_ALREADY_EXISTS` (a live process listens there, another
+/// producer holds the lock file, a live socket of another type is there, or
+/// the path is a file, FIFO, directory or anything else that is not a socket),
 /// `DMABROKER_ERROR_PERMISSION_DENIED`, `DMABROKER_ERROR_INVALID_ARGUMENT`
 /// (NULL, an empty path, a path over 107 bytes), `DMABROKER_ERROR_BUSY` (a slot is
 /// acquired), `DMABROKER_ERROR_IO`.
@@ -988,6 +994,9 @@ struct ConsumerInner {
     /// Frames freed while another thread held `state` (a recv waiting),
     /// released by the next holder: `dmabroker_frame_free` never waits.
     freed: Mutex<Vec<u64>>,
+    /// Threads other than a receiver waiting for `state`: a receiver lets
+    /// them in between its wait slices before it locks again.
+    contenders: AtomicUsize,
     buffer_count: u32,
     buffer_len: u64,
     slot: u32,
@@ -997,13 +1006,33 @@ impl ConsumerInner {
     /// Run `f` on the locked state; frames freed meanwhile by other
     /// threads are released before `f` and after the lock is let go.
     fn with<R>(&self, f: impl FnOnce(&mut ConsumerState) -> R) -> R {
+        self.contenders.fetch_add(1, Ordering::SeqCst);
+        let state = lock(&self.state);
+        self.contenders.fetch_sub(1, Ordering::SeqCst);
+        self.run(state, f)
+    }
+
+    /// Run `f` on `state` (locked by the caller), draining first and
+    /// settling after the lock is let go.
+    fn run<R>(&self, mut state: MutexGuard<'_, ConsumerState>, f: impl FnOnce(&mut ConsumerState) -> R) -> R {
         let result = {
-            let mut state = lock(&self.state);
             self.drain(&mut state);
             f(&mut state)
         };
+        drop(state);
         self.settle();
         result
+    }
+
+    /// `with` for a receiver: before locking, let in the threads waiting
+    /// for the state (frame_data, get_stats, ...) for at most one slice, so
+    /// a receiver looping over its slices never starves them.
+    fn with_as_receiver<R>(&self, f: impl FnOnce(&mut ConsumerState) -> R) -> R {
+        let start = Instant::now();
+        while self.contenders.load(Ordering::SeqCst) > 0 && start.elapsed() < RECV_SLICE {
+            std::thread::yield_now();
+        }
+        self.run(lock(&self.state), f)
     }
 
     /// Release the frames queued in `freed` (the caller holds the state).
@@ -1052,6 +1081,11 @@ pub struct Frame {
     info: FrameInfo,
     buffer: dmabroker_core::Buffer,
     sync_file: Mutex<Option<OwnedFd>>,
+    /// The address and length of the frame's bytes once its CPU access
+    /// began (the first `dmabroker_frame_data`): later calls answer from
+    /// here without locking the consumer. The address stays valid until
+    /// the frame is freed (the access lives in the consumer's state).
+    data: OnceLock<(usize, usize)>,
 }
 
 impl From<KeptError> for Error {
@@ -1091,6 +1125,7 @@ unsafe fn connect(path: *const c_char, options: &CoreConsumerOptions) -> Result<
         inner: Arc::new(ConsumerInner {
             state: Mutex::new(ConsumerState { consumer, frames: HashMap::new(), next_id: 0 }),
             freed: Mutex::new(Vec::new()),
+            contenders: AtomicUsize::new(0),
             buffer_count,
             buffer_len,
             slot,
@@ -1214,37 +1249,41 @@ pub unsafe extern "C" fn dmabroker_consumer_recv(
         let inner = &c.inner;
         let limit = crate::timeout_ms(timeout_ms);
         let start = Instant::now();
-        let (id, kept_info, buffer, sync_file) = inner.with(|state| loop {
+        // One lock per slice: between slices other threads (frame_data,
+        // frame_free, get_stats) get the state.
+        let (id, kept_info, buffer, sync_file) = loop {
             let left = limit.map(|l| l.saturating_sub(start.elapsed()));
             let slice = left.map_or(RECV_SLICE, |l| l.min(RECV_SLICE));
-            // Kept at once: the frame no longer borrows the consumer.
-            let received = state.consumer().recv(Some(slice)).map(|f| f.keep());
-            let mut kept = match received {
-                Ok(kept) => kept,
-                // Time left: release what other threads freed, wait on.
-                Err(PoolError::Timeout(_)) if left.is_none_or(|l| l > slice) => {
-                    inner.drain(state);
-                    continue;
-                }
-                Err(PoolError::Timeout(_)) => {
-                    return Err(Error::from(PoolError::Timeout(limit.unwrap_or_default())));
-                }
-                Err(e) => return Err(Error::from(e)),
-            };
-            let buffer = match state.consumer().kept_buffer(&kept) {
-                Ok(b) => b.clone(),
-                Err(e) => {
-                    let _ = state.consumer().release_kept(kept);
-                    return Err(Error::from(e));
-                }
-            };
-            let sync_file = kept.take_sync_file();
-            let info = *kept.info();
-            let id = state.next_id;
-            state.next_id += 1;
-            state.frames.insert(id, HeldFrame { read: None, kept });
-            return Ok((id, info, buffer, sync_file));
-        })?;
+            let got = inner.with_as_receiver(|state| -> Result<Option<_>, Error> {
+                // Kept at once: the frame no longer borrows the consumer.
+                let received = state.consumer().recv(Some(slice)).map(|f| f.keep());
+                let mut kept = match received {
+                    Ok(kept) => kept,
+                    // Time left: wait on (after letting others in).
+                    Err(PoolError::Timeout(_)) if left.is_none_or(|l| l > slice) => return Ok(None),
+                    Err(PoolError::Timeout(_)) => {
+                        return Err(Error::from(PoolError::Timeout(limit.unwrap_or_default())));
+                    }
+                    Err(e) => return Err(Error::from(e)),
+                };
+                let buffer = match state.consumer().kept_buffer(&kept) {
+                    Ok(b) => b.clone(),
+                    Err(e) => {
+                        let _ = state.consumer().release_kept(kept);
+                        return Err(Error::from(e));
+                    }
+                };
+                let sync_file = kept.take_sync_file();
+                let info = *kept.info();
+                let id = state.next_id;
+                state.next_id += 1;
+                state.frames.insert(id, HeldFrame { read: None, kept });
+                Ok(Some((id, info, buffer, sync_file)))
+            })?;
+            if let Some(got) = got {
+                break got;
+            }
+        };
         let info = FrameInfo {
             index: kept_info.index,
             flags: kept_info.flags.bits(),
@@ -1253,14 +1292,22 @@ pub unsafe extern "C" fn dmabroker_consumer_recv(
             bytes_used: kept_info.bytes_used,
             meta: kept_info.meta,
         };
-        *out = into_handle(Frame { inner: Arc::clone(inner), id, info, buffer, sync_file: Mutex::new(sync_file) });
+        *out = into_handle(Frame {
+            inner: Arc::clone(inner),
+            id,
+            info,
+            buffer,
+            sync_file: Mutex::new(sync_file),
+            data: OnceLock::new(),
+        });
         Ok(())
     })
 }
 
 /// This consumer's view of the pool: buffers, their length, its slot, the
-/// frames dropped for it and the wake-ups it needed. Waits while another
-/// thread is in `dmabroker_consumer_recv`.
+/// frames dropped for it and the wake-ups it needed. While another thread
+/// is in `dmabroker_consumer_recv`, waits for the end of its current wait
+/// slice (10 ms at most).
 ///
 /// # Errors
 /// `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers.
@@ -1295,7 +1342,8 @@ pub unsafe extern "C" fn dmabroker_consumer_get_stats(
 
 /// The number of buffers this consumer holds: its frames not freed yet
 /// (frames freed by another thread during a recv count until released).
-/// Waits while another thread is in `dmabroker_consumer_recv`.
+/// While another thread is in `dmabroker_consumer_recv`, waits for the end
+/// of its current wait slice (10 ms at most).
 ///
 /// # Errors
 /// `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers. On failure
@@ -1341,8 +1389,9 @@ pub unsafe extern "C" fn dmabroker_frame_get_info(frame: *const Frame, out: *mut
 /// dma-bufs) on the first call; `*data` points to the frame's `*len` bytes
 /// (its `bytes_used`), read-only and valid until the frame is freed, which
 /// ends the access. Later calls give the same pointer. Several frames of a
-/// consumer may be read at the same time. The first call waits while
-/// another thread is in `dmabroker_consumer_recv`.
+/// consumer may be read at the same time. The first call on a frame may
+/// wait for the end of the current wait slice (10 ms at most) of a
+/// `dmabroker_consumer_recv` in another thread; later calls never wait.
 ///
 /// # Errors
 /// `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers),
@@ -1367,6 +1416,12 @@ pub unsafe extern "C" fn dmabroker_frame_data(
         *len = 0;
         // SAFETY: the caller passes NULL or a live handle.
         let f = unsafe { handle(frame, "frame") }?;
+        if let Some(&(bytes, bytes_len)) = f.data.get() {
+            // Begun before: no lock, so a recv in another thread never delays it.
+            *data = bytes as *const c_void;
+            *len = bytes_len;
+            return Ok(());
+        }
         let (bytes, bytes_len) = f.inner.with(|state| -> Result<_, Error> {
             let consumer = state.consumer;
             let held = state.frames.get_mut(&f.id).ok_or_else(|| Error::invalid("the frame was already released"))?;
@@ -1387,9 +1442,44 @@ pub unsafe extern "C" fn dmabroker_frame_data(
             let bytes = held.read.as_ref().expect("begun above");
             Ok((bytes.as_ptr(), bytes.len()))
         })?;
+        let bytes_len = usize::try_from(f.info.bytes_used).unwrap_or(usize::MAX).min(bytes_len);
+        // Another thread may have begun it meanwhile: the same access (one
+        // guard per frame), so the same address.
+        let _ = f.data.set((bytes as usize, bytes_len));
         *data = bytes.cast::<c_void>();
-        *len = usize::try_from(f.info.bytes_used).unwrap_or(usize::MAX).min(bytes_len);
+        *len = bytes_len;
         Ok(())
+    })
+}
+
+/// Whether the frame's buffer still holds the frame: call it **after**
+/// reading the bytes of `dmabroker_frame_data`. `DMABROKER_OK`: the
+/// consumer was not evicted since it received the frame, so no byte read
+/// before this call was overwritten. `DMABROKER_ERROR_EVICTED`: the
+/// producer evicted the consumer (a frame held past the release timeout)
+/// and took back every buffer it held, this one included; it may have
+/// reused it, so the bytes read may be torn or another frame's: discard
+/// them. The frame must still be freed. While another thread is in
+/// `dmabroker_consumer_recv`, waits for the end of its current wait slice
+/// (10 ms at most).
+///
+/// # Errors
+/// `DMABROKER_ERROR_EVICTED`, `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL).
+///
+/// # Safety
+/// `frame` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_frame_check(frame: *const Frame) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live handle.
+        let f = unsafe { handle(frame, "frame") }?;
+        f.inner.with(|state| -> Result<(), Error> {
+            let held = state.frames.get(&f.id).ok_or_else(|| Error::invalid("the frame was already released"))?;
+            // SAFETY: see `ConsumerState::consumer`: the state lock is held,
+            // and this shared reference lives only for the check.
+            let core: &CoreConsumer = unsafe { state.consumer.as_ref() };
+            Ok(core.check_kept(&held.kept)?)
+        })
     })
 }
 

@@ -1091,3 +1091,278 @@ fn a_consumer_holds_several_frames_and_frees_them_from_any_thread() {
     unsafe { dmabroker_producer_free(p) };
     let _ = std::fs::remove_dir_all(std::path::Path::new(path.to_str().unwrap()).parent().unwrap());
 }
+
+/// The usual C design: one thread receives with no time limit, workers
+/// read the frames and free them. With every buffer held the receiver is
+/// inside recv while the workers call frame_data and frame_free: neither
+/// may wait for the recv (a begun frame's data never locks the consumer;
+/// recv lets other threads in between its wait slices).
+#[test]
+fn workers_read_and_free_frames_while_a_receiver_waits() {
+    const N: usize = 512;
+    const FRAMES: u8 = 40;
+    let path = socket_path("workers");
+    let p = producer(3, 4096);
+    expect(unsafe { dmabroker_producer_listen(p, path.as_ptr()) }, Status::DMABROKER_OK);
+    let path2 = path.clone();
+    let connecting = std::thread::spawn(move || {
+        let mut c = ptr::null_mut();
+        let status = unsafe { dmabroker_consumer_connect(path2.as_ptr(), WaitMode::Block as u32, &mut c) };
+        (status, Send_(c))
+    });
+    expect(unsafe { dmabroker_producer_wait_for_consumers(p, 1, 10_000) }, Status::DMABROKER_OK);
+    let (status, c) = connecting.join().unwrap();
+    expect(status, Status::DMABROKER_OK);
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let pc = Send_(p);
+    let run = std::thread::spawn(move || {
+        let pc = pc;
+        let producing = std::thread::spawn(move || {
+            let pc = pc;
+            for byte in 1..=FRAMES {
+                submit_filled(pc.0, byte, N);
+            }
+            pc
+        });
+        let (work_tx, work_rx) = std::sync::mpsc::channel::<Send_<Frame>>();
+        let work_rx = std::sync::Arc::new(std::sync::Mutex::new(work_rx));
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let work_rx = std::sync::Arc::clone(&work_rx);
+                std::thread::spawn(move || {
+                    let mut ok = 0;
+                    loop {
+                        let next = work_rx.lock().unwrap().recv();
+                        let Ok(f) = next else { return ok };
+                        // Every buffer is held by now: the receiver waits in recv.
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        ok += usize::from(frame_bytes_ok(f.0, N));
+                        ok += usize::from(frame_bytes_ok(f.0, N));
+                        unsafe { dmabroker_frame_free(f.0) };
+                    }
+                })
+            })
+            .collect();
+        let cc = c;
+        let mut received = 0u8;
+        while received < FRAMES {
+            let mut f = ptr::null_mut();
+            expect(unsafe { dmabroker_consumer_recv(cc.0, -1, &mut f) }, Status::DMABROKER_OK);
+            received += 1;
+            // Half the frames are begun here, before the hand-off.
+            if received % 2 == 0 {
+                assert!(frame_bytes_ok(f, N));
+            }
+            work_tx.send(Send_(f)).unwrap();
+        }
+        drop(work_tx);
+        let read: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+        let _ = producing.join().unwrap();
+        done_tx.send((read, cc)).unwrap();
+    });
+    let (read, c) = done_rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("deadlock: workers could not read or free frames while the receiver waited in recv");
+    run.join().unwrap();
+    assert_eq!(read, 2 * FRAMES as usize);
+    let mut cs = ConsumerStats::default();
+    expect(unsafe { dmabroker_producer_get_consumer_stats(p, 0, &mut cs) }, Status::DMABROKER_OK);
+    assert_eq!((cs.received, cs.evicted), (u64::from(FRAMES), false));
+    unsafe { dmabroker_consumer_free(c.0) };
+    unsafe { dmabroker_producer_free(p) };
+    let _ = std::fs::remove_dir_all(std::path::Path::new(path.to_str().unwrap()).parent().unwrap());
+}
+
+// ---- allocation by constraints through the broker -----------------------------
+
+/// A one-client stand-in for the broker speaking `version`: it answers
+/// `AllocateFor` with `answer` (a memfd of the asked length when `None`),
+/// and hands the requests it got back when the client hangs up.
+fn fake_broker(
+    name: &str,
+    version: u16,
+    answer: Option<dmabroker_core::proto::Response>,
+) -> (std::path::PathBuf, std::thread::JoinHandle<Vec<dmabroker_core::proto::Request>>) {
+    use dmabroker_core::proto::{self, wire, ChoiceReport, Request, Response};
+    use std::os::fd::AsFd;
+    let dir = std::env::temp_dir().join(format!("dmabroker-capi-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("b.sock");
+    let listener = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    rustix::net::bind(&listener, &rustix::net::SocketAddrUnix::new(&path).unwrap()).unwrap();
+    rustix::net::listen(&listener, 1).unwrap();
+    let thread = std::thread::spawn(move || {
+        let s = rustix::net::accept(&listener).unwrap();
+        let mut buf = vec![0; proto::MAX_RESPONSE_LEN];
+        let mut got = Vec::new();
+        while let Ok(Some(r)) = wire::recv(s.as_fd(), &mut buf, false) {
+            let request = proto::decode_request(&buf[..r.len]).unwrap();
+            let (response, fd) = match &request {
+                Request::Hello { .. } => (Response::Hello { version, server: "fake".into() }, None),
+                Request::AllocateFor(a) => match &answer {
+                    Some(r) => (r.clone(), None),
+                    None => {
+                        let fd = memfd(a.len);
+                        let choice = ChoiceReport {
+                            heap: "memfd".into(),
+                            kind: "memfd".into(),
+                            len: a.len,
+                            allocated_len: a.len,
+                            align: 4096,
+                            contiguous: false,
+                            cache: "cached".into(),
+                            coherency: "non-coherent".into(),
+                            reasons: vec!["memfd is the only heap".into(), "isp0 needs 4 KiB".into()],
+                            candidates: vec!["memfd".into()],
+                            passed_over: vec![],
+                        };
+                        (Response::AllocatedFor { id: 7, len: a.len, heap: "memfd".into(), choice }, Some(fd))
+                    }
+                },
+                other => panic!("unexpected {other:?}"),
+            };
+            got.push(request);
+            let bytes = proto::encode_response(&response).unwrap();
+            wire::send(s.as_fd(), &bytes, fd.as_ref().map(|f| f.as_fd()), false).unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        got
+    });
+    (path, thread)
+}
+
+fn connect(path: &std::path::Path) -> *mut Client {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut c = ptr::null_mut();
+    expect(unsafe { dmabroker_client_connect(path.as_ptr(), &mut c) }, Status::DMABROKER_OK);
+    c
+}
+
+#[test]
+fn client_alloc_for_sends_each_device_and_reports_the_choice() {
+    use dmabroker_core::proto::{ErrorCode, Request, Response};
+    let (path, broker) = fake_broker("for", 2, None);
+    let client = connect(&path);
+    let isp = constraints(c"isp0");
+    expect(unsafe { dmabroker_constraints_set_align(isp, 4096) }, Status::DMABROKER_OK);
+    expect(
+        unsafe { dmabroker_constraints_set_coherency(isp, Coherency::NeedsMaintenance as u32) },
+        Status::DMABROKER_OK,
+    );
+    let mut b: *mut Buffer = ptr::dangling_mut::<Buffer>();
+    let mut info = ChoiceInfo {
+        heap: ptr::dangling_mut(),
+        reasons: ptr::dangling_mut(),
+        len: 1,
+        allocated_len: 1,
+        align: 1,
+        contiguous: true,
+        non_coherent: true,
+        uncached: true,
+    };
+    // Bad arguments: nothing sent, out-parameters cleared.
+    expect(unsafe { dmabroker_client_alloc_for(ptr::null(), isp, 4096, ptr::null(), &mut b, &mut info) }, INVALID);
+    assert!(b.is_null() && info.heap.is_null() && info.reasons.is_null() && info.len == 0);
+    expect(unsafe { dmabroker_client_alloc_for(client, ptr::null(), 4096, ptr::null(), &mut b, &mut info) }, INVALID);
+    expect(unsafe { dmabroker_client_alloc_for(client, isp, 0, ptr::null(), &mut b, &mut info) }, INVALID);
+    expect(unsafe { dmabroker_client_alloc_for(client, isp, 4096, ptr::null(), ptr::null_mut(), &mut info) }, INVALID);
+    expect(
+        unsafe { dmabroker_client_alloc_for(client, isp, 8192, c"frame".as_ptr(), &mut b, &mut info) },
+        Status::DMABROKER_OK,
+    );
+    assert_eq!(unsafe { dmabroker_buffer_len(b) }, 8192);
+    assert_eq!(c_string_of(info.heap), "memfd");
+    assert_eq!(c_string_of(info.reasons), "memfd is the only heap; isp0 needs 4 KiB");
+    assert!(info.non_coherent && !info.uncached && info.align == 4096);
+    unsafe { dmabroker_choice_info_clear(&mut info) };
+    unsafe { dmabroker_buffer_free(b) };
+    unsafe { dmabroker_client_free(client) };
+    unsafe { dmabroker_constraints_free(isp) };
+    let requests = broker.join().unwrap();
+    let Some(Request::AllocateFor(a)) = requests.get(1) else { panic!("{requests:?}") };
+    assert_eq!((a.len, a.name.as_deref()), (8192, Some("frame")));
+    assert_eq!(a.devices.len(), 1);
+    assert_eq!((a.devices[0].device.as_str(), a.devices[0].align), ("isp0", Some(4096)));
+
+    // No suitable heap: UNSUPPORTED with the broker's explanation.
+    let refusal = Response::Error {
+        code: ErrorCode::NoSuitableHeap,
+        message: "no heap can allocate 4 KiB for isp0: memfd: not usable (not allowed by policy for uid 1)".into(),
+    };
+    let (path, broker) = fake_broker("for-none", 2, Some(refusal));
+    let client = connect(&path);
+    let any = constraints(c"any");
+    let mut b = ptr::null_mut();
+    expect(
+        unsafe { dmabroker_client_alloc_for(client, any, 4096, ptr::null(), &mut b, ptr::null_mut()) },
+        Status::DMABROKER_ERROR_UNSUPPORTED,
+    );
+    assert!(b.is_null() && last_error().contains("not allowed by policy"), "{}", last_error());
+    unsafe { dmabroker_client_free(client) };
+    broker.join().unwrap();
+
+    // A version-1 broker is not asked at all.
+    let (path, broker) = fake_broker("for-v1", 1, None);
+    let client = connect(&path);
+    expect(
+        unsafe { dmabroker_client_alloc_for(client, any, 4096, ptr::null(), &mut b, ptr::null_mut()) },
+        Status::DMABROKER_ERROR_UNSUPPORTED,
+    );
+    assert!(last_error().contains("version 1"), "{}", last_error());
+    unsafe { dmabroker_client_free(client) };
+    unsafe { dmabroker_constraints_free(any) };
+    assert_eq!(broker.join().unwrap().len(), 1, "only Hello");
+}
+
+/// A frame held past the release timeout: the consumer is evicted, the
+/// producer reuses the buffer, and frame_check says the bytes read may be
+/// torn (before the eviction it says they are intact).
+#[test]
+fn frame_check_reports_an_eviction_while_the_frame_was_held() {
+    const N: usize = 256;
+    let path = socket_path("check");
+    let options = PoolOptions { name: ptr::null(), release_timeout_ms: 200, max_consumers: 0, drop_oldest: false };
+    let mut p = ptr::null_mut();
+    expect(
+        unsafe { dmabroker_producer_new(ptr::null(), c"memfd".as_ptr(), 2, 4096, &options, &mut p) },
+        Status::DMABROKER_OK,
+    );
+    expect(unsafe { dmabroker_producer_listen(p, path.as_ptr()) }, Status::DMABROKER_OK);
+    let path2 = path.clone();
+    let connecting = std::thread::spawn(move || {
+        let mut c = ptr::null_mut();
+        let status = unsafe { dmabroker_consumer_connect(path2.as_ptr(), WaitMode::Block as u32, &mut c) };
+        (status, Send_(c))
+    });
+    expect(unsafe { dmabroker_producer_wait_for_consumers(p, 1, 10_000) }, Status::DMABROKER_OK);
+    let (status, c) = connecting.join().unwrap();
+    expect(status, Status::DMABROKER_OK);
+    let c = c.0;
+    submit_filled(p, 1, N);
+    let mut f = ptr::null_mut();
+    expect(unsafe { dmabroker_consumer_recv(c, 5000, &mut f) }, Status::DMABROKER_OK);
+    assert!(frame_bytes_ok(f, N));
+    expect(unsafe { dmabroker_frame_check(f) }, Status::DMABROKER_OK);
+    expect(unsafe { dmabroker_frame_check(ptr::null()) }, INVALID);
+    // The producer fills the other buffer, then waits for the held one
+    // until it evicts the consumer, and refills it.
+    let started = std::time::Instant::now();
+    for byte in 2..=4 {
+        submit_filled(p, byte, N);
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+    expect(unsafe { dmabroker_frame_check(f) }, Status::DMABROKER_ERROR_EVICTED);
+    unsafe { dmabroker_frame_free(f) };
+    expect(unsafe { dmabroker_consumer_recv(c, 0, &mut f) }, Status::DMABROKER_ERROR_EVICTED);
+    unsafe { dmabroker_consumer_free(c) };
+    unsafe { dmabroker_producer_free(p) };
+    let _ = std::fs::remove_dir_all(std::path::Path::new(path.to_str().unwrap()).parent().unwrap());
+}

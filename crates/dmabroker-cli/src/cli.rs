@@ -1,7 +1,7 @@
 //! Command-line syntax.
 
 use crate::command::{bench_broker, bench_pool, demo, import, ps, serve, stats, unpublish};
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 /// User-space buffer allocation and sharing for Linux: dma-heaps, udmabuf,
 /// sealed memfd and hugetlb behind one API, a broker daemon, streaming pools.
@@ -58,6 +58,7 @@ pub struct HeapsArgs {
 
 /// `dmabroker alloc`.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("share").args(["publish", "token"])))]
 pub struct AllocArgs {
     /// Heap to allocate from (see `dmabroker heaps`) [default: memfd, or with
     /// device options the cheapest heap that meets them].
@@ -92,16 +93,16 @@ pub struct AllocArgs {
     #[arg(long)]
     pub token: bool,
     /// Who else may import the publication: uid=N[:ro|rw], gid=N[:ro|rw], any[:ro|rw] (repeatable; default access ro).
-    #[arg(long = "allow", value_name = "GRANT")]
+    #[arg(long = "allow", value_name = "GRANT", requires = "share")]
     pub allow: Vec<dmabroker::proto::Grant>,
     /// Withdraw the publication after its first import by another user.
-    #[arg(long)]
+    #[arg(long, requires = "share")]
     pub one_shot: bool,
-    /// Withdraw the publication after this many seconds.
-    #[arg(long, value_name = "SECONDS")]
+    /// Withdraw the publication after this many seconds (1 to 315360000, ten years).
+    #[arg(long, value_name = "SECONDS", requires = "share", value_parser = parse_expires)]
     pub expires: Option<u64>,
     /// Broker socket [default: $XDG_RUNTIME_DIR/dmabroker.sock if present, else /run/dmabroker/dmabroker.sock].
-    #[arg(long, env = "DMABROKER_SOCKET")]
+    #[arg(long, env = "DMABROKER_SOCKET", value_parser = parse_client_socket)]
     pub socket: Option<std::path::PathBuf>,
 }
 
@@ -146,6 +147,54 @@ pub struct BenchAllocArgs {
     /// library's place, to show what the method alone reports as overhead.
     #[arg(long)]
     pub control: bool,
+}
+
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes,
+/// with the terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// clap value parser for a socket path: at most [`MAX_SOCKET_PATH`] bytes.
+pub fn parse_socket_path(s: &str) -> Result<std::path::PathBuf, String> {
+    if s.is_empty() {
+        return Err("an empty socket path: give a path".to_owned());
+    }
+    if s.len() > MAX_SOCKET_PATH {
+        return Err(format!(
+            "the socket path is {} bytes, over the {MAX_SOCKET_PATH} a Unix socket address holds: \
+             use a shorter path (e.g. in /run or $XDG_RUNTIME_DIR, or through a shorter symlinked directory)",
+            s.len()
+        ));
+    }
+    Ok(s.into())
+}
+
+/// clap value parser for a client's `--socket` (also `$DMABROKER_SOCKET`):
+/// empty (a variable set but empty) means the default socket.
+pub fn parse_client_socket(s: &str) -> Result<std::path::PathBuf, String> {
+    if s.is_empty() {
+        return Ok(dmabroker::proto::default_client_socket());
+    }
+    parse_socket_path(s)
+}
+
+/// clap value parser for `--expires`: 1 second to [`dmabroker::proto::MAX_EXPIRY_SECS`].
+fn parse_expires(s: &str) -> Result<u64, String> {
+    let max = dmabroker::proto::MAX_EXPIRY_SECS;
+    let secs: u64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of seconds (e.g. 60)"))?;
+    match secs {
+        0 => Err("0 seconds would withdraw the publication at once: give at least 1".to_owned()),
+        n if n > max => Err(format!("{n} seconds is more than the broker keeps a publication ({max}, ten years)")),
+        n => Ok(n),
+    }
+}
+
+/// clap value parser for a count of at least 1 (`serve --max-clients`).
+pub fn parse_at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("0 would refuse every client: give at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a number (e.g. 64)")),
+    }
 }
 
 /// clap value parser for alignments: a size that is a power of two (not 0).
@@ -194,5 +243,34 @@ mod tests {
         }
         assert!(parse_nonzero_size("0").is_err());
         assert_eq!(parse_nonzero_size("4K"), Ok(4096));
+    }
+
+    #[test]
+    fn expiries_and_socket_paths_are_checked_up_front() {
+        assert_eq!(parse_expires("60"), Ok(60));
+        assert!(parse_expires("0").unwrap_err().contains("at least 1"));
+        assert!(parse_expires("400000000").unwrap_err().contains("ten years"));
+        assert_eq!(parse_client_socket(""), Ok(dmabroker::proto::default_client_socket()));
+        assert_eq!(parse_client_socket("/run/x.sock"), Ok("/run/x.sock".into()));
+        let long = format!("/tmp/{}", "d".repeat(120));
+        assert!(parse_client_socket(&long).unwrap_err().contains("shorter path"));
+        assert!(parse_socket_path("").is_err());
+    }
+
+    #[test]
+    fn sharing_options_need_a_publication() {
+        use clap::Parser;
+        for extra in [&["--allow", "uid=5"][..], &["--one-shot"], &["--expires", "60"]] {
+            let mut args = vec!["dmabroker", "alloc", "--size", "4K"];
+            args.extend_from_slice(extra);
+            let e = Cli::try_parse_from(&args).unwrap_err().to_string();
+            assert!(e.contains("--publish") || e.contains("--token"), "{extra:?}: {e}");
+            args.extend_from_slice(&["--publish", "x"]);
+            assert!(Cli::try_parse_from(&args).is_ok(), "{args:?}");
+        }
+        let e = Cli::try_parse_from(["dmabroker", "import", "k", "--list"]).unwrap_err().to_string();
+        assert!(e.contains("cannot be used with"), "{e}");
+        assert!(Cli::try_parse_from(["dmabroker", "serve", "--max-clients", "0"]).is_err());
+        assert!(Cli::try_parse_from(["dmabroker", "serve", "--max-clients", "1"]).is_ok());
     }
 }

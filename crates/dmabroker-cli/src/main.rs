@@ -39,7 +39,7 @@ fn main() -> ExitCode {
 /// The error and its causes joined with `: `, leaving out a cause whose text
 /// the message already contains (many errors print their source in their own
 /// message and also return it from `source()`).
-fn error_chain(e: &anyhow::Error) -> String {
+pub(crate) fn error_chain(e: &anyhow::Error) -> String {
     let mut text = e.to_string();
     for cause in e.chain().skip(1) {
         let cause = cause.to_string();

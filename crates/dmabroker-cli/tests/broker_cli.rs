@@ -314,3 +314,98 @@ fn output_within(cmd: &mut Command) -> std::process::Output {
     }
     child.wait_with_output().unwrap()
 }
+
+/// `alloc --broker` with device options: constraints merged here, the heap
+/// chosen by the broker, the same kind of report as in-process.
+#[test]
+fn broker_cli_alloc_by_constraints() {
+    let d = daemon("alloc-for", &[]);
+    // An `…M` format: one buffer per plane, each through the broker.
+    let o = d.cli(&["alloc", "--broker", "--format", "NV12M", "--size", "64x48", "--stride-align", "64", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["via"], "broker");
+    assert_eq!(v["layout"]["planes"].as_array().unwrap().len(), 2, "{v}");
+    let buffers = v["buffers"].as_array().unwrap();
+    assert_eq!(buffers.len(), 2, "{v}");
+    for (i, b) in buffers.iter().enumerate() {
+        assert_eq!(b["index"], i);
+        assert_eq!(b["heap"], "memfd", "{v}");
+        assert_eq!(b["planes"][0], i);
+        assert!(b["choice"]["reasons"].as_array().is_some_and(|r| !r.is_empty()), "{v}");
+    }
+    // Human report: constraints, layout, heap and why; then publish it.
+    let o = d.cli(&["alloc", "--broker", "--format", "NV12", "--size", "64x48", "--align", "4K", "--publish", "nv12"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    for says in [
+        "command line needs a start aligned to 4 KiB",
+        "layout: NV12 64x48",
+        "heap: memfd",
+        "chosen by the broker",
+        "  because ",
+        "through the broker as a memfd",
+        "published as nv12",
+    ] {
+        assert!(t.contains(says), "`{says}` in:\n{t}");
+    }
+    let o = d.cli(&["import", "nv12", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // What no heap meets: the broker's explanation, requirement by requirement.
+    let o = d.cli(&["alloc", "--broker", "--size", "64K", "--align", "64K"]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("command line needs a start aligned to 64 KiB") && t.contains("memfd: aligns only to 4 KiB"),
+        "{t}"
+    );
+    // A bad value never leaves this process.
+    let o = d.cli(&["alloc", "--broker", "--size", "64K", "--max-address", "0x12345"]);
+    assert!(!o.status.success() && text(&o).contains("--max-address"), "{}", text(&o));
+}
+
+/// A broker in a child pid namespace sees its clients outside with pid 0 in
+/// `SO_PEERCRED`: it serves them by uid and groups, without a pidfd.
+#[test]
+fn broker_in_a_child_pid_namespace_serves_clients_outside() {
+    if !is_root() {
+        eprintln!("SKIP broker_in_a_child_pid_namespace_serves_clients_outside: needs root");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("dmabroker-cli-pidns-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("b.sock");
+    let Ok(mut child) = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", bin(), "serve", "--socket"])
+        .arg(&socket)
+        .env_remove("NOTIFY_SOCKET")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        eprintln!("SKIP broker_in_a_child_pid_namespace_serves_clients_outside: no unshare(1)");
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut client = loop {
+        if let Ok(c) = Client::connect(&socket) {
+            break Some(c);
+        }
+        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let allocated = client.as_mut().map(|c| c.allocate("memfd", 4096, None).map(|b| b.len()));
+    let listening = socket.exists();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    match allocated {
+        None => {
+            assert!(!listening, "the broker listens but does not serve a client outside its pid namespace");
+            eprintln!("SKIP broker_in_a_child_pid_namespace_serves_clients_outside: no pid namespace here");
+        }
+        Some(r) => assert_eq!(r.unwrap(), 4096),
+    }
+}

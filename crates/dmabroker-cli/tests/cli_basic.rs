@@ -105,3 +105,45 @@ fn inspect_tells_what_an_fd_is() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no fd 99999"));
 }
+
+#[test]
+fn zero_pixel_size_is_a_usage_error() {
+    let out = dmabroker(&["alloc", "--format", "NV12", "--size", "0x0"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hexadecimal"), "{out:?}");
+}
+
+#[test]
+fn a_profile_entry_matching_no_device_is_warned_about() {
+    let file = std::env::temp_dir().join(format!("dmabroker-cli-profile-{}.toml", std::process::id()));
+    std::fs::write(&file, "[[device]]\ndriver = \"no-such-driver\"\naddress_bits = 32\n").unwrap();
+    let out = dmabroker(&["alloc", "--size", "64K", "--profile", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("warning: profile") && stdout.contains("no-such-driver"), "{stdout}");
+    assert!(stdout.contains("matches none of the --for devices"), "{stdout}");
+}
+
+#[test]
+fn alloc_prints_coherency_as_a_word() {
+    let out = dmabroker(&["alloc", "--size", "4K"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("cached, coherent"), "{stdout}");
+}
+
+#[test]
+fn contiguous_and_align_without_heap_go_through_the_chooser() {
+    // Without --heap the chooser explains heap by heap (memfd cannot, and
+    // why); with --heap memfd the heap's own refusal stands.
+    let out = dmabroker(&["alloc", "--size", "1M", "--align", "2M"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("from memfd"), "{out:?}");
+    } else {
+        assert!(err.contains("memfd: aligns only to"), "{err}");
+    }
+    let out = dmabroker(&["alloc", "--size", "1M", "--align", "2M", "--heap", "memfd"]);
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("constraints:"), "{out:?}");
+}

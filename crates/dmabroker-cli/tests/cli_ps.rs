@@ -4,6 +4,9 @@
 use dmabroker::{AllocRequest, Heaps};
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::Command;
+use std::time::Duration;
+
+mod common;
 
 fn dmabroker(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_dmabroker")).args(args).output().expect("run dmabroker")
@@ -105,4 +108,39 @@ fn ps_sees_a_buffer_held_only_by_a_threads_own_fd_table() {
     // holds the buffer's fd and its clone.
     assert!(h["fds"].as_array().is_some_and(|fds| !fds.is_empty()), "{h}");
     drop(holder);
+}
+
+/// A published memfd the broker adopted keeps its own name (not
+/// `dmabroker:*`); the broker holds it, so it is a dmabroker buffer and
+/// `ps` lists it.
+#[test]
+fn ps_lists_memfds_the_broker_adopted() {
+    let daemon = common::broker::Daemon::start("dmabroker-cli-ps", "adopted", &[], Duration::from_secs(20));
+    let flags = rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING;
+    let memfd = rustix::fs::memfd_create("wayland-shm", flags).unwrap();
+    rustix::fs::ftruncate(&memfd, 64 << 10).unwrap();
+    rustix::fs::fcntl_add_seals(&memfd, rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW).unwrap();
+    let inode = rustix::fs::fstat(&memfd).unwrap().st_ino;
+    let mut client = dmabroker::client::Client::connect(&daemon.socket).unwrap();
+    client.publish(&memfd, dmabroker::client::PublishOptions::named("ps-adopted")).unwrap();
+    drop(memfd);
+    let out = dmabroker(&["ps", "--json"]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let b = v["buffers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["inode"] == inode)
+        .unwrap_or_else(|| panic!("the adopted memfd is listed: {v}"));
+    assert_eq!(b["dmabroker"], true);
+    assert_eq!(b["name"], "wayland-shm");
+    assert!(b["holders"].as_array().unwrap().iter().any(|h| h["pid"] == daemon.child.id()), "{b}");
+}
+
+#[test]
+fn ps_for_a_process_that_does_not_exist_fails() {
+    let out = dmabroker(&["ps", "--pid", "999999999"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such process"), "{out:?}");
 }

@@ -25,6 +25,18 @@ const KCMP_FILES: libc::c_int = 2;
 /// # References
 /// - `kcmp(2)`; `SYSCALL_DEFINE5(kcmp, ...)` in `kernel/kcmp.c`
 pub fn same_files(pid1: u32, pid2: u32) -> io::Result<bool> {
+    compare_files(pid1, pid2).map(|o| o == std::cmp::Ordering::Equal)
+}
+
+/// The order of the file descriptor tables of tasks `pid1` and `pid2`:
+/// `Equal` when they share one; otherwise the kernel's (obfuscated, but
+/// consistent for the life of the system) order of the two tables, so that
+/// tasks can be sorted and deduplicated by table in `O(n log n)` calls.
+///
+/// # Errors
+/// As [`same_files`]; `EINVAL` for the "unequal, no order" answer (3),
+/// which the kernel does not give for `KCMP_FILES`.
+pub fn compare_files(pid1: u32, pid2: u32) -> io::Result<std::cmp::Ordering> {
     let (Ok(a), Ok(b)) = (libc::pid_t::try_from(pid1), libc::pid_t::try_from(pid2)) else {
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     };
@@ -33,9 +45,12 @@ pub fn same_files(pid1: u32, pid2: u32) -> io::Result<bool> {
     // no memory of this process.
     let rc = unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILES, 0 as libc::c_ulong, 0 as libc::c_ulong) };
     match rc {
-        0 => Ok(true),
-        // 1 and 2: unequal, ordered; 3: unequal, no order.
-        1..=3 => Ok(false),
+        0 => Ok(std::cmp::Ordering::Equal),
+        // kcmp_ptr(): 1 when the first is below the second, 2 when above.
+        1 => Ok(std::cmp::Ordering::Less),
+        2 => Ok(std::cmp::Ordering::Greater),
+        // 3: unequal, no order.
+        3 => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         _ => Err(io::Error::last_os_error()),
     }
 }
@@ -121,6 +136,9 @@ mod tests {
         let memfd = rustix::fs::memfd_create("kcmp-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         let holder = OwnTableHolder::hold(memfd).unwrap();
         assert!(!same_files(me, holder.tid()).unwrap(), "a thread that unshared its files has its own table");
+        let order = compare_files(me, holder.tid()).unwrap();
+        assert_ne!(order, std::cmp::Ordering::Equal);
+        assert_eq!(compare_files(holder.tid(), me).unwrap(), order.reverse(), "kcmp orders tables consistently");
         let links: Vec<String> = std::fs::read_dir(format!("/proc/self/task/{}/fd", holder.tid()))
             .unwrap()
             .flatten()

@@ -1,4 +1,5 @@
-//! Socket state rustix does not expose: the send queue and the peer's groups.
+//! Socket state rustix does not expose: the send queue, the peer's groups,
+//! and the peer's credentials with a pid of 0.
 
 use rustix::ioctl::{Getter, Opcode};
 use std::ffi::c_int;
@@ -99,9 +100,53 @@ pub fn peer_groups(socket: impl AsFd) -> rustix::io::Result<Vec<u32>> {
     }
 }
 
+/// `SO_PEERCRED` of a connected Unix socket, as `(pid, uid, gid)` recorded
+/// when the peer called `connect()`. Unlike rustix's `socket_peercred`,
+/// a pid of 0 is returned as is: the kernel reports 0 when the peer's process
+/// is not visible in the reader's pid namespace (a broker in a child pid
+/// namespace, its client outside).
+///
+/// # Errors
+/// `ENOTSOCK`, `EBADF`, `ENOTCONN`.
+///
+/// # References
+/// - `sk_getsockopt()` case `SO_PEERCRED` and `cred_to_ucred()` in `net/core/sock.c`
+pub fn peer_cred(socket: impl AsFd) -> rustix::io::Result<(u32, u32, u32)> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `socket` is a live borrowed descriptor; the kernel writes at
+    // most `len` bytes (the size of `cred`, a plain C struct of integers)
+    // into `cred` and the length written into `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(rustix::io::Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(rustix::io::Errno::IO));
+    }
+    Ok((cred.pid.max(0) as u32, cred.uid, cred.gid))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_cred_of_a_socketpair_is_our_own() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (pid, uid, gid) = peer_cred(&a).unwrap();
+        assert_eq!(pid, std::process::id());
+        assert_eq!(uid, rustix::process::geteuid().as_raw());
+        assert_eq!(gid, rustix::process::getegid().as_raw());
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        assert_eq!(peer_cred(&f), Err(rustix::io::Errno::NOTSOCK));
+    }
 
     #[test]
     fn peer_groups_of_a_socketpair_are_our_own_groups() {

@@ -17,8 +17,10 @@
 //! `Client` is not `Sync`: use one per thread.
 
 use crate::buffer::{Buffer, FromFdError};
+use crate::constraints::Constraints;
 use crate::proto::{
-    self, wire, AllocateRequest, ErrorCode, Grant, ListEntry, PublishRequest, Request, Response, Stats,
+    self, wire, AllocateForRequest, AllocateRequest, ChoiceReport, ErrorCode, Grant, ListEntry, PublishRequest,
+    Request, Response, Stats,
 };
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
@@ -107,6 +109,66 @@ pub enum AllocateError {
     /// Connection failure.
     #[error(transparent)]
     Transport(#[from] TransportError),
+}
+
+/// Why [`Client::allocate_for`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocateForError {
+    /// The broker speaks protocol version 1, which cannot allocate by constraints.
+    #[error(
+        "the broker speaks protocol version {version}: allocation by constraints needs version {}; \
+         upgrade the broker, or allocate from a named heap",
+        proto::ALLOCATE_FOR_VERSION
+    )]
+    Unsupported {
+        /// The negotiated version.
+        version: u16,
+    },
+    /// The request is invalid (an impossible value, conflicting devices, size 0).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// No heap this user may use meets every requirement: the broker's
+    /// explanation (each unmet requirement, the devices behind it, what each
+    /// heap lacks, heaps the policy does not allow).
+    #[error("{0}")]
+    NoSuitableHeap(String),
+    /// `heap` was given and the policy does not allow it.
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
+    /// The allocation would exceed this user's quota.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
+    /// `heap` was given and the broker's machine has no such heap.
+    #[error("{0}")]
+    NoSuchHeap(String),
+    /// Every suitable heap failed to allocate.
+    #[error("allocation failed: {0}")]
+    AllocationFailed(String),
+    /// Any other refusal.
+    #[error("broker refused ({code}): {message}")]
+    Refused {
+        /// The code.
+        code: ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
+    /// The fd received is not usable as a buffer.
+    #[error("the broker sent an unusable buffer: {0}")]
+    BadBuffer(#[from] FromFdError),
+    /// Connection failure.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// What [`Client::allocate_for`] returns: the buffer and why its heap.
+#[derive(Debug)]
+pub struct AllocatedFor {
+    /// The buffer (charged to this user until every holder has closed it).
+    pub buffer: Buffer,
+    /// The broker's id of the buffer.
+    pub id: u64,
+    /// The heap chosen and why.
+    pub choice: ChoiceReport,
 }
 
 /// Why [`Client::publish`] failed.
@@ -348,6 +410,52 @@ impl Client {
         }
     }
 
+    /// Allocate `len` bytes that meet `constraints` (merged from every
+    /// device that will touch the buffer) through the broker, which chooses
+    /// the cheapest heap its policy allows this user and says why. Needs
+    /// protocol version 2 ([`AllocateForError::Unsupported`] otherwise).
+    ///
+    /// # Errors
+    /// [`AllocateForError`]; [`AllocateForError::NoSuitableHeap`] explains
+    /// which requirement no allowed heap meets.
+    pub fn allocate_for(
+        &mut self,
+        constraints: &Constraints,
+        len: u64,
+        name: Option<&str>,
+    ) -> Result<AllocatedFor, AllocateForError> {
+        let mut request = AllocateForRequest::new(constraints, len);
+        request.name = name.map(str::to_owned);
+        self.allocate_for_with(request)
+    }
+
+    /// [`Client::allocate_for`] with the request spelled out (e.g. with
+    /// `heap` set to consider one heap only).
+    ///
+    /// # Errors
+    /// [`AllocateForError`].
+    pub fn allocate_for_with(&mut self, request: AllocateForRequest) -> Result<AllocatedFor, AllocateForError> {
+        if self.version < proto::ALLOCATE_FOR_VERSION {
+            return Err(AllocateForError::Unsupported { version: self.version });
+        }
+        request.validate().map_err(|e| AllocateForError::Invalid(e.to_string()))?;
+        match self.call(&Request::AllocateFor(request), None)? {
+            (Response::AllocatedFor { id, choice, .. }, Some(fd)) => {
+                Ok(AllocatedFor { buffer: Buffer::from_fd(fd)?, id, choice })
+            }
+            (Response::Error { code, message }, _) => Err(match code {
+                ErrorCode::NoSuitableHeap => AllocateForError::NoSuitableHeap(message),
+                ErrorCode::NotAllowed => AllocateForError::NotAllowed(message),
+                ErrorCode::QuotaExceeded => AllocateForError::QuotaExceeded(message),
+                ErrorCode::NoSuchHeap => AllocateForError::NoSuchHeap(message),
+                ErrorCode::AllocationFailed => AllocateForError::AllocationFailed(message),
+                ErrorCode::BadRequest => AllocateForError::Invalid(message),
+                code => AllocateForError::Refused { code, message },
+            }),
+            (other, _) => Err(unexpected(&other).into()),
+        }
+    }
+
     /// Publish a buffer (one allocated through the broker, or any sealed
     /// memfd or dma-buf of this process). Returns the key importers use: the
     /// name, or a token `@` + 32 hex digits. The broker holds the buffer while
@@ -470,7 +578,8 @@ impl Client {
         }
         let response =
             proto::decode_response(&self.buf[..received.len]).map_err(|e| TransportError::Protocol(e.to_string()))?;
-        let carries = matches!(response, Response::Allocated { .. } | Response::Imported { .. });
+        let carries =
+            matches!(response, Response::Allocated { .. } | Response::Imported { .. } | Response::AllocatedFor { .. });
         let mut fds = received.fds.into_iter();
         let fd = if carries { fds.next() } else { None };
         if carries && fd.is_none() {

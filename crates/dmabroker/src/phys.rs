@@ -57,6 +57,20 @@ pub enum PhysError {
         /// Byte offset of the page in the buffer.
         offset: u64,
     },
+    /// The exporter maps the dma-buf as raw page frames (`VM_PFNMAP`, as
+    /// udmabuf and the dma-heaps do), which /proc/self/pagemap skips.
+    #[error(
+        "the exporter ({exporter}) maps this dma-buf as raw page frames (VM_PFNMAP), which \
+         /proc/self/pagemap does not report: its physical layout is known only to the kernel \
+         (its scatterlist); the heap's guarantee is contiguity up to {}",
+        format_size(*contiguous_up_to)
+    )]
+    PfnMapped {
+        /// The heap or exporter name.
+        exporter: String,
+        /// What the heap guarantees instead.
+        contiguous_up_to: u64,
+    },
     /// The buffer could not be mapped (device-only buffers need the exporter's own scatterlist).
     #[error("cannot map the buffer to read its pages: {0}")]
     Map(#[from] MapError),
@@ -89,7 +103,50 @@ pub fn segments(buffer: &Buffer) -> Result<Vec<Segment>, PhysError> {
     check_fits(buffer)?;
     let map = Mapping::map(buffer, 0, len, Protection::Read, true)
         .map_err(|e| crate::buffer::mapping::map_error(buffer, Protection::Read, e))?;
-    read_segments(&pagemap, &map, page)
+    if buffer.kind() != BufferKind::DmaBuf {
+        return read_segments(&pagemap, &map, page);
+    }
+    // MAP_POPULATE does nothing on the VM_PFNMAP/VM_IO mappings exporters
+    // make (udmabuf inserts each frame from its fault handler): touch one
+    // byte per page so every page is mapped before pagemap is read. The
+    // pages exist already (dma-bufs are allocated or pinned at creation):
+    // this allocates nothing.
+    fault_in(&map, page);
+    match read_segments(&pagemap, &map, page) {
+        Err(PhysError::NotResident { .. }) if is_pfn_mapping(map.as_ptr() as u64) => Err(PhysError::PfnMapped {
+            exporter: buffer.heap().to_owned(),
+            contiguous_up_to: buffer.properties().contiguous_up_to,
+        }),
+        other => other,
+    }
+}
+
+/// Read one byte of every page of `map`, faulting each in.
+fn fault_in(map: &Mapping, page: u64) {
+    let bytes = map.as_slice();
+    for offset in (0..bytes.len()).step_by(usize::try_from(page).unwrap_or(4096).max(1)) {
+        std::hint::black_box(bytes[offset]);
+    }
+}
+
+/// Whether the mapping starting at `addr` is a raw PFN mapping (`pf` in
+/// its /proc/self/smaps `VmFlags`), whose frames pagemap does not report.
+fn is_pfn_mapping(addr: u64) -> bool {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return false;
+    };
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ').filter(|(r, _)| r.contains('-') && !r.ends_with(':')) {
+            let start = range.split('-').next().and_then(|s| u64::from_str_radix(s, 16).ok());
+            inside = start == Some(addr);
+        } else if inside {
+            if let Some(flags) = line.strip_prefix("VmFlags:") {
+                return flags.split_whitespace().any(|f| f == "pf");
+            }
+        }
+    }
+    false
 }
 
 /// Whether pagemap shows this process frame numbers, probed on one page

@@ -1,4 +1,5 @@
-//! Byte sizes as people write them: `4096`, `4K`, `12MiB`, `1G`, `1.5M`.
+//! Byte sizes as people write them: `4096`, `4K`, `12MiB`, `1G`, `1.5M`,
+//! and hexadecimal byte counts `0x1000` (no unit: `b` is a hex digit).
 //!
 //! Suffixes are binary (K = KiB = 1024) whether or not the `i` is written:
 //! buffer sizes in this field are always powers of two of pages, and a
@@ -7,6 +8,7 @@
 //! ```
 //! assert_eq!(dmabroker::size::parse_size("12MiB").unwrap(), 12 << 20);
 //! assert_eq!(dmabroker::size::parse_size("4K").unwrap(), 4096);
+//! assert_eq!(dmabroker::size::parse_size("0x10").unwrap(), 16);
 //! assert_eq!(dmabroker::size::format_size(3 << 20), "3 MiB");
 //! ```
 
@@ -43,6 +45,13 @@ pub fn parse_size(input: &str) -> Result<u64, ParseSizeError> {
     let s = input.trim();
     if s.is_empty() {
         return Err(ParseSizeError::Empty);
+    }
+    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        let digits: String = hex.chars().filter(|&c| c != '_').collect();
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ParseSizeError::NotANumber(input.to_owned()));
+        }
+        return u64::from_str_radix(&digits, 16).map_err(|_| ParseSizeError::Overflow(input.to_owned()));
     }
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -148,5 +157,16 @@ mod tests {
         assert_eq!(format_size(3 << 19), "1.5 MiB");
         assert_eq!(format_size(1 << 63), "8 EiB");
         assert_eq!(format_size(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn hexadecimal_byte_counts() {
+        assert_eq!(parse_size("0x10"), Ok(16));
+        assert_eq!(parse_size(" 0X1000 "), Ok(4096));
+        assert_eq!(parse_size("0x1_0000"), Ok(65536));
+        assert_eq!(parse_size("0xffffffffffffffff"), Ok(u64::MAX));
+        assert!(matches!(parse_size("0x1_0000_0000_0000_0000"), Err(ParseSizeError::Overflow(_))));
+        assert!(matches!(parse_size("0x"), Err(ParseSizeError::NotANumber(_))));
+        assert!(matches!(parse_size("0x10K"), Err(ParseSizeError::NotANumber(_))));
     }
 }

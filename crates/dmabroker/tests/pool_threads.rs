@@ -301,3 +301,47 @@ fn consumers_of_memfd_pools_get_read_only_buffers() {
     let mode = rustix::fs::fcntl_getfl(slot.buffer()).unwrap() & rustix::fs::OFlags::ACCMODE;
     assert_eq!(mode, rustix::fs::OFlags::RDWR);
 }
+
+#[test]
+fn listen_keeps_a_live_socket_of_another_type() {
+    use std::os::unix::net::{UnixDatagram, UnixListener};
+    let path = socket_path("stream");
+    let _c = Cleanup(path.clone());
+    let _stream = UnixListener::bind(&path).unwrap();
+    let err = listen_error(&path);
+    assert!(matches!(err, ListenError::AddressInUse(_)), "{err:?}");
+    assert!(path.exists());
+    let path = socket_path("dgram");
+    let _c = Cleanup(path.clone());
+    let _dgram = UnixDatagram::bind(&path).unwrap();
+    let err = listen_error(&path);
+    assert!(matches!(err, ListenError::AddressInUse(_)), "{err:?}");
+    assert!(path.exists());
+}
+
+#[test]
+fn a_producer_between_bind_and_listen_keeps_its_path() {
+    // Another producer holds the path's lock file (as it does from before
+    // its bind until it is dropped), its socket not listening yet.
+    let path = socket_path("racing");
+    let _c = Cleanup(path.clone());
+    let mut lock_path = path.clone().into_os_string();
+    lock_path.push(".lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    let bound =
+        rustix::net::socket(rustix::net::AddressFamily::UNIX, rustix::net::SocketType::SEQPACKET, None).unwrap();
+    rustix::net::bind(&bound, &rustix::net::SocketAddrUnix::new(&path).unwrap()).unwrap();
+    let err = listen_error(&path);
+    assert!(matches!(err, ListenError::AddressInUse(_)), "{err:?}");
+    assert!(path.exists());
+    // Once it is gone (lock released, socket stale), the path is taken over.
+    drop(bound);
+    drop(lock);
+    let mut p = producer(1, 4096);
+    p.listen(&path).unwrap();
+    drop(p);
+    assert!(!path.exists());
+    assert!(!std::path::Path::new(&lock_path).exists(), "the lock file is removed on drop");
+    let _ = std::fs::remove_file(&lock_path);
+}

@@ -6,6 +6,7 @@
 use dmabroker::client::Client;
 use dmabroker_broker::{Broker, Config, Listener, Policy};
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
@@ -58,6 +59,20 @@ impl TestBroker {
     pub fn client(&self) -> Client {
         Client::connect(&self.path).unwrap()
     }
+
+    /// A bare connection to the broker, nothing sent yet (not even `Hello`):
+    /// for requests the client would not send.
+    pub fn raw_socket(&self) -> OwnedFd {
+        let s = rustix::net::socket_with(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::connect(&s, &rustix::net::SocketAddrUnix::new(&self.path).unwrap()).unwrap();
+        s
+    }
 }
 
 impl Drop for TestBroker {
@@ -68,6 +83,17 @@ impl Drop for TestBroker {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// This process's uid.
+pub fn uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
+/// A policy that lets `uid` allocate from memfd only, up to `max_bytes`
+/// (e.g. `"1MiB"`) in at most `max_buffers` buffers.
+pub fn memfd_policy(uid: u32, max_bytes: &str, max_buffers: u32) -> String {
+    format!("[[user]]\nuid = {uid}\nheaps = [\"memfd\"]\nmax_bytes = \"{max_bytes}\"\nmax_buffers = {max_buffers}\n")
 }
 
 /// Run `f` in a thread whose uid and gid are `uid` (root only); a panic in

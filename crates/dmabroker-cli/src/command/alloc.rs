@@ -22,14 +22,14 @@ struct AllocReport {
 
 pub fn run(args: &AllocArgs) -> anyhow::Result<ExitCode> {
     if args.broker || args.publish.is_some() || args.token {
-        anyhow::ensure!(
-            !args.device.in_use(),
-            "--format/--for/--profile/--max-address/--page-size/--uncached/--stride-align are not yet supported \
-             with --broker/--publish/--token: allocate in-process (leave out --broker)"
-        );
-        return run_via_broker(args);
+        return super::alloc_broker::run(args);
     }
-    if args.device.in_use() {
+    // Without --heap, --contiguous and --align are requirements like
+    // --page-size: the chooser finds a heap that meets them (hugetlb for a
+    // 2 MiB contiguous buffer) or explains, heap by heap, why none does.
+    // With --heap they go to that heap as asked.
+    let chooser_needed = args.heap.is_none() && (args.contiguous || args.align > 1);
+    if args.device.in_use() || chooser_needed {
         return super::alloc_for::run(&super::alloc_for::AllocFor {
             size: args.size,
             contiguous: args.contiguous,
@@ -80,7 +80,7 @@ pub fn run(args: &AllocArgs) -> anyhow::Result<ExitCode> {
         b.inode
     );
     println!(
-        "  physical: contiguous up to {}, page {}, {}, {:?}, device-importable: {}",
+        "  physical: contiguous up to {}, page {}, {}, {}, device-importable: {}",
         format_size(p.contiguous_up_to),
         format_size(p.page_size),
         p.cache,
@@ -102,57 +102,6 @@ pub fn run(args: &AllocArgs) -> anyhow::Result<ExitCode> {
         }
         (None, Some(e)) => println!("  note: physical segments not available: {e}"),
         (None, None) => {}
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-#[derive(Serialize)]
-struct BrokerAllocReport {
-    buffer: dmabroker::buffer::BufferInfo,
-    published: Option<String>,
-}
-
-/// `--broker`: allocate through the daemon; `--publish`/`--token`: publish.
-/// A published buffer lives on in the broker after this process exits.
-fn run_via_broker(args: &AllocArgs) -> anyhow::Result<ExitCode> {
-    use dmabroker::client::{Client, PublishOptions};
-    let path = args.socket.clone().unwrap_or_else(dmabroker::proto::default_client_socket);
-    let mut client = Client::connect(&path)?;
-    let buffer = client.allocate_with(dmabroker::proto::AllocateRequest {
-        heap: args.heap.clone().unwrap_or_else(|| DEFAULT_HEAP.to_owned()),
-        len: args.size.bytes()?,
-        align: args.align,
-        contiguous: args.contiguous,
-        name: args.name.clone().or_else(|| args.publish.clone()),
-    })?;
-    let published = if args.publish.is_some() || args.token {
-        let mut options = match &args.publish {
-            Some(name) => PublishOptions::named(name.clone()),
-            None => PublishOptions::token(),
-        };
-        options.grants = args.allow.clone();
-        options.one_shot = args.one_shot;
-        options.expires_in = args.expires.map(std::time::Duration::from_secs);
-        Some(client.publish(&buffer, options)?)
-    } else {
-        None
-    };
-    let report = BrokerAllocReport { buffer: buffer.info(), published };
-    if args.json {
-        print_json(&report)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let b = &report.buffer;
-    println!(
-        "allocated {} ({} bytes) from {} through the broker as a {} (inode {})",
-        format_size(b.len),
-        b.len,
-        b.heap,
-        b.kind,
-        b.inode
-    );
-    if let Some(key) = &report.published {
-        println!("published as {key}; the broker keeps it until `dmabroker unpublish {key}`");
     }
     Ok(ExitCode::SUCCESS)
 }

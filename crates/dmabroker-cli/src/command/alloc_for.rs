@@ -4,12 +4,14 @@
 //! chosen heap and why.
 
 use dmabroker::constraints::{
-    allocate_for, choose_heap, AllocForError, Choice, ChooseError, Constraints, DeviceCoherency, NoHeapError, Profiles,
+    allocate_for, choose_heap, AllocForError, Choice, ChooseError, Constraints, DeviceCoherency, DeviceProbe,
+    NoHeapError, Profiles,
 };
 use dmabroker::format::{Layout, LayoutOptions, PixelFormat};
 use dmabroker::size::{format_size, parse_size};
 use dmabroker::{Buffer, Heaps};
 use serde::Serialize;
+use std::fmt::Display;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,7 +40,13 @@ impl SizeSpec {
 pub fn parse_size_spec(s: &str) -> Result<SizeSpec, String> {
     let t = s.trim();
     if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        return parse_hex(hex, s).map(SizeSpec::Bytes);
+        return match parse_hex(hex, s)? {
+            0 => Err(format!(
+                "`{s}` is read as hexadecimal: size 0 bytes; a buffer needs at least one byte \
+                 (and a size in pixels at least 1x1, e.g. 1920x1080)"
+            )),
+            n => Ok(SizeSpec::Bytes(n)),
+        };
     }
     if let Some((w, h)) = t.split_once(['x', 'X']) {
         if !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()) {
@@ -133,8 +141,38 @@ impl DeviceArgs {
     }
 }
 
+/// One line per `--profile` entry that describes none of the `--for`
+/// devices (a typo in `driver`, or a profile meant for another machine):
+/// its keys were silently not applied.
+fn unmatched_profiles(files: &[PathBuf], probes: &[DeviceProbe]) -> anyhow::Result<Vec<String>> {
+    let mut given = Profiles::new();
+    given.load(files)?;
+    let devices = if probes.is_empty() {
+        "no --for device was given".to_owned()
+    } else {
+        let labels: Vec<&str> = probes.iter().map(|p| p.label.as_str()).collect();
+        format!("the --for devices are {}", labels.join(", "))
+    };
+    Ok(given
+        .entries()
+        .filter(|(_, entry)| !probes.iter().any(|p| entry.matches(p)))
+        .map(|(file, entry)| {
+            format!(
+                "profile {file}: the entry {} matches none of the --for devices, so it was not applied ({devices})",
+                entry.matcher()
+            )
+        })
+        .collect())
+}
+
 #[derive(Serialize)]
 struct Report {
+    /// `--profile` entries that matched no `--for` device.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+    /// Why the layout differs from the plain one (e.g. a V4L2 rule).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    layout_notes: Vec<String>,
     constraints: Constraints,
     requirements: Vec<String>,
     layout: Option<Layout>,
@@ -182,9 +220,42 @@ pub struct AllocFor<'a> {
     pub dev: &'a DeviceArgs,
 }
 
-/// Run `dmabroker alloc` with device-aware options.
-pub fn run(args: &AllocFor<'_>) -> anyhow::Result<ExitCode> {
-    let dev = args.dev;
+/// What both `alloc` paths (in-process and `--broker`) allocate: the
+/// devices' constraints merged with the command line's, the plane layout
+/// and the size of each buffer.
+pub(crate) struct Plan {
+    /// Every requirement, with the devices behind it.
+    pub merged: Constraints,
+    /// `--profile` entries that matched no `--for` device.
+    pub warnings: Vec<String>,
+    /// The plane layout, with `--format`.
+    pub layout: Option<Layout>,
+    /// Bytes of each buffer: one, or one per plane for the `…M` formats
+    /// (V4L2 memory planes, one DRM handle each), each meeting every
+    /// constraint.
+    pub sizes: Vec<u64>,
+    /// Why the layout differs from the plain one (e.g. a V4L2 rule).
+    pub notes: Vec<String>,
+    /// What the frame needs without the alignment constraints, when
+    /// aligning makes it larger: to say so when the aligned size fails.
+    pub rounded_by_alignment: Option<String>,
+}
+
+impl Plan {
+    /// The planes (indexes into the layout's planes) that buffer `index`
+    /// holds; none without a format.
+    pub fn planes_of(&self, index: usize) -> Vec<usize> {
+        match &self.layout {
+            Some(l) => l.planes().iter().enumerate().filter(|(_, p)| p.buffer == index).map(|(i, _)| i).collect(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Probe the `--for` devices, merge their constraints with the explicit
+/// options (`--contiguous`, `--align`, the device options) and lay out the
+/// frame: what to allocate, in-process or through the broker.
+pub(crate) fn plan(size: SizeSpec, contiguous: bool, align: u64, dev: &DeviceArgs) -> anyhow::Result<Plan> {
     if let (Some(stride), None) = (dev.stride_align, dev.format) {
         anyhow::bail!(
             "--stride-align {stride} needs --format: it pads the rows of a pixel format's planes \
@@ -194,19 +265,22 @@ pub fn run(args: &AllocFor<'_>) -> anyhow::Result<ExitCode> {
     let mut profiles = Profiles::load_default()?;
     profiles.load(&dev.profiles)?;
     let mut all = Vec::new();
+    let mut probes = Vec::new();
     for path in &dev.for_devices {
-        all.push(Constraints::probe_with(path, &profiles)?);
+        let probe = DeviceProbe::probe(path)?;
+        all.push(profiles.constraints_for(&probe));
+        probes.push(probe);
     }
+    let warnings = unmatched_profiles(&dev.profiles, &probes)?;
     // Explicit options form a pseudo-device "command line", listed among
     // the devices only when it asks for something.
-    let explicit =
-        args.contiguous || args.align > 1 || dev.max_address.is_some() || dev.page_size.is_some() || dev.uncached;
+    let explicit = contiguous || align > 1 || dev.max_address.is_some() || dev.page_size.is_some() || dev.uncached;
     let mut cli = Constraints::builder("command line");
-    if args.contiguous {
+    if contiguous {
         cli = cli.contiguous();
     }
-    if args.align > 1 {
-        cli = cli.align(args.align);
+    if align > 1 {
+        cli = cli.align(align);
     }
     if let Some(max) = dev.max_address {
         cli = cli.address_bits(address_bits(max)?);
@@ -222,9 +296,30 @@ pub fn run(args: &AllocFor<'_>) -> anyhow::Result<ExitCode> {
     }
     let merged = Constraints::merge_all(&all)?;
 
-    let (layout, sizes) = match (args.size, dev.format) {
+    let mut notes: Vec<String> = Vec::new();
+    let mut rounded_by_alignment: Option<String> = None;
+    let (layout, sizes) = match (size, dev.format) {
         (SizeSpec::Pixels(w, h), Some(format)) => {
-            let mut options = LayoutOptions::default().with_stride_align(dev.stride_align.unwrap_or(1));
+            let mut stride_align = dev.stride_align.unwrap_or(1);
+            // A single-planar V4L2 buffer has one bytesperline for all its
+            // planes; the chroma pitch is derived from it. At an odd width
+            // the unpadded chroma line (rounded up) is longer than the luma
+            // line implies: align the pitches to 2 so both agree.
+            let v4l2 = probes.iter().find(|p| p.subsystem == "video4linux");
+            if let Some(device) =
+                v4l2.filter(|_| format.plane_count() > 1 && !format.is_multi_buffer() && stride_align < 2)
+            {
+                let (hdiv, _) = format.subsampling();
+                if w % hdiv != 0 {
+                    stride_align = 2;
+                    notes.push(format!(
+                        "bytesperline aligned to 2 bytes for {}: single-planar V4L2: one bytesperline for all planes \
+                         (the odd width {w} would otherwise give the chroma plane a longer line than the luma plane)",
+                        device.label
+                    ));
+                }
+            }
+            let mut options = LayoutOptions::default().with_stride_align(stride_align);
             if let Some(a) = merged.align() {
                 options = options.with_plane_align(a.value);
             }
@@ -232,12 +327,20 @@ pub fn run(args: &AllocFor<'_>) -> anyhow::Result<ExitCode> {
                 options = options.with_size_align(g.value);
             }
             let layout = Layout::new(format, w, h, &options)?;
-            // The `…M` formats (V4L2 memory planes, one DRM handle each) get
-            // one buffer per plane, each meeting every constraint.
-            let sizes = layout.buffer_sizes().to_vec();
-            if sizes.len() > 1 {
-                tracing::info!("{format} has {} memory planes: allocating one buffer per plane", sizes.len());
+            let plain = Layout::new(format, w, h, &LayoutOptions::default().with_stride_align(stride_align))?;
+            if plain.total_size() < layout.total_size() {
+                rounded_by_alignment = Some(format!(
+                    "{format} {w}x{h} needs {} ({} bytes); aligning its planes to {} makes {} in all",
+                    format_size(plain.total_size()),
+                    plain.total_size(),
+                    merged.align().map_or_else(
+                        || format!("a granularity of {}", merged.granularity().map_or(1, |g| g.value)),
+                        |a| format_size(a.value)
+                    ),
+                    format_size(layout.total_size())
+                ));
             }
+            let sizes = layout.buffer_sizes().to_vec();
             (Some(layout), sizes)
         }
         (SizeSpec::Bytes(b), None) => (None, vec![b]),
@@ -246,47 +349,65 @@ pub fn run(args: &AllocFor<'_>) -> anyhow::Result<ExitCode> {
         ),
         (s @ SizeSpec::Pixels(..), None) => (None, vec![s.bytes()?]),
     };
+    Ok(Plan { merged, warnings, layout, sizes, notes, rounded_by_alignment })
+}
 
+/// `buffer I of N (plane I): ` before an error about one of several
+/// buffers; nothing when there is one.
+pub(crate) fn which_buffer(index: usize, count: usize) -> String {
+    if count > 1 {
+        format!("buffer {index} of {count} (plane {index}): ")
+    } else {
+        String::new()
+    }
+}
+
+/// Run `dmabroker alloc` with device-aware options.
+pub fn run(args: &AllocFor<'_>) -> anyhow::Result<ExitCode> {
+    let plan = plan(args.size, args.contiguous, args.align, args.dev)?;
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    let count = plan.sizes.len();
+    if let (Some(format), true) = (args.dev.format, count > 1) {
+        tracing::info!("{format} has {count} memory planes: allocating one buffer per plane");
+    }
+    let merged = &plan.merged;
     let heaps = Heaps::discover();
     let forced = match args.heap {
         Some(name) => Some(heaps.require(name)?.name().to_owned()),
         None => None,
     };
-    let count = sizes.len();
     let mut buffers = Vec::with_capacity(count);
-    for (index, &size) in sizes.iter().enumerate() {
-        let which = || {
-            if count > 1 {
-                format!("buffer {index} of {count} (plane {index}): ")
-            } else {
-                String::new()
-            }
-        };
+    for (index, &size) in plan.sizes.iter().enumerate() {
         let result = match &forced {
-            Some(heap) => allocate_from(&heaps, heap, &merged, size, args.name),
-            None => allocate_for(&heaps, &merged, size, args.name),
+            Some(heap) => allocate_from(&heaps, heap, merged, size, args.name),
+            None => allocate_for(&heaps, merged, size, args.name),
         };
+        let which = which_buffer(index, count);
         let (buffer, choice) = match result {
             Ok(ok) => ok,
             Err(AllocForError::Choose(ChooseError::NoHeap(e))) if forced.is_some() => {
-                eprintln!("{}", merged_summary(&merged));
-                anyhow::bail!("{}{}", which(), heap_lacks(&e));
+                eprintln!("{}", merged_summary(merged));
+                if let Some(why) = &plan.rounded_by_alignment {
+                    eprintln!("note: {why}");
+                }
+                anyhow::bail!("{which}{}", heap_lacks(&e));
             }
             Err(AllocForError::Choose(e)) => {
-                eprintln!("{}", merged_summary(&merged));
-                anyhow::bail!("{}{e}", which());
+                eprintln!("{}", merged_summary(merged));
+                if let Some(why) = &plan.rounded_by_alignment {
+                    eprintln!("note: {why}");
+                }
+                anyhow::bail!("{which}{e}");
             }
             Err(AllocForError::Alloc { attempts }) if forced.is_some() && attempts.len() == 1 => {
                 let (heap, e) = &attempts[0];
-                anyhow::bail!("{}allocation from heap {heap} (--heap) failed: {e}", which());
+                anyhow::bail!("{which}allocation from heap {heap} (--heap) failed: {e}");
             }
-            Err(e) => anyhow::bail!("{}{e}", which()),
+            Err(e) => anyhow::bail!("{which}{e}"),
         };
-        let planes = match &layout {
-            Some(l) => l.planes().iter().enumerate().filter(|(_, p)| p.buffer == index).map(|(i, _)| i).collect(),
-            None => Vec::new(),
-        };
-        buffers.push((buffer, choice, size, planes));
+        buffers.push((buffer, choice, size, plan.planes_of(index)));
     }
     let buffers: Vec<BufferReport> = buffers
         .iter()
@@ -307,9 +428,11 @@ pub fn run(args: &AllocFor<'_>) -> anyhow::Result<ExitCode> {
         .collect();
     let first = buffers.first().ok_or_else(|| anyhow::anyhow!("the layout has no buffer"))?;
     let report = Report {
-        requirements: merged.describe().into_iter().map(|(_, s)| s).collect(),
-        constraints: merged,
-        layout,
+        warnings: plan.warnings,
+        layout_notes: plan.notes,
+        requirements: plan.merged.describe().into_iter().map(|(_, s)| s).collect(),
+        constraints: plan.merged,
+        layout: plan.layout,
         choice: first.choice.clone(),
         buffer: first.buffer.clone(),
         buffers,
@@ -330,8 +453,28 @@ fn allocate_from(
     len: u64,
     name: Option<&str>,
 ) -> Result<(Buffer, Choice), AllocForError> {
-    let infos: Vec<_> = heaps.infos().into_iter().filter(|h| h.name == heap).collect();
-    let mut choice = choose_heap(&infos, merged, len)?;
+    let all = heaps.infos();
+    let infos: Vec<_> = all.iter().filter(|h| h.name == heap).cloned().collect();
+    let mut choice = match choose_heap(&infos, merged, len) {
+        Ok(choice) => choice,
+        Err(ChooseError::NoHeap(mut e)) => {
+            // The library judged only the heap asked for: where it says no
+            // dma-buf allocator is usable, name the ones this machine has.
+            let usable: Vec<&str> =
+                all.iter().filter(|h| h.device_importable && h.usable).map(|h| h.name.as_str()).collect();
+            if !usable.is_empty() {
+                e.hints.retain(|h| !h.starts_with("no dma-buf allocator usable"));
+                if infos.iter().all(|h| !h.device_importable) {
+                    e.hints.push(format!(
+                        "{heap} is not a dma-buf; the dma-buf heaps usable here are {}: pass one with --heap",
+                        usable.join(", ")
+                    ));
+                }
+            }
+            return Err(AllocForError::Choose(ChooseError::NoHeap(e)));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if let Some(first) = choice.reasons.first_mut() {
         *first = format!("{heap} was asked for (--heap) and meets every requirement");
     }
@@ -368,68 +511,101 @@ fn heap_lacks(e: &NoHeapError) -> String {
 }
 
 fn print_human(report: &Report) {
+    for w in &report.warnings {
+        println!("warning: {w}");
+    }
     println!("{}", merged_summary(&report.constraints));
     if let Some(layout) = &report.layout {
-        println!(
-            "layout: {} {}x{}, {} in all, in {} buffer(s)",
-            layout.format(),
-            layout.width(),
-            layout.height(),
-            format_size(layout.total_size()),
-            layout.buffer_count()
-        );
-        for (i, p) in layout.planes().iter().enumerate() {
-            println!(
-                "  plane {i}: buffer {}, offset {}, bytesperline {}, {} lines, {} bytes",
-                p.buffer, p.offset, p.bytesperline, p.lines, p.size
-            );
-        }
+        print_layout(layout, &report.layout_notes, "");
     }
-    let mut explained: Option<&str> = None;
-    for b in &report.buffers {
-        if explained == Some(b.choice.heap.as_str()) {
-            continue;
-        }
-        explained = Some(&b.choice.heap);
-        print_choice(&b.choice);
-    }
+    print_explanations(&report.buffers, |b| &b.choice.heap, |b| choice_lines(&b.choice));
     let many = report.buffers.len() > 1;
     for b in &report.buffers {
         let info = &b.buffer;
-        let planes = match b.planes.as_slice() {
-            [] => String::new(),
-            [p] => format!(", plane {p}"),
-            ps => format!(", planes {}", ps.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
-        };
-        let which = if many { format!("buffer {}: ", b.index) } else { String::new() };
         println!(
-            "allocated {which}{} as a {} from {} (fd {}, inode {}{planes})",
+            "allocated {}{} as a {} from {} (fd {}, inode {}{})",
+            buffer_label(many, b.index),
             format_size(info.len),
             info.kind,
             info.heap,
             b.fd,
-            info.inode
+            info.inode,
+            planes_suffix(&b.planes)
         );
     }
 }
 
-/// The chosen heap and why, each passed-over heap once.
-fn print_choice(choice: &Choice) {
-    for line in choice_lines(choice) {
-        println!("{line}");
+/// The layout, its notes (each after `note_prefix`) and its planes.
+pub(crate) fn print_layout(layout: &Layout, notes: &[String], note_prefix: &str) {
+    println!(
+        "layout: {} {}x{}, {} in all, in {} buffer(s)",
+        layout.format(),
+        layout.width(),
+        layout.height(),
+        format_size(layout.total_size()),
+        layout.buffer_count()
+    );
+    for n in notes {
+        println!("  {note_prefix}{n}");
+    }
+    for (i, p) in layout.planes().iter().enumerate() {
+        println!(
+            "  plane {i}: buffer {}, offset {}, bytesperline {}, {} lines, {} bytes",
+            p.buffer, p.offset, p.bytesperline, p.lines, p.size
+        );
+    }
+}
+
+/// Each buffer's heap choice (`lines`), once for a run of buffers from the
+/// same heap (`heap`).
+pub(crate) fn print_explanations<B>(buffers: &[B], heap: impl Fn(&B) -> &str, lines: impl Fn(&B) -> Vec<String>) {
+    let mut explained: Option<&str> = None;
+    for b in buffers {
+        if explained == Some(heap(b)) {
+            continue;
+        }
+        explained = Some(heap(b));
+        for line in lines(b) {
+            println!("{line}");
+        }
+    }
+}
+
+/// `buffer I: ` before each of several buffers; nothing when there is one.
+pub(crate) fn buffer_label(many: bool, index: usize) -> String {
+    if many {
+        format!("buffer {index}: ")
+    } else {
+        String::new()
+    }
+}
+
+/// `, plane P` or `, planes P, Q` for the planes a buffer holds.
+pub(crate) fn planes_suffix(planes: &[usize]) -> String {
+    match planes {
+        [] => String::new(),
+        [p] => format!(", plane {p}"),
+        ps => format!(", planes {}", ps.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
     }
 }
 
 fn choice_lines(choice: &Choice) -> Vec<String> {
-    let mut lines = vec![format!("heap: {} ({} bytes allocated)", choice.heap, choice.allocated_len)];
+    let heading = format!("heap: {} ({} bytes allocated)", choice.heap, choice.allocated_len);
+    explanation_lines(heading, &choice.reasons, &choice.passed_over)
+}
+
+/// The chosen heap (`heading`) and why, each passed-over heap once.
+pub(crate) fn explanation_lines(heading: String, reasons: &[String], passed_over: &[impl Display]) -> Vec<String> {
+    let mut lines = vec![heading];
     // The passed-over heaps are listed from `passed_over`, once, whether or
     // not the library also words them among the reasons.
-    lines.extend(choice.reasons.iter().filter(|r| !r.starts_with("passed over ")).map(|r| format!("  because {r}")));
-    lines.extend(choice.passed_over.iter().map(|r| format!("  passed over {r}")));
+    lines.extend(reasons.iter().filter(|r| !r.starts_with("passed over ")).map(|r| format!("  because {r}")));
+    lines.extend(passed_over.iter().map(|r| format!("  passed over {r}")));
     lines
 }
 
-fn merged_summary(c: &Constraints) -> String {
+/// The merged constraints, one requirement a line.
+pub(crate) fn merged_summary(c: &Constraints) -> String {
     let lines = c.describe();
     if lines.is_empty() {
         return "constraints: none (any heap will do)".into();

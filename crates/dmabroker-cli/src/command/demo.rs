@@ -190,7 +190,15 @@ struct Report {
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     match args.role.as_deref() {
-        None => run_producer(args, &DemoTransport::default_socket()),
+        None => run_producer(args, &DemoTransport::default_socket()).inspect_err(|e| {
+            // A run that fails before it streams still owes --json readers a
+            // document (the error goes to stderr as well).
+            if args.json {
+                let _ = crate::output::print_json(
+                    &serde_json::json!({ "result": "FAILED", "error": crate::error_chain(e) }),
+                );
+            }
+        }),
         Some("consumer") => run_consumer(args),
         Some(other) => anyhow::bail!("unknown demo role `{other}`"),
     }
@@ -325,9 +333,12 @@ pub(crate) fn fmt_ns(ns: u64) -> String {
 }
 
 fn run_consumer(args: &DemoArgs) -> anyhow::Result<ExitCode> {
-    // Ctrl-C on a terminal reaches the whole process group: the producer
-    // stops and closes the stream, and this process ends with it.
-    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::new(AtomicBool::new(false)))?;
+    // Ctrl-C on a terminal, `timeout` or `kill -TERM -PGID` reach the whole
+    // process group: the producer stops and closes the stream in order, and
+    // this process ends with it (having reported every frame it got).
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::new(AtomicBool::new(false)))?;
+    }
     let mut consumer = DemoTransport::connect(args)?;
     let mut out = std::io::stdout().lock();
     let mut report = Report { id: args.id, ..Report::default() };
@@ -848,7 +859,7 @@ fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow::Result<Ex
         Source::Synthetic => {
             produce_synthetic(args, &mut producer, &live, &stop, period, (width as usize, height as usize, frame_len))
         }
-        Source::V4l2(v) => produce_v4l2(args, &mut producer, &live, &stop, v),
+        Source::V4l2(v) => produce_v4l2(args, &mut producer, &live, &stop, period, v),
     };
     live.finish(started);
     let elapsed = started.elapsed();
@@ -857,6 +868,8 @@ fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow::Result<Ex
     drop(producer);
     let mut failed = false;
     let mut interrupted = None;
+    // What went wrong, for the summary's `error` (also in --json).
+    let mut problems: Vec<String> = Vec::new();
     let error = match &result {
         Ok(Ended::Complete) => None,
         Ok(Ended::Interrupted) => {
@@ -869,15 +882,16 @@ fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow::Result<Ex
             None
         }
         Err(e) => {
-            eprintln!("dmabroker demo: producer stopped: {e:#}");
+            eprintln!("dmabroker demo: producer stopped: {}", crate::error_chain(e));
             failed = true;
-            Some(format!("{e:#}"))
+            Some(crate::error_chain(e))
         }
     };
     for (id, child) in children.iter_mut().enumerate() {
         let status = child.wait()?;
         if !status.success() {
             eprintln!("dmabroker demo: consumer {id} failed ({status})");
+            problems.push(format!("consumer {id} failed ({status})"));
             failed = true;
         }
     }
@@ -898,11 +912,20 @@ fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow::Result<Ex
         let seen = stats.consumers.iter().find(|c| c.pid == pid);
         let dropped = seen.map_or(r.dropped, |c| c.dropped);
         if r.bad > 0 || r.end.as_deref() != Some("closed") {
+            if interrupted.is_none() || r.bad > 0 {
+                problems.push(format!(
+                    "consumer {}: {} bad frames, end: {}",
+                    r.id,
+                    r.bad,
+                    r.end.as_deref().unwrap_or("no report")
+                ));
+            }
             failed = true;
         }
         if interrupted.is_none() && r.end.as_deref() == Some("closed") {
             if policy == Backpressure::Block && r.frames != produced {
                 eprintln!("dmabroker demo: consumer {} received {} of {produced} frames", r.id, r.frames);
+                problems.push(format!("consumer {} received {} of {produced} frames", r.id, r.frames));
                 failed = true;
             }
             if r.frames + dropped != produced {
@@ -910,6 +933,10 @@ fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow::Result<Ex
                     "dmabroker demo: consumer {}: {} received + {dropped} dropped is not the {produced} produced",
                     r.id, r.frames
                 );
+                problems.push(format!(
+                    "consumer {}: {} received + {dropped} dropped is not the {produced} produced",
+                    r.id, r.frames
+                ));
                 failed = true;
             }
         }
@@ -934,7 +961,7 @@ fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow::Result<Ex
         } else {
             "ok"
         },
-        error,
+        error: error.or_else(|| (!problems.is_empty()).then(|| problems.join("; "))),
         signal: interrupted,
         produced,
         elapsed_s: elapsed.as_secs_f64(),
@@ -1119,6 +1146,7 @@ fn produce_v4l2(
     producer: &mut Producer,
     live: &Live,
     stop: &Stop,
+    period: Option<Duration>,
     source: &V4l2Source,
 ) -> anyhow::Result<Ended> {
     let nbuf = producer.options().buffers as u32;
@@ -1134,6 +1162,9 @@ fn produce_v4l2(
         in_device += 1;
     }
     queue.stream_on()?;
+    // --fps paces the submits: the device keeps capturing at its own rate
+    // into the buffers it holds, and a frame is handed on once per period.
+    let mut due = Instant::now();
     // Drop-oldest would take frames from consumers to fill the device: keep
     // only a few there; blocking pools give it every free buffer.
     let floor = nbuf.min(2);
@@ -1167,6 +1198,13 @@ fn produce_v4l2(
         if policy_blocks(producer) {
             while in_device < wanted && lend(producer, &queue, length, None)? {
                 in_device += 1;
+            }
+        }
+        if let Some(p) = period.filter(|_| n + 1 < args.frames) {
+            due = due.checked_add(p).unwrap_or(due);
+            if !sleep_until(due, stop) {
+                queue.stream_off()?;
+                return Ok(Ended::Interrupted);
             }
         }
     }

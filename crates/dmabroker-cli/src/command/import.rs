@@ -14,10 +14,10 @@ pub struct ImportArgs {
     #[arg(required_unless_present = "list")]
     pub key: Option<String>,
     /// List what this user may import instead.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "key")]
     pub list: bool,
     /// Broker socket [default: $XDG_RUNTIME_DIR/dmabroker.sock if present, else /run/dmabroker/dmabroker.sock].
-    #[arg(long, env = "DMABROKER_SOCKET")]
+    #[arg(long, env = "DMABROKER_SOCKET", value_parser = crate::cli::parse_client_socket)]
     pub socket: Option<PathBuf>,
     /// Also try to map it writable and report the outcome (shows a read-only grant at work).
     #[arg(long)]
@@ -36,12 +36,37 @@ struct ImportReport {
     writable_mapping: Option<String>,
 }
 
+/// One entry of `import --list --json`.
+#[derive(Serialize)]
+struct ListReport<'a> {
+    key: &'a str,
+    len: u64,
+    heap: &'a str,
+    publisher_uid: u32,
+    access: String,
+    one_shot: bool,
+    expires_in_secs: Option<u64>,
+}
+
 pub fn run(args: &ImportArgs) -> anyhow::Result<ExitCode> {
     let path = args.socket.clone().unwrap_or_else(dmabroker::proto::default_client_socket);
     let mut client = Client::connect(&path)?;
     if args.list {
         let (entries, truncated) = client.list()?;
         if args.json {
+            // Access as `import --json` writes it: "rw" / "ro".
+            let entries: Vec<ListReport> = entries
+                .iter()
+                .map(|e| ListReport {
+                    key: &e.key,
+                    len: e.len,
+                    heap: &e.heap,
+                    publisher_uid: e.publisher_uid,
+                    access: e.access.to_string(),
+                    one_shot: e.one_shot,
+                    expires_in_secs: e.expires_in_secs,
+                })
+                .collect();
             print_json(&entries)?;
         } else {
             let rows: Vec<Vec<String>> = entries

@@ -94,10 +94,14 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
             println!("  {why}");
         }
         if let Some(exp) = &report.exporter {
-            println!(
-                "  dma-buf exporter {exp}, size {:?}, file references {:?}",
-                report.fdinfo_size, report.file_count
-            );
+            let mut line = format!("  dma-buf exporter {exp}");
+            if let Some(size) = report.fdinfo_size {
+                line.push_str(&format!(", size {} ({size} bytes)", format_size(size)));
+            }
+            if let Some(count) = report.file_count {
+                line.push_str(&format!(", file references {count}"));
+            }
+            println!("{line}");
         }
     }
     // Documented in `dmabroker inspect --help` and the README: 3 = not a buffer.

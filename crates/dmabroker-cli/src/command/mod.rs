@@ -1,6 +1,7 @@
 //! One file per verb.
 
 mod alloc;
+mod alloc_broker;
 pub mod alloc_for;
 mod bench_alloc;
 pub mod bench_broker;

@@ -20,7 +20,8 @@ pub struct PsArgs {
     /// Only processes of this user: a name or a uid.
     #[arg(long)]
     pub user: Option<String>,
-    /// Include every memfd, not only dmabroker's (`dmabroker:*`).
+    /// Include every memfd, not only dmabroker's (`dmabroker:*`, and every
+    /// memfd the broker process holds, such as published memfds it adopted).
     #[arg(long = "all-memfd")]
     pub all_memfd: bool,
 }
@@ -33,7 +34,12 @@ pub fn run(args: &PsArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let options = ScanOptions { all_memfds: args.all_memfd, pid: args.pid, uid };
+    if let Some(pid) = args.pid {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            anyhow::bail!("no such process: {pid}");
+        }
+    }
+    let options = ScanOptions { all_memfds: args.all_memfd, pid: args.pid, uid, broker_pids: Vec::new() };
     let snapshot = accounting::scan_with(&options)?;
     if args.json {
         print_json(&snapshot)?;

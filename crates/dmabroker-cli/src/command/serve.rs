@@ -23,18 +23,18 @@ pub struct ServeArgs {
     /// Socket path [default: /run/dmabroker/dmabroker.sock as root, else
     /// $XDG_RUNTIME_DIR/dmabroker.sock]; ignored under socket activation.
     /// Only a stale socket at PATH is replaced, never any other file.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::parse_socket_path)]
     pub socket: Option<PathBuf>,
     /// Policy file (TOML) [default: /etc/dmabroker/policy.toml if present,
     /// else: root and the broker's own user may do everything, others only import].
     #[arg(long)]
     pub policy: Option<PathBuf>,
-    /// Most clients connected at once.
-    #[arg(long, default_value_t = 8192)]
+    /// Most clients connected at once (at least 1).
+    #[arg(long, default_value_t = 8192, value_parser = crate::cli::parse_at_least_one)]
     pub max_clients: usize,
     /// Most clients of one user connected at once, so that one user cannot
     /// take every slot [default: half of --max-clients].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::parse_at_least_one)]
     pub max_clients_per_user: Option<usize>,
     /// Period of the background check for buffers nobody holds any more, in ms.
     #[arg(long, default_value_t = 2000)]

@@ -14,7 +14,7 @@ pub struct StatsArgs {
     #[arg(long)]
     pub json: bool,
     /// Broker socket [default: $XDG_RUNTIME_DIR/dmabroker.sock if present, else /run/dmabroker/dmabroker.sock].
-    #[arg(long, env = "DMABROKER_SOCKET")]
+    #[arg(long, env = "DMABROKER_SOCKET", value_parser = crate::cli::parse_client_socket)]
     pub socket: Option<PathBuf>,
 }
 

@@ -10,7 +10,7 @@ pub struct UnpublishArgs {
     /// Publication name or token.
     pub key: String,
     /// Broker socket [default: $XDG_RUNTIME_DIR/dmabroker.sock if present, else /run/dmabroker/dmabroker.sock].
-    #[arg(long, env = "DMABROKER_SOCKET")]
+    #[arg(long, env = "DMABROKER_SOCKET", value_parser = crate::cli::parse_client_socket)]
     pub socket: Option<PathBuf>,
 }
 

@@ -8,7 +8,10 @@
 //! descriptor table of their own, `unshare(CLONE_FILES)`, also
 //! `/proc/<pid>/task/<tid>/fd`, listed under the process with the fd numbers
 //! of that table) or only through a mapping (`/proc/<pid>/maps`). Other memfds are included with
-//! [`ScanOptions::all_memfds`].
+//! [`ScanOptions::all_memfds`], except that every memfd a broker process
+//! holds (`dmabroker serve`, or [`ScanOptions::broker_pids`]) is a dmabroker
+//! buffer whatever its name (the broker adopts published memfds as they
+//! are), and so is listed, with all its holders.
 //!
 //! Buffers are identified by filesystem device and inode ([`BufferId`]), so a
 //! buffer held by several fds and mappings in several processes is counted
@@ -70,6 +73,10 @@ pub struct ScanOptions {
     pub pid: Option<u32>,
     /// Report only processes of this (effective) uid.
     pub uid: Option<u32>,
+    /// Broker processes besides those found by their command line
+    /// (`dmabroker serve`): every memfd they hold is a dmabroker buffer
+    /// (for a broker running inside another program, as in tests).
+    pub broker_pids: Vec<u32>,
 }
 
 impl ScanOptions {
@@ -315,7 +322,8 @@ pub struct BufferRecord {
     pub device: String,
     /// Kind of buffer.
     pub kind: BufferKind,
-    /// True for a dmabroker buffer (named `dmabroker:...`).
+    /// True for a dmabroker buffer (named `dmabroker:...`, or held by the
+    /// broker process).
     pub dmabroker: bool,
     /// Size in bytes.
     pub size: u64,
@@ -630,13 +638,19 @@ pub fn scan_with(options: &ScanOptions) -> Result<Snapshot, ScanError> {
     let dir = std::fs::read_dir("/proc").map_err(|source| ScanError::Proc { path: "/proc".into(), source })?;
     let shmem = shmem_dev();
     let mut holdings = Vec::new();
+    let mut brokers: std::collections::BTreeSet<u32> = options.broker_pids.iter().copied().collect();
     let (mut vanished, mut denied, mut partial) = (0u64, 0u64, 0u64);
     for entry in dir.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
-        match read_process(pid, shmem, options.all_memfds) {
+        // Every memfd is read: which ones are dmabroker's is known only once
+        // the broker's own are (below).
+        match read_process(pid, shmem, true) {
             Ok(Some((p, complete))) => {
+                if p.comm == "dmabroker" && is_broker_command(pid) {
+                    brokers.insert(pid);
+                }
                 holdings.push(p);
                 if !complete {
                     partial += 1;
@@ -647,11 +661,42 @@ pub fn scan_with(options: &ScanOptions) -> Result<Snapshot, ScanError> {
             Err(Skip::Vanished) => vanished += 1,
         }
     }
+    // Whatever the broker holds is a dmabroker buffer, named or adopted.
+    let broker_ids: std::collections::BTreeSet<BufferId> = holdings
+        .iter()
+        .filter(|p| brokers.contains(&p.pid))
+        .flat_map(|p| p.fds.iter().map(|f| f.id).chain(p.maps.iter().map(|m| m.id)))
+        .collect();
+    let keep = |kind: BufferKind, name: Option<&str>, id: &BufferId| {
+        options.all_memfds
+            || kind == BufferKind::DmaBuf
+            || name.is_some_and(|n| n.starts_with(DMABROKER_PREFIX))
+            || broker_ids.contains(id)
+    };
+    for p in &mut holdings {
+        p.fds.retain(|f| keep(f.kind, f.name.as_deref(), &f.id));
+        p.maps.retain(|m| keep(m.kind, m.name.as_deref(), &m.id));
+    }
     let mut snapshot = Snapshot::from_holdings(&holdings, options, &procfs::user_names(), &sysfs_dma_buf);
+    for b in &mut snapshot.buffers {
+        if b.id().is_some_and(|id| broker_ids.contains(&id)) {
+            b.dmabroker = true;
+        }
+    }
     snapshot.scanned_processes += vanished + denied;
     snapshot.unreadable_processes = vanished + denied + partial;
     snapshot.denied_processes = denied + partial;
     Ok(snapshot)
+}
+
+/// Whether process `pid` runs `dmabroker serve` (its command line: the
+/// program named `dmabroker`, with a `serve` argument).
+fn is_broker_command(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let mut args = cmdline.split(|&b| b == 0);
+    let program = args.next().unwrap_or_default();
+    let name = program.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    name == b"dmabroker" && args.any(|a| a == b"serve")
 }
 
 /// The device of the kernel's internal shmem mount, where every plain memfd
@@ -703,7 +748,8 @@ fn read_process(
     let mut fds = read_fd_table(&base, shmem, all_memfds).map_err(|e| skip(&e))?;
     // Threads with a table of their own (unshare(CLONE_FILES)): a buffer
     // they hold after every other thread closed it is listed only there.
-    for tid in threads_with_own_fd_table(pid, true) {
+    let tables = threads_with_own_fd_table(pid, true);
+    for &tid in &tables.tids {
         let Ok(more) = read_fd_table(&format!("{base}/task/{tid}"), shmem, all_memfds) else { continue };
         for h in more {
             if !fds.iter().any(|f: &FdHolding| f.fd == h.fd && f.id == h.id) {
@@ -713,8 +759,9 @@ fn read_process(
     }
     fds.sort_by_key(|f| f.fd);
 
-    let (maps, complete) = match std::fs::read_to_string(format!("{base}/maps")) {
-        Ok(maps) => (maps, true),
+    let (maps, complete) = match process_maps(pid) {
+        // Fd tables past MAX_OWN_FD_TABLES were not read: seen in part.
+        Ok(maps) => (maps, tables.complete),
         Err(e) => match skip(&e) {
             // Keep the fds already read; the process counts as unreadable.
             Skip::Denied => (String::new(), false),
@@ -784,50 +831,146 @@ fn read_fd_table(task: &str, shmem: Option<(u32, u32)>, all_memfds: bool) -> io:
     Ok(fds)
 }
 
+/// The most fd tables besides the process's own that one scan reads in one
+/// process. Threads that called `unshare(CLONE_FILES)` cost the scanner one
+/// table read each; beyond this many distinct tables the process is reported
+/// as scanned in part ([`OwnFdTables::complete`] false), so a process cannot
+/// make every sweep slow by creating thousands of them.
+pub const MAX_OWN_FD_TABLES: usize = 64;
+
+/// The fd tables of a process other than its leader's (`/proc/<pid>/fd`),
+/// as found by [`threads_with_own_fd_table`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnFdTables {
+    /// One thread per distinct table (plus, when kcmp could not tell and the
+    /// caller asked for it, threads whose table may be a duplicate).
+    pub tids: Vec<u32>,
+    /// False when more than [`MAX_OWN_FD_TABLES`] tables were found: the
+    /// tables of the threads not listed were not looked at, and a caller
+    /// must treat whatever they might hold as held.
+    pub complete: bool,
+}
+
 /// Threads of process `pid` whose file descriptor table is not the
 /// process's own (`/proc/<pid>/fd`): threads that called
-/// `unshare(CLONE_FILES)`, one per distinct table. Compared with
-/// `kcmp(KCMP_FILES)`, one system call per thread, so that the (normally
-/// shared) table is read once. When kcmp cannot tell (`ENOSYS`: a kernel
-/// without `CONFIG_KCMP`; `EPERM`), the thread is included if `when_unsure`
-/// (its table is read as well: callers that collect buffers in a set lose
-/// nothing by reading a table twice) and left out otherwise.
-pub fn threads_with_own_fd_table(pid: u32, when_unsure: bool) -> Vec<u32> {
-    let mut tables: Vec<u32> = Vec::new();
+/// `unshare(CLONE_FILES)`, one per distinct table (a zombie leader has no
+/// table: then every live thread's table is "own", deduplicated among
+/// themselves).
+///
+/// Each thread is compared with the leader (`kcmp(KCMP_FILES)`, one system
+/// call); the others are kept sorted by kcmp's order of the tables and
+/// deduplicated by binary search, so the cost is `O(threads + t log t)`
+/// calls for `t` distinct tables, and at most [`MAX_OWN_FD_TABLES`]
+/// distinct tables are collected (then `complete` is false). When kcmp
+/// cannot tell (`ENOSYS`: a kernel without `CONFIG_KCMP`; `EPERM`), the
+/// thread is included if `when_unsure` (its table is read as well: callers
+/// that collect buffers in a set lose nothing by reading a table twice; the
+/// cap applies to those too) and left out otherwise.
+pub fn threads_with_own_fd_table(pid: u32, when_unsure: bool) -> OwnFdTables {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return tables;
+        return OwnFdTables { tids: Vec::new(), complete: true };
     };
-    for task in tasks.flatten() {
-        let Some(tid) = task.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if tid == pid {
+    let tids = tasks.flatten().filter_map(|t| t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()));
+    distinct_fd_tables(pid, tids, when_unsure, MAX_OWN_FD_TABLES, &mut dmabroker_sys::kcmp::compare_files)
+}
+
+/// [`threads_with_own_fd_table`] over given thread ids, with `compare` in
+/// place of kcmp (tests count its calls).
+fn distinct_fd_tables(
+    leader: u32,
+    tids: impl Iterator<Item = u32>,
+    when_unsure: bool,
+    max: usize,
+    compare: &mut dyn FnMut(u32, u32) -> io::Result<std::cmp::Ordering>,
+) -> OwnFdTables {
+    use std::cmp::Ordering;
+    let gone = |e: &io::Error| e.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error());
+    // Representatives of distinct tables, in kcmp's order of their tables.
+    let mut sorted: Vec<u32> = Vec::new();
+    // Threads kcmp could not place (read as well when `when_unsure`).
+    let mut unsure: Vec<u32> = Vec::new();
+    for tid in tids {
+        if tid == leader {
             continue;
         }
-        let mut distinct = true;
-        for other in std::iter::once(pid).chain(tables.iter().copied()) {
-            match dmabroker_sys::kcmp::same_files(other, tid) {
-                Ok(true) => {
-                    distinct = false;
+        match compare(leader, tid) {
+            Ok(Ordering::Equal) => continue,
+            Ok(_) => {}
+            // The thread (or the whole process) exited meanwhile.
+            Err(e) if gone(&e) => continue,
+            Err(_) => {
+                if when_unsure {
+                    unsure.push(tid);
+                }
+                if sorted.len() + unsure.len() > max {
+                    return OwnFdTables { tids: capped(sorted, unsure, max), complete: false };
+                }
+                continue;
+            }
+        }
+        let (mut lo, mut hi) = (0, sorted.len());
+        let mut new_table = true;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match compare(sorted[mid], tid) {
+                Ok(Ordering::Equal) => {
+                    new_table = false;
                     break;
                 }
-                Ok(false) => {}
-                // The thread exited meanwhile.
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error()) => {
-                    distinct = false;
-                    break;
-                }
+                Ok(Ordering::Less) => lo = mid + 1,
+                Ok(Ordering::Greater) => hi = mid,
                 Err(_) => {
-                    distinct = when_unsure;
+                    // Either thread may have exited: its table cannot be
+                    // placed, so it is read on its own when `when_unsure`.
+                    new_table = false;
+                    if when_unsure {
+                        unsure.push(tid);
+                    }
                     break;
                 }
             }
         }
-        if distinct {
-            tables.push(tid);
+        if new_table {
+            sorted.insert(lo, tid);
+        }
+        if sorted.len() + unsure.len() > max {
+            return OwnFdTables { tids: capped(sorted, unsure, max), complete: false };
         }
     }
-    tables
+    sorted.extend(unsure);
+    OwnFdTables { tids: sorted, complete: true }
+}
+
+fn capped(mut sorted: Vec<u32>, unsure: Vec<u32>, max: usize) -> Vec<u32> {
+    sorted.extend(unsure);
+    sorted.truncate(max);
+    sorted
+}
+
+/// The maps of process `pid` (`/proc/<pid>`): `/proc/<pid>/maps`, or, when
+/// that is empty because the leader has exited (a zombie leader has no
+/// memory map of its own while its other threads run on), the maps of the
+/// first live thread (threads share one memory map).
+///
+/// # Errors
+/// Reading `/proc/<pid>/maps` failed (the process is gone, or its maps are
+/// denied to this user).
+pub fn process_maps(pid: u32) -> io::Result<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    if !maps.is_empty() {
+        return Ok(maps);
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Ok(maps) };
+    for task in tasks.flatten() {
+        if task.file_name().to_str() == Some(&pid.to_string()) {
+            continue;
+        }
+        match std::fs::read_to_string(task.path().join("maps")) {
+            Ok(m) if !m.is_empty() => return Ok(m),
+            _ => {}
+        }
+    }
+    Ok(maps)
 }
 
 #[cfg(test)]
@@ -981,5 +1124,210 @@ mod tests {
             s.buffer_by_inode(52731).unwrap().id(),
             Some(BufferId { dev_major: 0, dev_minor: 13, inode: 52731 })
         );
+    }
+    #[test]
+    fn own_fd_tables_cost_linear_calls_and_are_capped() {
+        let leader = 1;
+        // 3,000 threads, each with a table of its own (unshare(CLONE_FILES)).
+        let tables: BTreeMap<u32, u32> = (1..=3001).map(|t| (t, t * 7919 % 10007)).collect();
+        let mut calls = 0usize;
+        let mut cmp = |a: u32, b: u32| {
+            calls += 1;
+            Ok(tables[&a].cmp(&tables[&b]))
+        };
+        let found = distinct_fd_tables(leader, 1..=3001, true, MAX_OWN_FD_TABLES, &mut cmp);
+        assert!(!found.complete, "more than the cap: scanned in part");
+        assert_eq!(found.tids.len(), MAX_OWN_FD_TABLES);
+        // The search stopped at the cap: about (cap + 1) * (1 + log2(cap)) calls.
+        assert!(calls <= (MAX_OWN_FD_TABLES + 1) * 8, "{calls} kcmp calls");
+
+        // 3,000 threads sharing 8 tables besides the leader's, the leader
+        // among them: complete, one thread per table, O(n log t) calls.
+        let tables: BTreeMap<u32, u32> = (1..=3001).map(|t| (t, t % 9)).collect();
+        let mut calls = 0usize;
+        let mut cmp = |a: u32, b: u32| {
+            calls += 1;
+            Ok(tables[&a].cmp(&tables[&b]))
+        };
+        let found = distinct_fd_tables(leader, 1..=3001, true, MAX_OWN_FD_TABLES, &mut cmp);
+        assert!(found.complete);
+        let mut seen: Vec<u32> = found.tids.iter().map(|t| tables[t]).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..9).filter(|&t| t != tables[&leader]).collect::<Vec<_>>());
+        assert!(calls <= 3000 * 5, "{calls} kcmp calls");
+    }
+
+    #[test]
+    fn own_fd_tables_when_kcmp_cannot_tell() {
+        let mut denied = |_: u32, _: u32| Err(io::Error::from_raw_os_error(rustix::io::Errno::PERM.raw_os_error()));
+        let found = distinct_fd_tables(1, 1..=10, true, MAX_OWN_FD_TABLES, &mut denied);
+        assert_eq!((found.tids.len(), found.complete), (9, true), "every other thread is read");
+        let found = distinct_fd_tables(1, 1..=10, false, MAX_OWN_FD_TABLES, &mut denied);
+        assert_eq!((found.tids.len(), found.complete), (0, true));
+        let found = distinct_fd_tables(1, 1..=1000, true, MAX_OWN_FD_TABLES, &mut denied);
+        assert_eq!((found.tids.len(), found.complete), (MAX_OWN_FD_TABLES, false), "the cap holds");
+        // Threads that exit during the search are skipped.
+        let mut gone = |_: u32, _: u32| Err(io::Error::from_raw_os_error(rustix::io::Errno::SRCH.raw_os_error()));
+        assert_eq!(distinct_fd_tables(1, 1..=10, true, 4, &mut gone), OwnFdTables { tids: vec![], complete: true });
+    }
+
+    /// A C program with `threads` threads, each in a file descriptor table
+    /// of its own (`unshare(CLONE_FILES)`), started and ready (a child
+    /// process: threads of the test process itself would copy other tests'
+    /// fds). `None` without a C compiler.
+    fn own_tables_child(threads: usize) -> Option<std::process::Child> {
+        const SRC: &str = r#"
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static int ready;
+static void *own(void *p) {
+    (void)p;
+    if (unshare(CLONE_FILES) == 0) __atomic_add_fetch(&ready, 1, __ATOMIC_SEQ_CST);
+    for (;;) pause();
+    return 0;
+}
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 0;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, 65536);
+    for (int i = 0; i < n; i++) {
+        pthread_t t;
+        if (pthread_create(&t, &a, own, 0)) return 1;
+    }
+    while (__atomic_load_n(&ready, __ATOMIC_SEQ_CST) < n) usleep(1000);
+    printf("ready\n");
+    fflush(stdout);
+    for (;;) pause();
+}
+"#;
+        let dir = std::env::temp_dir().join(format!("dmabroker-own-tables-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let (src, exe) = (dir.join("own.c"), dir.join("own"));
+        std::fs::write(&src, SRC).ok()?;
+        let compiled = std::process::Command::new("cc").arg("-pthread").arg("-o").arg(&exe).arg(&src).status();
+        if !compiled.is_ok_and(|s| s.success()) {
+            return None;
+        }
+        let mut child = std::process::Command::new(&exe)
+            .arg(threads.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take()?), &mut line).ok()?;
+        assert_eq!(line, "ready\n");
+        Some(child)
+    }
+
+    #[test]
+    fn hundreds_of_own_fd_tables_are_capped() {
+        let me = std::process::id();
+        if dmabroker_sys::kcmp::same_files(me, me).is_err() {
+            eprintln!("SKIP hundreds_of_own_fd_tables_are_capped: kcmp unavailable");
+            return;
+        }
+        let Some(mut child) = own_tables_child(300) else {
+            eprintln!("SKIP hundreds_of_own_fd_tables_are_capped: no C compiler");
+            return;
+        };
+        let found = threads_with_own_fd_table(child.id(), true);
+        let s = scan_with(&ScanOptions { pid: Some(child.id()), ..ScanOptions::default() });
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!found.complete, "300 tables are more than the cap");
+        assert_eq!(found.tids.len(), MAX_OWN_FD_TABLES);
+        assert!(s.unwrap().unreadable_processes >= 1, "a capped process counts as seen in part");
+    }
+
+    /// A C program whose main thread exits (raw `SYS_exit`, the process
+    /// lives on as a zombie leader) while another thread keeps a mapping of
+    /// a memfd named `dmabroker:zombie-leader` whose fd is closed. `None`
+    /// without a C compiler.
+    pub(crate) fn zombie_leader_child() -> Option<std::process::Child> {
+        const SRC: &str = r#"
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static void *hold(void *p) { (void)p; for (;;) pause(); return 0; }
+int main(void) {
+    int fd = memfd_create("dmabroker:zombie-leader", MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, 65536) < 0) return 1;
+    char *m = mmap(0, 65536, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) return 1;
+    m[0] = 1;
+    close(fd);
+    pthread_t t;
+    if (pthread_create(&t, 0, hold, 0)) return 1;
+    syscall(SYS_exit, 0);
+    return 0;
+}
+"#;
+        let dir = std::env::temp_dir().join(format!(
+            "dmabroker-zombie-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).ok()?;
+        let src = dir.join("zombie.c");
+        let exe = dir.join("zombie");
+        std::fs::write(&src, SRC).ok()?;
+        let ok =
+            std::process::Command::new("cc").arg("-pthread").arg("-o").arg(&exe).arg(&src).status().ok()?.success();
+        if !ok {
+            return None;
+        }
+        let child = std::process::Command::new(&exe).spawn().ok()?;
+        let status = format!("/proc/{}/status", child.id());
+        for _ in 0..500 {
+            let zombie = std::fs::read_to_string(&status).is_ok_and(|s| s.lines().any(|l| l.starts_with("State:\tZ")));
+            let mapped = std::fs::read_dir(format!("/proc/{}/task", child.id())).map(|d| d.count()).unwrap_or(0) == 2;
+            if zombie && mapped {
+                return Some(child);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the zombie-leader child did not get ready");
+    }
+
+    #[test]
+    fn mappings_of_a_process_whose_leader_exited_are_seen() {
+        let Some(mut child) = zombie_leader_child() else {
+            eprintln!("SKIP mappings_of_a_process_whose_leader_exited_are_seen: no C compiler");
+            return;
+        };
+        let pid = child.id();
+        assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap(), "", "a zombie leader has no maps");
+        let maps = process_maps(pid).unwrap();
+        let s = scan_with(&ScanOptions { pid: Some(pid), ..ScanOptions::default() }).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(maps.contains("/memfd:dmabroker:zombie-leader"), "{maps}");
+        let b = s.buffers.iter().find(|b| b.name.as_deref() == Some("dmabroker:zombie-leader")).expect("buffer listed");
+        assert_eq!(b.holders[0].pid, pid);
+        assert_eq!(b.holders[0].mappings, 1);
+    }
+
+    #[test]
+    fn memfds_held_by_the_broker_are_listed_whatever_their_name() {
+        let me = std::process::id();
+        let foreign = rustix::fs::memfd_create("wayland-shm-adopted", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&foreign, 8192).unwrap();
+        let inode = rustix::fs::fstat(&foreign).unwrap().st_ino;
+        let plain = scan_with(&ScanOptions { pid: Some(me), ..ScanOptions::default() }).unwrap();
+        assert!(plain.buffer_by_inode(inode).is_none(), "a foreign memfd is no dmabroker buffer");
+        let options = ScanOptions { pid: Some(me), broker_pids: vec![me], ..ScanOptions::default() };
+        let s = scan_with(&options).unwrap();
+        let b = s.buffer_by_inode(inode).expect("held by the broker: listed");
+        assert!(b.dmabroker);
+        assert_eq!((b.size, b.name.as_deref()), (8192, Some("wayland-shm-adopted")));
+        assert_eq!(b.holders[0].pid, me);
     }
 }

@@ -14,7 +14,10 @@ const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
 #[derive(Debug, thiserror::Error)]
 pub enum FromFdError {
     /// The fd is something other than buffer memory.
-    #[error("fd is {what}, not a buffer: pass a dma-buf (from a dma-heap, V4L2 EXPBUF, DRM PRIME) or a memfd")]
+    #[error(
+        "fd is {what}, which is not a buffer: pass a dma-buf (from a dma-heap, V4L2 EXPBUF or DRM PRIME) \
+         or a memfd (from memfd_create)"
+    )]
     NotABuffer {
         /// What it is instead (`a socket`, `a regular file (/tmp/x)`, ...).
         what: String,
@@ -38,7 +41,8 @@ pub(super) fn adopt(fd: OwnedFd) -> Result<Buffer, FromFdError> {
         let exporter = info.exporter().unwrap_or("unknown").to_owned();
         let properties = dma_buf_properties(&exporter, len);
         let name = info.dma_buf_name().map(str::to_owned);
-        return Ok(Buffer::new(fd, len, BufferKind::DmaBuf, exporter, name, properties));
+        let heap = heap_of_exporter(&exporter, |p| std::fs::symlink_metadata(p).is_ok());
+        return Ok(Buffer::new(fd, len, BufferKind::DmaBuf, heap, name, properties));
     }
     let not_a_buffer = |what: String| Err(FromFdError::NotABuffer { what });
     match file_type {
@@ -63,9 +67,7 @@ pub(super) fn adopt(fd: OwnedFd) -> Result<Buffer, FromFdError> {
         (HUGETLBFS_MAGIC, _) => BufferKind::HugetlbMemfd,
         (TMPFS_MAGIC, Some(_)) => BufferKind::Memfd,
         (TMPFS_MAGIC, None) => {
-            return not_a_buffer(format!(
-                "a regular file on tmpfs that is not a memfd ({link}); create buffers with memfd_create"
-            ))
+            return not_a_buffer(format!("a regular file on tmpfs not made by memfd_create ({link})"))
         }
         _ => return not_a_buffer(format!("a regular file ({link})")),
     };
@@ -83,6 +85,19 @@ pub(super) fn adopt(fd: OwnedFd) -> Result<Buffer, FromFdError> {
     };
     let heap = if kind == BufferKind::HugetlbMemfd { "hugetlb" } else { "memfd" };
     Ok(Buffer::new(fd, len, kind, heap, memfd_name, properties))
+}
+
+/// The heap name dmabroker uses for a dma-buf's exporter: a dma-heap
+/// exports under its bare name (`system`), which is `dma-heap/system` here
+/// when `/dev/dma_heap/system` exists (`exists` tells); other exporters
+/// (`udmabuf`, V4L2 and DRM drivers) keep their name.
+pub(crate) fn heap_of_exporter(exporter: &str, exists: impl Fn(&str) -> bool) -> String {
+    let plain = !exporter.is_empty() && !exporter.contains('/') && !exporter.starts_with('.');
+    if plain && exporter != "udmabuf" && exists(&format!("{}/{exporter}", crate::heap::dma_heap::DIRECTORY)) {
+        format!("dma-heap/{exporter}")
+    } else {
+        exporter.to_owned()
+    }
 }
 
 /// What can be told of a dma-buf from its exporter's name alone.
@@ -103,4 +118,19 @@ pub(crate) fn dma_buf_properties(exporter: &str, len: u64) -> PhysicalProperties
 pub(crate) fn is_contiguous_exporter(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     n.contains("cma") || n == "reserved" || n.contains("dma-contig") || n.contains("dma_contig")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::heap_of_exporter;
+
+    #[test]
+    fn dma_heap_exporters_are_named_as_heaps() {
+        let exists = |p: &str| p == "/dev/dma_heap/system" || p == "/dev/dma_heap/udmabuf";
+        assert_eq!(heap_of_exporter("system", exists), "dma-heap/system");
+        assert_eq!(heap_of_exporter("udmabuf", exists), "udmabuf");
+        assert_eq!(heap_of_exporter("vivid", exists), "vivid");
+        assert_eq!(heap_of_exporter("system", |_| false), "system");
+        assert_eq!(heap_of_exporter("../x", |_| true), "../x");
+    }
 }

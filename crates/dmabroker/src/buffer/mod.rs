@@ -73,6 +73,15 @@ pub enum Coherency {
     NonCoherent,
 }
 
+impl std::fmt::Display for Coherency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Coherent => "coherent",
+            Self::NonCoherent => "non-coherent",
+        })
+    }
+}
+
 /// Physical properties of a buffer's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PhysicalProperties {

@@ -492,7 +492,8 @@ fn no_heap(order: &[&HeapInfo], c: &Constraints, len: u64, rejected: Vec<Rejecti
     if failed(RequirementKind::DmaBuf) && !order.iter().any(|h| h.device_importable && h.usable) {
         hints.push(
             "no dma-buf allocator usable here: `modprobe udmabuf` and grant access to /dev/udmabuf, \
-             grant access to /dev/dma_heap/system, or allocate through `dmabroker serve`"
+             grant access to /dev/dma_heap/system, or allocate through the broker \
+             (`dmabroker serve`, then `dmabroker alloc --broker ...`)"
                 .to_owned(),
         );
     }
@@ -517,16 +518,28 @@ fn no_heap(order: &[&HeapInfo], c: &Constraints, len: u64, rejected: Vec<Rejecti
                 hints.push(format!("{} meets every device requirement but {problem}: {fix}", r.heap));
                 continue;
             }
+            let too_large = h.max_buffer_size.is_some_and(|m| hlen.is_some_and(|l| l > m));
             let fix = match h.kind {
-                HeapKind::Hugetlb => "reserve huge pages (see `dmabroker heaps`)",
-                HeapKind::DmaHeap if !h.usable => {
-                    "allocate through `dmabroker serve`, or grant access with a udev rule"
+                HeapKind::Hugetlb => "reserve huge pages (see `dmabroker heaps`)".to_owned(),
+                HeapKind::DmaHeap | HeapKind::Udmabuf if !h.usable => {
+                    let node = match h.kind {
+                        HeapKind::Udmabuf => crate::heap::udmabuf::DEVICE.to_owned(),
+                        _ => format!(
+                            "{}/{}",
+                            crate::heap::dma_heap::DIRECTORY,
+                            h.name.strip_prefix("dma-heap/").unwrap_or(&h.name)
+                        ),
+                    };
+                    format!(
+                        "grant this user access to {node} (a udev rule, or the group owning it), \
+                         or allocate through the broker: `dmabroker alloc --broker ...`"
+                    )
                 }
-                HeapKind::DmaHeap if is_cma(h) => "boot with a larger cma=, or stop other CMA users",
-                HeapKind::Udmabuf => {
-                    "raise /sys/module/udmabuf/parameters/size_limit_mb, or grant access to /dev/udmabuf"
+                HeapKind::DmaHeap if is_cma(h) => "boot with a larger cma=, or stop other CMA users".to_owned(),
+                HeapKind::Udmabuf if too_large => {
+                    "raise /sys/module/udmabuf/parameters/size_limit_mb, or use a dma-heap".to_owned()
                 }
-                _ => "free memory",
+                _ => "free memory".to_owned(),
             };
             hints.push(format!("{} meets every device requirement but is {}: {fix}", r.heap, problems.join(", ")));
         }
@@ -684,5 +697,21 @@ mod tests {
             Constraints::builder("isp0").dma_buf(true).coherency(DeviceCoherency::NeedsMaintenance).build().unwrap();
         let choice = choose_heap(&heaps, &c, 4096).unwrap();
         assert!(choice.reasons.iter().any(|r| r.contains("udmabuf's sync does nothing")), "{:?}", choice.reasons);
+    }
+
+    #[test]
+    fn unusable_dma_buf_heaps_get_a_permission_hint_not_a_size_limit_one() {
+        let mut udmabuf = heap("udmabuf", HeapKind::Udmabuf, Some(4096), 4096, CacheMode::Cached, true);
+        udmabuf.usable = false;
+        udmabuf.max_buffer_size = Some(64 << 20);
+        udmabuf.note = Some("cannot open /dev/udmabuf: Permission denied".into());
+        let mut system = heap("dma-heap/system", HeapKind::DmaHeap, Some(4096), 4096, CacheMode::Cached, true);
+        system.usable = false;
+        let c = Constraints::builder("cam").dma_buf(true).build().unwrap();
+        let Err(ChooseError::NoHeap(e)) = choose_heap(&[udmabuf, system], &c, 1 << 20) else { panic!() };
+        let hints = e.hints.join("\n");
+        assert!(!hints.contains("size_limit_mb"), "{hints}");
+        assert!(hints.contains("/dev/udmabuf") && hints.contains("/dev/dma_heap/system"), "{hints}");
+        assert!(hints.contains("dmabroker alloc --broker"), "{hints}");
     }
 }

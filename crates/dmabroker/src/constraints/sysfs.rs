@@ -59,7 +59,8 @@ pub struct DeviceProbe {
     pub subsystem: String,
     /// The bus device's directory in sysfs.
     pub device_dir: String,
-    /// Its driver's name (basename of the `driver` link).
+    /// Its driver's name (basename of the `driver` link; for a DRM node
+    /// without one, the name `DRM_IOCTL_VERSION` reports).
     pub driver: Option<String>,
     /// `dma_mask_bits`, where the bus exports it.
     pub dma_mask_bits: Option<u32>,
@@ -139,6 +140,17 @@ fn read_trimmed(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
 }
 
+/// The driver name `DRM_IOCTL_VERSION` reports for a DRM node (opened
+/// read-only, which the ioctl allows; `None` when it cannot be opened).
+fn drm_driver_name(path: &Path) -> Option<String> {
+    let fd =
+        rustix::fs::open(path, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
+            .map_err(|e| tracing::debug!("{}: cannot open to ask the DRM driver's name: {e}", path.display()))
+            .ok()?;
+    let version = dmabroker_sys::drm::version(&fd).ok()?;
+    Some(version.name).filter(|n| !n.is_empty())
+}
+
 fn link_basename(path: &Path) -> Option<String> {
     std::fs::read_link(path).ok()?.file_name()?.to_str().map(str::to_owned)
 }
@@ -175,13 +187,29 @@ impl DeviceProbe {
             return Err(ProbeError::NotACharDevice { path: shown });
         }
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-        Self::from_sysfs(
+        let mut probe = Self::from_sysfs(
             sysfs_root,
             &shown,
             &canonical.display().to_string(),
             rustix::fs::major(st.st_rdev),
             rustix::fs::minor(st.st_rdev),
-        )
+        )?;
+        // Virtual DRM devices (vgem, vkms) sit on a platform/faux device
+        // with no `driver` link; the DRM core still knows the driver.
+        if probe.driver.is_none() && probe.subsystem == "drm" {
+            if let Some(name) = drm_driver_name(path) {
+                probe.set_driver(name);
+            }
+        }
+        Ok(probe)
+    }
+
+    /// Record the driver found another way than sysfs, and show it in the label.
+    fn set_driver(&mut self, driver: String) {
+        if self.driver.is_none() {
+            self.label = format!("{} ({driver})", self.label);
+        }
+        self.driver = Some(driver);
     }
 
     /// Read what sysfs under `sysfs_root` says about device `major:minor`,

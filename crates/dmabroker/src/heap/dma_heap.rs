@@ -7,7 +7,10 @@
 //! `cma`) are physically contiguous for the whole buffer, and their free
 //! capacity is `CmaFree` in /proc/meminfo.
 
-use super::{check_request, meminfo, open_error, ram_end, AllocError, AllocRequest, Heap, HeapInfo, HeapKind, Limits};
+use super::{
+    check_available, check_request, meminfo, open_error, ram_end, AllocError, AllocRequest, Heap, HeapInfo, HeapKind,
+    Limits,
+};
 use crate::buffer::adopt::is_contiguous_exporter;
 use crate::buffer::{Buffer, BufferKind, CacheMode, PhysicalProperties};
 use rustix::fs::{Mode, OFlags};
@@ -117,11 +120,18 @@ impl Heap for DmaHeap {
             open_error(
                 &self.path,
                 *e,
-                "allocate through `dmabroker serve` (the broker), or grant this user access with a udev rule",
+                "grant this user access to it (a udev rule), or allocate through the broker: \
+                 `dmabroker alloc --broker ...` (with `dmabroker serve` running)",
             )
         })?;
+        // CMA heaps fail cleanly when the area is short; other heaps pin
+        // pages until the OOM killer steps in, so a large request is checked
+        // against the memory available first.
+        if !self.contiguous() {
+            check_available(&self.name, len)?;
+        }
         let fd = dmabroker_sys::dma_heap::alloc(device, len).map_err(|e| match e {
-            rustix::io::Errno::NOMEM => AllocError::OutOfMemory { heap: self.name.clone(), len },
+            rustix::io::Errno::NOMEM => AllocError::OutOfMemory { heap: self.name.clone(), len, available: None },
             source => AllocError::Os { op: "DMA_HEAP_IOCTL_ALLOC", source },
         })?;
         if let Some(name) = &request.name {

@@ -38,7 +38,9 @@ pub(crate) fn create_sealed(
         rustix::io::Errno::FBIG | rustix::io::Errno::INVAL => {
             AllocError::SizeOverflow { requested: len, granularity: 1 }
         }
-        rustix::io::Errno::NOMEM | rustix::io::Errno::NOSPC => AllocError::OutOfMemory { heap: heap.into(), len },
+        rustix::io::Errno::NOMEM | rustix::io::Errno::NOSPC => {
+            AllocError::OutOfMemory { heap: heap.into(), len, available: None }
+        }
         source => AllocError::Os { op: "ftruncate", source },
     })?;
     rustix::fs::fcntl_add_seals(&fd, SEALS).map_err(|source| AllocError::Os { op: "F_ADD_SEALS", source })?;

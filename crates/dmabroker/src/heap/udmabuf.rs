@@ -10,7 +10,10 @@
 //! attached.
 
 use super::memfd::create_sealed;
-use super::{check_request, meminfo, open_error, ram_end, AllocError, AllocRequest, Heap, HeapInfo, HeapKind, Limits};
+use super::{
+    check_available, check_request, meminfo, open_error, ram_end, AllocError, AllocRequest, Heap, HeapInfo, HeapKind,
+    Limits,
+};
 use crate::buffer::{Buffer, BufferKind, CacheMode, PhysicalProperties};
 use rustix::fs::{Mode, OFlags};
 use std::os::fd::OwnedFd;
@@ -84,11 +87,19 @@ impl Heap for Udmabuf {
     fn allocate(&self, request: &AllocRequest) -> Result<Buffer, AllocError> {
         let len = check_request(&self.limits(), request)?;
         let device = self.device.as_ref().map_err(|e| {
-            open_error(DEVICE, *e, "add this user to the group owning /dev/udmabuf, or allocate through the broker")
+            open_error(
+                DEVICE,
+                *e,
+                "add this user to the group owning /dev/udmabuf (or a udev rule), or allocate through the broker: \
+                 `dmabroker alloc --broker ...` (with `dmabroker serve` running)",
+            )
         })?;
+        // udmabuf pins the memfd's pages: refuse a large request that the
+        // memory available now cannot hold before the kernel tries.
+        check_available("udmabuf", len)?;
         let memfd = create_sealed("udmabuf", request.name.as_deref(), len, rustix::fs::MemfdFlags::empty())?;
         let fd = dmabroker_sys::udmabuf::create(device, &memfd, 0, len).map_err(|e| match e {
-            rustix::io::Errno::NOMEM => AllocError::OutOfMemory { heap: "udmabuf".into(), len },
+            rustix::io::Errno::NOMEM => AllocError::OutOfMemory { heap: "udmabuf".into(), len, available: None },
             source => AllocError::Os { op: "UDMABUF_CREATE", source },
         })?;
         // The dma-buf holds the memfd's pages; the memfd itself can go.

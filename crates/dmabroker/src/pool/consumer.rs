@@ -228,6 +228,38 @@ impl Consumer {
             && self.ctl.slot_generation(self.slot).load(Ordering::Relaxed) == self.generation
     }
 
+    /// Whether the slot is still ours, checked after reading: the reads
+    /// issued before this call happen before the check.
+    fn still_active(&self) -> bool {
+        std::sync::atomic::fence(Ordering::Acquire);
+        self.active()
+    }
+
+    /// Whether this consumer is still attached: not evicted (nor dropped by
+    /// the producer as dead). While it is, no buffer it holds is reused.
+    pub fn is_attached(&self) -> bool {
+        self.still_active()
+    }
+
+    /// Whether `frame`'s buffer still holds the frame, to check **after**
+    /// reading it: `Ok` when this consumer was not evicted since it
+    /// received the frame, so no byte read before this call was written by
+    /// the producer since. [`KeptError::Evicted`] when the producer evicted
+    /// it (the release timeout passed): it may have reused the buffer, and
+    /// the bytes read may be torn or another frame's; discard them.
+    /// [`Consumer::release_kept`] still succeeds after an eviction.
+    ///
+    /// # Errors
+    /// [`KeptError::Foreign`], [`KeptError::Evicted`].
+    pub fn check_kept(&self, frame: &KeptFrame) -> Result<(), KeptError> {
+        self.check_owner(frame)?;
+        if self.still_active() {
+            Ok(())
+        } else {
+            Err(KeptError::Evicted)
+        }
+    }
+
     /// This consumer's slot in the pool.
     pub fn slot(&self) -> u32 {
         self.slot
@@ -540,6 +572,29 @@ impl Frame<'_> {
     /// consumer asked for them ([`ConsumerOptions::want_sync_files`]).
     pub fn take_sync_file(&mut self) -> Option<OwnedFd> {
         self.sync_file.take()
+    }
+
+    /// Whether the buffer still holds this frame, to check **after**
+    /// reading it: true when the consumer was not evicted since it received
+    /// the frame, so no byte read before this call was overwritten by the
+    /// producer. False after an eviction (the frame was held past the
+    /// release timeout): the producer may have reused the buffer, and the
+    /// bytes read may be torn or another frame's; discard them (the next
+    /// [`Consumer::recv`] fails with [`PoolError::Evicted`]).
+    ///
+    /// ```no_run
+    /// # use dmabroker::pool::{Consumer, WaitMode};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut consumer = Consumer::connect("/tmp/camera.pool", WaitMode::default())?;
+    /// let mut frame = consumer.recv(None)?;
+    /// let copy = frame.read()?.to_vec();
+    /// if !frame.is_valid() {
+    ///     return Err("evicted while reading: the copy may be torn".into());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn is_valid(&self) -> bool {
+        self.consumer.still_active()
     }
 
     /// Give the buffer back now (same as dropping the frame).

@@ -80,9 +80,14 @@
 //! ```
 //!
 //! The rules:
-//! - A held buffer is never reused or overwritten: the producer hands it
-//!   out again only after every holder released it, and drop-oldest takes
-//!   back only frames no consumer has received yet, never a kept one.
+//! - A held buffer is never reused or overwritten while its consumer is
+//!   attached: the producer hands it out again only after every holder
+//!   released it, and drop-oldest takes back only frames no consumer has
+//!   received yet, never a kept one. Eviction is the exception: the
+//!   producer then takes back every buffer the consumer holds and may
+//!   overwrite one it is still reading. Check **after** reading with
+//!   [`Frame::is_valid`] or [`Consumer::check_kept`] (false /
+//!   [`KeptError::Evicted`]: the bytes may be torn, discard them).
 //! - A kept frame names the attachment that received it. The consumer
 //!   methods refuse one from another consumer, or from an earlier
 //!   attachment in the same process ([`KeptError::Foreign`];
@@ -92,10 +97,15 @@
 //!   reference to its consumer). The buffer stays held until the consumer
 //!   is dropped, or until the producer evicts the consumer for holding it
 //!   past the release timeout.
-//! - [`PoolOptions::release_timeout`] runs per buffer, from its hand-off:
-//!   keeping a frame longer than that gets the consumer evicted
+//! - [`PoolOptions::release_timeout`] runs per frame, from its receipt
+//!   (when the producer sees the consumer took it from its ring): keeping
+//!   a frame longer than that gets the consumer evicted
 //!   ([`PoolError::Evicted`] from `recv`, [`KeptError::Evicted`] from
-//!   `read_kept`), whatever it does with its other frames.
+//!   `read_kept` and `check_kept`), whatever it does with its other frames.
+//!   Time a frame waits unreceived in the ring does not count while the
+//!   consumer makes progress (receives or releases frames): a slow
+//!   consumer is not evicted, one that stops receiving is, once it made
+//!   no progress for the timeout since the frame's hand-off.
 //! - Every frame kept is a buffer the producer cannot fill. A consumer that
 //!   keeps all of them stalls a [`Backpressure::Block`] producer (and with
 //!   it every other consumer) until it releases one or is evicted; under
@@ -124,8 +134,14 @@
 //! # Failure
 //! The producer polls each consumer's socket and pidfd between frames (every
 //! 10 ms, or at once when starved): a consumer that died loses its claims and
-//! its slot. One that holds a frame longer than
-//! [`PoolOptions::release_timeout`] is evicted ([`PoolError::Evicted`]).
+//! its slot. One that holds a received frame longer than
+//! [`PoolOptions::release_timeout`], or leaves a frame unreceived while it
+//! makes no progress for that long, is evicted ([`PoolError::Evicted`]).
+//! Receipt times are the producer's own observations (at its maintenance
+//! points, so up to about 10 ms late while frames flow); the progress
+//! counters live in the shared control block, so a consumer can fake
+//! progress, which only lets it stall a [`Backpressure::Block`] pool as a
+//! consumer without a release timeout would.
 //! Consumers tell an orderly end ([`PoolError::Closed`]) from a producer
 //! crash ([`PoolError::ProducerGone`], socket hang-up without the closed
 //! mark) and from a pause ([`PoolError::Timeout`]).
@@ -267,7 +283,11 @@ pub struct PoolOptions {
     pub buffer_len: u64,
     /// What happens when no buffer is free.
     pub backpressure: Backpressure,
-    /// A consumer holding a frame longer than this is evicted; `None` waits forever.
+    /// A consumer is evicted when it holds a received frame longer than
+    /// this (counted from receipt), or when a frame waits unreceived in its
+    /// ring while it takes and releases no frame for this long (counted
+    /// from the later of the frame's hand-off and its last progress).
+    /// `None` waits forever. See [the module docs](self#holding-several-frames).
     pub release_timeout: Option<Duration>,
     /// Most consumers attached at once (1 to [`MAX_CONSUMERS`]).
     pub max_consumers: u32,

@@ -16,6 +16,7 @@ use crate::heap::{AllocRequest, Heaps};
 use dmabroker_sys::mmap::{Mapping, Protection};
 use rustix::io::Errno;
 use rustix::thread::futex;
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -34,6 +35,17 @@ struct Conn {
     pid: u32,
     want_sync: bool,
     evicted: bool,
+    /// Entries put in its ring that it was not yet seen to take, oldest
+    /// first: (ring position, buffer index).
+    queued: VecDeque<(u32, u32)>,
+    /// By buffer index: when the producer first saw it take the frame
+    /// (its ring's tail passed the entry): the start of its hold time.
+    /// `None` while the frame waits unreceived in its ring.
+    received_at: Vec<Option<u64>>,
+    /// Its received + released counters when last looked at, and when
+    /// they last changed: the last time it made progress.
+    progress: u64,
+    progress_ns: u64,
 }
 
 #[derive(Debug)]
@@ -543,6 +555,13 @@ impl Producer {
         // Replaces PRODUCER_BIT; Release publishes the frame's bytes.
         self.ctl.buf_mask(index).store(holders, Ordering::Release);
         let cap = self.ctl.geometry().ring_cap;
+        for &c in &active {
+            // What it took so far is received; this buffer's new frame is not yet.
+            self.observe(c, now);
+            if let Some(at) = self.conns[c as usize].as_mut().and_then(|x| x.received_at.get_mut(index as usize)) {
+                *at = None;
+            }
+        }
         for c in active {
             let conn = self.conns[c as usize].as_ref();
             let head = self.ctl.head(c);
@@ -579,6 +598,9 @@ impl Producer {
             // SeqCst store, then SeqCst load of `waiting`: pairs with the
             // consumer's store of `waiting` and load of `head` (Dekker).
             head.store(h.wrapping_add(1), Ordering::SeqCst);
+            if let Some(conn) = self.conns[c as usize].as_mut() {
+                conn.queued.push_back((h, index));
+            }
             self.ctl.slot_published(c).fetch_add(1, Ordering::Relaxed);
             if self.ctl.waiting(c).load(Ordering::SeqCst) != 0 {
                 let _ = futex::wake(head, futex::Flags::empty(), 1);
@@ -598,8 +620,10 @@ impl Producer {
 
     fn maintain(&mut self, now: u64) {
         self.last_maintenance = now;
-        self.service_connections(now);
+        // Reap first: the slot of a consumer that hung up is free again
+        // before a newcomer (perhaps the same consumer reconnecting) asks.
         self.reap(now);
+        self.service_connections(now);
     }
 
     /// Accept new connections and answer those that said HELLO: attach
@@ -685,7 +709,17 @@ impl Producer {
             return;
         }
         tracing::debug!(slot, pid, "pool consumer attached");
-        self.conns[slot as usize] = Some(Conn { socket, pidfd, pid, want_sync, evicted: false });
+        self.conns[slot as usize] = Some(Conn {
+            socket,
+            pidfd,
+            pid,
+            want_sync,
+            evicted: false,
+            queued: VecDeque::new(),
+            received_at: vec![None; self.maps.len()],
+            progress: 0,
+            progress_ns: now_ns(),
+        });
     }
 
     /// Find consumers that died (socket hang-up, pidfd readable) or hold a
@@ -739,17 +773,68 @@ impl Producer {
             tracing::warn!("pool control block had holder bits of no attached consumer: cleared");
         }
         if let Some(timeout) = self.options.release_timeout {
-            let limit = nanos(timeout);
-            let slots = self.conns.len() as u32;
-            for i in 0..self.maps.len() as u32 {
-                let mask = self.ctl.buf_mask(i).load(Ordering::Acquire) & !PRODUCER_BIT;
-                if mask != 0 && now.saturating_sub(self.ctl.buf_published_ns(i).load(Ordering::Relaxed)) > limit {
-                    for c in bits(mask, slots) {
-                        if self.conns[c as usize].as_ref().is_some_and(|x| !x.evicted) {
-                            tracing::warn!(slot = c, "pool consumer held a frame past the release timeout: evicted");
-                            self.lose(c, true);
-                        }
-                    }
+            self.evict_overdue(now, nanos(timeout));
+        }
+    }
+
+    /// Note what consumer `c` took from its ring since last looked at (the
+    /// receipt time of those frames: now) and whether it made progress.
+    fn observe(&mut self, c: u32, now: u64) {
+        let tail = self.ctl.tail(c).load(Ordering::Acquire);
+        let counters = self
+            .ctl
+            .slot_received(c)
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.ctl.slot_released(c).load(Ordering::Relaxed));
+        let Some(conn) = self.conns[c as usize].as_mut() else { return };
+        if counters != conn.progress {
+            conn.progress = counters;
+            conn.progress_ns = now;
+        }
+        // Positions wrap: an entry is behind the tail when tail - pos,
+        // as a signed distance, is positive (the ring is far smaller than 2^31).
+        while let Some(&(pos, index)) = conn.queued.front() {
+            if tail.wrapping_sub(pos) as i32 <= 0 {
+                break;
+            }
+            conn.queued.pop_front();
+            if let Some(at) = conn.received_at.get_mut(index as usize) {
+                *at = Some(now);
+            }
+        }
+    }
+
+    /// Evict the consumers past the release timeout (`limit` ns): one that
+    /// holds a frame it received more than `limit` ago, or one with a
+    /// frame waiting unreceived in its ring that made no progress (took
+    /// or released no frame) for `limit` since that frame's hand-off. A
+    /// slow consumer whose frames wait in its ring while it works through
+    /// the earlier ones is not evicted.
+    fn evict_overdue(&mut self, now: u64, limit: u64) {
+        let slots = self.conns.len() as u32;
+        for c in 0..slots {
+            if self.conns[c as usize].as_ref().is_some_and(|x| !x.evicted) {
+                self.observe(c, now);
+            }
+        }
+        for i in 0..self.maps.len() as u32 {
+            let mask = self.ctl.buf_mask(i).load(Ordering::Acquire) & !PRODUCER_BIT;
+            if mask == 0 {
+                continue;
+            }
+            let published = self.ctl.buf_published_ns(i).load(Ordering::Relaxed);
+            for c in bits(mask, slots) {
+                let Some(conn) = self.conns[c as usize].as_ref().filter(|x| !x.evicted) else { continue };
+                let (overdue, why) = match conn.received_at.get(i as usize).copied().flatten() {
+                    Some(at) => (now.saturating_sub(at) > limit, "held a frame past the release timeout"),
+                    None => (
+                        now.saturating_sub(published.max(conn.progress_ns)) > limit,
+                        "made no progress for the release timeout",
+                    ),
+                };
+                if overdue {
+                    tracing::warn!(slot = c, "pool consumer {why}: evicted");
+                    self.lose(c, true);
                 }
             }
         }
@@ -767,6 +852,10 @@ impl Producer {
         if evict {
             conn.evicted = true;
             self.ctl.slot_state(c).store(SLOT_EVICTED, Ordering::SeqCst);
+            // The mark is visible before any later write to the buffers it
+            // held: a consumer that reads a buffer, then still sees itself
+            // active (`Frame::is_valid`), read no byte written after it.
+            std::sync::atomic::fence(Ordering::SeqCst);
             // Wake it so it learns of the eviction now, not at its next timeout.
             let _ = futex::wake(self.ctl.head(c), futex::Flags::empty(), u32::MAX);
         } else {

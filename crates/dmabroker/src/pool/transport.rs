@@ -96,12 +96,73 @@ pub enum ListenError {
 /// Non-blocking: the producer accepts between frames. The path is removed on
 /// drop, but only while it is still the socket this listener created (same
 /// device and inode as at bind): a file someone put there since is left alone.
+///
+/// For its whole life it holds an exclusive `flock` on `<path>.lock` (taken
+/// before the socket is bound, removed on drop), so two dmabroker producers
+/// never race for one path: the second is refused
+/// ([`ListenError::AddressInUse`]) also in the instant where the first has
+/// bound its socket but not yet called `listen`.
 #[derive(Debug)]
 pub struct PoolListener {
     fd: OwnedFd,
     path: PathBuf,
     /// `(st_dev, st_ino)` of the socket file as bound.
     identity: Option<(u64, u64)>,
+    /// Dropped last: the socket file goes while the lock is still held.
+    _lock: PathLock,
+}
+
+/// An exclusive `flock` on a lock file, removed (while still locked) on drop.
+#[derive(Debug)]
+struct PathLock {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl PathLock {
+    /// Lock `<socket>.lock` without waiting. `Ok(None)`: another process holds it.
+    fn take(socket: &Path) -> Result<Option<Self>, ListenError> {
+        use rustix::fs::{FlockOperation, Mode, OFlags};
+        let mut name = socket.as_os_str().to_owned();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let os = |op, source| ListenError::Os { op, path: path.clone(), source };
+        loop {
+            let flags = OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+            let fd = match rustix::fs::open(&path, flags, Mode::from_raw_mode(0o600)) {
+                Ok(fd) => fd,
+                Err(Errno::ACCESS | Errno::PERM) => return Err(ListenError::PermissionDenied(path)),
+                Err(e) => return Err(os("open", e)),
+            };
+            match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(Errno::WOULDBLOCK) => return Ok(None),
+                Err(e) => return Err(os("flock", e)),
+            }
+            // The holder before us may have removed the file after we
+            // opened it: then we locked a file nobody else will; retry.
+            let ours = rustix::fs::fstat(&fd).map_err(|e| os("fstat", e))?;
+            match rustix::fs::lstat(&path) {
+                Ok(now) if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino) => {
+                    return Ok(Some(Self { fd, path }))
+                }
+                Ok(_) | Err(Errno::NOENT) => continue,
+                Err(e) => return Err(os("lstat", e)),
+            }
+        }
+    }
+}
+
+impl Drop for PathLock {
+    fn drop(&mut self) {
+        // Removed while locked; a process that opened it meanwhile finds it
+        // unlinked after locking and retries (see `take`).
+        if let (Ok(ours), Ok(now)) = (rustix::fs::fstat(&self.fd), rustix::fs::lstat(&self.path)) {
+            if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino) {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
 }
 
 /// What `lstat` found at a path, in words.
@@ -139,8 +200,17 @@ impl PoolListener {
     /// socket file left by a dead producer (`lstat` says socket, and
     /// connecting to it is refused) is replaced; nothing else ever is.
     ///
+    /// Another dmabroker producer's socket is never replaced: it holds
+    /// `<path>.lock` (see [`PoolListener`]). A live socket of another type
+    /// (stream, datagram) answers the probe with `EPROTOTYPE` and is kept.
+    /// What a probe cannot tell: a `SOCK_SEQPACKET` socket of some other
+    /// program that is bound but not yet listening refuses connections like
+    /// a stale one, and is replaced.
+    ///
     /// # Errors
-    /// [`ListenError::AddressInUse`] when a live process listens there;
+    /// [`ListenError::AddressInUse`] when a live process listens there (or
+    /// another dmabroker producer holds the path's lock file, or a live
+    /// socket of another type is there);
     /// [`ListenError::NotASocket`] when a regular file, FIFO, directory,
     /// symbolic link... is at the path; [`ListenError::InvalidPath`] for an
     /// empty path or one with a NUL byte; [`ListenError::PathTooLong`].
@@ -156,6 +226,16 @@ impl PoolListener {
         }
         let addr = SocketAddrUnix::new(path.as_path()).map_err(|_| ListenError::PathTooLong(path.clone()))?;
         let os = |op, source| ListenError::Os { op, path: path.clone(), source };
+        // Refused before any lock file is made next to it (a directory's
+        // lock would land in its parent).
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+                return Err(ListenError::NotASocket { path, what: file_kind(meta.file_type()) });
+            }
+        }
+        let Some(lock) = PathLock::take(&path)? else {
+            return Err(ListenError::AddressInUse(path));
+        };
         let fd = seqpacket_socket(SocketFlags::NONBLOCK).map_err(|e| os("socket", e))?;
         match rustix::net::bind(&fd, &addr) {
             Ok(()) => {}
@@ -175,10 +255,10 @@ impl PoolListener {
         let identity = socket_identity(&path);
         if let Err(source) = rustix::net::listen(&fd, 64) {
             // Dropped as a listener, so the file we just bound goes too.
-            drop(Self { fd, path: path.clone(), identity });
+            drop(Self { fd, path: path.clone(), identity, _lock: lock });
             return Err(os("listen", source));
         }
-        Ok(Self { fd, path, identity })
+        Ok(Self { fd, path, identity, _lock: lock })
     }
 
     /// `bind` said EADDRINUSE: remove the file at `path` if it is a socket
@@ -203,8 +283,9 @@ impl PoolListener {
             Err(Errno::CONNREFUSED) => {}
             Err(Errno::ACCESS | Errno::PERM) => return Err(ListenError::PermissionDenied(path.to_path_buf())),
             Err(Errno::NOENT) => return Ok(()),
-            // Listening (or its backlog is full, EAGAIN: alive too).
-            Ok(_) | Err(Errno::AGAIN) => return Err(ListenError::AddressInUse(path.to_path_buf())),
+            // Listening (or its backlog is full, EAGAIN: alive too), or a
+            // live socket of another type (EPROTOTYPE: stream, datagram).
+            Ok(_) | Err(Errno::AGAIN | Errno::PROTOTYPE) => return Err(ListenError::AddressInUse(path.to_path_buf())),
             Err(source) => return Err(ListenError::Os { op: "connect", path: path.to_path_buf(), source }),
         }
         // Still the socket we probed (not one a new producer just bound)?

@@ -17,13 +17,20 @@
 //!
 //! [postcard]: https://postcard.jamesmunns.com/wire-format
 
+pub mod alloc_for;
 pub mod wire;
+
+pub use alloc_for::{AllocateForRequest, ChoiceReport, DeviceRequirements, MAX_DEVICES, MAX_EXPLANATION_LEN};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The protocol version this library speaks best.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this library speaks best (2 added
+/// [`Request::AllocateFor`]; a broker still serves version-1 clients).
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The first version with [`Request::AllocateFor`], [`Response::AllocatedFor`]
+/// and [`ErrorCode::NoSuitableHeap`].
+pub const ALLOCATE_FOR_VERSION: u16 = 2;
 /// The oldest protocol version this library still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Largest request datagram, in bytes; a longer one ends the session.
@@ -74,6 +81,10 @@ pub enum Request {
     List,
     /// This client's usage and quota, and the broker's totals.
     Stats,
+    /// Allocate a buffer that meets the requirements of every device that
+    /// will touch it, from a heap the broker chooses (version 2); the reply
+    /// ([`Response::AllocatedFor`]) carries its fd.
+    AllocateFor(AllocateForRequest),
 }
 
 /// What [`Request::Allocate`] asks for.
@@ -222,6 +233,18 @@ pub enum Response {
         /// A human-readable explanation with the fix.
         message: String,
     },
+    /// A buffer was allocated by constraints (version 2); its fd comes with
+    /// this message.
+    AllocatedFor {
+        /// The broker's id of the buffer.
+        id: u64,
+        /// Length in bytes, after rounding.
+        len: u64,
+        /// The heap it came from.
+        heap: String,
+        /// Why that heap.
+        choice: ChoiceReport,
+    },
 }
 
 /// One publication, as [`Request::List`] shows it.
@@ -297,6 +320,11 @@ pub enum ErrorCode {
     Busy,
     /// A fault inside the broker.
     Internal,
+    /// No heap this client may use meets every requirement of
+    /// [`Request::AllocateFor`] (version 2); the message (up to
+    /// [`MAX_EXPLANATION_LEN`] bytes) names each unmet requirement, the
+    /// devices behind it and what each heap lacks.
+    NoSuitableHeap,
 }
 
 impl fmt::Display for ErrorCode {
@@ -334,6 +362,16 @@ pub fn encode_request(request: &Request) -> Result<Vec<u8>, CodecError> {
     encode(request, MAX_REQUEST_LEN)
 }
 
+/// Encode a request without [`Request::validate`]: for tests that play a
+/// buggy or hostile client (the broker must refuse what this lets through).
+///
+/// # Errors
+/// [`CodecError::TooLong`] beyond [`MAX_REQUEST_LEN`].
+#[doc(hidden)]
+pub fn encode_request_unchecked(request: &Request) -> Result<Vec<u8>, CodecError> {
+    encode(request, MAX_REQUEST_LEN)
+}
+
 /// Decode and validate a request.
 ///
 /// # Errors
@@ -363,7 +401,12 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, CodecError> {
     if bytes.len() > MAX_RESPONSE_LEN {
         return Err(CodecError::TooLong { len: bytes.len(), max: MAX_RESPONSE_LEN });
     }
-    decode(bytes)
+    let response: Response = decode(bytes)?;
+    if let Response::AllocatedFor { heap, choice, .. } = &response {
+        check_text("heap", heap, MAX_NAME_LEN)?;
+        alloc_for::check_report(choice)?;
+    }
+    Ok(response)
 }
 
 fn encode<T: Serialize>(value: &T, max: usize) -> Result<Vec<u8>, CodecError> {
@@ -420,6 +463,7 @@ impl Request {
                 }
             }
             Self::Import { key } | Self::Unpublish { key } => validate_key(key),
+            Self::AllocateFor(a) => a.validate(),
         }
     }
 
