@@ -426,7 +426,7 @@ fn unusable_or_full_cma_is_explained_with_a_fix() {
     let text = choose_heap(&[memfd(), locked], &c, 8 << 20).unwrap_err().to_string();
     assert!(text.contains("on this machine: dma-heap/linux,cma: not usable (cannot open"), "{text}");
     assert!(text.contains("hint: dma-heap/linux,cma meets every device requirement but is not usable"), "{text}");
-    assert!(text.contains("dmabroker serve"), "{text}");
+    assert!(text.contains("dmabroker alloc --broker"), "{text}");
 
     let mut full = cma();
     full.free_bytes = Some(4 << 20);
