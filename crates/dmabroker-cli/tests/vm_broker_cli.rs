@@ -109,7 +109,7 @@ fn publish_import_ps(test: &str, heap: &str, device: &str, exporter: &str, publi
     let v = json(&d.cli_as(NOBODY, &["import", &key, "--check-write", "--json"]), "import as nobody");
     assert_eq!((v["access"].as_str(), v["publisher_uid"].as_u64()), (Some("rw"), Some(0)), "{v}");
     assert_eq!((v["buffer"]["kind"].as_str(), v["buffer"]["inode"].as_u64()), (Some("dma-buf"), Some(inode)), "{v}");
-    assert_eq!((v["buffer"]["heap"].as_str(), v["buffer"]["len"].as_u64()), (Some(exporter), Some(1 << 20)), "{v}");
+    assert_eq!((v["buffer"]["heap"].as_str(), v["buffer"]["len"].as_u64()), (Some(heap), Some(1 << 20)), "{v}");
     assert_eq!(v["writable_mapping"], "allowed", "{v}");
     let o = d.cli_as(NOBODY, &["alloc", "--broker", "--heap", heap, "--size", "4K"]);
     assert!(!o.status.success() && text(&o).contains("may not allocate"), "{}", text(&o));
