@@ -121,3 +121,19 @@ pub fn as_user_in_groups<T: Send + 'static>(
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
+
+/// Retry `attempt` until it succeeds, for at most 10 s. For allocations right
+/// after a close: the broker ends a charge when a sweep sees the buffer
+/// unheld, and quota refusals sweep at once only within a time budget (a busy
+/// machine can spend it), after which the background sweep (every 2 s)
+/// catches up.
+pub fn eventually<T, E: std::fmt::Debug>(what: &str, mut attempt: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match attempt() {
+            Ok(v) => return v,
+            Err(e) if std::time::Instant::now() >= deadline => panic!("{what}: still failing after 10 s: {e:?}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+}
