@@ -854,18 +854,18 @@ impl Service {
     }
 }
 
-/// Refuse, before any call that reaches a file system, an fd that is
-/// neither a dma-buf nor a memfd: `fstat` on a file of a hostile FUSE mount
-/// could block the broker forever. fdinfo is answered by the VFS alone.
 /// The chooser's explanation, with the heaps the policy keeps from `uid`
 /// named as such (the chooser's own hints assume an in-process caller).
 fn explain(mut e: NoHeapError, uid: u32, disallowed: &[String], allowed: &[String]) -> String {
     e.hints.retain(|h| !disallowed.iter().any(|d| h.starts_with(&format!("{d} "))));
     for h in &mut e.hints {
-        *h = h.replace(
-            "allocate through `dmabroker serve`, or grant access with a udev rule",
-            "give the broker access with a udev rule",
-        );
+        // The in-process hint tells the user to get access or to come here;
+        // here it is the broker that needs the access.
+        if let Some(access) =
+            h.split(", or allocate through the broker").next().filter(|_| h.contains("allocate through the broker"))
+        {
+            *h = access.replace("grant this user access to", "give the broker access to");
+        }
         if h.starts_with("no dma-buf allocator usable here") {
             *h = "no dma-buf allocator the broker can use: `modprobe udmabuf`, or give the broker access to \
                   /dev/udmabuf or /dev/dma_heap/system, then restart it"
@@ -883,6 +883,9 @@ fn explain(mut e: NoHeapError, uid: u32, disallowed: &[String], allowed: &[Strin
     e.to_string()
 }
 
+/// Refuse, before any call that reaches a file system, an fd that is
+/// neither a dma-buf nor a memfd: `fstat` on a file of a hostile FUSE mount
+/// could block the broker forever. fdinfo is answered by the VFS alone.
 fn check_inspectable(fd: &OwnedFd, memfd_mounts: &[u64]) -> Result<(), PublishRefusal> {
     let link = dmabroker::fdinfo::fd_link(None, fd.as_raw_fd()).unwrap_or_default();
     let info = dmabroker::fdinfo::FdInfo::read(None, fd.as_raw_fd())

@@ -458,7 +458,11 @@ pub(crate) fn highest_ram_address(sysfs_root: &std::path::Path) -> Option<u64> {
 
 /// [`highest_ram_address`] of the running machine, for [`HeapInfo::ram_end`].
 pub(crate) fn ram_end() -> Option<u64> {
-    highest_ram_address(std::path::Path::new("/sys"))
+    // Read once per process: /sys/devices/system/memory can list thousands
+    // of blocks, and every `HeapInfo` (so every allocation by constraints)
+    // asks. Memory hot-plugged later is not seen until a restart.
+    static RAM_END: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *RAM_END.get_or_init(|| highest_ram_address(std::path::Path::new("/sys")))
 }
 
 /// The heaps of this machine.
