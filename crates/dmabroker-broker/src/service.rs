@@ -570,12 +570,7 @@ impl Service {
             // A new open file description with O_RDONLY: mmap(PROT_WRITE,
             // MAP_SHARED), write() and ftruncate() fail on it. dma-bufs never
             // get here: publish refuses read-only grants for them.
-            Access::ReadOnly => rustix::fs::open(
-                format!("/proc/self/fd/{}", entry.buffer.as_fd().as_raw_fd()),
-                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )
-            .map_err(ImportRefusal::Reopen)?,
+            Access::ReadOnly => entry.buffer.reopen_read_only().map_err(ImportRefusal::Reopen)?,
         };
         let (len, heap) = (entry.len, entry.buffer.heap().to_owned());
         self.pin(publication.buffer_id, session);

@@ -29,6 +29,9 @@ pub enum ParseSizeError {
         /// The unit as written.
         unit: String,
     },
+    /// `0x` not followed by hexadecimal digits.
+    #[error("`{0}` is not a hexadecimal number: hexadecimal digits must follow 0x (e.g. 0x1000)")]
+    NotHex(String),
     /// The value does not fit in 64 bits.
     #[error("`{0}` does not fit in 64 bits: at most 18446744073709551615 bytes (16 EiB - 1)")]
     Overflow(String),
@@ -49,7 +52,7 @@ pub fn parse_size(input: &str) -> Result<u64, ParseSizeError> {
     if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         let digits: String = hex.chars().filter(|&c| c != '_').collect();
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ParseSizeError::NotANumber(input.to_owned()));
+            return Err(ParseSizeError::NotHex(input.to_owned()));
         }
         return u64::from_str_radix(&digits, 16).map_err(|_| ParseSizeError::Overflow(input.to_owned()));
     }
@@ -166,7 +169,7 @@ mod tests {
         assert_eq!(parse_size("0x1_0000"), Ok(65536));
         assert_eq!(parse_size("0xffffffffffffffff"), Ok(u64::MAX));
         assert!(matches!(parse_size("0x1_0000_0000_0000_0000"), Err(ParseSizeError::Overflow(_))));
-        assert!(matches!(parse_size("0x"), Err(ParseSizeError::NotANumber(_))));
-        assert!(matches!(parse_size("0x10K"), Err(ParseSizeError::NotANumber(_))));
+        assert!(matches!(parse_size("0x"), Err(ParseSizeError::NotHex(_))));
+        assert!(matches!(parse_size("0x10K"), Err(ParseSizeError::NotHex(_))));
     }
 }

@@ -39,8 +39,8 @@ impl SizeSpec {
 /// bytes), `1920x1080` (pixels).
 pub fn parse_size_spec(s: &str) -> Result<SizeSpec, String> {
     let t = s.trim();
-    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        return match parse_hex(hex, s)? {
+    if t.starts_with("0x") || t.starts_with("0X") {
+        return match parse_size(t).map_err(|e| e.to_string())? {
             0 => Err(format!(
                 "`{s}` is read as hexadecimal: size 0 bytes; a buffer needs at least one byte \
                  (and a size in pixels at least 1x1, e.g. 1920x1080)"
@@ -64,27 +64,9 @@ pub fn parse_size_spec(s: &str) -> Result<SizeSpec, String> {
     parse_size(t).map(SizeSpec::Bytes).map_err(|e| e.to_string())
 }
 
-/// The digits after `0x` as a byte count or address (`_` separators allowed).
-fn parse_hex(digits: &str, input: &str) -> Result<u64, String> {
-    let digits = digits.replace('_', "");
-    if digits.is_empty() {
-        return Err(format!("`{input}`: hexadecimal digits must follow 0x (e.g. 0x1000)"));
-    }
-    u64::from_str_radix(&digits, 16).map_err(|e| match e.kind() {
-        std::num::IntErrorKind::PosOverflow => {
-            format!("`{input}` does not fit in 64 bits: at most 0xffffffffffffffff")
-        }
-        _ => format!("`{input}` is not a hexadecimal number (e.g. 0x1000)"),
-    })
-}
-
 /// clap value parser for `--max-address`: `0xffffffff`, `4G`, `4294967295`.
 fn parse_address(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        return parse_hex(hex, s);
-    }
-    parse_size(t).map_err(|e| e.to_string())
+    parse_size(s).map_err(|e| e.to_string())
 }
 
 /// `--max-address A` as DMA address bits: `0xffffffff` (highest byte) and

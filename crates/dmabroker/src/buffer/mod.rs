@@ -195,6 +195,30 @@ impl Buffer {
         self.inner.fd.try_clone()
     }
 
+    /// A new open file description of the same file with `O_RDONLY`, through
+    /// `/proc/self/fd`: `mmap(PROT_WRITE, MAP_SHARED)`, `write()` and
+    /// `ftruncate()` fail on it, which a dup of a read-write fd cannot give.
+    /// For memfds (hugetlb ones too); a dma-buf cannot be reopened this way.
+    ///
+    /// # Errors
+    /// The `open` errno (`ENXIO` for a dma-buf, `EMFILE`, ...); `EXDEV` when
+    /// the path resolved to another file than this buffer's.
+    pub fn reopen_read_only(&self) -> Result<OwnedFd, rustix::io::Errno> {
+        use rustix::fs::{Mode, OFlags};
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = rustix::fs::open(
+            format!("/proc/self/fd/{}", self.as_fd().as_raw_fd()),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        // The same file, not whatever /proc resolved to.
+        let (a, b) = (rustix::fs::fstat(self)?, rustix::fs::fstat(&fd)?);
+        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+            return Err(rustix::io::Errno::XDEV);
+        }
+        Ok(fd)
+    }
+
     /// Give up the handle and return the fd, when this is the last clone.
     ///
     /// # Errors

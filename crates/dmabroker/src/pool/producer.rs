@@ -17,7 +17,7 @@ use dmabroker_sys::mmap::{Mapping, Protection};
 use rustix::io::Errno;
 use rustix::thread::futex;
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -180,9 +180,9 @@ impl Producer {
             }
             shared.push(match buffer.kind() {
                 BufferKind::DmaBuf => None,
-                BufferKind::Memfd | BufferKind::HugetlbMemfd => {
-                    Some(reopen_read_only(&buffer).map_err(|source| CreateError::ReadOnlyFd { index, source })?)
-                }
+                BufferKind::Memfd | BufferKind::HugetlbMemfd => Some(
+                    Buffer::reopen_read_only(&buffer).map_err(|source| CreateError::ReadOnlyFd { index, source })?,
+                ),
             });
             maps.push(buffer.map_read_write().map_err(|source| CreateError::Map { index, source })?);
         }
@@ -987,24 +987,6 @@ fn pidfd_fired(pidfd: &OwnedFd) -> bool {
     use rustix::event::{PollFd, PollFlags};
     let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
     rustix::event::poll(&mut fds, Some(&timespec(Duration::ZERO))).map_or(true, |n| n > 0)
-}
-
-/// A new open file description of a memfd buffer with `O_RDONLY`
-/// (`open("/proc/self/fd/N")`): a consumer cannot `mmap(PROT_WRITE,
-/// MAP_SHARED)`, `write()` or `ftruncate()` through it.
-fn reopen_read_only(buffer: &Buffer) -> Result<OwnedFd, Errno> {
-    use rustix::fs::{Mode, OFlags};
-    let fd = rustix::fs::open(
-        format!("/proc/self/fd/{}", buffer.as_fd().as_raw_fd()),
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    // The same file, not whatever /proc resolved to (paranoia: it is ours).
-    let (a, b) = (rustix::fs::fstat(buffer)?, rustix::fs::fstat(&fd)?);
-    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
-        return Err(Errno::XDEV);
-    }
-    Ok(fd)
 }
 
 /// Iterate the set bits of a holder mask as consumer slots below `slots`
