@@ -187,28 +187,6 @@ pub struct Broker {
     socket: Option<BoundSocket>,
 }
 
-/// What is at a path, in words, for errors.
-fn describe(ft: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_file() {
-        "a regular file"
-    } else if ft.is_dir() {
-        "a directory"
-    } else if ft.is_symlink() {
-        "a symbolic link"
-    } else if ft.is_fifo() {
-        "a FIFO"
-    } else if ft.is_char_device() {
-        "a character device"
-    } else if ft.is_block_device() {
-        "a block device"
-    } else if ft.is_socket() {
-        "a socket"
-    } else {
-        "a file of unknown type"
-    }
-}
-
 /// `socket(AF_UNIX, SOCK_SEQPACKET)` + `bind` + `listen`, mode 0666 (access
 /// is decided by the policy, per uid, not by file permissions).
 ///
@@ -237,7 +215,10 @@ pub fn bind(path: &Path) -> Result<(OwnedFd, BoundSocket), StartError> {
             let meta = std::fs::symlink_metadata(path)
                 .map_err(|e| bind_err(Errno::from_io_error(&e).unwrap_or(Errno::ADDRINUSE), ""))?;
             if !meta.file_type().is_socket() {
-                return Err(StartError::NotASocket { path: path.to_owned(), what: describe(meta.file_type()) });
+                return Err(StartError::NotASocket {
+                    path: path.to_owned(),
+                    what: dmabroker::file_kind::of_metadata(&meta),
+                });
             }
             // A live broker answers; a stale socket from a crash refuses.
             let probe =

@@ -31,7 +31,7 @@ pub fn unreceived_bytes(socket: impl AsFd) -> rustix::io::Result<u64> {
 /// `SO_PEERGROUPS` (`include/uapi/asm-generic/socket.h`); the architectures
 /// with their own numbering (alpha, mips, parisc, sparc) are left out and get
 /// `ENOPROTOOPT` from [`peer_groups`].
-#[cfg(any(
+const SO_PEERGROUPS: Option<c_int> = if cfg!(any(
     target_arch = "x86",
     target_arch = "x86_64",
     target_arch = "arm",
@@ -42,21 +42,11 @@ pub fn unreceived_bytes(socket: impl AsFd) -> rustix::io::Result<u64> {
     target_arch = "powerpc",
     target_arch = "powerpc64",
     target_arch = "s390x"
-))]
-const SO_PEERGROUPS: Option<c_int> = Some(59);
-#[cfg(not(any(
-    target_arch = "x86",
-    target_arch = "x86_64",
-    target_arch = "arm",
-    target_arch = "aarch64",
-    target_arch = "riscv32",
-    target_arch = "riscv64",
-    target_arch = "loongarch64",
-    target_arch = "powerpc",
-    target_arch = "powerpc64",
-    target_arch = "s390x"
-)))]
-const SO_PEERGROUPS: Option<c_int> = None;
+)) {
+    Some(59)
+} else {
+    None
+};
 
 /// Largest group list the kernel keeps (`NGROUPS_MAX`).
 const NGROUPS_MAX: usize = 65536;

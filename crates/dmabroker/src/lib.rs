@@ -23,6 +23,7 @@ pub mod client;
 pub mod constraints;
 pub mod device;
 pub mod fdinfo;
+pub mod file_kind;
 pub mod format;
 pub mod heap;
 pub mod phys;

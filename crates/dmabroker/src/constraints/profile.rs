@@ -256,21 +256,6 @@ impl Profiles {
     }
 }
 
-/// What a file type is, for [`ProfileError::NotAFile`].
-fn file_type_name(t: rustix::fs::FileType) -> &'static str {
-    use rustix::fs::FileType;
-    match t {
-        FileType::RegularFile => "a regular file",
-        FileType::Directory => "a directory",
-        FileType::Fifo => "a FIFO",
-        FileType::CharacterDevice => "a character device",
-        FileType::BlockDevice => "a block device",
-        FileType::Socket => "a socket",
-        FileType::Symlink => "a symbolic link",
-        _ => "not a file of a known type",
-    }
-}
-
 /// Read a profile file: a regular file of at most [`MAX_PROFILE_BYTES`].
 /// The path is checked before it is opened (opening a FIFO blocks, opening
 /// some devices has effects), opened non-blocking, checked again through the
@@ -283,7 +268,7 @@ fn read_bounded(file: &Path, name: &str) -> Result<String, ProfileError> {
     let check = |st: &rustix::fs::Stat| -> Result<(), ProfileError> {
         let t = FileType::from_raw_mode(st.st_mode);
         if t != FileType::RegularFile {
-            return Err(ProfileError::NotAFile { file: name.to_owned(), what: file_type_name(t) });
+            return Err(ProfileError::NotAFile { file: name.to_owned(), what: crate::file_kind::describe(t) });
         }
         let len = u64::try_from(st.st_size).unwrap_or(0);
         if len > MAX_PROFILE_BYTES {

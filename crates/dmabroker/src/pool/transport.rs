@@ -165,28 +165,6 @@ impl Drop for PathLock {
     }
 }
 
-/// What `lstat` found at a path, in words.
-fn file_kind(ft: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_dir() {
-        "a directory"
-    } else if ft.is_file() {
-        "a regular file"
-    } else if ft.is_fifo() {
-        "a FIFO"
-    } else if ft.is_symlink() {
-        "a symbolic link"
-    } else if ft.is_char_device() {
-        "a character device"
-    } else if ft.is_block_device() {
-        "a block device"
-    } else if ft.is_socket() {
-        "a socket"
-    } else {
-        "a file of unknown type"
-    }
-}
-
 /// `(st_dev, st_ino)` of the socket file at `path` (`lstat`: a symbolic
 /// link is not followed), `None` when there is none.
 fn socket_identity(path: &Path) -> Option<(u64, u64)> {
@@ -230,7 +208,7 @@ impl PoolListener {
         // lock would land in its parent).
         if let Ok(meta) = std::fs::symlink_metadata(&path) {
             if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
-                return Err(ListenError::NotASocket { path, what: file_kind(meta.file_type()) });
+                return Err(ListenError::NotASocket { path, what: crate::file_kind::of_metadata(&meta) });
             }
         }
         let Some(lock) = PathLock::take(&path)? else {
@@ -276,7 +254,10 @@ impl PoolListener {
         };
         let ft = meta.file_type();
         if !std::os::unix::fs::FileTypeExt::is_socket(&ft) {
-            return Err(ListenError::NotASocket { path: path.to_path_buf(), what: file_kind(ft) });
+            return Err(ListenError::NotASocket {
+                path: path.to_path_buf(),
+                what: crate::file_kind::of_metadata(&meta),
+            });
         }
         match connect(path) {
             // Only a socket whose connect is refused is stale.
