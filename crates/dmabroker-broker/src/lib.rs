@@ -28,6 +28,7 @@ pub mod notify;
 pub mod peer;
 pub mod persist;
 pub mod policy;
+pub mod pools;
 pub mod refusal;
 pub mod registry;
 pub mod server;

@@ -151,6 +151,8 @@ pub struct Service {
     /// after a sweep that overdrew it (see [`PRESSURE_BURST`]).
     pressure_credit: f64,
     pressure_refilled_at: Instant,
+    /// Pools by name (protocol version 3).
+    pub(crate) pools: crate::pools::Pools,
 }
 
 impl Service {
@@ -179,6 +181,7 @@ impl Service {
             memfd_mounts: holders::memfd_mounts().keys().copied().collect(),
             pressure_credit: PRESSURE_BURST.as_secs_f64(),
             pressure_refilled_at: now,
+            pools: crate::pools::Pools::new(),
         }
     }
 
@@ -223,6 +226,7 @@ impl Service {
                 true,
             ),
             (Some(_), Request::AllocateFor(a)) => self.allocate_for(session, a).unwrap_or_else(Reply::refused),
+            (Some(v), r @ (Request::RegisterPool(_) | Request::AttachPool { .. })) => crate::pools::handle(self, session, *v, r, fd),
         }
     }
 
@@ -823,6 +827,7 @@ impl Service {
                 self.save_now();
             }
             self.next_expiry_check = now + Duration::from_secs(1);
+            self.pools.sweep();
         }
         let gap = self.last_sweep_cost * self.timing.duty_factor;
         let due = if self.sweep_requested { gap.max(Duration::from_millis(20)) } else { gap.max(self.timing.interval) };

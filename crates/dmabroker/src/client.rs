@@ -547,7 +547,7 @@ impl Client {
 
     /// One round trip. An fd in the reply is returned only alongside the
     /// responses that carry one; any other is closed.
-    fn call(
+    pub(crate) fn call(
         &mut self,
         request: &Request,
         fd: Option<std::os::fd::BorrowedFd<'_>>,
@@ -579,7 +579,8 @@ impl Client {
         let response =
             proto::decode_response(&self.buf[..received.len]).map_err(|e| TransportError::Protocol(e.to_string()))?;
         let carries =
-            matches!(response, Response::Allocated { .. } | Response::Imported { .. } | Response::AllocatedFor { .. });
+            matches!(response, Response::Allocated { .. } | Response::Imported { .. } | Response::AllocatedFor { .. })
+                || matches!(response, Response::PoolAttached { .. });
         let mut fds = received.fds.into_iter();
         let fd = if carries { fds.next() } else { None };
         if carries && fd.is_none() {

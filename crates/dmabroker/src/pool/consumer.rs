@@ -270,6 +270,12 @@ impl Consumer {
         self.maps.len()
     }
 
+    /// The pool's buffers, in index order (what [`FrameInfo::index`]
+    /// names): to map or import each once, e.g. into a framework's memory.
+    pub fn buffers(&self) -> impl Iterator<Item = &Buffer> {
+        self.maps.iter().map(|m| m.buffer())
+    }
+
     /// The pool's frame size in bytes.
     pub fn buffer_len(&self) -> u64 {
         self.ctl.geometry().buf_len

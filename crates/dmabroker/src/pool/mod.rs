@@ -215,12 +215,14 @@
 mod consumer;
 mod error;
 pub(crate) mod layout;
+mod named;
 mod producer;
 pub mod transport;
 
 pub use consumer::{Consumer, ConsumerOptions, ForeignFrame, Frame, FrameInfo, KeptError, KeptFrame, WaitMode};
 pub use error::{AcquireError, AttachError, AttachFd, CreateError, PoolAllocError, PoolError, SubmitError};
 pub use layout::{MAX_BUFFERS, MAX_CONSUMERS};
+pub use named::{attach_by_name, AttachedPool, NamedPoolError, PoolRegistration};
 pub use producer::{ConsumerStats, PoolStats, Producer, WriteSlot};
 pub use transport::{connect, socket_pair, ListenError, PoolListener};
 

@@ -18,16 +18,19 @@
 //! [postcard]: https://postcard.jamesmunns.com/wire-format
 
 pub mod alloc_for;
+pub mod pools;
 pub mod wire;
 
 pub use alloc_for::{AllocateForRequest, ChoiceReport, DeviceRequirements, MAX_DEVICES, MAX_EXPLANATION_LEN};
+pub use pools::{PoolPeer, RegisterPoolRequest, POOLS_VERSION};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The protocol version this library speaks best (2 added
-/// [`Request::AllocateFor`]; a broker still serves version-1 clients).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// [`Request::AllocateFor`]; 3 added pools by name, [`Request::RegisterPool`]
+/// and [`Request::AttachPool`]; a broker still serves older clients).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The first version with [`Request::AllocateFor`], [`Response::AllocatedFor`]
 /// and [`ErrorCode::NoSuitableHeap`].
 pub const ALLOCATE_FOR_VERSION: u16 = 2;
@@ -85,6 +88,16 @@ pub enum Request {
     /// will touch it, from a heap the broker chooses (version 2); the reply
     /// ([`Response::AllocatedFor`]) carries its fd.
     AllocateFor(AllocateForRequest),
+    /// Register a streaming pool under a name (version 3, see [`pools`]);
+    /// the message carries the broker's end of the producer's doorbell
+    /// socket pair.
+    RegisterPool(RegisterPoolRequest),
+    /// Attach to a registered pool by name (version 3); the reply
+    /// ([`Response::PoolAttached`]) carries a socket connected to its producer.
+    AttachPool {
+        /// The pool's name.
+        name: String,
+    },
 }
 
 /// What [`Request::Allocate`] asks for.
@@ -245,6 +258,26 @@ pub enum Response {
         /// Why that heap.
         choice: ChoiceReport,
     },
+    /// A pool was registered (version 3).
+    PoolRegistered {
+        /// Its name.
+        name: String,
+    },
+    /// Attached to a pool (version 3); a socket connected to its producer
+    /// comes with this message: run the pool's HELLO on it
+    /// ([`crate::pool::Consumer::attach`]).
+    PoolAttached {
+        /// The producer's uid.
+        producer_uid: u32,
+        /// What the ACL granted.
+        access: Access,
+        /// The producer's description of the pool.
+        description: String,
+    },
+    /// Sent on a producer's doorbell, never as a reply (version 3): a
+    /// consumer attached; the other end of its socket comes with it
+    /// ([`crate::pool::Producer::attach`]).
+    PoolConsumer(PoolPeer),
 }
 
 /// One publication, as [`Request::List`] shows it.
@@ -406,6 +439,9 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, CodecError> {
         check_text("heap", heap, MAX_NAME_LEN)?;
         alloc_for::check_report(choice)?;
     }
+    if let Response::PoolAttached { description, .. } = &response {
+        check_text("description", description, MAX_NAME_LEN)?;
+    }
     Ok(response)
 }
 
@@ -464,12 +500,14 @@ impl Request {
             }
             Self::Import { key } | Self::Unpublish { key } => validate_key(key),
             Self::AllocateFor(a) => a.validate(),
+            Self::RegisterPool(r) => r.validate(),
+            Self::AttachPool { name } => validate_name(name),
         }
     }
 
     /// Whether this request must carry exactly one fd (the others carry none).
     pub fn carries_fd(&self) -> bool {
-        matches!(self, Self::Publish(_))
+        matches!(self, Self::Publish(_) | Self::RegisterPool(_))
     }
 }
 

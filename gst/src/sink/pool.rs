@@ -1,0 +1,114 @@
+//! `GstDmaBrokerSinkPool`: the buffer pool `dmabrokersink` proposes in the
+//! allocation query. Each acquire lends upstream one free frame of the
+//! dmabroker pool, wrapped as writable system memory over a persistent
+//! mapping; rendering it submits that very frame (zero copy). The pool
+//! keeps no free list of its own: a buffer that comes back is freed, which
+//! returns its frame to the dmabroker pool unless it was submitted.
+
+use super::stream::{LendError, Stream};
+use gst::glib;
+use gst::subclass::prelude::*;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+glib::wrapper! {
+    /// The pool.
+    pub struct SinkPool(ObjectSubclass<imp::SinkPool>) @extends gst::BufferPool, gst::Object;
+}
+
+impl SinkPool {
+    /// A pool lending the frames of `stream`.
+    pub(crate) fn new(stream: Arc<Stream>) -> Self {
+        let pool: Self = glib::Object::new();
+        *pool.imp().stream.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream);
+        pool
+    }
+}
+
+mod imp {
+    use super::*;
+
+    #[derive(Default)]
+    pub struct SinkPool {
+        pub(super) stream: Mutex<Option<Arc<Stream>>>,
+    }
+
+    impl SinkPool {
+        fn stream(&self) -> Option<Arc<Stream>> {
+            self.stream.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        }
+    }
+
+    #[glib::object_subclass]
+    impl ObjectSubclass for SinkPool {
+        const NAME: &'static str = "GstDmaBrokerSinkPool";
+        type Type = super::SinkPool;
+        type ParentType = gst::BufferPool;
+    }
+
+    impl ObjectImpl for SinkPool {}
+    impl GstObjectImpl for SinkPool {}
+
+    impl BufferPoolImpl for SinkPool {
+        fn start(&self) -> bool {
+            // No preallocation: the frames live in the dmabroker pool.
+            if let Some(s) = self.stream() {
+                s.flushing.store(false, Ordering::Release);
+            }
+            true
+        }
+
+        fn stop(&self) -> bool {
+            if let Some(s) = self.stream() {
+                s.flushing.store(true, Ordering::Release);
+            }
+            true
+        }
+
+        fn flush_start(&self) {
+            if let Some(s) = self.stream() {
+                s.flushing.store(true, Ordering::Release);
+            }
+        }
+
+        fn flush_stop(&self) {
+            if let Some(s) = self.stream() {
+                s.flushing.store(false, Ordering::Release);
+            }
+        }
+
+        fn set_config(&self, config: &mut gst::BufferPoolConfigRef) -> bool {
+            let Some(stream) = self.stream() else { return false };
+            let Some((_, size, _, _)) = config.params() else { return false };
+            if size as usize > stream.frame_len {
+                gst::warning!(crate::sink::imp::CAT, "upstream asks {size}-byte buffers, the pool's frames hold {}", stream.frame_len);
+                return false;
+            }
+            self.parent_set_config(config)
+        }
+
+        fn acquire_buffer(&self, _params: Option<&gst::BufferPoolAcquireParams>) -> Result<gst::Buffer, gst::FlowError> {
+            let stream = self.stream().ok_or(gst::FlowError::Flushing)?;
+            let (lease, _) = match stream.lend() {
+                Ok(l) => l,
+                Err(LendError::Flushing) => return Err(gst::FlowError::Flushing),
+                Err(LendError::Closed) => return Err(gst::FlowError::Eos),
+                Err(LendError::Map(e)) => {
+                    gst::error!(crate::sink::imp::CAT, "mapping a pool frame: {e}");
+                    return Err(gst::FlowError::Error);
+                }
+            };
+            let mut memory = gst::Memory::from_mut_slice(lease);
+            memory.make_mut().resize(0..stream.frame_len);
+            let mut buffer = gst::Buffer::new();
+            buffer.make_mut().append_memory(memory);
+            Ok(buffer)
+        }
+
+        fn release_buffer(&self, buffer: gst::Buffer) {
+            // Freed, not queued: the frame goes back to the dmabroker pool
+            // (or stays with consumers if it was submitted).
+            drop(buffer);
+        }
+    }
+}

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Host tests of the dmabroker GStreamer plugin (memfd pools, GStreamer 1.22+):
+#   1. gst-inspect-1.0 dmabroker loads both elements with no warning;
+#   2. videotestsrc -> dmabrokersink pool=cam0 (root) and dmabrokersrc
+#      pool=cam0 verify=true in another process as uid 65534 (granted):
+#      all 300 1080p NV12 frames arrive, each matching the producer's
+#      checksum, and the producer counted 0 copies (upstream wrote into the
+#      pool's frames);
+#   3. a process of a uid without a grant is refused with the broker's message;
+#   4. upstream that does not take the proposed pool: frames are copied once
+#      and the copies counted;
+#   5. the consumer survives a producer restart (reconnect).
+#
+#   gst/tests/host.sh [PATH-TO-dmabroker-CLI]
+# Needs root (setpriv to another uid). Builds the plugin first unless
+# GST_PLUGIN_PATH already names a build.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+root=$PWD
+cli=${1:-$root/target/x86_64-unknown-linux-gnu/release/dmabroker}
+t0=$(date +%s)
+fail() { echo "FAIL: $*" >&2; exit 1; }
+skip() { echo "SKIP gst-host: $*"; exit 0; }
+
+command -v gst-launch-1.0 >/dev/null || skip "gst-launch-1.0 missing (apt-get install gstreamer1.0-tools gstreamer1.0-plugins-base)"
+[[ $(id -u) == 0 ]] || skip "needs root to run the consumer as another uid (setpriv)"
+[[ -x $cli ]] || fail "no dmabroker CLI at $cli: cargo build --release --target x86_64-unknown-linux-gnu -p dmabroker-cli"
+
+if [[ -z ${GST_PLUGIN_PATH:-} ]]; then
+    (cd gst && env -u RUSTFLAGS cargo build --release --quiet)
+    export GST_PLUGIN_PATH=$root/gst/target/release
+fi
+work=$(mktemp -d /tmp/dmabroker-gst.XXXXXX)
+chmod 0755 "$work"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+# A registry per uid, in a directory each can write.
+export GST_REGISTRY=$work/registry-root.bin
+mkdir -p "$work/nobody" && chown 65534:65534 "$work/nobody"
+as_nobody() {
+    setpriv --reuid 65534 --regid 65534 --clear-groups \
+        env GST_REGISTRY="$work/nobody/registry.bin" GST_PLUGIN_PATH="$GST_PLUGIN_PATH" HOME="$work/nobody" "$@"
+}
+as_other() {
+    setpriv --reuid 65533 --regid 65533 --clear-groups \
+        env GST_REGISTRY="$work/nobody/registry-other.bin" GST_PLUGIN_PATH="$GST_PLUGIN_PATH" HOME="$work/nobody" "$@"
+}
+chmod 0777 "$work/nobody"
+
+step() { printf '\n--- %s\n' "$*"; }
+
+step "gst-inspect-1.0 dmabroker"
+inspect=$(gst-inspect-1.0 dmabroker 2>&1) || fail "gst-inspect-1.0 dmabroker: $inspect"
+grep -q dmabrokersink <<<"$inspect" || fail "no dmabrokersink in: $inspect"
+grep -q dmabrokersrc <<<"$inspect" || fail "no dmabrokersrc in: $inspect"
+for e in dmabrokersink dmabrokersrc; do
+    out=$(gst-inspect-1.0 "$e" 2>&1) || fail "gst-inspect-1.0 $e: $out"
+    if grep -qiE 'warning|critical' <<<"$out"; then fail "gst-inspect-1.0 $e warns: $out"; fi
+done
+echo "ok: both elements, no warnings"
+
+sock=$work/broker.sock
+"$cli" serve --socket "$sock" >"$work/broker.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.05; done
+[[ -S $sock ]] || fail "broker did not start: $(cat "$work/broker.log")"
+chmod 0777 "$work"
+
+caps="video/x-raw,format=NV12,width=1920,height=1080,framerate=30/1"
+step "300 frames 1080p NV12, producer root, consumer uid 65534 (granted), every frame verified"
+gst-launch-1.0 -m videotestsrc num-buffers=300 pattern=ball ! "$caps" ! \
+    dmabrokersink broker-socket="$sock" pool=cam0 grants=uid=65534:ro checksum=true wait-for-consumers=1 \
+    >"$work/producer.log" 2>&1 &
+producer=$!
+pids+=($producer)
+as_nobody gst-launch-1.0 -m dmabrokersrc broker-socket="$sock" pool=cam0 verify=true reconnect=false ! fakesink \
+    >"$work/consumer.log" 2>&1 || fail "consumer failed: $(tail -20 "$work/consumer.log")"
+wait "$producer" || fail "producer failed: $(tail -20 "$work/producer.log")"
+grep -o 'dmabrokersrc-stats[^;]*' "$work/consumer.log" | tail -1
+grep -o 'dmabrokersink-stats[^;]*' "$work/producer.log" | tail -1
+grep -q 'verified=(guint64)300' "$work/consumer.log" || fail "not 300 verified frames: $(grep -o 'dmabrokersrc-stats.*' "$work/consumer.log")"
+grep -q 'lost=(guint64)0' "$work/consumer.log" || fail "frames lost: $(grep -o 'dmabrokersrc-stats.*' "$work/consumer.log")"
+grep -q 'zero-copy=(guint64)300, copies=(guint64)0' "$work/producer.log" ||
+    fail "expected 300 zero-copy frames: $(grep -o 'dmabrokersink-stats.*' "$work/producer.log")"
+echo "ok: 300/300 frames verified by uid 65534, 0 copies"
+
+step "a uid without a grant is refused with the broker's message"
+gst-launch-1.0 videotestsrc is-live=true ! "$caps" ! \
+    dmabrokersink broker-socket="$sock" pool=cam1 grants=uid=65534:ro >"$work/producer2.log" 2>&1 &
+producer=$!
+pids+=($producer)
+for _ in $(seq 100); do
+    if as_nobody gst-launch-1.0 dmabrokersrc broker-socket="$sock" pool=cam1 num-buffers=1 ! fakesink >/dev/null 2>&1; then break; fi
+    sleep 0.1
+done
+if as_other gst-launch-1.0 dmabrokersrc broker-socket="$sock" pool=cam1 num-buffers=1 ! fakesink >"$work/refused.log" 2>&1; then
+    fail "uid 65533 attached without a grant"
+fi
+grep -q 'grants nothing to uid 65533' "$work/refused.log" || fail "refusal without the broker's message: $(cat "$work/refused.log")"
+grep -o 'pool `cam1`[^)]*' "$work/refused.log" | head -1
+echo "ok: refused"
+kill "$producer"; wait "$producer" 2>/dev/null || true
+
+step "upstream without the proposed pool (videoconvert in between): copies counted"
+gst-launch-1.0 -m videotestsrc num-buffers=30 ! video/x-raw,format=I420,width=320,height=240 ! videoconvert ! \
+    video/x-raw,format=NV12 ! dmabrokersink broker-socket="$sock" pool=cam2 >"$work/copy.log" 2>&1 ||
+    fail "copy producer failed: $(tail "$work/copy.log")"
+grep -o 'dmabrokersink-stats[^;]*' "$work/copy.log" | tail -1
+grep -qE 'frames=\(guint64\)30, zero-copy=\(guint64\)[0-9]+, copies=\(guint64\)[0-9]+' "$work/copy.log" || fail "no stats"
+
+step "the consumer reattaches when the producer restarts"
+as_nobody gst-launch-1.0 -m dmabrokersrc broker-socket="$sock" pool=cam3 num-buffers=60 reconnect=true verify=true ! fakesink \
+    >"$work/reconnect.log" 2>&1 &
+consumer=$!
+pids+=($consumer)
+sleep 0.3
+for round in 1 2; do
+    for _ in $(seq 50); do
+        gst-launch-1.0 videotestsrc num-buffers=40 ! video/x-raw,format=NV12,width=320,height=240,framerate=200/1 ! \
+            dmabrokersink broker-socket="$sock" pool=cam3 grants=uid=65534 checksum=true wait-for-consumers=1 \
+            >"$work/restart$round.log" 2>&1 && break
+        sleep 0.1
+    done
+done
+wait "$consumer" || fail "reconnecting consumer failed: $(tail "$work/reconnect.log")"
+grep -o 'dmabrokersrc-stats[^;]*' "$work/reconnect.log" | tail -1
+grep -qE 'reconnects=\(guint64\)[1-9]' "$work/reconnect.log" || fail "no reconnect: $(tail "$work/reconnect.log")"
+echo "ok: reattached"
+
+echo "gst host tests passed in $(($(date +%s) - t0)) s"
