@@ -7,8 +7,9 @@
 #      checksum, and the producer counted 0 copies (upstream wrote into the
 #      pool's frames);
 #   3. a process of a uid without a grant is refused with the broker's message;
-#   4. upstream that does not take the proposed pool: frames are copied once
-#      and the copies counted;
+#   4. upstream that does not take the proposed pool (filesrc): frames are
+#      copied once, the copies counted, and the consumer's output equals the
+#      input byte for byte;
 #   5. the consumer survives a producer restart (reconnect).
 #
 #   gst/tests/host.sh [PATH-TO-dmabroker-CLI]
@@ -78,7 +79,7 @@ gst-launch-1.0 -m videotestsrc num-buffers=300 pattern=ball ! "$caps" ! \
     >"$work/producer.log" 2>&1 &
 producer=$!
 pids+=($producer)
-as_nobody gst-launch-1.0 -m dmabrokersrc broker-socket="$sock" pool=cam0 verify=true reconnect=false ! fakesink \
+as_nobody gst-launch-1.0 -m dmabrokersrc broker-socket="$sock" pool=cam0 verify=true reconnect=false timeout=20000 ! fakesink \
     >"$work/consumer.log" 2>&1 || fail "consumer failed: $(tail -20 "$work/consumer.log")"
 wait "$producer" || fail "producer failed: $(tail -20 "$work/producer.log")"
 grep -o 'dmabrokersrc-stats[^;]*' "$work/consumer.log" | tail -1
@@ -106,15 +107,26 @@ grep -o 'pool `cam1`[^)]*' "$work/refused.log" | head -1
 echo "ok: refused"
 kill "$producer"; wait "$producer" 2>/dev/null || true
 
-step "upstream without the proposed pool (videoconvert in between): copies counted"
-gst-launch-1.0 -m videotestsrc num-buffers=30 ! video/x-raw,format=I420,width=320,height=240 ! videoconvert ! \
-    video/x-raw,format=NV12 ! dmabrokersink broker-socket="$sock" pool=cam2 >"$work/copy.log" 2>&1 ||
-    fail "copy producer failed: $(tail "$work/copy.log")"
+step "upstream that does not take the proposed pool (filesrc): each frame copied once, copies counted, frames intact"
+gst-launch-1.0 videotestsrc num-buffers=30 pattern=smpte ! video/x-raw,format=NV12,width=320,height=240 ! \
+    filesink location="$work/raw.nv12" >/dev/null 2>&1 || fail "writing raw frames"
+as_nobody gst-launch-1.0 -m dmabrokersrc broker-socket="$sock" pool=cam2 verify=true reconnect=false timeout=20000 ! \
+    filesink location="$work/nobody/out.nv12" >"$work/copy-consumer.log" 2>&1 &
+consumer=$!
+pids+=($consumer)
+gst-launch-1.0 -m filesrc location="$work/raw.nv12" blocksize=115200 ! \
+    rawvideoparse format=nv12 width=320 height=240 framerate=30/1 ! \
+    dmabrokersink broker-socket="$sock" pool=cam2 grants=uid=65534 checksum=true wait-for-consumers=1 \
+    >"$work/copy.log" 2>&1 || fail "copy producer failed: $(tail "$work/copy.log")"
+wait "$consumer" || fail "copy consumer failed: $(tail "$work/copy-consumer.log")"
 grep -o 'dmabrokersink-stats[^;]*' "$work/copy.log" | tail -1
-grep -qE 'frames=\(guint64\)30, zero-copy=\(guint64\)[0-9]+, copies=\(guint64\)[0-9]+' "$work/copy.log" || fail "no stats"
+grep -q 'frames=(guint64)30, zero-copy=(guint64)0, copies=(guint64)30' "$work/copy.log" ||
+    fail "expected 30 copies: $(grep -o 'dmabrokersink-stats.*' "$work/copy.log")"
+cmp "$work/raw.nv12" "$work/nobody/out.nv12" || fail "the consumer's frames differ from the producer's input"
+echo "ok: 30 copies counted, the consumer's 30 frames equal the input byte for byte"
 
 step "the consumer reattaches when the producer restarts"
-as_nobody gst-launch-1.0 -m dmabrokersrc broker-socket="$sock" pool=cam3 num-buffers=60 reconnect=true verify=true ! fakesink \
+as_nobody gst-launch-1.0 -m dmabrokersrc broker-socket="$sock" pool=cam3 num-buffers=60 reconnect=true verify=true timeout=20000 ! fakesink \
     >"$work/reconnect.log" 2>&1 &
 consumer=$!
 pids+=($consumer)

@@ -193,7 +193,7 @@ impl ObjectImpl for DmaBrokerSrc {
                     .build(),
                 glib::ParamSpecUInt::builder("timeout")
                     .nick("Timeout")
-                    .blurb("Milliseconds without a frame after which the stream fails (0 = wait forever)")
+                    .blurb("Milliseconds to wait for the pool to be registered at start, and without a frame before the stream fails (0: no wait at start, wait forever for frames)")
                     .default_value(DEFAULT_TIMEOUT_MS)
                     .mutable_ready()
                     .build(),
@@ -284,7 +284,18 @@ impl BaseSrcImpl for DmaBrokerSrc {
         if self.settings().pool.is_none() {
             return Err(gst::error_msg!(gst::ResourceError::Settings, ["no pool name: set the `pool` property (e.g. pool=cam0)"]));
         }
-        let attached = self.attach().map_err(|e| self.error_for(&e))?;
+        // The producer may not have registered yet: wait up to `timeout`.
+        let wait = Duration::from_millis(self.settings().timeout_ms.into());
+        let since = Instant::now();
+        let attached = loop {
+            match self.attach() {
+                Ok(a) => break a,
+                Err(NamedPoolError::NotFound(_)) if since.elapsed() < wait && !self.unlocked.load(Ordering::Acquire) => {
+                    std::thread::sleep(RECONNECT_PERIOD)
+                }
+                Err(e) => return Err(self.error_for(&e)),
+            }
+        };
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(attached);
         Ok(())
     }
