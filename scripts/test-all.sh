@@ -48,6 +48,17 @@ if [[ $mode != vm ]]; then
     cargo test --release --target "$target" --workspace
 fi
 
+if [[ $mode != vm ]]; then
+    # The GStreamer plugin (gst/, its own workspace): a cdylib, so built
+    # without the static RUSTFLAGS; then its pipelines as users run them.
+    step "GStreamer plugin (gst/): unit tests, host pipelines (cross-uid, zero copy), RTP across network namespaces"
+    tg=$(date +%s)
+    (cd gst && env -u RUSTFLAGS cargo test --release --quiet && env -u RUSTFLAGS cargo build --release --quiet --lib)
+    GST_PLUGIN_PATH="$PWD/gst/target/release" gst/tests/host.sh "$PWD/target/$target/release/dmabroker"
+    GST_PLUGIN_PATH="$PWD/gst/target/release" gst/tests/netns.sh "$PWD/target/$target/release/dmabroker"
+    echo "GStreamer stage: $(($(date +%s) - tg)) s"
+fi
+
 if [[ $mode != host ]]; then
     step "VM tests (QEMU, Debian 6.12 kernel: dma-heap, udmabuf, vivid, vgem)"
     # The suites that touch kernel interfaces the host lacks, plus the

@@ -117,7 +117,8 @@ fn run() -> Result<(), String> {
     }
     let cpu = cpu_seconds()?;
     let n = frames.load(std::sync::atomic::Ordering::Relaxed);
-    let span = match (*first.lock().unwrap_or_else(|p| p.into_inner()), *last.lock().unwrap_or_else(|p| p.into_inner())) {
+    let span = match (*first.lock().unwrap_or_else(|p| p.into_inner()), *last.lock().unwrap_or_else(|p| p.into_inner()))
+    {
         (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
         _ => 0.0,
     };

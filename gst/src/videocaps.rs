@@ -82,7 +82,10 @@ pub fn source_caps(info: &gst_video::VideoInfo, dmabuf: bool) -> gst::Caps {
         let caps = caps.make_mut();
         if has_dma_drm() {
             if let Some(fourcc) = drm_fourcc(info.format()) {
-                let mut s = plain.structure(0).map(|s| s.to_owned()).unwrap_or_else(|| gst::Structure::new_empty("video/x-raw"));
+                let mut s = plain
+                    .structure(0)
+                    .map(|s| s.to_owned())
+                    .unwrap_or_else(|| gst::Structure::new_empty("video/x-raw"));
                 s.set("format", "DMA_DRM");
                 s.set("drm-format", fourcc);
                 caps.append_structure_full(s, Some(gst::CapsFeatures::new([DMABUF_FEATURE])));
@@ -101,7 +104,10 @@ pub fn template_caps() -> gst::Caps {
     let mut caps = gst::Caps::builder("video/x-raw").build();
     {
         let c = caps.make_mut();
-        c.append_structure_full(gst::Structure::new_empty("video/x-raw"), Some(gst::CapsFeatures::new([DMABUF_FEATURE])));
+        c.append_structure_full(
+            gst::Structure::new_empty("video/x-raw"),
+            Some(gst::CapsFeatures::new([DMABUF_FEATURE])),
+        );
     }
     caps
 }

@@ -160,16 +160,24 @@ impl Pools {
             }
             self.by_name.remove(&request.name);
         }
-        if self.by_name.len() >= MAX_POOLS || self.by_name.values().filter(|r| r.owner_uid == asker.uid).count() >= MAX_POOLS_PER_UID {
+        if self.by_name.len() >= MAX_POOLS
+            || self.by_name.values().filter(|r| r.owner_uid == asker.uid).count() >= MAX_POOLS_PER_UID
+        {
             self.sweep();
         }
         if self.by_name.len() >= MAX_POOLS {
-            return Err(refuse(ErrorCode::Busy, format!("the broker holds {MAX_POOLS} pools, its limit; retry after some producers stop")));
+            return Err(refuse(
+                ErrorCode::Busy,
+                format!("the broker holds {MAX_POOLS} pools, its limit; retry after some producers stop"),
+            ));
         }
         if self.by_name.values().filter(|r| r.owner_uid == asker.uid).count() >= MAX_POOLS_PER_UID {
             return Err(refuse(
                 ErrorCode::Busy,
-                format!("uid {} has {MAX_POOLS_PER_UID} pools registered, the per-user limit; stop a producer first", asker.uid),
+                format!(
+                    "uid {} has {MAX_POOLS_PER_UID} pools registered, the per-user limit; stop a producer first",
+                    asker.uid
+                ),
             ));
         }
         tracing::info!(pool = %request.name, uid = asker.uid, grants = request.grants.len(), "pool registered");
@@ -208,13 +216,9 @@ impl Pools {
                 ),
             ));
         };
-        let (producer_end, consumer_end) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| refuse(ErrorCode::Internal, format!("socketpair: {e}")))?;
+        let (producer_end, consumer_end) =
+            rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+                .map_err(|e| refuse(ErrorCode::Internal, format!("socketpair: {e}")))?;
         let push = Response::PoolConsumer(PoolPeer { uid: asker.uid, gid: asker.gid, pid: asker.pid, access });
         let bytes = dmabroker::proto::encode_response(&push)
             .map_err(|e| refuse(ErrorCode::Internal, format!("encoding the push: {e}")))?;
@@ -223,7 +227,9 @@ impl Pools {
             Err(Errno::AGAIN | Errno::NOBUFS) => {
                 return Err(refuse(
                     ErrorCode::Busy,
-                    format!("the producer of pool `{name}` is not taking consumers now (its doorbell is full); retry later"),
+                    format!(
+                        "the producer of pool `{name}` is not taking consumers now (its doorbell is full); retry later"
+                    ),
                 ))
             }
             Err(_) => {
@@ -369,7 +375,13 @@ pub(crate) fn handle(
         );
     }
     let peer = &session.peer;
-    let asker = Asker { uid: peer.uid, gid: peer.gid, pid: peer.pid, groups: &peer.groups, may_publish: session.limits.publish };
+    let asker = Asker {
+        uid: peer.uid,
+        gid: peer.gid,
+        pid: peer.pid,
+        groups: &peer.groups,
+        may_publish: session.limits.publish,
+    };
     let refused = |e: PoolRefusal| Reply::error(e.code, e.message, false);
     match request {
         Request::RegisterPool(r) => match fd {

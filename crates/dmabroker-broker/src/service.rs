@@ -226,7 +226,9 @@ impl Service {
                 true,
             ),
             (Some(_), Request::AllocateFor(a)) => self.allocate_for(session, a).unwrap_or_else(Reply::refused),
-            (Some(v), r @ (Request::RegisterPool(_) | Request::AttachPool { .. })) => crate::pools::handle(self, session, *v, r, fd),
+            (Some(v), r @ (Request::RegisterPool(_) | Request::AttachPool { .. })) => {
+                crate::pools::handle(self, session, *v, r, fd)
+            }
         }
     }
 

@@ -103,14 +103,18 @@ impl DmaBrokerSink {
         let heaps = Heaps::discover();
         let producer = match s.devices.as_deref().filter(|d| !d.is_empty()) {
             None => Producer::allocate(&heaps, &s.heap, &options).map_err(|e| {
-                gst::error_msg!(gst::ResourceError::NoSpaceLeft, ["allocating {} frames from heap `{}`: {e}", s.buffers, s.heap])
+                gst::error_msg!(
+                    gst::ResourceError::NoSpaceLeft,
+                    ["allocating {} frames from heap `{}`: {e}", s.buffers, s.heap]
+                )
             })?,
             Some(devices) => {
                 let mut all = Vec::new();
                 for d in devices.split(',').filter(|d| !d.is_empty()) {
-                    all.push(Constraints::probe(d).map_err(|e| {
-                        gst::error_msg!(gst::ResourceError::Settings, ["probing device {d}: {e}"])
-                    })?);
+                    all.push(
+                        Constraints::probe(d)
+                            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ["probing device {d}: {e}"]))?,
+                    );
                 }
                 let merged = Constraints::merge_all(&all)
                     .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ["devices {devices}: {e}"]))?;
@@ -121,11 +125,22 @@ impl DmaBrokerSink {
         };
         let broker = s.broker_socket.clone().map(Into::into).unwrap_or_else(dmabroker::proto::default_client_socket);
         let registration = PoolRegistration::register(&broker, &name, &grants, &crate::videocaps::describe(info))
-            .map_err(|e| gst::error_msg!(gst::ResourceError::OpenWrite, ["registering pool `{name}` with {}: {e}", broker.display()]))?;
+            .map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::OpenWrite,
+                    ["registering pool `{name}` with {}: {e}", broker.display()]
+                )
+            })?;
         let heap = producer.buffers().next().map(|b| b.heap().to_owned()).unwrap_or_default();
         let stream = Stream::new(producer, registration, frame_len)
             .map_err(|e| gst::error_msg!(gst::ResourceError::Failed, ["mapping the pool's frames: {e}"]))?;
-        gst::info!(CAT, imp = self, "pool `{name}`: {} frames of {frame_len} bytes from {heap}, grants {:?}", s.buffers, grants);
+        gst::info!(
+            CAT,
+            imp = self,
+            "pool `{name}`: {} frames of {frame_len} bytes from {heap}, grants {:?}",
+            s.buffers,
+            grants
+        );
         Ok(stream)
     }
 
@@ -181,7 +196,7 @@ impl ObjectImpl for DmaBrokerSink {
                     .nick("Buffers")
                     .blurb("Frames in the pool")
                     .minimum(1)
-                    .maximum(dmabroker::pool::MAX_BUFFERS as u32)
+                    .maximum(dmabroker::pool::MAX_BUFFERS)
                     .default_value(DEFAULT_BUFFERS)
                     .mutable_ready()
                     .build(),
@@ -211,7 +226,7 @@ impl ObjectImpl for DmaBrokerSink {
                     .nick("Wait for consumers")
                     .blurb("Hold the first frame until this many consumers attached")
                     .default_value(0)
-                    .maximum(dmabroker::pool::MAX_CONSUMERS as u32)
+                    .maximum(dmabroker::pool::MAX_CONSUMERS)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("consumer-timeout")
@@ -265,7 +280,8 @@ impl ObjectImpl for DmaBrokerSink {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let s = self.settings();
-        let counter = |f: fn(&super::stream::Counters) -> u64| self.stream().map(|(st, _)| f(&st.counters)).unwrap_or(0);
+        let counter =
+            |f: fn(&super::stream::Counters) -> u64| self.stream().map(|(st, _)| f(&st.counters)).unwrap_or(0);
         match pspec.name() {
             "broker-socket" => s.broker_socket.to_value(),
             "pool" => s.pool.to_value(),
@@ -334,7 +350,8 @@ impl BaseSinkImpl for DmaBrokerSink {
     }
 
     fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
-        let info = gst_video::VideoInfo::from_caps(caps).map_err(|_| gst::loggable_error!(CAT, "not video caps: {caps}"))?;
+        let info =
+            gst_video::VideoInfo::from_caps(caps).map_err(|_| gst::loggable_error!(CAT, "not video caps: {caps}"))?;
         if let Some((_, current)) = self.stream() {
             if current == info {
                 return Ok(());
@@ -424,7 +441,11 @@ impl BaseSinkImpl for DmaBrokerSink {
         }
         // Copy once, into the default layout.
         let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer.as_ref(), &info).map_err(|_| {
-            gst::element_imp_error!(self, gst::StreamError::Format, ["cannot map the input frame as {:?}", info.format()]);
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Format,
+                ["cannot map the input frame as {:?}", info.format()]
+            );
             gst::FlowError::Error
         })?;
         let result = stream.submit_copy(meta_for, |dst| {
@@ -450,7 +471,11 @@ impl BaseSinkImpl for DmaBrokerSink {
                 let n = stream.counters.copies.fetch_add(1, Ordering::Relaxed);
                 stream.counters.frames.fetch_add(1, Ordering::Relaxed);
                 if n == 0 {
-                    gst::warning!(CAT, imp = self, "upstream does not use the proposed dmabroker buffer pool: copying each frame once");
+                    gst::warning!(
+                        CAT,
+                        imp = self,
+                        "upstream does not use the proposed dmabroker buffer pool: copying each frame once"
+                    );
                 }
                 Ok(gst::FlowSuccess::Ok)
             }

@@ -81,13 +81,20 @@ mod imp {
             let Some(stream) = self.stream() else { return false };
             let Some((_, size, _, _)) = config.params() else { return false };
             if size as usize > stream.frame_len {
-                gst::warning!(crate::sink::imp::CAT, "upstream asks {size}-byte buffers, the pool's frames hold {}", stream.frame_len);
+                gst::warning!(
+                    crate::sink::imp::CAT,
+                    "upstream asks {size}-byte buffers, the pool's frames hold {}",
+                    stream.frame_len
+                );
                 return false;
             }
             self.parent_set_config(config)
         }
 
-        fn acquire_buffer(&self, _params: Option<&gst::BufferPoolAcquireParams>) -> Result<gst::Buffer, gst::FlowError> {
+        fn acquire_buffer(
+            &self,
+            _params: Option<&gst::BufferPoolAcquireParams>,
+        ) -> Result<gst::Buffer, gst::FlowError> {
             let stream = self.stream().ok_or(gst::FlowError::Flushing)?;
             let (lease, _) = match stream.lend() {
                 Ok(l) => l,

@@ -114,7 +114,11 @@ pub(crate) enum LendError {
 impl Stream {
     /// Wrap `producer` (already allocated) and start letting in the
     /// consumers `registration` brings.
-    pub fn new(producer: Producer, registration: PoolRegistration, frame_len: usize) -> Result<Arc<Self>, rustix::io::Errno> {
+    pub fn new(
+        producer: Producer,
+        registration: PoolRegistration,
+        frame_len: usize,
+    ) -> Result<Arc<Self>, rustix::io::Errno> {
         let mut parked = Vec::new();
         for buffer in producer.buffers() {
             let len = usize::try_from(buffer.len()).map_err(|_| rustix::io::Errno::FBIG)?;
@@ -123,7 +127,13 @@ impl Stream {
         let n = parked.len();
         let stop = Arc::new(AtomicBool::new(false));
         let stream = Arc::new(Self {
-            inner: Mutex::new(Inner { producer, parked, slots: vec![Slot::Pool; n], live: HashMap::new(), next_gen: 1 }),
+            inner: Mutex::new(Inner {
+                producer,
+                parked,
+                slots: vec![Slot::Pool; n],
+                live: HashMap::new(),
+                next_gen: 1,
+            }),
             frame_len,
             flushing: AtomicBool::new(false),
             stop: stop.clone(),

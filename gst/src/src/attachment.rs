@@ -30,7 +30,8 @@ impl Attachment {
         let mut dmabuf = false;
         for buffer in consumer.buffers() {
             dmabuf |= buffer.kind() == BufferKind::DmaBuf;
-            let len = usize::try_from(buffer.len()).map_err(|_| NamedPoolError::Os { op: "mmap", source: rustix::io::Errno::FBIG })?;
+            let len = usize::try_from(buffer.len())
+                .map_err(|_| NamedPoolError::Os { op: "mmap", source: rustix::io::Errno::FBIG })?;
             let map = Mapping::map(buffer.as_fd(), 0, len, Protection::Read, true)
                 .map_err(|source| NamedPoolError::Os { op: "mmap", source })?;
             maps.push(Arc::new(map));

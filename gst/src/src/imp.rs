@@ -35,7 +35,13 @@ struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { broker_socket: None, pool: None, reconnect: DEFAULT_RECONNECT, verify: false, timeout_ms: DEFAULT_TIMEOUT_MS }
+        Self {
+            broker_socket: None,
+            pool: None,
+            reconnect: DEFAULT_RECONNECT,
+            verify: false,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+        }
     }
 }
 
@@ -99,7 +105,9 @@ impl DmaBrokerSrc {
             NamedPoolError::NotAllowed(_) => {
                 gst::error_msg!(gst::ResourceError::NotAuthorized, ["attaching to pool `{pool}`: {e}"])
             }
-            NamedPoolError::NotFound(_) => gst::error_msg!(gst::ResourceError::NotFound, ["attaching to pool `{pool}`: {e}"]),
+            NamedPoolError::NotFound(_) => {
+                gst::error_msg!(gst::ResourceError::NotFound, ["attaching to pool `{pool}`: {e}"])
+            }
             _ => gst::error_msg!(gst::ResourceError::OpenRead, ["attaching to pool `{pool}`: {e}"]),
         }
     }
@@ -282,7 +290,10 @@ impl BaseSrcImpl for DmaBrokerSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         self.unlocked.store(false, Ordering::Release);
         if self.settings().pool.is_none() {
-            return Err(gst::error_msg!(gst::ResourceError::Settings, ["no pool name: set the `pool` property (e.g. pool=cam0)"]));
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ["no pool name: set the `pool` property (e.g. pool=cam0)"]
+            ));
         }
         // The producer may not have registered yet: wait up to `timeout`.
         let wait = Duration::from_millis(self.settings().timeout_ms.into());
@@ -290,7 +301,9 @@ impl BaseSrcImpl for DmaBrokerSrc {
         let attached = loop {
             match self.attach() {
                 Ok(a) => break a,
-                Err(NamedPoolError::NotFound(_)) if since.elapsed() < wait && !self.unlocked.load(Ordering::Acquire) => {
+                Err(NamedPoolError::NotFound(_))
+                    if since.elapsed() < wait && !self.unlocked.load(Ordering::Acquire) =>
+                {
                     std::thread::sleep(RECONNECT_PERIOD)
                 }
                 Err(e) => return Err(self.error_for(&e)),
@@ -369,7 +382,11 @@ impl PushSrcImpl for DmaBrokerSrc {
                 Ok(r) => r,
                 Err(PoolError::Timeout(_)) => {
                     if s.timeout_ms > 0 && started.elapsed() >= Duration::from_millis(s.timeout_ms.into()) {
-                        gst::element_imp_error!(self, gst::ResourceError::Read, ["no frame for {} ms (timeout)", s.timeout_ms]);
+                        gst::element_imp_error!(
+                            self,
+                            gst::ResourceError::Read,
+                            ["no frame for {} ms (timeout)", s.timeout_ms]
+                        );
                         return Err(gst::FlowError::Error);
                     }
                     continue;
@@ -399,7 +416,11 @@ impl PushSrcImpl for DmaBrokerSrc {
                     return Err(gst::FlowError::Error);
                 }
                 Some((false, false)) => {
-                    gst::element_imp_error!(self, gst::StreamError::Decode, ["frame {} does not match its producer's checksum", info.seq]);
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Decode,
+                        ["frame {} does not match its producer's checksum", info.seq]
+                    );
                     return Err(gst::FlowError::Error);
                 }
                 Some((false, true)) => {
