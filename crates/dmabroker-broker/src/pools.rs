@@ -268,6 +268,50 @@ fn check_doorbell(fd: &OwnedFd) -> Result<(), PoolRefusal> {
     }
 }
 
+/// Serve a `RegisterPool` or `AttachPool` request of a session that
+/// negotiated `version`.
+pub(crate) fn handle(
+    service: &mut crate::service::Service,
+    session: &mut crate::service::Session,
+    version: u16,
+    request: dmabroker::proto::Request,
+    fd: Option<OwnedFd>,
+) -> crate::service::Reply {
+    use crate::service::Reply;
+    use dmabroker::proto::{Request, POOLS_VERSION};
+    if version < POOLS_VERSION {
+        return Reply::error(
+            ErrorCode::BadRequest,
+            format!("pools by name need protocol version {POOLS_VERSION}; this session negotiated version {version}: upgrade the client"),
+            false,
+        );
+    }
+    let peer = &session.peer;
+    let asker = Asker {
+        uid: peer.uid,
+        gid: peer.gid,
+        pid: peer.pid,
+        groups: &peer.groups,
+        may_publish: session.limits.publish,
+    };
+    let refused = |e: PoolRefusal| Reply::error(e.code, e.message, false);
+    match request {
+        Request::RegisterPool(r) => match fd {
+            Some(doorbell) => match service.pools.register(asker, r, doorbell) {
+                Ok(response) => Reply { response, fd: None, close: false },
+                Err(e) => refused(e),
+            },
+            // The server refuses fd-less RegisterPool before it gets here.
+            None => Reply::error(ErrorCode::BadRequest, "RegisterPool needs its doorbell fd", false),
+        },
+        Request::AttachPool { name } => match service.pools.attach(asker, &name) {
+            Ok((response, end)) => Reply { response, fd: Some(end), close: false },
+            Err(e) => refused(e),
+        },
+        _ => Reply::error(ErrorCode::Internal, "not a pool request", false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,49 +397,5 @@ mod tests {
             }
         }
         assert!(busy);
-    }
-}
-
-/// Serve a `RegisterPool` or `AttachPool` request of a session that
-/// negotiated `version`.
-pub(crate) fn handle(
-    service: &mut crate::service::Service,
-    session: &mut crate::service::Session,
-    version: u16,
-    request: dmabroker::proto::Request,
-    fd: Option<OwnedFd>,
-) -> crate::service::Reply {
-    use crate::service::Reply;
-    use dmabroker::proto::{Request, POOLS_VERSION};
-    if version < POOLS_VERSION {
-        return Reply::error(
-            ErrorCode::BadRequest,
-            format!("pools by name need protocol version {POOLS_VERSION}; this session negotiated version {version}: upgrade the client"),
-            false,
-        );
-    }
-    let peer = &session.peer;
-    let asker = Asker {
-        uid: peer.uid,
-        gid: peer.gid,
-        pid: peer.pid,
-        groups: &peer.groups,
-        may_publish: session.limits.publish,
-    };
-    let refused = |e: PoolRefusal| Reply::error(e.code, e.message, false);
-    match request {
-        Request::RegisterPool(r) => match fd {
-            Some(doorbell) => match service.pools.register(asker, r, doorbell) {
-                Ok(response) => Reply { response, fd: None, close: false },
-                Err(e) => refused(e),
-            },
-            // The server refuses fd-less RegisterPool before it gets here.
-            None => Reply::error(ErrorCode::BadRequest, "RegisterPool needs its doorbell fd", false),
-        },
-        Request::AttachPool { name } => match service.pools.attach(asker, &name) {
-            Ok((response, end)) => Reply { response, fd: Some(end), close: false },
-            Err(e) => refused(e),
-        },
-        _ => Reply::error(ErrorCode::Internal, "not a pool request", false),
     }
 }

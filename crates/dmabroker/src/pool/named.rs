@@ -16,7 +16,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let broker = dmabroker::proto::default_client_socket();
 //! let mut producer = Producer::allocate(&Heaps::discover(), "memfd", &PoolOptions::new(4, 4096))?;
-//! let registration = PoolRegistration::register(&broker, "cam0", &["uid=1000:ro".parse()?], "NV12 1920x1080")?;
+//! let mut registration = PoolRegistration::register(&broker, "cam0", &["uid=1000:ro".parse()?], "NV12 1920x1080")?;
 //! // ... in another process (uid 1000):
 //! let (mut consumer, info) = attach_by_name(&broker, "cam0", &ConsumerOptions::default())?;
 //! // producer, when registration.as_fd() polls readable:

@@ -74,3 +74,32 @@ pub struct PoolPeer {
     /// What the ACL granted it.
     pub access: super::Access,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{decode_request, decode_response, encode_request, encode_response, Access, Request, Response};
+
+    #[test]
+    fn pool_messages_round_trip_and_are_bounded() {
+        let register = Request::RegisterPool(RegisterPoolRequest {
+            name: "cam/0".into(),
+            grants: vec!["uid=1000:ro".parse().unwrap()],
+            description: "video/x-raw,format=NV12,width=1920,height=1080".into(),
+        });
+        assert!(register.carries_fd());
+        assert_eq!(decode_request(&encode_request(&register).unwrap()).unwrap(), register);
+        let attach = Request::AttachPool { name: "cam/0".into() };
+        assert!(!attach.carries_fd());
+        assert_eq!(decode_request(&encode_request(&attach).unwrap()).unwrap(), attach);
+        assert!(encode_request(&Request::AttachPool { name: "a b".into() }).is_err());
+        let long = Request::RegisterPool(RegisterPoolRequest {
+            name: "p".into(),
+            grants: vec![],
+            description: "x".repeat(crate::proto::MAX_NAME_LEN + 1),
+        });
+        assert!(encode_request(&long).is_err());
+        let push = Response::PoolConsumer(PoolPeer { uid: 1, gid: 2, pid: 3, access: Access::ReadOnly });
+        assert_eq!(decode_response(&encode_response(&push).unwrap()).unwrap(), push);
+    }
+}
