@@ -16,6 +16,7 @@
 
 use gst::glib;
 
+pub mod allocator;
 pub mod checksum;
 mod sink;
 mod src;
@@ -24,6 +25,7 @@ mod videocaps;
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     sink::register(plugin)?;
     src::register(plugin)?;
+    allocator::register(plugin)?;
     Ok(())
 }
 
