@@ -10,7 +10,8 @@
 #   4. upstream that does not take the proposed pool (filesrc): frames are
 #      copied once, the copies counted, and the consumer's output equals the
 #      input byte for byte;
-#   5. the consumer survives a producer restart (reconnect).
+#   5. drop-oldest with a slow consumer: lost frames counted;
+#   6. the consumer survives a producer restart (reconnect).
 #
 #   gst/tests/host.sh [PATH-TO-dmabroker-CLI]
 # Needs root (setpriv to another uid). Builds the plugin first unless
@@ -124,6 +125,19 @@ grep -q 'frames=(guint64)30, zero-copy=(guint64)0, copies=(guint64)30' "$work/co
     fail "expected 30 copies: $(grep -o 'dmabrokersink-stats.*' "$work/copy.log")"
 cmp "$work/raw.nv12" "$work/nobody/out.nv12" || fail "the consumer's frames differ from the producer's input"
 echo "ok: 30 copies counted, the consumer's 30 frames equal the input byte for byte"
+
+step "drop-oldest backpressure and a slow consumer: lost frames counted, the producer never waits"
+as_nobody gst-launch-1.0 -m dmabrokersrc broker-socket="$sock" pool=cam4 reconnect=false timeout=20000 ! \
+    identity sleep-time=20000 ! fakesink >"$work/slow.log" 2>&1 &
+consumer=$!
+pids+=($consumer)
+gst-launch-1.0 -m videotestsrc num-buffers=200 ! video/x-raw,format=NV12,width=320,height=240 ! \
+    dmabrokersink broker-socket="$sock" pool=cam4 grants=uid=65534 buffers=3 backpressure=drop-oldest wait-for-consumers=1 \
+    >"$work/fast.log" 2>&1 || fail "fast producer failed: $(tail "$work/fast.log")"
+wait "$consumer" || fail "slow consumer failed: $(tail "$work/slow.log")"
+grep -o 'dmabrokersrc-stats[^;]*' "$work/slow.log" | tail -1
+grep -qE 'lost=\(guint64\)[1-9]' "$work/slow.log" || fail "no lost frames counted: $(grep -o 'dmabrokersrc-stats.*' "$work/slow.log")"
+echo "ok: lost frames counted"
 
 step "the consumer reattaches when the producer restarts"
 as_nobody gst-launch-1.0 -m dmabrokersrc broker-socket="$sock" pool=cam3 num-buffers=60 reconnect=true verify=true timeout=20000 ! fakesink \
