@@ -14,7 +14,7 @@
 //! the table checks for hang-ups lazily (on every register, attach and
 //! sweep), so a restarted producer can take its name again at once.
 
-use dmabroker::proto::{Access, ErrorCode, Grant, Grantee, PoolPeer, RegisterPoolRequest, Response};
+use dmabroker::proto::{Access, ErrorCode, Grant, PoolPeer, RegisterPoolRequest, Response};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
@@ -48,18 +48,7 @@ impl Registration {
 
     /// The owner and root get read-write; others what their grants say.
     fn access_for(&self, uid: u32, groups: &[u32]) -> Option<Access> {
-        if uid == self.owner_uid || uid == 0 {
-            return Some(Access::ReadWrite);
-        }
-        self.grants
-            .iter()
-            .filter(|g| match g.who {
-                Grantee::Uid(u) => u == uid,
-                Grantee::Gid(g) => groups.contains(&g),
-                Grantee::Anyone => true,
-            })
-            .map(|g| g.access)
-            .max()
+        crate::registry::granted_access(self.owner_uid, &self.grants, uid, groups)
     }
 }
 

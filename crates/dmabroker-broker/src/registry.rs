@@ -88,18 +88,7 @@ impl Publication {
     /// The access `uid` (member of `groups`) gets, if any: the publisher and
     /// root read-write, grantees the best of their matching grants.
     pub fn access_for(&self, uid: u32, groups: &[u32]) -> Option<Access> {
-        if uid == self.publisher_uid || uid == 0 {
-            return Some(Access::ReadWrite);
-        }
-        self.grants
-            .iter()
-            .filter(|g| match g.who {
-                Grantee::Uid(u) => u == uid,
-                Grantee::Gid(g) => groups.contains(&g),
-                Grantee::Anyone => true,
-            })
-            .map(|g| g.access)
-            .max()
+        granted_access(self.publisher_uid, &self.grants, uid, groups)
     }
 
     /// Whether it has expired at `now`.
@@ -242,4 +231,22 @@ impl Registry {
     pub fn expired(&self, now: SystemTime) -> Vec<String> {
         self.publications.values().filter(|p| p.expired(now)).map(|p| p.key.clone()).collect()
     }
+}
+
+/// The access `uid` (member of `groups`) gets to something `owner_uid` shared
+/// under `grants`: the owner and root read-write, grantees the best of their
+/// matching grants. One rule for publications and pools by name.
+pub(crate) fn granted_access(owner_uid: u32, grants: &[Grant], uid: u32, groups: &[u32]) -> Option<Access> {
+    if uid == owner_uid || uid == 0 {
+        return Some(Access::ReadWrite);
+    }
+    grants
+        .iter()
+        .filter(|g| match g.who {
+            Grantee::Uid(u) => u == uid,
+            Grantee::Gid(g) => groups.contains(&g),
+            Grantee::Anyone => true,
+        })
+        .map(|g| g.access)
+        .max()
 }
