@@ -1193,7 +1193,7 @@ mod tests {
     #[test]
     fn the_mode_of_another_users_memfd_is_left_alone() {
         if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIP the_mode_of_another_users_memfd_is_left_alone: needs root (fchown)");
+            crate::test_skip::skip("the_mode_of_another_users_memfd_is_left_alone", "needs root (fchown)");
             return;
         }
         let mut service = service_with_quota();

@@ -10,6 +10,9 @@ use std::ffi::{c_void, CStr};
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::ptr;
 
+#[path = "../../dmabroker/tests/common/skip.rs"]
+mod skip_rule;
+
 fn last_error() -> String {
     unsafe { CStr::from_ptr(dmabroker_last_error()) }.to_string_lossy().into_owned()
 }
@@ -245,7 +248,7 @@ fn segments_use_the_two_call_protocol() {
     expect(unsafe { dmabroker_buffer_segments(b, ptr::null_mut(), 4, &mut count) }, INVALID);
     match unsafe { dmabroker_buffer_segments(b, ptr::null_mut(), 0, &mut count) } {
         Status::DMABROKER_ERROR_PERMISSION_DENIED => {
-            println!("SKIP segments: {} (needs CAP_SYS_ADMIN)", last_error());
+            skip_rule::skip("segments_use_the_two_call_protocol", &format!("{} (needs CAP_SYS_ADMIN)", last_error()));
         }
         Status::DMABROKER_ERROR_BUFFER_TOO_SMALL => {
             assert_eq!(count, 1, "one page is one segment");

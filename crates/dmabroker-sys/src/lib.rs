@@ -25,5 +25,8 @@ pub mod mmap;
 pub mod socket;
 pub mod udmabuf;
 pub mod v4l2;
+#[cfg(test)]
+#[path = "../../dmabroker/tests/common/skip.rs"]
+pub(crate) mod test_skip;
 
 pub use rustix::io::Errno;

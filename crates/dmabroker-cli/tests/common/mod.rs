@@ -2,4 +2,8 @@
 //! file uses every helper.
 #![allow(dead_code)]
 
+#[path = "../../../dmabroker/tests/common/skip.rs"]
+mod skip_rule;
+pub use skip_rule::{in_vm, skip, skip_for_tool};
+
 pub mod broker;

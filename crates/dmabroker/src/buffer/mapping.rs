@@ -43,6 +43,14 @@ pub enum MapError {
     /// Not enough memory or address space.
     #[error("out of memory mapping {0} bytes")]
     OutOfMemory(u64),
+    /// A memfd without `F_SEAL_SHRINK` (an adopted foreign one): another
+    /// holder could truncate it while it is mapped, and this process would
+    /// die of `SIGBUS` on its next access, so it is not mapped.
+    #[error(
+        "the memfd is not size-sealed: another holder could truncate it while mapped (SIGBUS); \
+         its creator must add F_SEAL_SHRINK|F_SEAL_GROW (dmabroker's own memfds have them)"
+    )]
+    NotSizeSealed,
     /// Another error from `mmap`.
     #[error("mmap failed: {0}")]
     Os(#[source] rustix::io::Errno),
@@ -110,8 +118,10 @@ impl BufferMapping {
         self.map.protection() == Protection::ReadWrite
     }
 
-    /// The underlying raw mapping (for physical segments and shared atomics).
-    pub fn raw(&self) -> &Mapping {
+    /// The underlying mapping (for physical segments); crate-private so
+    /// that no caller can hold its bytes across a guard's writes.
+    #[allow(dead_code)]
+    pub(crate) fn raw(&self) -> &Mapping {
         &self.map
     }
 
@@ -179,8 +189,12 @@ impl BufferMapping {
 /// write-only fd fails any mapping and stays `Os`); `EPERM` is a write seal;
 /// `EINVAL` from a dma-buf at offset 0 for its own size is an exporter
 /// without `mmap` (`dma_buf_mmap_internal`).
-pub(crate) fn map_error(buffer: &Buffer, protection: Protection, e: rustix::io::Errno) -> MapError {
+pub(crate) fn map_error(buffer: &Buffer, protection: Protection, e: dmabroker_sys::mmap::MapError) -> MapError {
     use rustix::io::Errno;
+    let e = match e {
+        dmabroker_sys::mmap::MapError::Os(e) => e,
+        _ => return MapError::NotSizeSealed,
+    };
     let read_only_fd = || {
         rustix::fs::fcntl_getfl(buffer).is_ok_and(|fl| fl & rustix::fs::OFlags::ACCMODE == rustix::fs::OFlags::RDONLY)
     };

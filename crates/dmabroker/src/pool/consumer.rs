@@ -6,7 +6,7 @@ use super::layout::{Control, Geometry, SLOT_ACTIVE, STREAM_CLOSED};
 use super::transport;
 use super::{now_ns, timespec, FrameFlags};
 use crate::buffer::{Buffer, BufferKind, BufferMapping, CpuRead, SyncError};
-use dmabroker_sys::mmap::{Mapping, Protection};
+use dmabroker_sys::mmap::{AtomicMapping, MapError};
 use rustix::io::Errno;
 use rustix::thread::futex;
 use std::os::fd::{AsFd, OwnedFd};
@@ -201,7 +201,11 @@ impl Consumer {
         if ctl_len < control_len {
             return Err(bad("control block smaller than its geometry"));
         }
-        let map = Mapping::map(&ctl_fd, 0, ctl_len, Protection::ReadWrite, true).map_err(os("mmap"))?;
+        let map = AtomicMapping::map(&ctl_fd, ctl_len, true).map_err(|e| match e {
+            MapError::Os(source) => AttachError::Os { op: "mmap", source },
+            // Checked above; a mapping refused anyway is the same refusal.
+            _ => AttachError::Unsealed { fd: AttachFd::ControlBlock, missing: "F_SEAL_SHRINK" },
+        })?;
         // The header must agree with what the socket said: two sources the
         // producer wrote, so a mismatch is a foreign or corrupted peer.
         if Control::read_header(&map) != Some(welcome) {
@@ -714,10 +718,14 @@ mod tests {
             return (fd, ctl.len() as u64);
         }
         let len = g.control_len().unwrap().next_multiple_of(rustix::param::page_size());
+        // Same bytes as a sealed one (copied: an unsealed memfd cannot be
+        // mapped safely, which is the point of the test using it).
+        let (sealed, ctl) = super::super::producer::create_control(g).unwrap();
+        ctl.init_header();
+        let mut bytes = vec![0u8; len];
+        rustix::io::pread(&sealed, &mut bytes, 0).unwrap();
         let fd = rustix::fs::memfd_create("ctl", MemfdFlags::CLOEXEC).unwrap();
-        rustix::fs::ftruncate(&fd, len as u64).unwrap();
-        let map = Mapping::map(&fd, 0, len, Protection::ReadWrite, true).unwrap();
-        Control::new(map, g).unwrap().init_header();
+        rustix::io::pwrite(&fd, &bytes, 0).unwrap();
         (fd, len as u64)
     }
 

@@ -13,7 +13,7 @@ use crate::buffer::{Buffer, BufferKind, BufferMapping};
 use crate::constraints::{Choice, Constraints};
 use crate::format::Layout;
 use crate::heap::{AllocRequest, Heaps};
-use dmabroker_sys::mmap::{Mapping, Protection};
+use dmabroker_sys::mmap::{AtomicMapping, MapError};
 use rustix::io::Errno;
 use rustix::thread::futex;
 use std::collections::VecDeque;
@@ -941,7 +941,11 @@ struct PeerCred {
 /// docs' [consumer identity](super#consumer-identity).
 fn watch_consumer(creds: Option<PeerCred>, hello_pid: Option<u32>) -> (u32, Option<OwnedFd>) {
     let open = |pid: u32| {
-        rustix::process::Pid::from_raw(pid as i32)
+        // A HELLO pid of 2^31 or more is no process (and `pid as i32` would
+        // be negative, which `Pid::from_raw` asserts against).
+        i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
             .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
     };
     let Some(creds) = creds else {
@@ -1012,7 +1016,10 @@ pub(super) fn create_control(geometry: Geometry) -> Result<(OwnedFd, Control), C
     rustix::fs::ftruncate(&fd, len as u64).map_err(err("ftruncate"))?;
     rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
         .map_err(err("F_ADD_SEALS"))?;
-    let map = Mapping::map(&fd, 0, len, Protection::ReadWrite, true).map_err(err("mmap"))?;
+    let map = AtomicMapping::map(&fd, len, true).map_err(|e| match e {
+        MapError::Os(source) => CreateError::ControlBlock { op: "mmap", source },
+        _ => CreateError::ControlBlock { op: "mmap (seals)", source: Errno::PERM },
+    })?;
     let ctl =
         Control::new(map, geometry).ok_or(CreateError::ControlBlock { op: "size check", source: Errno::INVAL })?;
     Ok((fd, ctl))
@@ -1209,6 +1216,12 @@ mod tests {
         let (pid, fd) = watch_consumer(Some(me()), Some(u32::MAX >> 1));
         assert_eq!(pid, me().pid);
         assert!(fd.is_none());
+        // Not even a pid_t (regression: debug builds panicked on these).
+        for claimed in [1 << 31, u32::MAX] {
+            let (pid, fd) = watch_consumer(Some(me()), Some(claimed));
+            assert_eq!(pid, me().pid);
+            assert!(fd.is_none());
+        }
         // No credentials at all.
         assert_eq!(watch_consumer(None, Some(kid_pid)).0, 0);
         kid.kill().unwrap();
