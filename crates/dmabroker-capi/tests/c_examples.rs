@@ -51,7 +51,11 @@ fn c_examples_build_and_run() {
 #[test]
 fn c_examples_are_clean_under_valgrind() {
     if !have("valgrind") {
-        skip_rule::skip_for_tool("c_examples_are_clean_under_valgrind", "valgrind", "to check the C examples for leaks");
+        skip_rule::skip_for_tool(
+            "c_examples_are_clean_under_valgrind",
+            "valgrind",
+            "to check the C examples for leaks",
+        );
         return;
     }
     run_sh(&["--valgrind"]);

@@ -383,7 +383,11 @@ fn broker_in_a_child_pid_namespace_serves_clients_outside() {
         .stderr(std::process::Stdio::null())
         .spawn()
     else {
-        common::skip_for_tool("broker_in_a_child_pid_namespace_serves_clients_outside", "unshare(1)", "to start the broker in a new pid namespace");
+        common::skip_for_tool(
+            "broker_in_a_child_pid_namespace_serves_clients_outside",
+            "unshare(1)",
+            "to start the broker in a new pid namespace",
+        );
         return;
     };
     let deadline = Instant::now() + Duration::from_secs(20);

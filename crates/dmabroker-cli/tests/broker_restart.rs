@@ -297,7 +297,11 @@ fn broker_answers_promptly_while_the_manager_does_not_read() {
 #[test]
 fn broker_refuses_a_socket_activation_socket_of_the_wrong_kind() {
     if Command::new("bash").arg("-c").arg("true").status().is_err() {
-        common::skip_for_tool("broker_refuses_a_socket_activation_socket_of_the_wrong_kind", "bash", "to set LISTEN_PID");
+        common::skip_for_tool(
+            "broker_refuses_a_socket_activation_socket_of_the_wrong_kind",
+            "bash",
+            "to set LISTEN_PID",
+        );
         return;
     }
     let _one_at_a_time = PASSING_FDS.lock().unwrap_or_else(|e| e.into_inner());

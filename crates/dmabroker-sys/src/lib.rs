@@ -23,10 +23,10 @@ pub mod inherited;
 pub mod kcmp;
 pub mod mmap;
 pub mod socket;
-pub mod udmabuf;
-pub mod v4l2;
 #[cfg(test)]
 #[path = "../../dmabroker/tests/common/skip.rs"]
 pub(crate) mod test_skip;
+pub mod udmabuf;
+pub mod v4l2;
 
 pub use rustix::io::Errno;

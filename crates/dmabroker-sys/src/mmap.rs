@@ -156,7 +156,13 @@ impl Mapping {
     /// zero length or misaligned offset; `EACCES` when the fd's mode does
     /// not allow `protection` (a read-only import mapped writable); `ENODEV`
     /// when the file cannot be mapped; `ENOMEM`.
-    pub fn map(fd: impl AsFd, offset: u64, len: usize, protection: Protection, populate: bool) -> Result<Self, MapError> {
+    pub fn map(
+        fd: impl AsFd,
+        offset: u64,
+        len: usize,
+        protection: Protection,
+        populate: bool,
+    ) -> Result<Self, MapError> {
         Ok(Self { region: Region::map_checked(fd, offset, len, protection, populate)? })
     }
 

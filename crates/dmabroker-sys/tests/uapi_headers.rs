@@ -46,7 +46,11 @@ fn compile_and_run() -> Option<HashMap<String, u64>> {
     let status = match Command::new(&cc).arg(&src).arg("-o").arg(&exe).status() {
         Ok(s) => s,
         Err(e) => {
-            skip_rule::skip_for_tool("uapi_matches_kernel_headers", &cc, &format!("{e}; install gcc and linux-libc-dev"));
+            skip_rule::skip_for_tool(
+                "uapi_matches_kernel_headers",
+                &cc,
+                &format!("{e}; install gcc and linux-libc-dev"),
+            );
             return None;
         }
     };

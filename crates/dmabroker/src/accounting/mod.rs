@@ -1204,7 +1204,11 @@ mod tests {
             return;
         }
         let Some(mut child) = own_tables_child(300) else {
-            crate::test_skip::skip_for_tool("hundreds_of_own_fd_tables_are_capped", "cc", "to build the helper program");
+            crate::test_skip::skip_for_tool(
+                "hundreds_of_own_fd_tables_are_capped",
+                "cc",
+                "to build the helper program",
+            );
             return;
         };
         let found = threads_with_own_fd_table(child.id(), true);
@@ -1272,7 +1276,11 @@ int main(void) {
     #[test]
     fn mappings_of_a_process_whose_leader_exited_are_seen() {
         let Some(mut child) = zombie_leader_child() else {
-            crate::test_skip::skip_for_tool("mappings_of_a_process_whose_leader_exited_are_seen", "cc", "to build the helper program");
+            crate::test_skip::skip_for_tool(
+                "mappings_of_a_process_whose_leader_exited_are_seen",
+                "cc",
+                "to build the helper program",
+            );
             return;
         };
         let pid = child.id();

@@ -14,7 +14,7 @@ pub(crate) mod adopt;
 pub mod mapping;
 
 pub use adopt::FromFdError;
-pub use mapping::{BufferMapping, CpuRead, CpuWrite, MapError, SyncError};
+pub use mapping::{BufferMapping, CpuAccessKind, CpuRead, CpuWrite, MapError, OwnedCpuAccess, SyncError};
 
 use serde::Serialize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -148,6 +148,13 @@ impl Buffer {
 
     /// Adopt a foreign fd (a dma-buf from V4L2 or DRM, a memfd) and find out
     /// what it is from `fstat`, `fstatfs` and `/proc/self/fdinfo`.
+    ///
+    /// A memfd without `F_SEAL_SHRINK` ([`is_size_sealed`](Self::is_size_sealed)
+    /// is false) is adopted, but any other holder could truncate it: a
+    /// mapping of it would then raise `SIGBUS` on its next access, so
+    /// [`map_read`](Self::map_read) and [`map_read_write`](Self::map_read_write)
+    /// refuse it ([`MapError::NotSizeSealed`]); it can still be passed on,
+    /// published or handed to a device. Dma-bufs cannot change size.
     ///
     /// # Errors
     /// [`FromFdError::NotABuffer`] for sockets, pipes, regular files and
