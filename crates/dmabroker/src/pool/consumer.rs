@@ -481,11 +481,10 @@ impl Consumer {
             return;
         }
         self.held &= !bit;
-        // Evicted: the producer already took the claim back, and the buffer
-        // may hold someone else's frame now.
-        if !self.active() {
-            return;
-        }
+        // Also when evicted: the producer quarantines the buffers an evicted
+        // consumer holds (its bit stays set) and keeps its slot until this
+        // socket closes, so clearing our own bit ends that buffer's
+        // quarantine and cannot touch a successor's claim.
         // Release: our reads of the buffer happen before the producer reuses it.
         self.ctl.buf_mask(index).fetch_and(!(1u64 << self.slot), Ordering::Release);
         self.ctl.slot_released(self.slot).fetch_add(1, Ordering::Relaxed);

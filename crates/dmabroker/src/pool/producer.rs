@@ -752,14 +752,10 @@ impl Producer {
             self.lose(c as u32, false);
         }
         // Only the producer sets consumer bits, and only for attached,
-        // non-evicted consumers; losing one clears its bits. Any other bit
-        // was written by a misbehaving peer and would pin the buffer forever.
-        let live = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter(|(_, conn)| conn.as_ref().is_some_and(|x| !x.evicted))
-            .fold(0u64, |m, (c, _)| m | 1 << c);
+        // non-evicted consumers; an evicted one keeps its bits (quarantine)
+        // until its socket closes, which clears them. Any other bit was
+        // written by a misbehaving peer and would pin the buffer forever.
+        let live = self.conns.iter().enumerate().filter(|(_, conn)| conn.is_some()).fold(0u64, |m, (c, _)| m | 1 << c);
         let stale = !(live | PRODUCER_BIT);
         let mut cleared = false;
         for i in 0..self.maps.len() as u32 {
@@ -840,9 +836,12 @@ impl Producer {
         }
     }
 
-    /// Take back everything consumer `c` holds. Evicted consumers keep their
-    /// slot (quarantined) until their socket hangs up, so a late release from
-    /// a live-but-hung process cannot clear a successor's bit.
+    /// Consumer `c` is gone (`evict = false`: take back everything it holds
+    /// and free its slot) or evicted (`evict = true`): an evicted consumer
+    /// keeps its slot and the bits of the buffers it holds (quarantined)
+    /// until its socket hangs up, so no frame it may still be reading is
+    /// overwritten, and a late release from a live-but-hung process cannot
+    /// clear a successor's bit.
     fn lose(&mut self, c: u32, evict: bool) {
         let Some(conn) = self.conns[c as usize].as_mut() else { return };
         let already = conn.evicted;
@@ -858,6 +857,30 @@ impl Producer {
             std::sync::atomic::fence(Ordering::SeqCst);
             // Wake it so it learns of the eviction now, not at its next timeout.
             let _ = futex::wake(self.ctl.head(c), futex::Flags::empty(), u32::MAX);
+            // Frames still queued in its ring, not received: take them back
+            // entry by entry with the same tail CAS the consumer uses to
+            // receive (exactly one side wins each), so none of them can be
+            // read any more.
+            let bit = 1u64 << c;
+            let nbuf = self.maps.len() as u32;
+            loop {
+                let t = self.ctl.tail(c).load(Ordering::Acquire);
+                if self.ctl.head(c).load(Ordering::Acquire) == t {
+                    break;
+                }
+                let e = self.ctl.read_entry(c, t);
+                if self.ctl.tail(c).compare_exchange(t, t.wrapping_add(1), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                    && e.index < nbuf
+                {
+                    self.ctl.buf_mask(e.index).fetch_and(!bit, Ordering::AcqRel);
+                    self.ctl.slot_dropped(c).fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // Quarantine: the buffers it received and still holds keep its
+            // bit (so none is handed out again and overwritten while it may
+            // still read it) until it releases them or its socket closes.
+            self.ctl.free_seq().fetch_add(1, Ordering::Relaxed);
+            return;
         } else {
             tracing::debug!(slot = c, pid = conn.pid, "pool consumer gone");
             self.conns[c as usize] = None;
