@@ -4,6 +4,7 @@
 
 #[path = "../../../dmabroker/tests/common/skip.rs"]
 mod skip_rule;
+#[allow(unused_imports)]
 pub use skip_rule::{in_vm, skip, skip_for_tool};
 
 pub mod broker;

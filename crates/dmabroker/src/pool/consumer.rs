@@ -132,7 +132,8 @@ impl Consumer {
             Some(options.attach_timeout),
         )
         .map_err(os("SO_RCVTIMEO"))?;
-        let flags = if options.want_sync_files { transport::HELLO_WANT_SYNC_FILES } else { 0 };
+        let flags = transport::HELLO_WANT_PROPERTIES
+            | if options.want_sync_files { transport::HELLO_WANT_SYNC_FILES } else { 0 };
         // Our pid: the producer watches this process (not the one that made
         // the socket, e.g. a launcher's socketpair) once it checked the claim.
         let hello = [u64::from(flags), u64::from(std::process::id())];
@@ -163,7 +164,17 @@ impl Consumer {
             transport::MSG_REFUSED => return Err(AttachError::PoolFull),
             _ => return Err(AttachError::Protocol("unexpected message")),
         }
-        let [slot, nbuf, ring_cap, max_consumers, policy, buf_len, advertised_ctl_len] = msg.words[..] else {
+        // 7 words, or 10 with the buffers' physical properties (a producer
+        // that knows HELLO_WANT_PROPERTIES).
+        let (geometry_words, hint) = match msg.words.len() {
+            7 => (&msg.words[..], None),
+            10 => (
+                &msg.words[..7],
+                Some(welcome_properties(&msg.words[7..]).ok_or(AttachError::BadWelcome("bad properties"))?),
+            ),
+            _ => return Err(AttachError::BadWelcome("wrong number of words")),
+        };
+        let [slot, nbuf, ring_cap, max_consumers, policy, buf_len, advertised_ctl_len] = geometry_words[..] else {
             return Err(AttachError::BadWelcome("wrong number of words"));
         };
         let bad = AttachError::BadWelcome;
@@ -214,7 +225,11 @@ impl Consumer {
         let ctl = Control::new(map, welcome).ok_or(bad("control block smaller than its geometry"))?;
         let mut maps = Vec::with_capacity(buffers.len());
         for (index, fd) in buffers.into_iter().enumerate() {
-            let buffer = Buffer::from_fd(fd).map_err(|_| bad("an fd is not buffer memory"))?;
+            let buffer = match hint {
+                Some(hint) => Buffer::from_fd_with(fd, hint),
+                None => Buffer::from_fd(fd),
+            }
+            .map_err(|_| bad("an fd is not buffer memory"))?;
             check_buffer(&buffer, index, welcome.buf_len)?;
             maps.push(buffer.map_read().map_err(|source| AttachError::Map { index, source })?);
         }
@@ -505,6 +520,25 @@ impl Drop for Consumer {
 
 /// The size seals an fd lacks, or `None` when it has `F_SEAL_SHRINK` and
 /// `F_SEAL_GROW` (a file that cannot be sealed has none).
+/// The WELCOME's property words (see `transport::HELLO_WANT_PROPERTIES`).
+fn welcome_properties(words: &[u64]) -> Option<crate::buffer::PropertyHint> {
+    use crate::buffer::{CacheMode, Coherency};
+    let [contiguous_up_to, cache, coherency] = words[..] else { return None };
+    Some(crate::buffer::PropertyHint {
+        contiguous_up_to,
+        cache: match cache {
+            0 => CacheMode::Cached,
+            1 => CacheMode::Uncached,
+            _ => return None,
+        },
+        coherency: match coherency {
+            0 => Coherency::Coherent,
+            1 => Coherency::NonCoherent,
+            _ => return None,
+        },
+    })
+}
+
 fn missing_size_seals(seals: rustix::fs::SealFlags) -> Option<&'static str> {
     use rustix::fs::SealFlags as S;
     match (seals.contains(S::SHRINK), seals.contains(S::GROW)) {
@@ -747,7 +781,11 @@ mod tests {
         let producer = std::thread::spawn(move || {
             let (bytes, _) = transport::recv(a.as_fd(), false).unwrap().unwrap();
             let hello = transport::decode(&bytes, Vec::new()).unwrap();
-            assert_eq!(hello.words, [0, u64::from(std::process::id())], "the HELLO carries our pid");
+            assert_eq!(
+                hello.words,
+                [u64::from(transport::HELLO_WANT_PROPERTIES), u64::from(std::process::id())],
+                "the HELLO asks for properties and carries our pid"
+            );
             let words =
                 [0, g.nbuf as u64, g.ring_cap as u64, g.max_consumers as u64, g.policy as u64, g.buf_len, ctl_len];
             let mut fds = vec![ctl.as_fd()];

@@ -679,6 +679,7 @@ impl Producer {
             return refuse(transport::REFUSED_FULL);
         };
         let want_sync = hello.first().is_some_and(|f| f & u64::from(transport::HELLO_WANT_SYNC_FILES) != 0);
+        let want_properties = hello.first().is_some_and(|f| f & u64::from(transport::HELLO_WANT_PROPERTIES) != 0);
         let hello_pid = hello.get(1).and_then(|&p| u32::try_from(p).ok()).filter(|&p| p != 0);
         let creds = rustix::net::sockopt::socket_peercred(&socket)
             .ok()
@@ -690,7 +691,7 @@ impl Producer {
         self.ctl.slot_state(slot).store(SLOT_ACTIVE, Ordering::Release);
         let g = self.ctl.geometry();
         let ctl_len = self.ctl.len() as u64;
-        let words = [
+        let mut words = vec![
             slot as u64,
             g.nbuf as u64,
             g.ring_cap as u64,
@@ -699,6 +700,16 @@ impl Producer {
             g.buf_len,
             ctl_len,
         ];
+        // The buffers' physical properties (all alike: allocated together),
+        // so a non-coherent pool keeps its cache maintenance in consumers.
+        if let (true, Some(m)) = (want_properties, self.maps.first()) {
+            let p = m.buffer().properties();
+            words.extend([
+                p.contiguous_up_to,
+                u64::from(p.cache == crate::buffer::CacheMode::Uncached),
+                u64::from(p.coherency == crate::buffer::Coherency::NonCoherent),
+            ]);
+        }
         let mut fds = vec![self.ctl_fd.as_fd()];
         // Read-only reopens of memfds; dma-bufs as they are.
         fds.extend(

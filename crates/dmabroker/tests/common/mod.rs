@@ -3,6 +3,7 @@
 
 #[path = "skip.rs"]
 mod skip_rule;
+#[allow(unused_imports)]
 pub use skip_rule::{in_vm, skip, skip_for_tool};
 
 /// Open fds of this process.
