@@ -145,9 +145,22 @@ int main(void) {
            dmabroker_buffer_from_fd(mfd, DMABROKER_FD_OWNERSHIP_TAKE, NULL), INVALID);
     expect_true("  TAKE closed the fd although out was NULL", !is_open(mfd));
 
-    /* A read-only fd for a memfd (what a read-only grant gives). */
-    mfd = memfd_create("bad_args-ro", MFD_CLOEXEC);
+    /* An unsealed memfd: another holder could truncate it under a mapping
+     * (SIGBUS), so mapping it is refused, naming the seals to add. */
+    mfd = memfd_create("bad_args-unsealed", MFD_CLOEXEC);
     if (mfd < 0 || ftruncate(mfd, 4096) != 0) return 2;
+    expect("from_fd(unsealed memfd, TAKE)",
+           dmabroker_buffer_from_fd(mfd, DMABROKER_FD_OWNERSHIP_TAKE, &imported), DMABROKER_OK);
+    expect("buffer_map(unsealed memfd, READ)",
+           dmabroker_buffer_map(imported, DMABROKER_MAP_MODE_READ, &map),
+           DMABROKER_ERROR_UNSUPPORTED);
+    expect_true("  out cleared to NULL", map == NULL);
+    dmabroker_buffer_free(imported);
+
+    /* A read-only fd for a size-sealed memfd (what a read-only grant gives). */
+    mfd = memfd_create("bad_args-ro", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (mfd < 0 || ftruncate(mfd, 4096) != 0) return 2;
+    if (fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0) return 2;
     char path[64];
     snprintf(path, sizeof path, "/proc/self/fd/%d", mfd);
     int ro = open(path, O_RDONLY | O_CLOEXEC);

@@ -274,11 +274,15 @@ mod tests {
     fn a_capped_fd_table_search_keeps_the_charge() {
         let me = std::process::id();
         if dmabroker_sys::kcmp::same_files(me, me).is_err() {
-            eprintln!("SKIP a_capped_fd_table_search_keeps_the_charge: kcmp unavailable");
+            crate::test_skip::skip("a_capped_fd_table_search_keeps_the_charge", "kcmp unavailable");
             return;
         }
         let Some(mut child) = own_tables_child(dmabroker::accounting::MAX_OWN_FD_TABLES + 8) else {
-            eprintln!("SKIP a_capped_fd_table_search_keeps_the_charge: no C compiler");
+            crate::test_skip::skip_for_tool(
+                "a_capped_fd_table_search_keeps_the_charge",
+                "cc",
+                "to build the helper program",
+            );
             return;
         };
         let heap = dmabroker::heap::memfd::MemfdHeap::new();
@@ -320,7 +324,11 @@ int main(void) {
         std::fs::write(&src, SRC).unwrap();
         let compiled = std::process::Command::new("cc").arg("-pthread").arg("-o").arg(&exe).arg(&src).status();
         if !compiled.is_ok_and(|s| s.success()) {
-            eprintln!("SKIP a_mapping_in_a_process_whose_leader_exited_holds: no C compiler");
+            crate::test_skip::skip_for_tool(
+                "a_mapping_in_a_process_whose_leader_exited_holds",
+                "cc",
+                "to build the helper program",
+            );
             return;
         }
         let mut child = std::process::Command::new(&exe).spawn().unwrap();

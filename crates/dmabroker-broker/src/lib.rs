@@ -33,6 +33,9 @@ pub mod refusal;
 pub mod registry;
 pub mod server;
 pub mod service;
+#[cfg(test)]
+#[path = "../../dmabroker/tests/common/skip.rs"]
+pub(crate) mod test_skip;
 
 use dmabroker::heap::Heaps;
 use dmabroker_sys::inherited::InheritedFd;

@@ -116,6 +116,11 @@ pub fn restore(service: &mut Service, inherited: Vec<InheritedFd>) -> usize {
         return 0;
     };
     for b in saved.buffers {
+        // The registry's next id is one past the largest: u64::MAX leaves none.
+        if b.id == u64::MAX {
+            tracing::warn!("ignoring saved buffer with id {}: corrupt state", b.id);
+            continue;
+        }
         let name = format!("b{}", b.id);
         let Some(fd) = fds.remove(&name) else { continue };
         let Ok(buffer) = Buffer::from_fd(fd) else { continue };
@@ -142,7 +147,10 @@ pub fn restore(service: &mut Service, inherited: Vec<InheritedFd>) -> usize {
     let now = SystemTime::now();
     let mut restored = 0;
     for p in saved.publications {
-        let expires_at = p.expires_at_unix.map(|s| UNIX_EPOCH + Duration::from_secs(s));
+        let Some(expires_at) = expiry(p.expires_at_unix) else {
+            tracing::warn!(key = %p.key, "ignoring saved publication with an impossible expiry: corrupt state");
+            continue;
+        };
         if service.registry.get(p.buffer_id).is_none() || expires_at.is_some_and(|t| t <= now) {
             continue;
         }
@@ -171,11 +179,65 @@ pub fn restore(service: &mut Service, inherited: Vec<InheritedFd>) -> usize {
     restored
 }
 
+/// A saved expiry (seconds since the epoch) as a time; `None` when no
+/// `SystemTime` can hold it (a corrupt state: `UNIX_EPOCH + Duration`
+/// would panic), `Some(None)` when the publication never expires.
+fn expiry(unix_secs: Option<u64>) -> Option<Option<SystemTime>> {
+    match unix_secs {
+        None => Some(None),
+        Some(s) => UNIX_EPOCH.checked_add(Duration::from_secs(s)).map(Some),
+    }
+}
+
 fn drop_orphans(service: &mut Service, names: impl Iterator<Item = String>) {
     for name in names {
         tracing::info!("dropping stored fd {name}: not in the saved state");
         if let Some(n) = &mut service.notifier {
             let _ = n.remove(&name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+    use crate::service::SweepTiming;
+    use dmabroker::heap::Heaps;
+    use std::os::fd::AsFd;
+
+    fn state_fd(json: &str) -> InheritedFd {
+        let fd = rustix::fs::memfd_create("state", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let mut file = std::fs::File::from(fd);
+        file.write_all(json.as_bytes()).unwrap();
+        InheritedFd { fd: file.into(), name: STATE_NAME.to_owned() }
+    }
+
+    #[test]
+    fn a_corrupt_state_is_ignored_not_panicked_on() {
+        // Regression: an expiry beyond what SystemTime holds, and a buffer id
+        // that leaves the registry no next id, panicked at restore.
+        let heaps = Heaps::discover();
+        let buffer = heaps.allocate("memfd", &dmabroker::heap::AllocRequest::new(4096)).unwrap();
+        let fd = rustix::io::dup(buffer.as_fd()).unwrap();
+        let mut service = Service::new(Policy::builtin(0), heaps, None, SweepTiming::default());
+        let state = r#"{"version":1,"buffers":[
+            {"id":7,"owner_uid":0,"owner_pid":1,"recipients":[]},
+            {"id":18446744073709551615,"owner_uid":0,"owner_pid":1,"recipients":[]}],
+          "publications":[
+            {"key":"far","buffer_id":7,"publisher_uid":0,"grants":[],"one_shot":false,
+             "expires_at_unix":18446744073709551615},
+            {"key":"kept","buffer_id":7,"publisher_uid":0,"grants":[],"one_shot":false,
+             "expires_at_unix":null}]}"#;
+        let max_fd = rustix::io::dup(buffer.as_fd()).unwrap();
+        let inherited = vec![
+            state_fd(state),
+            InheritedFd { fd, name: "b7".into() },
+            InheritedFd { fd: max_fd, name: format!("b{}", u64::MAX) },
+        ];
+        assert_eq!(restore(&mut service, inherited), 1);
+        assert!(service.registry.publication("kept").is_some());
+        assert!(service.registry.publication("far").is_none());
+        assert!(service.registry.get(u64::MAX).is_none());
     }
 }

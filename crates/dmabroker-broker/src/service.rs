@@ -59,6 +59,11 @@ impl Session {
         Self { peer, limits, version: None, pins: Vec::new() }
     }
 
+    /// The negotiated version (0 before `Hello`).
+    pub fn version(&self) -> u16 {
+        self.version.unwrap_or(0)
+    }
+
     /// Whether memfds handed out on this connection are still pinned.
     pub fn has_pins(&self) -> bool {
         !self.pins.is_empty()
@@ -292,9 +297,11 @@ impl Service {
             request = request.name(n);
         }
         let buffer = self.heaps.require(&heap_name)?.allocate(&request)?;
+        let properties = buffer.properties().hint();
         let (id, fd, len) = self.hand_out(session, &limits, buffer, a.len)?;
         tracing::debug!(uid, id, len, heap = %heap_name, "allocated");
-        Ok(Reply { response: Response::Allocated { id, len, heap: heap_name }, fd: Some(fd), close: false })
+        let response = Response::Allocated { id, len, heap: heap_name }.for_version(session.version(), properties);
+        Ok(Reply { response, fd: Some(fd), close: false })
     }
 
     /// The heap infos as `uid` may use them: heaps the policy does not allow
@@ -360,10 +367,12 @@ impl Service {
             choice.reasons.push(format!("fell back from {attempt}"));
         }
         let heap = choice.heap.clone();
+        let properties = buffer.properties().hint();
         let (id, fd, len) = self.hand_out(session, &limits, buffer, choice.len)?;
         tracing::debug!(uid, id, len, heap = %heap, "allocated by constraints");
         let choice = ChoiceReport::from(&choice);
-        Ok(Reply { response: Response::AllocatedFor { id, len, heap, choice }, fd: Some(fd), close: false })
+        let response = Response::AllocatedFor { id, len, heap, choice }.for_version(session.version(), properties);
+        Ok(Reply { response, fd: Some(fd), close: false })
     }
 
     /// A buffer just allocated for the session's user (the quota checked for
@@ -578,14 +587,15 @@ impl Service {
             // get here: publish refuses read-only grants for them.
             Access::ReadOnly => entry.buffer.reopen_read_only().map_err(ImportRefusal::Reopen)?,
         };
-        let (len, heap) = (entry.len, entry.buffer.heap().to_owned());
+        let (len, heap, properties) = (entry.len, entry.buffer.heap().to_owned(), entry.buffer.properties().hint());
         self.pin(publication.buffer_id, session);
         if publication.one_shot && uid != publication.publisher_uid {
             self.withdraw(key);
         }
         tracing::debug!(uid, key, %access, "imported");
         Ok(Reply {
-            response: Response::Imported { len, access, heap, publisher_uid: publication.publisher_uid },
+            response: Response::Imported { len, access, heap, publisher_uid: publication.publisher_uid }
+                .for_version(session.version(), properties),
             fd: Some(fd),
             close: false,
         })
@@ -1200,7 +1210,7 @@ mod tests {
     #[test]
     fn the_mode_of_another_users_memfd_is_left_alone() {
         if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIP the_mode_of_another_users_memfd_is_left_alone: needs root (fchown)");
+            crate::test_skip::skip("the_mode_of_another_users_memfd_is_left_alone", "needs root (fchown)");
             return;
         }
         let mut service = service_with_quota();

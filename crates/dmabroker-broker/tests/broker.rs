@@ -127,7 +127,7 @@ fn quota_exhaustion_is_clear_and_frees_on_close() {
 #[test]
 fn grants_to_a_supplementary_group_reach_its_members_only() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root to act as another uid");
+        common::skip("grants_to_a_supplementary_group_reach_its_members_only", "needs root to act as another uid");
         return;
     }
     const VIDEO_GROUP: u32 = 64_123;
@@ -152,7 +152,7 @@ fn grants_to_a_supplementary_group_reach_its_members_only() {
 #[test]
 fn other_users_get_nothing_but_what_is_granted() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root to act as another uid");
+        common::skip("other_users_get_nothing_but_what_is_granted", "needs root to act as another uid");
         return;
     }
     let broker = TestBroker::start("acl", None);
@@ -192,7 +192,7 @@ fn other_users_get_nothing_but_what_is_granted() {
 #[test]
 fn policy_can_let_another_user_allocate_within_quota() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root to act as another uid");
+        common::skip("policy_can_let_another_user_allocate_within_quota", "needs root to act as another uid");
         return;
     }
     let policy = memfd_policy(NOBODY, "1MiB", 1);
@@ -292,7 +292,7 @@ fn a_memfd_held_in_a_threads_own_fd_table_stays_charged() {
     let holder = match dmabroker_sys::kcmp::OwnTableHolder::hold(b.try_clone_fd().unwrap()) {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("SKIP a_memfd_held_in_a_threads_own_fd_table_stays_charged: unshare(CLONE_FILES): {e}");
+            common::skip("a_memfd_held_in_a_threads_own_fd_table_stays_charged", &format!("unshare(CLONE_FILES): {e}"));
             return;
         }
     };

@@ -229,7 +229,7 @@ impl From<FromFdError> for Error {
 pub(crate) fn map_status(e: &MapError) -> Status {
     match e {
         MapError::ReadOnly => Status::DMABROKER_ERROR_READ_ONLY,
-        MapError::NotMappable => Status::DMABROKER_ERROR_UNSUPPORTED,
+        MapError::NotMappable | MapError::NotSizeSealed => Status::DMABROKER_ERROR_UNSUPPORTED,
         MapError::TooLarge(_) | MapError::OutOfMemory(_) => Status::DMABROKER_ERROR_OUT_OF_MEMORY,
         MapError::Os(errno) => errno_status(*errno),
         #[allow(unreachable_patterns)]

@@ -3,9 +3,9 @@
 use crate::buffer::Buffer;
 use crate::error::{guard, guard_value, Error, Status};
 use crate::{free_handle, handle, into_handle, out};
-use dmabroker_core::buffer::{BufferMapping, CpuRead, CpuWrite};
+use dmabroker_core::buffer::{BufferMapping, CpuAccessKind, OwnedCpuAccess};
 use std::ffi::c_void;
-use std::ptr::{self, NonNull};
+use std::ptr;
 use std::sync::{Mutex, MutexGuard};
 
 /// How a buffer is mapped.
@@ -36,42 +36,17 @@ pub enum Access {
 /// A `dmabroker_access` as C passes it.
 pub type AccessArg = u32;
 
-/// The active CPU access of a mapping: the library's RAII guard, whose drop
-/// is the end of the access (`DMA_BUF_IOCTL_SYNC` `END`, cache maintenance).
-enum Active {
-    Read(#[allow(dead_code)] CpuRead<'static>),
-    Write(#[allow(dead_code)] CpuWrite<'static>),
-}
-
-struct State {
-    /// The mapping, from `Box::into_raw`; owned by this state and freed in
-    /// its `Drop`. While `active` is `Some`, the guard inside holds the only
-    /// reference to it; otherwise nothing does.
-    mapping: NonNull<BufferMapping>,
-    active: Option<Active>,
-}
-
-// SAFETY: State owns the BufferMapping behind `mapping` exclusively (see
-// the field's comment), and BufferMapping, CpuRead and CpuWrite hold only
-// Send data (an Arc'd fd and a Send mapping); moving State to another
-// thread moves that ownership with it.
-unsafe impl Send for State {}
-
-const _: () = {
-    const fn assert_send<T: Send>() {}
-    assert_send::<BufferMapping>();
-};
-
-impl Drop for State {
-    fn drop(&mut self) {
-        // End an access still active before unmapping: the guard's Drop runs
-        // the END half of the bracket.
-        self.active = None;
-        // SAFETY: `mapping` came from Box::into_raw in dmabroker_buffer_map;
-        // with `active` gone no reference to it remains, and this is the
-        // only place it is freed.
-        drop(unsafe { Box::from_raw(self.mapping.as_ptr()) });
-    }
+/// A mapping's state: idle (the mapping alone), or in a CPU access (the
+/// library's owned guard, which owns the mapping and whose drop is the end
+/// of the access: `DMA_BUF_IOCTL_SYNC` `END`, cache maintenance). Owned
+/// values only: no borrow of the mapping is ever stretched to `'static`.
+enum State {
+    Idle(BufferMapping),
+    Active(OwnedCpuAccess),
+    /// Only between taking the state and putting it back, inside one call
+    /// under the lock; a panic there (caught at the edge) leaves it, and
+    /// later calls then refuse the mapping.
+    Taken,
 }
 
 /// A CPU mapping of a whole buffer (opaque): made by `dmabroker_buffer_map`,
@@ -126,8 +101,7 @@ pub unsafe extern "C" fn dmabroker_buffer_map(
         };
         let len = mapping.len();
         let writable = mapping.is_writable();
-        let mapping = NonNull::from(Box::leak(Box::new(mapping)));
-        *out = into_handle(Mapping { state: Mutex::new(State { mapping, active: None }), len, writable });
+        *out = into_handle(Mapping { state: Mutex::new(State::Idle(mapping)), len, writable });
         Ok(())
     })
 }
@@ -203,7 +177,7 @@ pub unsafe extern "C" fn dmabroker_mapping_begin(
                 ))
             })?;
         let mut state = m.lock();
-        if state.active.is_some() {
+        if matches!(*state, State::Active(_)) {
             return Err(Error::new(
                 Status::DMABROKER_ERROR_BUSY,
                 "a CPU access is already active on this mapping: call dmabroker_mapping_end first",
@@ -215,30 +189,30 @@ pub unsafe extern "C" fn dmabroker_mapping_begin(
                 "write access through a read-only mapping: map with DMABROKER_MAP_MODE_READ_WRITE",
             ));
         }
-        // SAFETY: the BufferMapping behind `state.mapping` lives until
-        // State's Drop, which drops the guard first, so 'static outlives
-        // every use of this reference; no access is active (checked above),
-        // so no other reference to it exists, and the state lock keeps it
-        // that way until the guard is stored in `state.active`.
-        let target: &'static mut BufferMapping = unsafe { &mut *state.mapping.as_ptr() };
-        let (active, ptr, n) = match access {
-            Access::Read => {
-                let g = target.begin_read()?;
-                let (p, n) = (g.as_ptr() as *mut c_void, g.len());
-                (Active::Read(g), p, n)
-            }
-            Access::Write => {
-                let mut g = target.begin_write()?;
-                let (p, n) = (g.as_mut_ptr().cast::<c_void>(), g.len());
-                (Active::Write(g), p, n)
-            }
-            Access::ReadWrite => {
-                let mut g = target.begin_read_write()?;
-                let (p, n) = (g.as_mut_ptr().cast::<c_void>(), g.len());
-                (Active::Write(g), p, n)
+        let State::Idle(idle) = std::mem::replace(&mut *state, State::Taken) else {
+            return Err(Error::new(
+                Status::DMABROKER_ERROR_IO,
+                "this mapping was left unusable by an earlier internal failure: free it and map again",
+            ));
+        };
+        let kind = match access {
+            Access::Read => CpuAccessKind::Read,
+            Access::Write => CpuAccessKind::Write,
+            Access::ReadWrite => CpuAccessKind::ReadWrite,
+        };
+        let mut active = match idle.into_access(kind) {
+            Ok(a) => a,
+            Err((idle, e)) => {
+                *state = State::Idle(idle);
+                return Err(e.into());
             }
         };
-        state.active = Some(active);
+        let n = active.as_slice().len();
+        let ptr = match active.as_mut_slice() {
+            Some(bytes) => bytes.as_mut_ptr().cast::<c_void>(),
+            None => active.as_slice().as_ptr() as *mut c_void,
+        };
+        *state = State::Active(active);
         *data = ptr;
         *len = n;
         Ok(())
@@ -262,16 +236,19 @@ pub unsafe extern "C" fn dmabroker_mapping_end(mapping: *const Mapping) -> Statu
         // SAFETY: the caller passes NULL or a live handle.
         let m = unsafe { handle(mapping, "mapping") }?;
         let mut state = m.lock();
-        match state.active.take() {
-            // Dropping the guard is the end of the access.
-            Some(active) => {
-                drop(active);
+        match std::mem::replace(&mut *state, State::Taken) {
+            // Ending the owned access gives the mapping back.
+            State::Active(active) => {
+                *state = State::Idle(active.end());
                 Ok(())
             }
-            None => Err(Error::new(
-                Status::DMABROKER_ERROR_NOT_BEGUN,
-                "no CPU access is active on this mapping: call dmabroker_mapping_begin first",
-            )),
+            other => {
+                *state = other;
+                Err(Error::new(
+                    Status::DMABROKER_ERROR_NOT_BEGUN,
+                    "no CPU access is active on this mapping: call dmabroker_mapping_begin first",
+                ))
+            }
         }
     })
 }

@@ -6,6 +6,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+#[path = "../../dmabroker/tests/common/skip.rs"]
+mod skip_rule;
+
 fn have(tool: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {tool} >/dev/null")]).status().is_ok_and(|s| s.success())
 }
@@ -13,7 +16,7 @@ fn have(tool: &str) -> bool {
 fn run_sh(args: &[&str]) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     if !have("cc") {
-        println!("SKIP c_examples: no C compiler (`cc`) on PATH");
+        skip_rule::skip_for_tool("c_examples", "cc", "to build the C examples");
         return;
     }
     if !have("pkg-config") {
@@ -48,7 +51,11 @@ fn c_examples_build_and_run() {
 #[test]
 fn c_examples_are_clean_under_valgrind() {
     if !have("valgrind") {
-        println!("SKIP c_examples_are_clean_under_valgrind: valgrind is not installed");
+        skip_rule::skip_for_tool(
+            "c_examples_are_clean_under_valgrind",
+            "valgrind",
+            "to check the C examples for leaks",
+        );
         return;
     }
     run_sh(&["--valgrind"]);

@@ -10,6 +10,9 @@ use std::ffi::{c_void, CStr};
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::ptr;
 
+#[path = "../../dmabroker/tests/common/skip.rs"]
+mod skip_rule;
+
 fn last_error() -> String {
     unsafe { CStr::from_ptr(dmabroker_last_error()) }.to_string_lossy().into_owned()
 }
@@ -34,13 +37,32 @@ fn target(fd: i32) -> Option<String> {
     std::fs::read_link(format!("/proc/self/fd/{fd}")).ok().map(|p| p.to_string_lossy().into_owned())
 }
 
-/// A memfd with a name no other test uses, so `target` tells it apart.
+/// A size-sealed memfd with a name no other test uses, so `target` tells it apart.
 fn memfd(len: u64) -> OwnedFd {
+    let fd = unsealed_memfd(len);
+    rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW).unwrap();
+    fd
+}
+
+/// A memfd anyone holding it could truncate.
+fn unsealed_memfd(len: u64) -> OwnedFd {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let name = format!("capi-test-{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    let flags = rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING;
+    let fd = rustix::fs::memfd_create(name, flags).unwrap();
     rustix::fs::ftruncate(&fd, len).unwrap();
     fd
+}
+
+#[test]
+fn an_unsealed_memfd_is_not_mapped() {
+    let mut b = ptr::null_mut();
+    expect(unsafe { dmabroker_buffer_from_fd(unsealed_memfd(4096).into_raw_fd(), TAKE, &mut b) }, Status::DMABROKER_OK);
+    let mut m = ptr::null_mut();
+    expect(unsafe { dmabroker_buffer_map(b, MapMode::Read as u32, &mut m) }, Status::DMABROKER_ERROR_UNSUPPORTED);
+    assert!(last_error().contains("SIGBUS"), "{}", last_error());
+    assert!(m.is_null());
+    unsafe { dmabroker_buffer_free(b) };
 }
 
 fn alloc(len: u64) -> *mut Buffer {
@@ -245,7 +267,7 @@ fn segments_use_the_two_call_protocol() {
     expect(unsafe { dmabroker_buffer_segments(b, ptr::null_mut(), 4, &mut count) }, INVALID);
     match unsafe { dmabroker_buffer_segments(b, ptr::null_mut(), 0, &mut count) } {
         Status::DMABROKER_ERROR_PERMISSION_DENIED => {
-            println!("SKIP segments: {} (needs CAP_SYS_ADMIN)", last_error());
+            skip_rule::skip("segments_use_the_two_call_protocol", &format!("{} (needs CAP_SYS_ADMIN)", last_error()));
         }
         Status::DMABROKER_ERROR_BUFFER_TOO_SMALL => {
             assert_eq!(count, 1, "one page is one segment");

@@ -223,9 +223,29 @@ fn parse_scale(s: &str) -> Result<f64, String> {
     Ok(value)
 }
 
+/// clap value parser for a bench's `--seconds`: a finite number of seconds
+/// above 0 and at most a day (`Duration::from_secs_f64` panics on a negative,
+/// NaN or overflowing value, so it never sees one).
+pub fn parse_seconds(s: &str) -> Result<f64, String> {
+    const MAX: f64 = 86_400.0;
+    let value: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of seconds: give e.g. 0.5 or 2"))?;
+    if !value.is_finite() || value <= 0.0 || value > MAX {
+        return Err(format!("{value} seconds: give a finite number above 0 and at most {MAX} (a day), e.g. 1"));
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bench_seconds_are_finite_positive_and_bounded() {
+        assert_eq!(parse_seconds("0.5"), Ok(0.5));
+        for bad in ["-1", "0", "NaN", "inf", "1e300", "lots"] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn alignments_are_powers_of_two() {

@@ -98,7 +98,7 @@ fn broker_cli_alloc_publish_import_unpublish() {
 #[test]
 fn broker_cross_user_denied_and_allowed() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root to run a client as uid {NOBODY}");
+        common::skip("broker_cross_user_denied_and_allowed", &format!("needs root to run a client as uid {NOBODY}"));
         return;
     }
     let d = daemon("users", &[]);
@@ -250,7 +250,7 @@ fn broker_keeps_charging_a_memfd_held_by_a_threads_own_fd_table() {
     let holder = match dmabroker_sys::kcmp::OwnTableHolder::hold(b.try_clone_fd().unwrap()) {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("SKIP broker_keeps_charging_a_memfd_held_by_a_threads_own_fd_table: unshare: {e}");
+            common::skip("broker_keeps_charging_a_memfd_held_by_a_threads_own_fd_table", &format!("unshare: {e}"));
             return;
         }
     };
@@ -369,7 +369,7 @@ fn broker_cli_alloc_by_constraints() {
 #[test]
 fn broker_in_a_child_pid_namespace_serves_clients_outside() {
     if !is_root() {
-        eprintln!("SKIP broker_in_a_child_pid_namespace_serves_clients_outside: needs root");
+        common::skip("broker_in_a_child_pid_namespace_serves_clients_outside", "needs root");
         return;
     }
     let dir = std::env::temp_dir().join(format!("dmabroker-cli-pidns-{}", std::process::id()));
@@ -383,7 +383,11 @@ fn broker_in_a_child_pid_namespace_serves_clients_outside() {
         .stderr(std::process::Stdio::null())
         .spawn()
     else {
-        eprintln!("SKIP broker_in_a_child_pid_namespace_serves_clients_outside: no unshare(1)");
+        common::skip_for_tool(
+            "broker_in_a_child_pid_namespace_serves_clients_outside",
+            "unshare(1)",
+            "to start the broker in a new pid namespace",
+        );
         return;
     };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -404,7 +408,7 @@ fn broker_in_a_child_pid_namespace_serves_clients_outside() {
     match allocated {
         None => {
             assert!(!listening, "the broker listens but does not serve a client outside its pid namespace");
-            eprintln!("SKIP broker_in_a_child_pid_namespace_serves_clients_outside: no pid namespace here");
+            common::skip("broker_in_a_child_pid_namespace_serves_clients_outside", "no pid namespace here");
         }
         Some(r) => assert_eq!(r.unwrap(), 4096),
     }

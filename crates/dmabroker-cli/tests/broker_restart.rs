@@ -7,6 +7,8 @@
 //! the tests here that pass fds take turns (`PASSING_FDS`). Also: a socket
 //! of the wrong kind passed by the manager is refused with the fix.
 
+mod common;
+
 use dmabroker::client::{Client, PublishOptions};
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketAddrUnix, SocketFlags, SocketType,
@@ -142,7 +144,7 @@ fn spawn_broker_with(dir: &Path, notify: &Path, inherited: &[(String, OwnedFd)],
 fn broker_publications_survive_restart_through_the_fd_store() {
     let _one_at_a_time = PASSING_FDS.lock().unwrap_or_else(|e| e.into_inner());
     if Command::new("bash").arg("-c").arg("true").status().is_err() {
-        eprintln!("SKIPPED: needs bash to set LISTEN_PID");
+        common::skip_for_tool("broker_publications_survive_restart_through_the_fd_store", "bash", "to set LISTEN_PID");
         return;
     }
     let dir = std::env::temp_dir().join(format!("dmabroker-restart-{}", std::process::id()));
@@ -295,7 +297,11 @@ fn broker_answers_promptly_while_the_manager_does_not_read() {
 #[test]
 fn broker_refuses_a_socket_activation_socket_of_the_wrong_kind() {
     if Command::new("bash").arg("-c").arg("true").status().is_err() {
-        eprintln!("SKIPPED: needs bash to set LISTEN_PID");
+        common::skip_for_tool(
+            "broker_refuses_a_socket_activation_socket_of_the_wrong_kind",
+            "bash",
+            "to set LISTEN_PID",
+        );
         return;
     }
     let _one_at_a_time = PASSING_FDS.lock().unwrap_or_else(|e| e.into_inner());

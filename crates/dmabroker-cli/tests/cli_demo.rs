@@ -1,6 +1,8 @@
 //! `dmabroker demo` end to end: producer + two consumer processes; the
 //! `--json` summary; stopping on a signal or when every consumer is gone.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -157,7 +159,7 @@ fn demo_fails_instead_of_streaming_to_nobody() {
     let Ok(list) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
         let _ = child.kill();
         let _ = child.wait();
-        eprintln!("SKIP demo_fails_instead_of_streaming_to_nobody: no /proc/PID/task/PID/children");
+        common::skip("demo_fails_instead_of_streaming_to_nobody", "no /proc/PID/task/PID/children");
         return;
     };
     for kid in list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {

@@ -1,6 +1,8 @@
 //! `dmabroker alloc`, `bench alloc` and `inspect` on awkward input, through
 //! the binary: every failure names its cause, exits non-zero, never panics.
 
+mod common;
+
 use std::process::{Command, Output};
 
 fn dmabroker(args: &[&str]) -> Output {
@@ -138,6 +140,16 @@ fn bench_alloc_checks_its_arguments_first() {
 }
 
 #[test]
+fn bench_seconds_are_checked_not_panicked_on() {
+    for verb in ["broker", "pool"] {
+        for bad in ["--seconds=-1", "--seconds=NaN", "--seconds=1e300", "--seconds=0"] {
+            let out = fails_with(&["bench", verb, bad], "seconds");
+            assert!(!stderr(&out).contains("panicked"), "{verb} {bad}: {}", stderr(&out));
+        }
+    }
+}
+
+#[test]
 fn errors_do_not_repeat_their_cause() {
     let out = fails_with(&["alloc", "--size", "4K", "--profile", "/nonexistent.toml"], "/nonexistent.toml");
     let err = stderr(&out);
@@ -201,7 +213,7 @@ fn each_passed_over_heap_is_printed_once() {
     let out = dmabroker(&["alloc", "--size", "2M", "--page-size", "2M"]);
     let text = stdout(&out);
     if !out.status.success() {
-        println!("SKIP each_passed_over_heap_is_printed_once: no free huge page: {}", stderr(&out));
+        common::skip("each_passed_over_heap_is_printed_once", &format!("no free huge page: {}", stderr(&out)));
         return;
     }
     let passed: Vec<&str> = text.lines().filter(|l| l.contains("passed over")).collect();

@@ -88,7 +88,7 @@ fn ps_sees_a_buffer_held_only_by_a_threads_own_fd_table() {
     let holder = match dmabroker_sys::kcmp::OwnTableHolder::hold(buffer.try_clone_fd().unwrap()) {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("SKIP ps_sees_a_buffer_held_only_by_a_threads_own_fd_table: unshare: {e}");
+            common::skip("ps_sees_a_buffer_held_only_by_a_threads_own_fd_table", &format!("unshare: {e}"));
             return;
         }
     };

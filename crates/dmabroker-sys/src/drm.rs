@@ -277,6 +277,20 @@ pub fn mode_map_dumb(fd: impl AsFd, handle: u32) -> Result<u64> {
     Ok(m.offset)
 }
 
+/// `mmap(NULL, len, PROT_READ|PROT_WRITE, MAP_SHARED, fd, offset)` of a DRM
+/// device fd at the fake offset [`mode_map_dumb`] returned: the dumb
+/// buffer's bytes.
+///
+/// # Errors
+/// `EINVAL`/`EACCES` for an offset or length that is no dumb buffer of this
+/// fd; `ENOMEM`.
+pub fn map_dumb(fd: impl AsFd, offset: u64, len: usize) -> Result<crate::mmap::Mapping> {
+    // SAFETY: the DRM core maps only a whole GEM object at its fake offset
+    // (drm_gem_mmap refuses a range beyond the object), and a GEM object's
+    // size is fixed at creation: nothing can shrink it under the mapping.
+    unsafe { crate::mmap::Mapping::map_unchecked(fd, offset, len, crate::mmap::Protection::ReadWrite, false) }
+}
+
 /// `ioctl(fd, DRM_IOCTL_MODE_DESTROY_DUMB)`: release a dumb buffer's handle.
 ///
 /// # Errors

@@ -21,10 +21,19 @@ pub struct InheritedFd {
 /// when `LISTEN_PID` names this process, and unset those variables so that
 /// children do not inherit them. Returns an empty list otherwise.
 ///
-/// Call it once, early, before anything else opens files: each returned fd is
-/// adopted as owned. Only the first call in a process adopts anything; later
-/// calls return an empty list.
-pub fn take_listen_fds() -> Vec<InheritedFd> {
+/// Each returned fd is adopted as owned. Only the first call in a process
+/// adopts anything; later calls return an empty list.
+///
+/// # Safety
+/// The numbers `3..3+LISTEN_FDS` must belong to nobody else in this
+/// process: no other code may already own them (as an `OwnedFd`, `File`, a
+/// C library's handle) or close them later, or two owners would close one
+/// descriptor and the second close could hit an unrelated file. Call it
+/// early in `main`, before any code that could adopt or close inherited
+/// descriptors. It also removes `LISTEN_*` from the environment: no other
+/// thread may read or write the environment during the call (in practice:
+/// call it while the process has one thread).
+pub unsafe fn take_listen_fds() -> Vec<InheritedFd> {
     // The environment alone cannot guarantee a single adoption: any code may
     // set LISTEN_FDS again (std::env::set_var is safe in edition 2021), and a
     // second adoption of the same numbers would make two OwnedFds close one
@@ -56,8 +65,9 @@ pub fn take_listen_fds() -> Vec<InheritedFd> {
             )
             .ok()?;
             // SAFETY: the service manager passed `raw` to this process for it to
-            // own (sd_listen_fds contract) and nothing else in this process has
-            // adopted it: the TAKEN flag above lets only the first call get here.
+            // own (sd_listen_fds contract); nothing else in this process owns it
+            // (this fn's caller's promise), and the TAKEN flag above lets only
+            // the first call get here.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
             let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
             let name = names.get(i as usize).cloned().unwrap_or_else(|| "unknown".into());

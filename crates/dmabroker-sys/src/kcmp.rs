@@ -126,7 +126,7 @@ mod tests {
         match same_files(me, me) {
             Ok(same) => assert!(same),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
-                eprintln!("SKIP threads_share_files_until_one_unshares: kcmp unavailable: {e}");
+                crate::test_skip::skip("threads_share_files_until_one_unshares", &format!("kcmp unavailable: {e}"));
                 return;
             }
             Err(e) => panic!("kcmp: {e}"),

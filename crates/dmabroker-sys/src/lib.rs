@@ -23,6 +23,9 @@ pub mod inherited;
 pub mod kcmp;
 pub mod mmap;
 pub mod socket;
+#[cfg(test)]
+#[path = "../../dmabroker/tests/common/skip.rs"]
+pub(crate) mod test_skip;
 pub mod udmabuf;
 pub mod v4l2;
 

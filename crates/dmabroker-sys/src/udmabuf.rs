@@ -100,10 +100,10 @@ pub fn create_list(
             });
         }
     }
-    // SAFETY: the first word is a valid `UdmabufCreateList` written above.
-    let head = unsafe { &mut *base.cast::<UdmabufCreateList>() };
     // SAFETY: UDMABUF_CREATE_LIST reads the header and the `count` items laid
-    // out contiguously after it (above), borrows the memfds for the call and
+    // out contiguously after it, all inside `raw` (written above); the
+    // pointer passed comes from the whole of `raw`, so its provenance covers
+    // every byte the kernel reads. It borrows the memfds for the call and
     // returns a new fd.
-    unsafe { ioctl(udmabuf_dev, FdReturning::<UDMABUF_CREATE_LIST, _>::new(head)) }
+    unsafe { ioctl(udmabuf_dev, FdReturning::<UDMABUF_CREATE_LIST, UdmabufCreateList>::words(&mut raw)) }
 }

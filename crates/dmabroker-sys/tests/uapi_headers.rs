@@ -6,6 +6,9 @@ use dmabroker_sys::{dma_buf, dma_heap, udmabuf};
 use std::collections::HashMap;
 use std::process::Command;
 
+#[path = "../../dmabroker/tests/common/skip.rs"]
+mod skip_rule;
+
 const C_SOURCE: &str = r#"
 #include <stdio.h>
 #include <fcntl.h>
@@ -43,7 +46,11 @@ fn compile_and_run() -> Option<HashMap<String, u64>> {
     let status = match Command::new(&cc).arg(&src).arg("-o").arg(&exe).status() {
         Ok(s) => s,
         Err(e) => {
-            println!("SKIP uapi_matches_kernel_headers: no C compiler `{cc}` ({e}); install gcc and linux-libc-dev");
+            skip_rule::skip_for_tool(
+                "uapi_matches_kernel_headers",
+                &cc,
+                &format!("{e}; install gcc and linux-libc-dev"),
+            );
             return None;
         }
     };

@@ -326,6 +326,8 @@ pub struct Client {
     version: u16,
     server: String,
     buf: Vec<u8>,
+    /// The physical properties around the last reply (version 3).
+    properties: Option<crate::buffer::PropertyHint>,
 }
 
 impl Client {
@@ -347,7 +349,8 @@ impl Client {
             Err(Errno::ACCESS | Errno::PERM) => return Err(ConnectError::PermissionDenied { path: path.to_owned() }),
             Err(e) => return Err(TransportError::Io(e).into()),
         }
-        let mut client = Self { socket, version: 0, server: String::new(), buf: vec![0; proto::MAX_RESPONSE_LEN] };
+        let mut client =
+            Self { socket, version: 0, server: String::new(), buf: vec![0; proto::MAX_RESPONSE_LEN], properties: None };
         let hello = Request::Hello { min_version: proto::MIN_PROTOCOL_VERSION, max_version: proto::PROTOCOL_VERSION };
         match client.call(&hello, None)? {
             (Response::Hello { version, server }, _) => {
@@ -398,7 +401,7 @@ impl Client {
     /// [`AllocateError`].
     pub fn allocate_with(&mut self, request: AllocateRequest) -> Result<Buffer, AllocateError> {
         match self.call(&Request::Allocate(request), None)? {
-            (Response::Allocated { .. }, Some(fd)) => Ok(Buffer::from_fd(fd)?),
+            (Response::Allocated { .. }, Some(fd)) => Ok(self.adopt(fd)?),
             (Response::Error { code, message }, _) => Err(match code {
                 ErrorCode::NotAllowed => AllocateError::NotAllowed(message),
                 ErrorCode::QuotaExceeded => AllocateError::QuotaExceeded(message),
@@ -441,7 +444,7 @@ impl Client {
         request.validate().map_err(|e| AllocateForError::Invalid(e.to_string()))?;
         match self.call(&Request::AllocateFor(request), None)? {
             (Response::AllocatedFor { id, choice, .. }, Some(fd)) => {
-                Ok(AllocatedFor { buffer: Buffer::from_fd(fd)?, id, choice })
+                Ok(AllocatedFor { buffer: self.adopt(fd)?, id, choice })
             }
             (Response::Error { code, message }, _) => Err(match code {
                 ErrorCode::NoSuitableHeap => AllocateForError::NoSuitableHeap(message),
@@ -491,7 +494,7 @@ impl Client {
     pub fn import(&mut self, key: &str) -> Result<Imported, ImportError> {
         match self.call(&Request::Import { key: key.to_owned() }, None)? {
             (Response::Imported { access, publisher_uid, .. }, Some(fd)) => {
-                Ok(Imported { buffer: Buffer::from_fd(fd)?, access, publisher_uid })
+                Ok(Imported { buffer: self.adopt(fd)?, access, publisher_uid })
             }
             (Response::Error { code, message }, _) => Err(match code {
                 ErrorCode::NotFound => ImportError::NotFound(message),
@@ -578,15 +581,34 @@ impl Client {
         }
         let response =
             proto::decode_response(&self.buf[..received.len]).map_err(|e| TransportError::Protocol(e.to_string()))?;
-        let carries =
-            matches!(response, Response::Allocated { .. } | Response::Imported { .. } | Response::AllocatedFor { .. })
-                || matches!(response, Response::PoolAttached { .. });
+        // Version 3: the properties come around the reply; keep them for the
+        // buffer this reply's fd becomes (see `adopt`).
+        self.properties = None;
+        let response = match response {
+            Response::WithProperties { properties, reply } => {
+                self.properties = Some(properties);
+                *reply
+            }
+            other => other,
+        };
+        let carries = response.carries_buffer() || matches!(response, Response::PoolAttached { .. });
         let mut fds = received.fds.into_iter();
         let fd = if carries { fds.next() } else { None };
         if carries && fd.is_none() {
             return Err(TransportError::Protocol("reply without its file descriptor".into()));
         }
         Ok((response, fd))
+    }
+}
+
+impl Client {
+    /// The buffer of the last reply's fd: with the properties the broker
+    /// sent (version 3), or what the fd alone tells (versions 1 and 2).
+    fn adopt(&mut self, fd: OwnedFd) -> Result<Buffer, FromFdError> {
+        match self.properties.take() {
+            Some(hint) => Buffer::from_fd_with(fd, hint),
+            None => Buffer::from_fd(fd),
+        }
     }
 }
 

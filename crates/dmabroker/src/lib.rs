@@ -30,6 +30,9 @@ pub mod phys;
 pub mod pool;
 pub mod proto;
 pub mod size;
+#[cfg(test)]
+#[path = "../tests/common/skip.rs"]
+pub(crate) mod test_skip;
 
 pub use buffer::{Buffer, BufferKind};
 pub use heap::{AllocRequest, Heap, Heaps};

@@ -614,7 +614,7 @@ fn probe_errors_name_the_node() {
 #[test]
 fn probing_dev_null_on_the_real_sysfs_is_refused() {
     if !Path::new("/sys/dev/char/1:3").exists() {
-        eprintln!("SKIP: no /sys/dev/char on this machine");
+        common::skip("probing_dev_null_on_the_real_sysfs_is_refused", "no /sys/dev/char on this machine");
         return;
     }
     let e = DeviceProbe::probe("/dev/null").unwrap_err();
@@ -850,7 +850,7 @@ fn allocate_for_uses_this_machines_heaps() {
         Err(e) => {
             let importable = heaps.infos().iter().any(|h| h.device_importable && h.usable);
             assert!(!importable, "a usable dma-buf heap exists but allocation failed: {e}");
-            eprintln!("SKIP: no usable dma-buf heap here: {e}");
+            common::skip("allocate_for_uses_this_machines_heaps", &format!("no usable dma-buf heap here: {e}"));
         }
     }
 }

@@ -98,3 +98,22 @@ fn multi_buffer_format_gets_one_pool_buffer_per_frame() {
     let p = Producer::allocate_for_layout(&heaps, &Constraints::none(), &opts, &nv12).unwrap();
     assert_eq!(p.options().buffer_len, 64 * 32 * 3 / 2);
 }
+
+/// A pool allocated for a device that does not snoop the CPU's caches:
+/// the consumer (over the real handshake) adopts its buffers non-coherent,
+/// so its CPU reads do the cache maintenance too, as the producer's writes do.
+#[test]
+fn a_non_coherent_pool_keeps_its_maintenance_in_consumers() {
+    use dmabroker::buffer::Coherency;
+    use dmabroker::constraints::DeviceCoherency;
+    let isp = Constraints::builder("isp0").dma_buf(false).coherency(DeviceCoherency::NeedsMaintenance).build().unwrap();
+    let mut p = Producer::allocate_for(&Heaps::discover(), &isp, &PoolOptions::new(2, 4096)).unwrap();
+    assert!(p.buffers().all(|b| b.properties().coherency == Coherency::NonCoherent));
+    let mut c = consumer(&mut p);
+    let mut slot = p.acquire(None).unwrap();
+    slot.mapping().begin_write().unwrap()[..3].copy_from_slice(b"nc!");
+    slot.submit(FrameMeta::new(3)).unwrap();
+    let mut frame = c.recv(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(frame.buffer().properties().coherency, Coherency::NonCoherent, "lost in the handshake");
+    assert_eq!(&frame.read().unwrap()[..3], b"nc!");
+}

@@ -257,3 +257,27 @@ fn a_dropped_kept_frame_stays_held_until_its_consumer_goes() {
     p.maintain_now();
     assert_all_free(&mut p);
 }
+
+/// Eviction does not hand out a frame the evicted consumer still holds: it
+/// may still be reading it (quarantine until it releases it or hangs up).
+#[test]
+fn an_evicted_consumers_held_frame_is_quarantined() {
+    let opts = PoolOptions::new(3, LEN).release_timeout(Some(Duration::from_millis(100)));
+    let mut p = Producer::allocate(&Heaps::discover(), "memfd", &opts).unwrap();
+    let mut c = attach(&mut p);
+    let held = produce(&mut p, 0);
+    let k = c.recv(WAIT).unwrap().keep();
+    let queued = produce(&mut p, 1); // never received: taken back at eviction
+    assert!(!p.wait_for_consumers(2, Duration::from_millis(300)));
+    assert!(p.stats().consumers[0].evicted);
+    let mut lent = BTreeSet::new();
+    while let Ok(slot) = p.acquire(Some(Duration::from_millis(100))) {
+        lent.insert(slot.lend());
+    }
+    assert!(lent.contains(&queued) && !lent.contains(&held), "lent {lent:?}, held {held}");
+    for index in lent {
+        drop(p.reclaim(index).unwrap());
+    }
+    c.release_kept(k).unwrap();
+    assert_all_free(&mut p);
+}

@@ -274,8 +274,11 @@ fn hung_consumer_is_evicted_after_release_timeout() {
     // Blocked at most about one release timeout (plus a health-check period).
     assert!(started.elapsed() < Duration::from_secs(10));
     let stats = p.stats();
-    assert!(stats.consumers.iter().any(|c| c.evicted), "{stats:?}");
-    assert_eq!(stats.lost_consumers, 1);
+    // Lost once; whether its (evicted) slot is still listed depends on
+    // whether the child has exited yet (it does after 1.5 s, and a debug
+    // build may take longer than that for the 300 frames): its own output
+    // says it was evicted.
+    assert_eq!(stats.lost_consumers, 1, "{stats:?}");
     let mut out = String::new();
     let mut hung = hung;
     hung.stdout.take().unwrap().read_to_string(&mut out).unwrap();

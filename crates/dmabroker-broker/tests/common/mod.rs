@@ -3,6 +3,11 @@
 //! test file uses every helper.
 #![allow(dead_code)]
 
+#[path = "../../../dmabroker/tests/common/skip.rs"]
+mod skip_rule;
+#[allow(unused_imports)]
+pub use skip_rule::{in_vm, skip, skip_for_tool};
+
 use dmabroker::client::Client;
 use dmabroker_broker::{Broker, Config, Listener, Policy};
 use std::io::Write;

@@ -23,7 +23,7 @@ pub struct BenchBrokerArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
     pub clients: Vec<usize>,
     /// Seconds per throughput level.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::cli::parse_seconds)]
     pub seconds: f64,
     /// Live buffers for the memory measurement (0: skip).
     #[arg(long, default_value_t = 100_000)]

@@ -42,7 +42,7 @@ pub struct BenchPoolArgs {
     #[arg(long, default_value_t = 500)]
     pub gap_us: u64,
     /// Seconds of back-to-back frames per throughput measurement (approximate).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::cli::parse_seconds)]
     pub seconds: f64,
     /// Internal: child role (`pool-consumer`, `socket-consumer`).
     #[arg(long, hide = true)]

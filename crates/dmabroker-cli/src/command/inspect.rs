@@ -48,8 +48,10 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("reading /proc/{}/fdinfo/{}", args.pid, args.fd))?;
     // Take a duplicate of the process's fd (pidfd_getfd needs ptrace rights:
     // same user with ptrace_scope 0, or CAP_SYS_PTRACE) to classify it fully.
-    let theirs = rustix::process::Pid::from_raw(args.pid as i32)
-        .context("pid 0 is not a process")
+    let theirs = i32::try_from(args.pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .with_context(|| format!("{} is not a process id (1 to 2^31-1)", args.pid))
         .and_then(|pid| Ok(rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?))
         .and_then(|pidfd| {
             Ok(rustix::process::pidfd_getfd(&pidfd, args.fd, rustix::process::PidfdGetfdFlags::empty())?)

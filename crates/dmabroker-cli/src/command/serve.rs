@@ -43,7 +43,11 @@ pub struct ServeArgs {
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     // First, before anything else opens files: fds from the service manager.
-    let inherited = dmabroker_sys::inherited::take_listen_fds();
+    #[allow(unsafe_code)]
+    // SAFETY: `serve` runs straight from main, still single-threaded, and no
+    // code before it adopted or closed an inherited descriptor (clap and
+    // the log setup open none): the LISTEN_FDS numbers are ours alone.
+    let inherited = unsafe { dmabroker_sys::inherited::take_listen_fds() };
     raise_fd_limit();
     let uid = rustix::process::getuid().as_raw();
     let policy = match &args.policy {

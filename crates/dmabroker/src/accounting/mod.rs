@@ -1200,11 +1200,15 @@ mod tests {
     fn hundreds_of_own_fd_tables_are_capped() {
         let me = std::process::id();
         if dmabroker_sys::kcmp::same_files(me, me).is_err() {
-            eprintln!("SKIP hundreds_of_own_fd_tables_are_capped: kcmp unavailable");
+            crate::test_skip::skip("hundreds_of_own_fd_tables_are_capped", "kcmp unavailable");
             return;
         }
         let Some(mut child) = own_tables_child(300) else {
-            eprintln!("SKIP hundreds_of_own_fd_tables_are_capped: no C compiler");
+            crate::test_skip::skip_for_tool(
+                "hundreds_of_own_fd_tables_are_capped",
+                "cc",
+                "to build the helper program",
+            );
             return;
         };
         let found = threads_with_own_fd_table(child.id(), true);
@@ -1272,7 +1276,11 @@ int main(void) {
     #[test]
     fn mappings_of_a_process_whose_leader_exited_are_seen() {
         let Some(mut child) = zombie_leader_child() else {
-            eprintln!("SKIP mappings_of_a_process_whose_leader_exited_are_seen: no C compiler");
+            crate::test_skip::skip_for_tool(
+                "mappings_of_a_process_whose_leader_exited_are_seen",
+                "cc",
+                "to build the helper program",
+            );
             return;
         };
         let pid = child.id();

@@ -43,6 +43,14 @@ pub enum MapError {
     /// Not enough memory or address space.
     #[error("out of memory mapping {0} bytes")]
     OutOfMemory(u64),
+    /// A memfd without `F_SEAL_SHRINK` (an adopted foreign one): another
+    /// holder could truncate it while it is mapped, and this process would
+    /// die of `SIGBUS` on its next access, so it is not mapped.
+    #[error(
+        "the memfd is not size-sealed: another holder could truncate it while mapped (SIGBUS); \
+         its creator must add F_SEAL_SHRINK|F_SEAL_GROW (dmabroker's own memfds have them)"
+    )]
+    NotSizeSealed,
     /// Another error from `mmap`.
     #[error("mmap failed: {0}")]
     Os(#[source] rustix::io::Errno),
@@ -110,8 +118,10 @@ impl BufferMapping {
         self.map.protection() == Protection::ReadWrite
     }
 
-    /// The underlying raw mapping (for physical segments and shared atomics).
-    pub fn raw(&self) -> &Mapping {
+    /// The underlying mapping (for physical segments); crate-private so
+    /// that no caller can hold its bytes across a guard's writes.
+    #[allow(dead_code)]
+    pub(crate) fn raw(&self) -> &Mapping {
         &self.map
     }
 
@@ -179,8 +189,12 @@ impl BufferMapping {
 /// write-only fd fails any mapping and stays `Os`); `EPERM` is a write seal;
 /// `EINVAL` from a dma-buf at offset 0 for its own size is an exporter
 /// without `mmap` (`dma_buf_mmap_internal`).
-pub(crate) fn map_error(buffer: &Buffer, protection: Protection, e: rustix::io::Errno) -> MapError {
+pub(crate) fn map_error(buffer: &Buffer, protection: Protection, e: dmabroker_sys::mmap::MapError) -> MapError {
     use rustix::io::Errno;
+    let e = match e {
+        dmabroker_sys::mmap::MapError::Os(e) => e,
+        _ => return MapError::NotSizeSealed,
+    };
     let read_only_fd = || {
         rustix::fs::fcntl_getfl(buffer).is_ok_and(|fl| fl & rustix::fs::OFlags::ACCMODE == rustix::fs::OFlags::RDONLY)
     };
@@ -194,8 +208,91 @@ pub(crate) fn map_error(buffer: &Buffer, protection: Protection, e: rustix::io::
     }
 }
 
+/// What a CPU access does, for [`BufferMapping::into_access`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CpuAccessKind {
+    /// Reads only ([`BufferMapping::begin_read`]).
+    Read,
+    /// Writes ([`BufferMapping::begin_write`]).
+    Write,
+    /// Reads and writes ([`BufferMapping::begin_read_write`]).
+    ReadWrite,
+}
+
+impl BufferMapping {
+    /// Begin a CPU access that owns the mapping, for callers that cannot
+    /// hold a borrow across calls (the C API's begin/end pair): the same
+    /// bracket as the scoped guards, ended by [`OwnedCpuAccess::end`] (which
+    /// gives the mapping back) or on drop.
+    ///
+    /// # Errors
+    /// The mapping back, with [`SyncError::ReadOnlyMapping`] (write access
+    /// through a read-only mapping) or [`SyncError::DmaBufSync`].
+    pub fn into_access(self, kind: CpuAccessKind) -> Result<OwnedCpuAccess, (Self, SyncError)> {
+        let direction = match kind {
+            CpuAccessKind::Read => Direction::Read,
+            CpuAccessKind::Write => Direction::Write,
+            CpuAccessKind::ReadWrite => Direction::ReadWrite,
+        };
+        if direction != Direction::Read && !self.is_writable() {
+            return Err((self, SyncError::ReadOnlyMapping));
+        }
+        if let Err(e) = self.begin(direction) {
+            return Err((self, e));
+        }
+        Ok(OwnedCpuAccess { mapping: Some(self), direction })
+    }
+}
+
+/// A CPU access that owns its [`BufferMapping`] (from
+/// [`BufferMapping::into_access`]): `END` of the bracket runs in
+/// [`end`](Self::end) or on drop.
+#[derive(Debug)]
+#[must_use = "dropping the access ends it at once"]
+pub struct OwnedCpuAccess {
+    /// `Some` until `end` or drop takes it.
+    mapping: Option<BufferMapping>,
+    direction: Direction,
+}
+
+impl OwnedCpuAccess {
+    fn map(&self) -> &Mapping {
+        &self.mapping.as_ref().expect("present until end or drop").map
+    }
+
+    /// The bytes, for reading.
+    pub fn as_slice(&self) -> &[u8] {
+        self.map().as_slice()
+    }
+
+    /// The bytes, writable; `None` for a read access.
+    pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        if self.direction == Direction::Read {
+            return None;
+        }
+        self.mapping.as_mut().and_then(|m| m.map.as_mut_slice())
+    }
+
+    /// End the access (`SYNC END`, cache maintenance) and get the mapping back.
+    pub fn end(mut self) -> BufferMapping {
+        let mapping = self.mapping.take().expect("present until end or drop");
+        mapping.end(self.direction);
+        mapping
+    }
+}
+
+impl Drop for OwnedCpuAccess {
+    fn drop(&mut self) {
+        if let Some(m) = self.mapping.take() {
+            m.end(self.direction);
+        }
+    }
+}
+
 /// Scoped CPU read access; derefs to the buffer's bytes.
 #[derive(Debug)]
+#[must_use = "dropping the guard ends the access at once"]
 pub struct CpuRead<'m> {
     mapping: &'m mut BufferMapping,
 }
@@ -215,6 +312,7 @@ impl Drop for CpuRead<'_> {
 
 /// Scoped CPU write (or read-write) access; derefs mutably to the bytes.
 #[derive(Debug)]
+#[must_use = "dropping the guard ends the access at once"]
 pub struct CpuWrite<'m> {
     mapping: &'m mut BufferMapping,
     direction: Direction,

@@ -14,9 +14,9 @@ pub(crate) mod adopt;
 pub mod mapping;
 
 pub use adopt::FromFdError;
-pub use mapping::{BufferMapping, CpuRead, CpuWrite, MapError, SyncError};
+pub use mapping::{BufferMapping, CpuAccessKind, CpuRead, CpuWrite, MapError, OwnedCpuAccess, SyncError};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
@@ -44,7 +44,7 @@ impl std::fmt::Display for BufferKind {
 }
 
 /// How the CPU caches the buffer's memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CacheMode {
     /// Normal write-back cached memory.
@@ -63,7 +63,7 @@ impl std::fmt::Display for CacheMode {
 }
 
 /// Whether the devices that touch a buffer see the CPU's caches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Coherency {
     /// Devices snoop CPU caches (x86, most IPC-only use): no maintenance.
@@ -96,6 +96,28 @@ pub struct PhysicalProperties {
     pub coherency: Coherency,
     /// True when a device can import it (a dma-buf); false for CPU/IPC-only memory.
     pub device_importable: bool,
+}
+
+/// The physical properties the fd itself cannot tell, as the process that
+/// allocated a buffer knows them: they travel with it (the broker's replies
+/// from protocol version 3, a pool's welcome) to [`Buffer::from_fd_with`],
+/// so that a buffer allocated for a device that does not snoop the CPU's
+/// caches keeps its cache maintenance in every process that maps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PropertyHint {
+    /// [`PhysicalProperties::contiguous_up_to`].
+    pub contiguous_up_to: u64,
+    /// [`PhysicalProperties::cache`].
+    pub cache: CacheMode,
+    /// [`PhysicalProperties::coherency`].
+    pub coherency: Coherency,
+}
+
+impl PhysicalProperties {
+    /// What of these properties travels to another process.
+    pub fn hint(&self) -> PropertyHint {
+        PropertyHint { contiguous_up_to: self.contiguous_up_to, cache: self.cache, coherency: self.coherency }
+    }
 }
 
 /// A buffer: an owned fd plus what is known about its memory.
@@ -149,11 +171,40 @@ impl Buffer {
     /// Adopt a foreign fd (a dma-buf from V4L2 or DRM, a memfd) and find out
     /// what it is from `fstat`, `fstatfs` and `/proc/self/fdinfo`.
     ///
+    /// A memfd without `F_SEAL_SHRINK` ([`is_size_sealed`](Self::is_size_sealed)
+    /// is false) is adopted, but any other holder could truncate it: a
+    /// mapping of it would then raise `SIGBUS` on its next access, so
+    /// [`map_read`](Self::map_read) and [`map_read_write`](Self::map_read_write)
+    /// refuse it ([`MapError::NotSizeSealed`]); it can still be passed on,
+    /// published or handed to a device. Dma-bufs cannot change size.
+    ///
     /// # Errors
     /// [`FromFdError::NotABuffer`] for sockets, pipes, regular files and
     /// anything else that is not buffer memory; the fd is closed.
     pub fn from_fd(fd: OwnedFd) -> Result<Self, FromFdError> {
         adopt::adopt(fd)
+    }
+
+    /// [`from_fd`](Self::from_fd), with the physical properties its
+    /// allocator reported ([`PropertyHint`]: from a broker reply or a pool's
+    /// welcome) instead of the defaults an fd alone gives (coherent, cached,
+    /// page-contiguous). A non-coherent memfd then gets its cache
+    /// maintenance in this process too (see [`BufferMapping`]).
+    /// `contiguous_up_to` is kept within the buffer's length.
+    ///
+    /// # Errors
+    /// As [`from_fd`](Self::from_fd).
+    pub fn from_fd_with(fd: OwnedFd, hint: PropertyHint) -> Result<Self, FromFdError> {
+        let adopted = adopt::adopt(fd)?;
+        // A buffer just adopted has no other handle, so this always unwraps.
+        let mut inner = match Arc::try_unwrap(adopted.inner) {
+            Ok(inner) => inner,
+            Err(shared) => return Ok(Self { inner: shared }),
+        };
+        inner.properties.coherency = hint.coherency;
+        inner.properties.cache = hint.cache;
+        inner.properties.contiguous_up_to = hint.contiguous_up_to.clamp(1, inner.len.max(1));
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     /// Length in bytes.

@@ -23,7 +23,7 @@
 //! `drivers/gpu/drm/drm_prime.c`, `drivers/gpu/drm/drm_dumb_buffers.c`
 
 use dmabroker_sys::drm as sys;
-use dmabroker_sys::mmap::{Mapping, Protection};
+use dmabroker_sys::mmap::Mapping;
 use rustix::fs::{open, Mode, OFlags};
 use rustix::io::Errno;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -301,7 +301,7 @@ impl DrmDevice {
             e => DumbError::Os(e),
         })?;
         let len = usize::try_from(buffer.size).map_err(|_| DumbError::TooLarge(buffer.size))?;
-        let map = Mapping::map(&self.fd, offset, len, Protection::ReadWrite, false).map_err(DumbError::Os)?;
+        let map = sys::map_dumb(&self.fd, offset, len).map_err(DumbError::Os)?;
         Ok(DumbMapping { map })
     }
 

@@ -6,7 +6,7 @@ use super::layout::{Control, Geometry, SLOT_ACTIVE, STREAM_CLOSED};
 use super::transport;
 use super::{now_ns, timespec, FrameFlags};
 use crate::buffer::{Buffer, BufferKind, BufferMapping, CpuRead, SyncError};
-use dmabroker_sys::mmap::{Mapping, Protection};
+use dmabroker_sys::mmap::{AtomicMapping, MapError};
 use rustix::io::Errno;
 use rustix::thread::futex;
 use std::os::fd::{AsFd, OwnedFd};
@@ -132,7 +132,8 @@ impl Consumer {
             Some(options.attach_timeout),
         )
         .map_err(os("SO_RCVTIMEO"))?;
-        let flags = if options.want_sync_files { transport::HELLO_WANT_SYNC_FILES } else { 0 };
+        let flags = transport::HELLO_WANT_PROPERTIES
+            | if options.want_sync_files { transport::HELLO_WANT_SYNC_FILES } else { 0 };
         // Our pid: the producer watches this process (not the one that made
         // the socket, e.g. a launcher's socketpair) once it checked the claim.
         let hello = [u64::from(flags), u64::from(std::process::id())];
@@ -163,7 +164,17 @@ impl Consumer {
             transport::MSG_REFUSED => return Err(AttachError::PoolFull),
             _ => return Err(AttachError::Protocol("unexpected message")),
         }
-        let [slot, nbuf, ring_cap, max_consumers, policy, buf_len, advertised_ctl_len] = msg.words[..] else {
+        // 7 words, or 10 with the buffers' physical properties (a producer
+        // that knows HELLO_WANT_PROPERTIES).
+        let (geometry_words, hint) = match msg.words.len() {
+            7 => (&msg.words[..], None),
+            10 => (
+                &msg.words[..7],
+                Some(welcome_properties(&msg.words[7..]).ok_or(AttachError::BadWelcome("bad properties"))?),
+            ),
+            _ => return Err(AttachError::BadWelcome("wrong number of words")),
+        };
+        let [slot, nbuf, ring_cap, max_consumers, policy, buf_len, advertised_ctl_len] = geometry_words[..] else {
             return Err(AttachError::BadWelcome("wrong number of words"));
         };
         let bad = AttachError::BadWelcome;
@@ -201,7 +212,11 @@ impl Consumer {
         if ctl_len < control_len {
             return Err(bad("control block smaller than its geometry"));
         }
-        let map = Mapping::map(&ctl_fd, 0, ctl_len, Protection::ReadWrite, true).map_err(os("mmap"))?;
+        let map = AtomicMapping::map(&ctl_fd, ctl_len, true).map_err(|e| match e {
+            MapError::Os(source) => AttachError::Os { op: "mmap", source },
+            // Checked above; a mapping refused anyway is the same refusal.
+            _ => AttachError::Unsealed { fd: AttachFd::ControlBlock, missing: "F_SEAL_SHRINK" },
+        })?;
         // The header must agree with what the socket said: two sources the
         // producer wrote, so a mismatch is a foreign or corrupted peer.
         if Control::read_header(&map) != Some(welcome) {
@@ -210,7 +225,11 @@ impl Consumer {
         let ctl = Control::new(map, welcome).ok_or(bad("control block smaller than its geometry"))?;
         let mut maps = Vec::with_capacity(buffers.len());
         for (index, fd) in buffers.into_iter().enumerate() {
-            let buffer = Buffer::from_fd(fd).map_err(|_| bad("an fd is not buffer memory"))?;
+            let buffer = match hint {
+                Some(hint) => Buffer::from_fd_with(fd, hint),
+                None => Buffer::from_fd(fd),
+            }
+            .map_err(|_| bad("an fd is not buffer memory"))?;
             check_buffer(&buffer, index, welcome.buf_len)?;
             maps.push(buffer.map_read().map_err(|source| AttachError::Map { index, source })?);
         }
@@ -483,11 +502,10 @@ impl Consumer {
             return;
         }
         self.held &= !bit;
-        // Evicted: the producer already took the claim back, and the buffer
-        // may hold someone else's frame now.
-        if !self.active() {
-            return;
-        }
+        // Also when evicted: the producer quarantines the buffers an evicted
+        // consumer holds (its bit stays set) and keeps its slot until this
+        // socket closes, so clearing our own bit ends that buffer's
+        // quarantine and cannot touch a successor's claim.
         // Release: our reads of the buffer happen before the producer reuses it.
         self.ctl.buf_mask(index).fetch_and(!(1u64 << self.slot), Ordering::Release);
         self.ctl.slot_released(self.slot).fetch_add(1, Ordering::Relaxed);
@@ -508,6 +526,25 @@ impl Drop for Consumer {
 
 /// The size seals an fd lacks, or `None` when it has `F_SEAL_SHRINK` and
 /// `F_SEAL_GROW` (a file that cannot be sealed has none).
+/// The WELCOME's property words (see `transport::HELLO_WANT_PROPERTIES`).
+fn welcome_properties(words: &[u64]) -> Option<crate::buffer::PropertyHint> {
+    use crate::buffer::{CacheMode, Coherency};
+    let [contiguous_up_to, cache, coherency] = words[..] else { return None };
+    Some(crate::buffer::PropertyHint {
+        contiguous_up_to,
+        cache: match cache {
+            0 => CacheMode::Cached,
+            1 => CacheMode::Uncached,
+            _ => return None,
+        },
+        coherency: match coherency {
+            0 => Coherency::Coherent,
+            1 => Coherency::NonCoherent,
+            _ => return None,
+        },
+    })
+}
+
 fn missing_size_seals(seals: rustix::fs::SealFlags) -> Option<&'static str> {
     use rustix::fs::SealFlags as S;
     match (seals.contains(S::SHRINK), seals.contains(S::GROW)) {
@@ -720,10 +757,14 @@ mod tests {
             return (fd, ctl.len() as u64);
         }
         let len = g.control_len().unwrap().next_multiple_of(rustix::param::page_size());
+        // Same bytes as a sealed one (copied: an unsealed memfd cannot be
+        // mapped safely, which is the point of the test using it).
+        let (sealed, ctl) = super::super::producer::create_control(g).unwrap();
+        ctl.init_header();
+        let mut bytes = vec![0u8; len];
+        rustix::io::pread(&sealed, &mut bytes, 0).unwrap();
         let fd = rustix::fs::memfd_create("ctl", MemfdFlags::CLOEXEC).unwrap();
-        rustix::fs::ftruncate(&fd, len as u64).unwrap();
-        let map = Mapping::map(&fd, 0, len, Protection::ReadWrite, true).unwrap();
-        Control::new(map, g).unwrap().init_header();
+        rustix::io::pwrite(&fd, &bytes, 0).unwrap();
         (fd, len as u64)
     }
 
@@ -746,7 +787,11 @@ mod tests {
         let producer = std::thread::spawn(move || {
             let (bytes, _) = transport::recv(a.as_fd(), false).unwrap().unwrap();
             let hello = transport::decode(&bytes, Vec::new()).unwrap();
-            assert_eq!(hello.words, [0, u64::from(std::process::id())], "the HELLO carries our pid");
+            assert_eq!(
+                hello.words,
+                [u64::from(transport::HELLO_WANT_PROPERTIES), u64::from(std::process::id())],
+                "the HELLO asks for properties and carries our pid"
+            );
             let words =
                 [0, g.nbuf as u64, g.ring_cap as u64, g.max_consumers as u64, g.policy as u64, g.buf_len, ctl_len];
             let mut fds = vec![ctl.as_fd()];

@@ -13,7 +13,7 @@
 //! what the consumer writes (`tail`, `waiting`, counters) on separate cache
 //! lines: every handoff touches both sides' lines exactly once.
 
-use dmabroker_sys::mmap::Mapping;
+use dmabroker_sys::mmap::AtomicMapping;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// `"DMBP"`: the first word of the control block and of every socket message.
@@ -129,14 +129,14 @@ pub(crate) struct Entry {
 /// The mapped control block with typed accessors.
 #[derive(Debug)]
 pub(crate) struct Control {
-    map: Mapping,
+    map: AtomicMapping,
     geometry: Geometry,
 }
 
 impl Control {
     /// Wrap a mapping whose length was checked against `geometry`.
     /// Returns `None` when the mapping is too small for it.
-    pub fn new(map: Mapping, geometry: Geometry) -> Option<Self> {
+    pub fn new(map: AtomicMapping, geometry: Geometry) -> Option<Self> {
         let need = geometry.control_len()?;
         (map.len() >= need).then_some(Self { map, geometry })
     }
@@ -176,7 +176,7 @@ impl Control {
 
     /// Read the geometry a producer wrote (consumer side, before trusting
     /// anything in the welcome message).
-    pub fn read_header(map: &Mapping) -> Option<Geometry> {
+    pub fn read_header(map: &AtomicMapping) -> Option<Geometry> {
         let u32_at = |o| map.atomic_u32(o).map(|a| a.load(Ordering::Acquire));
         if u32_at(H_MAGIC)? != MAGIC || u32_at(H_VERSION)? != VERSION {
             return None;

@@ -83,11 +83,15 @@
 //! - A held buffer is never reused or overwritten while its consumer is
 //!   attached: the producer hands it out again only after every holder
 //!   released it, and drop-oldest takes back only frames no consumer has
-//!   received yet, never a kept one. Eviction is the exception: the
-//!   producer then takes back every buffer the consumer holds and may
-//!   overwrite one it is still reading. Check **after** reading with
-//!   [`Frame::is_valid`] or [`Consumer::check_kept`] (false /
-//!   [`KeptError::Evicted`]: the bytes may be torn, discard them).
+//!   received yet, never a kept one. Eviction too: the producer takes back
+//!   the frames queued for the evicted consumer but not received, and
+//!   quarantines the buffers it received and still holds: they are handed
+//!   out again only once it releases them or its socket closes, so no
+//!   frame a consumer may still be reading is ever overwritten (a hung
+//!   consumer that holds many frames therefore costs the pool those
+//!   buffers until it exits). [`Frame::is_valid`] or
+//!   [`Consumer::check_kept`] (false / [`KeptError::Evicted`]) still say
+//!   that the consumer was evicted: the stream has gaps from then on.
 //! - A kept frame names the attachment that received it. The consumer
 //!   methods refuse one from another consumer, or from an earlier
 //!   attachment in the same process ([`KeptError::Foreign`];
@@ -209,8 +213,16 @@
 //! change a frame the others read (a hostile process of the same user could
 //! still reopen the memfd read-write through /proc: this guards against
 //! mistakes, not attacks). A dma-buf fd cannot be reopened read-only, and a
-//! device import can write it anyway: consumers of dma-buf pools are
-//! trusted not to write.
+//! device import can write it anyway.
+//!
+//! # Contract: consumers of dma-buf pools do not write
+//! A consumer of a dma-buf pool holds a writable fd of every frame buffer,
+//! and nothing in the kernel stops it (or a device it hands the buffer to)
+//! from writing one. The API's contract is that it does not: a consumer
+//! reads frames only ([`Frame`] gives no mutable view), and gives the
+//! buffers to devices only for reading. A pool whose consumers are not
+//! trusted to keep this contract must use memfd or hugetlb buffers, whose
+//! consumers get read-only fds.
 
 mod consumer;
 mod error;

@@ -13,7 +13,7 @@ use crate::buffer::{Buffer, BufferKind, BufferMapping};
 use crate::constraints::{Choice, Constraints};
 use crate::format::Layout;
 use crate::heap::{AllocRequest, Heaps};
-use dmabroker_sys::mmap::{Mapping, Protection};
+use dmabroker_sys::mmap::{AtomicMapping, MapError};
 use rustix::io::Errno;
 use rustix::thread::futex;
 use std::collections::VecDeque;
@@ -679,6 +679,7 @@ impl Producer {
             return refuse(transport::REFUSED_FULL);
         };
         let want_sync = hello.first().is_some_and(|f| f & u64::from(transport::HELLO_WANT_SYNC_FILES) != 0);
+        let want_properties = hello.first().is_some_and(|f| f & u64::from(transport::HELLO_WANT_PROPERTIES) != 0);
         let hello_pid = hello.get(1).and_then(|&p| u32::try_from(p).ok()).filter(|&p| p != 0);
         let creds = rustix::net::sockopt::socket_peercred(&socket)
             .ok()
@@ -690,7 +691,7 @@ impl Producer {
         self.ctl.slot_state(slot).store(SLOT_ACTIVE, Ordering::Release);
         let g = self.ctl.geometry();
         let ctl_len = self.ctl.len() as u64;
-        let words = [
+        let mut words = vec![
             slot as u64,
             g.nbuf as u64,
             g.ring_cap as u64,
@@ -699,6 +700,16 @@ impl Producer {
             g.buf_len,
             ctl_len,
         ];
+        // The buffers' physical properties (all alike: allocated together),
+        // so a non-coherent pool keeps its cache maintenance in consumers.
+        if let (true, Some(m)) = (want_properties, self.maps.first()) {
+            let p = m.buffer().properties();
+            words.extend([
+                p.contiguous_up_to,
+                u64::from(p.cache == crate::buffer::CacheMode::Uncached),
+                u64::from(p.coherency == crate::buffer::Coherency::NonCoherent),
+            ]);
+        }
         let mut fds = vec![self.ctl_fd.as_fd()];
         // Read-only reopens of memfds; dma-bufs as they are.
         fds.extend(
@@ -752,14 +763,10 @@ impl Producer {
             self.lose(c as u32, false);
         }
         // Only the producer sets consumer bits, and only for attached,
-        // non-evicted consumers; losing one clears its bits. Any other bit
-        // was written by a misbehaving peer and would pin the buffer forever.
-        let live = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter(|(_, conn)| conn.as_ref().is_some_and(|x| !x.evicted))
-            .fold(0u64, |m, (c, _)| m | 1 << c);
+        // non-evicted consumers; an evicted one keeps its bits (quarantine)
+        // until its socket closes, which clears them. Any other bit was
+        // written by a misbehaving peer and would pin the buffer forever.
+        let live = self.conns.iter().enumerate().filter(|(_, conn)| conn.is_some()).fold(0u64, |m, (c, _)| m | 1 << c);
         let stale = !(live | PRODUCER_BIT);
         let mut cleared = false;
         for i in 0..self.maps.len() as u32 {
@@ -840,9 +847,12 @@ impl Producer {
         }
     }
 
-    /// Take back everything consumer `c` holds. Evicted consumers keep their
-    /// slot (quarantined) until their socket hangs up, so a late release from
-    /// a live-but-hung process cannot clear a successor's bit.
+    /// Consumer `c` is gone (`evict = false`: take back everything it holds
+    /// and free its slot) or evicted (`evict = true`): an evicted consumer
+    /// keeps its slot and the bits of the buffers it holds (quarantined)
+    /// until its socket hangs up, so no frame it may still be reading is
+    /// overwritten, and a late release from a live-but-hung process cannot
+    /// clear a successor's bit.
     fn lose(&mut self, c: u32, evict: bool) {
         let Some(conn) = self.conns[c as usize].as_mut() else { return };
         let already = conn.evicted;
@@ -858,6 +868,30 @@ impl Producer {
             std::sync::atomic::fence(Ordering::SeqCst);
             // Wake it so it learns of the eviction now, not at its next timeout.
             let _ = futex::wake(self.ctl.head(c), futex::Flags::empty(), u32::MAX);
+            // Frames still queued in its ring, not received: take them back
+            // entry by entry with the same tail CAS the consumer uses to
+            // receive (exactly one side wins each), so none of them can be
+            // read any more.
+            let bit = 1u64 << c;
+            let nbuf = self.maps.len() as u32;
+            loop {
+                let t = self.ctl.tail(c).load(Ordering::Acquire);
+                if self.ctl.head(c).load(Ordering::Acquire) == t {
+                    break;
+                }
+                let e = self.ctl.read_entry(c, t);
+                if self.ctl.tail(c).compare_exchange(t, t.wrapping_add(1), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                    && e.index < nbuf
+                {
+                    self.ctl.buf_mask(e.index).fetch_and(!bit, Ordering::AcqRel);
+                    self.ctl.slot_dropped(c).fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // Quarantine: the buffers it received and still holds keep its
+            // bit (so none is handed out again and overwritten while it may
+            // still read it) until it releases them or its socket closes.
+            self.ctl.free_seq().fetch_add(1, Ordering::Relaxed);
+            return;
         } else {
             tracing::debug!(slot = c, pid = conn.pid, "pool consumer gone");
             self.conns[c as usize] = None;
@@ -941,7 +975,11 @@ struct PeerCred {
 /// docs' [consumer identity](super#consumer-identity).
 fn watch_consumer(creds: Option<PeerCred>, hello_pid: Option<u32>) -> (u32, Option<OwnedFd>) {
     let open = |pid: u32| {
-        rustix::process::Pid::from_raw(pid as i32)
+        // A HELLO pid of 2^31 or more is no process (and `pid as i32` would
+        // be negative, which `Pid::from_raw` asserts against).
+        i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
             .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
     };
     let Some(creds) = creds else {
@@ -1012,7 +1050,10 @@ pub(super) fn create_control(geometry: Geometry) -> Result<(OwnedFd, Control), C
     rustix::fs::ftruncate(&fd, len as u64).map_err(err("ftruncate"))?;
     rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
         .map_err(err("F_ADD_SEALS"))?;
-    let map = Mapping::map(&fd, 0, len, Protection::ReadWrite, true).map_err(err("mmap"))?;
+    let map = AtomicMapping::map(&fd, len, true).map_err(|e| match e {
+        MapError::Os(source) => CreateError::ControlBlock { op: "mmap", source },
+        _ => CreateError::ControlBlock { op: "mmap (seals)", source: Errno::PERM },
+    })?;
     let ctl =
         Control::new(map, geometry).ok_or(CreateError::ControlBlock { op: "size check", source: Errno::INVAL })?;
     Ok((fd, ctl))
@@ -1209,6 +1250,12 @@ mod tests {
         let (pid, fd) = watch_consumer(Some(me()), Some(u32::MAX >> 1));
         assert_eq!(pid, me().pid);
         assert!(fd.is_none());
+        // Not even a pid_t (regression: debug builds panicked on these).
+        for claimed in [1 << 31, u32::MAX] {
+            let (pid, fd) = watch_consumer(Some(me()), Some(claimed));
+            assert_eq!(pid, me().pid);
+            assert!(fd.is_none());
+        }
         // No credentials at all.
         assert_eq!(watch_consumer(None, Some(kid_pid)).0, 0);
         kid.kill().unwrap();

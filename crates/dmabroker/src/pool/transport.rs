@@ -38,13 +38,18 @@ pub(crate) const MSG_SYNC: u32 = 4;
 
 /// HELLO flag: send a sync_file with each frame whose producer asked for one.
 pub(crate) const HELLO_WANT_SYNC_FILES: u32 = 1;
+/// HELLO flag: append the buffers' physical properties to the WELCOME
+/// (contiguous_up_to, cache: 0 cached / 1 uncached, coherency: 0 coherent /
+/// 1 non-coherent). A producer that does not know the flag sends the plain
+/// 7-word WELCOME, and a consumer that does not set it gets that.
+pub(crate) const HELLO_WANT_PROPERTIES: u32 = 2;
 
 /// REFUSED reasons.
 pub(crate) const REFUSED_FULL: u32 = 1;
 pub(crate) const REFUSED_CLOSED: u32 = 2;
 
-/// Largest message (WELCOME).
-pub(crate) const MAX_MSG: usize = 64;
+/// Largest message: a WELCOME with the property words (8 + 10 x 8 bytes).
+pub(crate) const MAX_MSG: usize = 88;
 /// Most fds in one message: the control block plus every buffer.
 pub(crate) const MAX_FDS: usize = MAX_BUFFERS as usize + 1;
 

@@ -28,9 +28,13 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The protocol version this library speaks best (2 added
-/// [`Request::AllocateFor`]; 3 added pools by name, [`Request::RegisterPool`]
-/// and [`Request::AttachPool`]; a broker still serves older clients).
+/// [`Request::AllocateFor`]; 3 added [`Response::WithProperties`] and pools
+/// by name, [`Request::RegisterPool`] and [`Request::AttachPool`]; a broker
+/// still serves version-1 and version-2 clients).
 pub const PROTOCOL_VERSION: u16 = 3;
+/// The first version whose buffer replies carry physical properties
+/// ([`Response::WithProperties`]).
+pub const PROPERTIES_VERSION: u16 = 3;
 /// The first version with [`Request::AllocateFor`], [`Response::AllocatedFor`]
 /// and [`ErrorCode::NoSuitableHeap`].
 pub const ALLOCATE_FOR_VERSION: u16 = 2;
@@ -258,6 +262,17 @@ pub enum Response {
         /// Why that heap.
         choice: ChoiceReport,
     },
+    /// (version 3) `Allocated`, `AllocatedFor` or `Imported`, with the
+    /// buffer's physical properties (which its fd cannot tell: coherency,
+    /// cache mode, contiguity). A broker sends it in place of those three
+    /// replies in every session that negotiated version 3 or later; the fd
+    /// comes with this message.
+    WithProperties {
+        /// What the broker knows of the buffer's memory.
+        properties: crate::buffer::PropertyHint,
+        /// The reply itself: one of the three above, never this variant.
+        reply: Box<Response>,
+    },
     /// A pool was registered (version 3).
     PoolRegistered {
         /// Its name.
@@ -435,7 +450,18 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, CodecError> {
         return Err(CodecError::TooLong { len: bytes.len(), max: MAX_RESPONSE_LEN });
     }
     let response: Response = decode(bytes)?;
-    if let Response::AllocatedFor { heap, choice, .. } = &response {
+    let inner = match &response {
+        Response::WithProperties { reply, .. } => {
+            if !reply.carries_buffer() {
+                return Err(invalid(
+                    "WithProperties: the reply inside is not Allocated, AllocatedFor or Imported".into(),
+                ));
+            }
+            reply.as_ref()
+        }
+        other => other,
+    };
+    if let Response::AllocatedFor { heap, choice, .. } = inner {
         check_text("heap", heap, MAX_NAME_LEN)?;
         alloc_for::check_report(choice)?;
     }
@@ -461,6 +487,24 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
         return Err(CodecError::Malformed(format!("{} trailing bytes", rest.len())));
     }
     Ok(value)
+}
+
+impl Response {
+    /// True for the replies that carry a buffer's fd: `Allocated`,
+    /// `AllocatedFor`, `Imported` (and `WithProperties` around one of them).
+    pub fn carries_buffer(&self) -> bool {
+        matches!(self, Self::Allocated { .. } | Self::Imported { .. } | Self::AllocatedFor { .. })
+    }
+
+    /// The reply for a session of `version`: from version 3 a reply that
+    /// carries a buffer is wrapped in `WithProperties` with `properties`.
+    pub fn for_version(self, version: u16, properties: crate::buffer::PropertyHint) -> Self {
+        if version >= PROPERTIES_VERSION && self.carries_buffer() {
+            Self::WithProperties { properties, reply: Box::new(self) }
+        } else {
+            self
+        }
+    }
 }
 
 impl Request {

@@ -1,17 +1,10 @@
 //! Shared by the integration tests: visible skips, fd counting, child roles.
 #![allow(dead_code)]
 
-/// True inside the test VM (`vm/run.sh` sets DMABROKER_VM=1): there every
-/// kernel feature must be present, so a skip is a failure.
-pub fn in_vm() -> bool {
-    std::env::var_os("DMABROKER_VM").is_some_and(|v| v == "1")
-}
-
-/// Print a visible skip line, or fail inside the VM.
-pub fn skip(test: &str, reason: &str) {
-    assert!(!in_vm(), "{test}: {reason} (inside the test VM this must not happen)");
-    println!("SKIP {test}: {reason}");
-}
+#[path = "skip.rs"]
+mod skip_rule;
+#[allow(unused_imports)]
+pub use skip_rule::{in_vm, skip, skip_for_tool};
 
 /// Open fds of this process.
 pub fn open_fds() -> usize {
