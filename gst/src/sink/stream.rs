@@ -8,7 +8,7 @@
 //! lent again since.
 
 use dmabroker::pool::{AcquireError, FrameMeta, PoolRegistration, Producer};
-use dmabroker_sys::mmap::{Mapping, Protection};
+use dmabroker_sys::mmap::{MapError, Mapping, Protection};
 use rustix::event::{poll, PollFd, PollFlags};
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -108,7 +108,7 @@ impl Drop for Lease {
 pub(crate) enum LendError {
     Flushing,
     Closed,
-    Map(rustix::io::Errno),
+    Map(MapError),
 }
 
 impl Stream {
@@ -118,10 +118,10 @@ impl Stream {
         producer: Producer,
         registration: PoolRegistration,
         frame_len: usize,
-    ) -> Result<Arc<Self>, rustix::io::Errno> {
+    ) -> Result<Arc<Self>, MapError> {
         let mut parked = Vec::new();
         for buffer in producer.buffers() {
-            let len = usize::try_from(buffer.len()).map_err(|_| rustix::io::Errno::FBIG)?;
+            let len = usize::try_from(buffer.len()).map_err(|_| MapError::Os(rustix::io::Errno::FBIG))?;
             parked.push(Some(Mapping::map(buffer.as_fd(), 0, len, Protection::ReadWrite, true)?));
         }
         let n = parked.len();
@@ -175,7 +175,7 @@ impl Stream {
                 // An older GstBuffer still holds the parked mapping.
                 None => {
                     let Some(buffer) = inner.producer.buffers().nth(i) else { return Err(LendError::Closed) };
-                    let len = usize::try_from(buffer.len()).map_err(|_| LendError::Map(rustix::io::Errno::FBIG))?;
+                    let len = usize::try_from(buffer.len()).map_err(|_| LendError::Map(MapError::Os(rustix::io::Errno::FBIG)))?;
                     match Mapping::map(buffer.as_fd(), 0, len, Protection::ReadWrite, true) {
                         Ok(map) => map,
                         Err(e) => {

@@ -7,7 +7,7 @@
 
 use dmabroker::pool::{attach_by_name, AttachedPool, Consumer, ConsumerOptions, KeptFrame, NamedPoolError, WaitMode};
 use dmabroker::BufferKind;
-use dmabroker_sys::mmap::{Mapping, Protection};
+use dmabroker_sys::mmap::{MapError, Mapping, Protection};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,7 +33,7 @@ impl Attachment {
             let len = usize::try_from(buffer.len())
                 .map_err(|_| NamedPoolError::Os { op: "mmap", source: rustix::io::Errno::FBIG })?;
             let map = Mapping::map(buffer.as_fd(), 0, len, Protection::Read, true)
-                .map_err(|source| NamedPoolError::Os { op: "mmap", source })?;
+                .map_err(|e| NamedPoolError::Os { op: "mmap", source: map_errno(e) })?;
             maps.push(Arc::new(map));
         }
         Ok(Arc::new(Self { consumer: Mutex::new(consumer), maps, info, dmabuf }))
@@ -71,5 +71,16 @@ impl Drop for Held {
             // refused as foreign: nothing to release then.
             let _ = self.attachment.consumer().release_kept(frame);
         }
+    }
+}
+
+/// The errno a failed frame mapping reports. A pool's frames are dma-bufs or
+/// size-sealed memfds (the consumer refuses anything else at attach), so
+/// `NotSizeSealed` means a producer broke the pool protocol: `EPERM`.
+fn map_errno(e: MapError) -> rustix::io::Errno {
+    match e {
+        MapError::Os(errno) => errno,
+        MapError::NotSizeSealed => rustix::io::Errno::PERM,
+        _ => rustix::io::Errno::INVAL,
     }
 }
