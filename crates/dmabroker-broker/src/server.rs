@@ -10,6 +10,7 @@
 
 use crate::peer;
 use crate::service::{Reply, Service, Session};
+use dmabroker::closer::{self, CloseLater};
 use dmabroker::proto::{self, wire, ErrorCode};
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::io::Errno;
@@ -45,7 +46,9 @@ const DRAIN_BATCH: usize = 64;
 
 #[derive(Debug)]
 struct Conn {
-    socket: OwnedFd,
+    /// Closed by a closer thread, as every fd a client sent: its receive
+    /// queue may hold fds whose release blocks (see [`dmabroker::closer`]).
+    socket: CloseLater,
     session: Session,
     pending: Option<(Vec<u8>, Option<OwnedFd>)>,
     pending_since: Option<Instant>,
@@ -57,7 +60,7 @@ struct Conn {
 /// [`LINGER`] passes.
 #[derive(Debug)]
 struct Lingering {
-    socket: OwnedFd,
+    socket: CloseLater,
     until: Instant,
 }
 
@@ -257,6 +260,7 @@ impl Server {
     }
 
     fn admit(&mut self, socket: OwnedFd) {
+        let socket = CloseLater::new(socket);
         if self.conns.len() >= self.max_clients {
             refuse(&socket, format!("the broker serves {} clients, its maximum: retry later", self.max_clients));
             self.retire(socket);
@@ -315,7 +319,7 @@ impl Server {
         if conn.pending.is_some() {
             return false;
         }
-        let received = match wire::recv(conn.socket.as_fd(), &mut self.buf, true) {
+        let mut received = match wire::recv(conn.socket.as_fd(), &mut self.buf, true) {
             Ok(Some(r)) => r,
             Ok(None) => {
                 self.close(token);
@@ -350,12 +354,16 @@ impl Server {
                     // A client that sends again has usually read every reply.
                     unpin_if_received(&mut self.service, conn);
                     // Unexpected fds were refused above; the expected one is
-                    // handed over, and any left are closed on drop.
-                    let fd = received.fds.into_iter().next();
+                    // handed over (the service closes it off the loop unless
+                    // it keeps it).
+                    let fd = received.fds.pop();
                     self.service.handle(&mut conn.session, request, fd)
                 }
             }
         };
+        // Whatever the request did not take: never closed on the loop (a
+        // lingering socket's or a FUSE file's release would freeze it).
+        closer::close_all_later(received.fds);
         self.send(token, reply)
     }
 
@@ -447,7 +455,7 @@ impl Server {
     /// hangs up or after [`LINGER`], draining once more; at most
     /// [`MAX_LINGERING`] such connections, beyond which they are drained and
     /// closed at once.
-    fn retire(&mut self, socket: OwnedFd) {
+    fn retire(&mut self, socket: CloseLater) {
         let _ = rustix::net::shutdown(&socket, rustix::net::Shutdown::Write);
         if drain(&socket, &mut self.buf) || self.lingering.len() >= MAX_LINGERING {
             return; // hung up already, or too many lingering: closed now
@@ -475,7 +483,7 @@ impl Server {
     }
 
     /// Forget a session and return its socket (not yet closed).
-    fn end_session(&mut self, token: u64) -> Option<OwnedFd> {
+    fn end_session(&mut self, token: u64) -> Option<CloseLater> {
         let conn = self.conns.remove(&token)?;
         let _ = epoll::delete(&self.epoll, &conn.socket);
         let uid = conn.session.peer.uid;
@@ -499,7 +507,7 @@ impl Server {
 
 /// Tell a connection that is not admitted why (`Busy`), without blocking;
 /// the caller then retires it ([`Server::retire`]).
-fn refuse(socket: &OwnedFd, message: String) {
+fn refuse(socket: &impl AsFd, message: String) {
     let reply = Reply::error(ErrorCode::Busy, message, true);
     if let Ok(bytes) = proto::encode_response(&reply.response) {
         let _ = wire::send(socket.as_fd(), &bytes, None, true);
@@ -509,10 +517,10 @@ fn refuse(socket: &OwnedFd, message: String) {
 /// Read and discard what a connection the broker has ended still sent (fds
 /// that came along are closed), at most [`DRAIN_BATCH`] datagrams. True when
 /// the peer is gone (end of stream or an error).
-fn drain(socket: &OwnedFd, buf: &mut [u8]) -> bool {
+fn drain(socket: &impl AsFd, buf: &mut [u8]) -> bool {
     for _ in 0..DRAIN_BATCH {
         match wire::recv(socket.as_fd(), buf, true) {
-            Ok(Some(_)) => {}
+            Ok(Some(r)) => closer::close_all_later(r.fds),
             Err(Errno::AGAIN) => return false,
             Ok(None) | Err(_) => return true,
         }

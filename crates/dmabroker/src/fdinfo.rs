@@ -134,6 +134,24 @@ pub fn fd_link(pid: Option<u32>, fd: i32) -> io::Result<String> {
     Ok(std::fs::read_link(path)?.to_string_lossy().into_owned())
 }
 
+/// Whether an fd of this process is a dma-buf or lies on a memfd mount,
+/// told from `/proc/self/fdinfo` alone (answered by the VFS, never by the
+/// file's own file system). Call it before `fstat`, `fcntl` locks or
+/// anything else that reaches a file another process sent: `fstat` of a
+/// FUSE file waits for its (perhaps hostile) server.
+pub fn is_buffer_fd(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    FdInfo::read(None, fd.as_raw_fd())
+        .is_ok_and(|info| info.is_dma_buf() || info.get_u64("mnt_id").is_some_and(|m| memfd_mounts().contains_key(&m)))
+}
+
+/// Whether an fd of this process is a sync_file (`anon_inode:sync_file`),
+/// from its `/proc/self/fd` link (no file system call).
+pub fn is_sync_file(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    fd_link(None, fd.as_raw_fd()).is_ok_and(|l| l == "anon_inode:sync_file")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

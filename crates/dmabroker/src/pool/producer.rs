@@ -10,6 +10,7 @@ use super::layout::{Control, Entry, Geometry, PRODUCER_BIT, SLOT_ACTIVE, SLOT_EV
 use super::transport::{self, PoolListener, HELLO_TIMEOUT_NS};
 use super::{now_ns, timespec, Backpressure, FrameFlags, FrameMeta, PoolOptions};
 use crate::buffer::{Buffer, BufferKind, BufferMapping};
+use crate::closer::CloseLater;
 use crate::constraints::{Choice, Constraints};
 use crate::format::Layout;
 use crate::heap::{AllocRequest, Heaps};
@@ -30,7 +31,9 @@ const STARVED_SLICE: Duration = Duration::from_millis(10);
 
 #[derive(Debug)]
 struct Conn {
-    socket: OwnedFd,
+    /// Closed by a closer thread: messages the consumer queued may carry fds
+    /// whose release blocks (see [`crate::closer`]).
+    socket: CloseLater,
     pidfd: Option<OwnedFd>,
     pid: u32,
     want_sync: bool,
@@ -50,7 +53,7 @@ struct Conn {
 
 #[derive(Debug)]
 struct Pending {
-    socket: OwnedFd,
+    socket: CloseLater,
     since: u64,
     /// REFUSED(closed) was sent: kept only until its HELLO is read (closing
     /// a socket with unread data would reset the peer before it reads the
@@ -350,7 +353,7 @@ impl Producer {
         if refused {
             transport::refuse_closed(socket.as_fd());
         }
-        self.pending.push(Pending { socket, since: now_ns(), refused });
+        self.pending.push(Pending { socket: CloseLater::new(socket), since: now_ns(), refused });
         Ok(())
     }
 
@@ -632,7 +635,7 @@ impl Producer {
     fn service_connections(&mut self, now: u64) {
         if let Some(listener) = &self.listener {
             while let Ok(Some(socket)) = listener.try_accept() {
-                self.pending.push(Pending { socket, since: now, refused: false });
+                self.pending.push(Pending { socket: CloseLater::new(socket), since: now, refused: false });
             }
         }
         for mut p in std::mem::take(&mut self.pending) {
@@ -650,18 +653,23 @@ impl Producer {
                 continue;
             }
             match transport::recv(p.socket.as_fd(), true) {
-                Ok(Some((bytes, _fds))) => match transport::decode(&bytes, Vec::new()) {
-                    Ok(m) if m.kind == transport::MSG_HELLO => self.finish_attach(p.socket, &m.words),
-                    // Not a pool consumer: hang up on it.
-                    _ => {}
-                },
+                Ok(Some((bytes, fds))) => {
+                    // A HELLO carries no fd: whatever came along is closed
+                    // off the frame path (its release may block).
+                    crate::closer::close_all_later(fds);
+                    match transport::decode(&bytes, Vec::new()) {
+                        Ok(m) if m.kind == transport::MSG_HELLO => self.finish_attach(p.socket, &m.words),
+                        // Not a pool consumer: hang up on it (off the frame path too).
+                        _ => {}
+                    }
+                }
                 Err(Errno::AGAIN) if now.saturating_sub(p.since) < HELLO_TIMEOUT_NS => self.pending.push(p),
                 _ => {}
             }
         }
     }
 
-    fn finish_attach(&mut self, socket: OwnedFd, hello: &[u64]) {
+    fn finish_attach(&mut self, socket: CloseLater, hello: &[u64]) {
         let refuse = |reason: u32| {
             let _ = transport::send(
                 socket.as_fd(),
