@@ -145,6 +145,21 @@ pub fn pending() -> (usize, usize) {
     pool().state.lock().map_or((0, 0), |s| (s.queue.len(), s.busy))
 }
 
+/// Wait until every fd handed over so far is closed, at most `timeout`;
+/// whether it was (for leak checks in tests, and orderly exits).
+pub fn wait_idle(timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if pending() == (0, 0) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

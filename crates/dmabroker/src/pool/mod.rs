@@ -222,7 +222,7 @@ pub use consumer::{Consumer, ConsumerOptions, ForeignFrame, Frame, FrameInfo, Ke
 pub use error::{AcquireError, AttachError, AttachFd, CreateError, PoolAllocError, PoolError, SubmitError};
 pub use layout::{MAX_BUFFERS, MAX_CONSUMERS};
 pub use producer::{ConsumerStats, PoolStats, Producer, WriteSlot};
-pub use transport::{connect, socket_pair, ListenError, PoolListener};
+pub use transport::{connect, socket_pair, ListenError, PathLock, PoolListener};
 
 use std::time::Duration;
 

@@ -116,15 +116,21 @@ pub struct PoolListener {
 }
 
 /// An exclusive `flock` on a lock file, removed (while still locked) on drop.
+/// Pools and the broker hold one on `<socket>.lock` before they bind, so
+/// that two servers started at once never both think a path is theirs.
 #[derive(Debug)]
-struct PathLock {
+pub struct PathLock {
     fd: OwnedFd,
     path: PathBuf,
 }
 
 impl PathLock {
     /// Lock `<socket>.lock` without waiting. `Ok(None)`: another process holds it.
-    fn take(socket: &Path) -> Result<Option<Self>, ListenError> {
+    ///
+    /// # Errors
+    /// [`ListenError::PermissionDenied`] when the lock file cannot be
+    /// created; [`ListenError::Os`] for other failures.
+    pub fn take(socket: &Path) -> Result<Option<Self>, ListenError> {
         use rustix::fs::{FlockOperation, Mode, OFlags};
         let mut name = socket.as_os_str().to_owned();
         name.push(".lock");
