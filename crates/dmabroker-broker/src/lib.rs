@@ -67,6 +67,8 @@ pub struct Config {
     pub max_clients_per_uid: usize,
     /// Sweep timing.
     pub timing: SweepTiming,
+    /// A connection that sends no `Hello` within this is closed.
+    pub handshake_timeout: std::time::Duration,
     /// Talk to the service manager (`$NOTIFY_SOCKET`) when it is set.
     pub notify: bool,
     /// Clients run inside the broker's own process (tests, embedding): count
@@ -75,7 +77,10 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults: the built-in policy, 8192 clients (4096 per uid), notify when run by a manager.
+    /// Defaults: the built-in policy, 8192 clients (4096 per uid asked, at
+    /// most a quarter of the slots not reserved for root and the broker's
+    /// uid is granted), a 5 s handshake timeout, notify when run by a
+    /// manager.
     pub fn new(listener: Listener) -> Self {
         Self {
             listener,
@@ -83,6 +88,7 @@ impl Config {
             max_clients: 8192,
             max_clients_per_uid: 4096,
             timing: SweepTiming::default(),
+            handshake_timeout: server::HANDSHAKE_TIMEOUT,
             notify: true,
             clients_in_process: false,
         }
@@ -362,6 +368,7 @@ impl Broker {
             tracing::info!("restored {restored} publication(s) from the fd store");
         }
         let mut server = Server::new(listener, shutdown, service, config.max_clients, config.max_clients_per_uid)?;
+        server.handshake_timeout = config.handshake_timeout;
         if let Some(n) = &mut server.service.notifier {
             let _ = n.notify(&format!("READY=1\nSTATUS=serving, {restored} publication(s) restored"), None);
         }

@@ -177,3 +177,62 @@ fn many_fds_in_one_message_are_refused_without_blocking() {
     other.stats().expect("served");
     assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
 }
+
+/// Connect as `uid` (a thread of that uid) and keep connections that got
+/// `Hello` answered, until the broker refuses one (at most `max`).
+fn hold_connections(broker: &TestBroker, uid: u32, max: usize) -> Vec<OwnedFd> {
+    let path = broker.path.clone();
+    common::as_user(uid, move || {
+        let mut kept = Vec::new();
+        for _ in 0..max {
+            let s = rustix::net::socket_with(
+                rustix::net::AddressFamily::UNIX,
+                rustix::net::SocketType::SEQPACKET,
+                rustix::net::SocketFlags::CLOEXEC,
+                None,
+            )
+            .unwrap();
+            rustix::net::connect(&s, &rustix::net::SocketAddrUnix::new(&path).unwrap()).unwrap();
+            request(&s, &Request::Hello { min_version: 1, max_version: 1 }, None);
+            match response(&s) {
+                Response::Hello { .. } => kept.push(s),
+                Response::Error { code: ErrorCode::Busy, .. } => break,
+                r => panic!("{r:?}"),
+            }
+        }
+        kept
+    })
+}
+
+/// Finding 3: with the per-user cap at half the table, two users that hold
+/// connections locked everyone out, root included. Caps now cannot add up
+/// to the table, and root has a reserve.
+#[test]
+fn two_users_cannot_lock_root_out() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIP two_users_cannot_lock_root_out: needs root (threads of other uids)");
+        return;
+    }
+    let broker = TestBroker::start_with("lockout", None, 8);
+    // The per-user cap asked is the library's default (4096, more than the table).
+    let a = hold_connections(&broker, common::NOBODY, 8);
+    let b = hold_connections(&broker, common::NOBODY - 1, 8);
+    assert!(a.len() + b.len() < 8, "two users hold the whole table: {} + {}", a.len(), b.len());
+    let mut root = broker.client();
+    root.stats().expect("root is served");
+}
+
+/// Finding 3: a connection that never sends `Hello` held its slot for good.
+#[test]
+fn a_connection_without_hello_is_closed() {
+    let broker = TestBroker::start_with_config("no-hello", |c| c.handshake_timeout = Duration::from_millis(300));
+    let raw = broker.raw_socket();
+    rustix::net::sockopt::set_socket_timeout(&raw, rustix::net::sockopt::Timeout::Recv, Some(Duration::from_secs(5)))
+        .unwrap();
+    let start = Instant::now();
+    match response(&raw) {
+        Response::Error { code: ErrorCode::BadRequest, message } => assert!(message.contains("Hello"), "{message}"),
+        r => panic!("{r:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
