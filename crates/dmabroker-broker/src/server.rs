@@ -300,7 +300,7 @@ impl Server {
     }
 
     fn admit(&mut self, socket: OwnedFd) {
-        let socket = CloseLater::new(socket);
+        let socket = CloseLater::connection(socket);
         let peer = match peer::identify(&socket) {
             Ok(p) => p,
             Err(e) => {

@@ -111,12 +111,18 @@ fn worker() {
 /// connection socket, whose receive queue may hold fds a peer sent (they are
 /// released when the socket is), or an fd a peer sent that is kept a while.
 #[derive(Debug)]
-pub struct CloseLater(Option<OwnedFd>);
+pub struct CloseLater(Option<OwnedFd>, bool);
 
 impl CloseLater {
     /// Wrap `fd`.
     pub fn new(fd: OwnedFd) -> Self {
-        Self(Some(fd))
+        Self(Some(fd), false)
+    }
+
+    /// Wrap a connection socket of this process: on drop it is shut down at
+    /// once (the peer sees the hang-up now), then closed on a closer thread.
+    pub fn connection(fd: OwnedFd) -> Self {
+        Self(Some(fd), true)
     }
 
     /// The fd itself, to be closed by the caller (only for a file whose
@@ -135,6 +141,9 @@ impl std::os::fd::AsFd for CloseLater {
 impl Drop for CloseLater {
     fn drop(&mut self) {
         if let Some(fd) = self.0.take() {
+            if self.1 {
+                let _ = rustix::net::shutdown(&fd, rustix::net::Shutdown::Both);
+            }
             close_later(fd);
         }
     }

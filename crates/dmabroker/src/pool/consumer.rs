@@ -127,7 +127,7 @@ impl Consumer {
     /// [`AttachError`]: refused (full, closed), protocol mismatch, an
     /// inconsistent welcome, no answer within `options.attach_timeout`.
     pub fn attach(socket: OwnedFd, options: &ConsumerOptions) -> Result<Self, AttachError> {
-        let socket = crate::closer::CloseLater::new(socket);
+        let socket = crate::closer::CloseLater::connection(socket);
         let os = |op| move |source| AttachError::Os { op, source };
         rustix::net::sockopt::set_socket_timeout(
             &socket,
