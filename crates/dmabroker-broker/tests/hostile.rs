@@ -167,7 +167,6 @@ fn many_fds_in_one_message_are_refused_without_blocking() {
     assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
     rustix::net::sendmsg(&raw, &[std::io::IoSlice::new(&bytes)], &mut control, rustix::net::SendFlags::empty())
         .unwrap();
-    drop(control);
     drop(sock);
     match response(&raw) {
         Response::Error { code: ErrorCode::BadRequest, message } => assert!(message.contains("fd"), "{message}"),
