@@ -124,7 +124,7 @@ fi
 
 runner=()
 if ((use_valgrind)); then
-    runner=(valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible --show-leak-kinds=definite,indirect,possible)
+    runner=(valgrind -q --error-exitcode=1 --suppressions="$here/valgrind.supp" --leak-check=full --errors-for-leak-kinds=definite,indirect,possible --show-leak-kinds=definite,indirect,possible)
 fi
 step "start a broker"
 export DMABROKER_SOCKET=$tmp/broker.sock

@@ -136,10 +136,22 @@ pub fn scan(wanted: &HashSet<FileId>, include_self: bool) -> Scan {
         // Threads share the mappings (CLONE_THREAD implies CLONE_VM; tasks
         // with their own mm are processes of their own in /proc); when the
         // leader has exited, its maps are empty and a live thread's are read.
+        // A line that names a memfd but cannot be parsed counts as held,
+        // never as free: the user's memfds stay charged.
         if let Ok(maps) = dmabroker::accounting::process_maps(pid) {
+            let mut unparsable = false;
             for line in maps.lines().filter(|l| l.contains("/memfd:")) {
-                if let Some(id) = parse_maps_line(line).filter(|id| wanted.contains(id)) {
-                    scan.held.insert(id);
+                match parse_maps_line(line) {
+                    Some(id) if wanted.contains(&id) => {
+                        scan.held.insert(id);
+                    }
+                    Some(_) => {}
+                    None => unparsable = true,
+                }
+            }
+            if unparsable {
+                if let Ok(st) = rustix::fs::stat(&base) {
+                    scan.unreadable_uids.insert(st.st_uid);
                 }
             }
         }
@@ -243,6 +255,28 @@ mod tests {
         assert!(scan(&wanted, true).held(&id), "a mapping holds it");
         drop(map);
         assert!(!scan(&wanted, true).held(&id));
+    }
+
+    /// Finding 4: a memfd whose name is not UTF-8 made `/proc/PID/maps`
+    /// unreadable as a string, so the scan skipped every mapping of the
+    /// process and the charge of a buffer still mapped ended.
+    #[test]
+    fn a_mapping_with_a_name_that_is_not_utf8_holds() {
+        let name = std::ffi::CString::new(b"dmabroker:\xff\xfe-not-utf8".to_vec()).unwrap();
+        let memfd = rustix::fs::memfd_create(
+            name.as_c_str(),
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        rustix::fs::ftruncate(&memfd, 4096).unwrap();
+        rustix::fs::fcntl_add_seals(&memfd, rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW).unwrap();
+        let buffer = dmabroker::Buffer::from_fd(memfd).unwrap();
+        let id = FileId::of(&buffer).unwrap();
+        let wanted: HashSet<_> = [id].into();
+        assert!(!scan(&wanted, true).held(&id), "the registry's own fd alone");
+        let map = buffer.map_read().unwrap();
+        assert!(scan(&wanted, true).held(&id), "a mapping of a memfd with a non-UTF-8 name holds it");
+        drop(map);
     }
 
     /// A C program with `threads` threads, each in a file descriptor table

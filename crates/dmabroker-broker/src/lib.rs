@@ -71,6 +71,8 @@ pub struct Config {
     pub max_clients_per_uid: usize,
     /// Sweep timing.
     pub timing: SweepTiming,
+    /// A connection that sends no `Hello` within this is closed.
+    pub handshake_timeout: std::time::Duration,
     /// Talk to the service manager (`$NOTIFY_SOCKET`) when it is set.
     pub notify: bool,
     /// Clients run inside the broker's own process (tests, embedding): count
@@ -79,7 +81,10 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults: the built-in policy, 8192 clients (4096 per uid), notify when run by a manager.
+    /// Defaults: the built-in policy, 8192 clients (4096 per uid asked, at
+    /// most a quarter of the slots not reserved for root and the broker's
+    /// uid is granted), a 5 s handshake timeout, notify when run by a
+    /// manager.
     pub fn new(listener: Listener) -> Self {
         Self {
             listener,
@@ -87,6 +92,7 @@ impl Config {
             max_clients: 8192,
             max_clients_per_uid: 4096,
             timing: SweepTiming::default(),
+            handshake_timeout: server::HANDSHAKE_TIMEOUT,
             notify: true,
             clients_in_process: false,
         }
@@ -153,7 +159,7 @@ pub enum StartError {
 /// The socket file the broker bound: its path and identity (device and
 /// inode, from `lstat` right after `bind`), so that at exit it removes that
 /// path only while it is still this socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct BoundSocket {
     /// The path.
     pub path: PathBuf,
@@ -161,6 +167,11 @@ pub struct BoundSocket {
     pub dev: u64,
     /// `st_ino` of the socket file.
     pub ino: u64,
+    /// The exclusive lock on `<path>.lock`, taken before `bind` and held
+    /// while the broker lives: a second broker started at the same moment
+    /// is refused even while the first has bound but not yet listened
+    /// (when its socket refuses connections like a stale one).
+    pub lock: Option<std::sync::Arc<dmabroker::pool::PathLock>>,
 }
 
 impl BoundSocket {
@@ -210,6 +221,20 @@ pub fn bind(path: &Path) -> Result<(OwnedFd, BoundSocket), StartError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| bind_err(Errno::from_io_error(&e).unwrap_or(Errno::IO), ": cannot create its directory"))?;
     }
+    let lock = match dmabroker::pool::PathLock::take(path) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => return Err(StartError::AlreadyRunning(path.to_owned())),
+        Err(dmabroker::pool::ListenError::Os { source, .. }) => {
+            return Err(bind_err(source, ": cannot lock the lock file beside the socket (<socket>.lock)"))
+        }
+        Err(_) => {
+            return Err(bind_err(
+                Errno::ACCESS,
+                ": cannot create the lock file beside the socket (<socket>.lock): run as root for /run/dmabroker, \
+                 or pass --socket",
+            ))
+        }
+    };
     let socket = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
         .map_err(|e| bind_err(e, ""))?;
     let addr = SocketAddrUnix::new(path).map_err(|e| bind_err(e, ": path too long for a Unix socket (108 bytes)"))?;
@@ -269,7 +294,12 @@ pub fn bind(path: &Path) -> Result<(OwnedFd, BoundSocket), StartError> {
     {
         tracing::warn!("cannot make {} reachable by every user (chmod 0666): {e}", path.display());
     }
-    let bound = BoundSocket { path: path.to_owned(), dev: st.st_dev as u64, ino: st.st_ino as u64 };
+    let bound = BoundSocket {
+        path: path.to_owned(),
+        dev: st.st_dev as u64,
+        ino: st.st_ino as u64,
+        lock: Some(std::sync::Arc::new(lock)),
+    };
     rustix::net::listen(&socket, 1024).map_err(|e| bind_err(e, ""))?;
     Ok((socket, bound))
 }
@@ -342,6 +372,7 @@ impl Broker {
             tracing::info!("restored {restored} publication(s) from the fd store");
         }
         let mut server = Server::new(listener, shutdown, service, config.max_clients, config.max_clients_per_uid)?;
+        server.handshake_timeout = config.handshake_timeout;
         if let Some(n) = &mut server.service.notifier {
             let _ = n.notify(&format!("READY=1\nSTATUS=serving, {restored} publication(s) restored"), None);
         }
@@ -405,6 +436,27 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// Finding 10: a broker that has bound its socket but not yet called
+    /// `listen` refuses connections like a stale socket; a second broker
+    /// started at that moment replaced it, and both ran (the first
+    /// unreachable). The lock taken before bind refuses the second.
+    #[test]
+    fn a_second_broker_started_at_the_same_time_is_refused() {
+        let d = dir("race");
+        let path = d.join("broker.sock");
+        let first_lock = dmabroker::pool::PathLock::take(&path).unwrap().expect("free");
+        let s =
+            rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
+        rustix::net::bind(&s, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        let inode = std::fs::symlink_metadata(&path).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+        let e = bind(&path).unwrap_err();
+        assert!(matches!(e, StartError::AlreadyRunning(_)), "{e}");
+        let now = std::fs::symlink_metadata(&path).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+        assert_eq!(now, inode, "the first broker's socket was replaced");
+        drop(first_lock);
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

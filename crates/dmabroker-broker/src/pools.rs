@@ -19,6 +19,7 @@ use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use std::collections::HashMap;
+use dmabroker::closer::CloseLater;
 use std::os::fd::{AsFd, OwnedFd};
 
 /// Registered pools the broker keeps at most (each costs one fd).
@@ -32,7 +33,9 @@ struct Registration {
     owner_uid: u32,
     grants: Vec<Grant>,
     description: String,
-    doorbell: OwnedFd,
+    /// The producer's socket: closed by a closer thread (its receive queue
+    /// may hold fds the producer sent, whose release can block).
+    doorbell: CloseLater,
 }
 
 impl Registration {
@@ -127,6 +130,8 @@ impl Pools {
         request: RegisterPoolRequest,
         doorbell: OwnedFd,
     ) -> Result<Response, PoolRefusal> {
+        // Until kept, refused or not, a client's fd is closed off the loop.
+        let doorbell = CloseLater::connection(doorbell);
         if !asker.may_publish {
             return Err(refuse(
                 ErrorCode::NotAllowed,
@@ -238,7 +243,7 @@ impl Pools {
 
 /// The doorbell must be a Unix `SOCK_SEQPACKET` socket: the broker sends
 /// fds on it.
-fn check_doorbell(fd: &OwnedFd) -> Result<(), PoolRefusal> {
+fn check_doorbell(fd: &impl AsFd) -> Result<(), PoolRefusal> {
     let bad = |what: String| {
         refuse(
             ErrorCode::BadRequest,

@@ -10,6 +10,7 @@
 
 use crate::peer;
 use crate::service::{Reply, Service, Session};
+use dmabroker::closer::{self, CloseLater};
 use dmabroker::proto::{self, wire, ErrorCode};
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::io::Errno;
@@ -42,14 +43,27 @@ const LINGER: Duration = Duration::from_millis(500);
 const MAX_LINGERING: usize = 256;
 /// Datagrams drained from a lingering connection per event.
 const DRAIN_BATCH: usize = 64;
+/// How long a connection may stay without `Hello` (the default of
+/// [`Server::handshake_timeout`]).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// When the table is full for a newcomer, a connection that sent nothing
+/// for this long is closed to make room (the one idle longest, of the uid
+/// with the most connections).
+pub const IDLE_UNDER_PRESSURE: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 struct Conn {
-    socket: OwnedFd,
+    /// Closed by a closer thread, as every fd a client sent: its receive
+    /// queue may hold fds whose release blocks (see [`dmabroker::closer`]).
+    socket: CloseLater,
     session: Session,
     pending: Option<(Vec<u8>, Option<OwnedFd>)>,
     pending_since: Option<Instant>,
     close_after_send: bool,
+    /// When it was accepted (for the handshake timeout).
+    accepted: Instant,
+    /// When it last sent a request.
+    last_active: Instant,
 }
 
 /// A connection ended by the broker after its last reply: write side shut
@@ -57,7 +71,7 @@ struct Conn {
 /// [`LINGER`] passes.
 #[derive(Debug)]
 struct Lingering {
-    socket: OwnedFd,
+    socket: CloseLater,
     until: Instant,
 }
 
@@ -83,10 +97,17 @@ pub struct Server {
     next_token: u64,
     max_clients: usize,
     max_clients_per_uid: usize,
+    /// The per-user cap as configured: root and the broker's uid get it.
+    max_clients_per_privileged_uid: usize,
     accept_paused_until: Option<Instant>,
     next_pin_check: Instant,
     /// The notify socket is registered for EPOLLOUT.
     notify_out: bool,
+    /// A connection that has not sent `Hello` within this is closed.
+    pub handshake_timeout: Duration,
+    /// Slots only root and the broker's own uid may take: no number of
+    /// other users' connections locks them out.
+    reserved: usize,
     buf: Vec<u8>,
     /// The operations.
     pub service: Service,
@@ -123,7 +144,12 @@ impl Server {
             per_uid: HashMap::new(),
             next_token: FIRST_CLIENT,
             max_clients,
-            max_clients_per_uid,
+            // Per-user caps that cannot add up to the table: at least four
+            // users are needed to fill what is not reserved.
+            max_clients_per_uid: max_clients_per_uid.min((max_clients - reserved(max_clients)) / 4).max(1),
+            max_clients_per_privileged_uid: max_clients_per_uid,
+            reserved: reserved(max_clients),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
             accept_paused_until: None,
             next_pin_check: Instant::now(),
             notify_out: false,
@@ -149,6 +175,9 @@ impl Server {
             }
             if let Some(t) = self.lingering.values().map(|l| l.until).min() {
                 deadline = deadline.min(t);
+            }
+            if let Some(t) = self.conns.values().filter(|c| c.session.version.is_none()).map(|c| c.accepted).min() {
+                deadline = deadline.min(t + self.handshake_timeout);
             }
             let wait = deadline.saturating_duration_since(now);
             let timeout =
@@ -204,6 +233,20 @@ impl Server {
             tracing::info!("dropping a client that stopped reading replies");
             self.close(token);
         }
+        let silent: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.version.is_none() && now >= c.accepted + self.handshake_timeout)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in silent {
+            tracing::debug!("closing a connection that sent no Hello");
+            let message = format!(
+                "no Hello within {} ms of connecting: a session opens with Hello (docs/PROTOCOL.md)",
+                self.handshake_timeout.as_millis()
+            );
+            self.send(token, Reply::error(ErrorCode::BadRequest, message, true));
+        }
         let expired: Vec<u64> = self.lingering.iter().filter(|(_, l)| now >= l.until).map(|(t, _)| *t).collect();
         for token in expired {
             self.end_lingering(token);
@@ -257,11 +300,7 @@ impl Server {
     }
 
     fn admit(&mut self, socket: OwnedFd) {
-        if self.conns.len() >= self.max_clients {
-            refuse(&socket, format!("the broker serves {} clients, its maximum: retry later", self.max_clients));
-            self.retire(socket);
-            return;
-        }
+        let socket = CloseLater::connection(socket);
         let peer = match peer::identify(&socket) {
             Ok(p) => p,
             Err(e) => {
@@ -269,8 +308,20 @@ impl Server {
                 return;
             }
         };
+        // Root and the broker's own uid may use the reserved slots.
+        let privileged = peer.uid == 0 || peer.uid == rustix::process::geteuid().as_raw();
+        let limit = if privileged { self.max_clients } else { self.max_clients - self.reserved };
+        if self.conns.len() >= limit {
+            self.close_one_idle(Instant::now());
+        }
+        if self.conns.len() >= limit {
+            refuse(&socket, format!("the broker serves {} clients, its maximum: retry later", self.conns.len()));
+            self.retire(socket);
+            return;
+        }
         let mine = self.per_uid.get(&peer.uid).copied().unwrap_or(0);
-        if mine >= self.max_clients_per_uid {
+        let cap = if privileged { self.max_clients_per_privileged_uid } else { self.max_clients_per_uid };
+        if mine >= cap {
             refuse(
                 &socket,
                 format!("uid {} has {mine} connections to the broker, the maximum per user: close some", peer.uid),
@@ -286,7 +337,19 @@ impl Server {
         tracing::debug!(uid = peer.uid, pid = peer.pid, "client connected");
         *self.per_uid.entry(peer.uid).or_default() += 1;
         let session = Session::new(peer, &self.service.policy);
-        self.conns.insert(token, Conn { socket, session, pending: None, pending_since: None, close_after_send: false });
+        let now = Instant::now();
+        self.conns.insert(
+            token,
+            Conn {
+                socket,
+                session,
+                pending: None,
+                pending_since: None,
+                close_after_send: false,
+                accepted: now,
+                last_active: now,
+            },
+        );
         self.service.clients = self.conns.len() as u64;
     }
 
@@ -315,7 +378,8 @@ impl Server {
         if conn.pending.is_some() {
             return false;
         }
-        let received = match wire::recv(conn.socket.as_fd(), &mut self.buf, true) {
+        conn.last_active = Instant::now();
+        let mut received = match wire::recv(conn.socket.as_fd(), &mut self.buf, true) {
             Ok(Some(r)) => r,
             Ok(None) => {
                 self.close(token);
@@ -350,12 +414,16 @@ impl Server {
                     // A client that sends again has usually read every reply.
                     unpin_if_received(&mut self.service, conn);
                     // Unexpected fds were refused above; the expected one is
-                    // handed over, and any left are closed on drop.
-                    let fd = received.fds.into_iter().next();
+                    // handed over (the service closes it off the loop unless
+                    // it keeps it).
+                    let fd = received.fds.pop();
                     self.service.handle(&mut conn.session, request, fd)
                 }
             }
         };
+        // Whatever the request did not take: never closed on the loop (a
+        // lingering socket's or a FUSE file's release would freeze it).
+        closer::close_all_later(received.fds);
         self.send(token, reply)
     }
 
@@ -447,7 +515,7 @@ impl Server {
     /// hangs up or after [`LINGER`], draining once more; at most
     /// [`MAX_LINGERING`] such connections, beyond which they are drained and
     /// closed at once.
-    fn retire(&mut self, socket: OwnedFd) {
+    fn retire(&mut self, socket: CloseLater) {
         let _ = rustix::net::shutdown(&socket, rustix::net::Shutdown::Write);
         if drain(&socket, &mut self.buf) || self.lingering.len() >= MAX_LINGERING {
             return; // hung up already, or too many lingering: closed now
@@ -475,7 +543,7 @@ impl Server {
     }
 
     /// Forget a session and return its socket (not yet closed).
-    fn end_session(&mut self, token: u64) -> Option<OwnedFd> {
+    fn end_session(&mut self, token: u64) -> Option<CloseLater> {
         let conn = self.conns.remove(&token)?;
         let _ = epoll::delete(&self.epoll, &conn.socket);
         let uid = conn.session.peer.uid;
@@ -491,15 +559,42 @@ impl Server {
         Some(conn.socket)
     }
 
+    /// The table is full for a newcomer: close the connection idle longest
+    /// (at least [`IDLE_UNDER_PRESSURE`], no reply pending) of the uid with
+    /// the most connections, telling it why. Whether one was closed.
+    fn close_one_idle(&mut self, now: Instant) -> bool {
+        let Some(&top_uid) = self.per_uid.iter().max_by_key(|(_, n)| **n).map(|(u, _)| u) else { return false };
+        let victim = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.peer.uid == top_uid && c.pending.is_none())
+            .filter(|(_, c)| now.saturating_duration_since(c.last_active) >= IDLE_UNDER_PRESSURE)
+            .min_by_key(|(_, c)| c.last_active)
+            .map(|(t, _)| *t);
+        let Some(token) = victim else { return false };
+        tracing::info!(uid = top_uid, "closing an idle connection: the client table is full");
+        let message = format!(
+            "closed after {} s idle: the broker's client table is full; reconnect when needed",
+            IDLE_UNDER_PRESSURE.as_secs()
+        );
+        self.send(token, Reply::error(ErrorCode::Busy, message, true));
+        true
+    }
+
     /// Connected clients.
     pub fn clients(&self) -> usize {
         self.conns.len()
     }
 }
 
+/// Slots kept for root and the broker's own uid out of `max_clients`.
+fn reserved(max_clients: usize) -> usize {
+    (max_clients / 32).clamp(1, 64).min(max_clients.saturating_sub(1))
+}
+
 /// Tell a connection that is not admitted why (`Busy`), without blocking;
 /// the caller then retires it ([`Server::retire`]).
-fn refuse(socket: &OwnedFd, message: String) {
+fn refuse(socket: &impl AsFd, message: String) {
     let reply = Reply::error(ErrorCode::Busy, message, true);
     if let Ok(bytes) = proto::encode_response(&reply.response) {
         let _ = wire::send(socket.as_fd(), &bytes, None, true);
@@ -509,10 +604,10 @@ fn refuse(socket: &OwnedFd, message: String) {
 /// Read and discard what a connection the broker has ended still sent (fds
 /// that came along are closed), at most [`DRAIN_BATCH`] datagrams. True when
 /// the peer is gone (end of stream or an error).
-fn drain(socket: &OwnedFd, buf: &mut [u8]) -> bool {
+fn drain(socket: &impl AsFd, buf: &mut [u8]) -> bool {
     for _ in 0..DRAIN_BATCH {
         match wire::recv(socket.as_fd(), buf, true) {
-            Ok(Some(_)) => {}
+            Ok(Some(r)) => closer::close_all_later(r.fds),
             Err(Errno::AGAIN) => return false,
             Ok(None) | Err(_) => return true,
         }

@@ -9,6 +9,7 @@ use crate::refusal::{
     AllocateForRefusal, AllocateRefusal, Code, ImportRefusal, PublishRefusal, QuotaExceeded, UnpublishRefusal,
 };
 use crate::registry::{Entry, FileId, Publication, Registry};
+use dmabroker::closer::CloseLater;
 use dmabroker::constraints::{choose_heap, ChooseError, NoHeapError};
 use dmabroker::heap::HeapInfo;
 use dmabroker::heap::{AllocRequest, Heaps};
@@ -440,6 +441,10 @@ impl Service {
         p: PublishRequest,
         fd: Option<OwnedFd>,
     ) -> Result<Reply, PublishRefusal> {
+        // A client's fd: until it is known to be a buffer and adopted, it is
+        // closed off the loop (a lingering socket's or FUSE file's release
+        // would block it), whatever the refusal.
+        let fd = fd.map(CloseLater::new);
         let uid = session.peer.uid;
         if !session.limits.publish {
             return Err(PublishRefusal::NotAllowed(uid));
@@ -493,7 +498,9 @@ impl Service {
                 id
             }
             None => {
-                let buffer = Buffer::from_fd(fd).map_err(|e| PublishRefusal::NotABuffer(e.to_string()))?;
+                // Classified by check_inspectable: a memfd or a dma-buf,
+                // whose close cannot block.
+                let buffer = Buffer::from_fd(fd.into_inner()).map_err(|e| PublishRefusal::NotABuffer(e.to_string()))?;
                 if !buffer.is_size_sealed() {
                     return Err(PublishRefusal::NotABuffer(
                         "the memfd is not sealed against resizing: add F_SEAL_SHRINK | F_SEAL_GROW (an importer mapping it would die of SIGBUS if it shrank)".into(),
@@ -898,7 +905,8 @@ fn explain(mut e: NoHeapError, uid: u32, disallowed: &[String], allowed: &[Strin
 /// Refuse, before any call that reaches a file system, an fd that is
 /// neither a dma-buf nor a memfd: `fstat` on a file of a hostile FUSE mount
 /// could block the broker forever. fdinfo is answered by the VFS alone.
-fn check_inspectable(fd: &OwnedFd, memfd_mounts: &[u64]) -> Result<(), PublishRefusal> {
+fn check_inspectable(fd: &impl AsFd, memfd_mounts: &[u64]) -> Result<(), PublishRefusal> {
+    let fd = fd.as_fd();
     let link = dmabroker::fdinfo::fd_link(None, fd.as_raw_fd()).unwrap_or_default();
     let info = dmabroker::fdinfo::FdInfo::read(None, fd.as_raw_fd())
         .map_err(|e| PublishRefusal::NotABuffer(format!("cannot inspect the fd: {e}")))?;

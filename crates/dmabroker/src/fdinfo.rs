@@ -134,6 +134,27 @@ pub fn fd_link(pid: Option<u32>, fd: i32) -> io::Result<String> {
     Ok(std::fs::read_link(path)?.to_string_lossy().into_owned())
 }
 
+/// Whether an fd of this process is a dma-buf or a memfd, told without a
+/// call into the file's own file system (`/proc/self/fdinfo` and
+/// `F_GET_SEALS` are answered by the VFS and shmem). Call it before `fstat`, `fcntl` locks or
+/// anything else that reaches a file another process sent: `fstat` of a
+/// FUSE file waits for its (perhaps hostile) server.
+///
+/// A memfd is told by `F_GET_SEALS`, which only shmem and hugetlbfs answer
+/// (any other file gets `EINVAL` from the VFS, without a call into its file
+/// system); a tmpfs file passes too, and is as harmless.
+pub fn is_buffer_fd(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    rustix::fs::fcntl_get_seals(fd).is_ok() || FdInfo::read(None, fd.as_raw_fd()).is_ok_and(|info| info.is_dma_buf())
+}
+
+/// Whether an fd of this process is a sync_file (`anon_inode:sync_file`),
+/// from its `/proc/self/fd` link (no file system call).
+pub fn is_sync_file(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    fd_link(None, fd.as_raw_fd()).is_ok_and(|l| l == "anon_inode:sync_file")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@
 pub mod accounting;
 pub mod buffer;
 pub mod client;
+pub mod closer;
 pub mod constraints;
 pub mod device;
 pub mod fdinfo;

@@ -46,10 +46,13 @@ fn teardown_leaks_no_fds_or_mappings() {
     let heaps = Heaps::discover();
     // Warm up: thread stacks and lazy statics allocate once.
     cycle(&heaps);
+    // Sockets (and fds peers sent) are closed by closer threads.
+    assert!(dmabroker::closer::wait_idle(Duration::from_secs(5)));
     let before = fds_and_maps();
     for _ in 0..3 {
         cycle(&heaps);
     }
+    assert!(dmabroker::closer::wait_idle(Duration::from_secs(5)));
     let after = fds_and_maps();
     assert_eq!(before, after, "(fds, /proc/self/maps lines) before vs after three pool lifetimes");
 }

@@ -38,6 +38,15 @@ impl TestBroker {
 
     /// Start a broker serving at most `max_clients` clients.
     pub fn start_with(name: &str, policy: Option<&str>, max_clients: usize) -> Self {
+        Self::start_full(name, policy, max_clients, |_| {})
+    }
+
+    /// Start a broker with the defaults, then `adjust` applied to its config.
+    pub fn start_with_config(name: &str, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_full(name, None, 8192, adjust)
+    }
+
+    fn start_full(name: &str, policy: Option<&str>, max_clients: usize, adjust: impl FnOnce(&mut Config)) -> Self {
         // The test binary's name keeps concurrent test binaries apart.
         let dir =
             std::env::temp_dir().join(format!("dmabroker-{}-{}-{name}", env!("CARGO_CRATE_NAME"), std::process::id()));
@@ -54,6 +63,7 @@ impl TestBroker {
         if let Some(p) = policy {
             config.policy = Policy::parse(p, rustix::process::getuid().as_raw()).unwrap();
         }
+        adjust(&mut config);
         let (stop, stop_rx) = UnixStream::pair().unwrap();
         let mut broker = Broker::start(config, Vec::new(), stop_rx.into()).unwrap();
         let thread = std::thread::spawn(move || broker.run().unwrap());

@@ -956,7 +956,7 @@ fn capped(mut sorted: Vec<u32>, unsure: Vec<u32>, max: usize) -> Vec<u32> {
 /// Reading `/proc/<pid>/maps` failed (the process is gone, or its maps are
 /// denied to this user).
 pub fn process_maps(pid: u32) -> io::Result<String> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let maps = read_maps(format!("/proc/{pid}/maps"))?;
     if !maps.is_empty() {
         return Ok(maps);
     }
@@ -965,12 +965,25 @@ pub fn process_maps(pid: u32) -> io::Result<String> {
         if task.file_name().to_str() == Some(&pid.to_string()) {
             continue;
         }
-        match std::fs::read_to_string(task.path().join("maps")) {
+        match read_maps(task.path().join("maps")) {
             Ok(m) if !m.is_empty() => return Ok(m),
             _ => {}
         }
     }
     Ok(maps)
+}
+
+/// A maps file read as bytes: a path field (a file name, a memfd name) may
+/// hold any byte but `/`, and `read_to_string` would refuse the whole file
+/// for one that is not UTF-8, hiding every mapping of the process (a quota
+/// escape). Only the path can hold such bytes; the fields the accounting
+/// reads (device, inode) are ASCII and survive the lossy conversion.
+fn read_maps(path: impl AsRef<std::path::Path>) -> io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    Ok(match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
 }
 
 #[cfg(test)]

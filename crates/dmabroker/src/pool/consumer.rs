@@ -83,7 +83,9 @@ pub struct FrameInfo {
 #[derive(Debug)]
 pub struct Consumer {
     ctl: Control,
-    socket: OwnedFd,
+    /// Closed by a closer thread: messages the producer queued may carry
+    /// fds whose release blocks (see [`crate::closer`]).
+    socket: crate::closer::CloseLater,
     slot: u32,
     maps: Vec<BufferMapping>,
     wait: WaitMode,
@@ -125,6 +127,7 @@ impl Consumer {
     /// [`AttachError`]: refused (full, closed), protocol mismatch, an
     /// inconsistent welcome, no answer within `options.attach_timeout`.
     pub fn attach(socket: OwnedFd, options: &ConsumerOptions) -> Result<Self, AttachError> {
+        let socket = crate::closer::CloseLater::connection(socket);
         let os = |op| move |source| AttachError::Os { op, source };
         rustix::net::sockopt::set_socket_timeout(
             &socket,
@@ -151,11 +154,19 @@ impl Consumer {
             Err(Errno::MSGSIZE) => return Err(AttachError::Protocol("oversized message")),
             Err(e) => return Err(AttachError::Os { op: "recvmsg", source: e }),
         };
-        let msg = transport::decode(&bytes, fds).map_err(|e| match e {
+        let mut msg = transport::decode(&bytes, fds).map_err(|e| match e {
             transport::DecodeError::BadMagic => AttachError::Protocol("bad magic"),
             transport::DecodeError::Version(_) => AttachError::Protocol("version mismatch"),
             transport::DecodeError::Malformed => AttachError::Protocol("malformed message"),
         })?;
+        // Before anything reaches the fds' file systems (seals, fstat,
+        // mmap) or closes them here: each must be a memfd or a dma-buf, told
+        // from fdinfo alone. A hostile producer's FUSE file would block the
+        // first fstat (and the close) until its server answers.
+        if !msg.fds.iter().all(|fd| crate::fdinfo::is_buffer_fd(fd.as_fd())) {
+            crate::closer::close_all_later(std::mem::take(&mut msg.fds));
+            return Err(AttachError::BadWelcome("an fd is neither a memfd nor a dma-buf"));
+        }
         match msg.kind {
             transport::MSG_WELCOME => {}
             transport::MSG_REFUSED if msg.words.first() == Some(&u64::from(transport::REFUSED_CLOSED)) => {
@@ -487,7 +498,12 @@ impl Consumer {
     fn take_sync_file(&self, seq: u64) -> Option<OwnedFd> {
         loop {
             let (bytes, fds) = transport::recv(self.socket.as_fd(), true).ok()??;
-            let msg = transport::decode(&bytes, fds).ok()?;
+            let mut msg = transport::decode(&bytes, fds).ok()?;
+            // Only sync_files are kept; anything else the producer sent is
+            // closed off this thread (its release could block).
+            if !msg.fds.iter().all(|fd| crate::fdinfo::is_sync_file(fd.as_fd())) {
+                crate::closer::close_all_later(std::mem::take(&mut msg.fds));
+            }
             match msg.words.first() {
                 Some(&s) if msg.kind == transport::MSG_SYNC && s == seq => return msg.fds.into_iter().next(),
                 Some(&s) if s < seq => continue,

@@ -59,7 +59,11 @@ pub enum CreateError {
     },
     /// A memfd buffer could not be reopened read-only for consumers
     /// (`open("/proc/self/fd/N", O_RDONLY)`: is /proc mounted?).
-    #[error("reopening pool buffer {index} read-only for consumers (/proc/self/fd: is /proc mounted?): {source}")]
+    #[error(
+        "making pool buffer {index} private (fchmod 0600) or reopening it read-only for consumers \
+         (/proc/self/fd: is /proc mounted? a memfd of another user that others may write cannot be made \
+         private: pass buffers this process owns): {source}"
+    )]
     ReadOnlyFd {
         /// Which buffer.
         index: usize,

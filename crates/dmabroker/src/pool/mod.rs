@@ -236,7 +236,7 @@ pub use error::{AcquireError, AttachError, AttachFd, CreateError, PoolAllocError
 pub use layout::{MAX_BUFFERS, MAX_CONSUMERS};
 pub use named::{attach_by_name, AttachedPool, NamedPoolError, PoolRegistration};
 pub use producer::{ConsumerStats, PoolStats, Producer, WriteSlot};
-pub use transport::{connect, socket_pair, ListenError, PoolListener};
+pub use transport::{connect, socket_pair, ListenError, PathLock, PoolListener};
 
 use std::time::Duration;
 

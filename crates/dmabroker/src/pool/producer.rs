@@ -10,6 +10,7 @@ use super::layout::{Control, Entry, Geometry, PRODUCER_BIT, SLOT_ACTIVE, SLOT_EV
 use super::transport::{self, PoolListener, HELLO_TIMEOUT_NS};
 use super::{now_ns, timespec, Backpressure, FrameFlags, FrameMeta, PoolOptions};
 use crate::buffer::{Buffer, BufferKind, BufferMapping};
+use crate::closer::CloseLater;
 use crate::constraints::{Choice, Constraints};
 use crate::format::Layout;
 use crate::heap::{AllocRequest, Heaps};
@@ -30,7 +31,9 @@ const STARVED_SLICE: Duration = Duration::from_millis(10);
 
 #[derive(Debug)]
 struct Conn {
-    socket: OwnedFd,
+    /// Closed by a closer thread: messages the consumer queued may carry fds
+    /// whose release blocks (see [`crate::closer`]).
+    socket: CloseLater,
     pidfd: Option<OwnedFd>,
     pid: u32,
     want_sync: bool,
@@ -50,7 +53,7 @@ struct Conn {
 
 #[derive(Debug)]
 struct Pending {
-    socket: OwnedFd,
+    socket: CloseLater,
     since: u64,
     /// REFUSED(closed) was sent: kept only until its HELLO is read (closing
     /// a socket with unread data would reset the peer before it reads the
@@ -144,6 +147,10 @@ pub struct Producer {
     listener: Option<PoolListener>,
     next_seq: u64,
     next_scan: u32,
+    /// By buffer: the producer holds it (writing it, or lent). Kept here,
+    /// not only as PRODUCER_BIT in the shared mask, which any consumer can
+    /// write: a forged bit on every buffer would stop the producer for good.
+    owned: Vec<bool>,
     last_maintenance: u64,
     lost_consumers: u64,
     closed: bool,
@@ -180,9 +187,16 @@ impl Producer {
             }
             shared.push(match buffer.kind() {
                 BufferKind::DmaBuf => None,
-                BufferKind::Memfd | BufferKind::HugetlbMemfd => Some(
-                    Buffer::reopen_read_only(&buffer).map_err(|source| CreateError::ReadOnlyFd { index, source })?,
-                ),
+                BufferKind::Memfd | BufferKind::HugetlbMemfd => {
+                    // A memfd is created mode 0777: a consumer of another uid
+                    // could reopen /proc/self/fd/N of its read-only fd for
+                    // writing. Private first, then reopened read-only.
+                    make_private(&buffer).map_err(|source| CreateError::ReadOnlyFd { index, source })?;
+                    Some(
+                        Buffer::reopen_read_only(&buffer)
+                            .map_err(|source| CreateError::ReadOnlyFd { index, source })?,
+                    )
+                }
             });
             maps.push(buffer.map_read_write().map_err(|source| CreateError::Map { index, source })?);
         }
@@ -210,6 +224,7 @@ impl Producer {
             listener: None,
             next_seq: 0,
             next_scan: 0,
+            owned: vec![false; nbuf as usize],
             last_maintenance: 0,
             lost_consumers: 0,
             closed: false,
@@ -350,7 +365,7 @@ impl Producer {
         if refused {
             transport::refuse_closed(socket.as_fd());
         }
-        self.pending.push(Pending { socket, since: now_ns(), refused });
+        self.pending.push(Pending { socket: CloseLater::connection(socket), since: now_ns(), refused });
         Ok(())
     }
 
@@ -442,7 +457,10 @@ impl Producer {
     /// once the device filled it, or drop the slot to return the buffer to
     /// the pool. `None` when `index` is out of range or not lent.
     pub fn reclaim(&mut self, index: u32) -> Option<WriteSlot<'_>> {
-        if index as usize >= self.maps.len() || self.ctl.buf_mask(index).load(Ordering::Acquire) != PRODUCER_BIT {
+        if index as usize >= self.maps.len()
+            || !self.owned[index as usize]
+            || self.ctl.buf_mask(index).load(Ordering::Acquire) != PRODUCER_BIT
+        {
             return None;
         }
         // No WriteSlot is alive (it would borrow self mutably), so a set
@@ -451,7 +469,8 @@ impl Producer {
     }
 
     fn any_free(&self) -> bool {
-        (0..self.maps.len() as u32).any(|i| self.ctl.buf_mask(i).load(Ordering::Acquire) == 0)
+        (0..self.maps.len() as u32)
+            .any(|i| !self.owned[i as usize] && self.ctl.buf_mask(i).load(Ordering::Acquire) == 0)
     }
 
     /// Claim a free buffer for writing, round robin.
@@ -461,7 +480,10 @@ impl Producer {
             let i = (self.next_scan + k) % n;
             // Acquire pairs with the consumers' releasing fetch_and: their
             // reads of the buffer happened before we overwrite it.
-            if self.ctl.buf_mask(i).compare_exchange(0, PRODUCER_BIT, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            if !self.owned[i as usize]
+                && self.ctl.buf_mask(i).compare_exchange(0, PRODUCER_BIT, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            {
+                self.owned[i as usize] = true;
                 self.next_scan = (i + 1) % n;
                 return Some(i);
             }
@@ -475,7 +497,7 @@ impl Producer {
         let mut held: Vec<(u64, u32)> = (0..self.maps.len() as u32)
             .filter(|&i| {
                 let m = self.ctl.buf_mask(i).load(Ordering::Acquire);
-                m != 0 && m & PRODUCER_BIT == 0
+                !self.owned[i as usize] && m != 0 && m & PRODUCER_BIT == 0
             })
             .map(|i| (self.ctl.buf_seq(i).load(Ordering::Relaxed), i))
             .collect();
@@ -514,6 +536,7 @@ impl Producer {
                 self.ctl.dropped().fetch_add(1, Ordering::Relaxed);
             }
             if self.ctl.buf_mask(i).compare_exchange(0, PRODUCER_BIT, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                self.owned[i as usize] = true;
                 return Some(i);
             }
             // A consumer took it in the meantime: it is being read; try the next.
@@ -554,6 +577,7 @@ impl Producer {
         self.ctl.buf_published_ns(index).store(now, Ordering::Relaxed);
         // Replaces PRODUCER_BIT; Release publishes the frame's bytes.
         self.ctl.buf_mask(index).store(holders, Ordering::Release);
+        self.owned[index as usize] = false;
         let cap = self.ctl.geometry().ring_cap;
         for &c in &active {
             // What it took so far is received; this buffer's new frame is not yet.
@@ -632,7 +656,7 @@ impl Producer {
     fn service_connections(&mut self, now: u64) {
         if let Some(listener) = &self.listener {
             while let Ok(Some(socket)) = listener.try_accept() {
-                self.pending.push(Pending { socket, since: now, refused: false });
+                self.pending.push(Pending { socket: CloseLater::connection(socket), since: now, refused: false });
             }
         }
         for mut p in std::mem::take(&mut self.pending) {
@@ -650,18 +674,23 @@ impl Producer {
                 continue;
             }
             match transport::recv(p.socket.as_fd(), true) {
-                Ok(Some((bytes, _fds))) => match transport::decode(&bytes, Vec::new()) {
-                    Ok(m) if m.kind == transport::MSG_HELLO => self.finish_attach(p.socket, &m.words),
-                    // Not a pool consumer: hang up on it.
-                    _ => {}
-                },
+                Ok(Some((bytes, fds))) => {
+                    // A HELLO carries no fd: whatever came along is closed
+                    // off the frame path (its release may block).
+                    crate::closer::close_all_later(fds);
+                    match transport::decode(&bytes, Vec::new()) {
+                        Ok(m) if m.kind == transport::MSG_HELLO => self.finish_attach(p.socket, &m.words),
+                        // Not a pool consumer: hang up on it (off the frame path too).
+                        _ => {}
+                    }
+                }
                 Err(Errno::AGAIN) if now.saturating_sub(p.since) < HELLO_TIMEOUT_NS => self.pending.push(p),
                 _ => {}
             }
         }
     }
 
-    fn finish_attach(&mut self, socket: OwnedFd, hello: &[u64]) {
+    fn finish_attach(&mut self, socket: CloseLater, hello: &[u64]) {
         let refuse = |reason: u32| {
             let _ = transport::send(
                 socket.as_fd(),
@@ -767,9 +796,11 @@ impl Producer {
         // until its socket closes, which clears them. Any other bit was
         // written by a misbehaving peer and would pin the buffer forever.
         let live = self.conns.iter().enumerate().filter(|(_, conn)| conn.is_some()).fold(0u64, |m, (c, _)| m | 1 << c);
-        let stale = !(live | PRODUCER_BIT);
         let mut cleared = false;
         for i in 0..self.maps.len() as u32 {
+            // The producer bit of a buffer the producer does not hold is a
+            // peer's forgery too.
+            let stale = if self.owned[i as usize] { !(live | PRODUCER_BIT) } else { !live };
             let mask = self.ctl.buf_mask(i);
             if mask.load(Ordering::Relaxed) & stale != 0 {
                 mask.fetch_and(!stale, Ordering::AcqRel);
@@ -1027,6 +1058,23 @@ fn pidfd_fired(pidfd: &OwnedFd) -> bool {
     rustix::event::poll(&mut fds, Some(&timespec(Duration::ZERO))).map_or(true, |n| n > 0)
 }
 
+/// Mode 0600 for a pool memfd (its owner and root may still reopen it
+/// writable; they could write it anyway). A file that cannot be changed is
+/// accepted only when nobody but its owner may write it already.
+fn make_private(buffer: &Buffer) -> Result<(), Errno> {
+    match rustix::fs::fchmod(buffer, rustix::fs::Mode::from_raw_mode(0o600)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let st = rustix::fs::fstat(buffer)?;
+            if st.st_mode & 0o022 == 0 {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 /// Iterate the set bits of a holder mask as consumer slots below `slots`
 /// (the mask lives in shared memory: it may name slots that do not exist).
 fn bits(mask: u64, slots: u32) -> impl Iterator<Item = u32> {
@@ -1111,6 +1159,7 @@ impl Drop for WriteSlot<'_> {
     fn drop(&mut self) {
         if !self.submitted {
             self.producer.ctl.buf_mask(self.index).store(0, Ordering::Release);
+            self.producer.owned[self.index as usize] = false;
         }
     }
 }
@@ -1158,6 +1207,31 @@ mod tests {
             })
             .collect();
         (p, consumers)
+    }
+
+    /// Finding 7: memfd pool buffers were left mode 0777, so a consumer of
+    /// another uid could reopen its read-only fd read-write.
+    #[test]
+    fn memfd_pool_buffers_are_private_before_read_only_fds_go_out() {
+        let p = Producer::allocate(&Heaps::discover(), "memfd", &PoolOptions::new(2, 4096)).unwrap();
+        for ro in p.shared.iter().flatten() {
+            assert_eq!(rustix::fs::fstat(ro).unwrap().st_mode & 0o777, 0o600);
+        }
+        assert_eq!(p.shared.iter().flatten().count(), 2);
+    }
+
+    /// Finding 7: bit 63 (the producer's) set by a consumer on every buffer
+    /// stopped the producer for good (no buffer looked free or droppable).
+    #[test]
+    fn a_forged_producer_bit_cannot_stop_the_producer() {
+        let mut p = Producer::allocate(&Heaps::discover(), "memfd", &PoolOptions::new(2, 4096)).unwrap();
+        for i in 0..2 {
+            p.ctl.buf_mask(i).store(PRODUCER_BIT, Ordering::Relaxed);
+        }
+        assert!(p.reclaim(1).is_none(), "a forged bit is not a lent buffer");
+        p.maintain_now();
+        let slot = p.acquire(Some(Duration::from_millis(500))).expect("the forged bits were cleared");
+        drop(slot);
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub(crate) const REFUSED_CLOSED: u32 = 2;
 pub(crate) const MAX_MSG: usize = 88;
 /// Most fds in one message: the control block plus every buffer.
 pub(crate) const MAX_FDS: usize = MAX_BUFFERS as usize + 1;
+/// Control space reserved when receiving: `SCM_MAX_FD`, the most the kernel
+/// lets one message carry.
+const RECV_FD_SLOTS: usize = 253;
 
 /// Why the pool's socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -118,15 +121,21 @@ pub struct PoolListener {
 }
 
 /// An exclusive `flock` on a lock file, removed (while still locked) on drop.
+/// Pools and the broker hold one on `<socket>.lock` before they bind, so
+/// that two servers started at once never both think a path is theirs.
 #[derive(Debug)]
-struct PathLock {
+pub struct PathLock {
     fd: OwnedFd,
     path: PathBuf,
 }
 
 impl PathLock {
     /// Lock `<socket>.lock` without waiting. `Ok(None)`: another process holds it.
-    fn take(socket: &Path) -> Result<Option<Self>, ListenError> {
+    ///
+    /// # Errors
+    /// [`ListenError::PermissionDenied`] when the lock file cannot be
+    /// created; [`ListenError::Os`] for other failures.
+    pub fn take(socket: &Path) -> Result<Option<Self>, ListenError> {
         use rustix::fs::{FlockOperation, Mode, OFlags};
         let mut name = socket.as_os_str().to_owned();
         name.push(".lock");
@@ -339,7 +348,11 @@ pub(crate) fn drain(socket: BorrowedFd<'_>) -> (bool, bool) {
     // Bounded: a peer that keeps sending does not keep the producer here.
     for _ in 0..8 {
         match recv(socket, true) {
-            Ok(Some(_)) | Err(Errno::MSGSIZE) => read_any = true,
+            Ok(Some((_, fds))) => {
+                crate::closer::close_all_later(fds);
+                read_any = true;
+            }
+            Err(Errno::MSGSIZE) => read_any = true,
             Err(Errno::AGAIN) => return (true, read_any),
             Ok(None) | Err(_) => return (false, read_any),
         }
@@ -402,7 +415,19 @@ pub(crate) enum DecodeError {
     Malformed,
 }
 
+/// Decode a message; on error its fds go to [`crate::closer`] (they came
+/// from the peer: closing one could block in its release).
 pub(crate) fn decode(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<Message, DecodeError> {
+    match decode_words(bytes) {
+        Ok((kind, words)) => Ok(Message { kind, words, fds }),
+        Err(e) => {
+            crate::closer::close_all_later(fds);
+            Err(e)
+        }
+    }
+}
+
+fn decode_words(bytes: &[u8]) -> Result<(u32, Vec<u64>), DecodeError> {
     if bytes.len() < 8 || (bytes.len() - 8) & 7 != 0 {
         return Err(DecodeError::Malformed);
     }
@@ -418,7 +443,7 @@ pub(crate) fn decode(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<Message, DecodeE
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
         .collect();
-    Ok(Message { kind: vk & 0xffff, words, fds })
+    Ok((vk & 0xffff, words))
 }
 
 /// `sendmsg` one message with fds (`SCM_RIGHTS`).
@@ -451,7 +476,9 @@ pub(crate) type Received = (Vec<u8>, Vec<OwnedFd>);
 
 pub(crate) fn recv(socket: BorrowedFd<'_>, nonblocking: bool) -> Result<Option<Received>, Errno> {
     let mut bytes = vec![0u8; MAX_MSG];
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    // Room for the most a message can carry (SCM_MAX_FD), so that the kernel
+    // never closes a surplus in this thread (see crate::closer).
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(RECV_FD_SLOTS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let flags = if nonblocking { RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC } else { RecvFlags::CMSG_CLOEXEC };
     let msg = loop {
@@ -469,9 +496,14 @@ pub(crate) fn recv(socket: BorrowedFd<'_>, nonblocking: bool) -> Result<Option<R
     }
     if msg.bytes == 0 {
         // SEQPACKET: a zero-length read is the peer's orderly hang-up.
+        crate::closer::close_all_later(fds);
         return Ok(None);
     }
-    if msg.flags.contains(rustix::net::ReturnFlags::TRUNC) || msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+    if msg.flags.contains(rustix::net::ReturnFlags::TRUNC)
+        || msg.flags.contains(rustix::net::ReturnFlags::CTRUNC)
+        || fds.len() > MAX_FDS
+    {
+        crate::closer::close_all_later(fds);
         return Err(Errno::MSGSIZE);
     }
     bytes.truncate(msg.bytes);

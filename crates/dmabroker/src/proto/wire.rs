@@ -1,10 +1,12 @@
 //! Datagrams with file descriptors over `SOCK_SEQPACKET`: `sendmsg`/`recvmsg`
 //! with `SCM_RIGHTS`, for both the client and the broker.
 //!
-//! Receiving reserves control space for [`RECV_FD_SLOTS`] descriptors, more
-//! than any message may carry, so that a peer sending too many is seen
-//! (the surplus is closed, never installed unnoticed); whatever does not fit
-//! is reported as [`Received::control_truncated`] and was closed by the kernel.
+//! Receiving reserves control space for [`RECV_FD_SLOTS`] descriptors, the
+//! most one message can carry (`SCM_MAX_FD`), so that a peer sending too
+//! many is seen and the kernel never closes a surplus itself: such a close
+//! would run the file's release (a lingering socket, a FUSE file) in the
+//! receiver's thread. The receiver hands what it does not keep to
+//! [`crate::closer`].
 
 use rustix::io::Errno;
 use rustix::net::{
@@ -16,7 +18,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// Control-message space reserved when receiving, in descriptors.
-pub const RECV_FD_SLOTS: usize = 4;
+pub const RECV_FD_SLOTS: usize = 253;
 
 /// One received datagram.
 #[derive(Debug)]

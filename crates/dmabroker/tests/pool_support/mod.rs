@@ -63,6 +63,9 @@ pub fn role() -> Option<String> {
 /// Count open fds and mapping lines of this process.
 pub fn fds_and_maps() -> (usize, usize) {
     let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
-    let maps = std::fs::read_to_string("/proc/self/maps").map(|m| m.lines().count()).unwrap_or(0);
+    // Buffer mappings only: thread stacks (closer threads come and go) are not leaks.
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map(|m| m.lines().filter(|l| l.contains("/memfd:") || l.contains("dmabuf") || l.contains("/dev/")).count())
+        .unwrap_or(0);
     (fds, maps)
 }
