@@ -46,6 +46,8 @@ echo "built in $(($(date +%s) - t0)) s: ${#tests[@]} test executables"
 if [[ $mode != vm ]]; then
     step "host tests"
     cargo test --release --target "$target" --workspace
+    step "Python bindings (python/: wheel, fresh venv, pytest)"
+    scripts/python-tests.sh
 fi
 
 if [[ $mode != host ]]; then
