@@ -22,6 +22,7 @@ use dmabroker::buffer::BufferMapping;
 use dmabroker::Buffer;
 use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::MutexExt;
 use pyo3::types::PyDict;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
@@ -72,17 +73,19 @@ impl PyBuffer {
         Self { state: Mutex::new(State { buffer: Some(buffer), ..State::default() }), access, publisher_uid, broker_id }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Lock without deadlocking with the GIL (the lock is held across
+    /// Python calls that may let other threads run).
+    fn lock(&self, py: Python<'_>) -> MutexGuard<'_, State> {
+        self.state.lock_py_attached(py).unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The library buffer (a cheap clone), or ValueError when closed.
-    pub fn buffer(&self) -> PyResult<Buffer> {
-        self.lock().buffer.clone().ok_or_else(closed)
+    pub fn buffer(&self, py: Python<'_>) -> PyResult<Buffer> {
+        self.lock(py).buffer.clone().ok_or_else(closed)
     }
 
     fn begin<'py>(&self, py: Python<'py>, write: bool) -> PyResult<Bound<'py, PyAny>> {
-        let mut st = self.lock();
+        let mut st = self.lock(py);
         let st = &mut *st;
         let buffer = st.buffer.clone().ok_or_else(closed)?;
         if st.active.is_some() {
@@ -116,7 +119,7 @@ impl PyBuffer {
     }
 
     fn end(&self, py: Python<'_>) -> PyResult<()> {
-        let mut st = self.lock();
+        let mut st = self.lock(py);
         let Some(write) = st.active.take() else { return Ok(()) };
         st.current = None;
         view::release(py, &mut st.scope);
@@ -165,60 +168,60 @@ impl PyBuffer {
 
     /// The file descriptor (borrowed: valid until the buffer is closed).
     #[getter]
-    fn fd(&self) -> PyResult<i32> {
-        Ok(self.buffer()?.as_fd().as_raw_fd())
+    fn fd(&self, py: Python<'_>) -> PyResult<i32> {
+        Ok(self.buffer(py)?.as_fd().as_raw_fd())
     }
 
     /// The file descriptor, so the buffer drops into ``os``, ``select`` and
     /// ``socket.send_fds`` (borrowed: valid until the buffer is closed).
-    fn fileno(&self) -> PyResult<i32> {
-        self.fd()
+    fn fileno(&self, py: Python<'_>) -> PyResult<i32> {
+        self.fd(py)
     }
 
     /// A new fd of the same buffer (``F_DUPFD_CLOEXEC``), owned by the caller.
-    fn dup(&self) -> PyResult<i32> {
+    fn dup(&self, py: Python<'_>) -> PyResult<i32> {
         use std::os::fd::IntoRawFd;
-        Ok(self.buffer()?.try_clone_fd()?.into_raw_fd())
+        Ok(self.buffer(py)?.try_clone_fd()?.into_raw_fd())
     }
 
     /// Length in bytes.
     #[getter]
-    fn size(&self) -> PyResult<u64> {
-        Ok(self.buffer()?.len())
+    fn size(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(self.buffer(py)?.len())
     }
 
-    fn __len__(&self) -> PyResult<usize> {
-        usize::try_from(self.buffer()?.len()).map_err(|_| PyValueError::new_err("length exceeds the address space"))
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        usize::try_from(self.buffer(py)?.len()).map_err(|_| PyValueError::new_err("length exceeds the address space"))
     }
 
     /// ``"memfd"``, ``"hugetlb-memfd"`` or ``"dma-buf"``.
     #[getter]
-    fn kind(&self) -> PyResult<String> {
-        Ok(self.buffer()?.kind().to_string())
+    fn kind(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(self.buffer(py)?.kind().to_string())
     }
 
     /// The heap (or dma-buf exporter) it came from.
     #[getter]
-    fn heap(&self) -> PyResult<String> {
-        Ok(self.buffer()?.heap().to_owned())
+    fn heap(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(self.buffer(py)?.heap().to_owned())
     }
 
     /// Its name (memfd or dma-buf name), if any.
     #[getter]
-    fn name(&self) -> PyResult<Option<String>> {
-        Ok(self.buffer()?.name().map(str::to_owned))
+    fn name(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        Ok(self.buffer(py)?.name().map(str::to_owned))
     }
 
     /// The inode number: the same for every fd of this buffer, in any process.
     #[getter]
-    fn inode(&self) -> PyResult<u64> {
-        Ok(self.buffer()?.inode())
+    fn inode(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(self.buffer(py)?.inode())
     }
 
     /// True when the fd is opened read-only (a read-only grant).
     #[getter]
-    fn readonly(&self) -> PyResult<bool> {
-        let b = self.buffer()?;
+    fn readonly(&self, py: Python<'_>) -> PyResult<bool> {
+        let b = self.buffer(py)?;
         let fl = rustix::fs::fcntl_getfl(&b).map_err(std::io::Error::from)?;
         Ok(fl & rustix::fs::OFlags::ACCMODE == rustix::fs::OFlags::RDONLY)
     }
@@ -243,14 +246,14 @@ impl PyBuffer {
 
     /// True once closed.
     #[getter]
-    fn closed(&self) -> bool {
-        self.lock().buffer.is_none()
+    fn closed(&self, py: Python<'_>) -> bool {
+        self.lock(py).buffer.is_none()
     }
 
     /// Everything about the buffer (length, kind, heap, name, inode,
     /// physical properties, seals) as a dict.
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let json = serde_json::to_string(&self.buffer()?.info()).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let json = serde_json::to_string(&self.buffer(py)?.info()).map_err(|e| PyValueError::new_err(e.to_string()))?;
         py.import("json")?.call_method1("loads", (json,))
     }
 
@@ -284,7 +287,7 @@ impl PyBuffer {
         dl_device: Option<Bound<'py, PyAny>>,
         copy: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let current = self.lock().current.as_ref().map(|c| c.clone_ref(py)).ok_or_else(|| {
+        let current = self.lock(py).current.as_ref().map(|c| c.clone_ref(py)).ok_or_else(|| {
             PyBufferError::new_err(
                 "DLPack export needs open CPU access: inside `with buf.read():` or `with buf.write():`",
             )
@@ -315,7 +318,7 @@ impl PyBuffer {
     /// Close the fd and unmap. Raises ``BufferError`` (and closes nothing)
     /// while views of the buffer are still alive.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let mut st = self.lock();
+        let mut st = self.lock(py);
         if st.active.is_some() {
             return Err(PyBufferError::new_err("close() inside a `with buf.read()/write()` block"));
         }
@@ -339,8 +342,8 @@ impl PyBuffer {
         Ok(false)
     }
 
-    fn __repr__(&self) -> String {
-        match self.lock().buffer.as_ref() {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        match self.lock(py).buffer.as_ref() {
             Some(b) => format!(
                 "<dmabroker.Buffer {} bytes, {} from {}, fd {}>",
                 b.len(),

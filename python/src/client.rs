@@ -80,7 +80,7 @@ impl Client {
             })?;
             options = options.expires_in(d);
         }
-        let b = buffer.buffer()?;
+        let b = buffer.buffer(py)?;
         self.call(py, move |c| c.publish(&b, options).map_err(PyFail::py))
     }
 

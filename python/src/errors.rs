@@ -210,7 +210,7 @@ impl PyFail for p::AttachError {
         use p::AttachError as E;
         match self {
             E::NoProducer { .. } => Kind::NotFound,
-            E::Closed | E::HungUp { .. } => Kind::Closed,
+            E::Closed | E::HungUp => Kind::Closed,
             E::Timeout(_) => Kind::Timeout,
             _ => Kind::Pool,
         }

@@ -23,6 +23,7 @@ use dmabroker::pool::{self as p, Backpressure, ConsumerOptions, FrameMeta, KeptF
 use dmabroker::Heaps;
 use pyo3::exceptions::{PyBufferError, PyStopIteration, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::MutexExt;
 use pyo3::types::PyDict;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -36,8 +37,15 @@ fn secs(what: &str, s: Option<f64>) -> PyResult<Option<Duration>> {
     .transpose()
 }
 
+/// Lock while detached from Python (inside `py.detach`).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Lock while attached, without deadlocking with the GIL: the state locks
+/// are held across Python calls, which may let other threads run.
+fn plock<'a, T>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
+    m.lock_py_attached(py).unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 // ---------------------------------------------------------------- producer
@@ -76,7 +84,7 @@ impl Producer {
     }
 
     fn sweep(&self, py: Python<'_>) {
-        let mut st = lock(&self.st);
+        let mut st = plock(py, &self.st);
         let st = &mut *st;
         let mut still = Vec::new();
         for index in std::mem::take(&mut st.pending) {
@@ -160,8 +168,8 @@ impl Producer {
 
     /// Consumers attached now.
     #[getter]
-    fn attached(&self) -> PyResult<usize> {
-        self.with_inner(|p| Ok(p.attached()))
+    fn attached(&self, py: Python<'_>) -> PyResult<usize> {
+        py.detach(|| self.with_inner(|p| Ok(p.attached())))
     }
 
     /// Serve attach handshakes until ``n`` consumers are attached; False
@@ -174,7 +182,12 @@ impl Producer {
 
     /// Serve attach handshakes and health checks now (call it while idle).
     fn maintain(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.with_inner(|p| Ok(p.maintain_now())))
+        py.detach(|| {
+            self.with_inner(|p| {
+                p.maintain_now();
+                Ok(())
+            })
+        })
     }
 
     /// A frame to fill: ``with producer.frame(meta=42) as view:`` gives a
@@ -193,7 +206,7 @@ impl Producer {
     /// dict per consumer (``pid``, ``delivered``, ``received``,
     /// ``released``, ``dropped``, ``evicted`` ...).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.with_inner(|p| Ok(p.stats()))?;
+        let s = py.detach(|| self.with_inner(|p| Ok(p.stats())))?;
         let d = PyDict::new(py);
         d.set_item("produced", s.produced)?;
         d.set_item("dropped", s.dropped)?;
@@ -220,7 +233,7 @@ impl Producer {
     /// being filled are alive.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         self.sweep(py);
-        let mut st = lock(&self.st);
+        let mut st = plock(py, &self.st);
         if !st.pending.is_empty() {
             return Err(PyBufferError::new_err("views of a frame being filled are still alive: delete them first"));
         }
@@ -270,24 +283,24 @@ impl WriteFrame {
                 Ok((slot.lend(), len, fd))
             })
         })?;
-        let mut st = lock(&producer.st);
+        let mut st = plock(py, &producer.st);
         let st = &mut *st;
-        if !st.maps.contains_key(&index) {
-            st.maps.insert(index, Exporter::map(py, &fd, len as u64, true)?);
+        if let std::collections::hash_map::Entry::Vacant(e) = st.maps.entry(index) {
+            e.insert(Exporter::map(py, &fd, len as u64, true)?);
         }
         drop(fd);
         let exporter = st.maps.get(&index).ok_or_else(|| PyValueError::new_err("no mapping"))?;
         let scope = st.scopes.entry(index).or_default();
         let mv = exporter.view(py, len, true, scope)?;
-        lock(&self.state).0 = Some(index);
+        plock(py, &self.state).0 = Some(index);
         Ok(mv)
     }
 
     fn __exit__(&self, py: Python<'_>, t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) -> PyResult<bool> {
         let producer = self.producer.bind(py).get();
-        let Some(index) = lock(&self.state).0.take() else { return Ok(false) };
+        let Some(index) = plock(py, &self.state).0.take() else { return Ok(false) };
         {
-            let mut st = lock(&producer.st);
+            let mut st = plock(py, &producer.st);
             if let Some(mut scope) = st.scopes.remove(&index) {
                 view::release(py, &mut scope);
             }
@@ -312,14 +325,14 @@ impl WriteFrame {
                 slot.submit(meta).map(Some).map_err(PyFail::py)
             })
         })?;
-        lock(&self.state).1 = seq;
+        plock(py, &self.state).1 = seq;
         Ok(false)
     }
 
     /// The frame's sequence number once submitted.
     #[getter]
-    fn seq(&self) -> Option<u64> {
-        lock(&self.state).1
+    fn seq(&self, py: Python<'_>) -> Option<u64> {
+        plock(py, &self.state).1
     }
 }
 
@@ -384,14 +397,28 @@ impl CState {
 #[pyclass(module = "dmabroker", frozen)]
 pub struct Consumer {
     st: Mutex<CState>,
+    /// Kept frames collected unreleased (see `Frame`'s drop); a plain lock
+    /// never held across a Python call.
+    deferred: Mutex<Vec<u64>>,
 }
 
 impl Consumer {
+    fn drain_deferred(&self, py: Python<'_>) {
+        let ids = std::mem::take(&mut *lock(&self.deferred));
+        if !ids.is_empty() {
+            let mut st = plock(py, &self.st);
+            for id in ids {
+                st.release_lenient(py, id);
+            }
+        }
+    }
+
     fn receive(slf: &Bound<'_, Self>, timeout: Option<Duration>) -> PyResult<Frame> {
         let py = slf.py();
         let this = slf.get();
+        this.drain_deferred(py);
         {
-            let mut st = lock(&this.st);
+            let mut st = plock(py, &this.st);
             if let Some(id) = st.current.take() {
                 st.release_lenient(py, id);
             }
@@ -414,7 +441,7 @@ impl Consumer {
         })?;
         let info = *kept.info();
         let used = usize::try_from(info.bytes_used).unwrap_or(len).min(len);
-        let mut st = lock(&this.st);
+        let mut st = plock(py, &this.st);
         let st = &mut *st;
         if let Some(fd) = fd {
             st.maps.insert(info.index, Exporter::map(py, &fd, len as u64, false)?);
@@ -447,7 +474,10 @@ impl Consumer {
             ..ConsumerOptions::default()
         };
         let inner = py.detach(|| p::Consumer::connect_with(&path, &options)).map_err(PyFail::py)?;
-        Ok(Self { st: Mutex::new(CState { inner: Some(inner), ..CState::default() }) })
+        Ok(Self {
+            st: Mutex::new(CState { inner: Some(inner), ..CState::default() }),
+            deferred: Mutex::new(Vec::new()),
+        })
     }
 
     /// The next frame, waiting up to ``timeout`` seconds (None: forever).
@@ -457,8 +487,8 @@ impl Consumer {
         let t = secs("timeout", timeout)?;
         let frame = Self::receive(slf, t)?;
         // A frame from recv() is the caller's to release, not the iterator's.
-        lock(&slf.get().st).current = None;
-        *lock(&frame.state) = FState::Kept;
+        plock(slf.py(), &slf.get().st).current = None;
+        *plock(slf.py(), &frame.state) = FState::Kept;
         Ok(frame)
     }
 
@@ -469,7 +499,7 @@ impl Consumer {
     fn __next__(slf: &Bound<'_, Self>) -> PyResult<Frame> {
         match Self::receive(slf, None) {
             Ok(frame) => {
-                lock(&slf.get().st).current = Some(frame.id);
+                plock(slf.py(), &slf.get().st).current = Some(frame.id);
                 Ok(frame)
             }
             Err(e) if e.is_instance_of::<PyStopIteration>(slf.py()) => Err(e),
@@ -486,26 +516,27 @@ impl Consumer {
 
     /// Buffers this consumer holds now.
     #[getter]
-    fn held(&self) -> usize {
-        lock(&self.st).held.len()
+    fn held(&self, py: Python<'_>) -> usize {
+        plock(py, &self.st).held.len()
     }
 
     /// Frames the producer dropped for this consumer (drop-oldest).
     #[getter]
-    fn dropped(&self) -> PyResult<u64> {
-        lock(&self.st).inner.as_ref().map(p::Consumer::dropped).ok_or_else(|| PyValueError::new_err("closed"))
+    fn dropped(&self, py: Python<'_>) -> PyResult<u64> {
+        plock(py, &self.st).inner.as_ref().map(p::Consumer::dropped).ok_or_else(|| PyValueError::new_err("closed"))
     }
 
     /// Bytes per buffer.
     #[getter]
-    fn buffer_size(&self) -> PyResult<u64> {
-        lock(&self.st).inner.as_ref().map(p::Consumer::buffer_len).ok_or_else(|| PyValueError::new_err("closed"))
+    fn buffer_size(&self, py: Python<'_>) -> PyResult<u64> {
+        plock(py, &self.st).inner.as_ref().map(p::Consumer::buffer_len).ok_or_else(|| PyValueError::new_err("closed"))
     }
 
     /// Detach: every held frame goes back. Raises ``BufferError`` while
     /// views of a frame are alive (nothing is closed then).
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let mut st = lock(&self.st);
+        self.drain_deferred(py);
+        let mut st = plock(py, &self.st);
         st.current = None;
         let ids: Vec<u64> = st.held.keys().copied().collect();
         let mut alive = 0;
@@ -627,7 +658,7 @@ impl Frame {
     #[getter]
     fn valid(&self, py: Python<'_>) -> bool {
         let c = self.consumer.bind(py).get();
-        let st = lock(&c.st);
+        let st = plock(py, &c.st);
         match (st.inner.as_ref(), st.held.get(&self.id)) {
             (Some(inner), Some(h)) => inner.check_kept(&h.kept).is_ok(),
             _ => false,
@@ -639,10 +670,10 @@ impl Frame {
     fn keep(slf: Bound<'_, Self>) -> Bound<'_, Self> {
         {
             let this = slf.get();
-            let mut s = lock(&this.state);
+            let mut s = plock(slf.py(), &this.state);
             if *s == FState::Current {
                 *s = FState::Kept;
-                let mut st = lock(&this.consumer.bind(slf.py()).get().st);
+                let mut st = plock(slf.py(), &this.consumer.bind(slf.py()).get().st);
                 if st.current == Some(this.id) {
                     st.current = None;
                 }
@@ -656,7 +687,7 @@ impl Frame {
     /// ``data`` is alive; ``data`` raises ``ValueError`` afterwards.
     fn release(&self, py: Python<'_>) -> PyResult<()> {
         let c = self.consumer.bind(py).get();
-        let mut st = lock(&c.st);
+        let mut st = plock(py, &c.st);
         if !st.try_release(py, self.id) {
             return Err(PyBufferError::new_err(
                 "a view of the frame (a numpy array or other object made from frame.data) is still alive: \
@@ -666,7 +697,7 @@ impl Frame {
         if st.current == Some(self.id) {
             st.current = None;
         }
-        *lock(&self.state) = FState::Released;
+        *plock(py, &self.state) = FState::Released;
         Ok(())
     }
 
@@ -691,8 +722,11 @@ impl Drop for Frame {
     fn drop(&mut self) {
         let state = *self.state.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
         if state == FState::Kept {
-            // A kept frame collected unreleased: give it back once its views are gone.
-            Python::attach(|py| lock(&self.consumer.bind(py).get().st).release_lenient(py, self.id));
+            // A kept frame collected unreleased: give it back once its views
+            // are gone. Only queued here: this drop can run inside any Python
+            // allocation (the garbage collector), also while this thread holds
+            // the consumer's state lock; the next receive or close takes it.
+            Python::attach(|py| lock(&self.consumer.bind(py).get().deferred).push(self.id));
         }
     }
 }
