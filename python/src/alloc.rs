@@ -102,9 +102,13 @@ impl Allocation {
         slf
     }
 
-    fn __exit__(&self, py: Python<'_>, _t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) -> PyResult<bool> {
-        self.close(py)?;
-        Ok(false)
+    fn __exit__(&self, py: Python<'_>, t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) -> PyResult<bool> {
+        match self.close(py) {
+            // An exception leaves the block: do not mask it with an error about
+            // views its traceback keeps alive.
+            Err(_) if !t.is_none(py) => Ok(false),
+            r => r.map(|()| false),
+        }
     }
 
     fn __repr__(&self) -> String {

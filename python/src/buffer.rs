@@ -118,7 +118,10 @@ impl PyBuffer {
         Ok(mv)
     }
 
-    fn end(&self, py: Python<'_>) -> PyResult<()> {
+    /// End the open block; `raising`: an exception leaves the block, which
+    /// a `BufferError` about views it keeps alive (its traceback holds the
+    /// block's locals) must not mask.
+    fn end(&self, py: Python<'_>, raising: bool) -> PyResult<()> {
         let mut st = self.lock(py);
         let Some(write) = st.active.take() else { return Ok(()) };
         st.current = None;
@@ -129,7 +132,7 @@ impl PyBuffer {
                 drop(map.begin_write().map_err(PyFail::py)?);
             }
         }
-        if st.alive(py) {
+        if st.alive(py) && !raising {
             return Err(view::outlived("the buffer"));
         }
         Ok(())
@@ -337,9 +340,13 @@ impl PyBuffer {
         slf
     }
 
-    fn __exit__(&self, py: Python<'_>, _t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) -> PyResult<bool> {
-        self.close(py)?;
-        Ok(false)
+    fn __exit__(&self, py: Python<'_>, t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) -> PyResult<bool> {
+        match self.close(py) {
+            // An exception leaves the block: do not mask it; the fd closes
+            // when the buffer is collected (views keep their own mapping).
+            Err(_) if !t.is_none(py) => Ok(false),
+            r => r.map(|()| false),
+        }
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
@@ -370,8 +377,8 @@ impl Access {
         b.begin(py, self.write).map(|v| v.unbind().into_bound(py))
     }
 
-    fn __exit__(&self, py: Python<'_>, _t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) -> PyResult<bool> {
-        self.buffer.bind(py).get().end(py)?;
+    fn __exit__(&self, py: Python<'_>, t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) -> PyResult<bool> {
+        self.buffer.bind(py).get().end(py, !t.is_none(py))?;
         Ok(false)
     }
 }

@@ -250,9 +250,13 @@ impl Producer {
         slf
     }
 
-    fn __exit__(&self, py: Python<'_>, _t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) -> PyResult<bool> {
-        self.close(py)?;
-        Ok(false)
+    fn __exit__(&self, py: Python<'_>, t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) -> PyResult<bool> {
+        match self.close(py) {
+            // An exception leaves the block: do not mask it with an error about
+            // views its traceback keeps alive.
+            Err(_) if !t.is_none(py) => Ok(false),
+            r => r.map(|()| false),
+        }
     }
 }
 
@@ -306,6 +310,9 @@ impl WriteFrame {
             }
             if st.maps.get(&index).is_some_and(|e| e.alive(py)) {
                 st.pending.push(index);
+                if !t.is_none(py) {
+                    return Ok(false); // do not mask the exception leaving the block
+                }
                 return Err(PyBufferError::new_err(
                     "a view of the frame (a numpy array or other object made from the memoryview) is still alive: \
                      delete it before the block ends; the frame was not sent, and its buffer returns to the pool \
@@ -563,9 +570,13 @@ impl Consumer {
         slf
     }
 
-    fn __exit__(&self, py: Python<'_>, _t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) -> PyResult<bool> {
-        self.close(py)?;
-        Ok(false)
+    fn __exit__(&self, py: Python<'_>, t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) -> PyResult<bool> {
+        match self.close(py) {
+            // An exception leaves the block: do not mask it with an error about
+            // views its traceback keeps alive.
+            Err(_) if !t.is_none(py) => Ok(false),
+            r => r.map(|()| false),
+        }
     }
 }
 
@@ -705,9 +716,13 @@ impl Frame {
         Self::keep(slf)
     }
 
-    fn __exit__(&self, py: Python<'_>, _t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) -> PyResult<bool> {
-        self.release(py)?;
-        Ok(false)
+    fn __exit__(&self, py: Python<'_>, t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) -> PyResult<bool> {
+        match self.release(py) {
+            // An exception leaves the block: do not mask it with an error about
+            // views its traceback keeps alive.
+            Err(_) if !t.is_none(py) => Ok(false),
+            r => r.map(|()| false),
+        }
     }
 
     fn __repr__(&self) -> String {
