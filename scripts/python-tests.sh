@@ -2,6 +2,8 @@
 # The Python bindings' stage: build the abi3 wheel with maturin, install it
 # into a fresh venv under target/ and run pytest there with no Rust
 # toolchain on PATH (the wheel must import without one).
+#
+#   scripts/python-tests.sh [--wheel-only]   (--wheel-only: build target/wheels/ and stop)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 t0=$(date +%s)
@@ -11,6 +13,7 @@ venv=target/pyenv
 rm -rf target/wheels
 # The root build's +crt-static cannot link a cdylib: the bindings build without it.
 env -u RUSTFLAGS "$venv/bin/maturin" build --release --quiet -m python/Cargo.toml -o target/wheels
+[[ ${1:-} == --wheel-only ]] && exit 0
 run=target/pyenv-run
 rm -rf "$run"
 python3 -m venv "$run"

@@ -13,8 +13,8 @@ if ! grep -q -- '--userland' "$run"; then
     echo "SKIP python-vm-tests: $run has no --userland (the VM's Debian userland with Python)" >&2
     exit 0
 fi
-wheel=$(ls target/wheels/dmabroker-*.whl 2>/dev/null | head -1)
-[[ -n $wheel ]] || { echo "no wheel: run scripts/python-tests.sh first" >&2; exit 2; }
+compgen -G 'target/wheels/dmabroker-*.whl' >/dev/null || scripts/python-tests.sh --wheel-only
+wheel=$(compgen -G 'target/wheels/dmabroker-*.whl' | head -1)
 site="$PWD/target/py-vm/site"
 rm -rf "$site"
 mkdir -p "$site"

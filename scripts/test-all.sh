@@ -72,4 +72,8 @@ if [[ $mode != host ]]; then
     vm/run.sh --timeout "${DMABROKER_VM_TIMEOUT:-900}" \
         --file "$PWD/target/$target/release/dmabroker" "${vm_bins[@]}"
 fi
+if [[ $mode != host ]]; then
+    step "Python bindings in the VM (dma-heap, udmabuf; the VM's Debian userland)"
+    scripts/python-vm-tests.sh
+fi
 echo "all tests passed in $(($(date +%s) - t0)) s"
