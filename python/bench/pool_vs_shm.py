@@ -154,6 +154,35 @@ def pickle_pipe(frames):
     return report("pickle over a pipe", n, wall, lat, cpu_p, cpu)
 
 
+def overhead(frames):
+    """Both ends in one process, never waiting: the bindings' own cost per frame."""
+    import threading
+    import dmabroker
+    path = os.path.join(tempfile.mkdtemp(), "overhead.pool")
+    with dmabroker.Producer(path, size=SIZE, buffers=SLOTS) as p:
+        box = {}
+        t = threading.Thread(target=lambda: box.setdefault("c", dmabroker.Consumer(path)))
+        t.start()
+        p.wait_for_consumers(1, timeout=10)
+        t.join()
+        with box["c"] as c:
+            send = recv = 0.0
+            for n in range(frames):
+                t0 = time.perf_counter()
+                with p.frame(meta=n):
+                    pass
+                t1 = time.perf_counter()
+                f = c.recv()
+                a = f.array()
+                a[0]
+                del a
+                f.release()
+                t2 = time.perf_counter()
+                send += t1 - t0
+                recv += t2 - t1
+    return send / frames * 1e6, recv / frames * 1e6
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=3000, help="dmabroker frames (the copies run a tenth)")
@@ -166,6 +195,9 @@ def main():
     for r in rows:
         print(f"| {r['mode']} | {r['frames']} | {r['fps']:.0f} | {r['p50_us']:.1f} us | {r['p99_us']:.1f} us "
               f"| {r['producer_cpu_us']:.1f} us | {r['consumer_cpu_us']:.1f} us |")
+    send, recv = overhead(args.frames)
+    print(f"bindings' per-frame overhead (one process, no waiting): producer frame() {send:.1f} us, "
+          f"consumer recv()+array()+release() {recv:.1f} us")
     print(f"dmabroker / shared_memory+copy frames/s: {rows[0]['fps'] / rows[1]['fps']:.1f}x; "
           f"/ pickle: {rows[0]['fps'] / rows[2]['fps']:.1f}x")
 

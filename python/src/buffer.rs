@@ -22,7 +22,6 @@ use dmabroker::buffer::BufferMapping;
 use dmabroker::Buffer;
 use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::MutexExt;
 use pyo3::types::PyDict;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
@@ -76,7 +75,7 @@ impl PyBuffer {
     /// Lock without deadlocking with the GIL (the lock is held across
     /// Python calls that may let other threads run).
     fn lock(&self, py: Python<'_>) -> MutexGuard<'_, State> {
-        self.state.lock_py_attached(py).unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::pool::plock(py, &self.state)
     }
 
     /// The library buffer (a cheap clone), or ValueError when closed.

@@ -44,8 +44,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Lock while attached, without deadlocking with the GIL: the state locks
 /// are held across Python calls, which may let other threads run.
-fn plock<'a, T>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
-    m.lock_py_attached(py).unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Uncontended (the usual case) it is a plain `try_lock`.
+pub(crate) fn plock<'a, T>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
+    match m.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            m.lock_py_attached(py).unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+    }
 }
 
 // ---------------------------------------------------------------- producer
@@ -278,21 +285,22 @@ impl WriteFrame {
         producer.sweep(py);
         let timeout = self.timeout;
         let (index, len, fd) = py.detach(|| {
-            producer.with_inner(|p| {
-                let mut slot = p.acquire(timeout).map_err(PyFail::py)?;
-                // The library's write guard at the frame's start (see the module docs).
-                let len = slot.mapping().len();
-                drop(slot.mapping().begin_write().map_err(PyFail::py)?);
-                let fd = slot.buffer().try_clone_fd()?;
-                Ok((slot.lend(), len, fd))
-            })
+            let mut st = lock(&producer.st);
+            let st = &mut *st;
+            let p = st.inner.as_mut().ok_or_else(|| PyValueError::new_err("the producer is closed"))?;
+            let mut slot = p.acquire(timeout).map_err(PyFail::py)?;
+            // The library's write guard at the frame's start (see the module docs).
+            let len = slot.mapping().len();
+            drop(slot.mapping().begin_write().map_err(PyFail::py)?);
+            // An fd for the buffer's Python mapping, the first time only.
+            let fd = if st.maps.contains_key(&slot.index()) { None } else { Some(slot.buffer().try_clone_fd()?) };
+            PyResult::Ok((slot.lend(), len, fd))
         })?;
         let mut st = plock(py, &producer.st);
         let st = &mut *st;
-        if let std::collections::hash_map::Entry::Vacant(e) = st.maps.entry(index) {
-            e.insert(Exporter::map(py, &fd, len as u64, true)?);
+        if let Some(fd) = fd {
+            st.maps.insert(index, Exporter::map(py, &fd, len as u64, true)?);
         }
-        drop(fd);
         let exporter = st.maps.get(&index).ok_or_else(|| PyValueError::new_err("no mapping"))?;
         let scope = st.scopes.entry(index).or_default();
         let mv = exporter.view(py, len, true, scope)?;

@@ -47,8 +47,7 @@ impl Exporter {
         writable: bool,
         scope: &mut Vec<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let builtins = py.import("builtins")?;
-        let whole = builtins.getattr("memoryview")?.call1((self.mm.bind(py),))?;
+        let whole = pyo3::types::PyMemoryView::from(self.mm.bind(py))?.into_any();
         scope.push(whole.clone().unbind());
         let mut view =
             whole.get_item(pyo3::types::PySlice::new(py, 0, isize::try_from(len).unwrap_or(isize::MAX), 1))?;

@@ -55,13 +55,21 @@ def broker(tmpdir_world):
         skip(f"{CLI} not built (cargo build --release)", "broker")
     sock = tmpdir_world / "broker.sock"
     proc = subprocess.Popen([str(CLI), "serve", "--socket", str(sock)], stderr=subprocess.PIPE)
-    for _ in range(200):
-        if sock.exists():
+    # Ready when it answers: the socket file appears at bind(), before listen().
+    import dmabroker
+    for _ in range(400):
+        try:
+            dmabroker.Client(str(sock)).close()
             break
-        time.sleep(0.02)
+        except dmabroker.BrokerError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.01)
     else:
         proc.kill()
-        raise RuntimeError(f"broker did not start: {proc.stderr.read().decode()}")
+        raise RuntimeError(f"broker did not answer within 4 s: {proc.stderr.read().decode()}")
+    if proc.poll() is not None:
+        raise RuntimeError(f"broker exited: {proc.stderr.read().decode()}")
     yield str(sock)
     proc.terminate()
     proc.wait(10)
