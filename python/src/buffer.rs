@@ -279,7 +279,9 @@ impl PyBuffer {
     /// DLPack export of the bytes in place (``numpy.from_dlpack(buf)``,
     /// ``torch.from_dlpack(buf)``): a 1-D uint8 tensor of the view of the
     /// open ``with buf.read()`` / ``with buf.write()`` block. The tensor is
-    /// a view like any other: it must be gone when the block ends.
+    /// a view like any other: it must be gone when the block ends. A
+    /// read-only block's tensor needs a DLPack 1.0 consumer (numpy >= 2.1:
+    /// older DLPack cannot mark a tensor read-only, and numpy then refuses).
     #[pyo3(signature = (*, stream=None, max_version=None, dl_device=None, copy=None))]
     fn __dlpack__<'py>(
         &self,
