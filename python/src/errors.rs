@@ -136,6 +136,11 @@ impl PyFail for FromFdError {
 }
 
 impl PyFail for MapError {
+    fn py(self) -> PyErr {
+        // The library's message, its fix in Python's words.
+        raise_msg(self.kind(), message(&self).replace("map it with map_read()", "read it with `with buf.read()`"))
+    }
+
     fn kind(&self) -> Kind {
         match self {
             MapError::ReadOnly | MapError::WriteSealed => Kind::Permission,
