@@ -55,6 +55,8 @@ if [[ $mode != vm ]]; then
     t1=$(date +%s)
     DMABROKER_REQUIRE_TOOLS=1 cargo test --target "$target" --workspace
     echo "debug-profile host tests in $(($(date +%s) - t1)) s"
+    step "Python bindings (python/: wheel, fresh venv, pytest)"
+    scripts/python-tests.sh
 fi
 
 if [[ $mode != vm ]]; then
@@ -89,5 +91,9 @@ if [[ $mode != host ]]; then
     # cargo compiled into it: --file puts it at that same path in the guest.
     vm/run.sh --timeout "${DMABROKER_VM_TIMEOUT:-900}" \
         --file "$PWD/target/$target/release/dmabroker" "${vm_bins[@]}"
+fi
+if [[ $mode != host ]]; then
+    step "Python bindings in the VM (dma-heap, udmabuf; the VM's Debian userland)"
+    scripts/python-vm-tests.sh
 fi
 echo "all tests passed in $(($(date +%s) - t0)) s"

@@ -1,0 +1,68 @@
+"""The broker from Python: allocation, publication, cross-uid read-only import."""
+import os
+
+import numpy as np
+import pytest
+
+import dmabroker
+from conftest import skip
+
+
+def test_alloc_publish_import_stats(broker):
+    with dmabroker.Client(broker) as client:
+        with client.alloc(1 << 16, "memfd", name="py-broker") as buf:
+            assert buf.broker_id is None or buf.broker_id >= 0
+            with buf.write() as v:
+                v[:3] = b"abc"
+            key = client.publish(buf, "py-shared")
+            assert key == "py-shared"
+            assert any(e["key"] == "py-shared" for e in client.list())
+            with client.import_(key) as imp:
+                assert imp.inode == buf.inode and imp.access == "rw"
+                with imp.read() as v:
+                    assert bytes(v[:3]) == b"abc"
+            stats = client.stats()
+            assert stats["used_buffers"] >= 1 and stats["publications"] >= 1
+            client.unpublish(key)
+            with pytest.raises(dmabroker.NotFound):
+                client.import_(key)
+            with pytest.raises(dmabroker.InvalidArgument):
+                client.publish(buf, allow=["who=1:xx"])
+
+
+def test_read_only_grant_to_another_uid(broker):
+    if os.geteuid() != 0:
+        skip("switching to uid 65534 needs root", "test_read_only_grant_to_another_uid")
+    with dmabroker.Client(broker) as client, client.alloc(1 << 20) as buf:
+        with buf.write() as v:
+            np.asarray(v)[:] = 42
+        key = client.publish(buf, allow=["uid=65534:ro"])
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the consumer, as nobody
+            code = 1
+            try:
+                os.close(r)
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                with dmabroker.Client(broker) as c, c.import_(key) as imp:
+                    assert imp.readonly and imp.access == "ro" and imp.publisher_uid == 0
+                    with imp.read() as v:
+                        assert np.asarray(v).mean() == 42
+                    try:
+                        with imp.write():
+                            pass
+                    except dmabroker.PermissionDenied:
+                        code = 0
+                os.write(w, b"ok" if code == 0 else b"write was allowed")
+            except BaseException as e:  # report to the parent
+                os.write(w, repr(e).encode())
+            finally:
+                os._exit(code)
+        os.close(w)
+        msg = os.read(r, 4096).decode()
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, msg
+        client.unpublish(key)
