@@ -9,7 +9,7 @@
 //! records which CPU the client and the server (broker or echo child) last
 //! ran on, so that the table can split the round trips by placement.
 
-use super::bench_floor::{fd_echo, FdEcho};
+use super::bench_floor::{fd_echo, last_cpu, FdEcho, Placement};
 use super::measure::{ns, paired_ratios, quantile, JsonReport, JsonRow, Spread};
 use dmabroker::client::Client;
 use dmabroker::heap::{AllocRequest, Heaps};
@@ -100,43 +100,6 @@ fn start_daemon(live: usize) -> anyhow::Result<Daemon> {
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// The CPU a process last ran on (`/proc/PID/stat` field 39).
-fn last_cpu(pid: u32) -> Option<usize> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(36)?.parse().ok()
-}
-
-/// Round trips split by whether client and server last ran on one CPU.
-#[derive(Default)]
-struct Placement {
-    same: Vec<u64>,
-    apart: Vec<u64>,
-}
-
-impl Placement {
-    fn record(&mut self, ns: u64, client_cpu: usize, server_cpu: Option<usize>) {
-        match server_cpu {
-            Some(c) if c == client_cpu => self.same.push(ns),
-            Some(_) => self.apart.push(ns),
-            None => {}
-        }
-    }
-    fn describe(&mut self) -> String {
-        self.same.sort_unstable();
-        self.apart.sort_unstable();
-        let total = (self.same.len() + self.apart.len()).max(1);
-        format!(
-            "{:.0}% same CPU, p50 {:.1} us / {:.0}% apart, p50 {:.1} us",
-            self.same.len() as f64 * 100.0 / total as f64,
-            quantile(&self.same, 0.5) as f64 / 1e3,
-            self.apart.len() as f64 * 100.0 / total as f64,
-            quantile(&self.apart, 0.5) as f64 / 1e3
-        )
-    }
 }
 
 fn us(d: Duration) -> String {

@@ -18,7 +18,7 @@
 //!   `dmabroker::proto::wire` functions as the broker and its client.
 
 use super::bench_pool::{collect, socket_path, spawn, ChildReport};
-use super::measure::p50_p99;
+use super::measure::{p50_p99, quantile};
 use dmabroker::pool::now_ns;
 use dmabroker::proto::wire;
 use dmabroker_sys::mmap::{Mapping, Protection};
@@ -184,6 +184,7 @@ pub(crate) fn consumer(role: &str, socket: Option<&Path>) -> anyhow::Result<std:
     let shared = Shared { map, fds };
     let (ping, pong, stamp) = (shared.word(PING)?, shared.word(PONG)?, shared.stamp()?);
     let mut latencies = Vec::new();
+    let mut placement = Placement::default();
     let mut seen = 0u32;
     loop {
         let v = match role {
@@ -198,7 +199,9 @@ pub(crate) fn consumer(role: &str, socket: Option<&Path>) -> anyhow::Result<std:
         if v == END {
             break;
         }
-        latencies.push(now.saturating_sub(stamp.load(Ordering::Relaxed)));
+        let lat = now.saturating_sub(stamp.load(Ordering::Relaxed));
+        latencies.push(lat);
+        placement.record_parent(lat);
         seen = v;
         pong.store(v, Ordering::Release);
         match role {
@@ -211,8 +214,66 @@ pub(crate) fn consumer(role: &str, socket: Option<&Path>) -> anyhow::Result<std:
     }
     let mut report = ChildReport { samples: latencies.len() as u64, ..Default::default() };
     (report.p50_ns, report.p99_ns) = p50_p99(&mut latencies);
+    placement.fill(&mut report);
     println!("{}", serde_json::to_string(&report)?);
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The CPU a process last ran on (`/proc/PID/stat` field 39).
+pub(crate) fn last_cpu(pid: u32) -> Option<usize> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(36)?.parse().ok()
+}
+
+/// Samples split by whether the two processes last ran on one CPU.
+#[derive(Default)]
+pub(crate) struct Placement {
+    pub same: Vec<u64>,
+    pub apart: Vec<u64>,
+}
+
+impl Placement {
+    pub(crate) fn record(&mut self, ns: u64, mine: usize, other: Option<usize>) {
+        match other {
+            Some(c) if c == mine => self.same.push(ns),
+            Some(_) => self.apart.push(ns),
+            None => {}
+        }
+    }
+
+    /// A consumer's sample against its parent (the producer), read after
+    /// the timestamp so that it does not delay it.
+    pub(crate) fn record_parent(&mut self, ns: u64) {
+        self.record(ns, rustix::thread::sched_getcpu(), last_cpu(std::os::unix::process::parent_id()));
+    }
+
+    pub(crate) fn fill(&mut self, report: &mut ChildReport) {
+        self.same.sort_unstable();
+        self.apart.sort_unstable();
+        report.same_cpu = self.same.len() as u64;
+        report.apart = self.apart.len() as u64;
+        report.p50_same_ns = quantile(&self.same, 0.5);
+        report.p50_apart_ns = quantile(&self.apart, 0.5);
+    }
+
+    pub(crate) fn describe(&mut self) -> String {
+        self.same.sort_unstable();
+        self.apart.sort_unstable();
+        describe(self.same.len() as u64, quantile(&self.same, 0.5), self.apart.len() as u64, quantile(&self.apart, 0.5))
+    }
+}
+
+/// `62% on one CPU: 19.4 us / apart: 33.1 us`.
+pub(crate) fn describe(same: u64, p50_same: u64, apart: u64, p50_apart: u64) -> String {
+    let total = (same + apart).max(1) as f64;
+    format!(
+        "{:.0}% one CPU: {:.1} us / apart: {:.1} us",
+        same as f64 * 100.0 / total,
+        p50_same as f64 / 1e3,
+        p50_apart as f64 / 1e3
+    )
 }
 
 /// A child answering every datagram with an fd over `SOCK_SEQPACKET`: the

@@ -83,6 +83,15 @@ pub(crate) struct ChildReport {
     pub tp_frames: u64,
     pub tp_last_ns: u64,
     pub wakes: u64,
+    /// Latency samples taken with producer and consumer last on one CPU, and apart.
+    #[serde(default)]
+    pub same_cpu: u64,
+    #[serde(default)]
+    pub apart: u64,
+    #[serde(default)]
+    pub p50_same_ns: u64,
+    #[serde(default)]
+    pub p50_apart_ns: u64,
 }
 
 /// The transports, in table order: (key, label, floor key, kind).
@@ -168,6 +177,18 @@ fn run_parent(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
             if !fps.is_empty() {
                 extra.insert("frames_per_s".into(), serde_json::to_value(Spread::of(&fps))?);
             }
+            let sum = |f: fn(&ChildReport) -> u64| rows.iter().map(|s| f(&s.report)).sum::<u64>();
+            let (same, apart) = (sum(|r| r.same_cpu), sum(|r| r.apart));
+            if same + apart > 0 {
+                let med = |f: fn(&ChildReport) -> u64| {
+                    Spread::of(&rows.iter().map(|s| f(&s.report) as f64).filter(|v| *v > 0.0).collect::<Vec<_>>())
+                        .median as u64
+                };
+                extra.insert(
+                    "placement".into(),
+                    floor::describe(same, med(|r| r.p50_same_ns), apart, med(|r| r.p50_apart_ns)).into(),
+                );
+            }
             if key.starts_with("blocking") || key.starts_with("polling") {
                 let per = if tp_frames > 0 { wakes as f64 / tp_frames as f64 } else { 0.0 };
                 extra.insert("futex_wakes_per_frame".into(), per.into());
@@ -190,14 +211,14 @@ fn run_parent(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
         "Medians over {} round(s), range in parentheses; each ratio is the row's p50 over its floor's p50 in the same round.\n",
         args.rounds
     );
-    println!("| transport | payload | latency p50 | ratio to floor (p50) | latency p99 | frames/s | futex wake-ups per frame (throughput) |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| transport | payload | latency p50 | ratio to floor (p50) | latency p99 | frames/s | futex wake-ups per frame (throughput) | placement (p50 by CPU) |");
+    println!("|---|---|---|---|---|---|---|---|");
     for row in &report.rows {
         let get = |k: &str| row.extra.get(k).and_then(|v| serde_json::from_value::<Spread>(v.clone()).ok());
         let size = row.key.rsplit('/').next().unwrap_or("");
         let wakes = row.extra.get("futex_wakes_per_frame").and_then(|v| v.as_f64());
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             row.extra.get("label").and_then(|v| v.as_str()).unwrap_or(&row.key),
             size,
             row.value.latency(),
@@ -208,6 +229,7 @@ fn run_parent(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
             fmt_ns(get("p99_ns").map_or(0.0, |s| s.median) as u64),
             get("frames_per_s").map_or("n/a".into(), |s| format!("{:.0}", s.median)),
             wakes.map_or("n/a".into(), |w| format!("{w:.2}")),
+            row.extra.get("placement").and_then(|v| v.as_str()).unwrap_or("-"),
         );
     }
     // The headline ratio the pool exists for.
@@ -297,6 +319,7 @@ fn pool_consumer(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
     let wait = if args.wait == "poll" { WaitMode::BusyPoll } else { WaitMode::default() };
     let mut consumer = dmabroker::pool::Consumer::connect_with(path, &ConsumerOptions { wait, ..Default::default() })?;
     let mut latencies = Vec::new();
+    let mut placement = floor::Placement::default();
     let mut report = ChildReport::default();
     let mut tp_wakes_base = None;
     loop {
@@ -308,6 +331,7 @@ fn pool_consumer(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
         let now = now_ns();
         if phase == LATENCY {
             latencies.push(now.saturating_sub(ts));
+            placement.record_parent(now.saturating_sub(ts));
         } else {
             if tp_wakes_base.is_none() {
                 tp_wakes_base = Some(consumer.wakes());
@@ -319,6 +343,7 @@ fn pool_consumer(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
     report.wakes = consumer.wakes() - tp_wakes_base.unwrap_or(0);
     report.samples = latencies.len() as u64;
     (report.p50_ns, report.p99_ns) = p50_p99(&mut latencies);
+    placement.fill(&mut report);
     println!("{}", serde_json::to_string(&report)?);
     Ok(ExitCode::SUCCESS)
 }
