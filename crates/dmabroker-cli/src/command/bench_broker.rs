@@ -201,8 +201,13 @@ pub fn run(args: &BenchBrokerArgs) -> anyhow::Result<ExitCode> {
         let p99 = |v: &[u64]| quantile(v, 0.99) as f64 / 1e3;
         let (ls, rs, fs) = (Spread::of(&l50), Spread::of(&r50), Spread::of(&f50));
         let ratio = Spread::of(&paired_ratios(&r50, &f50));
+        // Lower bound of an allocation through any broker: the fd round trip
+        // plus the allocation itself; what is left is dmabroker's own.
+        let bound: Vec<f64> = f50.iter().zip(&l50).map(|(f, l)| f + l).collect();
+        let to_bound = Spread::of(&paired_ratios(&r50, &bound));
+        let own = Spread::of(&r50.iter().zip(&bound).map(|(r, b)| r - b).collect::<Vec<_>>());
         lines.push(format!(
-            "| {} | {} / {:.1} | {} / {:.1} | {} / {:.1} | {} | {} / {} |",
+            "| {} | {} / {:.1} | {} / {:.1} | {} / {:.1} | {} | {} | {:.1} us | {} / {} |",
             format_size(size),
             ls.latency(),
             p99(&local_all),
@@ -211,6 +216,8 @@ pub fn run(args: &BenchBrokerArgs) -> anyhow::Result<ExitCode> {
             rs.latency(),
             p99(&remote_all),
             ratio.ratio(),
+            to_bound.ratio(),
+            own.median / 1e3,
             remote_at.describe(),
             floor_at.describe(),
         ));
@@ -252,8 +259,8 @@ pub fn run(args: &BenchBrokerArgs) -> anyhow::Result<ExitCode> {
     }
     println!("## Broker\n");
     println!("Heap `{}`; broker and clients on this machine; RLIMIT_NOFILE {nofile}; medians over {} round(s), range in parentheses.\n", args.heap, args.rounds);
-    println!("| size | in-process p50 / p99 (us) | floor: bare SCM_RIGHTS round trip p50 / p99 | through broker p50 / p99 | broker / floor (p50) | placement: broker (same CPU / apart) / floor |");
-    println!("|---|---|---|---|---|---|");
+    println!("| size | in-process allocation p50 / p99 (us) | floor: bare SCM_RIGHTS round trip p50 / p99 | through broker p50 / p99 | broker / floor (p50) | broker / (floor + in-process) | broker - floor - in-process | placement (p50 by CPU): broker / floor |");
+    println!("|---|---|---|---|---|---|---|---|");
     for l in &lines {
         println!("{l}");
     }
