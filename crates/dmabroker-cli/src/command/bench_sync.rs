@@ -462,90 +462,89 @@ fn print_tables(
         cache::line_size(),
         llc.map_or("unknown".into(), format_size)
     );
-    println!("| heap | pattern | size | method | per access | per MiB of buffer | ratio to its floor (floor) |");
-    println!("|---|---|---|---|---|---|---|");
-    for row in report.rows.iter().filter(|r| !r.key.contains("/flush-")) {
-        let parts: Vec<&str> = row.key.split('/').collect();
-        let (heap, pattern, size) =
-            (parts[1..parts.len() - 3].join("/"), parts[parts.len() - 3], parts[parts.len() - 1]);
-        let per_access = spread_of(row, "ns_per_access");
-        println!(
-            "| {heap} | {pattern} | {size} | {} | {} | {} | {} |",
-            row.extra.get("label").and_then(|v| v.as_str()).unwrap_or(""),
-            per_access.latency(),
-            fmt_ns(row.value.median as u64),
-            match (&row.ratio, &row.floor) {
-                (Some(r), Some(f)) => format!("{} ({})", r.ratio(), f.split('/').nth_back(1).unwrap_or(f)),
-                _ => "-".into(),
-            }
-        );
+    println!("Per access (maintenance included). The guard's floor is the bare mechanism it uses: {method_name} on a memfd, DMA_BUF_IOCTL_SYNC on a dma-buf.\n");
+    println!("| heap | pattern | size | access only | bare {method_name} | bare DMA_BUF_IOCTL_SYNC | dmabroker guard | guard / its floor | guard's maintenance per MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let find = |heap: &str, p: Pattern, m: Method, size: u64| {
+        report.rows.iter().find(|r| r.key == format!("sync/{heap}/{}/{}/{}", p.name(), m.key(), format_size(size)))
+    };
+    for c in cells {
+        for p in PATTERNS {
+            let cell =
+                |m: Method| find(&c.heap, p, m, c.size).map_or("-".into(), |r| spread_of(r, "ns_per_access").latency());
+            let guard = find(&c.heap, p, Method::Guard, c.size);
+            let ratio = guard.and_then(|g| g.ratio.as_ref()).map_or("-".into(), Spread::ratio);
+            let maint = guard
+                .map_or("-".into(), |g| fmt_ns(per_mib(spread_of(g, "maintenance_ns").median, c.size as usize) as u64));
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.heap,
+                p.name(),
+                format_size(c.size),
+                cell(Method::AccessOnly),
+                if c.uncached { "-".into() } else { cell(Method::Bare) },
+                cell(Method::Ioctl),
+                cell(Method::Guard),
+                ratio,
+                maint
+            );
+        }
     }
-    println!("\nMaintenance alone over the whole buffer (bare {method_name} + fence):\n");
-    println!("| heap | size | dirty lines (after a write) | per line | clean lines (nothing cached) | per line |");
-    println!("|---|---|---|---|---|---|");
     let line = cache::line_size() as f64;
-    for c in cells.iter().filter(|c| !c.uncached) {
-        let (d, cl) = (Spread::of(&c.flush_dirty), Spread::of(&c.flush_clean));
-        let lines = c.size as f64 / line;
-        println!(
-            "| {} | {} | {} | {:.1} ns | {} | {:.1} ns |",
-            c.heap,
-            format_size(c.size),
-            d.latency(),
-            d.median / lines,
-            cl.latency(),
-            cl.median / lines
-        );
-    }
     let Some(whole) = whole_cache_ns else {
         println!("\nThe last-level cache size is unknown here: no whole-cache estimate.");
         return;
     };
     println!(
-        "\nWhole-cache equivalent (user space cannot wbinvd): {} lines x {per_line_dirty:.1} ns (dirty line, median over sizes up to half the cache) = {}.",
+        "\nRanged maintenance against a whole-cache equivalent. User space cannot write back the whole cache (wbinvd is privileged), so its cost is estimated: {} lines x {per_line_dirty:.1} ns (the median per-line cost of writing back dirty lines, over the sizes up to half the cache) = {}. Ranged: bare {method_name} + fence over the range, measured alone, after a write (dirty lines) or after a flush (nothing cached, as before a read of what a device wrote).\n",
         llc.unwrap_or(0) / cache::line_size() as u64,
         fmt_ns(whole as u64)
     );
-    println!("\n| heap | pattern | ranged maintenance exceeds the whole-cache equivalent from | cheapest per pattern and size |");
-    println!("|---|---|---|---|");
-    let heaps: Vec<&str> = {
-        let mut v: Vec<&str> = cells.iter().map(|c| c.heap.as_str()).collect();
-        v.dedup();
-        v
-    };
+    println!("| heap | size | ranged, dirty (write-once) | per line | ranged, nothing cached (read-once, read-many) | per line | partial read (1/16, ranged) | cheaper: write-once / reads / partial read |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let pick = |ranged: f64| if ranged <= whole { "ranged" } else { "whole cache" };
+    for c in cells.iter().filter(|c| !c.uncached) {
+        let (d, cl) = (Spread::of(&c.flush_dirty), Spread::of(&c.flush_clean));
+        let lines = c.size as f64 / line;
+        let partial = cl.median * Pattern::PartialRead.range(c.size as usize) as f64 / c.size as f64;
+        println!(
+            "| {} | {} | {} | {:.1} ns | {} | {:.1} ns | {} | {} / {} / {} |",
+            c.heap,
+            format_size(c.size),
+            d.latency(),
+            d.median / lines,
+            cl.latency(),
+            cl.median / lines,
+            fmt_ns(partial as u64),
+            pick(d.median),
+            pick(cl.median),
+            pick(partial)
+        );
+    }
+    let mut heaps: Vec<&str> = cells.iter().filter(|c| !c.uncached).map(|c| c.heap.as_str()).collect();
+    heaps.dedup();
     for heap in heaps {
-        for p in PATTERNS {
-            let mine: Vec<&Cell> = cells.iter().filter(|c| c.heap == heap).collect();
-            // Ranged maintenance cost at each size: the bare method minus the access alone.
-            let cost = |c: &Cell, m: Method| -> Option<f64> {
-                let get = |mm: Method| {
-                    c.times.iter().find(|((pp, x), _)| *pp == p && *x == mm).map(|(_, v)| Spread::of(v).median)
-                };
-                Some((get(m)? - get(Method::AccessOnly)?).max(0.0))
-            };
-            let cross = mine
-                .iter()
-                .filter(|c| !c.uncached)
-                .find(|c| cost(c, Method::Bare).is_some_and(|x| x > whole))
-                .map_or("not reached up to the largest size".to_string(), |c| format_size(c.size));
-            let winners: Vec<String> = mine
-                .iter()
-                .map(|c| {
-                    let get = |mm: Method| {
-                        c.times.iter().find(|((pp, x), _)| *pp == p && *x == mm).map(|(_, v)| Spread::of(v).median)
-                    };
-                    let ranged = if c.dma_buf { get(Method::Ioctl) } else { get(Method::Bare) };
-                    let whole_total = get(Method::AccessOnly).map(|a| a + whole);
-                    let choice = match (ranged, whole_total) {
-                        _ if c.uncached => "uncached",
-                        (Some(r), Some(w)) if r <= w => "ranged",
-                        (Some(_), Some(_)) => "whole cache",
-                        _ => "-",
-                    };
-                    format!("{} {choice}", format_size(c.size))
-                })
-                .collect();
-            println!("| {heap} | {} | {cross} | {} |", p.name(), winners.join(", "));
-        }
+        let mine: Vec<&Cell> = cells.iter().filter(|c| c.heap == heap && !c.uncached).collect();
+        let from = |f: fn(&Cell) -> &Vec<f64>| {
+            mine.iter().find(|c| Spread::of(f(c)).median > whole).map_or_else(
+                || {
+                    // Extrapolated from the largest size's per-line cost.
+                    mine.last().map_or("-".into(), |c| {
+                        let per = Spread::of(f(c)).median / (c.size as f64 / line);
+                        if per > 0.0 {
+                            format!("about {} (extrapolated)", format_size((whole / per * line) as u64))
+                        } else {
+                            "-".into()
+                        }
+                    })
+                },
+                |c| format_size(c.size),
+            )
+        };
+        println!(
+            "\n{heap}: ranged maintenance costs more than the whole-cache equivalent from {} (dirty lines) and {} (nothing cached).",
+            from(|c| &c.flush_dirty),
+            from(|c| &c.flush_clean)
+        );
     }
 }
