@@ -17,8 +17,8 @@
 //! Patterns: `write-once` (the CPU fills the buffer for a device), `read-once`
 //! (the CPU reads what a device wrote), `read-many` (the same, 4 passes in one
 //! access), `partial-read` (the first 1/16 of the buffer, 4 KiB at least).
-//! Before every read pattern the buffer is written back and invalidated
-//! (untimed), as after a device's write: reads come from memory.
+//! Before every access the buffer is written back and invalidated
+//! (untimed), as after a device's write or read: accesses start from memory.
 //!
 //! Uncached memory is measured where a heap offers it (`system-uncached`
 //! dma-heaps of vendor kernels): the same patterns with `access only`.
@@ -152,10 +152,13 @@ fn passes(p: Pattern) -> usize {
 fn once(s: &mut Subject, p: Pattern, m: Method, tag: u8) -> anyhow::Result<u64> {
     let len = s.raw.len();
     let range = p.range(len);
-    if p.reads() {
-        // As after a device's write: nothing of the buffer in the CPU caches.
-        cache::clean_invalidate(&s.raw, 0, len);
-    }
+    // Every access starts with nothing of the buffer in the CPU caches: as
+    // after a device wrote it (reads), or after the previous frame was
+    // handed to a device (writes). Without this, a method that follows
+    // `access only` (which leaves dirty lines behind) writes into cached
+    // lines, and the rotation's order biases the comparison (1.2-1.3x
+    // guard/bare for write-once at 64 KiB-4 MiB, gone with it).
+    cache::clean_invalidate(&s.raw, 0, len);
     let fd_flags = if p.reads() { dma_buf::DMA_BUF_SYNC_READ } else { dma_buf::DMA_BUF_SYNC_WRITE };
     let t = Instant::now();
     let mut sink = 0u64;
@@ -298,10 +301,11 @@ fn measure_cell(
     let raw = Mapping::map(&buffer, 0, len, Protection::ReadWrite, false)?;
     let lib = buffer.map_read_write()?;
     let mut s = Subject { lib, raw, dma_buf, uncached };
-    // Fault every page in before timing.
+    // Fault every page of both mappings in before timing.
     if let Some(b) = s.raw.as_mut_slice() {
         b.fill(1);
     }
+    s.lib.begin_write()?.fill(1);
     let iterations = (budget / size.max(1)).clamp(3, 2000) as usize;
     let ms = methods(&s);
     let mut times: Vec<((Pattern, Method), Vec<f64>)> =
