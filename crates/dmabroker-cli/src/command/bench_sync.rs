@@ -413,7 +413,7 @@ pub fn run(args: &BenchSyncArgs) -> anyhow::Result<ExitCode> {
                     extra.insert("maintenance_ns".into(), serde_json::to_value(Spread::of(&maint))?);
                 }
                 let ns_mib: Vec<f64> = v.iter().map(|x| per_mib(*x, len)).collect();
-                let ratio = floor.and_then(|f| get(f)).map(|fv| Spread::of(&paired_ratios(v, &fv)));
+                let ratio = floor.and_then(&get).map(|fv| Spread::of(&paired_ratios(v, &fv)));
                 report.rows.push(JsonRow {
                     key: format!("sync/{}/{}/{}/{}", c.heap, p.name(), m.key(), format_size(c.size)),
                     value: Spread::of(&ns_mib),
