@@ -1,6 +1,6 @@
 //! Command-line syntax.
 
-use crate::command::{bench_broker, bench_pool, demo, import, ps, serve, stats, unpublish};
+use crate::command::{bench_broker, bench_compare, bench_pool, bench_sync, demo, import, ps, serve, stats, unpublish};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 /// User-space buffer allocation and sharing for Linux: dma-heaps, udmabuf,
@@ -129,6 +129,10 @@ pub enum BenchCommand {
     Broker(bench_broker::BenchBrokerArgs),
     /// Frame handoff through a pool against socket copying (and iceoryx2 in benches/).
     Pool(bench_pool::BenchPoolArgs),
+    /// CPU cache maintenance: dmabroker's guards vs the bare instructions vs DMA_BUF_IOCTL_SYNC.
+    Sync(bench_sync::BenchSyncArgs),
+    /// Compare `--json` reports of two builds (A/B): per row, B/A with its spread (scripts/ab.sh).
+    Compare(bench_compare::BenchCompareArgs),
 }
 
 /// `dmabroker bench alloc`.
@@ -147,6 +151,9 @@ pub struct BenchAllocArgs {
     /// library's place, to show what the method alone reports as overhead.
     #[arg(long)]
     pub control: bool,
+    /// Print one JSON report (for `bench compare` / scripts/ab.sh) instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The longest path a Unix socket address holds (`sun_path` is 108 bytes,

@@ -2,6 +2,7 @@
 //! through the library and through the raw system calls a C program would
 //! make, interleaved in the same run so that drift hits both alike.
 
+use super::measure::{ns, JsonReport, JsonRow, Spread};
 use crate::cli::BenchAllocArgs;
 use dmabroker::heap::{HeapKind, Heaps};
 use dmabroker::size::format_size;
@@ -39,10 +40,17 @@ pub fn run(args: &BenchAllocArgs) -> anyhow::Result<ExitCode> {
     // reclaim, swap or the OOM killer.
     let available = mem_available();
     let measured = if args.control { "raw syscalls again (control)" } else { "dmabroker" };
-    println!(
+    let mut report = JsonReport::new("alloc");
+    // With --json, the table lines go nowhere and one report is printed at the end.
+    let out = |line: String| {
+        if !args.json {
+            println!("{line}");
+        }
+    };
+    out(format!(
         "| heap | size | iterations | raw syscalls p50 | {measured} p50 | overhead (p50) | raw p90 | {measured} p90 |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
+    ));
+    out("|---|---|---|---|---|---|---|---|".into());
     for heap in selected {
         let info = heap.info();
         for &size in &args.sizes {
@@ -50,24 +58,28 @@ pub fn run(args: &BenchAllocArgs) -> anyhow::Result<ExitCode> {
             // Huge pages come from their own pool (checked below), which
             // MemAvailable does not count.
             if let Some(avail) = available.filter(|a| info.kind != HeapKind::Hugetlb && len > *a) {
-                println!(
+                out(format!(
                     "| {} | {} | skipped: more than the {} of memory available (MemAvailable) | | | | | |",
                     info.name,
                     format_size(size),
                     format_size(avail)
-                );
+                ));
                 continue;
             }
             if info.kind == HeapKind::Hugetlb && info.free_bytes.unwrap_or(0) < len {
-                println!("| {} | {} | skipped: not enough free huge pages | | | | | |", info.name, format_size(size));
+                out(format!(
+                    "| {} | {} | skipped: not enough free huge pages | | | | | |",
+                    info.name,
+                    format_size(size)
+                ));
                 continue;
             }
             if info.max_buffer_size.is_some_and(|m| len > m) {
-                println!(
+                out(format!(
                     "| {} | {} | skipped: above the heap's per-buffer limit | | | | | |",
                     info.name,
                     format_size(size)
-                );
+                ));
                 continue;
             }
             let iterations = (((256u64 << 20) as f64 * args.scale / size as f64) as usize).clamp(8, 2000);
@@ -95,7 +107,7 @@ pub fn run(args: &BenchAllocArgs) -> anyhow::Result<ExitCode> {
             let (r50, r90) = percentiles(&mut raw);
             let (l50, l90) = percentiles(&mut lib);
             let overhead = (l50.as_secs_f64() - r50.as_secs_f64()) / r50.as_secs_f64() * 100.0;
-            println!(
+            out(format!(
                 "| {} | {} | {} | {} | {} | {:+.1}% | {} | {} |",
                 info.name,
                 format_size(size),
@@ -105,8 +117,40 @@ pub fn run(args: &BenchAllocArgs) -> anyhow::Result<ExitCode> {
                 overhead,
                 fmt_dur(r90),
                 fmt_dur(l90)
-            );
+            ));
+            let raw_key = format!("alloc/{}/{}/raw", info.name, format_size(size));
+            let one = |d: Duration| Spread::of(&[ns(d) as f64]);
+            let extra = |p90: Duration| {
+                let mut m = serde_json::Map::new();
+                m.insert("p90_ns".into(), ns(p90).into());
+                m.insert("iterations".into(), iterations.into());
+                m
+            };
+            report.rows.push(JsonRow {
+                key: raw_key.clone(),
+                value: one(r50),
+                unit: "p50_ns".into(),
+                floor: None,
+                ratio: None,
+                extra: extra(r90),
+            });
+            report.rows.push(JsonRow {
+                key: format!(
+                    "alloc/{}/{}/{}",
+                    info.name,
+                    format_size(size),
+                    if args.control { "control" } else { "dmabroker" }
+                ),
+                value: one(l50),
+                unit: "p50_ns".into(),
+                floor: Some(raw_key),
+                ratio: Some(Spread::of(&[l50.as_secs_f64() / r50.as_secs_f64()])),
+                extra: extra(l90),
+            });
         }
+    }
+    if args.json {
+        report.print()?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,7 +2,15 @@
 //! in-process allocation, throughput with concurrent clients, and the
 //! broker's memory per live buffer. Starts its own broker (this binary,
 //! `serve`) on a private socket with a policy large enough for the run.
+//!
+//! The floor of a round trip, measured in the same rounds and interleaved
+//! sample by sample: a bare `SCM_RIGHTS` fd round trip over `SOCK_SEQPACKET`
+//! with a child process of this binary ([`FdEcho`]). Each sample also
+//! records which CPU the client and the server (broker or echo child) last
+//! ran on, so that the table can split the round trips by placement.
 
+use super::bench_floor::{fd_echo, last_cpu, FdEcho, Placement};
+use super::measure::{ns, paired_ratios, quantile, JsonReport, JsonRow, Spread};
 use dmabroker::client::Client;
 use dmabroker::heap::{AllocRequest, Heaps};
 use dmabroker::size::format_size;
@@ -28,9 +36,21 @@ pub struct BenchBrokerArgs {
     /// Live buffers for the memory measurement (0: skip).
     #[arg(long, default_value_t = 100_000)]
     pub live: usize,
-    /// Round trips per size.
+    /// Round trips per size and round.
     #[arg(long, default_value_t = 500)]
     pub iterations: usize,
+    /// Rounds of the round-trip comparison (median and range over rounds).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// Print one JSON report (round trips only; for `bench compare` / scripts/ab.sh).
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: child role (`fd-echo`).
+    #[arg(long, hide = true)]
+    pub role: Option<String>,
+    /// Internal: where the child connects.
+    #[arg(long, hide = true)]
+    pub role_socket: Option<PathBuf>,
 }
 
 struct Daemon {
@@ -110,45 +130,139 @@ fn raise_nofile(want: u64) -> u64 {
 }
 
 pub fn run(args: &BenchBrokerArgs) -> anyhow::Result<ExitCode> {
+    if let Some(role) = args.role.as_deref() {
+        anyhow::ensure!(role == "fd-echo", "unknown bench role `{role}`");
+        let path = args.role_socket.as_ref().ok_or_else(|| anyhow::anyhow!("--role-socket missing"))?;
+        return fd_echo(path);
+    }
     // The broker inherits the limit: it holds one fd per live buffer.
     let nofile = raise_nofile((args.live as u64 + 50_000).max(65_536));
     let daemon = start_daemon(args.live)?;
     let heaps = Heaps::discover();
     let heap = heaps.require(&args.heap)?;
-    println!("## Broker\n");
-    println!("Heap `{}`; broker and clients on this machine; RLIMIT_NOFILE {nofile}.\n", args.heap);
-    println!("| size | in-process p50 / p99 (us) | through broker p50 / p99 (us) | overhead p50 (us) |");
-    println!("|---|---|---|---|");
+    let mut echo = FdEcho::start(&daemon.dir)?;
+    let broker_pid = daemon.child.id();
     let mut client = Client::connect(&daemon.socket)?;
+    let mut report = JsonReport::new("broker");
+    let mut lines = Vec::new();
     for &size in &args.sizes {
         let iterations = if size >= 8 << 20 { args.iterations.min(100) } else { args.iterations };
-        let mut local = Vec::with_capacity(iterations);
-        let mut remote = Vec::with_capacity(iterations);
-        for i in 0..iterations {
-            // Interleaved so that drift hits both the same.
-            let t = Instant::now();
-            drop(heap.allocate(&AllocRequest::new(size))?);
-            local.push(t.elapsed());
-            let t = Instant::now();
-            drop(client.allocate(&args.heap, size, None)?);
-            remote.push(t.elapsed());
-            if i % 1000 == 999 {
-                // Reconnecting unpins what this connection was handed.
-                client = Client::connect(&daemon.socket)?;
+        // Per round: p50 of each path; all samples for the p99s.
+        let (mut l50, mut r50, mut f50) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut local_all, mut remote_all, mut floor_all) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut remote_at, mut floor_at) = (Placement::default(), Placement::default());
+        let mut done = 0usize;
+        for round in 0..args.rounds {
+            let (mut local, mut remote, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+            for i in 0..iterations {
+                // Interleaved, in rotating order, so that drift hits all three alike.
+                for k in 0..3 {
+                    match (k + i + round as usize) % 3 {
+                        0 => {
+                            let t = Instant::now();
+                            drop(heap.allocate(&AllocRequest::new(size))?);
+                            local.push(ns(t.elapsed()));
+                        }
+                        1 => {
+                            let t = Instant::now();
+                            drop(client.allocate(&args.heap, size, None)?);
+                            let d = ns(t.elapsed());
+                            remote.push(d);
+                            remote_at.record(d, rustix::thread::sched_getcpu(), last_cpu(broker_pid));
+                        }
+                        _ => {
+                            let t = Instant::now();
+                            echo.round_trip()?;
+                            let d = ns(t.elapsed());
+                            floor.push(d);
+                            floor_at.record(d, rustix::thread::sched_getcpu(), last_cpu(echo.pid()));
+                        }
+                    }
+                }
+                done += 1;
+                if done % 1000 == 0 {
+                    // Reconnecting unpins what this connection was handed.
+                    client = Client::connect(&daemon.socket)?;
+                }
+            }
+            for (v, out, all) in [
+                (&mut local, &mut l50, &mut local_all),
+                (&mut remote, &mut r50, &mut remote_all),
+                (&mut floor, &mut f50, &mut floor_all),
+            ] {
+                v.sort_unstable();
+                out.push(quantile(v, 0.5) as f64);
+                all.extend_from_slice(v);
             }
         }
-        local.sort();
-        remote.sort();
-        let (l50, r50) = (percentile(&local, 0.5), percentile(&remote, 0.5));
-        println!(
-            "| {} | {} / {} | {} / {} | {} |",
+        for v in [&mut local_all, &mut remote_all, &mut floor_all] {
+            v.sort_unstable();
+        }
+        let p99 = |v: &[u64]| quantile(v, 0.99) as f64 / 1e3;
+        let (ls, rs, fs) = (Spread::of(&l50), Spread::of(&r50), Spread::of(&f50));
+        let ratio = Spread::of(&paired_ratios(&r50, &f50));
+        // Lower bound of an allocation through any broker: the fd round trip
+        // plus the allocation itself; what is left is dmabroker's own.
+        let bound: Vec<f64> = f50.iter().zip(&l50).map(|(f, l)| f + l).collect();
+        let to_bound = Spread::of(&paired_ratios(&r50, &bound));
+        let own = Spread::of(&r50.iter().zip(&bound).map(|(r, b)| r - b).collect::<Vec<_>>());
+        lines.push(format!(
+            "| {} | {} / {:.1} | {} / {:.1} | {} / {:.1} | {} | {} | {:.1} us | {} / {} |",
             format_size(size),
-            us(l50),
-            us(percentile(&local, 0.99)),
-            us(r50),
-            us(percentile(&remote, 0.99)),
-            us(r50.saturating_sub(l50))
-        );
+            ls.latency(),
+            p99(&local_all),
+            fs.latency(),
+            p99(&floor_all),
+            rs.latency(),
+            p99(&remote_all),
+            ratio.ratio(),
+            to_bound.ratio(),
+            own.median / 1e3,
+            remote_at.describe(),
+            floor_at.describe(),
+        ));
+        let key = |what: &str| format!("broker/{what}/{}", format_size(size));
+        let extra = |v: &[u64]| {
+            let mut m = serde_json::Map::new();
+            m.insert("p99_ns".into(), quantile(v, 0.99).into());
+            m
+        };
+        report.rows.push(JsonRow {
+            key: key("in-process"),
+            value: ls,
+            unit: "p50_ns".into(),
+            floor: None,
+            ratio: None,
+            extra: extra(&local_all),
+        });
+        report.rows.push(JsonRow {
+            key: key("fd-round-trip"),
+            value: fs,
+            unit: "p50_ns".into(),
+            floor: None,
+            ratio: None,
+            extra: extra(&floor_all),
+        });
+        report.rows.push(JsonRow {
+            key: key("through-broker"),
+            value: rs,
+            unit: "p50_ns".into(),
+            floor: Some(key("fd-round-trip")),
+            ratio: Some(ratio),
+            extra: extra(&remote_all),
+        });
+    }
+    drop(echo);
+    if args.json {
+        report.print()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("## Broker\n");
+    println!("Heap `{}`; broker and clients on this machine; RLIMIT_NOFILE {nofile}; medians over {} round(s), range in parentheses.\n", args.heap, args.rounds);
+    println!("| size | in-process allocation p50 / p99 (us) | floor: bare SCM_RIGHTS round trip p50 / p99 | through broker p50 / p99 | broker / floor (p50) | broker / (floor + in-process) | broker - floor - in-process | placement (p50 by CPU): broker / floor |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for l in &lines {
+        println!("{l}");
     }
     let held = client.stats()?.total_buffers;
     drop(client);

@@ -12,8 +12,16 @@
 //! Neither pool consumer touches the payload (a device would read it); the
 //! socket consumer must receive every byte, which is the point.
 //! `benches/iceoryx2-peer` prints the same table for iceoryx2.
+//!
+//! Floors, measured between the same two kinds of process and interleaved
+//! with the pool rows in every round (see [`floor`]): a bare futex wake
+//! ping-pong on shared memory (the blocking pool's floor), the same with
+//! eventfds, and a bare shared-memory spin (the polling pool's floor). Each
+//! pool row's p50 is shown as a ratio to its floor's p50 in the same round,
+//! median and range over `--rounds`.
 
-use super::demo::{fmt_ns, p50_p99};
+use super::bench_floor as floor;
+use super::measure::{fmt_ns, p50_p99, paired_ratios, JsonReport, JsonRow, Spread};
 use dmabroker::pool::{now_ns, ConsumerOptions, FrameMeta, PoolOptions, Producer, WaitMode};
 use dmabroker::size::format_size;
 use dmabroker::Heaps;
@@ -44,7 +52,14 @@ pub struct BenchPoolArgs {
     /// Seconds of back-to-back frames per throughput measurement (approximate).
     #[arg(long, default_value_t = 1.0, value_parser = crate::cli::parse_seconds)]
     pub seconds: f64,
-    /// Internal: child role (`pool-consumer`, `socket-consumer`).
+    /// Rounds: every row and its floor are measured once per round, in
+    /// alternating order; tables show the median and range over rounds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// Print one JSON report (for `bench compare` / scripts/ab.sh) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: child role (`pool-consumer`, `socket-consumer`, `futex-consumer`, `eventfd-consumer`, `spin-consumer`).
     #[arg(long, hide = true)]
     pub role: Option<String>,
     /// Internal: where the child connects.
@@ -60,22 +75,39 @@ const LATENCY: u64 = 0;
 const THROUGHPUT: u64 = 1;
 
 /// What a child reports (one JSON line at the end).
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct ChildReport {
-    p50_ns: u64,
-    p99_ns: u64,
-    samples: u64,
-    tp_frames: u64,
-    tp_last_ns: u64,
-    wakes: u64,
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ChildReport {
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub samples: u64,
+    pub tp_frames: u64,
+    pub tp_last_ns: u64,
+    pub wakes: u64,
+    /// Latency samples taken with producer and consumer last on one CPU, and apart.
+    #[serde(default)]
+    pub same_cpu: u64,
+    #[serde(default)]
+    pub apart: u64,
+    #[serde(default)]
+    pub p50_same_ns: u64,
+    #[serde(default)]
+    pub p50_apart_ns: u64,
 }
 
-/// One measured row.
-struct Row {
-    transport: &'static str,
-    size: u64,
+/// The transports, in table order: (key, label, floor key, kind).
+const TRANSPORTS: [(&str, &str, Option<&str>); 6] = [
+    ("blocking", "pool, blocking consumer (futex)", Some("futex")),
+    ("futex", "floor: bare futex wake ping-pong (shared memory)", None),
+    ("eventfd", "floor: bare eventfd ping-pong", None),
+    ("polling", "pool, busy-polling consumer", Some("spin")),
+    ("spin", "floor: bare shared-memory spin ping-pong", None),
+    ("socket", "copy through Unix stream socket", None),
+];
+
+/// One measurement of one transport at one size in one round.
+struct Sample {
+    fps: Option<f64>,
     report: ChildReport,
-    fps: f64,
 }
 
 pub fn run(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
@@ -83,8 +115,25 @@ pub fn run(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
         None => run_parent(args),
         Some("pool-consumer") => pool_consumer(args),
         Some("socket-consumer") => socket_consumer(args),
+        Some(role @ ("futex-consumer" | "eventfd-consumer" | "spin-consumer")) => {
+            floor::consumer(role, args.socket.as_deref())
+        }
         Some(other) => anyhow::bail!("unknown bench role `{other}`"),
     }
+}
+
+fn measure(args: &BenchPoolArgs, heaps: &Heaps, key: &str, size: u64) -> anyhow::Result<Sample> {
+    Ok(match key {
+        "blocking" | "polling" => {
+            let (fps, report) = bench_pool(args, heaps, size, if key == "blocking" { "block" } else { "poll" })?;
+            Sample { fps: Some(fps), report }
+        }
+        "socket" => {
+            let (fps, report) = bench_socket(args, size)?;
+            Sample { fps: Some(fps), report }
+        }
+        floor => Sample { fps: None, report: floor::run(floor, args.latency_frames, args.gap_us)? },
+    })
 }
 
 fn run_parent(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
@@ -96,40 +145,105 @@ fn run_parent(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
     for wait in ["block", "poll"] {
         bench_pool(&warm, &heaps, args.sizes.first().copied().unwrap_or(4096), wait)?;
     }
-    let mut rows = Vec::new();
-    for &size in &args.sizes {
-        for (transport, wait) in [("pool, blocking consumer (futex)", "block"), ("pool, busy-polling consumer", "poll")]
-        {
-            let row = bench_pool(args, &heaps, size, wait)?;
-            rows.push(Row { transport, size, fps: row.0, report: row.1 });
-            eprintln!("{} {}: done", transport, format_size(size));
+    // samples[size index][transport index][round]
+    let mut samples: Vec<Vec<Vec<Sample>>> =
+        args.sizes.iter().map(|_| TRANSPORTS.iter().map(|_| Vec::new()).collect()).collect();
+    for round in 0..args.rounds {
+        for (si, &size) in args.sizes.iter().enumerate() {
+            // Alternate the order so that no row always follows the same one.
+            let order: Vec<usize> =
+                if round % 2 == 0 { (0..TRANSPORTS.len()).collect() } else { (0..TRANSPORTS.len()).rev().collect() };
+            for ti in order {
+                let key = TRANSPORTS[ti].0;
+                samples[si][ti].push(measure(args, &heaps, key, size)?);
+            }
+            eprintln!("round {}/{}, {}: done", round + 1, args.rounds, format_size(size));
         }
-        let (fps, report) = bench_socket(args, size)?;
-        rows.push(Row { transport: "copy through Unix stream socket", size, fps, report });
-        eprintln!("socket {}: done", format_size(size));
     }
-    println!("| transport | payload | latency p50 | latency p99 | frames/s | futex wake-ups per frame (throughput) |");
-    println!("|---|---|---|---|---|---|");
-    for r in &rows {
-        let wakes = if r.transport.starts_with("pool") && r.report.tp_frames > 0 {
-            format!("{:.2}", r.report.wakes as f64 / r.report.tp_frames as f64)
-        } else {
-            "n/a".into()
-        };
+    let mut report = JsonReport::new("pool");
+    for (si, &size) in args.sizes.iter().enumerate() {
+        let p50s = |ti: usize| -> Vec<f64> { samples[si][ti].iter().map(|s| s.report.p50_ns as f64).collect() };
+        for (ti, (key, label, floor)) in TRANSPORTS.iter().enumerate() {
+            let rows = &samples[si][ti];
+            let p99 = Spread::of(&rows.iter().map(|s| s.report.p99_ns as f64).collect::<Vec<_>>());
+            let fps: Vec<f64> = rows.iter().filter_map(|s| s.fps).collect();
+            let tp_frames: u64 = rows.iter().map(|s| s.report.tp_frames).sum();
+            let wakes: u64 = rows.iter().map(|s| s.report.wakes).sum();
+            let floor_ti = floor.and_then(|f| TRANSPORTS.iter().position(|t| t.0 == f));
+            let ratio = floor_ti.map(|fi| Spread::of(&paired_ratios(&p50s(ti), &p50s(fi))));
+            let mut extra = serde_json::Map::new();
+            extra.insert("label".into(), (*label).into());
+            extra.insert("p99_ns".into(), serde_json::to_value(p99)?);
+            if !fps.is_empty() {
+                extra.insert("frames_per_s".into(), serde_json::to_value(Spread::of(&fps))?);
+            }
+            let sum = |f: fn(&ChildReport) -> u64| rows.iter().map(|s| f(&s.report)).sum::<u64>();
+            let (same, apart) = (sum(|r| r.same_cpu), sum(|r| r.apart));
+            if same + apart > 0 {
+                let med = |f: fn(&ChildReport) -> u64| {
+                    Spread::of(&rows.iter().map(|s| f(&s.report) as f64).filter(|v| *v > 0.0).collect::<Vec<_>>())
+                        .median as u64
+                };
+                extra.insert(
+                    "placement".into(),
+                    floor::describe(same, med(|r| r.p50_same_ns), apart, med(|r| r.p50_apart_ns)).into(),
+                );
+            }
+            if key.starts_with("blocking") || key.starts_with("polling") {
+                let per = if tp_frames > 0 { wakes as f64 / tp_frames as f64 } else { 0.0 };
+                extra.insert("futex_wakes_per_frame".into(), per.into());
+            }
+            report.rows.push(JsonRow {
+                key: format!("pool/{key}/{}", format_size(size)),
+                value: Spread::of(&p50s(ti)),
+                unit: "p50_ns".into(),
+                floor: floor.map(|f| format!("pool/{f}/{}", format_size(size))),
+                ratio,
+                extra,
+            });
+        }
+    }
+    if args.json {
+        report.print()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "Medians over {} round(s), range in parentheses; each ratio is the row's p50 over its floor's p50 in the same round.\n",
+        args.rounds
+    );
+    println!("| transport | payload | latency p50 | ratio to floor (p50) | latency p99 | frames/s | futex wake-ups per frame (throughput) | placement (p50 by CPU) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in &report.rows {
+        let get = |k: &str| row.extra.get(k).and_then(|v| serde_json::from_value::<Spread>(v.clone()).ok());
+        let size = row.key.rsplit('/').next().unwrap_or("");
+        let wakes = row.extra.get("futex_wakes_per_frame").and_then(|v| v.as_f64());
         println!(
-            "| {} | {} | {} | {} | {:.0} | {} |",
-            r.transport,
-            format_size(r.size),
-            fmt_ns(r.report.p50_ns),
-            fmt_ns(r.report.p99_ns),
-            r.fps,
-            wakes
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.extra.get("label").and_then(|v| v.as_str()).unwrap_or(&row.key),
+            size,
+            row.value.latency(),
+            match (&row.ratio, &row.floor) {
+                (Some(r), Some(f)) => format!("{} of {}", r.ratio(), f.split('/').nth(1).unwrap_or(f)),
+                _ => "(floor)".into(),
+            },
+            fmt_ns(get("p99_ns").map_or(0.0, |s| s.median) as u64),
+            get("frames_per_s").map_or("n/a".into(), |s| format!("{:.0}", s.median)),
+            wakes.map_or("n/a".into(), |w| format!("{w:.2}")),
+            row.extra.get("placement").and_then(|v| v.as_str()).unwrap_or("-"),
         );
     }
     // The headline ratio the pool exists for.
     for &size in &args.sizes {
-        let fps = |t: &str| rows.iter().find(|r| r.size == size && r.transport.starts_with(t)).map_or(0.0, |r| r.fps);
-        let (pool, socket) = (fps("pool, blocking"), fps("copy"));
+        let fps = |t: &str| {
+            report
+                .rows
+                .iter()
+                .find(|r| r.key == format!("pool/{t}/{}", format_size(size)))
+                .and_then(|r| r.extra.get("frames_per_s"))
+                .and_then(|v| serde_json::from_value::<Spread>(v.clone()).ok())
+                .map_or(0.0, |s| s.median)
+        };
+        let (pool, socket) = (fps("blocking"), fps("socket"));
         if socket > 0.0 {
             println!(
                 "\n{}: pool (blocking) delivers {:.0}x the frame rate of socket copying",
@@ -141,12 +255,12 @@ fn run_parent(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn socket_path(tag: &str) -> PathBuf {
+pub(crate) fn socket_path(tag: &str) -> PathBuf {
     let dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
     dir.join(format!("dmabroker-bench-{}-{tag}.sock", std::process::id()))
 }
 
-fn spawn(role: &str, socket: &std::path::Path, wait: &str) -> anyhow::Result<Child> {
+pub(crate) fn spawn(role: &str, socket: &std::path::Path, wait: &str) -> anyhow::Result<Child> {
     Command::new("/proc/self/exe")
         .args(["bench", "pool", "--role", role, "--wait", wait, "--socket"])
         .arg(socket)
@@ -157,7 +271,7 @@ fn spawn(role: &str, socket: &std::path::Path, wait: &str) -> anyhow::Result<Chi
         .map_err(|e| anyhow::anyhow!("starting the consumer process: {e}"))
 }
 
-fn collect(child: Child) -> anyhow::Result<ChildReport> {
+pub(crate) fn collect(child: Child) -> anyhow::Result<ChildReport> {
     let out = child.wait_with_output()?;
     if !out.status.success() {
         anyhow::bail!("consumer process failed ({})", out.status);
@@ -205,6 +319,7 @@ fn pool_consumer(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
     let wait = if args.wait == "poll" { WaitMode::BusyPoll } else { WaitMode::default() };
     let mut consumer = dmabroker::pool::Consumer::connect_with(path, &ConsumerOptions { wait, ..Default::default() })?;
     let mut latencies = Vec::new();
+    let mut placement = floor::Placement::default();
     let mut report = ChildReport::default();
     let mut tp_wakes_base = None;
     loop {
@@ -216,6 +331,7 @@ fn pool_consumer(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
         let now = now_ns();
         if phase == LATENCY {
             latencies.push(now.saturating_sub(ts));
+            placement.record_parent(now.saturating_sub(ts));
         } else {
             if tp_wakes_base.is_none() {
                 tp_wakes_base = Some(consumer.wakes());
@@ -227,6 +343,7 @@ fn pool_consumer(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
     report.wakes = consumer.wakes() - tp_wakes_base.unwrap_or(0);
     report.samples = latencies.len() as u64;
     (report.p50_ns, report.p99_ns) = p50_p99(&mut latencies);
+    placement.fill(&mut report);
     println!("{}", serde_json::to_string(&report)?);
     Ok(ExitCode::SUCCESS)
 }

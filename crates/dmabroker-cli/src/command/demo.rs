@@ -22,6 +22,7 @@
 //! JSON document on stdout. Memory does not grow with `--frames`: latency
 //! percentiles come from a fixed log-scale histogram.
 
+use super::measure::fmt_ns;
 use dmabroker::constraints::{allocate_for, Constraints};
 use dmabroker::device::v4l2::{video_nodes, BufType, CapFlags, Memory, Queue, V4l2Device};
 use dmabroker::format::{Layout, LayoutOptions, PixelFormat};
@@ -309,26 +310,6 @@ impl LatencyHistogram {
 
     pub(crate) fn p50_p99(&self) -> (u64, u64) {
         (self.quantile(0.50), self.quantile(0.99))
-    }
-}
-
-/// p50 and p99 of samples (sorted in place); zeros when empty.
-pub(crate) fn p50_p99(samples: &mut [u64]) -> (u64, u64) {
-    if samples.is_empty() {
-        return (0, 0);
-    }
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (at(0.50), at(0.99))
-}
-
-pub(crate) fn fmt_ns(ns: u64) -> String {
-    if ns < 10_000 {
-        format!("{:.1} us", ns as f64 / 1e3)
-    } else if ns < 10_000_000 {
-        format!("{:.0} us", ns as f64 / 1e3)
-    } else {
-        format!("{:.1} ms", ns as f64 / 1e6)
     }
 }
 
@@ -1315,7 +1296,7 @@ mod tests {
             h.record(v);
         }
         let (p50, p99) = h.p50_p99();
-        let (e50, e99) = p50_p99(&mut exact);
+        let (e50, e99) = crate::command::measure::p50_p99(&mut exact);
         for (got, want) in [(p50, e50), (p99, e99)] {
             let err = got.abs_diff(want) as f64 / want as f64;
             assert!(err < 1.0 / 16.0, "{got} vs {want}");

@@ -5,11 +5,15 @@ mod alloc_broker;
 pub mod alloc_for;
 mod bench_alloc;
 pub mod bench_broker;
+pub mod bench_compare;
+mod bench_floor;
 pub mod bench_pool;
+pub mod bench_sync;
 pub mod demo;
 mod heaps;
 pub mod import;
 mod inspect;
+pub(crate) mod measure;
 pub mod ps;
 pub mod serve;
 pub mod stats;
@@ -33,5 +37,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Alloc(args)) => bench_alloc::run(&args),
         Command::Bench(BenchCommand::Broker(args)) => bench_broker::run(&args),
         Command::Bench(BenchCommand::Pool(args)) => bench_pool::run(&args),
+        Command::Bench(BenchCommand::Sync(args)) => bench_sync::run(&args),
+        Command::Bench(BenchCommand::Compare(args)) => bench_compare::run(&args),
     }
 }

@@ -35,8 +35,19 @@ pub(super) fn adopt(fd: OwnedFd) -> Result<Buffer, FromFdError> {
     let stat = rustix::fs::fstat(&fd).map_err(std::io::Error::from)?;
     let file_type = FileType::from_raw_mode(stat.st_mode);
     let link = fd_link(None, fd.as_raw_fd()).unwrap_or_default();
-    let info = FdInfo::read(None, fd.as_raw_fd())?;
-    if info.is_dma_buf() {
+    // A regular file on tmpfs or hugetlbfs (a memfd) is never a dma-buf
+    // (those are anonymous inodes with no file type): only other files need
+    // /proc/self/fdinfo, whose open + reads + close cost more than the rest
+    // of the adoption together (every broker allocation adopts one fd).
+    let fs_type = match file_type {
+        FileType::RegularFile => Some(rustix::fs::fstatfs(&fd).map_err(std::io::Error::from)?.f_type as i64),
+        _ => None,
+    };
+    let info = match fs_type {
+        Some(TMPFS_MAGIC | HUGETLBFS_MAGIC) => None,
+        _ => Some(FdInfo::read(None, fd.as_raw_fd())?),
+    };
+    if let Some(info) = info.filter(FdInfo::is_dma_buf) {
         let len = info.dma_buf_size().unwrap_or(stat.st_size as u64);
         let exporter = info.exporter().unwrap_or("unknown").to_owned();
         let properties = dma_buf_properties(&exporter, len);
@@ -54,8 +65,7 @@ pub(super) fn adopt(fd: OwnedFd) -> Result<Buffer, FromFdError> {
         FileType::RegularFile => {}
         _ => return not_a_buffer(format!("an unknown kind of file ({link})")),
     }
-    let fs = rustix::fs::fstatfs(&fd).map_err(std::io::Error::from)?;
-    let fs_type = fs.f_type as i64;
+    let fs_type = fs_type.unwrap_or_default();
     // dmabroker names its memfds `dmabroker:<name>`; an adopted buffer
     // reports the same name it was allocated with.
     let memfd_name = link.strip_prefix("/memfd:").map(|n| {
