@@ -54,12 +54,12 @@
 # reached init in --attempts boots; 2 on a setup error. The guest's serial
 # output is streamed live and kept in vm/out/serial.log and in
 # vm/out/serial-<ID>[-userland].log (failed boot attempts in
-# vm/out/serial-attempt-N.log).
+# vm/out/serial-<ID>-attempt-N.log); DMABROKER_VM_OUT names another folder.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache="$here/cache"
-out="$here/out"
+out=${DMABROKER_VM_OUT:-$here/out}
 timeout_s=600
 mem_mib=2560
 smp=2
@@ -529,7 +529,9 @@ fi
 export DMABROKER_VM=1 RUST_BACKTRACE=1 DMABROKER_VM_KERNEL="$(uname -r)" \
     DMABROKER_VM_KERNEL_ID="$KVER_ID" DMABROKER_VM_USERLAND="$USERLAND"
 if [ -n "$in_root" ]; then
-    export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
+    export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
+        XDG_RUNTIME_DIR=/run/user/0
+    mkdir -p /run/user/0 && chmod 700 /run/user/0
 fi
 cd /tmp
 set --
@@ -558,8 +560,10 @@ hugepages_1g=""
 ((mem_mib >= 2048 && !boot_only)) && hugepages_1g=" hugepagesz=1G hugepages=1"
 drive=()
 [[ -z "$uimg" ]] || drive=(-drive "file=$uimg,if=virtio,format=raw,readonly=on")
-log="$out/serial.log"
-rm -f "$out"/serial-attempt-*.log
+# The log is the run's own (concurrent runs cannot mix verdicts); copies of
+# it go to $out after each boot.
+log="$work/serial.log"
+rm -f "$out/serial-$kernel_id"-attempt-*.log
 
 # What killed a guest before init: the kernel's first words about it.
 death_cause() { # log
@@ -613,6 +617,7 @@ boot_once() { # -> sets qemu_status timed_out reached_init elapsed
     tail_pid=""
     cp "$work/fifo.out" "$log"
     # The latest run of each kernel (and userland) stays for later reading.
+    cp "$log" "$out/serial.log"
     cp "$log" "$out/serial-$kernel_id$( ((userland)) && echo -userland).log"
     grep -q 'DMABROKER-VM: INIT' "$log" && reached_init=1
     elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e - s}')
@@ -632,10 +637,10 @@ while :; do
     else
         cause=$(death_cause "$log" "QEMU exited with status $qemu_status before init")
     fi
-    cp "$log" "$out/serial-attempt-$attempt.log"
+    cp "$log" "$out/serial-$kernel_id-attempt-$attempt.log"
     boot_failures+=("attempt $attempt: died before init after ${elapsed}s: $cause")
     echo "vm/run.sh: attempt $attempt/$attempts: the guest died before its init started: $cause" \
-        "(log: vm/out/serial-attempt-$attempt.log)" >&2
+        "(log: $out/serial-$kernel_id-attempt-$attempt.log)" >&2
     ((attempt < attempts)) || break
     echo "vm/run.sh: booting again (a pre-init death is the kernel under TCG, not a test)" >&2
 done
@@ -650,7 +655,7 @@ for f in "${boot_failures[@]+"${boot_failures[@]}"}"; do
     echo "  boot $f"
 done
 if ((!reached_init)); then
-    echo "  BOOT FAILED: the guest never reached init in $attempts attempts; see vm/out/serial-attempt-*.log"
+    echo "  BOOT FAILED: the guest never reached init in $attempts attempts; see $out/serial-$kernel_id-attempt-*.log"
     echo "VM: 0 passed, 1 failed (boot), kernel $kver"
     exit 1
 fi
@@ -659,12 +664,12 @@ if ((boot_only)); then
         echo "VM: booted, kernel $kver"
         exit 0
     fi
-    echo "  the guest died after init started (QEMU status $qemu_status, timed out: $timed_out); see $log"
+    echo "  the guest died after init started (QEMU status $qemu_status, timed out: $timed_out); see $out/serial.log"
     echo "VM: 0 passed, 1 failed (after init), kernel $kver"
     exit 1
 fi
 if grep -q '^DMABROKER-VM: USERLAND FAILED' <<<"$clean"; then
-    echo "  USERLAND FAILED: the guest could not mount the Debian userland ($uimg); see $log"
+    echo "  USERLAND FAILED: the guest could not mount the Debian userland ($uimg); see $out/serial.log"
     bad=1
 fi
 while read -r file libtest name; do
@@ -703,7 +708,7 @@ if ((timed_out)); then
     echo "  TIMEOUT: the VM ran past ${timeout_s}s and was killed"
     bad=1
 elif ! grep -q '^DMABROKER-VM: ALL DONE' <<<"$clean"; then
-    echo "  the VM stopped before running every binary (QEMU status $qemu_status); see $log"
+    echo "  the VM stopped before running every binary (QEMU status $qemu_status); see $out/serial.log"
     bad=1
 fi
 echo "VM: $passed passed, $failed failed, $skipped skipped-lines, kernel $kver"
