@@ -50,7 +50,9 @@ echo "built in $(($(date +%s) - t0)) s: ${#tests[@]} test executables"
 
 if [[ $mode != vm ]]; then
     step "host tests"
+    ts=$SECONDS
     cargo test --release --target "$target" --workspace
+    echo "host tests: $((SECONDS - ts)) s"
 fi
 
 if [[ $mode != host ]]; then
@@ -73,6 +75,19 @@ if [[ $mode != host ]]; then
     # printed at the end, and any failure fails the run.
     verdicts=()
     vm_failed=0
+    # Kernels from Debian's registry and the Debian userland, fetched/built
+    # once into vm/cache/ (seconds when cached). A failure here (Debian's
+    # mirror unreachable, a package gone) is a failure: the VM never skips.
+    for k in ${DMABROKER_VM_KERNELS:-6.12 7}; do
+        ts=$SECONDS
+        step "VM kernel $k (vm/cache/)"
+        vm/run.sh --kernel "$k" --prepare
+        echo "VM kernel $k: $((SECONDS - ts)) s"
+    done
+    ts=$SECONDS
+    step "VM userland: Debian trixie root (vm/userland.packages, vm/cache/)"
+    vm/userland.sh build
+    echo "VM userland: $((SECONDS - ts)) s"
     vm_stage() { # label, then vm/run.sh arguments
         local label=$1 ts=$SECONDS rc=0 v
         shift

@@ -22,12 +22,17 @@ for k in "$@"; do
     "$here/run.sh" --kernel "$k" --prepare >/dev/null
     rec="$DMABROKER_VM_OUT/boots-$k.txt"
     : >"$rec"
-    boots=0 deaths=0 failed=0 total_s=0
+    boots=0 deaths=0 failed=0 total_s=0 setup_errors=0
     kver=""
     for ((i = 1; i <= n; i++)); do
         o=$("$here/run.sh" --kernel "$k" --boot-only --smp "$smp" --mem 1024 --attempts "$att" 2>&1) && rc=0 || rc=$?
         d=$(grep -c '^  boot attempt [0-9]*: died before init' <<<"$o" || true)
         a=$(sed -n 's/.*boot attempt \([0-9]*\)\/[0-9]*, \([0-9.]*\)s) ====.*/\1 \2/p' <<<"$o" | tail -n1)
+        if [[ -z "$a" ]]; then # no verdict: a setup error, not a boot
+            echo "$i setup error (rc=$rc): $(tail -n 3 <<<"$o" | tr '\n' ' ')" >>"$rec"
+            setup_errors=$((setup_errors + 1))
+            continue
+        fi
         kver=$(sed -n 's/^==== VM results (kernel \([^:]*\):.*/\1/p' <<<"$o" | tail -n1)
         boots=$((boots + ${a%% *}))
         deaths=$((deaths + d))
@@ -38,6 +43,6 @@ for k in "$@"; do
     done
     printf '%s (%s, -smp %s): %d runs, %d boots; %d died before init (%d/%d boots without retry);' \
         "$k" "$kver" "$smp" "$n" "$boots" "$deaths" "$deaths" "$boots"
-    printf ' %d runs failed with %d attempts; last boot %.1f s on average\n' "$failed" "$att" \
-        "$(awk -v t="$total_s" -v n="$n" 'BEGIN {print t / n}')"
+    printf ' %d runs failed with %d attempts; last boot %.1f s on average; %d setup errors\n' "$failed" "$att" \
+        "$(awk -v t="$total_s" -v n="$((n - setup_errors))" 'BEGIN {print n ? t / n : 0}')" "$setup_errors"
 done
