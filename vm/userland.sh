@@ -2,7 +2,8 @@
 # The VM's userland: a Debian trixie root file system built with debootstrap
 # from Debian's registry, holding the packages of vm/userland.packages
 # (GStreamer 1.26, Mesa's lavapipe, vulkan-tools, Python 3 with numpy and
-# pytest, strace, ...). vm/run.sh --userland mounts its squashfs image in the
+# pytest, strace, ...) and vm/sysroot.packages (gcc, pkg-config, GStreamer's
+# -dev packages). vm/run.sh --userland mounts its squashfs image in the
 # guest; on the host the same root serves as a build sysroot.
 #
 #   vm/userland.sh build            build the root and its image unless cached;
@@ -15,7 +16,7 @@
 #                                   bind-mounted at the same paths; needs root
 #
 # Cache: vm/cache/userland-<key>/{root/,root.squashfs,packages.txt,KEY}, where
-# <key> hashes the package list (comments and order ignored) and this recipe's
+# <key> hashes the package lists (comments and order ignored) and this recipe's
 # version: editing vm/userland.packages rebuilds it, older roots are removed.
 # Environment: DMABROKER_DEBIAN_MIRROR (default http://deb.debian.org/debian).
 set -euo pipefail
@@ -23,6 +24,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 cache="$here/cache"
 list="$here/userland.packages"
+build_list="$here/sysroot.packages"
 mirror=${DMABROKER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 suite=trixie
 # Bump when the recipe below changes what ends up in the image.
@@ -34,7 +36,7 @@ die() {
 }
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
-packages() { sed 's/#.*//' "$list" | tr -s ' \t' '\n' | sed '/^$/d' | sort -u; }
+packages() { sed 's/#.*//' "$list" "$build_list" | tr -s ' \t' '\n' | sed '/^$/d' | sort -u; }
 key=$( (
     echo "recipe=$recipe suite=$suite"
     packages
