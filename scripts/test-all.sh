@@ -2,10 +2,17 @@
 # Every test of dmabroker, the way CI runs them:
 #   1. one release build, statically linked (so the same test binaries also
 #      run inside the VM's initramfs, which has no libc);
-#   2. the whole suite on this host (`cargo test`);
-#   3. the kernel suite inside a QEMU VM booting Debian's 6.12 kernel, which
-#      has dma-heaps, udmabuf, vivid (V4L2) and vgem (DRM); there a test that
-#      would skip for want of a kernel feature fails instead.
+#   2. the whole suite on this host (`cargo test`, release and debug), the
+#      Python bindings (wheel + pytest) and the GStreamer plugin's pipelines;
+#   3. the kernel suite inside a QEMU VM, once per kernel of the matrix
+#      (Debian trixie's 6.12 and sid's 7.x, vm/kernels.conf), which have
+#      dma-heaps, udmabuf, vivid (V4L2) and vgem (DRM); there a test that
+#      would skip for want of a kernel feature fails instead (a feature newer
+#      than the running kernel skips visibly: vm/README.md);
+#   4. the Python suite and a smoke test of real programs in the VM's Debian
+#      userland (GStreamer, lavapipe, numpy).
+#
+# DMABROKER_VM_KERNELS (default "6.12 7") chooses the kernels of stage 3.
 #
 #   scripts/test-all.sh            host + VM
 #   scripts/test-all.sh --host     host only
@@ -71,7 +78,6 @@ if [[ $mode != vm ]]; then
 fi
 
 if [[ $mode != host ]]; then
-    step "VM tests (QEMU, Debian 6.12 kernel: dma-heap, udmabuf, vivid, vgem)"
     # The suites that touch kernel interfaces the host lacks, plus the
     # library's own suites so every heap is exercised on the real kernel.
     vm_bins=()
@@ -87,13 +93,53 @@ if [[ $mode != host ]]; then
     c_out="$PWD/target/vm-c"
     examples/c/vm-build.sh "$c_out"
     vm_bins+=("$c_out/vivid_capture")
-    # vm_cli (the CLI's VM tests) runs the `dmabroker` binary from the path
-    # cargo compiled into it: --file puts it at that same path in the guest.
-    vm/run.sh --timeout "${DMABROKER_VM_TIMEOUT:-900}" \
-        --file "$PWD/target/$target/release/dmabroker" "${vm_bins[@]}"
-fi
-if [[ $mode != host ]]; then
-    step "Python bindings in the VM (dma-heap, udmabuf; the VM's Debian userland)"
-    scripts/python-vm-tests.sh
+    # Each kernel of the matrix runs the whole VM suite; every verdict is
+    # printed at the end, and any failure fails the run.
+    verdicts=()
+    vm_failed=0
+    # Kernels from Debian's registry and the Debian userland, fetched/built
+    # once into vm/cache/ (seconds when cached). A failure here (Debian's
+    # mirror unreachable, a package gone) is a failure: the VM never skips.
+    for k in ${DMABROKER_VM_KERNELS:-6.12 7}; do
+        ts=$SECONDS
+        step "VM kernel $k (vm/cache/)"
+        vm/run.sh --kernel "$k" --prepare
+        echo "VM kernel $k: $((SECONDS - ts)) s"
+    done
+    ts=$SECONDS
+    step "VM userland: Debian trixie root (vm/userland.packages, vm/cache/)"
+    vm/userland.sh build
+    echo "VM userland: $((SECONDS - ts)) s"
+    vm_stage() { # label, then the command (vm/run.sh or a script around it)
+        local label=$1 ts=$SECONDS rc=0 v
+        shift
+        step "$label"
+        "$@" 2>&1 | tee target/vm-stage.log || rc=$?
+        v=$(grep -E '^VM: ' target/vm-stage.log | tail -n1)
+        v=${v:-VM: no verdict (setup error, exit $rc)}
+        verdicts+=("$(printf '%-34s %s (%d s)' "$label:" "${v#VM: }" $((SECONDS - ts)))")
+        ((rc == 0)) || vm_failed=1
+        echo "$label: $((SECONDS - ts)) s"
+    }
+    for k in ${DMABROKER_VM_KERNELS:-6.12 7}; do
+        # vm_cli (the CLI's VM tests) runs the `dmabroker` binary from the
+        # path cargo compiled into it: --file puts it at that same path.
+        vm_stage "VM tests, kernel $k" vm/run.sh --kernel "$k" --timeout "${DMABROKER_VM_TIMEOUT:-900}" \
+            --file "$PWD/target/$target/release/dmabroker" "${vm_bins[@]}"
+    done
+    # Real programs from the Debian trixie userland (vm/userland.packages),
+    # chrooted in the guest: GStreamer, Vulkan on lavapipe, numpy.
+    vm_stage "VM userland smoke, kernel 6.12" vm/run.sh --kernel 6.12 --userland --timeout 600 \
+        --run 'gst-inspect-1.0 --version && gst-launch-1.0 videotestsrc num-buffers=10 ! fakesink' \
+        --run 'vulkaninfo --summary >/tmp/vk.txt 2>&1; s=$?; cat /tmp/vk.txt; [ $s = 0 ] && grep -E "deviceName|driverName" /tmp/vk.txt | grep -qi -e llvmpipe -e lavapipe' \
+        --run 'python3 -c "import numpy; print(\"numpy\", numpy.__version__)" && python3 -m pytest --version'
+    # The Python suite in the guest's trixie userland (dma-heap, udmabuf).
+    vm_stage "Python in the VM, kernel 6.12" scripts/python-vm-tests.sh --kernel 6.12
+    step "VM verdicts"
+    printf '  %s\n' "${verdicts[@]}"
+    ((vm_failed == 0)) || {
+        echo "VM stage FAILED (see the verdicts above; serial logs in vm/out/)"
+        exit 1
+    }
 fi
 echo "all tests passed in $(($(date +%s) - t0)) s"

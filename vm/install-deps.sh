@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what vm/run.sh needs on a Debian/Ubuntu host: QEMU (TCG is enough),
-# a static busybox for the initramfs, kmod (depmod/modinfo), xz and cpio.
+# a static busybox for the initramfs, kmod (depmod/modinfo), xz, zstd and cpio
+# for the kernels; debootstrap, squashfs-tools and Debian's archive keyring
+# for the userland (vm/userland.sh). All from the host's own apt sources.
 # Idempotent and quiet: does nothing when every tool is already present.
 set -euo pipefail
 
@@ -13,6 +15,10 @@ fi
 command -v depmod >/dev/null || [[ -x /sbin/depmod || -x /usr/sbin/depmod ]] || need+=(kmod)
 command -v xz >/dev/null || need+=(xz-utils)
 command -v cpio >/dev/null || need+=(cpio)
+command -v zstd >/dev/null || need+=(zstd)
+command -v debootstrap >/dev/null || [[ -x /usr/sbin/debootstrap ]] || need+=(debootstrap)
+command -v mksquashfs >/dev/null || [[ -x /usr/sbin/mksquashfs ]] || need+=(squashfs-tools)
+[[ -f /usr/share/keyrings/debian-archive-keyring.gpg ]] || need+=(debian-archive-keyring)
 
 if ((${#need[@]} == 0)); then
     exit 0

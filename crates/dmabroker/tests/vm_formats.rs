@@ -23,8 +23,8 @@
 //!   vdownsampling[q]) / bit_depth[0]`,
 //!
 //! all in integer arithmetic that rounds **down**. It keeps an odd width,
-//! but rounds an odd height of a 4:2:0 format down to even (641x481 NV12 is
-//! answered as 641x480). dmabroker (like the kernel's `v4l2_fill_pixfmt()`)
+//! but 6.12's vivid rounds an odd height of a 4:2:0 format down to even
+//! (641x481 NV12 is answered as 641x480; 7.x's keeps it, see `vivid_size`). dmabroker (like the kernel's `v4l2_fill_pixfmt()`)
 //! rounds a subsampled dimension **up**: the chroma of NV12 at 641 pixels is
 //! 321 U/V pairs, a 642-byte line. So, comparing at the size vivid answered:
 //!
@@ -189,12 +189,19 @@ macro_rules! ensure {
     };
 }
 
-/// The size vivid answers: the width asked, the height rounded down to a
-/// multiple of the vertical chroma subsampling (vivid keeps odd widths but
-/// not odd heights of 4:2:0 formats).
+/// The size vivid answers: the width asked, and on 6.12 the height rounded
+/// down to a multiple of the vertical chroma subsampling (6.12's vivid keeps
+/// odd widths but not odd heights of 4:2:0 formats); the 7.x vivid of the
+/// VM's kernel matrix keeps odd heights too (641x481 NV12 stays 641x481).
+/// The change landed between 6.12 and 7.2 (not bisected: neither end of the
+/// matrix is in between), taken here as 7.0.
 fn vivid_size(format: PixelFormat, width: u32, height: u32) -> (u32, u32) {
     let (_, vdiv) = format.subsampling();
-    (width, height - height % vdiv)
+    if vm_common::kernel_version().is_some_and(|v| v >= (7, 0)) {
+        (width, height)
+    } else {
+        (width, height - height % vdiv)
+    }
 }
 
 /// One S_FMT and its comparison. Records mismatches in `fails`; returns a

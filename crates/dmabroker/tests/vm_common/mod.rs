@@ -97,3 +97,35 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The running kernel's `(major, minor)`, read from
+/// `/proc/sys/kernel/osrelease` (the VM also exports it whole as
+/// `DMABROKER_VM_KERNEL`, e.g. `7.2.13+deb14-amd64`).
+pub fn kernel_version() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Gate a test on a kernel feature that first appeared in Linux
+/// `major.minor` (the VM's kernel matrix boots 6.12 and 7.x, see
+/// vm/README.md). On an older kernel this prints
+/// `SKIP <test>: <feature> needs Linux >= major.minor ...` and returns false,
+/// in the VM too: the older kernel of the matrix lacks the feature by
+/// design. On a kernel new enough it returns true, and the test must then find
+/// the feature (a [`skip`] there fails in the VM).
+pub fn kernel_at_least(test: &str, major: u32, minor: u32, feature: &str) -> bool {
+    match kernel_version() {
+        Some(v) if v >= (major, minor) => true,
+        found => {
+            let have = found.map_or_else(|| "unknown".to_owned(), |(a, b)| format!("{a}.{b}"));
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "SKIP {test}: {feature} needs Linux >= {major}.{minor}, this kernel is {have}"
+            );
+            false
+        }
+    }
+}
