@@ -1,24 +1,19 @@
 //! `dmabroker.Buffer`: an fd of buffer memory, its CPU access as context
 //! managers that bracket the kernel's sync, and DLPack export.
 //!
-//! CPU access and the library's guards: [`CpuRead`]/[`CpuWrite`] borrow the
-//! mapping, so a guard cannot live across Python calls (the soundness issue's
-//! owned guards will allow that). Until then each `with` block runs the
-//! library's guard at its edges: `read()` opens and closes a read guard on
-//! entry (`DMA_BUF_IOCTL_SYNC` START|READ then END: caches invalidated
-//! before the first read, the same maintenance as a guard held over the
-//! block, for memory nobody writes while it is read); `write()` opens and
-//! closes a write guard on entry and again on exit, so the exit's END
-//! writes back what the block wrote before a device or another process
-//! looks. For coherent memfd and hugetlb memory (the usual case) the guards
-//! do nothing at all.
+//! CPU access and the library's guards: a `with` block holds the library's
+//! owned guard ([`OwnedCpuAccess`]) from entry to exit, so the kernel's sync
+//! brackets exactly the block: `DMA_BUF_IOCTL_SYNC` START (caches
+//! invalidated before the first read) at entry, END (what the block wrote is
+//! written back before a device or another process looks) at exit. For
+//! coherent memfd and hugetlb memory (the usual case) the guard does nothing
+//! at all.
 //!
-//! [`CpuRead`]: dmabroker::buffer::CpuRead
-//! [`CpuWrite`]: dmabroker::buffer::CpuWrite
+//! [`OwnedCpuAccess`]: dmabroker::buffer::OwnedCpuAccess
 
 use crate::errors::PyFail;
 use crate::view::{self, Exporter};
-use dmabroker::buffer::BufferMapping;
+use dmabroker::buffer::{BufferMapping, CpuAccessKind, OwnedCpuAccess};
 use dmabroker::Buffer;
 use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::prelude::*;
@@ -32,7 +27,11 @@ struct State {
     buffer: Option<Buffer>,
     /// The library's mapping, on which its CPU-access guards run (made at
     /// the first access; remade read-write when a write follows reads).
+    /// Inside a block it lives in `guard`.
     map: Option<BufferMapping>,
+    /// The open block's guard: the kernel's sync START ran at entry, its END
+    /// runs at exit.
+    guard: Option<OwnedCpuAccess>,
     /// The memory the views show (see `view.rs`), read-only and read-write.
     ro: Option<Exporter>,
     rw: Option<Exporter>,
@@ -98,20 +97,34 @@ impl PyBuffer {
         if st.map.is_none() {
             st.map = Some(if write { buffer.map_read_write() } else { buffer.map_read() }.map_err(PyFail::py)?);
         }
-        let map = st.map.as_mut().ok_or_else(closed)?;
-        // The library's guard at the block's start (see the module docs).
-        if write {
-            drop(map.begin_write().map_err(PyFail::py)?);
-        } else {
-            drop(map.begin_read().map_err(PyFail::py)?);
-        }
+        let map = st.map.take().ok_or_else(closed)?;
         let len = map.len();
-        let slot = if write { &mut st.rw } else { &mut st.ro };
-        if slot.is_none() {
-            *slot = Some(Exporter::map(py, &buffer, buffer.len(), write)?);
-        }
-        let exporter = slot.as_ref().ok_or_else(closed)?;
-        let mv = exporter.view(py, len, write, &mut st.scope)?;
+        // The library's guard, held until the block ends (see the module docs).
+        let kind = if write { CpuAccessKind::Write } else { CpuAccessKind::Read };
+        let guard = match map.into_access(kind) {
+            Ok(guard) => guard,
+            Err((map, e)) => {
+                st.map = Some(map);
+                return Err(PyFail::py(e));
+            }
+        };
+        st.guard = Some(guard);
+        let view = (|| {
+            let slot = if write { &mut st.rw } else { &mut st.ro };
+            if slot.is_none() {
+                *slot = Some(Exporter::map(py, &buffer, buffer.len(), write)?);
+            }
+            let exporter = slot.as_ref().ok_or_else(closed)?;
+            exporter.view(py, len, write, &mut st.scope)
+        })();
+        let mv = match view {
+            Ok(mv) => mv,
+            Err(e) => {
+                // No block opened: end the access and keep the mapping.
+                st.map = st.guard.take().map(OwnedCpuAccess::end);
+                return Err(e);
+            }
+        };
         st.active = Some(write);
         st.current = Some(mv.clone().unbind());
         Ok(mv)
@@ -122,14 +135,14 @@ impl PyBuffer {
     /// block's locals) must not mask.
     fn end(&self, py: Python<'_>, raising: bool) -> PyResult<()> {
         let mut st = self.lock(py);
-        let Some(write) = st.active.take() else { return Ok(()) };
+        if st.active.take().is_none() {
+            return Ok(());
+        }
         st.current = None;
         view::release(py, &mut st.scope);
-        if write {
-            if let Some(map) = st.map.as_mut() {
-                // The library's write guard again: its END writes back what the block wrote.
-                drop(map.begin_write().map_err(PyFail::py)?);
-            }
+        // The guard's END: for a write, what the block wrote is written back.
+        if let Some(guard) = st.guard.take() {
+            st.map = Some(guard.end());
         }
         if st.alive(py) && !raising {
             return Err(view::outlived("the buffer"));
