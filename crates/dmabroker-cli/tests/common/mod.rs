@@ -8,3 +8,4 @@ mod skip_rule;
 pub use skip_rule::{in_vm, skip, skip_for_tool};
 
 pub mod broker;
+pub mod fdstore;
