@@ -34,6 +34,11 @@ b=dmabroker-b-$$
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    # `ip netns exec` may fork: end whatever still runs in the namespaces
+    # (the brokers), or it outlives the test.
+    for ns in "$a" "$b"; do
+        ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
+    done
     wait 2>/dev/null || true
     ip netns del "$a" 2>/dev/null || true
     ip netns del "$b" 2>/dev/null || true
