@@ -518,12 +518,15 @@ impl BaseSinkImpl for DmaBrokerSink {
     }
 }
 
+/// A place a lent frame may be mapped (see [`lent_views`]).
+type LentView = (Option<gst::Buffer>, Option<(u64, u64)>);
+
 /// Where a rendered buffer may hold a lent frame: its memory itself (system
 /// memory over a lease's mapping: `None`), or, for dma-buf frames, the
 /// buffer of a parent-buffer meta (whose memory is the lease's mapping),
 /// with the identity of the dma-buf the rendered memory holds, which must
 /// be that frame's.
-fn lent_views(stream: &Stream, buffer: &gst::BufferRef) -> Vec<(Option<gst::Buffer>, Option<(u64, u64)>)> {
+fn lent_views(stream: &Stream, buffer: &gst::BufferRef) -> Vec<LentView> {
     let memory = buffer.peek_memory(0);
     if !stream.dmabuf {
         return vec![(None, None)];

@@ -128,11 +128,7 @@ pub(crate) enum LendError {
 impl Stream {
     /// Wrap `producer` (already allocated) and start letting in the
     /// consumers `registration` brings.
-    pub fn new(
-        producer: Producer,
-        registration: PoolRegistration,
-        frame_len: usize,
-    ) -> Result<Arc<Self>, MapError> {
+    pub fn new(producer: Producer, registration: PoolRegistration, frame_len: usize) -> Result<Arc<Self>, MapError> {
         let mut parked = Vec::new();
         let mut inodes = Vec::new();
         let mut dmabuf = true;
@@ -196,7 +192,8 @@ impl Stream {
                 // An older GstBuffer still holds the parked mapping.
                 None => {
                     let Some(buffer) = inner.producer.buffers().nth(i) else { return Err(LendError::Closed) };
-                    let len = usize::try_from(buffer.len()).map_err(|_| LendError::Map(MapError::Os(rustix::io::Errno::FBIG)))?;
+                    let len = usize::try_from(buffer.len())
+                        .map_err(|_| LendError::Map(MapError::Os(rustix::io::Errno::FBIG)))?;
                     match Mapping::map(buffer.as_fd(), 0, len, Protection::ReadWrite, true) {
                         Ok(map) => map,
                         Err(e) => {
@@ -300,6 +297,7 @@ impl Stream {
 
 /// The (`st_dev`, `st_ino`) of an open file: one per dma-buf, shared by
 /// every fd of it.
+#[allow(clippy::unnecessary_cast)] // narrower than u64 on some 32-bit targets
 pub(crate) fn identity(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u64, u64)> {
     rustix::fs::fstat(fd).ok().map(|st| (st.st_dev as u64, st.st_ino as u64))
 }
