@@ -122,11 +122,14 @@ guest() {
         fakesink >"$work/vivid-consumer.log" 2>&1 &
     consumer=$!
     pids+=($consumer)
-    gst-launch-1.0 -m v4l2src device=/dev/video0 io-mode=dmabuf-import num-buffers=$n ! "$vcaps" ! \
+    GST_DEBUG=v4l2bufferpool:5 gst-launch-1.0 -m v4l2src device=/dev/video0 io-mode=dmabuf-import num-buffers=$n ! "$vcaps" ! \
         dmabrokersink broker-socket="$sock" pool=vivid heap=dma-heap/system buffers=8 grants=uid=65534:ro checksum=true \
         wait-for-consumers=1 consumer-timeout=60000 >"$work/vivid.log" 2>&1 ||
         fail "v4l2src producer failed: $(tail -20 "$work/vivid.log")"
     wait "$consumer" || fail "vivid consumer failed: $(tail -20 "$work/vivid-consumer.log")"
+    # v4l2src's own word that the driver got V4L2_MEMORY_DMABUF buffers.
+    grep -o 'requesting [0-9]* DMABUF buffers' "$work/vivid.log" | head -1 | grep . ||
+        fail "v4l2src did not request DMABUF (import) buffers: $(grep -i -m5 'v4l2bufferpool' "$work/vivid.log")"
     stats dmabrokersink "$work/vivid.log"
     stats dmabrokersrc "$work/vivid-consumer.log"
     grep -q "zero-copy=(guint64)$n, copies=(guint64)0" "$work/vivid.log" ||
