@@ -150,12 +150,14 @@ fi
 # The plugin against the VM's GStreamer 1.26: built in the userland's own
 # root (its headers, libraries, pkg-config), the Rust toolchain bound in.
 ts=$(date +%s)
-# (strip comes from the root's binutils, which its gcc pulls in.)
+# No debug info (it is stripped anyway: 10 % less compile time from
+# nothing); strip comes from the root's binutils, which its gcc pulls in.
 mkdir -p "$plugins"
 vm/userland.sh chroot bash -c "set -e
     command -v cargo >/dev/null || { echo 'no cargo in the userland chroot: it binds ~/.cargo and ~/.rustup (rustup'\''s layout); install Rust with rustup' >&2; exit 2; }
     cd '$root/gst'
-    env -u RUSTFLAGS CARGO_TARGET_DIR='$root/target/gst-trixie' cargo build --release --lib --locked --quiet
+    env -u RUSTFLAGS CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_TARGET_DIR='$root/target/gst-trixie' \
+        cargo build --release --lib --locked --quiet
     strip -o '$plugins/libgstdmabroker.so' '$root/target/gst-trixie/release/libgstdmabroker.so'" ||
     fail "building the plugin in the userland root (vm/userland.sh chroot) failed (output above)"
 echo "plugin built against the userland's GStreamer in $(($(date +%s) - ts)) s" \
