@@ -135,6 +135,10 @@ if [[ $mode != host ]]; then
         --run 'python3 -c "import numpy; print(\"numpy\", numpy.__version__)" && python3 -m pytest --version'
     # The Python suite in the guest's trixie userland (dma-heap, udmabuf).
     vm_stage "Python in the VM, kernel 6.12" scripts/python-vm-tests.sh --kernel 6.12
+    # The GStreamer plugin built against the userland's GStreamer 1.26 (its
+    # root as a sysroot), then in the guest: dma-heap pools across processes,
+    # v4l2src (vivid) io-mode=dmabuf-import with zero copy, DMA_DRM caps.
+    vm_stage "GStreamer in the VM, kernel 6.12" gst/tests/vm.sh --kernel 6.12
     step "VM verdicts"
     printf '  %s\n' "${verdicts[@]}"
     ((vm_failed == 0)) || {

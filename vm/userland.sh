@@ -134,6 +134,11 @@ sysroot_chroot() {
     h=${HOME:-/root}
     [[ -d "$h/.cargo" ]] && binds+=("$h/.cargo")
     [[ -d "$h/.rustup" ]] && binds+=("$h/.rustup")
+    # A toolchain installed elsewhere (CARGO_HOME/RUSTUP_HOME set) too.
+    local d
+    for d in "${CARGO_HOME:-}" "${RUSTUP_HOME:-}"; do
+        [[ -n "$d" && -d "$d" && "$d" != "$h/.cargo" && "$d" != "$h/.rustup" ]] && binds+=("$d")
+    done
     # A private mount namespace: the binds vanish with the shell, even on a crash.
     # The toolchain keeps the host's PATH entries for cargo and rustc.
     exec unshare --mount --propagation private -- bash -c '

@@ -419,13 +419,14 @@ impl BaseSinkImpl for DmaBrokerSink {
             m.offset() == &info.offset()[..m.offset().len()] && m.stride() == &info.stride()[..m.stride().len()]
         });
         if buffer.n_memory() == 1 && plain_layout {
-            let memory = buffer.peek_memory(0);
-            if let Ok(map) = memory.map_readable() {
+            for (lease, dmabuf) in lent_views(&stream, buffer) {
+                let view = lease.as_ref().map_or_else(|| buffer.peek_memory(0), |l| l.peek_memory(0));
+                let Ok(map) = view.map_readable() else { continue };
                 let addr = map.as_ptr() as usize;
                 let len = map.len().min(stream.frame_len);
                 let meta = meta_for(&map[..len]);
                 drop(map);
-                match stream.submit_lent(addr, meta) {
+                match stream.submit_lent(addr, dmabuf, meta) {
                     Ok(true) => {
                         stream.counters.zero_copy.fetch_add(1, Ordering::Relaxed);
                         stream.counters.frames.fetch_add(1, Ordering::Relaxed);
@@ -515,4 +516,34 @@ impl BaseSinkImpl for DmaBrokerSink {
         }
         Ok(())
     }
+}
+
+/// A place a lent frame may be mapped (see [`lent_views`]).
+type LentView = (Option<gst::Buffer>, Option<(u64, u64)>);
+
+/// Where a rendered buffer may hold a lent frame: its memory itself (system
+/// memory over a lease's mapping: `None`), or, for dma-buf frames, the
+/// buffer of a parent-buffer meta (whose memory is the lease's mapping),
+/// with the identity of the dma-buf the rendered memory holds, which must
+/// be that frame's.
+fn lent_views(stream: &Stream, buffer: &gst::BufferRef) -> Vec<LentView> {
+    let memory = buffer.peek_memory(0);
+    if !stream.dmabuf {
+        return vec![(None, None)];
+    }
+    let Some(dmabuf) = memory.downcast_memory_ref::<gst_allocators::DmaBufMemory>() else {
+        gst::debug!(CAT, "rendered memory is no dma-buf ({:?}): not one of the pool's frames", memory.allocator());
+        return Vec::new();
+    };
+    // SAFETY: the fd is the memory's own, open while `buffer` (which
+    // holds the memory) is borrowed here; it is only fstat()ed.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(dmabuf.fd()) };
+    let Some(id) = super::stream::identity(fd) else { return Vec::new() };
+    // (parent_owned is a new reference; to_owned() on a MemoryRef would copy.)
+    buffer
+        .iter_meta::<gst::meta::ParentBufferMeta>()
+        .map(|m| m.parent_owned())
+        .filter(|p| p.n_memory() == 1)
+        .map(|p| (Some(p), Some(id)))
+        .collect()
 }

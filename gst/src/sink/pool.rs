@@ -4,12 +4,18 @@
 //! mapping; rendering it submits that very frame (zero copy). The pool
 //! keeps no free list of its own: a buffer that comes back is freed, which
 //! returns its frame to the dmabroker pool unless it was submitted.
+//!
+//! Frames that are dma-bufs are lent as `GstDmaBufMemory` over a dup of the
+//! frame's fd, the lease riding along in a `GstParentBufferMeta` (whose
+//! parent's memory is the lease's mapping): elements that import dma-bufs
+//! (`v4l2src io-mode=dmabuf-import`) queue the frame itself to their
+//! device, the others map it through the fd.
 
-use super::stream::{LendError, Stream};
+use super::stream::{Lease, LendError, Stream};
 use gst::glib;
 use gst::subclass::prelude::*;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 glib::wrapper! {
     /// The pool.
@@ -31,6 +37,7 @@ mod imp {
     #[derive(Default)]
     pub struct SinkPool {
         pub(super) stream: Mutex<Option<Arc<Stream>>>,
+        dmabuf_allocator: OnceLock<gst_allocators::DmaBufAllocator>,
     }
 
     impl SinkPool {
@@ -48,6 +55,35 @@ mod imp {
 
     impl ObjectImpl for SinkPool {}
     impl GstObjectImpl for SinkPool {}
+
+    impl SinkPool {
+        /// A buffer of one `GstDmaBufMemory` over the lent frame, the lease
+        /// in a parent-buffer meta (render finds the frame through it).
+        fn dmabuf_buffer(&self, stream: &Stream, lease: Lease) -> Result<gst::Buffer, gst::FlowError> {
+            use gst_allocators::prelude::*;
+            let Some(fd) = stream.dup_fd(lease.index()) else {
+                gst::error!(crate::sink::imp::CAT, "duplicating the fd of frame {}", lease.index());
+                return Err(gst::FlowError::Error);
+            };
+            let allocator = self.dmabuf_allocator.get_or_init(gst_allocators::DmaBufAllocator::new);
+            // SAFETY: `fd` is a dup of a dma-buf of the pool (every frame is
+            // one: `Stream::dmabuf`) holding at least `frame_len` bytes (the
+            // pool allocated whole frames); the memory takes it over and
+            // closes it when freed.
+            let memory = unsafe { allocator.alloc_dmabuf(fd, stream.frame_len) }.map_err(|e| {
+                gst::error!(crate::sink::imp::CAT, "wrapping frame {} as dma-buf memory: {e}", lease.index());
+                gst::FlowError::Error
+            })?;
+            let mut buffer = gst::Buffer::new();
+            {
+                let b = buffer.make_mut();
+                b.append_memory(memory);
+                let guard = gst::Buffer::from_slice(lease);
+                gst::meta::ParentBufferMeta::add(b, &guard);
+            }
+            Ok(buffer)
+        }
+    }
 
     impl BufferPoolImpl for SinkPool {
         fn start(&self) -> bool {
@@ -105,6 +141,9 @@ mod imp {
                     return Err(gst::FlowError::Error);
                 }
             };
+            if stream.dmabuf {
+                return self.dmabuf_buffer(&stream, lease);
+            }
             let mut memory = gst::Memory::from_mut_slice(lease);
             memory.make_mut().resize(0..stream.frame_len);
             let mut buffer = gst::Buffer::new();

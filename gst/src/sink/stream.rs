@@ -8,10 +8,11 @@
 //! lent again since.
 
 use dmabroker::pool::{AcquireError, FrameMeta, PoolRegistration, Producer};
+use dmabroker::BufferKind;
 use dmabroker_sys::mmap::{MapError, Mapping, Protection};
 use rustix::event::{poll, PollFd, PollFlags};
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -56,6 +57,12 @@ pub(crate) struct Stream {
     inner: Mutex<Inner>,
     /// Frame size in bytes (the caps' `GstVideoInfo` size).
     pub frame_len: usize,
+    /// Every frame is a dma-buf: the pool lends them as `GstDmaBufMemory`
+    /// (so `v4l2src io-mode=dmabuf-import` can queue them to its driver).
+    pub dmabuf: bool,
+    /// Each frame's dma-buf identity (`st_dev`, `st_ino`), by index: how
+    /// render tells that a dma-buf memory is the frame a lease lent.
+    inodes: Vec<Option<(u64, u64)>>,
     pub flushing: AtomicBool,
     stop: Arc<AtomicBool>,
     doorbell: Mutex<Option<JoinHandle<()>>>,
@@ -69,6 +76,13 @@ pub(crate) struct Lease {
     index: u32,
     gen: u64,
     stream: Arc<Stream>,
+}
+
+impl Lease {
+    /// The frame's index in the pool.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
 }
 
 impl AsMut<[u8]> for Lease {
@@ -114,16 +128,17 @@ pub(crate) enum LendError {
 impl Stream {
     /// Wrap `producer` (already allocated) and start letting in the
     /// consumers `registration` brings.
-    pub fn new(
-        producer: Producer,
-        registration: PoolRegistration,
-        frame_len: usize,
-    ) -> Result<Arc<Self>, MapError> {
+    pub fn new(producer: Producer, registration: PoolRegistration, frame_len: usize) -> Result<Arc<Self>, MapError> {
         let mut parked = Vec::new();
+        let mut inodes = Vec::new();
+        let mut dmabuf = true;
         for buffer in producer.buffers() {
             let len = usize::try_from(buffer.len()).map_err(|_| MapError::Os(rustix::io::Errno::FBIG))?;
             parked.push(Some(Mapping::map(buffer.as_fd(), 0, len, Protection::ReadWrite, true)?));
+            dmabuf &= buffer.kind() == BufferKind::DmaBuf;
+            inodes.push(identity(buffer.as_fd()));
         }
+        let dmabuf = dmabuf && !parked.is_empty();
         let n = parked.len();
         let stop = Arc::new(AtomicBool::new(false));
         let stream = Arc::new(Self {
@@ -135,6 +150,8 @@ impl Stream {
                 next_gen: 1,
             }),
             frame_len,
+            dmabuf,
+            inodes,
             flushing: AtomicBool::new(false),
             stop: stop.clone(),
             doorbell: Mutex::new(None),
@@ -175,7 +192,8 @@ impl Stream {
                 // An older GstBuffer still holds the parked mapping.
                 None => {
                     let Some(buffer) = inner.producer.buffers().nth(i) else { return Err(LendError::Closed) };
-                    let len = usize::try_from(buffer.len()).map_err(|_| LendError::Map(MapError::Os(rustix::io::Errno::FBIG)))?;
+                    let len = usize::try_from(buffer.len())
+                        .map_err(|_| LendError::Map(MapError::Os(rustix::io::Errno::FBIG)))?;
                     match Mapping::map(buffer.as_fd(), 0, len, Protection::ReadWrite, true) {
                         Ok(map) => map,
                         Err(e) => {
@@ -192,12 +210,23 @@ impl Stream {
         }
     }
 
+    /// A dup of frame `index`'s fd (for the dma-buf memory a lease is
+    /// lent as).
+    pub fn dup_fd(&self, index: u32) -> Option<OwnedFd> {
+        self.lock().producer.buffers().nth(index as usize)?.try_clone_fd().ok()
+    }
+
     /// Submit the lent frame whose mapping starts at `addr`, if it is one
     /// of ours and still lent: `Ok(true)`; `Ok(false)`: not ours (copy it).
-    pub fn submit_lent(&self, addr: usize, meta: FrameMeta) -> Result<bool, String> {
+    /// With `dmabuf` (the identity of the dma-buf the rendered memory
+    /// holds), the frame must also be that dma-buf.
+    pub fn submit_lent(&self, addr: usize, dmabuf: Option<(u64, u64)>, meta: FrameMeta) -> Result<bool, String> {
         let mut inner = self.lock();
         let Some(&(index, gen)) = inner.live.get(&addr) else { return Ok(false) };
         if inner.slots[index as usize] != Slot::Lent(gen) {
+            return Ok(false);
+        }
+        if dmabuf.is_some() && self.inodes.get(index as usize).copied().flatten() != dmabuf {
             return Ok(false);
         }
         inner.slots[index as usize] = Slot::Pool;
@@ -264,6 +293,13 @@ impl Stream {
             let _ = h.join();
         }
     }
+}
+
+/// The (`st_dev`, `st_ino`) of an open file: one per dma-buf, shared by
+/// every fd of it.
+#[allow(clippy::unnecessary_cast)] // narrower than u64 on some 32-bit targets
+pub(crate) fn identity(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u64, u64)> {
+    rustix::fs::fstat(fd).ok().map(|st| (st.st_dev as u64, st.st_ino as u64))
 }
 
 impl Drop for Stream {

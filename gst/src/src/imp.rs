@@ -446,10 +446,23 @@ impl PushSrcImpl for DmaBrokerSrc {
             let map = attachment.maps[info.index as usize].clone();
             let len = (info.bytes_used as usize).min(map.len());
             let dmabuf = attachment.dmabuf;
+            let vinfo = st.info.clone();
             drop(state);
             let held = Held { frame: Some(kept), map, len, attachment: attachment.clone() };
             let mut buffer = if dmabuf {
-                crate::src::imp::dmabuf_buffer(&attachment, info.index, len, held)?
+                let mut buffer = crate::src::imp::dmabuf_buffer(&attachment, info.index, len, held)?;
+                // DMA_DRM caps carry no layout: a video meta says it (the
+                // producer's default strides and offsets for the format).
+                let _ = gst_video::VideoMeta::add_full(
+                    buffer.make_mut(),
+                    gst_video::VideoFrameFlags::empty(),
+                    vinfo.format(),
+                    vinfo.width(),
+                    vinfo.height(),
+                    vinfo.offset(),
+                    vinfo.stride(),
+                );
+                buffer
             } else {
                 gst::Buffer::from_slice(held)
             };
