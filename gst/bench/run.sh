@@ -6,6 +6,8 @@
 # element, measured by the same probes on both paths). shmsink gets 20
 # frames of shared memory: with 6, GStreamer 1.22's shmsink stalls after ~20
 # frames (its allocator, which upstream writes into, runs out of room).
+# Where GStreamer has them (>= 1.24: the VM's userland, gst/bench/vm.sh),
+# unixfdsink/unixfdsrc too.
 #
 #   gst/bench/run.sh [FRAMES_1080P] [FRAMES_4K]      (default 600 300)
 set -euo pipefail
@@ -13,11 +15,22 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 root=$PWD
 n1080=${1:-600}
 n4k=${2:-300}
-cli=$root/target/x86_64-unknown-linux-gnu/release/dmabroker
+cli=${DMABROKER_BIN:-$root/target/x86_64-unknown-linux-gnu/release/dmabroker}
 [[ -x $cli ]] || { echo "build the CLI first: cargo build --release --target x86_64-unknown-linux-gnu -p dmabroker-cli" >&2; exit 1; }
-(cd gst && env -u RUSTFLAGS cargo build --release --quiet --lib --example bench)
-export GST_PLUGIN_PATH=$root/gst/target/release
-bench=$root/gst/target/release/examples/bench
+# DMABROKER_GST_BENCH_BUILT=DIR: the plugin and the bench program are
+# already in DIR (gst/bench/vm.sh builds them against the VM's GStreamer).
+if [[ -n ${DMABROKER_GST_BENCH_BUILT:-} ]]; then
+    export GST_PLUGIN_PATH=$DMABROKER_GST_BENCH_BUILT
+    bench=$DMABROKER_GST_BENCH_BUILT/bench
+else
+    (cd gst && env -u RUSTFLAGS cargo build --release --quiet --lib --example bench)
+    export GST_PLUGIN_PATH=$root/gst/target/release
+    bench=$root/gst/target/release/examples/bench
+fi
+# unixfdsink/unixfdsrc exist from GStreamer 1.24 (the VM's 1.26, not the
+# host's 1.22).
+unixfd=0
+gst-inspect-1.0 unixfdsink >/dev/null 2>&1 && unixfd=1
 work=$(mktemp -d /tmp/dmabroker-gstbench.XXXXXX)
 export GST_REGISTRY=$work/registry.bin
 broker_pid=
@@ -59,4 +72,10 @@ for res in 1080p 4k; do
     pair "shmsink/shmsrc $res" \
         "$src ! shmsink socket-path=$shm shm-size=$((frame * 20)) wait-for-connection=true sync=false" \
         "shmsrc socket-path=$shm is-live=true num-buffers=$n ! $caps ! identity name=stamp ! fakesink" "$shm"
+    if ((unixfd)); then
+        ufd=$work/unixfd-$res.sock
+        pair "unixfdsink/unixfdsrc $res" \
+            "$src ! unixfdsink socket-path=$ufd sync=false" \
+            "unixfdsrc socket-path=$ufd num-buffers=$n ! identity name=stamp ! fakesink" "$ufd"
+    fi
 done
