@@ -19,6 +19,8 @@ use common::broker::{text, Daemon};
 
 const MIB: u64 = 1 << 20;
 const ROOT: &str = "/sys/fs/cgroup";
+/// What a cgroup's memory.current may move by besides the buffers.
+const SLACK: u64 = MIB;
 
 fn read_u64(path: &Path) -> u64 {
     let s = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -128,7 +130,8 @@ fn vm_charge_dma_heap_memory_to_the_clients_cgroup() {
         (broker1 as i64 - broker0 as i64) / 1024
     );
     assert_eq!(buf.len(), 64 * MIB);
-    assert!(a1 >= a0 + 64 * MIB, "cgroup a grew by {} bytes only, less than the 64 MiB asked", a1 - a0);
+    // memory.current moves with this process's own pages too: 1 MiB of slack.
+    assert!(a1 + SLACK >= a0 + 64 * MIB, "cgroup a grew by {} bytes only, less than the 64 MiB asked", a1 - a0);
     assert!(a1 < a0 + 64 * MIB + 8 * MIB, "cgroup a grew by {} bytes, far more than 64 MiB", a1 - a0);
     assert!(broker1 < broker0 + 4 * MIB, "the broker's cgroup grew by {} bytes", broker1.saturating_sub(broker0));
 
@@ -146,10 +149,11 @@ fn vm_charge_dma_heap_memory_to_the_clients_cgroup() {
         other => panic!("64 MiB more in a 96 MiB cgroup was not refused: {other:?}"),
     }
     let a2 = current(&a);
+    eprintln!("{test}: cgroup a memory.current after the refusal: {a2}");
     assert!(a2 < a1 + 4 * MIB, "the refused request still charged {} bytes", a2 - a1);
     // The same client, and the broker, go on: 16 MiB still fit.
     let small = client.allocate("dma-heap/system", 16 * MIB, None).expect("16 MiB fit in a after the refusal");
-    assert!(current(&a) >= a2 + 16 * MIB);
+    assert!(current(&a) + SLACK >= a2 + 16 * MIB, "16 MiB not charged to a");
 
     // Another client in cgroup b is served, charged to b (a second worker).
     enter(&b, me);
@@ -158,7 +162,7 @@ fn vm_charge_dma_heap_memory_to_the_clients_cgroup() {
     let in_b = other.allocate("dma-heap/system", 32 * MIB, None).expect("32 MiB in cgroup b");
     let b1 = current(&b);
     eprintln!("{test}: cgroup b memory.current {b0} -> {b1} (+{} KiB)", (b1 - b0) >> 10);
-    assert!(b1 >= b0 + 32 * MIB, "cgroup b grew by {} bytes only", b1 - b0);
+    assert!(b1 + SLACK >= b0 + 32 * MIB, "cgroup b grew by {} bytes only", b1 - b0);
     let w = workers(broker);
     assert_eq!(w.len(), 2, "a worker per cgroup: {w:?}");
 

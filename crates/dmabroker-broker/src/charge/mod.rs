@@ -63,9 +63,10 @@ const SPAWN_RETRY: Duration = Duration::from_secs(60);
 pub enum ChargeRefusal {
     /// The cgroup's `memory.max` has no room.
     #[error(
-        "cgroup {level} has memory.max {} and uses {}: {} more of dma-heap memory would exceed it (the client's \
-         cgroup is {cgroup}); free memory there or raise its memory.max",
-        format_size(*max), format_size(*current), format_size(*asked)
+        "cgroup {level} has memory.max {} and uses {}: {} more of dma-heap memory would exceed it{}; free memory \
+         there or raise its memory.max",
+        format_size(*max), format_size(*current), format_size(*asked),
+        if level == cgroup { String::new() } else { format!(" (the client is in {cgroup}, below it)") }
     )]
     CgroupLimit {
         /// The client's cgroup.
