@@ -1,6 +1,8 @@
 //! Command-line syntax.
 
-use crate::command::{bench_broker, bench_compare, bench_pool, bench_sync, charge_worker, demo, import, ps, serve, stats, unpublish};
+use crate::command::{
+    bench_broker, bench_compare, bench_pool, bench_sync, charge_worker, demo, import, ps, serve, stats, unpublish,
+};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 /// User-space buffer allocation and sharing for Linux: dma-heaps, udmabuf,

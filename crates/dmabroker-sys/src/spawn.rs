@@ -143,3 +143,71 @@ pub unsafe fn take_child_fd() -> Option<OwnedFd> {
     // owned by nobody else: adopting it makes its OwnedFd the only owner.
     Some(unsafe { OwnedFd::from_raw_fd(CHILD_FD) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// The cgroup2 mount point; in the test VM (whose init mounts none)
+    /// cgroup2 is mounted at /sys/fs/cgroup first.
+    fn cgroup2_mount() -> Option<String> {
+        let find = || {
+            let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+            info.lines().find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                (right.split_whitespace().next()? == "cgroup2")
+                    .then(|| left.split_whitespace().nth(4))?
+                    .map(str::to_owned)
+            })
+        };
+        if find().is_none() && crate::test_skip::in_vm() {
+            let _ = std::process::Command::new("mount").args(["-t", "cgroup2", "none", "/sys/fs/cgroup"]).status();
+        }
+        find()
+    }
+
+    /// The child runs the program in the cgroup asked (here this process's
+    /// own), gets `keep` as fd 3, and its exit status comes through the pidfd.
+    #[test]
+    fn a_program_starts_in_the_cgroup_with_fd_3() {
+        let test = "a_program_starts_in_the_cgroup_with_fd_3";
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let Some(path) = own.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned) else {
+            crate::test_skip::skip(test, "no cgroup v2 entry in /proc/self/cgroup");
+            return;
+        };
+        let Some(root) = cgroup2_mount() else {
+            crate::test_skip::skip(test, "cgroup2 is not mounted (a hybrid or v1-only host)");
+            return;
+        };
+        let dir = format!("{root}{}", path.trim_end_matches('/'));
+        let cgroup = rustix::fs::open(
+            dir.as_str(),
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap_or_else(|e| panic!("{dir}: {e}"));
+        let exe: OwnedFd = std::fs::File::open("/bin/sh").unwrap().into();
+        let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        // fd 3 is a socket (`test -S`), and the cgroup is ours.
+        let script = format!("test -S /proc/self/fd/3 && grep -qx '0::{path}' /proc/self/cgroup && exit 7; exit 1");
+        let argv = [CString::new("sh").unwrap(), CString::new("-c").unwrap(), CString::new(script).unwrap()];
+        let child = match spawn_in_cgroup(exe.as_fd(), &argv, cgroup.as_fd(), theirs.as_fd()) {
+            Ok(c) => c,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EBUSY)) => {
+                crate::test_skip::skip(test, &format!("may not place a process in {dir}: {e}"));
+                return;
+            }
+            Err(e) => panic!("clone3: {e}"),
+        };
+        drop((theirs, mine));
+        let status = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(child.pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(status.exit_status(), Some(7), "the child did not see fd 3 or its cgroup");
+    }
+}

@@ -139,7 +139,9 @@ impl Charging {
         c.own_cgroup = std::fs::read_to_string("/proc/self/cgroup").ok().as_deref().and_then(cgroup::parse);
         match std::fs::File::open(exe) {
             Ok(f) => c.exe = Some(f.into()),
-            Err(e) => tracing::warn!("cannot open the worker executable {}: {e}; allocating in the broker", exe.display()),
+            Err(e) => {
+                tracing::warn!("cannot open the worker executable {}: {e}; allocating in the broker", exe.display())
+            }
         }
         if c.root.is_none() {
             tracing::warn!("no cgroup2 mount: dma-heap memory is charged to the broker's cgroup");

@@ -65,7 +65,11 @@ impl Worker {
     }
 
     /// Ask for one buffer and wait at most `timeout` for the answer.
-    pub fn allocate(&mut self, request: &WorkRequest, timeout: Duration) -> Result<(OwnedFd, u64, dmabroker::buffer::PropertyHint), Failure> {
+    pub fn allocate(
+        &mut self,
+        request: &WorkRequest,
+        timeout: Duration,
+    ) -> Result<(OwnedFd, u64, dmabroker::buffer::PropertyHint), Failure> {
         match wire::send(self.socket.as_fd(), &work::encode(request), None, true) {
             Ok(()) => {}
             Err(e) => return Err(Failure::Died(format!("cannot send it the request: {e}"))),
