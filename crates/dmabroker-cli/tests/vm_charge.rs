@@ -220,7 +220,7 @@ fn vm_charge_dma_heap_memory_to_the_clients_cgroup() {
 /// to the task that first touches its pages: the broker allocating a memfd
 /// for a client must not touch them, so its cgroup stays flat and the
 /// client's grows when the client writes. udmabuf pins its pages when it is
-/// created, in the broker: printed (not asserted) to show where they land.
+/// created: in the worker in the client's cgroup, so they land there too.
 #[test]
 fn vm_charge_memfd_pages_to_the_client_that_touches_them() {
     let test = "vm_charge_memfd_pages_to_the_client_that_touches_them";
@@ -262,11 +262,13 @@ fn vm_charge_memfd_pages_to_the_client_that_touches_them() {
         let u = client.allocate("udmabuf", 16 * MIB, None).expect("16 MiB udmabuf");
         let (a1, broker1) = (current(&a), current(&broker_cg));
         eprintln!(
-            "{test}: udmabuf 16 MiB (pages pinned at creation, by the broker): client's cgroup {:+} KiB, \
-             broker's {:+} KiB",
+            "{test}: udmabuf 16 MiB (pages pinned at creation, by the worker in the client's cgroup): client's \
+             cgroup {:+} KiB, broker's {:+} KiB",
             (a1 as i64 - a0 as i64) / 1024,
             (broker1 as i64 - broker0 as i64) / 1024
         );
+        assert!(a1 + SLACK >= a0 + 16 * MIB, "the udmabuf's pages charged the client's cgroup {} bytes", a1 - a0);
+        assert!(broker1 < broker0 + 2 * MIB, "the udmabuf's pages charged the broker {} bytes", broker1 - broker0);
         drop(u);
     }
     enter(&root, me);

@@ -17,10 +17,18 @@
 //! is killed, and its cgroup's dma-heap requests are refused for
 //! [`PENALTY`] instead of waiting again.
 //!
-//! Without `mem_accounting` (Linux < 7.0, or not switched on), with no
+//! udmabuf allocations go through the worker on every kernel: udmabuf pins
+//! the pages of the memfd behind it when it is created, which charges them
+//! to the creator's cgroup whatever the kernel's switches (measured in the
+//! VM: 16 MiB made by the broker itself landed on the broker's cgroup).
+//! memfds need nothing: the broker never touches their pages, the client
+//! that first writes them is charged.
+//!
+//! Without `mem_accounting` (Linux < 7.0, or not switched on) dma-heap
+//! memory is charged to no cgroup and the broker allocates it itself. With no
 //! worker executable (a broker embedded in another program), for clients in
 //! the broker's own cgroup, or whose cgroup cannot be known (no pidfd), the
-//! broker allocates itself as before, and its own quotas are all there is.
+//! broker allocates itself as before. Its own quotas apply in every case.
 //! If the broker may not place a process in the client's cgroup (it needs
 //! write access to that `cgroup.procs`), it allocates itself too, and says
 //! so in its log.
@@ -131,10 +139,7 @@ impl Charging {
     pub fn new(exe: &Path, idle: Duration) -> Self {
         let mut c = Self::disabled();
         c.idle = idle;
-        if c.accounting != MemAccounting::On {
-            tracing::info!("{}", c.accounting.describe());
-            return c;
-        }
+        tracing::info!("{}", c.accounting.describe());
         c.root = cgroup::mount_point();
         c.own_cgroup = std::fs::read_to_string("/proc/self/cgroup").ok().as_deref().and_then(cgroup::parse);
         match std::fs::File::open(exe) {
@@ -146,7 +151,10 @@ impl Charging {
         if c.root.is_none() {
             tracing::warn!("no cgroup2 mount: dma-heap memory is charged to the broker's cgroup");
         } else if c.exe.is_some() {
-            tracing::info!("dma-heap allocations are charged to each client's cgroup (a worker per cgroup)");
+            tracing::info!(
+                "udmabuf{} allocations are charged to each client's cgroup (a worker per cgroup)",
+                if c.accounting == MemAccounting::On { " and dma-heap" } else { "" }
+            );
         }
         c
     }
@@ -179,7 +187,14 @@ impl Charging {
         request: &AllocRequest,
     ) -> Result<Buffer, ChargeRefusal> {
         let (Some(exe), Some(root)) = (&self.exe, &self.root) else { return Ok(heap.allocate(request)?) };
-        let Some(dma_heap) = heap.name().strip_prefix("dma-heap/") else { return Ok(heap.allocate(request)?) };
+        // udmabuf pins its memfd's pages when it is created: charged to the
+        // creator's cgroup on every kernel. dma-heap pages only with
+        // mem_accounting.
+        let charged =
+            heap.name() == "udmabuf" || (self.accounting == MemAccounting::On && heap.name().starts_with("dma-heap/"));
+        if !charged {
+            return Ok(heap.allocate(request)?);
+        }
         let cgroup = match client_cgroup {
             Ok(c) => c,
             Err(why) => {
@@ -212,8 +227,8 @@ impl Charging {
                 }
                 Err(e) => {
                     tracing::warn!(
-                        "cannot start an allocation worker in cgroup {cgroup} ({e}): its dma-heap memory is charged \
-                         to the broker's cgroup; give the broker write access to that cgroup.procs"
+                        "cannot start an allocation worker in cgroup {cgroup} ({e}): its dma-heap and udmabuf memory \
+                         is charged to the broker's cgroup; give the broker write access to that cgroup.procs"
                     );
                     self.own_until.insert(cgroup.clone(), now + SPAWN_RETRY);
                     return Ok(heap.allocate(request)?);
@@ -221,7 +236,7 @@ impl Charging {
             }
         }
         let work = work::WorkRequest {
-            heap: dma_heap.to_owned(),
+            heap: heap.name().to_owned(),
             len: request.len,
             align: request.align,
             contiguous: request.contiguous,

@@ -1,12 +1,14 @@
 //! The worker's side: a process started by the broker inside a client's
 //! cgroup (`dmabroker charge-worker`, fd 3 a `SOCK_SEQPACKET` socket to the
-//! broker) that makes dma-heap allocations there, so that the kernel
-//! (`dma_heap.mem_accounting=1`) charges their pages to that cgroup, and
+//! broker) that makes dma-heap allocations (charged to that cgroup with
+//! `dma_heap.mem_accounting=1`) and udmabuf allocations (whose memfd pages
+//! it pins, which charges them to that cgroup on every kernel) there, and
 //! sends each dma-buf back. One request at a time, each answered; it exits
 //! when the broker closes its end (or dies: `PR_SET_PDEATHSIG`).
 
 use dmabroker::buffer::{Coherency, PropertyHint};
 use dmabroker::heap::dma_heap::DmaHeap;
+use dmabroker::heap::udmabuf::Udmabuf;
 use dmabroker::heap::{AllocError, AllocRequest, Heap};
 use dmabroker::proto::wire;
 use serde::{Deserialize, Serialize};
@@ -20,7 +22,7 @@ pub const MAX_MESSAGE: usize = 1024;
 /// One allocation asked of a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkRequest {
-    /// The dma-heap's name under `/dev/dma_heap` (`system`).
+    /// The heap, as the broker names it: `dma-heap/<name>` or `udmabuf`.
     pub heap: String,
     /// Bytes.
     pub len: u64,
@@ -87,7 +89,7 @@ fn volunteer_for_oom() {
 /// the cgroup2 mount and this worker's cgroup (for the limit check).
 pub fn serve(socket: OwnedFd, root: &Path, cgroup: &str) -> std::io::Result<()> {
     volunteer_for_oom();
-    let mut heaps: HashMap<String, DmaHeap> = HashMap::new();
+    let mut heaps: HashMap<String, Option<Box<dyn Heap>>> = HashMap::new();
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         let received = match wire::recv(socket.as_fd(), &mut buf, false) {
@@ -104,8 +106,17 @@ pub fn serve(socket: OwnedFd, root: &Path, cgroup: &str) -> std::io::Result<()> 
     }
 }
 
+/// The heap the broker named, opened here: a dma-heap or udmabuf.
+fn open(name: &str) -> Option<Box<dyn Heap>> {
+    if name == "udmabuf" {
+        return Udmabuf::discover().map(|h| Box::new(h) as Box<dyn Heap>);
+    }
+    let dma_heap = name.strip_prefix("dma-heap/")?;
+    Some(Box::new(DmaHeap::open(dma_heap.to_owned())))
+}
+
 fn allocate(
-    heaps: &mut HashMap<String, DmaHeap>,
+    heaps: &mut HashMap<String, Option<Box<dyn Heap>>>,
     r: &WorkRequest,
     root: &Path,
     cgroup: &str,
@@ -115,7 +126,10 @@ fn allocate(
             return (WorkReply::OverLimit { level, max, current }, None);
         }
     }
-    let heap = heaps.entry(r.heap.clone()).or_insert_with(|| DmaHeap::open(r.heap.clone()));
+    let Some(heap) = heaps.entry(r.heap.clone()).or_insert_with(|| open(&r.heap)) else {
+        let message = format!("the worker cannot open heap {} (no /dev/udmabuf?)", r.heap);
+        return (WorkReply::Failed { message, out_of_memory: false }, None);
+    };
     let mut request = AllocRequest::new(r.len).align(r.align).contiguous(r.contiguous).coherency(r.coherency);
     if let Some(n) = &r.name {
         request = request.name(n.clone());
