@@ -16,6 +16,7 @@
 //! | [`server`] | the epoll loop, connections, framing, hostile input |
 //! | [`service`] | the operations under the policy, sweeps, timers |
 //! | [`registry`] | buffers, publications, charges |
+//! | [`charge`] | dma-heap allocations charged to the client's cgroup (workers) |
 //! | [`holders`] | who else holds a buffer (dma-buf counts, `/proc` scans) |
 //! | [`policy`] | the TOML policy |
 //! | [`peer`] | `SO_PEERCRED` + pidfd |
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod charge;
 pub mod holders;
 pub mod notify;
 pub mod peer;
@@ -78,6 +80,11 @@ pub struct Config {
     /// Clients run inside the broker's own process (tests, embedding): count
     /// this process's fds and mappings as holders too.
     pub clients_in_process: bool,
+    /// The `dmabroker` executable whose `charge-worker` mode allocates in a
+    /// client's cgroup ([`charge`]); `None`: the broker allocates itself.
+    pub charge_worker: Option<PathBuf>,
+    /// How long an unused allocation worker is kept.
+    pub charge_worker_idle: std::time::Duration,
 }
 
 impl Config {
@@ -95,6 +102,8 @@ impl Config {
             handshake_timeout: server::HANDSHAKE_TIMEOUT,
             notify: true,
             clients_in_process: false,
+            charge_worker: None,
+            charge_worker_idle: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -367,6 +376,9 @@ impl Broker {
         }
         let mut service = Service::new(config.policy, heaps, notifier, config.timing);
         service.scan_own_process = config.clients_in_process;
+        if let Some(exe) = &config.charge_worker {
+            service.charging = charge::Charging::new(exe, config.charge_worker_idle);
+        }
         let restored = persist::restore(&mut service, inherited);
         if restored > 0 {
             tracing::info!("restored {restored} publication(s) from the fd store");

@@ -23,6 +23,18 @@ pub enum AllocateRefusal {
     /// The heap failed.
     #[error(transparent)]
     Alloc(#[from] dmabroker::heap::AllocError),
+    /// The client's cgroup has no room, or its allocation worker failed.
+    #[error(transparent)]
+    Charge(crate::charge::ChargeRefusal),
+}
+
+impl From<crate::charge::ChargeRefusal> for AllocateRefusal {
+    fn from(e: crate::charge::ChargeRefusal) -> Self {
+        match e {
+            crate::charge::ChargeRefusal::Alloc(a) => Self::Alloc(a),
+            other => Self::Charge(other),
+        }
+    }
 }
 
 /// Refusals of `AllocateFor`.
@@ -166,6 +178,8 @@ impl Code for AllocateRefusal {
             Self::Quota(_) => ErrorCode::QuotaExceeded,
             Self::Alloc(A::NoSuchHeap { .. }) => ErrorCode::NoSuchHeap,
             Self::Alloc(_) => ErrorCode::AllocationFailed,
+            Self::Charge(crate::charge::ChargeRefusal::CgroupLimit { .. }) => ErrorCode::QuotaExceeded,
+            Self::Charge(_) => ErrorCode::AllocationFailed,
         }
     }
 }

@@ -51,13 +51,15 @@ pub struct Session {
     /// memfds handed out on this connection whose reply may not have been
     /// received yet (unpinned once it has been, or when it closes).
     pins: Vec<u64>,
+    /// The client's cgroup, read at its first charged allocation.
+    cgroup: Option<Result<String, String>>,
 }
 
 impl Session {
     /// A session for `peer` under `policy`.
     pub fn new(peer: Peer, policy: &Policy) -> Self {
         let limits = policy.limits(peer.uid, &peer.groups);
-        Self { peer, limits, version: None, pins: Vec::new() }
+        Self { peer, limits, version: None, pins: Vec::new(), cgroup: None }
     }
 
     /// The negotiated version (0 before `Hello`).
@@ -159,6 +161,8 @@ pub struct Service {
     pressure_refilled_at: Instant,
     /// Pools by name (protocol version 3).
     pub(crate) pools: crate::pools::Pools,
+    /// dma-heap allocations charged to the client's cgroup.
+    pub(crate) charging: crate::charge::Charging,
 }
 
 impl Service {
@@ -188,6 +192,7 @@ impl Service {
             pressure_credit: PRESSURE_BURST.as_secs_f64(),
             pressure_refilled_at: now,
             pools: crate::pools::Pools::new(),
+            charging: crate::charge::Charging::disabled(),
         }
     }
 
@@ -297,12 +302,26 @@ impl Service {
         if let Some(n) = a.name {
             request = request.name(n);
         }
-        let buffer = self.heaps.require(&heap_name)?.allocate(&request)?;
+        let cgroup = self.client_cgroup(session);
+        let buffer = self.charging.allocate(cgroup, self.heaps.require(&heap_name)?, &request)?;
         let properties = buffer.properties().hint();
         let (id, fd, len) = self.hand_out(session, &limits, buffer, a.len)?;
         tracing::debug!(uid, id, len, heap = %heap_name, "allocated");
         let response = Response::Allocated { id, len, heap: heap_name }.for_version(session.version(), properties);
         Ok(Reply { response, fd: Some(fd), close: false })
+    }
+
+    /// The client's cgroup, read once per session and only when charging
+    /// is active (a `/proc` read, off the path of other allocations).
+    fn client_cgroup<'s>(&self, session: &'s mut Session) -> &'s Result<String, String> {
+        let active = self.charging.active();
+        session.cgroup.get_or_insert_with(|| {
+            if active {
+                crate::charge::cgroup::of_process(session.peer.pid, session.peer.pidfd.as_ref())
+            } else {
+                Err("charging is off".into())
+            }
+        })
     }
 
     /// The heap infos as `uid` may use them: heaps the policy does not allow
@@ -355,13 +374,16 @@ impl Service {
             // the length the heap gave.
             self.check_quota(uid, &limits, choice.len)?;
             let heap = self.heaps.require(&choice.heap)?;
-            match heap.allocate(&choice.request(a.name.as_deref())) {
+            let cgroup = self.client_cgroup(session);
+            match self.charging.allocate(cgroup, heap, &choice.request(a.name.as_deref())) {
                 Ok(buffer) => break (buffer, choice),
-                Err(e) => {
+                Err(crate::charge::ChargeRefusal::Alloc(e)) => {
                     tracing::debug!(uid, heap = %choice.heap, "allocation by constraints failed: {e}; trying the next");
                     infos.retain(|h| h.name != choice.heap);
                     attempts.push(format!("{}: {e}", choice.heap));
                 }
+                // The client's cgroup is full: no other heap changes that.
+                Err(e) => return Err(AllocateRefusal::from(e).into()),
             }
         };
         for attempt in &attempts {
@@ -813,6 +835,9 @@ impl Service {
             self.last_sweep_end + gap.max(self.timing.interval)
         };
         let mut next = sweep.min(self.next_expiry_check);
+        if let Some(t) = self.charging.next_deadline() {
+            next = next.min(t);
+        }
         if self.state_dirty {
             next = next.min(self.state_dirty_since.unwrap_or_else(Instant::now) + STATE_SAVE_DELAY);
         }
@@ -827,6 +852,7 @@ impl Service {
     /// Run what is due: expiries, sweeps, saving state for the fd store.
     pub fn tick(&mut self) {
         let now = Instant::now();
+        self.charging.tick();
         if let Some(n) = &mut self.notifier {
             if n.pending() > 0 {
                 n.flush();

@@ -1,6 +1,8 @@
 //! Command-line syntax.
 
-use crate::command::{bench_broker, bench_compare, bench_pool, bench_sync, demo, import, ps, serve, stats, unpublish};
+use crate::command::{
+    bench_broker, bench_compare, bench_pool, bench_sync, charge_worker, demo, import, ps, serve, stats, unpublish,
+};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 /// User-space buffer allocation and sharing for Linux: dma-heaps, udmabuf,
@@ -46,6 +48,9 @@ pub enum Command {
     /// Run a benchmark and print a markdown table.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The broker's allocation worker in a client's cgroup (started by `serve`).
+    #[command(hide = true)]
+    ChargeWorker(charge_worker::ChargeWorkerArgs),
 }
 
 /// `dmabroker heaps`.

@@ -1,7 +1,8 @@
 //! `dmabroker`: the command-line front end (see `dmabroker --help`).
-// One `unsafe` call in this crate: adopting the fds systemd passed
-// (`take_listen_fds`, in `command/serve.rs`), a promise only `main`'s
-// start-up can make. Everything else stays safe code.
+// Two `unsafe` calls in this crate: adopting the fds systemd passed
+// (`take_listen_fds`, in `command/serve.rs`) and the socket the broker
+// passes its allocation worker (`take_child_fd`, `command/charge_worker.rs`),
+// promises only `main`'s start-up can make. Everything else stays safe code.
 #![deny(unsafe_code)]
 
 mod cli;

@@ -82,8 +82,10 @@ fn broker_cli_alloc_publish_import_unpublish() {
     assert!(v["used_bytes"].as_u64().unwrap() >= (1 << 20) + 4096, "{v}");
     assert!(v["publications"].as_u64().unwrap() >= 2, "{v}");
     assert!(v["max_bytes"].as_u64().unwrap() >= v["used_bytes"].as_u64().unwrap(), "{v}");
+    assert!(["on", "off", "absent"].contains(&v["dma_heap_mem_accounting"].as_str().unwrap_or("")), "{v}");
     let o = d.cli(&["stats"]);
     assert!(o.status.success() && text(&o).contains("publication(s)"), "{}", text(&o));
+    assert!(text(&o).contains("\ncharging: dma-heap memory is charged to"), "{}", text(&o));
     let o = d.cli(&["unpublish", "frames"]);
     assert!(o.status.success(), "{}", text(&o));
     let o = d.cli(&["import", "frames"]);

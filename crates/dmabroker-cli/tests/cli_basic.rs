@@ -34,6 +34,8 @@ fn heaps_lists_memfd_and_hugetlb() {
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.starts_with("HEAP"), "{text}");
     assert!(text.contains("memfd"), "{text}");
+    // Whether dma-heap memory is charged to cgroups (this host: no dma-heaps).
+    assert!(text.contains("\ncharging: dma-heap memory is charged to"), "{text}");
 }
 
 #[test]

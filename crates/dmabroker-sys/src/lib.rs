@@ -23,6 +23,7 @@ pub mod inherited;
 pub mod kcmp;
 pub mod mmap;
 pub mod socket;
+pub mod spawn;
 #[cfg(test)]
 #[path = "../../dmabroker/tests/common/skip.rs"]
 pub(crate) mod test_skip;

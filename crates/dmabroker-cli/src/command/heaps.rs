@@ -32,5 +32,9 @@ pub fn run(args: &HeapsArgs) -> anyhow::Result<ExitCode> {
         &["HEAP", "KIND", "CONTIGUOUS UP TO", "PAGE", "CACHE", "DEVICE-IMPORTABLE", "FREE", "USABLE", "NOTE"],
         &rows,
     ))?;
+    crate::output::emit(&format!(
+        "charging: {}\n",
+        dmabroker::heap::mem_accounting::MemAccounting::detect().describe()
+    ))?;
     Ok(ExitCode::SUCCESS)
 }

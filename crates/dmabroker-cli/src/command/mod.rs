@@ -9,6 +9,7 @@ pub mod bench_compare;
 mod bench_floor;
 pub mod bench_pool;
 pub mod bench_sync;
+pub mod charge_worker;
 pub mod demo;
 mod heaps;
 pub mod import;
@@ -34,6 +35,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Stats(args) => stats::run(&args),
         Command::Ps(args) => ps::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::ChargeWorker(args) => charge_worker::run(&args),
         Command::Bench(BenchCommand::Alloc(args)) => bench_alloc::run(&args),
         Command::Bench(BenchCommand::Broker(args)) => bench_broker::run(&args),
         Command::Bench(BenchCommand::Pool(args)) => bench_pool::run(&args),

@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// Period of the background check for buffers nobody holds any more, in ms.
     #[arg(long, default_value_t = 2000)]
     pub sweep_interval_ms: u64,
+    /// With dma_heap.mem_accounting=1, dma-heap allocations are made by a
+    /// worker in each client's cgroup: how long an unused one is kept, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    pub charge_worker_idle_ms: u64,
 }
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
@@ -81,6 +85,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     config.max_clients_per_uid = args.max_clients_per_user.unwrap_or((args.max_clients / 2).max(1));
     config.timing =
         SweepTiming { interval: Duration::from_millis(args.sweep_interval_ms.max(10)), ..SweepTiming::default() };
+    config.charge_worker = Some(PathBuf::from("/proc/self/exe"));
+    config.charge_worker_idle = Duration::from_millis(args.charge_worker_idle_ms.max(10));
     let mut broker = Broker::start(config, stored, shutdown_on_signals()?)?;
     tracing::info!("serving on {where_}");
     eprintln!("dmabroker: serving on {where_}");

@@ -21,13 +21,22 @@ pub struct StatsArgs {
 pub fn run(args: &StatsArgs) -> anyhow::Result<ExitCode> {
     let path = args.socket.clone().unwrap_or_else(dmabroker::proto::default_client_socket);
     let stats = Client::connect(&path)?.stats()?;
+    // The kernel's side, read here (the broker runs on this machine): whether
+    // dma-heap memory is charged to cgroups at all.
+    let accounting = dmabroker::heap::mem_accounting::MemAccounting::detect();
     if args.json {
-        print_json(&stats)?;
+        let mut value = serde_json::to_value(&stats)?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("dma_heap_mem_accounting".into(), serde_json::to_value(accounting)?);
+            map.insert("dma_heap_charging".into(), accounting.describe().into());
+        }
+        print_json(&value)?;
         return Ok(ExitCode::SUCCESS);
     }
     emit(&format!(
         "uid {}: {} in {} buffer(s) of a quota of {} in {} buffer(s); heaps: {}; may publish: {}\n\
-         broker: {} buffer(s), {}, {} publication(s), {} client(s) connected\n",
+         broker: {} buffer(s), {}, {} publication(s), {} client(s) connected\n\
+         charging: {}\n",
         stats.uid,
         format_size(stats.used_bytes),
         stats.used_buffers,
@@ -39,6 +48,7 @@ pub fn run(args: &StatsArgs) -> anyhow::Result<ExitCode> {
         format_size(stats.total_bytes),
         stats.publications,
         stats.clients,
+        accounting.describe(),
     ))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,7 @@
 
 pub mod dma_heap;
 pub mod hugetlb;
+pub mod mem_accounting;
 pub mod memfd;
 pub mod udmabuf;
 
