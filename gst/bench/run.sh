@@ -6,8 +6,10 @@
 # element, measured by the same probes on both paths). shmsink gets 20
 # frames of shared memory: with 6, GStreamer 1.22's shmsink stalls after ~20
 # frames (its allocator, which upstream writes into, runs out of room).
-# Where GStreamer has them (>= 1.24: the VM's userland, gst/bench/vm.sh),
-# unixfdsink/unixfdsrc too.
+# unixfdsink/unixfdsrc (>= 1.24, the VM's userland: gst/bench/vm.sh) are not
+# paired yet: unixfdsink does not wait for a consumer, so the producer runs
+# through its frames before unixfdsrc connects; a fair pairing needs a
+# producer that paces itself on the consumer.
 #
 #   gst/bench/run.sh [FRAMES_1080P] [FRAMES_4K]      (default 600 300)
 set -euo pipefail
@@ -27,10 +29,6 @@ else
     export GST_PLUGIN_PATH=$root/gst/target/release
     bench=$root/gst/target/release/examples/bench
 fi
-# unixfdsink/unixfdsrc exist from GStreamer 1.24 (the VM's 1.26, not the
-# host's 1.22).
-unixfd=0
-gst-inspect-1.0 unixfdsink >/dev/null 2>&1 && unixfd=1
 work=$(mktemp -d /tmp/dmabroker-gstbench.XXXXXX)
 export GST_REGISTRY=$work/registry.bin
 broker_pid=
@@ -72,10 +70,4 @@ for res in 1080p 4k; do
     pair "shmsink/shmsrc $res" \
         "$src ! shmsink socket-path=$shm shm-size=$((frame * 20)) wait-for-connection=true sync=false" \
         "shmsrc socket-path=$shm is-live=true num-buffers=$n ! $caps ! identity name=stamp ! fakesink" "$shm"
-    if ((unixfd)); then
-        ufd=$work/unixfd-$res.sock
-        pair "unixfdsink/unixfdsrc $res" \
-            "$src ! unixfdsink socket-path=$ufd sync=false" \
-            "unixfdsrc socket-path=$ufd num-buffers=$n ! identity name=stamp ! fakesink" "$ufd"
-    fi
 done

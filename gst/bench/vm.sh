@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # gst/bench/run.sh inside the test VM, against GStreamer 1.26 (the Debian
-# trixie userland), where unixfdsink/unixfdsrc exist: the plugin and the
+# trixie userland): the plugin and the
 # bench program are built in the userland's root (as gst/tests/vm.sh does),
 # then run.sh runs every pair in the guest. Under TCG every figure is far
 # slower than on the host; compare the rows of one run with each other.
