@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod holders;
+pub mod names;
 pub mod notify;
 pub mod peer;
 pub mod persist;

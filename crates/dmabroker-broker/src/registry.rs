@@ -57,13 +57,92 @@ pub struct Entry {
     /// to whoever created it, and the broker changes its mode only for a
     /// publisher that owns it (see `make_private` in service.rs).
     pub adopted: bool,
+    /// What the inode's open counts tell about other holders (memfds).
+    pub counting: Counting,
+}
+
+/// How far the inode's open counts (a file-lease probe,
+/// [`dmabroker_sys::lease::opened_elsewhere`]) tell whether others hold a
+/// memfd. The counts include every open file description made by `open()`
+/// (each fd, mapping, `SCM_RIGHTS` message in flight and io_uring fixed
+/// file keeps one), but not the one `memfd_create` made: so the broker
+/// holds a description it reopened itself and hands out only reopened ones
+/// (never a dup of its own), and what the counts cannot see is the
+/// creator's original description alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counting {
+    /// The broker created the memfd and closed the original: the counts are
+    /// exact, and no `/proc` scan is needed (the recipients do not matter).
+    Exact,
+    /// A client created it (adopted) and still has the original, which the
+    /// counts miss: when they show nobody else, a scan decides, and only
+    /// the owner's (the creator's) unreadable processes can hide a holder,
+    /// never a grantee's (every fd the broker handed out is counted).
+    CreatorUncounted,
+    /// The broker could not reopen it (another user's file, 0600, a broker
+    /// that is not root) or was restarted: its own description may be
+    /// shared, so only the scan decides, and any recipient's unreadable
+    /// processes keep it held.
+    ScanOnly,
 }
 
 impl Entry {
-    /// Whether only a `/proc` scan can tell if others hold it (memfds), as
-    /// opposed to the dma-buf's exact file count.
+    /// Whether only a `/proc` scan or the open counts can tell if others
+    /// hold it (memfds), as opposed to the dma-buf's exact file count.
     pub fn needs_scan(&self) -> bool {
         self.buffer.kind() != BufferKind::DmaBuf
+    }
+
+    /// An fd to hand to a client: for a memfd a new open file description
+    /// (`O_RDWR` when `write` and the broker's is writable, else
+    /// `O_RDONLY`), counted in the inode's open counts; a dup of the
+    /// broker's own only for dma-bufs and [`Counting::ScanOnly`] buffers
+    /// (whose read-write reopen was refused).
+    ///
+    /// # Errors
+    /// The reopen's or dup's errno.
+    pub fn hand_out(&self, write: bool) -> std::io::Result<std::os::fd::OwnedFd> {
+        if !self.needs_scan() {
+            return self.buffer.try_clone_fd();
+        }
+        match self.buffer.reopen_fd(write) {
+            Ok(fd) => Ok(fd),
+            Err(_) if write && self.counting == Counting::ScanOnly => self.buffer.try_clone_fd(),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// What the open counts say about other holders: `Some(true)` held,
+    /// `Some(false)` nobody but the broker and (for
+    /// [`Counting::CreatorUncounted`]) the creator's original; `None` when
+    /// they cannot be read (not a memfd, [`Counting::ScanOnly`], no lease
+    /// rights, a file system without leases).
+    pub fn opened_elsewhere(&self) -> Option<bool> {
+        use std::os::fd::AsFd;
+        if !self.needs_scan() || self.counting == Counting::ScanOnly {
+            return None;
+        }
+        dmabroker_sys::lease::opened_elsewhere(self.buffer.as_fd()).ok()
+    }
+}
+
+/// The broker's own open file description of a memfd it is about to hold:
+/// a reopen (same access as `buffer`'s), so that the inode's open counts
+/// see every other ([`Counting`]); `adopted`: a client created it. The
+/// description `buffer` had is dropped here (a memfd: its close cannot
+/// block). Dma-bufs are returned as they are.
+pub fn own_description(buffer: Buffer, adopted: bool) -> (Buffer, Counting) {
+    if buffer.kind() == BufferKind::DmaBuf {
+        return (buffer, Counting::Exact);
+    }
+    let write = rustix::fs::fcntl_getfl(&buffer)
+        .is_ok_and(|f| f.intersection(rustix::fs::OFlags::ACCMODE) != rustix::fs::OFlags::RDONLY);
+    match buffer.reopened(write) {
+        Ok(own) => (own, if adopted { Counting::CreatorUncounted } else { Counting::Exact }),
+        Err(e) => {
+            tracing::debug!("cannot reopen a memfd to count its holders ({e}): only /proc scans will tell");
+            (buffer, Counting::ScanOnly)
+        }
     }
 }
 

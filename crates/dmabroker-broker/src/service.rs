@@ -390,22 +390,30 @@ impl Service {
         if buffer.len() > asked {
             self.check_quota(session.peer.uid, limits, buffer.len())?;
         }
-        let fd = buffer.try_clone_fd().map_err(|e| {
-            AllocateRefusal::Alloc(dmabroker::heap::AllocError::Os {
-                op: "dup",
-                source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::MFILE),
-            })
-        })?;
         let len = buffer.len();
         let id = self.insert(buffer, session).map_err(|_| {
             AllocateRefusal::Alloc(dmabroker::heap::AllocError::Os { op: "fstat", source: rustix::io::Errno::BADF })
+        })?;
+        // A reopen, never a dup of the broker's own: see registry::Counting.
+        let fd = self.registry.get(id).expect("just inserted").hand_out(true).map_err(|e| {
+            self.registry.remove(id);
+            AllocateRefusal::Alloc(dmabroker::heap::AllocError::Os {
+                op: "reopen",
+                source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::MFILE),
+            })
         })?;
         Ok((id, fd, len))
     }
 
     /// Register a buffer charged to the session's user, pinned to it.
     fn insert(&mut self, buffer: Buffer, session: &mut Session) -> Result<u64, ()> {
+        self.insert_as(buffer, session, false)
+    }
+
+    /// [`Self::insert`]; `adopted`: a client sent it (publish).
+    fn insert_as(&mut self, buffer: Buffer, session: &mut Session, adopted: bool) -> Result<u64, ()> {
         let file = FileId::of(&buffer).ok_or(())?;
+        let (buffer, counting) = crate::registry::own_description(buffer, adopted);
         let entry = Entry {
             len: buffer.len(),
             owner_uid: session.peer.uid,
@@ -415,7 +423,8 @@ impl Service {
             pins: 0,
             recipients: BTreeSet::from([session.peer.uid]),
             stored: false,
-            adopted: false,
+            adopted,
+            counting,
             buffer,
         };
         let id = self.registry.insert(entry);
@@ -470,11 +479,17 @@ impl Service {
                 )))
             }
         };
-        if let Some(name) = &p.name {
-            if self.registry.publication(name).is_some() {
-                return Err(PublishRefusal::AlreadyExists(name.clone()));
+        // Names live in the publisher's namespace (crate::names).
+        let key = match &p.name {
+            Some(name) => {
+                let key = crate::names::qualify(&self.policy, name, uid).map_err(PublishRefusal::Name)?;
+                if self.registry.publication(&key).is_some() {
+                    return Err(PublishRefusal::AlreadyExists(name.clone()));
+                }
+                Some(key)
             }
-        }
+            None => None,
+        };
         let limit = session.limits.max_buffers.saturating_mul(4).saturating_add(16);
         let mine = self.registry.publications().filter(|q| q.publisher_uid == uid).count() as u64;
         if mine >= limit {
@@ -511,13 +526,8 @@ impl Service {
                 }
                 let limits = session.limits.clone();
                 self.check_quota(uid, &limits, buffer.len())?;
-                let id = self
-                    .insert(buffer, session)
-                    .map_err(|_| PublishRefusal::NotABuffer("cannot fstat the fd".into()))?;
-                if let Some(e) = self.registry.get_mut(id) {
-                    e.adopted = true;
-                }
-                id
+                self.insert_as(buffer, session, true)
+                    .map_err(|_| PublishRefusal::NotABuffer("cannot fstat the fd".into()))?
             }
         };
         let entry = self.registry.get(id).expect("just found or inserted");
@@ -535,12 +545,12 @@ impl Service {
         if p.grants.iter().any(|g| g.access == Access::ReadOnly) {
             make_private(entry, uid)?;
         }
-        let key = match p.name {
-            Some(n) => n,
+        let key = match key {
+            Some(k) => k,
             None => new_token().map_err(|e| PublishRefusal::Busy(format!("no randomness for a token: {e}")))?,
         };
-        if !key.starts_with(proto::TOKEN_PREFIX) {
-            name_after_publication(&entry.buffer, &key);
+        if let Some(name) = &p.name {
+            name_after_publication(&entry.buffer, name);
         }
         self.registry.publish(Publication {
             key: key.clone(),
@@ -552,7 +562,8 @@ impl Service {
         });
         self.store(id);
         tracing::debug!(uid, id, key = %key, "published");
-        Ok(Reply::ok(Response::Published { key }))
+        // The name as the client sent it (it resolves to this for its uid).
+        Ok(Reply::ok(Response::Published { key: p.name.unwrap_or(key) }))
     }
 
     /// Put a published buffer in the service manager's fd store.
@@ -572,11 +583,15 @@ impl Service {
         self.state_dirty = true;
     }
 
-    fn import(&mut self, session: &mut Session, key: &str) -> Result<Reply, ImportRefusal> {
+    fn import(&mut self, session: &mut Session, asked: &str) -> Result<Reply, ImportRefusal> {
         let uid = session.peer.uid;
         let now = SystemTime::now();
+        let Some(key) = self.resolve(asked, uid) else {
+            return Err(self.not_found(asked, session));
+        };
+        let key = key.as_str();
         let Some(publication) = self.registry.publication(key).cloned() else {
-            return Err(ImportRefusal::NotFound(key.to_owned()));
+            return Err(ImportRefusal::NotFound(asked.to_owned()));
         };
         if publication.expired(now) {
             self.withdraw(key);
@@ -588,7 +603,8 @@ impl Service {
         let access = access_for(&publication, entry, uid, &session.peer.groups)
             .ok_or_else(|| ImportRefusal::NotGranted { key: key.to_owned(), uid })?;
         let fd = match access {
-            Access::ReadWrite => entry.buffer.try_clone_fd().map_err(|_| ImportRefusal::Busy)?,
+            // A reopen for memfds, never a dup: see registry::Counting.
+            Access::ReadWrite => entry.hand_out(true).map_err(|_| ImportRefusal::Busy)?,
             // A new open file description with O_RDONLY: mmap(PROT_WRITE,
             // MAP_SHARED), write() and ftruncate() fail on it. dma-bufs never
             // get here: publish refuses read-only grants for them.
@@ -611,8 +627,10 @@ impl Service {
     /// Withdraw a publication: its publisher, root, or the owner of the
     /// buffer (the uid charged for it), so that nobody can keep another
     /// user's buffer, and its charge, alive by republishing an import.
-    fn unpublish(&mut self, session: &mut Session, key: &str) -> Result<Reply, UnpublishRefusal> {
+    fn unpublish(&mut self, session: &mut Session, asked: &str) -> Result<Reply, UnpublishRefusal> {
         let uid = session.peer.uid;
+        let key = self.resolve(asked, uid).ok_or_else(|| UnpublishRefusal::NotFound(asked.to_owned()))?;
+        let key = key.as_str();
         let p = self.registry.publication(key).ok_or_else(|| UnpublishRefusal::NotFound(key.to_owned()))?;
         let owner = self.registry.get(p.buffer_id).map(|e| e.owner_uid);
         if p.publisher_uid != uid && uid != 0 && owner != Some(uid) {
@@ -680,6 +698,34 @@ impl Service {
         true
     }
 
+    /// The publication key `asked` stands for, for `uid` (crate::names).
+    fn resolve(&self, asked: &str, uid: u32) -> Option<String> {
+        crate::names::resolve(&self.policy, asked, uid, |k| self.registry.publication(k).is_some())
+    }
+
+    /// `NotFound` for an unresolved key; `Untrusted` when others publish
+    /// that name and grant `session` access (the qualified names to use).
+    fn not_found(&self, asked: &str, session: &Session) -> ImportRefusal {
+        if asked.starts_with(proto::TOKEN_PREFIX) || crate::names::split_namespace(asked).is_some() {
+            return ImportRefusal::NotFound(asked.to_owned());
+        }
+        let others: Vec<String> = self
+            .registry
+            .publications()
+            .filter(|p| crate::names::split_namespace(&p.key).is_some_and(|(_, bare)| bare == asked))
+            .filter(|p| {
+                let entry = self.registry.get(p.buffer_id);
+                entry.and_then(|e| access_for(p, e, session.peer.uid, &session.peer.groups)).is_some()
+            })
+            .map(|p| format!("`{}`", p.key))
+            .take(4)
+            .collect();
+        if others.is_empty() {
+            return ImportRefusal::NotFound(asked.to_owned());
+        }
+        ImportRefusal::Untrusted { key: asked.to_owned(), others: others.join(", ") }
+    }
+
     fn list(&self, session: &Session) -> Reply {
         let now = SystemTime::now();
         let uid = session.peer.uid;
@@ -707,7 +753,7 @@ impl Service {
                 break;
             }
             entries.push(ListEntry {
-                key: p.key.clone(),
+                key: crate::names::shown(&self.policy, &p.key, uid, |k| self.registry.publication(k).is_some()),
                 len: e.map_or(0, |e| e.len),
                 heap: e.map_or_else(String::new, |e| e.buffer.heap().chars().take(proto::MAX_NAME_LEN).collect()),
                 publisher_uid: p.publisher_uid,
@@ -772,20 +818,23 @@ impl Service {
             .collect();
         let mut release = Vec::new();
         let mut wanted = HashSet::new();
+        let mut scanned = Vec::new();
         for &id in &candidates {
             let e = self.registry.get(id).expect("candidate exists");
-            if e.needs_scan() {
-                wanted.insert(e.file);
-            } else if holders::dma_buf_held_elsewhere(&e.buffer) == Some(false) {
-                release.push(id);
+            match holders::without_scan(e) {
+                Some(true) => {}
+                Some(false) => release.push(id),
+                None => {
+                    wanted.insert(e.file);
+                    scanned.push(id);
+                }
             }
         }
         if !wanted.is_empty() {
             let scan = holders::scan(&wanted, self.scan_own_process);
-            for &id in &candidates {
+            for &id in &scanned {
                 let e = self.registry.get(id).expect("candidate exists");
-                let maybe_hidden = e.recipients.iter().any(|u| scan.unreadable_uids.contains(u));
-                if e.needs_scan() && !scan.held(&e.file) && !maybe_hidden {
+                if !scan.held(&e.file) && !holders::maybe_hidden(e, &scan) {
                     release.push(id);
                 }
             }
