@@ -413,6 +413,12 @@ impl Service {
     /// [`Self::insert`]; `adopted`: a client sent it (publish).
     fn insert_as(&mut self, buffer: Buffer, session: &mut Session, adopted: bool) -> Result<u64, ()> {
         let file = FileId::of(&buffer).ok_or(())?;
+        if self.registry.find_file(&file).is_some() {
+            // Inode numbers reused (hugetlbfs wraps at 2^32): two buffers
+            // under one identity would be ambiguous (finding 6).
+            tracing::warn!(?file, "a new buffer has the device and inode of one held: refused as ambiguous");
+            return Err(());
+        }
         let (buffer, counting) = crate::registry::own_description(buffer, adopted);
         let entry = Entry {
             len: buffer.len(),
@@ -500,7 +506,7 @@ impl Service {
         check_inspectable(&fd, &self.memfd_mounts)?;
         let st = rustix::fs::fstat(&fd).map_err(|e| PublishRefusal::NotABuffer(format!("cannot fstat the fd: {e}")))?;
         let file = FileId { major: rustix::fs::major(st.st_dev), minor: rustix::fs::minor(st.st_dev), ino: st.st_ino };
-        let id = match self.registry.find_file(&file) {
+        let id = match self.registry.find_same_file(&fd, &file).map_err(PublishRefusal::NotABuffer)? {
             Some(id) => {
                 // A buffer the broker holds: the sender must hold it at least
                 // as writable as the broker does, or a read-only importer
