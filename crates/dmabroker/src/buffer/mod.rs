@@ -292,7 +292,7 @@ impl Buffer {
     pub fn reopened(&self, write: bool) -> Result<Self, rustix::io::Errno> {
         let fd = self.reopen_fd(write)?;
         let i = &self.inner;
-        Ok(Self::new(fd, i.len, i.kind, i.heap.clone(), i.name.clone(), i.properties.clone()))
+        Ok(Self::new(fd, i.len, i.kind, i.heap.clone(), i.name.clone(), i.properties))
     }
 
     /// Give up the handle and return the fd, when this is the last clone.
