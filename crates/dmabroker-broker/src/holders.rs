@@ -89,6 +89,11 @@ fn memfd_fd_identity(link: &std::path::Path, fdinfo: &std::path::Path) -> Option
     Some(FileId { major, minor, ino })
 }
 
+/// Tests: a scan for this file takes a second more (a slow `/proc`: many
+/// processes, fds or threads, or an entry whose lock is held).
+#[cfg(test)]
+pub(crate) static SLOW_SCAN_FOR: std::sync::Mutex<Option<FileId>> = std::sync::Mutex::new(None);
+
 /// What one `/proc` scan found.
 #[derive(Debug, Default)]
 pub struct Scan {
@@ -116,6 +121,13 @@ impl Scan {
 /// inside it, as in tests): its fd table is mostly the registry's own fds,
 /// and reading it would make every sweep cost O(buffers held).
 pub fn scan(wanted: &HashSet<FileId>, include_self: bool) -> Scan {
+    #[cfg(test)]
+    {
+        let slow = *SLOW_SCAN_FOR.lock().unwrap_or_else(|e| e.into_inner());
+        if slow.is_some_and(|f| wanted.contains(&f)) {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
     let mut scan = Scan::default();
     if wanted.is_empty() {
         return scan;
@@ -513,5 +525,62 @@ int main(void) {
             [("allocated by the broker", 0), ("published from the owner's memfd", 0)],
             "nobody holds the buffer: its charge must end"
         );
+    }
+
+    /// Finding 2: the timer's sweep scanned `/proc` on the event loop, so a
+    /// slow scan (any user can make one: many processes, fds, threads)
+    /// delayed every request. The scan now runs on a thread; the tick that
+    /// starts it returns at once. (The slowness is injected: a scan for
+    /// this buffer takes a second more.)
+    #[test]
+    fn a_slow_scan_does_not_hold_up_the_loop() {
+        use crate::peer::Peer;
+        use crate::service::{Service, Session};
+        use dmabroker::proto::{PublishRequest, Request, Response};
+        use std::time::{Duration, Instant};
+        const OWNER: u32 = 4242;
+        let policy = crate::Policy::parse("", OWNER).unwrap();
+        let timing = crate::SweepTiming { interval: Duration::from_millis(20), duty_factor: 1 };
+        let mut service = Service::new(policy, dmabroker::heap::Heaps::discover(), None, timing);
+        service.scan_own_process = true;
+        let peer = Peer { uid: OWNER, gid: OWNER, pid: std::process::id(), groups: vec![OWNER], pidfd: None };
+        let mut owner = Session::new(peer, &service.policy);
+        service.handle(&mut owner, Request::Hello { min_version: 1, max_version: 1 }, None);
+        // A memfd the client made: only a scan can tell its creator let go.
+        let memfd = {
+            use rustix::fs::{MemfdFlags, SealFlags};
+            let fd = rustix::fs::memfd_create("slow-scan", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+            rustix::fs::ftruncate(&fd, 4096).unwrap();
+            rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+            fd
+        };
+        let st = rustix::fs::fstat(&memfd).unwrap();
+        let file = FileId { major: rustix::fs::major(st.st_dev), minor: rustix::fs::minor(st.st_dev), ino: st.st_ino };
+        let p =
+            PublishRequest { name: Some("slow".into()), grants: Vec::new(), one_shot: false, expires_in_secs: None };
+        let r = service.handle(&mut owner, Request::Publish(p), Some(memfd)).response;
+        assert!(matches!(r, Response::Published { .. }), "{r:?}");
+        service.unpin_all(&mut owner);
+        service.handle(&mut owner, Request::Unpublish { key: "slow".into() }, None);
+        *SLOW_SCAN_FOR.lock().unwrap() = Some(file);
+        std::thread::sleep(Duration::from_millis(50)); // the sweep is due
+        let start = Instant::now();
+        service.tick();
+        let tick = start.elapsed();
+        // Requests are served meanwhile.
+        let stats = service.handle(&mut owner, Request::Stats, None).response;
+        assert!(matches!(stats, Response::Stats(_)));
+        let mut released = None;
+        while start.elapsed() < Duration::from_secs(10) {
+            if service.registry().usage(OWNER).buffers == 0 {
+                released = Some(start.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            service.tick();
+        }
+        *SLOW_SCAN_FOR.lock().unwrap() = None;
+        assert!(tick < Duration::from_millis(300), "the tick waited for the scan: {tick:?}");
+        assert!(released.is_some_and(|r| r >= Duration::from_secs(1)), "released after the slow scan: {released:?}");
     }
 }

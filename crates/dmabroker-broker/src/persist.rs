@@ -139,6 +139,7 @@ pub fn restore(service: &mut Service, inherited: Vec<InheritedFd>) -> usize {
                 pins: 0,
                 recipients: b.recipients.into_iter().collect::<BTreeSet<_>>(),
                 stored: true,
+                handouts: 0,
                 // The description the fd store kept may be shared with
                 // clients of an earlier broker (dups): scans only.
                 counting: crate::registry::Counting::ScanOnly,

@@ -50,6 +50,9 @@ pub struct Entry {
     pub pins: u32,
     /// Users it was handed to (for the conservative memfd scan).
     pub recipients: BTreeSet<u32>,
+    /// fds handed out so far (a background scan's answer is void for a
+    /// buffer handed out after it started).
+    pub handouts: u64,
     /// Whether the service manager's fd store has a copy.
     pub stored: bool,
     /// Whether a client sent it (publish of a buffer the broker did not

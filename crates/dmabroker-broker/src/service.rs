@@ -34,6 +34,8 @@ const STATE_SAVE_DELAY: Duration = Duration::from_millis(50);
 /// How often queued notifications are retried when the notify socket's
 /// EPOLLOUT does not come (see [`crate::notify`]).
 const NOTIFY_RETRY: Duration = Duration::from_millis(50);
+/// How often a background scan's answer is looked for.
+const SCAN_POLL: Duration = Duration::from_millis(10);
 /// Scan time that quota refusals may spend at once on sweeps (a burst);
 /// beyond it they get `duty_factor`-th of the time: a client at its quota
 /// that keeps asking must not keep the broker scanning `/proc`.
@@ -159,6 +161,19 @@ pub struct Service {
     pressure_refilled_at: Instant,
     /// Pools by name (protocol version 3).
     pub(crate) pools: crate::pools::Pools,
+    /// The timer sweep's `/proc` scan, running on a thread (finding 2).
+    scan_in_flight: Option<ScanInFlight>,
+}
+
+/// A `/proc` scan running off the event loop: requests are served while it
+/// reads other processes' tables, and its answer is applied only to
+/// candidates still unpublished, unpinned and not handed out since.
+#[derive(Debug)]
+struct ScanInFlight {
+    result: std::sync::mpsc::Receiver<holders::Scan>,
+    /// Candidate ids and their hand-out count when the scan started.
+    candidates: Vec<(u64, u64)>,
+    started: Instant,
 }
 
 impl Service {
@@ -188,6 +203,7 @@ impl Service {
             pressure_credit: PRESSURE_BURST.as_secs_f64(),
             pressure_refilled_at: now,
             pools: crate::pools::Pools::new(),
+            scan_in_flight: None,
         }
     }
 
@@ -429,6 +445,7 @@ impl Service {
             pins: 0,
             recipients: BTreeSet::from([session.peer.uid]),
             stored: false,
+            handouts: 0,
             adopted,
             counting,
             buffer,
@@ -442,6 +459,7 @@ impl Service {
     /// it sits unread in the client's queue no `/proc` scan can see it.
     fn pin(&mut self, id: u64, session: &mut Session) {
         if let Some(e) = self.registry.get_mut(id) {
+            e.handouts += 1;
             e.recipients.insert(session.peer.uid);
             if e.needs_scan() {
                 e.pins += 1;
@@ -859,6 +877,82 @@ impl Service {
         release.len()
     }
 
+    /// The timer's sweep: what needs no scan (dma-bufs, memfds with open
+    /// counts) is decided here; the `/proc` scan for the rest runs on a
+    /// thread, at most one at a time, and [`Self::finish_background_scan`]
+    /// applies it. (Quota-pressure sweeps, [`Self::sweep`], still scan
+    /// inline, within their budget.)
+    fn sweep_in_background(&mut self) {
+        if self.scan_in_flight.is_some() {
+            return;
+        }
+        let start = Instant::now();
+        let mut release = Vec::new();
+        let mut wanted = HashSet::new();
+        let mut scanned = Vec::new();
+        for (id, e) in self.registry.entries().filter(|(_, e)| e.publications == 0 && e.pins == 0) {
+            match holders::without_scan(e) {
+                Some(true) => {}
+                Some(false) => release.push(id),
+                None => {
+                    wanted.insert(e.file);
+                    scanned.push((id, e.handouts));
+                }
+            }
+        }
+        for id in release {
+            if let Some(e) = self.registry.remove(id) {
+                tracing::debug!(id, uid = e.owner_uid, len = e.len, "released: no holder left");
+            }
+        }
+        if !wanted.is_empty() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let include_self = self.scan_own_process;
+            let spawned = std::thread::Builder::new().name("dmabroker-sweep".into()).spawn(move || {
+                let _ = tx.send(holders::scan(&wanted, include_self));
+            });
+            match spawned {
+                Ok(_) => self.scan_in_flight = Some(ScanInFlight { result: rx, candidates: scanned, started: start }),
+                Err(e) => tracing::warn!("cannot start a sweep thread ({e}); charges are checked at the next sweep"),
+            }
+        }
+        self.last_sweep_end = Instant::now();
+        self.last_sweep_cost = self.last_sweep_end - start;
+        self.len_after_sweep = self.registry.len();
+        self.sweep_requested = false;
+    }
+
+    /// Apply a finished background scan (nothing while it runs).
+    fn finish_background_scan(&mut self) {
+        let Some(flight) = &self.scan_in_flight else { return };
+        let scan = match flight.result.try_recv() {
+            Ok(scan) => scan,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                self.scan_in_flight = None;
+                return;
+            }
+        };
+        let flight = self.scan_in_flight.take().expect("checked above");
+        for (id, handouts) in flight.candidates {
+            let Some(e) = self.registry.get(id) else { continue };
+            // Published, pinned or handed out meanwhile: the scan may have
+            // passed the new holder already.
+            if e.publications != 0 || e.pins != 0 || e.handouts != handouts {
+                continue;
+            }
+            if !scan.held(&e.file) && !holders::maybe_hidden(e, &scan) {
+                if let Some(e) = self.registry.remove(id) {
+                    tracing::debug!(id, uid = e.owner_uid, len = e.len, "released: no holder left");
+                }
+            }
+        }
+        // The duty factor counts the scan's time, though the loop did not wait.
+        self.last_sweep_end = Instant::now();
+        self.last_sweep_cost = self.last_sweep_end - flight.started;
+        self.len_after_sweep = self.registry.len();
+    }
+
     /// When the next timer is due.
     pub fn next_deadline(&self) -> Instant {
         let gap = self.last_sweep_cost * self.timing.duty_factor;
@@ -868,6 +962,9 @@ impl Service {
             self.last_sweep_end + gap.max(self.timing.interval)
         };
         let mut next = sweep.min(self.next_expiry_check);
+        if self.scan_in_flight.is_some() {
+            next = next.min(Instant::now() + SCAN_POLL);
+        }
         if self.state_dirty {
             next = next.min(self.state_dirty_since.unwrap_or_else(Instant::now) + STATE_SAVE_DELAY);
         }
@@ -881,6 +978,7 @@ impl Service {
 
     /// Run what is due: expiries, sweeps, saving state for the fd store.
     pub fn tick(&mut self) {
+        self.finish_background_scan();
         let now = Instant::now();
         if let Some(n) = &mut self.notifier {
             if n.pending() > 0 {
@@ -912,7 +1010,7 @@ impl Service {
         if fd_pressure || now >= self.last_sweep_end + due {
             let has_candidates = self.registry.entries().any(|(_, e)| e.publications == 0 && e.pins == 0);
             if has_candidates {
-                self.sweep(None);
+                self.sweep_in_background();
             } else {
                 self.last_sweep_end = now;
                 self.sweep_requested = false;
