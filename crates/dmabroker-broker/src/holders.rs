@@ -38,6 +38,37 @@ pub fn dma_buf_held_elsewhere(fd: &impl AsFd) -> Option<bool> {
 
 pub use dmabroker::fdinfo::memfd_mounts;
 
+/// Whether others hold a buffer, when that can be told without a `/proc`
+/// scan: dma-bufs from their fdinfo count; memfds from the inode's open
+/// counts ([`crate::registry::Counting`]), exactly for those the broker
+/// created, and "held" for any. `None`: a scan must decide. A dma-buf
+/// whose fdinfo cannot be read is held (charges never end early).
+pub fn without_scan(entry: &crate::registry::Entry) -> Option<bool> {
+    use crate::registry::Counting;
+    if !entry.needs_scan() {
+        return Some(dma_buf_held_elsewhere(&entry.buffer) != Some(false));
+    }
+    match (entry.opened_elsewhere(), entry.counting) {
+        (Some(true), _) => Some(true),
+        (Some(false), Counting::Exact) => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether holders of a memfd the scan did not see may hide in processes
+/// it could not read: the creator's (owner's) for an adopted memfd whose
+/// other descriptions the counts saw; any recipient's otherwise. So a
+/// former grantee whose processes the broker cannot read (a broker that is
+/// not root, a process with too many fd tables) no longer keeps the
+/// owner's buffer charged once it lets go (finding 5).
+pub fn maybe_hidden(entry: &crate::registry::Entry, scan: &Scan) -> bool {
+    use crate::registry::Counting;
+    if entry.counting == Counting::CreatorUncounted && entry.opened_elsewhere() == Some(false) {
+        return scan.unreadable_uids.contains(&entry.owner_uid);
+    }
+    entry.recipients.iter().any(|u| scan.unreadable_uids.contains(u))
+}
+
 /// The identity of another process's fd `/proc/PID/fd/N` when it lies on a
 /// memfd mount, from `/proc/PID/fdinfo/N` (answered by the VFS alone). Never
 /// `stat` the link blindly: that reaches the file's file system, and a
@@ -57,6 +88,11 @@ fn memfd_fd_identity(link: &std::path::Path, fdinfo: &std::path::Path) -> Option
     };
     Some(FileId { major, minor, ino })
 }
+
+/// Tests: a scan for this file takes a second more (a slow `/proc`: many
+/// processes, fds or threads, or an entry whose lock is held).
+#[cfg(test)]
+pub(crate) static SLOW_SCAN_FOR: std::sync::Mutex<Option<FileId>> = std::sync::Mutex::new(None);
 
 /// What one `/proc` scan found.
 #[derive(Debug, Default)]
@@ -85,6 +121,13 @@ impl Scan {
 /// inside it, as in tests): its fd table is mostly the registry's own fds,
 /// and reading it would make every sweep cost O(buffers held).
 pub fn scan(wanted: &HashSet<FileId>, include_self: bool) -> Scan {
+    #[cfg(test)]
+    {
+        let slow = *SLOW_SCAN_FOR.lock().unwrap_or_else(|e| e.into_inner());
+        if slow.is_some_and(|f| wanted.contains(&f)) {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
     let mut scan = Scan::default();
     if wanted.is_empty() {
         return scan;
@@ -283,7 +326,7 @@ mod tests {
     /// of its own (`unshare(CLONE_FILES)`), started and ready (a child
     /// process: threads of the test process itself would copy other tests'
     /// fds). `None` without a C compiler.
-    fn own_tables_child(threads: usize) -> Option<std::process::Child> {
+    pub(crate) fn own_tables_child(threads: usize) -> Option<std::process::Child> {
         const SRC: &str = include_str!("../../dmabroker/tests/data/own_fd_tables.c");
         let dir = std::env::temp_dir().join(format!("dmabroker-holders-own-tables-{}", std::process::id()));
         std::fs::create_dir_all(&dir).ok()?;
@@ -391,5 +434,153 @@ int main(void) {
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(held, Some(true), "a live thread's mapping holds the memfd after the leader exited");
+    }
+
+    /// Finding 5: a grantee that imported the owner's buffer and let go of
+    /// it kept it charged to the owner while the broker could not read one
+    /// of the grantee's processes (here: a process with more fd tables than
+    /// a sweep reads, which marks its uid unreadable; as well a broker that
+    /// is not root and any process of the grantee). The open counts end the
+    /// charge, whoever imported the buffer: for a buffer the broker
+    /// allocated, and for one the owner published from its own memfd.
+    #[test]
+    fn a_former_grantee_does_not_pin_the_owners_quota() {
+        use crate::peer::Peer;
+        use crate::service::{Service, Session};
+        use dmabroker::proto::{Access, AllocateRequest, Grant, Grantee, PublishRequest, Request, Response};
+        const OWNER: u32 = 4242;
+        let me = std::process::id();
+        if dmabroker_sys::kcmp::same_files(me, me).is_err() {
+            crate::test_skip::skip("a_former_grantee_does_not_pin_the_owners_quota", "kcmp unavailable");
+            return;
+        }
+        // The grantee is this test's real uid: its processes are the ones
+        // the scan finds unreadable.
+        let grantee = rustix::process::geteuid().as_raw();
+        let Some(mut child) = own_tables_child(dmabroker::accounting::MAX_OWN_FD_TABLES + 8) else {
+            crate::test_skip::skip_for_tool(
+                "a_former_grantee_does_not_pin_the_owners_quota",
+                "cc",
+                "to build the helper program",
+            );
+            return;
+        };
+        let policy = crate::Policy::parse("", OWNER).unwrap();
+        let mut service = Service::new(policy, dmabroker::heap::Heaps::discover(), None, Default::default());
+        service.scan_own_process = true; // the clients are this test
+        let session = |service: &mut Service, uid: u32| {
+            let peer = Peer { uid, gid: uid, pid: me, groups: vec![uid], pidfd: None };
+            let mut s = Session::new(peer, &service.policy);
+            let hello = service.handle(&mut s, Request::Hello { min_version: 1, max_version: 1 }, None);
+            assert!(matches!(hello.response, Response::Hello { .. }));
+            s
+        };
+        let mut owner = session(&mut service, OWNER);
+        let mut other = session(&mut service, grantee);
+        let mut results = Vec::new();
+        for how in ["allocated by the broker", "published from the owner's memfd"] {
+            let fd = if how.starts_with("allocated") {
+                let alloc =
+                    AllocateRequest { heap: "memfd".into(), len: 4096, align: 1, contiguous: false, name: None };
+                service.handle(&mut owner, Request::Allocate(alloc), None).fd.expect("allocated")
+            } else {
+                let fd = rustix::fs::memfd_create(
+                    "dmabroker:owners",
+                    rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+                )
+                .unwrap();
+                rustix::fs::ftruncate(&fd, 4096).unwrap();
+                rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW).unwrap();
+                fd
+            };
+            let keep = fd.try_clone().unwrap();
+            let grants = vec![Grant { who: Grantee::Uid(grantee), access: Access::ReadWrite }];
+            let p = PublishRequest { name: Some("x".into()), grants, one_shot: false, expires_in_secs: None };
+            let published = service.handle(&mut owner, Request::Publish(p), Some(fd)).response;
+            assert!(matches!(published, Response::Published { .. }), "{published:?}");
+            let imported = service.handle(&mut other, Request::Import { key: "x".into() }, None);
+            assert!(matches!(imported.response, Response::Imported { .. }), "{:?}", imported.response);
+            // Replies received; the owner withdraws; everybody lets go.
+            service.unpin_all(&mut owner);
+            service.unpin_all(&mut other);
+            assert!(matches!(
+                service.handle(&mut owner, Request::Unpublish { key: "x".into() }, None).response,
+                Response::Unpublished
+            ));
+            drop((imported, keep));
+            // The fd sent with Publish is closed by a closer thread: soon.
+            for _ in 0..100 {
+                service.sweep(None);
+                if service.registry().usage(OWNER).buffers == 0 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            results.push((how, service.registry().usage(OWNER).buffers));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            results,
+            [("allocated by the broker", 0), ("published from the owner's memfd", 0)],
+            "nobody holds the buffer: its charge must end"
+        );
+    }
+
+    /// Finding 2: the timer's sweep scanned `/proc` on the event loop, so a
+    /// slow scan (any user can make one: many processes, fds, threads)
+    /// delayed every request. The scan now runs on a thread; the tick that
+    /// starts it returns at once. (The slowness is injected: a scan for
+    /// this buffer takes a second more.)
+    #[test]
+    fn a_slow_scan_does_not_hold_up_the_loop() {
+        use crate::peer::Peer;
+        use crate::service::{Service, Session};
+        use dmabroker::proto::{PublishRequest, Request, Response};
+        use std::time::{Duration, Instant};
+        const OWNER: u32 = 4242;
+        let policy = crate::Policy::parse("", OWNER).unwrap();
+        let timing = crate::SweepTiming { interval: Duration::from_millis(20), duty_factor: 1 };
+        let mut service = Service::new(policy, dmabroker::heap::Heaps::discover(), None, timing);
+        service.scan_own_process = true;
+        let peer = Peer { uid: OWNER, gid: OWNER, pid: std::process::id(), groups: vec![OWNER], pidfd: None };
+        let mut owner = Session::new(peer, &service.policy);
+        service.handle(&mut owner, Request::Hello { min_version: 1, max_version: 1 }, None);
+        // A memfd the client made: only a scan can tell its creator let go.
+        let memfd = {
+            use rustix::fs::{MemfdFlags, SealFlags};
+            let fd = rustix::fs::memfd_create("slow-scan", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+            rustix::fs::ftruncate(&fd, 4096).unwrap();
+            rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+            fd
+        };
+        let st = rustix::fs::fstat(&memfd).unwrap();
+        let file = FileId { major: rustix::fs::major(st.st_dev), minor: rustix::fs::minor(st.st_dev), ino: st.st_ino };
+        let p =
+            PublishRequest { name: Some("slow".into()), grants: Vec::new(), one_shot: false, expires_in_secs: None };
+        let r = service.handle(&mut owner, Request::Publish(p), Some(memfd)).response;
+        assert!(matches!(r, Response::Published { .. }), "{r:?}");
+        service.unpin_all(&mut owner);
+        service.handle(&mut owner, Request::Unpublish { key: "slow".into() }, None);
+        *SLOW_SCAN_FOR.lock().unwrap() = Some(file);
+        std::thread::sleep(Duration::from_millis(50)); // the sweep is due
+        let start = Instant::now();
+        service.tick();
+        let tick = start.elapsed();
+        // Requests are served meanwhile.
+        let stats = service.handle(&mut owner, Request::Stats, None).response;
+        assert!(matches!(stats, Response::Stats(_)));
+        let mut released = None;
+        while start.elapsed() < Duration::from_secs(10) {
+            if service.registry().usage(OWNER).buffers == 0 {
+                released = Some(start.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            service.tick();
+        }
+        *SLOW_SCAN_FOR.lock().unwrap() = None;
+        assert!(tick < Duration::from_millis(300), "the tick waited for the scan: {tick:?}");
+        assert!(released.is_some_and(|r| r >= Duration::from_secs(1)), "released after the slow scan: {released:?}");
     }
 }

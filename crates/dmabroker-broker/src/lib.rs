@@ -26,6 +26,7 @@
 
 pub mod charge;
 pub mod holders;
+pub mod names;
 pub mod notify;
 pub mod peer;
 pub mod persist;

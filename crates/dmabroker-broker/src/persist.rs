@@ -139,6 +139,10 @@ pub fn restore(service: &mut Service, inherited: Vec<InheritedFd>) -> usize {
                 pins: 0,
                 recipients: b.recipients.into_iter().collect::<BTreeSet<_>>(),
                 stored: true,
+                handouts: 0,
+                // The description the fd store kept may be shared with
+                // clients of an earlier broker (dups): scans only.
+                counting: crate::registry::Counting::ScanOnly,
                 buffer,
             },
         );
@@ -154,8 +158,20 @@ pub fn restore(service: &mut Service, inherited: Vec<InheritedFd>) -> usize {
         if service.registry.get(p.buffer_id).is_none() || expires_at.is_some_and(|t| t <= now) {
             continue;
         }
+        // A state saved before names had owners: the name goes into its
+        // publisher's namespace (crate::names), as a new publication would.
+        let key = if p.key.starts_with(dmabroker::proto::TOKEN_PREFIX)
+            || crate::names::split_namespace(&p.key).is_some_and(|(u, _)| u == p.publisher_uid)
+        {
+            p.key
+        } else {
+            format!("{}/{}", p.publisher_uid, p.key)
+        };
+        if service.registry.publication(&key).is_some() {
+            continue;
+        }
         service.registry.publish(Publication {
-            key: p.key,
+            key,
             buffer_id: p.buffer_id,
             publisher_uid: p.publisher_uid,
             grants: p.grants,
@@ -236,8 +252,9 @@ mod tests {
             InheritedFd { fd: max_fd, name: format!("b{}", u64::MAX) },
         ];
         assert_eq!(restore(&mut service, inherited), 1);
-        assert!(service.registry.publication("kept").is_some());
-        assert!(service.registry.publication("far").is_none());
+        // Saved before names had owners: restored into its publisher's namespace.
+        assert!(service.registry.publication("0/kept").is_some());
+        assert!(service.registry.publication("0/far").is_none());
         assert!(service.registry.get(u64::MAX).is_none());
     }
 }

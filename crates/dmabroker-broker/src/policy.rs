@@ -117,6 +117,18 @@ struct PolicyFile {
     user: Vec<RuleFile>,
     #[serde(default)]
     group: Vec<RuleFile>,
+    #[serde(default)]
+    name: Vec<NameFile>,
+}
+
+/// `[[name]] name = "cam0"` (or a prefix, `"cam*"`) `uid = 1001`: the name
+/// belongs to that uid; nobody else may publish or register it, and its
+/// unqualified form resolves to that uid's publication for everyone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameFile {
+    name: String,
+    uid: u32,
 }
 
 /// The parsed policy.
@@ -126,13 +138,16 @@ pub struct Policy {
     users: Vec<(u32, Limits)>,
     groups: Vec<(u32, Limits)>,
     owner_uid: u32,
+    /// Reserved names (`[[name]]`): pattern (exact, or a prefix ending in
+    /// `*`) and owner.
+    names: Vec<(String, u32)>,
 }
 
 impl Policy {
     /// The built-in policy: root and `owner_uid` get [`Limits::owner`],
     /// everyone else [`Limits::nothing`].
     pub fn builtin(owner_uid: u32) -> Self {
-        Self { defaults: Limits::nothing(), users: Vec::new(), groups: Vec::new(), owner_uid }
+        Self { defaults: Limits::nothing(), users: Vec::new(), groups: Vec::new(), owner_uid, names: Vec::new() }
     }
 
     /// Read a policy file.
@@ -200,7 +215,43 @@ impl Policy {
             }
             groups.push((gid, limits(g, &format!("group {gid}"))?));
         }
-        Ok(Self { defaults, users, groups, owner_uid })
+        let mut names: Vec<(String, u32)> = Vec::new();
+        for (i, n) in file.name.iter().enumerate() {
+            let bare = n.name.strip_suffix('*').unwrap_or(&n.name);
+            if bare.is_empty() && !n.name.is_empty() {
+                return Err(format!("[[name]] #{}: `*` alone would reserve every name", i + 1));
+            }
+            dmabroker::proto::validate_name(bare).map_err(|e| format!("[[name]] #{} `{}`: {e}", i + 1, n.name))?;
+            if crate::names::split_namespace(bare).is_some() {
+                return Err(format!(
+                    "[[name]] `{}`: a name that starts with `<uid>/` already belongs to that uid",
+                    n.name
+                ));
+            }
+            if let Some((_, other)) = names.iter().find(|(p, _)| *p == n.name) {
+                return Err(format!("[[name]] `{}` is reserved twice (uids {other} and {})", n.name, n.uid));
+            }
+            names.push((n.name.clone(), n.uid));
+        }
+        Ok(Self { defaults, users, groups, owner_uid, names })
+    }
+
+    /// The uid a name is reserved for (`[[name]]`), if any: an exact entry
+    /// first, else the longest matching prefix.
+    pub fn reserved_owner(&self, name: &str) -> Option<u32> {
+        if let Some((_, uid)) = self.names.iter().find(|(p, _)| p == name) {
+            return Some(*uid);
+        }
+        self.names
+            .iter()
+            .filter_map(|(p, uid)| p.strip_suffix('*').filter(|pre| name.starts_with(pre)).map(|pre| (pre.len(), *uid)))
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, uid)| uid)
+    }
+
+    /// The broker's own uid (trusted like root for unqualified names).
+    pub fn owner_uid(&self) -> u32 {
+        self.owner_uid
     }
 
     /// Heap names in the policy that none of `known` (this machine's heaps,

@@ -290,18 +290,44 @@ pub(crate) fn handle(
     };
     let refused = |e: PoolRefusal| Reply::error(e.code, e.message, false);
     match request {
-        Request::RegisterPool(r) => match fd {
-            Some(doorbell) => match service.pools.register(asker, r, doorbell) {
-                Ok(response) => Reply { response, fd: None, close: false },
-                Err(e) => refused(e),
-            },
+        // Names have owners, as publications' (crate::names): kept as
+        // `uid/NAME`, the reply names the pool as the producer asked.
+        Request::RegisterPool(mut r) => match fd {
+            Some(doorbell) => {
+                let asked = r.name.clone();
+                match crate::names::qualify(&service.policy, &asked, peer.uid) {
+                    Ok(key) => r.name = key,
+                    Err(e) => {
+                        drop(CloseLater::connection(doorbell));
+                        return refused(refuse(e.code, e.message));
+                    }
+                }
+                match service.pools.register(asker, r, doorbell) {
+                    Ok(_) => Reply { response: Response::PoolRegistered { name: asked }, fd: None, close: false },
+                    Err(e) => refused(e),
+                }
+            }
             // The server refuses fd-less RegisterPool before it gets here.
             None => Reply::error(ErrorCode::BadRequest, "RegisterPool needs its doorbell fd", false),
         },
-        Request::AttachPool { name } => match service.pools.attach(asker, &name) {
-            Ok((response, end)) => Reply { response, fd: Some(end), close: false },
-            Err(e) => refused(e),
-        },
+        Request::AttachPool { name } => {
+            let pools = &service.pools;
+            let key = crate::names::resolve(&service.policy, &name, peer.uid, |k| pools.by_name.contains_key(k));
+            let Some(key) = key else {
+                return refused(refuse(
+                    ErrorCode::NotFound,
+                    format!(
+                        "no pool named `{name}` is registered with this broker by a producer this client trusts \
+                         (itself, root, the broker, or the uid the policy reserves the name for): is its producer \
+                         running (with the same broker socket)? Another user's pool is attached as `<uid>/{name}`"
+                    ),
+                ));
+            };
+            match service.pools.attach(asker, &key) {
+                Ok((response, end)) => Reply { response, fd: Some(end), close: false },
+                Err(e) => refused(e),
+            }
+        }
         _ => Reply::error(ErrorCode::Internal, "not a pool request", false),
     }
 }

@@ -120,6 +120,9 @@ pub enum PublishRefusal {
          an rw grant could not be honoured; grant ro, or publish a writable fd"
     )]
     ReadWriteFromReadOnlyFd,
+    /// Another uid's namespace, or a name the policy reserves for another uid.
+    #[error("{}", .0.message)]
+    Name(crate::names::NameRefusal),
 }
 
 /// Refusals of `Import`.
@@ -128,6 +131,18 @@ pub enum ImportRefusal {
     /// No such publication.
     #[error("nothing published as `{0}` (withdrawn, expired, already imported once, or mistyped); `dmabroker import --list` shows what you may import")]
     NotFound(String),
+    /// Nobody the client trusts publishes the unqualified name; others do.
+    #[error(
+        "nothing published as `{key}` by a publisher this client trusts (itself, root, the broker, or the uid the \
+         policy reserves the name for); other users publish it as {others}: import that qualified name if you \
+         trust its publisher"
+    )]
+    Untrusted {
+        /// The unqualified name asked for.
+        key: String,
+        /// Their qualified names, quoted.
+        others: String,
+    },
     /// The ACL does not match.
     #[error("`{key}` is not granted to uid {uid}; the publisher must add --allow uid={uid} (or a group of yours)")]
     NotGranted {
@@ -206,6 +221,7 @@ impl Code for PublishRefusal {
             Self::Busy(_) => ErrorCode::Busy,
             Self::MissingFd | Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::ReadOnlyFd | Self::ReadWriteFromReadOnlyFd => ErrorCode::NotAllowed,
+            Self::Name(n) => n.code,
         }
     }
 }
@@ -213,7 +229,7 @@ impl Code for PublishRefusal {
 impl Code for ImportRefusal {
     fn code(&self) -> ErrorCode {
         match self {
-            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::NotFound(_) | Self::Untrusted { .. } => ErrorCode::NotFound,
             Self::NotGranted { .. } => ErrorCode::NotAllowed,
             Self::Reopen(_) => ErrorCode::Internal,
             Self::Busy => ErrorCode::Busy,

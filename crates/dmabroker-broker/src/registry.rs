@@ -50,6 +50,9 @@ pub struct Entry {
     pub pins: u32,
     /// Users it was handed to (for the conservative memfd scan).
     pub recipients: BTreeSet<u32>,
+    /// fds handed out so far (a background scan's answer is void for a
+    /// buffer handed out after it started).
+    pub handouts: u64,
     /// Whether the service manager's fd store has a copy.
     pub stored: bool,
     /// Whether a client sent it (publish of a buffer the broker did not
@@ -57,13 +60,92 @@ pub struct Entry {
     /// to whoever created it, and the broker changes its mode only for a
     /// publisher that owns it (see `make_private` in service.rs).
     pub adopted: bool,
+    /// What the inode's open counts tell about other holders (memfds).
+    pub counting: Counting,
+}
+
+/// How far the inode's open counts (a file-lease probe,
+/// [`dmabroker_sys::lease::opened_elsewhere`]) tell whether others hold a
+/// memfd. The counts include every open file description made by `open()`
+/// (each fd, mapping, `SCM_RIGHTS` message in flight and io_uring fixed
+/// file keeps one), but not the one `memfd_create` made: so the broker
+/// holds a description it reopened itself and hands out only reopened ones
+/// (never a dup of its own), and what the counts cannot see is the
+/// creator's original description alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counting {
+    /// The broker created the memfd and closed the original: the counts are
+    /// exact, and no `/proc` scan is needed (the recipients do not matter).
+    Exact,
+    /// A client created it (adopted) and still has the original, which the
+    /// counts miss: when they show nobody else, a scan decides, and only
+    /// the owner's (the creator's) unreadable processes can hide a holder,
+    /// never a grantee's (every fd the broker handed out is counted).
+    CreatorUncounted,
+    /// The broker could not reopen it (another user's file, 0600, a broker
+    /// that is not root) or was restarted: its own description may be
+    /// shared, so only the scan decides, and any recipient's unreadable
+    /// processes keep it held.
+    ScanOnly,
 }
 
 impl Entry {
-    /// Whether only a `/proc` scan can tell if others hold it (memfds), as
-    /// opposed to the dma-buf's exact file count.
+    /// Whether only a `/proc` scan or the open counts can tell if others
+    /// hold it (memfds), as opposed to the dma-buf's exact file count.
     pub fn needs_scan(&self) -> bool {
         self.buffer.kind() != BufferKind::DmaBuf
+    }
+
+    /// An fd to hand to a client: for a memfd a new open file description
+    /// (`O_RDWR` when `write` and the broker's is writable, else
+    /// `O_RDONLY`), counted in the inode's open counts; a dup of the
+    /// broker's own only for dma-bufs and [`Counting::ScanOnly`] buffers
+    /// (whose read-write reopen was refused).
+    ///
+    /// # Errors
+    /// The reopen's or dup's errno.
+    pub fn hand_out(&self, write: bool) -> std::io::Result<std::os::fd::OwnedFd> {
+        if !self.needs_scan() {
+            return self.buffer.try_clone_fd();
+        }
+        match self.buffer.reopen_fd(write) {
+            Ok(fd) => Ok(fd),
+            Err(_) if write && self.counting == Counting::ScanOnly => self.buffer.try_clone_fd(),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// What the open counts say about other holders: `Some(true)` held,
+    /// `Some(false)` nobody but the broker and (for
+    /// [`Counting::CreatorUncounted`]) the creator's original; `None` when
+    /// they cannot be read (not a memfd, [`Counting::ScanOnly`], no lease
+    /// rights, a file system without leases).
+    pub fn opened_elsewhere(&self) -> Option<bool> {
+        use std::os::fd::AsFd;
+        if !self.needs_scan() || self.counting == Counting::ScanOnly {
+            return None;
+        }
+        dmabroker_sys::lease::opened_elsewhere(self.buffer.as_fd()).ok()
+    }
+}
+
+/// The broker's own open file description of a memfd it is about to hold:
+/// a reopen (same access as `buffer`'s), so that the inode's open counts
+/// see every other ([`Counting`]); `adopted`: a client created it. The
+/// description `buffer` had is dropped here (a memfd: its close cannot
+/// block). Dma-bufs are returned as they are.
+pub fn own_description(buffer: Buffer, adopted: bool) -> (Buffer, Counting) {
+    if buffer.kind() == BufferKind::DmaBuf {
+        return (buffer, Counting::Exact);
+    }
+    let write = rustix::fs::fcntl_getfl(&buffer)
+        .is_ok_and(|f| f.intersection(rustix::fs::OFlags::ACCMODE) != rustix::fs::OFlags::RDONLY);
+    match buffer.reopened(write) {
+        Ok(own) => (own, if adopted { Counting::CreatorUncounted } else { Counting::Exact }),
+        Err(e) => {
+            tracing::debug!("cannot reopen a memfd to count its holders ({e}): only /proc scans will tell");
+            (buffer, Counting::ScanOnly)
+        }
     }
 }
 
@@ -135,14 +217,18 @@ impl Registry {
         let u = self.usage.entry(entry.owner_uid).or_default();
         u.bytes += entry.len;
         u.buffers += 1;
-        self.by_file.insert(entry.file, id);
+        // After a wrap of 32-bit inode numbers two held buffers may share a
+        // FileId: the first keeps the index (see `find_same_file`).
+        self.by_file.entry(entry.file).or_insert(id);
         self.entries.insert(id, entry);
     }
 
     /// Drop a buffer (closing the broker's fd) and end its charge.
     pub fn remove(&mut self, id: u64) -> Option<Entry> {
         let entry = self.entries.remove(&id)?;
-        self.by_file.remove(&entry.file);
+        if self.by_file.get(&entry.file) == Some(&id) {
+            self.by_file.remove(&entry.file);
+        }
         if let Some(u) = self.usage.get_mut(&entry.owner_uid) {
             u.bytes = u.bytes.saturating_sub(entry.len);
             u.buffers = u.buffers.saturating_sub(1);
@@ -176,6 +262,55 @@ impl Registry {
     /// The buffer with this device and inode, if the broker holds it.
     pub fn find_file(&self, file: &FileId) -> Option<u64> {
         self.by_file.get(file).copied()
+    }
+
+    /// The buffer `fd` (whose `fstat` gave `file`) is a file of, if the
+    /// broker holds it: found by device and inode, then proven the same
+    /// inode by a lock taken through the broker's fd and seen through `fd`
+    /// ([`dmabroker_sys::lease::same_inode`]): hugetlbfs (like every file
+    /// system numbering inodes with `get_next_ino`) reuses 32-bit inode
+    /// numbers, so an attacker's file can share a victim buffer's
+    /// `(st_dev, st_ino)` (finding 6).
+    ///
+    /// # Errors
+    /// A message for the client when the numbers match but the file is
+    /// another, or when that cannot be told: refused as ambiguous.
+    pub fn find_same_file(&self, fd: &impl std::os::fd::AsFd, file: &FileId) -> Result<Option<u64>, String> {
+        use std::hash::{BuildHasher, Hasher};
+        let Some(id) = self.find_file(file) else { return Ok(None) };
+        let entry = self.entries.get(&id).expect("indexed");
+        // Where two fds share the broker's own open file description, no
+        // lock can tell them apart (it never conflicts with itself); the
+        // description is the same file.
+        if dmabroker_sys::kcmp::same_file(fd.as_fd(), std::os::fd::AsFd::as_fd(&entry.buffer)).unwrap_or(false) {
+            return Ok(Some(id));
+        }
+        let key = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        match dmabroker_sys::lease::same_inode(std::os::fd::AsFd::as_fd(&entry.buffer), fd.as_fd(), key) {
+            Ok(true) => Ok(Some(id)),
+            Ok(false) => Err(format!(
+                "the fd's file has the device and inode number ({}:{} {}) of another buffer the broker holds, but is \
+                 a different file (the file system reused the inode number): refused as ambiguous; publish a new \
+                 buffer (allocate another)",
+                file.major, file.minor, file.ino
+            )),
+            Err(e) => Err(format!(
+                "cannot tell whether the fd is the buffer with device and inode {}:{} {} the broker holds ({e}): \
+                 refused as ambiguous; retry, or publish another buffer",
+                file.major, file.minor, file.ino
+            )),
+        }
+    }
+
+    /// Make entry `id` look as if it had device and inode `file`: the shape
+    /// of a 32-bit inode-number collision, for tests.
+    #[cfg(test)]
+    pub(crate) fn forge_file_id(&mut self, id: u64, file: FileId) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            self.by_file.remove(&e.file);
+            e.file = file;
+            self.by_file.insert(file, id);
+        }
     }
 
     /// Every buffer.
@@ -249,4 +384,67 @@ pub(crate) fn granted_access(owner_uid: u32, grants: &[Grant], uid: u32, groups:
         })
         .map(|g| g.access)
         .max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::Peer;
+    use crate::service::{Service, Session};
+    use dmabroker::proto::{AllocateRequest, ErrorCode, PublishRequest, Request, Response};
+
+    /// Finding 6: after hugetlbfs's 32-bit inode numbers wrap, an attacker's
+    /// file can have the `(st_dev, st_ino)` of a victim's buffer, and
+    /// publishing it published the victim's buffer as the attacker's (which
+    /// the attacker then imports read-write). A real wrap takes about 2^32
+    /// inode creations (some 90 minutes), so the collision is constructed:
+    /// the victim's entry is given the attacker file's identity.
+    #[test]
+    fn a_colliding_inode_number_is_not_taken_for_the_buffer() {
+        const VICTIM: u32 = 4242;
+        const ATTACKER: u32 = 4343;
+        let policy = crate::Policy::parse(
+            &format!("[[user]]\nuid = {ATTACKER}\npublish = true\nmax_bytes = \"1MiB\"\nmax_buffers = 8\n"),
+            VICTIM,
+        )
+        .unwrap();
+        let mut service = Service::new(policy, dmabroker::heap::Heaps::discover(), None, Default::default());
+        let session = |service: &mut Service, uid: u32| {
+            let peer = Peer { uid, gid: uid, pid: std::process::id(), groups: vec![uid], pidfd: None };
+            let mut s = Session::new(peer, &service.policy);
+            let hello = service.handle(&mut s, Request::Hello { min_version: 1, max_version: 1 }, None);
+            assert!(matches!(hello.response, Response::Hello { .. }));
+            s
+        };
+        let (mut victim, mut attacker) = (session(&mut service, VICTIM), session(&mut service, ATTACKER));
+        let alloc = AllocateRequest { heap: "memfd".into(), len: 4096, align: 1, contiguous: false, name: None };
+        let reply = service.handle(&mut victim, Request::Allocate(alloc), None);
+        let Response::Allocated { id: victim_id, .. } = reply.response else { panic!("{:?}", reply.response) };
+        let _victim_fd = reply.fd;
+
+        let mine = {
+            use rustix::fs::{MemfdFlags, SealFlags};
+            let fd = rustix::fs::memfd_create("attacker", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+            rustix::fs::ftruncate(&fd, 4096).unwrap();
+            rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+            fd
+        };
+        let st = rustix::fs::fstat(&mine).unwrap();
+        let collision =
+            FileId { major: rustix::fs::major(st.st_dev), minor: rustix::fs::minor(st.st_dev), ino: st.st_ino };
+        service.registry.forge_file_id(victim_id, collision);
+
+        let p =
+            PublishRequest { name: Some("mine".into()), grants: Vec::new(), one_shot: false, expires_in_secs: None };
+        match service.handle(&mut attacker, Request::Publish(p), Some(mine)).response {
+            Response::Error { code: ErrorCode::NotABuffer, message } => {
+                assert!(message.contains("ambiguous"), "{message}")
+            }
+            r => panic!("a colliding file was taken for the victim's buffer: {r:?}"),
+        }
+        assert!(
+            !service.registry.publications().any(|p| p.buffer_id == victim_id),
+            "the victim's buffer was published by the attacker"
+        );
+    }
 }

@@ -34,6 +34,8 @@ const STATE_SAVE_DELAY: Duration = Duration::from_millis(50);
 /// How often queued notifications are retried when the notify socket's
 /// EPOLLOUT does not come (see [`crate::notify`]).
 const NOTIFY_RETRY: Duration = Duration::from_millis(50);
+/// How often a background scan's answer is looked for.
+const SCAN_POLL: Duration = Duration::from_millis(10);
 /// Scan time that quota refusals may spend at once on sweeps (a burst);
 /// beyond it they get `duty_factor`-th of the time: a client at its quota
 /// that keeps asking must not keep the broker scanning `/proc`.
@@ -163,6 +165,19 @@ pub struct Service {
     pub(crate) pools: crate::pools::Pools,
     /// dma-heap allocations charged to the client's cgroup.
     pub(crate) charging: crate::charge::Charging,
+    /// The timer sweep's `/proc` scan, running on a thread (finding 2).
+    scan_in_flight: Option<ScanInFlight>,
+}
+
+/// A `/proc` scan running off the event loop: requests are served while it
+/// reads other processes' tables, and its answer is applied only to
+/// candidates still unpublished, unpinned and not handed out since.
+#[derive(Debug)]
+struct ScanInFlight {
+    result: std::sync::mpsc::Receiver<holders::Scan>,
+    /// Candidate ids and their hand-out count when the scan started.
+    candidates: Vec<(u64, u64)>,
+    started: Instant,
 }
 
 impl Service {
@@ -193,6 +208,7 @@ impl Service {
             pressure_refilled_at: now,
             pools: crate::pools::Pools::new(),
             charging: crate::charge::Charging::disabled(),
+            scan_in_flight: None,
         }
     }
 
@@ -412,22 +428,36 @@ impl Service {
         if buffer.len() > asked {
             self.check_quota(session.peer.uid, limits, buffer.len())?;
         }
-        let fd = buffer.try_clone_fd().map_err(|e| {
-            AllocateRefusal::Alloc(dmabroker::heap::AllocError::Os {
-                op: "dup",
-                source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::MFILE),
-            })
-        })?;
         let len = buffer.len();
         let id = self.insert(buffer, session).map_err(|_| {
             AllocateRefusal::Alloc(dmabroker::heap::AllocError::Os { op: "fstat", source: rustix::io::Errno::BADF })
+        })?;
+        // A reopen, never a dup of the broker's own: see registry::Counting.
+        let fd = self.registry.get(id).expect("just inserted").hand_out(true).map_err(|e| {
+            self.registry.remove(id);
+            AllocateRefusal::Alloc(dmabroker::heap::AllocError::Os {
+                op: "reopen",
+                source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::MFILE),
+            })
         })?;
         Ok((id, fd, len))
     }
 
     /// Register a buffer charged to the session's user, pinned to it.
     fn insert(&mut self, buffer: Buffer, session: &mut Session) -> Result<u64, ()> {
+        self.insert_as(buffer, session, false)
+    }
+
+    /// [`Self::insert`]; `adopted`: a client sent it (publish).
+    fn insert_as(&mut self, buffer: Buffer, session: &mut Session, adopted: bool) -> Result<u64, ()> {
         let file = FileId::of(&buffer).ok_or(())?;
+        if self.registry.find_file(&file).is_some() {
+            // Inode numbers reused (hugetlbfs wraps at 2^32): two buffers
+            // under one identity would be ambiguous (finding 6).
+            tracing::warn!(?file, "a new buffer has the device and inode of one held: refused as ambiguous");
+            return Err(());
+        }
+        let (buffer, counting) = crate::registry::own_description(buffer, adopted);
         let entry = Entry {
             len: buffer.len(),
             owner_uid: session.peer.uid,
@@ -437,7 +467,9 @@ impl Service {
             pins: 0,
             recipients: BTreeSet::from([session.peer.uid]),
             stored: false,
-            adopted: false,
+            handouts: 0,
+            adopted,
+            counting,
             buffer,
         };
         let id = self.registry.insert(entry);
@@ -449,6 +481,7 @@ impl Service {
     /// it sits unread in the client's queue no `/proc` scan can see it.
     fn pin(&mut self, id: u64, session: &mut Session) {
         if let Some(e) = self.registry.get_mut(id) {
+            e.handouts += 1;
             e.recipients.insert(session.peer.uid);
             if e.needs_scan() {
                 e.pins += 1;
@@ -492,11 +525,17 @@ impl Service {
                 )))
             }
         };
-        if let Some(name) = &p.name {
-            if self.registry.publication(name).is_some() {
-                return Err(PublishRefusal::AlreadyExists(name.clone()));
+        // Names live in the publisher's namespace (crate::names).
+        let key = match &p.name {
+            Some(name) => {
+                let key = crate::names::qualify(&self.policy, name, uid).map_err(PublishRefusal::Name)?;
+                if self.registry.publication(&key).is_some() {
+                    return Err(PublishRefusal::AlreadyExists(name.clone()));
+                }
+                Some(key)
             }
-        }
+            None => None,
+        };
         let limit = session.limits.max_buffers.saturating_mul(4).saturating_add(16);
         let mine = self.registry.publications().filter(|q| q.publisher_uid == uid).count() as u64;
         if mine >= limit {
@@ -507,7 +546,7 @@ impl Service {
         check_inspectable(&fd, &self.memfd_mounts)?;
         let st = rustix::fs::fstat(&fd).map_err(|e| PublishRefusal::NotABuffer(format!("cannot fstat the fd: {e}")))?;
         let file = FileId { major: rustix::fs::major(st.st_dev), minor: rustix::fs::minor(st.st_dev), ino: st.st_ino };
-        let id = match self.registry.find_file(&file) {
+        let id = match self.registry.find_same_file(&fd, &file).map_err(PublishRefusal::NotABuffer)? {
             Some(id) => {
                 // A buffer the broker holds: the sender must hold it at least
                 // as writable as the broker does, or a read-only importer
@@ -533,13 +572,8 @@ impl Service {
                 }
                 let limits = session.limits.clone();
                 self.check_quota(uid, &limits, buffer.len())?;
-                let id = self
-                    .insert(buffer, session)
-                    .map_err(|_| PublishRefusal::NotABuffer("cannot fstat the fd".into()))?;
-                if let Some(e) = self.registry.get_mut(id) {
-                    e.adopted = true;
-                }
-                id
+                self.insert_as(buffer, session, true)
+                    .map_err(|_| PublishRefusal::NotABuffer("cannot fstat the fd".into()))?
             }
         };
         let entry = self.registry.get(id).expect("just found or inserted");
@@ -557,12 +591,12 @@ impl Service {
         if p.grants.iter().any(|g| g.access == Access::ReadOnly) {
             make_private(entry, uid)?;
         }
-        let key = match p.name {
-            Some(n) => n,
+        let key = match key {
+            Some(k) => k,
             None => new_token().map_err(|e| PublishRefusal::Busy(format!("no randomness for a token: {e}")))?,
         };
-        if !key.starts_with(proto::TOKEN_PREFIX) {
-            name_after_publication(&entry.buffer, &key);
+        if let Some(name) = &p.name {
+            name_after_publication(&entry.buffer, name);
         }
         self.registry.publish(Publication {
             key: key.clone(),
@@ -574,7 +608,8 @@ impl Service {
         });
         self.store(id);
         tracing::debug!(uid, id, key = %key, "published");
-        Ok(Reply::ok(Response::Published { key }))
+        // The name as the client sent it (it resolves to this for its uid).
+        Ok(Reply::ok(Response::Published { key: p.name.unwrap_or(key) }))
     }
 
     /// Put a published buffer in the service manager's fd store.
@@ -594,11 +629,15 @@ impl Service {
         self.state_dirty = true;
     }
 
-    fn import(&mut self, session: &mut Session, key: &str) -> Result<Reply, ImportRefusal> {
+    fn import(&mut self, session: &mut Session, asked: &str) -> Result<Reply, ImportRefusal> {
         let uid = session.peer.uid;
         let now = SystemTime::now();
+        let Some(key) = self.resolve(asked, uid) else {
+            return Err(self.not_found(asked, session));
+        };
+        let key = key.as_str();
         let Some(publication) = self.registry.publication(key).cloned() else {
-            return Err(ImportRefusal::NotFound(key.to_owned()));
+            return Err(ImportRefusal::NotFound(asked.to_owned()));
         };
         if publication.expired(now) {
             self.withdraw(key);
@@ -610,7 +649,8 @@ impl Service {
         let access = access_for(&publication, entry, uid, &session.peer.groups)
             .ok_or_else(|| ImportRefusal::NotGranted { key: key.to_owned(), uid })?;
         let fd = match access {
-            Access::ReadWrite => entry.buffer.try_clone_fd().map_err(|_| ImportRefusal::Busy)?,
+            // A reopen for memfds, never a dup: see registry::Counting.
+            Access::ReadWrite => entry.hand_out(true).map_err(|_| ImportRefusal::Busy)?,
             // A new open file description with O_RDONLY: mmap(PROT_WRITE,
             // MAP_SHARED), write() and ftruncate() fail on it. dma-bufs never
             // get here: publish refuses read-only grants for them.
@@ -633,8 +673,10 @@ impl Service {
     /// Withdraw a publication: its publisher, root, or the owner of the
     /// buffer (the uid charged for it), so that nobody can keep another
     /// user's buffer, and its charge, alive by republishing an import.
-    fn unpublish(&mut self, session: &mut Session, key: &str) -> Result<Reply, UnpublishRefusal> {
+    fn unpublish(&mut self, session: &mut Session, asked: &str) -> Result<Reply, UnpublishRefusal> {
         let uid = session.peer.uid;
+        let key = self.resolve(asked, uid).ok_or_else(|| UnpublishRefusal::NotFound(asked.to_owned()))?;
+        let key = key.as_str();
         let p = self.registry.publication(key).ok_or_else(|| UnpublishRefusal::NotFound(key.to_owned()))?;
         let owner = self.registry.get(p.buffer_id).map(|e| e.owner_uid);
         if p.publisher_uid != uid && uid != 0 && owner != Some(uid) {
@@ -702,6 +744,34 @@ impl Service {
         true
     }
 
+    /// The publication key `asked` stands for, for `uid` (crate::names).
+    fn resolve(&self, asked: &str, uid: u32) -> Option<String> {
+        crate::names::resolve(&self.policy, asked, uid, |k| self.registry.publication(k).is_some())
+    }
+
+    /// `NotFound` for an unresolved key; `Untrusted` when others publish
+    /// that name and grant `session` access (the qualified names to use).
+    fn not_found(&self, asked: &str, session: &Session) -> ImportRefusal {
+        if asked.starts_with(proto::TOKEN_PREFIX) || crate::names::split_namespace(asked).is_some() {
+            return ImportRefusal::NotFound(asked.to_owned());
+        }
+        let others: Vec<String> = self
+            .registry
+            .publications()
+            .filter(|p| crate::names::split_namespace(&p.key).is_some_and(|(_, bare)| bare == asked))
+            .filter(|p| {
+                let entry = self.registry.get(p.buffer_id);
+                entry.and_then(|e| access_for(p, e, session.peer.uid, &session.peer.groups)).is_some()
+            })
+            .map(|p| format!("`{}`", p.key))
+            .take(4)
+            .collect();
+        if others.is_empty() {
+            return ImportRefusal::NotFound(asked.to_owned());
+        }
+        ImportRefusal::Untrusted { key: asked.to_owned(), others: others.join(", ") }
+    }
+
     fn list(&self, session: &Session) -> Reply {
         let now = SystemTime::now();
         let uid = session.peer.uid;
@@ -729,7 +799,7 @@ impl Service {
                 break;
             }
             entries.push(ListEntry {
-                key: p.key.clone(),
+                key: crate::names::shown(&self.policy, &p.key, uid, |k| self.registry.publication(k).is_some()),
                 len: e.map_or(0, |e| e.len),
                 heap: e.map_or_else(String::new, |e| e.buffer.heap().chars().take(proto::MAX_NAME_LEN).collect()),
                 publisher_uid: p.publisher_uid,
@@ -794,20 +864,23 @@ impl Service {
             .collect();
         let mut release = Vec::new();
         let mut wanted = HashSet::new();
+        let mut scanned = Vec::new();
         for &id in &candidates {
             let e = self.registry.get(id).expect("candidate exists");
-            if e.needs_scan() {
-                wanted.insert(e.file);
-            } else if holders::dma_buf_held_elsewhere(&e.buffer) == Some(false) {
-                release.push(id);
+            match holders::without_scan(e) {
+                Some(true) => {}
+                Some(false) => release.push(id),
+                None => {
+                    wanted.insert(e.file);
+                    scanned.push(id);
+                }
             }
         }
         if !wanted.is_empty() {
             let scan = holders::scan(&wanted, self.scan_own_process);
-            for &id in &candidates {
+            for &id in &scanned {
                 let e = self.registry.get(id).expect("candidate exists");
-                let maybe_hidden = e.recipients.iter().any(|u| scan.unreadable_uids.contains(u));
-                if e.needs_scan() && !scan.held(&e.file) && !maybe_hidden {
+                if !scan.held(&e.file) && !holders::maybe_hidden(e, &scan) {
                     release.push(id);
                 }
             }
@@ -826,6 +899,82 @@ impl Service {
         release.len()
     }
 
+    /// The timer's sweep: what needs no scan (dma-bufs, memfds with open
+    /// counts) is decided here; the `/proc` scan for the rest runs on a
+    /// thread, at most one at a time, and [`Self::finish_background_scan`]
+    /// applies it. (Quota-pressure sweeps, [`Self::sweep`], still scan
+    /// inline, within their budget.)
+    fn sweep_in_background(&mut self) {
+        if self.scan_in_flight.is_some() {
+            return;
+        }
+        let start = Instant::now();
+        let mut release = Vec::new();
+        let mut wanted = HashSet::new();
+        let mut scanned = Vec::new();
+        for (id, e) in self.registry.entries().filter(|(_, e)| e.publications == 0 && e.pins == 0) {
+            match holders::without_scan(e) {
+                Some(true) => {}
+                Some(false) => release.push(id),
+                None => {
+                    wanted.insert(e.file);
+                    scanned.push((id, e.handouts));
+                }
+            }
+        }
+        for id in release {
+            if let Some(e) = self.registry.remove(id) {
+                tracing::debug!(id, uid = e.owner_uid, len = e.len, "released: no holder left");
+            }
+        }
+        if !wanted.is_empty() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let include_self = self.scan_own_process;
+            let spawned = std::thread::Builder::new().name("dmabroker-sweep".into()).spawn(move || {
+                let _ = tx.send(holders::scan(&wanted, include_self));
+            });
+            match spawned {
+                Ok(_) => self.scan_in_flight = Some(ScanInFlight { result: rx, candidates: scanned, started: start }),
+                Err(e) => tracing::warn!("cannot start a sweep thread ({e}); charges are checked at the next sweep"),
+            }
+        }
+        self.last_sweep_end = Instant::now();
+        self.last_sweep_cost = self.last_sweep_end - start;
+        self.len_after_sweep = self.registry.len();
+        self.sweep_requested = false;
+    }
+
+    /// Apply a finished background scan (nothing while it runs).
+    fn finish_background_scan(&mut self) {
+        let Some(flight) = &self.scan_in_flight else { return };
+        let scan = match flight.result.try_recv() {
+            Ok(scan) => scan,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                self.scan_in_flight = None;
+                return;
+            }
+        };
+        let flight = self.scan_in_flight.take().expect("checked above");
+        for (id, handouts) in flight.candidates {
+            let Some(e) = self.registry.get(id) else { continue };
+            // Published, pinned or handed out meanwhile: the scan may have
+            // passed the new holder already.
+            if e.publications != 0 || e.pins != 0 || e.handouts != handouts {
+                continue;
+            }
+            if !scan.held(&e.file) && !holders::maybe_hidden(e, &scan) {
+                if let Some(e) = self.registry.remove(id) {
+                    tracing::debug!(id, uid = e.owner_uid, len = e.len, "released: no holder left");
+                }
+            }
+        }
+        // The duty factor counts the scan's time, though the loop did not wait.
+        self.last_sweep_end = Instant::now();
+        self.last_sweep_cost = self.last_sweep_end - flight.started;
+        self.len_after_sweep = self.registry.len();
+    }
+
     /// When the next timer is due.
     pub fn next_deadline(&self) -> Instant {
         let gap = self.last_sweep_cost * self.timing.duty_factor;
@@ -837,6 +986,9 @@ impl Service {
         let mut next = sweep.min(self.next_expiry_check);
         if let Some(t) = self.charging.next_deadline() {
             next = next.min(t);
+        }
+        if self.scan_in_flight.is_some() {
+            next = next.min(Instant::now() + SCAN_POLL);
         }
         if self.state_dirty {
             next = next.min(self.state_dirty_since.unwrap_or_else(Instant::now) + STATE_SAVE_DELAY);
@@ -851,6 +1003,7 @@ impl Service {
 
     /// Run what is due: expiries, sweeps, saving state for the fd store.
     pub fn tick(&mut self) {
+        self.finish_background_scan();
         let now = Instant::now();
         self.charging.tick();
         if let Some(n) = &mut self.notifier {
@@ -883,7 +1036,7 @@ impl Service {
         if fd_pressure || now >= self.last_sweep_end + due {
             let has_candidates = self.registry.entries().any(|(_, e)| e.publications == 0 && e.pins == 0);
             if has_candidates {
-                self.sweep(None);
+                self.sweep_in_background();
             } else {
                 self.last_sweep_end = now;
                 self.sweep_requested = false;

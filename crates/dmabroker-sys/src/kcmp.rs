@@ -12,6 +12,29 @@ use std::thread::JoinHandle;
 /// `KCMP_FILES` (`include/uapi/linux/kcmp.h`): compare the fd tables.
 const KCMP_FILES: libc::c_int = 2;
 
+/// `KCMP_FILE`: compare two fds' open file descriptions.
+const KCMP_FILE: libc::c_int = 0;
+
+/// Whether two fds of this process share one open file description (a dup,
+/// or an fd received over `SCM_RIGHTS` from one).
+///
+/// # Errors
+/// As [`same_files`] (`ENOSYS`, `EPERM` under a seccomp filter); `EBADF`.
+pub fn same_file(a: std::os::fd::BorrowedFd<'_>, b: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let pid = libc::pid_t::try_from(std::process::id()).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    let (a, b) = (a.as_raw_fd() as libc::c_ulong, b.as_raw_fd() as libc::c_ulong);
+    // SAFETY: kcmp takes integer arguments and no pointers (for KCMP_FILE
+    // idx1 and idx2 are fd numbers of `pid`, this process, borrowed for
+    // the call); it reads and writes no memory of this process.
+    let rc = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a, b) };
+    match rc {
+        0 => Ok(true),
+        1..=3 => Ok(false),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 /// Whether tasks `pid1` and `pid2` (process or thread ids, as in `/proc` and
 /// `/proc/PID/task`) use the same file descriptor table.
 ///

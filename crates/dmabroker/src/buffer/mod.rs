@@ -255,11 +255,25 @@ impl Buffer {
     /// The `open` errno (`ENXIO` for a dma-buf, `EMFILE`, ...); `EXDEV` when
     /// the path resolved to another file than this buffer's.
     pub fn reopen_read_only(&self) -> Result<OwnedFd, rustix::io::Errno> {
+        self.reopen_fd(false)
+    }
+
+    /// A new open file description of the same file, `O_RDWR` when `write`
+    /// (the file's mode must allow the caller), else `O_RDONLY`, through
+    /// `/proc/self/fd`, as [`reopen_read_only`](Self::reopen_read_only).
+    /// Unlike a dup, every such description counts in the inode's open
+    /// counts, which the broker's accounting reads (file leases).
+    ///
+    /// # Errors
+    /// As [`reopen_read_only`](Self::reopen_read_only); `EACCES` when the
+    /// mode does not allow the caller to open it so.
+    pub fn reopen_fd(&self, write: bool) -> Result<OwnedFd, rustix::io::Errno> {
         use rustix::fs::{Mode, OFlags};
         use std::os::fd::{AsFd, AsRawFd};
+        let access = if write { OFlags::RDWR } else { OFlags::RDONLY };
         let fd = rustix::fs::open(
             format!("/proc/self/fd/{}", self.as_fd().as_raw_fd()),
-            OFlags::RDONLY | OFlags::CLOEXEC,
+            access | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
         // The same file, not whatever /proc resolved to.
@@ -268,6 +282,17 @@ impl Buffer {
             return Err(rustix::io::Errno::XDEV);
         }
         Ok(fd)
+    }
+
+    /// The same buffer (kind, heap, name, properties) over a new open file
+    /// description ([`reopen_fd`](Self::reopen_fd)).
+    ///
+    /// # Errors
+    /// As [`reopen_fd`](Self::reopen_fd).
+    pub fn reopened(&self, write: bool) -> Result<Self, rustix::io::Errno> {
+        let fd = self.reopen_fd(write)?;
+        let i = &self.inner;
+        Ok(Self::new(fd, i.len, i.kind, i.heap.clone(), i.name.clone(), i.properties))
     }
 
     /// Give up the handle and return the fd, when this is the last clone.
