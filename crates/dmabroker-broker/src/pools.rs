@@ -14,12 +14,12 @@
 //! the table checks for hang-ups lazily (on every register, attach and
 //! sweep), so a restarted producer can take its name again at once.
 
+use dmabroker::closer::CloseLater;
 use dmabroker::proto::{Access, ErrorCode, Grant, PoolPeer, RegisterPoolRequest, Response};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use std::collections::HashMap;
-use dmabroker::closer::CloseLater;
 use std::os::fd::{AsFd, OwnedFd};
 
 /// Registered pools the broker keeps at most (each costs one fd).

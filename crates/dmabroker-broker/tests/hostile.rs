@@ -73,6 +73,18 @@ impl ChildBroker {
     fn signal(&self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
         rustix::process::kill_process(pid, signal).unwrap();
+        // kill() returns before the process stops: wait until it has (state
+        // `T` in /proc/PID/stat), or it may still answer one more request.
+        if signal == rustix::process::Signal::STOP {
+            let stat = format!("/proc/{}/stat", self.child.id());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !std::fs::read_to_string(&stat)
+                .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('T')))
+            {
+                assert!(std::time::Instant::now() < deadline, "the broker did not stop");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
     }
 
     fn raw_socket(&self) -> OwnedFd {

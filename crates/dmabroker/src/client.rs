@@ -97,9 +97,14 @@ pub enum ConnectError {
         /// The broker's explanation.
         message: String,
     },
-    /// The broker refused the session (too many clients, ...).
-    #[error("the broker refused the session: {0}")]
-    Refused(String),
+    /// The broker refused the session (`Busy`: too many clients, ...).
+    #[error("the broker refused the session: {message}")]
+    Refused {
+        /// The code (`Busy` at the client limits).
+        code: ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
     /// Something listens at the path but did not accept the connection or
     /// answer the hello within the timeout: a stopped (`SIGSTOP`) or wedged
     /// broker, or a socket that is not a broker's.
@@ -450,7 +455,7 @@ impl Client {
                     message,
                 })
             }
-            (Response::Error { message, .. }, _) => Err(ConnectError::Refused(message)),
+            (Response::Error { code, message }, _) => Err(ConnectError::Refused { code, message }),
             (other, _) => Err(unexpected(&other).into()),
         }
     }

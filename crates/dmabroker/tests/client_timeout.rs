@@ -40,7 +40,8 @@ fn a_full_backlog_times_out_at_connect() {
     // backlog 0: the first connection fills the queue (nothing accepts it),
     // the second waits in connect() itself, bounded by SO_SNDTIMEO.
     let (_listener, path) = silent_listener("backlog", 0);
-    let first = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
+    let first =
+        rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
     rustix::net::connect(&first, &SocketAddrUnix::new(&path).unwrap()).unwrap();
     let start = Instant::now();
     let err = Client::connect_with_timeout(&path, Some(BOUND)).unwrap_err();
