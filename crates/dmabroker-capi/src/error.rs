@@ -429,7 +429,8 @@ mod c_words_tests {
             c_words("write access through a read-only mapping: map with map_read_write()"),
             "write access through a read-only mapping: map it with DMABROKER_MAP_MODE_READ_WRITE"
         );
-        let refusal = c_words("`k` is not granted to uid 7; the publisher must add --allow uid=7 (or a group of yours)");
+        let refusal =
+            c_words("`k` is not granted to uid 7; the publisher must add --allow uid=7 (or a group of yours)");
         assert!(!refusal.contains("--allow") && refusal.contains("dmabroker_publish_options.grants the grant uid=7"));
     }
 }
