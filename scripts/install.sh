@@ -3,8 +3,11 @@
 # its pkg-config file, the `dmabroker` command and (if the source tree has
 # them) the systemd units:
 #
-#   PREFIX/lib/libdmabroker.so.X.Y.Z (+ libdmabroker.so.X, libdmabroker.so links)
-#   PREFIX/lib/libdmabroker.a
+#   PREFIX/lib/libdmabroker.so.X.Y.Z (+ libdmabroker.so.X, libdmabroker.so links),
+#                                    stripped, with a .gnu_debuglink to
+#   PREFIX/lib/.debug/libdmabroker.so.X.Y.Z.debug   (its debug info; gdb finds it)
+#   PREFIX/lib/libdmabroker.a       (one relocatable object: only dmabroker_* global,
+#                                    no debug info, no embedded LLVM bitcode)
 #   PREFIX/lib/pkgconfig/dmabroker.pc
 #   PREFIX/include/dmabroker.h
 #   PREFIX/bin/dmabroker
@@ -92,11 +95,36 @@ major=${version%%.*}
 libs_private=${DMABROKER_LIBS_PRIVATE:-"-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc"}
 
 echo "==> installing $version to $stage"
-install -d "$stage/lib/pkgconfig" "$stage/include" "$stage/bin"
-install -m 0755 "$out/libdmabroker_capi.so" "$stage/lib/libdmabroker.so.$version"
+install -d "$stage/lib/pkgconfig" "$stage/lib/.debug" "$stage/include" "$stage/bin"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# The shared library: its debug info (about 90% of the 14 MB cargo makes,
+# profile.release has debug = 1) goes to a separate file that the stripped
+# library names by .gnu_debuglink (gdb looks in lib/.debug/ next to it).
+so=libdmabroker.so.$version
+objcopy --only-keep-debug "$out/libdmabroker_capi.so" "$work/$so.debug"
+objcopy --strip-debug --strip-unneeded --add-gnu-debuglink="$work/$so.debug" \
+    "$out/libdmabroker_capi.so" "$work/$so"
+install -m 0755 "$work/$so" "$stage/lib/$so"
+install -m 0644 "$work/$so.debug" "$stage/lib/.debug/$so.debug"
 ln -sfn "libdmabroker.so.$version" "$stage/lib/libdmabroker.so.$major"
 ln -sfn "libdmabroker.so.$major" "$stage/lib/libdmabroker.so"
-install -m 0644 "$out/libdmabroker_capi.a" "$stage/lib/libdmabroker.a"
+# The static library: cargo's archive exports every Rust symbol it holds
+# (about 6900: std, core, alloc, rustix, serde, rust_eh_personality), which
+# collide with another Rust static library in the same program. Link its
+# members into one relocatable object, keep only the C API global, drop
+# the debug info and the embedded LLVM bitcode (.llvmbc). The cost: a
+# program gets the whole object (as with the .so) instead of the members it
+# references; -Wl,--gc-sections removes what it does not use.
+readelf -sW "$out/libdmabroker_capi.a" | awk '$5 == "GLOBAL" && $7 != "UND" && $8 ~ /^dmabroker_/ {print $8}' |
+    sort -u >"$work/keep.txt"
+[[ -s $work/keep.txt ]] || { echo "install.sh: no dmabroker_* symbol in $out/libdmabroker_capi.a" >&2; exit 1; }
+ld -r --whole-archive "$out/libdmabroker_capi.a" -o "$work/dmabroker.o"
+objcopy --strip-debug --strip-unneeded --remove-section=.llvmbc --remove-section=.llvmcmd \
+    --keep-global-symbols="$work/keep.txt" "$work/dmabroker.o"
+rm -f "$work/libdmabroker.a"
+ar rcsD "$work/libdmabroker.a" "$work/dmabroker.o"
+install -m 0644 "$work/libdmabroker.a" "$stage/lib/libdmabroker.a"
 install -m 0644 "$root/crates/dmabroker-capi/include/dmabroker.h" "$stage/include/dmabroker.h"
 install -m 0755 "$out/dmabroker" "$stage/bin/dmabroker"
 sed -e "s|@PREFIX@|$(sed_escape "$prefix")|g" -e "s|@VERSION@|$(sed_escape "$version")|g" \

@@ -163,6 +163,9 @@ impl PyFail for c::ConnectError {
     fn kind(&self) -> Kind {
         match self {
             c::ConnectError::PermissionDenied { .. } => Kind::Permission,
+            c::ConnectError::TimedOut { .. } | c::ConnectError::Transport(c::TransportError::TimedOut { .. }) => {
+                Kind::Timeout
+            }
             _ => Kind::Broker,
         }
     }

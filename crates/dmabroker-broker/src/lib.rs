@@ -111,6 +111,7 @@ impl Config {
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// Another broker answers on the path.
     #[error("a broker is already running on {0}: stop it, or pass another --socket")]

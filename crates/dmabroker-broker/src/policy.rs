@@ -69,6 +69,7 @@ impl Limits {
 
 /// Why a policy file was rejected.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PolicyError {
     /// The file could not be read.
     #[error("cannot read policy {path}: {source}")]

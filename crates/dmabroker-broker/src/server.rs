@@ -77,6 +77,7 @@ struct Lingering {
 
 /// Why the loop stopped with an error (never because of a client).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RunError {
     /// epoll itself failed.
     #[error("epoll: {0}")]

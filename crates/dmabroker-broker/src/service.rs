@@ -19,7 +19,6 @@ use dmabroker::proto::{
 };
 use dmabroker::{Buffer, BufferKind};
 use std::collections::{BTreeSet, HashSet};
-use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -1187,10 +1186,20 @@ fn make_private(entry: &Entry, publisher: u32) -> Result<(), PublishRefusal> {
     })
 }
 
-/// A 128-bit token from the kernel's CSPRNG (`/dev/urandom`).
+/// A 128-bit token from the kernel's CSPRNG (`getrandom(2)`). `GRND_NONBLOCK`:
+/// before the pool is initialized (early boot) this fails with `EAGAIN`
+/// rather than stalling the event loop; the publish is then refused (`Busy`).
 fn new_token() -> std::io::Result<String> {
+    use rustix::rand::{getrandom, GetRandomFlags};
     let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match getrandom(&mut bytes[filled..], GetRandomFlags::NONBLOCK) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     Ok(format!("{}{hex}", proto::TOKEN_PREFIX))
 }

@@ -186,7 +186,7 @@ fn other_users_get_nothing_but_what_is_granted() {
         assert!(reopen.is_err(), "read-only grant reopened read-write through /proc");
         let rw = n.import("shared-rw").unwrap();
         assert_eq!(rw.access, Access::ReadWrite);
-        rw.buffer.map_read_write().unwrap();
+        drop(rw.buffer.map_read_write().unwrap());
         assert!(matches!(n.unpublish("shared-rw"), Err(UnpublishError::NotAllowed(_))));
     });
 }

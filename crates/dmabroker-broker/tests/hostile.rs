@@ -73,6 +73,18 @@ impl ChildBroker {
     fn signal(&self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
         rustix::process::kill_process(pid, signal).unwrap();
+        // kill() returns before the process stops: wait until it has (state
+        // `T` in /proc/PID/stat), or it may still answer one more request.
+        if signal == rustix::process::Signal::STOP {
+            let stat = format!("/proc/{}/stat", self.child.id());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !std::fs::read_to_string(&stat)
+                .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('T')))
+            {
+                assert!(std::time::Instant::now() < deadline, "the broker did not stop");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
     }
 
     fn raw_socket(&self) -> OwnedFd {
@@ -147,6 +159,37 @@ fn a_lingering_socket_sent_to_the_broker_does_not_freeze_it() {
         Response::Error { code: ErrorCode::NotABuffer, .. } => {}
         r => panic!("{r:?}"),
     }
+}
+
+/// A broker stopped with SIGSTOP: a connected client's call and a new
+/// connection each fail with a typed timeout within the client's bound,
+/// and the connection that timed out refuses further calls (a late reply
+/// would answer the wrong request) while a new one works once it runs again.
+#[test]
+fn a_stopped_broker_gives_a_timeout_not_a_hang() {
+    use dmabroker::client::{Client, ConnectError, TransportError};
+    const BOUND: Duration = Duration::from_millis(400);
+    let broker = ChildBroker::start("sigstop");
+    let mut client = Client::connect_with_timeout(&broker.path, Some(BOUND)).unwrap();
+    assert_eq!(client.timeout(), Some(BOUND));
+    client.stats().expect("served while running");
+    broker.signal(rustix::process::Signal::STOP);
+    let start = Instant::now();
+    let err = client.stats().unwrap_err();
+    let took = start.elapsed();
+    assert!(
+        matches!(err, dmabroker::client::QueryError::Transport(TransportError::TimedOut { after }) if after == BOUND),
+        "{err:?}"
+    );
+    assert!(took >= BOUND && took < BOUND + Duration::from_secs(2), "{took:?}");
+    assert!(err.to_string().contains("stopped"), "{err}");
+    let start = Instant::now();
+    let err = Client::connect_with_timeout(&broker.path, Some(BOUND)).unwrap_err();
+    assert!(matches!(err, ConnectError::TimedOut { .. }), "{err:?}");
+    assert!(start.elapsed() < BOUND + Duration::from_secs(2), "{:?}", start.elapsed());
+    broker.signal(rustix::process::Signal::CONT);
+    assert!(matches!(client.stats(), Err(dmabroker::client::QueryError::Transport(TransportError::TimedOut { .. }))));
+    Client::connect(&broker.path).expect("a new connection once the broker runs").stats().expect("served");
 }
 
 /// Finding 1: more fds in one message than the broker's control space would

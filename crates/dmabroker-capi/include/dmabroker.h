@@ -113,8 +113,10 @@ typedef enum dmabroker_status {
     /**
      * `dmabroker_mapping_begin` while an access is active on that mapping:
      * call `dmabroker_mapping_end` first. Also: a producer call while a
-     * slot is still out (submit or cancel it first), and a pool that
-     * serves as many consumers as it may.
+     * slot is still out (submit or cancel it first), a pool that
+     * serves as many consumers as it may, and a broker at one of its
+     * limits (clients, publications of a buffer or of a user: free some,
+     * or try later).
      */
     DMABROKER_ERROR_BUSY = 11,
     /**
@@ -147,7 +149,9 @@ typedef enum dmabroker_status {
     DMABROKER_ERROR_BROKER = 17,
     /**
      * Nothing happened within the timeout (no frame, no free buffer, not
-     * enough consumers); the stream goes on: try again.
+     * enough consumers); the stream goes on: try again. From a broker
+     * client call: the broker did not answer in time (stopped or wedged);
+     * that connection is unusable: free it and connect again.
      */
     DMABROKER_ERROR_TIMEOUT = 18,
     /**
@@ -1031,18 +1035,52 @@ enum dmabroker_status dmabroker_buffer_segments(const struct dmabroker_buffer *b
 /**
  * Connect to the broker at `socket_path`; NULL: the default socket
  * (`$DMABROKER_SOCKET`, else `$XDG_RUNTIME_DIR/dmabroker.sock`, else
- * `/run/dmabroker/dmabroker.sock`).
+ * `/run/dmabroker/dmabroker.sock`). Waits at most 5 s for the broker to
+ * accept and answer, and so does every later call on the connection
+ * (`dmabroker_client_connect_timeout` and `dmabroker_client_set_timeout`
+ * change that).
  *
  * # Errors
  * `DMABROKER_ERROR_NO_BROKER` (nothing listens there: start `dmabroker
- * serve`), `DMABROKER_ERROR_PERMISSION_DENIED`, `DMABROKER_ERROR_BROKER`
- * (version mismatch, refused session), `DMABROKER_ERROR_INVALID_ARGUMENT`
- * (`out` NULL, an empty path, a path over 107 bytes).
+ * serve`), `DMABROKER_ERROR_PERMISSION_DENIED`, `DMABROKER_ERROR_TIMEOUT`
+ * (something listens but does not answer: a stopped or wedged broker),
+ * `DMABROKER_ERROR_BUSY` (the broker is at its client limit),
+ * `DMABROKER_ERROR_BROKER` (version mismatch, refused session),
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` (`out` NULL, an empty path, a path
+ * over 107 bytes).
  *
  * # Safety
  * `socket_path` is NULL or a C string; `out` is NULL or writable for one pointer.
  */
 enum dmabroker_status dmabroker_client_connect(const char *socket_path, struct dmabroker_client **out);
+
+/**
+ * `dmabroker_client_connect` with another bound, in milliseconds, on
+ * connecting and on each later call: 0: 5000; negative: no limit (a
+ * stopped broker then blocks the caller for ever).
+ *
+ * # Errors
+ * As `dmabroker_client_connect`.
+ *
+ * # Safety
+ * `socket_path` is NULL or a C string; `out` is NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_client_connect_timeout(const char *socket_path, int64_t timeout_ms, struct dmabroker_client **out);
+
+/**
+ * Bound each later call on `client` (sending the request, waiting for the
+ * reply) by `timeout_ms` milliseconds: 0: 5000; negative: no limit. A call
+ * that times out returns `DMABROKER_ERROR_TIMEOUT`, and the connection
+ * refuses every later call (a late reply would answer the wrong request):
+ * free it and connect again.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` (`client` NULL).
+ *
+ * # Safety
+ * `client` is NULL or a live handle.
+ */
+enum dmabroker_status dmabroker_client_set_timeout(const struct dmabroker_client *client, int64_t timeout_ms);
 
 /**
  * Close the connection. NULL is ignored. Buffers it gave stay valid;

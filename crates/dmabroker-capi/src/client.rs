@@ -7,7 +7,7 @@ use dmabroker_core::client::{
     AllocateError, AllocateForError, Client as CoreClient, ConnectError, ImportError, PublishError,
     PublishOptions as CorePublishOptions, TransportError, UnpublishError,
 };
-use dmabroker_core::proto::{Access, AllocateRequest, Grant};
+use dmabroker_core::proto::{Access, AllocateRequest, ErrorCode, Grant};
 use std::ffi::{c_char, CString};
 use std::ptr;
 use std::sync::Mutex;
@@ -53,7 +53,43 @@ pub struct PublishOptions {
 fn transport_status(e: &TransportError) -> Status {
     match e {
         TransportError::InvalidRequest(_) => Status::DMABROKER_ERROR_INVALID_ARGUMENT,
+        TransportError::TimedOut { .. } => Status::DMABROKER_ERROR_TIMEOUT,
         _ => Status::DMABROKER_ERROR_BROKER,
+    }
+}
+
+/// The status of each error code the broker can refuse a request with
+/// (docs/PROTOCOL.md, "ErrorCode"), whatever the request: the client error
+/// enums name the codes each call expects, and any other lands here.
+pub(crate) fn code_status(code: ErrorCode) -> Status {
+    match code {
+        // The request broke a bound (a name with control characters, an
+        // expiry past ten years): the call was wrong.
+        ErrorCode::BadRequest => Status::DMABROKER_ERROR_INVALID_ARGUMENT,
+        ErrorCode::UnsupportedVersion | ErrorCode::Internal => Status::DMABROKER_ERROR_BROKER,
+        ErrorCode::NotAllowed => Status::DMABROKER_ERROR_PERMISSION_DENIED,
+        ErrorCode::QuotaExceeded => Status::DMABROKER_ERROR_QUOTA_EXCEEDED,
+        ErrorCode::NoSuchHeap => Status::DMABROKER_ERROR_NO_SUCH_HEAP,
+        ErrorCode::AllocationFailed => Status::DMABROKER_ERROR_OUT_OF_MEMORY,
+        ErrorCode::NotFound => Status::DMABROKER_ERROR_NOT_FOUND,
+        ErrorCode::AlreadyExists => Status::DMABROKER_ERROR_ALREADY_EXISTS,
+        ErrorCode::NotABuffer => Status::DMABROKER_ERROR_NOT_A_BUFFER,
+        ErrorCode::ReadOnlyUnsupported | ErrorCode::NoSuitableHeap => Status::DMABROKER_ERROR_UNSUPPORTED,
+        // A limit of the broker's (publications per buffer or per user,
+        // clients): free some, or try later.
+        ErrorCode::Busy => Status::DMABROKER_ERROR_BUSY,
+        #[allow(unreachable_patterns)]
+        _ => Status::DMABROKER_ERROR_BROKER,
+    }
+}
+
+/// The message of a refusal the broker's session ended with (`BadRequest`):
+/// the connection is closed, so say what a C caller does next.
+fn refusal_message(code: ErrorCode, text: String) -> String {
+    if code == ErrorCode::BadRequest {
+        format!("{text} (the broker closed this connection: dmabroker_client_free it and connect again)")
+    } else {
+        text
     }
 }
 
@@ -62,16 +98,64 @@ impl From<ConnectError> for Error {
         let status = match &e {
             ConnectError::NoBroker { .. } => Status::DMABROKER_ERROR_NO_BROKER,
             ConnectError::PermissionDenied { .. } => Status::DMABROKER_ERROR_PERMISSION_DENIED,
+            ConnectError::TimedOut { .. } => Status::DMABROKER_ERROR_TIMEOUT,
+            ConnectError::Refused { code, .. } => code_status(*code),
             ConnectError::Transport(t) => transport_status(t),
             _ => Status::DMABROKER_ERROR_BROKER,
         };
-        Self::new(status, e.to_string())
+        let message = match &e {
+            ConnectError::NoBroker { path, source } => format!(
+                "no broker at {} ({}): start one with `dmabroker serve` (or `systemctl start dmabroker.socket`), \
+                 or pass its socket path to dmabroker_client_connect (NULL reads $DMABROKER_SOCKET)",
+                path.display(),
+                crate::error::errno_name(*source)
+            ),
+            ConnectError::TimedOut { path, after } => format!(
+                "the broker at {} did not answer within {} ms: it is stopped (SIGSTOP, a debugger), wedged or not a \
+                 dmabroker broker; check the process behind the socket (`systemctl status dmabroker`), or allow more \
+                 time with dmabroker_client_connect_timeout",
+                path.display(),
+                after.as_millis()
+            ),
+            _ => e.to_string(),
+        };
+        Self::new(status, message)
     }
+}
+
+/// A refusal's status and message, or the transport's.
+macro_rules! refusal {
+    ($e:expr, $ty:ident) => {
+        match $e {
+            $ty::Refused { code, message } => {
+                Some(Error::new(code_status(*code), refusal_message(*code, message.clone())))
+            }
+            $ty::Transport(t) => Some(transport_error(t)),
+            _ => None,
+        }
+    };
+}
+
+fn transport_error(t: &TransportError) -> Error {
+    let message = match t {
+        TransportError::TimedOut { after } => format!(
+            "the broker did not answer within {} ms: it is stopped (SIGSTOP, a debugger) or overloaded; check the \
+             broker process (`systemctl status dmabroker`), then dmabroker_client_free this connection and connect \
+             again (dmabroker_client_set_timeout allows more time)",
+            after.as_millis()
+        ),
+        other => other.to_string(),
+    };
+    Error::new(transport_status(t), message)
 }
 
 impl From<AllocateError> for Error {
     fn from(e: AllocateError) -> Self {
+        if let Some(err) = refusal!(&e, AllocateError) {
+            return err;
+        }
         let status = match &e {
+            AllocateError::Invalid(_) => Status::DMABROKER_ERROR_INVALID_ARGUMENT,
             AllocateError::NotAllowed(_) => Status::DMABROKER_ERROR_PERMISSION_DENIED,
             AllocateError::QuotaExceeded(_) => Status::DMABROKER_ERROR_QUOTA_EXCEEDED,
             AllocateError::NoSuchHeap(_) => Status::DMABROKER_ERROR_NO_SUCH_HEAP,
@@ -86,6 +170,9 @@ impl From<AllocateError> for Error {
 
 impl From<PublishError> for Error {
     fn from(e: PublishError) -> Self {
+        if let Some(err) = refusal!(&e, PublishError) {
+            return err;
+        }
         let status = match &e {
             PublishError::NotAllowed(_) => Status::DMABROKER_ERROR_PERMISSION_DENIED,
             PublishError::AlreadyExists(_) => Status::DMABROKER_ERROR_ALREADY_EXISTS,
@@ -101,6 +188,9 @@ impl From<PublishError> for Error {
 
 impl From<ImportError> for Error {
     fn from(e: ImportError) -> Self {
+        if let Some(err) = refusal!(&e, ImportError) {
+            return err;
+        }
         let status = match &e {
             ImportError::NotFound(_) => Status::DMABROKER_ERROR_NOT_FOUND,
             ImportError::NotAllowed(_) => Status::DMABROKER_ERROR_PERMISSION_DENIED,
@@ -114,6 +204,9 @@ impl From<ImportError> for Error {
 
 impl From<UnpublishError> for Error {
     fn from(e: UnpublishError) -> Self {
+        if let Some(err) = refusal!(&e, UnpublishError) {
+            return err;
+        }
         let status = match &e {
             UnpublishError::NotFound(_) => Status::DMABROKER_ERROR_NOT_FOUND,
             UnpublishError::NotAllowed(_) => Status::DMABROKER_ERROR_PERMISSION_DENIED,
@@ -126,18 +219,43 @@ impl From<UnpublishError> for Error {
 
 /// Connect to the broker at `socket_path`; NULL: the default socket
 /// (`$DMABROKER_SOCKET`, else `$XDG_RUNTIME_DIR/dmabroker.sock`, else
-/// `/run/dmabroker/dmabroker.sock`).
+/// `/run/dmabroker/dmabroker.sock`). Waits at most 5 s for the broker to
+/// accept and answer, and so does every later call on the connection
+/// (`dmabroker_client_connect_timeout` and `dmabroker_client_set_timeout`
+/// change that).
 ///
 /// # Errors
 /// `DMABROKER_ERROR_NO_BROKER` (nothing listens there: start `dmabroker
-/// serve`), `DMABROKER_ERROR_PERMISSION_DENIED`, `DMABROKER_ERROR_BROKER`
-/// (version mismatch, refused session), `DMABROKER_ERROR_INVALID_ARGUMENT`
-/// (`out` NULL, an empty path, a path over 107 bytes).
+/// serve`), `DMABROKER_ERROR_PERMISSION_DENIED`, `DMABROKER_ERROR_TIMEOUT`
+/// (something listens but does not answer: a stopped or wedged broker),
+/// `DMABROKER_ERROR_BUSY` (the broker is at its client limit),
+/// `DMABROKER_ERROR_BROKER` (version mismatch, refused session),
+/// `DMABROKER_ERROR_INVALID_ARGUMENT` (`out` NULL, an empty path, a path
+/// over 107 bytes).
 ///
 /// # Safety
 /// `socket_path` is NULL or a C string; `out` is NULL or writable for one pointer.
 #[no_mangle]
 pub unsafe extern "C" fn dmabroker_client_connect(socket_path: *const c_char, out: *mut *mut Client) -> Status {
+    // SAFETY: the caller's promises are this function's.
+    unsafe { dmabroker_client_connect_timeout(socket_path, 0, out) }
+}
+
+/// `dmabroker_client_connect` with another bound, in milliseconds, on
+/// connecting and on each later call: 0: 5000; negative: no limit (a
+/// stopped broker then blocks the caller for ever).
+///
+/// # Errors
+/// As `dmabroker_client_connect`.
+///
+/// # Safety
+/// `socket_path` is NULL or a C string; `out` is NULL or writable for one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_client_connect_timeout(
+    socket_path: *const c_char,
+    timeout_ms: i64,
+    out: *mut *mut Client,
+) -> Status {
     guard(|| {
         // SAFETY: the caller passes NULL or a writable pointer slot.
         let out = unsafe { crate::out(out, "out") }?;
@@ -148,9 +266,36 @@ pub unsafe extern "C" fn dmabroker_client_connect(socket_path: *const c_char, ou
             // SAFETY: non-NULL, and the caller passes a C string.
             crate::socket_path_arg(unsafe { c_str(socket_path, "socket_path") }?, "socket_path")?.into()
         };
-        let client = CoreClient::connect(path)?;
+        let client = CoreClient::connect_with_timeout(path, client_timeout(timeout_ms))?;
         *out = into_handle(Client { client: Mutex::new(client) });
         Ok(())
+    })
+}
+
+fn client_timeout(ms: i64) -> Option<Duration> {
+    match ms {
+        0 => Some(dmabroker_core::client::DEFAULT_TIMEOUT),
+        ms => crate::timeout_ms(ms),
+    }
+}
+
+/// Bound each later call on `client` (sending the request, waiting for the
+/// reply) by `timeout_ms` milliseconds: 0: 5000; negative: no limit. A call
+/// that times out returns `DMABROKER_ERROR_TIMEOUT`, and the connection
+/// refuses every later call (a late reply would answer the wrong request):
+/// free it and connect again.
+///
+/// # Errors
+/// `DMABROKER_ERROR_INVALID_ARGUMENT` (`client` NULL).
+///
+/// # Safety
+/// `client` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn dmabroker_client_set_timeout(client: *const Client, timeout_ms: i64) -> Status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live handle.
+        let client = unsafe { handle(client, "client") }?;
+        client.with(|c| c.set_timeout(client_timeout(timeout_ms))).map_err(|t| transport_error(&t))
     })
 }
 
@@ -220,6 +365,9 @@ pub unsafe extern "C" fn dmabroker_client_alloc(
 
 impl From<AllocateForError> for Error {
     fn from(e: AllocateForError) -> Self {
+        if let Some(err) = refusal!(&e, AllocateForError) {
+            return err;
+        }
         let status = match &e {
             AllocateForError::Unsupported { .. } | AllocateForError::NoSuitableHeap(_) => {
                 Status::DMABROKER_ERROR_UNSUPPORTED

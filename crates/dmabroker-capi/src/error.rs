@@ -50,8 +50,10 @@ pub enum Status {
     DMABROKER_ERROR_BUFFER_TOO_SMALL = 10,
     /// `dmabroker_mapping_begin` while an access is active on that mapping:
     /// call `dmabroker_mapping_end` first. Also: a producer call while a
-    /// slot is still out (submit or cancel it first), and a pool that
-    /// serves as many consumers as it may.
+    /// slot is still out (submit or cancel it first), a pool that
+    /// serves as many consumers as it may, and a broker at one of its
+    /// limits (clients, publications of a buffer or of a user: free some,
+    /// or try later).
     DMABROKER_ERROR_BUSY = 11,
     /// `dmabroker_mapping_end` with no access active; a pool submit or
     /// cancel with no slot acquired.
@@ -70,7 +72,9 @@ pub enum Status {
     /// (closed connection, protocol or version mismatch); reconnect.
     DMABROKER_ERROR_BROKER = 17,
     /// Nothing happened within the timeout (no frame, no free buffer, not
-    /// enough consumers); the stream goes on: try again.
+    /// enough consumers); the stream goes on: try again. From a broker
+    /// client call: the broker did not answer in time (stopped or wedged);
+    /// that connection is unusable: free it and connect again.
     DMABROKER_ERROR_TIMEOUT = 18,
     /// The pool's stream ended in order (the producer closed it; every
     /// frame handed off before was received), or the producer was closed.
@@ -274,8 +278,83 @@ thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
-/// Store `message` as this thread's last error.
+/// The C name of an errno (`ENOENT`), or `errno N` for a rare one.
+pub(crate) fn errno_name(e: rustix::io::Errno) -> String {
+    use rustix::io::Errno as E;
+    let name = match e {
+        E::PERM => "EPERM",
+        E::NOENT => "ENOENT",
+        E::SRCH => "ESRCH",
+        E::INTR => "EINTR",
+        E::IO => "EIO",
+        E::NXIO => "ENXIO",
+        E::TOOBIG => "E2BIG",
+        E::BADF => "EBADF",
+        E::AGAIN => "EAGAIN",
+        E::NOMEM => "ENOMEM",
+        E::ACCESS => "EACCES",
+        E::FAULT => "EFAULT",
+        E::BUSY => "EBUSY",
+        E::EXIST => "EEXIST",
+        E::NODEV => "ENODEV",
+        E::NOTDIR => "ENOTDIR",
+        E::ISDIR => "EISDIR",
+        E::INVAL => "EINVAL",
+        E::NFILE => "ENFILE",
+        E::MFILE => "EMFILE",
+        E::NOTTY => "ENOTTY",
+        E::FBIG => "EFBIG",
+        E::NOSPC => "ENOSPC",
+        E::SPIPE => "ESPIPE",
+        E::ROFS => "EROFS",
+        E::PIPE => "EPIPE",
+        E::RANGE => "ERANGE",
+        E::NAMETOOLONG => "ENAMETOOLONG",
+        E::NOSYS => "ENOSYS",
+        E::OPNOTSUPP => "EOPNOTSUPP",
+        E::NOTSOCK => "ENOTSOCK",
+        E::CONNREFUSED => "ECONNREFUSED",
+        E::CONNRESET => "ECONNRESET",
+        E::TIMEDOUT => "ETIMEDOUT",
+        E::OVERFLOW => "EOVERFLOW",
+        E::NOTCONN => "ENOTCONN",
+        _ => return format!("errno {}", e.raw_os_error()),
+    };
+    name.to_owned()
+}
+
+/// A message in a C caller's words: the library's and the broker's texts
+/// name Rust methods and CLI flags, and std prints errno as "(os error N)".
+pub(crate) fn c_words(message: &str) -> String {
+    const WORDS: [(&str, &str); 7] = [
+        ("map it with map_read()", "map it with DMABROKER_MAP_MODE_READ"),
+        ("map with map_read_write()", "map it with DMABROKER_MAP_MODE_READ_WRITE"),
+        ("map_read_write()", "DMABROKER_MAP_MODE_READ_WRITE"),
+        ("map_read()", "DMABROKER_MAP_MODE_READ"),
+        ("must add --allow ", "must add to dmabroker_publish_options.grants the grant "),
+        ("or pass --socket / DMABROKER_SOCKET", "or pass its socket path to dmabroker_client_connect"),
+        ("Client::set_timeout", "dmabroker_client_set_timeout"),
+    ];
+    let mut out = message.to_owned();
+    for (rust, c) in WORDS {
+        if out.contains(rust) {
+            out = out.replace(rust, c);
+        }
+    }
+    // "(os error 2)" -> "(ENOENT)"
+    while let Some(at) = out.find("(os error ") {
+        let rest = &out[at + "(os error ".len()..];
+        let Some(end) = rest.find(')') else { break };
+        let Ok(n) = rest[..end].parse::<i32>() else { break };
+        let name = errno_name(rustix::io::Errno::from_raw_os_error(n));
+        out.replace_range(at..at + "(os error ".len() + end + 1, &format!("({name})"));
+    }
+    out
+}
+
+/// Store `message` as this thread's last error, in C's words ([`c_words`]).
 pub(crate) fn set_last_error(message: &str) {
+    let message = c_words(message);
     // A message with a NUL inside would be cut short by C: replace it.
     let c = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
     LAST_ERROR.with(|slot| *slot.borrow_mut() = c);
@@ -327,5 +406,31 @@ pub(crate) fn guard_value<T>(fallback: T, f: impl FnOnce() -> T) -> T {
             set_last_error(&message);
             fallback
         }
+    }
+}
+
+#[cfg(test)]
+mod c_words_tests {
+    use super::c_words;
+
+    #[test]
+    fn messages_speak_c() {
+        assert_eq!(
+            c_words("cannot open /nope: No such file or directory (os error 2)"),
+            "cannot open /nope: No such file or directory (ENOENT)"
+        );
+        assert_eq!(c_words("a (os error 13) and b (os error 4095)"), "a (EACCES) and b (errno 4095)");
+        assert_eq!(c_words("broken (os error x)"), "broken (os error x)");
+        assert_eq!(
+            c_words("the buffer's fd is read-only (a read-only grant?): map it with map_read()"),
+            "the buffer's fd is read-only (a read-only grant?): map it with DMABROKER_MAP_MODE_READ"
+        );
+        assert_eq!(
+            c_words("write access through a read-only mapping: map with map_read_write()"),
+            "write access through a read-only mapping: map it with DMABROKER_MAP_MODE_READ_WRITE"
+        );
+        let refusal =
+            c_words("`k` is not granted to uid 7; the publisher must add --allow uid=7 (or a group of yours)");
+        assert!(!refusal.contains("--allow") && refusal.contains("dmabroker_publish_options.grants the grant uid=7"));
     }
 }

@@ -37,9 +37,9 @@ pub use buffer::{
     Buffer, BufferInfo, BufferKind, FdOwnership, FdOwnershipArg, Segment,
 };
 pub use client::{
-    dmabroker_client_alloc, dmabroker_client_alloc_for, dmabroker_client_connect, dmabroker_client_free,
-    dmabroker_client_import, dmabroker_client_publish, dmabroker_client_unpublish, dmabroker_string_free, Client,
-    PublishOptions,
+    dmabroker_client_alloc, dmabroker_client_alloc_for, dmabroker_client_connect, dmabroker_client_connect_timeout,
+    dmabroker_client_free, dmabroker_client_import, dmabroker_client_publish, dmabroker_client_set_timeout,
+    dmabroker_client_unpublish, dmabroker_string_free, Client, PublishOptions,
 };
 pub use constraints::{
     dmabroker_alloc_for, dmabroker_choice_info_clear, dmabroker_constraints_describe, dmabroker_constraints_free,

@@ -1388,3 +1388,267 @@ fn frame_check_reports_an_eviction_while_the_frame_was_held() {
     unsafe { dmabroker_producer_free(p) };
     let _ = std::fs::remove_dir_all(std::path::Path::new(path.to_str().unwrap()).parent().unwrap());
 }
+
+// ---- timeouts and the status of each broker refusal ---------------------------
+
+/// A real broker in a child process (this test binary, running the ignored
+/// test [`broker_process`]), so that it can be stopped with SIGSTOP.
+struct ChildBroker {
+    child: std::process::Child,
+    path: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl ChildBroker {
+    fn start(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("dmabroker-capi-child-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("broker.sock");
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "broker_process", "--ignored", "--test-threads", "1", "--quiet"])
+            .env("DMABROKER_CAPI_BROKER_SOCKET", &path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while dmabroker_core::client::Client::connect(&path).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the broker process did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { child, path, dir }
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, signal).unwrap();
+        // kill() returns before the process stops: wait until it has (state
+        // `T` in /proc/PID/stat), or it may still answer one more request.
+        if signal == rustix::process::Signal::STOP {
+            let stat = format!("/proc/{}/stat", self.child.id());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !std::fs::read_to_string(&stat)
+                .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('T')))
+            {
+                assert!(std::time::Instant::now() < deadline, "the broker did not stop");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+
+    fn c_path(&self) -> std::ffi::CString {
+        std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()).unwrap()
+    }
+}
+
+impl Drop for ChildBroker {
+    fn drop(&mut self) {
+        self.signal(rustix::process::Signal::CONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Not a test: the broker process of [`ChildBroker`].
+#[test]
+#[ignore = "the broker process of other tests"]
+fn broker_process() {
+    let Some(path) = std::env::var_os("DMABROKER_CAPI_BROKER_SOCKET") else { return };
+    let mut config = dmabroker_broker::Config::new(dmabroker_broker::Listener::Path(path.into()));
+    config.notify = false;
+    let (_stop, stop_rx) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut broker = dmabroker_broker::Broker::start(config, Vec::new(), stop_rx.into()).unwrap();
+    broker.run().unwrap();
+}
+
+/// The C client never hangs on a broker that does not answer: a broker
+/// stopped with SIGSTOP makes a call and a new connection return
+/// `DMABROKER_ERROR_TIMEOUT` within the bound, with a message that says
+/// what a C caller does.
+#[test]
+fn a_stopped_broker_times_out_through_the_c_api() {
+    use std::time::{Duration, Instant};
+    let broker = ChildBroker::start("sigstop");
+    let path = broker.c_path();
+    let mut c = ptr::null_mut();
+    expect(unsafe { dmabroker_client_connect(path.as_ptr(), &mut c) }, Status::DMABROKER_OK);
+    expect(unsafe { dmabroker_client_set_timeout(c, 300) }, Status::DMABROKER_OK);
+    expect(unsafe { dmabroker_client_set_timeout(ptr::null(), 300) }, INVALID);
+    let mut b = ptr::null_mut();
+    expect(
+        unsafe { dmabroker_client_import(c, c"nothing".as_ptr(), &mut b, ptr::null_mut()) },
+        Status::DMABROKER_ERROR_NOT_FOUND,
+    );
+    broker.signal(rustix::process::Signal::STOP);
+    let start = Instant::now();
+    expect(
+        unsafe { dmabroker_client_import(c, c"nothing".as_ptr(), &mut b, ptr::null_mut()) },
+        Status::DMABROKER_ERROR_TIMEOUT,
+    );
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{took:?}");
+    let message = last_error();
+    assert!(message.contains("300 ms") && message.contains("dmabroker_client_free"), "{message}");
+    assert!(!message.contains("Client::"), "{message}");
+    // A new connection: connect() lands in the backlog, the hello times out.
+    let mut c2 = ptr::dangling_mut::<Client>();
+    let start = Instant::now();
+    expect(unsafe { dmabroker_client_connect_timeout(path.as_ptr(), 300, &mut c2) }, Status::DMABROKER_ERROR_TIMEOUT);
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(c2.is_null());
+    assert!(last_error().contains("dmabroker_client_connect_timeout"), "{}", last_error());
+    broker.signal(rustix::process::Signal::CONT);
+    // The connection that timed out stays refused: a late reply would answer
+    // the wrong request.
+    expect(
+        unsafe { dmabroker_client_import(c, c"nothing".as_ptr(), &mut b, ptr::null_mut()) },
+        Status::DMABROKER_ERROR_TIMEOUT,
+    );
+    unsafe { dmabroker_client_free(c) };
+}
+
+/// A socket that listens and never accepts: `dmabroker_client_connect`
+/// returns `DMABROKER_ERROR_TIMEOUT` after its default 5 s instead of
+/// hanging (it hung for ever before).
+#[test]
+fn connect_to_a_silent_listener_times_out() {
+    use std::time::{Duration, Instant};
+    let dir = std::env::temp_dir().join(format!("dmabroker-capi-silent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("silent.sock");
+    let listener = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    rustix::net::bind(&listener, &rustix::net::SocketAddrUnix::new(&path).unwrap()).unwrap();
+    rustix::net::listen(&listener, 16).unwrap();
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut c = ptr::dangling_mut::<Client>();
+    let start = Instant::now();
+    expect(unsafe { dmabroker_client_connect(c_path.as_ptr(), &mut c) }, Status::DMABROKER_ERROR_TIMEOUT);
+    let took = start.elapsed();
+    assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(8), "{took:?}");
+    assert!(c.is_null());
+    assert!(last_error().contains("5000 ms"), "{}", last_error());
+    let start = Instant::now();
+    expect(unsafe { dmabroker_client_connect_timeout(c_path.as_ptr(), 200, &mut c) }, Status::DMABROKER_ERROR_TIMEOUT);
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A stand-in broker that answers `Hello` (version 3) and then every
+/// request with the next of `codes`; returns the requests it got.
+fn refusing_broker(
+    name: &str,
+    codes: Vec<dmabroker_core::proto::ErrorCode>,
+) -> (std::path::PathBuf, std::thread::JoinHandle<Vec<dmabroker_core::proto::Request>>) {
+    use dmabroker_core::proto::{self, wire, Request, Response};
+    use std::os::fd::AsFd;
+    let dir = std::env::temp_dir().join(format!("dmabroker-capi-refuse-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("b.sock");
+    let listener = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    rustix::net::bind(&listener, &rustix::net::SocketAddrUnix::new(&path).unwrap()).unwrap();
+    rustix::net::listen(&listener, 1).unwrap();
+    let thread = std::thread::spawn(move || {
+        let s = rustix::net::accept(&listener).unwrap();
+        let mut buf = vec![0; proto::MAX_RESPONSE_LEN];
+        let mut got = Vec::new();
+        let mut codes = codes.into_iter();
+        while let Ok(Some(r)) = wire::recv(s.as_fd(), &mut buf, false) {
+            let request = proto::decode_request(&buf[..r.len]).unwrap();
+            let response = match &request {
+                Request::Hello { .. } => Response::Hello { version: 3, server: "fake".into() },
+                _ => match codes.next() {
+                    Some(code) => Response::Error { code, message: format!("refused with {code}") },
+                    None => break,
+                },
+            };
+            got.push(request);
+            let bytes = proto::encode_response(&response).unwrap();
+            wire::send(s.as_fd(), &bytes, None, false).unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        got
+    });
+    (path, thread)
+}
+
+/// Every error code of docs/PROTOCOL.md, and the status a C caller gets
+/// for it from each broker call.
+#[test]
+fn each_broker_refusal_has_its_status() {
+    use dmabroker_core::proto::ErrorCode as E;
+    const TABLE: [(E, Status); 13] = [
+        (E::BadRequest, INVALID),
+        (E::UnsupportedVersion, Status::DMABROKER_ERROR_BROKER),
+        (E::NotAllowed, Status::DMABROKER_ERROR_PERMISSION_DENIED),
+        (E::QuotaExceeded, Status::DMABROKER_ERROR_QUOTA_EXCEEDED),
+        (E::NoSuchHeap, Status::DMABROKER_ERROR_NO_SUCH_HEAP),
+        (E::AllocationFailed, Status::DMABROKER_ERROR_OUT_OF_MEMORY),
+        (E::NotFound, Status::DMABROKER_ERROR_NOT_FOUND),
+        (E::AlreadyExists, Status::DMABROKER_ERROR_ALREADY_EXISTS),
+        (E::NotABuffer, Status::DMABROKER_ERROR_NOT_A_BUFFER),
+        (E::ReadOnlyUnsupported, Status::DMABROKER_ERROR_UNSUPPORTED),
+        (E::Busy, Status::DMABROKER_ERROR_BUSY),
+        (E::Internal, Status::DMABROKER_ERROR_BROKER),
+        (E::NoSuitableHeap, Status::DMABROKER_ERROR_UNSUPPORTED),
+    ];
+    // Four calls per code: allocate, import, publish, unpublish.
+    let codes: Vec<E> = TABLE.iter().flat_map(|(code, _)| [*code; 4]).collect();
+    let (path, broker) = refusing_broker("codes", codes);
+    let client = connect(&path);
+    let own = alloc(4096);
+    for (code, want) in TABLE {
+        let mut b = ptr::dangling_mut::<Buffer>();
+        let status = unsafe { dmabroker_client_alloc(client, c"memfd".as_ptr(), 4096, ptr::null(), &mut b) };
+        assert_eq!(status, want, "allocate refused with {code}: {}", last_error());
+        assert!(b.is_null());
+        assert!(last_error().contains(&format!("refused with {code}")), "{}", last_error());
+        if code == E::BadRequest {
+            assert!(last_error().contains("connect again"), "{}", last_error());
+        }
+        let status = unsafe { dmabroker_client_import(client, c"key".as_ptr(), &mut b, ptr::null_mut()) };
+        assert_eq!(status, want, "import refused with {code}: {}", last_error());
+        let mut key = ptr::dangling_mut::<std::ffi::c_char>();
+        let status = unsafe { dmabroker_client_publish(client, own, ptr::null(), &mut key) };
+        assert_eq!(status, want, "publish refused with {code}: {}", last_error());
+        assert!(key.is_null());
+        let status = unsafe { dmabroker_client_unpublish(client, c"key".as_ptr()) };
+        assert_eq!(status, want, "unpublish refused with {code}: {}", last_error());
+    }
+    unsafe { dmabroker_buffer_free(own) };
+    unsafe { dmabroker_client_free(client) };
+    assert_eq!(broker.join().unwrap().len(), 1 + 4 * TABLE.len());
+}
+
+/// A bad alignment or size through the broker is the caller's mistake
+/// (`INVALID_ARGUMENT`), refused before anything is sent; the broker would
+/// have said `AllocationFailed`, the code it shares with running out of
+/// memory.
+#[test]
+fn a_bad_alignment_through_the_broker_is_an_invalid_argument() {
+    let (path, broker) = refusing_broker("align", vec![]);
+    let client = connect(&path);
+    let options = AllocOptions { align: 3, name: ptr::null(), contiguous: false, non_coherent: false };
+    let mut b = ptr::dangling_mut::<Buffer>();
+    expect(unsafe { dmabroker_client_alloc(client, c"memfd".as_ptr(), 4096, &options, &mut b) }, INVALID);
+    assert!(b.is_null());
+    assert!(last_error().contains("alignment 3 is not a power of two"), "{}", last_error());
+    expect(unsafe { dmabroker_client_alloc(client, c"memfd".as_ptr(), 0, ptr::null(), &mut b) }, INVALID);
+    unsafe { dmabroker_client_free(client) };
+    let got = broker.join().unwrap();
+    assert_eq!(got.len(), 1, "only the hello went to the broker: {got:?}");
+}

@@ -143,6 +143,7 @@ unsafe impl Sync for Region {}
 /// Nothing in this process writes the bytes behind a `&[u8]` of it: there
 /// are no atomics on a `Mapping` (see [`AtomicMapping`]).
 #[derive(Debug)]
+#[must_use = "dropping the mapping unmaps it at once"]
 pub struct Mapping {
     region: Region,
 }
@@ -231,6 +232,7 @@ impl Mapping {
 /// shared memory), unmapped on drop. It has no byte views, so concurrent
 /// stores by any thread or process are what the atomics are for.
 #[derive(Debug)]
+#[must_use = "dropping the mapping unmaps it at once"]
 pub struct AtomicMapping {
     region: Region,
 }

@@ -28,26 +28,6 @@ pub fn unreceived_bytes(socket: impl AsFd) -> rustix::io::Result<u64> {
     }
 }
 
-/// `SO_PEERGROUPS` (`include/uapi/asm-generic/socket.h`); the architectures
-/// with their own numbering (alpha, mips, parisc, sparc) are left out and get
-/// `ENOPROTOOPT` from [`peer_groups`].
-const SO_PEERGROUPS: Option<c_int> = if cfg!(any(
-    target_arch = "x86",
-    target_arch = "x86_64",
-    target_arch = "arm",
-    target_arch = "aarch64",
-    target_arch = "riscv32",
-    target_arch = "riscv64",
-    target_arch = "loongarch64",
-    target_arch = "powerpc",
-    target_arch = "powerpc64",
-    target_arch = "s390x"
-)) {
-    Some(59)
-} else {
-    None
-};
-
 /// Largest group list the kernel keeps (`NGROUPS_MAX`).
 const NGROUPS_MAX: usize = 65536;
 
@@ -58,14 +38,15 @@ const NGROUPS_MAX: usize = 65536;
 /// its groups afterwards.
 ///
 /// # Errors
-/// `ENOPROTOOPT` on kernels before 4.13 or architectures whose number is not
-/// known here; `ENOTSOCK`, `EBADF`, `ENOTCONN` as for `SO_PEERCRED`.
+/// `ENOPROTOOPT` on kernels before 4.13; `ENOTSOCK`, `EBADF`, `ENOTCONN` as for `SO_PEERCRED`.
 ///
 /// # References
 /// - `sk_getsockopt()` case `SO_PEERGROUPS` and `groups_to_user()` in `net/core/sock.c`
 pub fn peer_groups(socket: impl AsFd) -> rustix::io::Result<Vec<u32>> {
     use std::os::fd::AsRawFd;
-    let Some(option) = SO_PEERGROUPS else { return Err(rustix::io::Errno::NOPROTOOPT) };
+    // libc has each architecture's number (59 in asm-generic, others on
+    // alpha, mips, parisc, sparc); rustix has no wrapper for this option.
+    let option = libc::SO_PEERGROUPS;
     let fd = socket.as_fd();
     let mut groups: Vec<u32> = vec![0; 64];
     loop {

@@ -15,6 +15,13 @@
 //! Every call is one request datagram and one reply on a `SOCK_SEQPACKET`
 //! connection; fds travel with `SCM_RIGHTS` (see `docs/PROTOCOL.md`). A
 //! `Client` is not `Sync`: use one per thread.
+//!
+//! Every call is bounded in time: connecting, the hello exchange and each
+//! request give up after [`DEFAULT_TIMEOUT`] (5 s) with
+//! [`ConnectError::TimedOut`] or [`TransportError::TimedOut`], so a stopped
+//! (`SIGSTOP`) or wedged broker cannot hang its clients.
+//! [`Client::connect_with_timeout`] and [`Client::set_timeout`] change the
+//! bound (`None`: wait for ever).
 
 use crate::buffer::{Buffer, FromFdError};
 use crate::constraints::Constraints;
@@ -28,12 +35,29 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// How long [`Client::connect`] and each call wait for the broker by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Failures of the connection itself, common to every call.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// A socket call failed.
     #[error("broker connection: {0}")]
     Io(#[from] Errno),
+    /// The broker did not take the request or did not answer it within the
+    /// client's timeout. The connection is unusable afterwards (a late reply
+    /// would answer the wrong request): connect again.
+    #[error(
+        "the broker did not answer within {} ms: it is stopped (SIGSTOP, a debugger) or overloaded; \
+         check the broker process (`systemctl status dmabroker`), then connect again \
+         (or allow more time with Client::set_timeout)",
+        after.as_millis()
+    )]
+    TimedOut {
+        /// The timeout that passed.
+        after: Duration,
+    },
     /// The broker closed the connection.
     #[error("the broker closed the connection (it restarted or ended this session)")]
     Closed,
@@ -47,6 +71,7 @@ pub enum TransportError {
 
 /// Why [`Client::connect`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// Nothing listens at the path.
     #[error("no broker at {path}: start one with `dmabroker serve` (or `systemctl start dmabroker.socket`), or pass --socket / DMABROKER_SOCKET ({source})")]
@@ -72,9 +97,29 @@ pub enum ConnectError {
         /// The broker's explanation.
         message: String,
     },
-    /// The broker refused the session (too many clients, ...).
-    #[error("the broker refused the session: {0}")]
-    Refused(String),
+    /// The broker refused the session (`Busy`: too many clients, ...).
+    #[error("the broker refused the session: {message}")]
+    Refused {
+        /// The code (`Busy` at the client limits).
+        code: ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
+    /// Something listens at the path but did not accept the connection or
+    /// answer the hello within the timeout: a stopped (`SIGSTOP`) or wedged
+    /// broker, or a socket that is not a broker's.
+    #[error(
+        "the broker at {path} did not answer within {} ms: it is stopped (SIGSTOP, a debugger), \
+         wedged or not a dmabroker broker; check the process behind the socket \
+         (`systemctl status dmabroker`, `ss -xlp | grep dmabroker`) or restart it",
+        after.as_millis()
+    )]
+    TimedOut {
+        /// The socket path.
+        path: PathBuf,
+        /// The timeout that passed.
+        after: Duration,
+    },
     /// Connection failure.
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -82,7 +127,12 @@ pub enum ConnectError {
 
 /// Why [`Client::allocate`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AllocateError {
+    /// The request is wrong before it is sent (size 0, an alignment that is
+    /// not a power of two); the broker was not asked.
+    #[error("invalid request: {0}")]
+    Invalid(String),
     /// The policy does not let this user allocate from that heap.
     #[error("not allowed: {0}")]
     NotAllowed(String),
@@ -113,6 +163,7 @@ pub enum AllocateError {
 
 /// Why [`Client::allocate_for`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AllocateForError {
     /// The broker speaks protocol version 1, which cannot allocate by constraints.
     #[error(
@@ -173,6 +224,7 @@ pub struct AllocatedFor {
 
 /// Why [`Client::publish`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublishError {
     /// The policy does not let this user publish.
     #[error("not allowed: {0}")]
@@ -204,6 +256,7 @@ pub enum PublishError {
 
 /// Why [`Client::import`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ImportError {
     /// No publication with that key (withdrawn, expired, consumed, or a typo).
     #[error("{0}")]
@@ -229,6 +282,7 @@ pub enum ImportError {
 
 /// Why [`Client::unpublish`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum UnpublishError {
     /// No publication with that key.
     #[error("{0}")]
@@ -251,6 +305,7 @@ pub enum UnpublishError {
 
 /// Why [`Client::list`] or [`Client::stats`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum QueryError {
     /// The broker refused.
     #[error("broker refused ({code}): {message}")]
@@ -328,31 +383,66 @@ pub struct Client {
     buf: Vec<u8>,
     /// The physical properties around the last reply (version 3).
     properties: Option<crate::buffer::PropertyHint>,
+    /// The bound on each send and receive (`SO_SNDTIMEO`/`SO_RCVTIMEO`).
+    timeout: Option<Duration>,
+    /// A call timed out: a late reply may still come, so the connection
+    /// cannot be trusted to pair requests with replies any more.
+    poisoned: bool,
 }
 
 impl Client {
     /// `socket(AF_UNIX, SOCK_SEQPACKET)` + `connect(path)` + the hello exchange.
     ///
+    /// Waits at most [`DEFAULT_TIMEOUT`] for the broker to accept and to
+    /// answer, and so does every later call (see [`Client::set_timeout`]).
+    ///
     /// # Errors
     /// [`ConnectError`] saying whether no broker runs there, access is denied,
-    /// or versions do not match.
+    /// versions do not match, or the broker did not answer in time.
     pub fn connect(path: impl AsRef<Path>) -> Result<Self, ConnectError> {
+        Self::connect_with_timeout(path, Some(DEFAULT_TIMEOUT))
+    }
+
+    /// [`Client::connect`] with another bound on connecting, the hello and
+    /// each later call; `None` waits for ever (a stopped broker then hangs
+    /// the caller). A zero duration is taken as 1 ms.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub fn connect_with_timeout(path: impl AsRef<Path>, timeout: Option<Duration>) -> Result<Self, ConnectError> {
         let path = path.as_ref();
         let socket = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
             .map_err(TransportError::Io)?;
+        let timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
+        // SO_SNDTIMEO bounds a Unix connect() too: it waits for room in the
+        // listener's backlog for at most that long, then fails with EAGAIN.
+        set_timeouts(&socket, timeout).map_err(TransportError::Io)?;
         let addr = SocketAddrUnix::new(path).map_err(TransportError::Io)?;
+        let timed_out = |after| ConnectError::TimedOut { path: path.to_owned(), after };
         match rustix::net::connect(&socket, &addr) {
             Ok(()) => {}
             Err(e @ (Errno::NOENT | Errno::CONNREFUSED)) => {
                 return Err(ConnectError::NoBroker { path: path.to_owned(), source: e })
             }
             Err(Errno::ACCESS | Errno::PERM) => return Err(ConnectError::PermissionDenied { path: path.to_owned() }),
+            Err(Errno::AGAIN) if timeout.is_some() => return Err(timed_out(timeout.unwrap_or_default())),
             Err(e) => return Err(TransportError::Io(e).into()),
         }
-        let mut client =
-            Self { socket, version: 0, server: String::new(), buf: vec![0; proto::MAX_RESPONSE_LEN], properties: None };
+        let mut client = Self {
+            socket,
+            version: 0,
+            server: String::new(),
+            buf: vec![0; proto::MAX_RESPONSE_LEN],
+            properties: None,
+            timeout,
+            poisoned: false,
+        };
         let hello = Request::Hello { min_version: proto::MIN_PROTOCOL_VERSION, max_version: proto::PROTOCOL_VERSION };
-        match client.call(&hello, None)? {
+        let reply = match client.call(&hello, None) {
+            Err(TransportError::TimedOut { after }) => return Err(timed_out(after)),
+            other => other?,
+        };
+        match reply {
             (Response::Hello { version, server }, _) => {
                 client.version = version;
                 client.server = server;
@@ -365,9 +455,26 @@ impl Client {
                     message,
                 })
             }
-            (Response::Error { message, .. }, _) => Err(ConnectError::Refused(message)),
+            (Response::Error { code, message }, _) => Err(ConnectError::Refused { code, message }),
             (other, _) => Err(unexpected(&other).into()),
         }
+    }
+
+    /// The bound on each call ([`DEFAULT_TIMEOUT`] unless changed).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Bound each later call (sending the request, waiting for the reply) by
+    /// `timeout`; `None` waits for ever. A zero duration is taken as 1 ms.
+    ///
+    /// # Errors
+    /// The `setsockopt` errno (not expected on a live socket).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), TransportError> {
+        let timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
+        set_timeouts(&self.socket, timeout)?;
+        self.timeout = timeout;
+        Ok(())
     }
 
     /// The negotiated protocol version.
@@ -400,6 +507,17 @@ impl Client {
     /// # Errors
     /// [`AllocateError`].
     pub fn allocate_with(&mut self, request: AllocateRequest) -> Result<Buffer, AllocateError> {
+        // The broker refuses these too, but as AllocationFailed, the code it
+        // shares with running out of memory: say it here, as what it is.
+        if request.len == 0 {
+            return Err(AllocateError::Invalid("size 0: a buffer needs at least one byte".into()));
+        }
+        if !request.align.is_power_of_two() {
+            return Err(AllocateError::Invalid(format!(
+                "alignment {} is not a power of two: pass 1 (no requirement), 4096, 2 MiB, ...",
+                request.align
+            )));
+        }
         match self.call(&Request::Allocate(request), None)? {
             (Response::Allocated { .. }, Some(fd)) => Ok(self.adopt(fd)?),
             (Response::Error { code, message }, _) => Err(match code {
@@ -556,11 +674,31 @@ impl Client {
         fd: Option<std::os::fd::BorrowedFd<'_>>,
     ) -> Result<(Response, Option<OwnedFd>), TransportError> {
         let bytes = proto::encode_request(request)?;
-        let nonblocking = match wire::send(self.socket.as_fd(), &bytes, fd, false) {
+        if self.poisoned {
+            // A reply to the request that timed out may still arrive and be
+            // taken for this one's.
+            return Err(TransportError::TimedOut { after: self.timeout.unwrap_or_default() });
+        }
+        let result = self.round_trip(&bytes, fd);
+        if matches!(result, Err(TransportError::TimedOut { .. })) {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn round_trip(
+        &mut self,
+        bytes: &[u8],
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<(Response, Option<OwnedFd>), TransportError> {
+        let timed_out = TransportError::TimedOut { after: self.timeout.unwrap_or_default() };
+        let nonblocking = match wire::send(self.socket.as_fd(), bytes, fd, false) {
             Ok(()) => false,
             // The broker may have said why before closing (too many clients):
             // read that instead of reporting a bare EPIPE.
             Err(Errno::PIPE | Errno::CONNRESET) => true,
+            // SO_SNDTIMEO passed with the broker's queue still full.
+            Err(Errno::AGAIN) if self.timeout.is_some() => return Err(timed_out),
             Err(e) => return Err(e.into()),
         };
         let received = match wire::recv(self.socket.as_fd(), &mut self.buf, nonblocking) {
@@ -573,6 +711,8 @@ impl Client {
                 Ok(Some(r)) => r,
                 _ => return Err(TransportError::Closed),
             },
+            // SO_RCVTIMEO passed with no reply.
+            Err(Errno::AGAIN) if !nonblocking && self.timeout.is_some() => return Err(timed_out),
             Ok(None) | Err(Errno::AGAIN) => return Err(TransportError::Closed),
             Err(e) => return Err(e.into()),
         };
@@ -610,6 +750,13 @@ impl Client {
             None => Buffer::from_fd(fd),
         }
     }
+}
+
+/// `SO_SNDTIMEO` and `SO_RCVTIMEO` (`None`: block for ever).
+fn set_timeouts(socket: &OwnedFd, timeout: Option<Duration>) -> Result<(), Errno> {
+    use rustix::net::sockopt::{set_socket_timeout, Timeout};
+    set_socket_timeout(socket, Timeout::Send, timeout)?;
+    set_socket_timeout(socket, Timeout::Recv, timeout)
 }
 
 fn unexpected(response: &Response) -> TransportError {

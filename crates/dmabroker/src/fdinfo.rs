@@ -9,6 +9,7 @@ use std::io;
 
 /// Parsed fdinfo: `key: value` lines, keys without the colon.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FdInfo {
     fields: BTreeMap<String, String>,
 }

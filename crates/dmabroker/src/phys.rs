@@ -31,6 +31,7 @@ pub struct Segment {
 
 /// Why the segments could not be read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PhysError {
     /// Frame numbers read as zero.
     #[error("the kernel hides physical frame numbers from processes without CAP_SYS_ADMIN: run as root (or with that capability) to read physical segments")]

@@ -14,6 +14,7 @@
 
 /// Why a size string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ParseSizeError {
     /// Nothing but whitespace.
     #[error("empty size: write a byte count such as 4096, 4K, 12MiB or 1G")]

@@ -51,6 +51,7 @@ pub const DMABROKER_PREFIX: &str = "dmabroker:";
 
 /// Why a scan failed as a whole (`/proc` itself unreadable).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ScanError {
     /// `/proc` could not be listed (not mounted?).
     #[error("cannot list {path}: {source}")]

@@ -12,6 +12,7 @@ const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
 
 /// Why an fd could not be adopted as a buffer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FromFdError {
     /// The fd is something other than buffer memory.
     #[error(

@@ -25,6 +25,7 @@ use std::ops::{Deref, DerefMut};
 
 /// Why a buffer could not be mapped.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MapError {
     /// Writable mapping of an fd opened read-only.
     #[error("the buffer's fd is read-only (a read-only grant?): map it with map_read()")]
@@ -58,6 +59,7 @@ pub enum MapError {
 
 /// Why CPU access could not begin.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SyncError {
     /// Write access through a read-only mapping.
     #[error("write access through a read-only mapping: map with map_read_write()")]
@@ -69,6 +71,7 @@ pub enum SyncError {
 
 /// An `mmap` of a whole buffer. Access its bytes with the guards.
 #[derive(Debug)]
+#[must_use = "dropping the mapping unmaps it at once"]
 pub struct BufferMapping {
     buffer: Buffer,
     map: Mapping,

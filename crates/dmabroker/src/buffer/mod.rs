@@ -138,6 +138,7 @@ struct Inner {
 
 /// Everything about a buffer, for printing (`--json`) and the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct BufferInfo {
     /// Length in bytes.
     pub len: u64,

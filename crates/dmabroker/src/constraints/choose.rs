@@ -192,6 +192,7 @@ impl fmt::Display for NoHeapError {
 
 /// Why no heap was chosen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ChooseError {
     /// Length 0.
     #[error("size 0: a buffer needs at least one byte")]
@@ -211,6 +212,7 @@ pub enum ChooseError {
 
 /// Why [`allocate_for`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AllocForError {
     /// No heap meets the constraints.
     #[error(transparent)]

@@ -84,6 +84,7 @@ struct ProfileFile {
 
 /// Why profiles could not be loaded. Each names the file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProfileError {
     /// The file could not be read.
     #[error("{file}: cannot read: {source}")]

@@ -73,6 +73,7 @@ pub struct DeviceProbe {
 
 /// Why a device node could not be probed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProbeError {
     /// The node does not exist.
     #[error("{path}: no such device node (is the driver loaded? `ls /dev/video* /dev/dri`)")]

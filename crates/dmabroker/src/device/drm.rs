@@ -55,6 +55,7 @@ pub struct PrimeCaps {
 
 /// Why a DRM device could not be opened.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// `open` failed.
     #[error(
@@ -78,6 +79,7 @@ pub enum OpenError {
 
 /// Why a PRIME import or export failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PrimeError {
     /// The driver has no PRIME support in this direction.
     #[error("driver {driver} cannot {op} dma-bufs (no PRIME support)")]
@@ -103,6 +105,7 @@ pub enum PrimeError {
 
 /// Why a dumb-buffer operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DumbError {
     /// The driver has no dumb buffers.
     #[error("driver {0} has no dumb buffers")]
@@ -130,6 +133,7 @@ pub enum DumbError {
 
 /// A CPU mapping of a dumb buffer through the DRM fd, unmapped on drop.
 #[derive(Debug)]
+#[must_use = "dropping the mapping unmaps it at once"]
 pub struct DumbMapping {
     map: Mapping,
 }

@@ -216,6 +216,7 @@ impl Format {
 
 /// Why a V4L2 device could not be opened.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// `open` failed.
     #[error("cannot open {path}: {source} (does it exist, and may this user open it? see the 'video' group)")]
@@ -237,6 +238,7 @@ pub enum OpenError {
 
 /// Why a format could not be read, enumerated or set.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FormatError {
     /// The node has no queue of this type.
     #[error("the device has no {0:?} queue (is it a capture device? multi-planar?)")]
@@ -251,6 +253,7 @@ pub enum FormatError {
 
 /// Why a video input could not be listed, read or selected.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum InputError {
     /// The node has no inputs (an output or memory-to-memory node).
     #[error("the device has no video inputs (VIDIOC_G_INPUT/S_INPUT unsupported)")]
@@ -268,6 +271,7 @@ pub enum InputError {
 
 /// Why `VIDIOC_REQBUFS` failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RequestBuffersError {
     /// The node does not stream.
     #[error("not a V4L2 streaming device (no V4L2_CAP_STREAMING)")]
@@ -291,6 +295,7 @@ pub enum RequestBuffersError {
 
 /// Why a buffer could not be queued.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum QueueError {
     /// Index past the allocated buffers.
     #[error("buffer index {index} out of range: the queue has {count} buffers")]
@@ -321,6 +326,7 @@ pub enum QueueError {
 
 /// Why a buffer could not be dequeued.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DequeueError {
     /// No buffer was ready in time.
     #[error("no frame within {0:?}: is the queue streaming with buffers queued?")]
@@ -338,6 +344,7 @@ pub enum DequeueError {
 
 /// Why streaming could not start or stop.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StreamError {
     /// Another errno.
     #[error("VIDIOC_STREAMON/OFF failed: {0}")]
@@ -346,6 +353,7 @@ pub enum StreamError {
 
 /// Why `VIDIOC_EXPBUF` failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ExportError {
     /// Only driver-allocated buffers can be exported.
     #[error("only MMAP queues can export buffers (this one imports dma-bufs)")]

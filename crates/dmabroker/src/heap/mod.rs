@@ -129,6 +129,7 @@ pub struct HeapInfo {
 
 /// Why an allocation failed. Each variant says what to do about it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AllocError {
     /// Size 0.
     #[error("size 0: a buffer needs at least one byte")]

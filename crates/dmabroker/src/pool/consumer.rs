@@ -64,6 +64,7 @@ impl Default for ConsumerOptions {
 
 /// What the producer said about a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FrameInfo {
     /// Buffer index in the pool.
     pub index: u32,
@@ -596,6 +597,7 @@ fn check_buffer(buffer: &Buffer, index: usize, frame_len: u64) -> Result<(), Att
 /// A received frame; the buffer goes back to the producer when it drops,
 /// unless [`Frame::keep`] detaches it to hold several at once.
 #[derive(Debug)]
+#[must_use = "dropping the frame gives its buffer back to the producer at once"]
 pub struct Frame<'c> {
     consumer: &'c mut Consumer,
     info: FrameInfo,
@@ -708,6 +710,7 @@ impl KeptFrame {
 
 /// Why a [`KeptFrame`] could not be used with a consumer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeptError {
     /// The frame was received by another consumer, or by an earlier
     /// attachment: only the consumer that received it can use it.

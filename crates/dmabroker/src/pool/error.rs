@@ -7,6 +7,7 @@ use rustix::io::Errno;
 
 /// Why a pool could not be created.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CreateError {
     /// Fewer than 1 or more than [`super::MAX_BUFFERS`] buffers.
     #[error("a pool holds 1 to {max} buffers, {0} asked", max = super::MAX_BUFFERS)]
@@ -79,6 +80,7 @@ pub enum CreateError {
 /// Why [`super::Producer::allocate_for`] or
 /// [`super::Producer::allocate_for_layout`] could not make a pool.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PoolAllocError {
     /// No heap meets the constraints, or every suitable heap failed, for
     /// buffer `index` (buffers before it were allocated and are freed again).
@@ -116,6 +118,7 @@ impl std::fmt::Display for AttachFd {
 /// Why a consumer could not attach (consumer side) or was not accepted
 /// (producer side).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AttachError {
     /// Nobody listens on the path.
     #[error("no pool producer at {path}: is it running? ({source})")]
@@ -191,6 +194,7 @@ pub enum AttachError {
 
 /// Why the producer could not get a free buffer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AcquireError {
     /// Every buffer is held by consumers and none was released in time
     /// (backpressure: `Block`).
@@ -203,6 +207,7 @@ pub enum AcquireError {
 
 /// Why a frame could not be handed off.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SubmitError {
     /// More bytes used than the buffer has.
     #[error("bytes_used {used} is larger than the buffer ({len} bytes)")]
@@ -224,6 +229,7 @@ pub enum SubmitError {
 /// [`PoolError::ProducerGone`] and [`PoolError::Timeout`] tell an orderly end,
 /// a crash and a pause apart.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PoolError {
     /// The producer ended the stream in order and every frame was received.
     #[error("the stream ended: the producer closed the pool")]

@@ -37,6 +37,7 @@ use std::path::Path;
 
 /// Why a pool could not be registered or attached by name.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NamedPoolError {
     /// No broker at the socket path, or the broker refused the connection.
     #[error("broker: {0}")]
@@ -108,6 +109,7 @@ fn connect(broker: &Path) -> Result<Client, NamedPoolError> {
 /// A pool registered under a name: the producer's end of its doorbell.
 /// Dropping it ends the registration (the broker frees the name).
 #[derive(Debug)]
+#[must_use = "dropping the registration ends it (the broker frees the name)"]
 pub struct PoolRegistration {
     doorbell: OwnedFd,
     name: String,

@@ -1110,6 +1110,7 @@ pub(super) fn create_control(geometry: Geometry) -> Result<(OwnedFd, Control), C
 /// A free buffer the producer is filling. [`WriteSlot::submit`] hands it
 /// off; dropping it unsubmitted returns it to the pool.
 #[derive(Debug)]
+#[must_use = "dropping the slot unsubmitted returns it to the pool"]
 pub struct WriteSlot<'p> {
     producer: &'p mut Producer,
     index: u32,

@@ -58,6 +58,7 @@ const RECV_FD_SLOTS: usize = 253;
 
 /// Why the pool's socket could not be set up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ListenError {
     /// Another live pool (or program) listens on the path.
     #[error("{0} is in use by a running process: choose another path or stop it")]

@@ -383,6 +383,7 @@ impl fmt::Display for ErrorCode {
 
 /// Why a message could not be encoded or decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CodecError {
     /// The bytes are not a valid message.
     #[error("malformed message: {0}")]
