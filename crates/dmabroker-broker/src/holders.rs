@@ -328,7 +328,11 @@ mod tests {
     /// fds). `None` without a C compiler.
     pub(crate) fn own_tables_child(threads: usize) -> Option<std::process::Child> {
         const SRC: &str = include_str!("../../dmabroker/tests/data/own_fd_tables.c");
-        let dir = std::env::temp_dir().join(format!("dmabroker-holders-own-tables-{}", std::process::id()));
+        // One directory per call: tests running in parallel in this process
+        // would otherwise compile over each other's program.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("dmabroker-holders-own-tables-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).ok()?;
         let (src, exe) = (dir.join("own.c"), dir.join("own"));
         std::fs::write(&src, SRC).ok()?;
