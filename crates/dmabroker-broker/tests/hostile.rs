@@ -8,6 +8,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 mod common;
+#[path = "common/child_broker.rs"]
+mod child_broker;
+
+use child_broker::ChildBroker;
 
 use common::TestBroker;
 
@@ -42,51 +46,7 @@ fn response(s: &OwnedFd) -> Response {
     proto::decode_response(&buf[..r.len]).unwrap()
 }
 
-/// A broker in a child process (this test binary, running the ignored test
-/// [`broker_process`]), so that it can be stopped with SIGSTOP.
-struct ChildBroker {
-    child: std::process::Child,
-    path: std::path::PathBuf,
-    dir: std::path::PathBuf,
-}
-
 impl ChildBroker {
-    fn start(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("dmabroker-hostile-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("broker.sock");
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "broker_process", "--ignored", "--test-threads", "1", "--quiet"])
-            .env("DMABROKER_HOSTILE_SOCKET", &path)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while dmabroker::client::Client::connect(&path).is_err() {
-            assert!(Instant::now() < deadline, "the broker process did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, path, dir }
-    }
-
-    fn signal(&self, signal: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
-        rustix::process::kill_process(pid, signal).unwrap();
-        // kill() returns before the process stops: wait until it has (state
-        // `T` in /proc/PID/stat), or it may still answer one more request.
-        if signal == rustix::process::Signal::STOP {
-            let stat = format!("/proc/{}/stat", self.child.id());
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while !std::fs::read_to_string(&stat)
-                .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('T')))
-            {
-                assert!(std::time::Instant::now() < deadline, "the broker did not stop");
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        }
-    }
-
     fn raw_socket(&self) -> OwnedFd {
         let s = rustix::net::socket_with(
             rustix::net::AddressFamily::UNIX,
@@ -100,25 +60,11 @@ impl ChildBroker {
     }
 }
 
-impl Drop for ChildBroker {
-    fn drop(&mut self) {
-        self.signal(rustix::process::Signal::CONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Not a test: the broker process of [`ChildBroker`].
 #[test]
 #[ignore = "the broker process of other tests"]
 fn broker_process() {
-    let Some(path) = std::env::var_os("DMABROKER_HOSTILE_SOCKET") else { return };
-    let mut config = dmabroker_broker::Config::new(dmabroker_broker::Listener::Path(path.into()));
-    config.notify = false;
-    let (_stop, stop_rx) = std::os::unix::net::UnixStream::pair().unwrap();
-    let mut broker = dmabroker_broker::Broker::start(config, Vec::new(), stop_rx.into()).unwrap();
-    broker.run().unwrap();
+    child_broker::serve_if_asked();
 }
 
 /// Finding 1: a socket with `SO_LINGER` and unsent data, attached to a

@@ -12,6 +12,10 @@ use std::ptr;
 
 #[path = "../../dmabroker/tests/common/skip.rs"]
 mod skip_rule;
+#[path = "../../dmabroker-broker/tests/common/child_broker.rs"]
+mod child_broker;
+
+use child_broker::ChildBroker;
 
 fn last_error() -> String {
     unsafe { CStr::from_ptr(dmabroker_last_error()) }.to_string_lossy().into_owned()
@@ -1391,62 +1395,9 @@ fn frame_check_reports_an_eviction_while_the_frame_was_held() {
 
 // ---- timeouts and the status of each broker refusal ---------------------------
 
-/// A real broker in a child process (this test binary, running the ignored
-/// test [`broker_process`]), so that it can be stopped with SIGSTOP.
-struct ChildBroker {
-    child: std::process::Child,
-    path: std::path::PathBuf,
-    dir: std::path::PathBuf,
-}
-
 impl ChildBroker {
-    fn start(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("dmabroker-capi-child-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("broker.sock");
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "broker_process", "--ignored", "--test-threads", "1", "--quiet"])
-            .env("DMABROKER_CAPI_BROKER_SOCKET", &path)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while dmabroker_core::client::Client::connect(&path).is_err() {
-            assert!(std::time::Instant::now() < deadline, "the broker process did not start");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Self { child, path, dir }
-    }
-
-    fn signal(&self, signal: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, signal).unwrap();
-        // kill() returns before the process stops: wait until it has (state
-        // `T` in /proc/PID/stat), or it may still answer one more request.
-        if signal == rustix::process::Signal::STOP {
-            let stat = format!("/proc/{}/stat", self.child.id());
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while !std::fs::read_to_string(&stat)
-                .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('T')))
-            {
-                assert!(std::time::Instant::now() < deadline, "the broker did not stop");
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        }
-    }
-
     fn c_path(&self) -> std::ffi::CString {
         std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()).unwrap()
-    }
-}
-
-impl Drop for ChildBroker {
-    fn drop(&mut self) {
-        self.signal(rustix::process::Signal::CONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -1454,12 +1405,7 @@ impl Drop for ChildBroker {
 #[test]
 #[ignore = "the broker process of other tests"]
 fn broker_process() {
-    let Some(path) = std::env::var_os("DMABROKER_CAPI_BROKER_SOCKET") else { return };
-    let mut config = dmabroker_broker::Config::new(dmabroker_broker::Listener::Path(path.into()));
-    config.notify = false;
-    let (_stop, stop_rx) = std::os::unix::net::UnixStream::pair().unwrap();
-    let mut broker = dmabroker_broker::Broker::start(config, Vec::new(), stop_rx.into()).unwrap();
-    broker.run().unwrap();
+    child_broker::serve_if_asked();
 }
 
 /// The C client never hangs on a broker that does not answer: a broker
