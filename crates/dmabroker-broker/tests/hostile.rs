@@ -7,9 +7,9 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-mod common;
 #[path = "common/child_broker.rs"]
 mod child_broker;
+mod common;
 
 use child_broker::ChildBroker;
 

@@ -10,10 +10,10 @@ use std::ffi::{c_void, CStr};
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::ptr;
 
-#[path = "../../dmabroker/tests/common/skip.rs"]
-mod skip_rule;
 #[path = "../../dmabroker-broker/tests/common/child_broker.rs"]
 mod child_broker;
+#[path = "../../dmabroker/tests/common/skip.rs"]
+mod skip_rule;
 
 use child_broker::ChildBroker;
 
