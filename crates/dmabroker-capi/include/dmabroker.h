@@ -703,6 +703,85 @@ typedef struct dmabroker_heap_info {
 } dmabroker_heap_info;
 
 /**
+ * How `dmabroker_consumer_connect_with` attaches. All-zero (`{0}`) means
+ * the defaults (those of `dmabroker_consumer_connect` with
+ * `DMABROKER_WAIT_MODE_BLOCK`).
+ */
+typedef struct dmabroker_consumer_options {
+    /**
+     * How `dmabroker_consumer_recv` waits (a `dmabroker_wait_mode`; 0: `BLOCK`).
+     */
+    dmabroker_wait_mode wait;
+    /**
+     * Receive the sync_file of each frame the producer exports one for
+     * (dma-buf pools, frames submitted with `DMABROKER_FRAME_FLAG_SYNC_FILE`);
+     * take it with `dmabroker_frame_take_sync_file`.
+     */
+    bool want_sync_files;
+    /**
+     * How long to wait for the producer's answer when attaching, in
+     * milliseconds; 0: 5000; negative: no limit.
+     */
+    int64_t attach_timeout_ms;
+} dmabroker_consumer_options;
+
+/**
+ * What a consumer sees of its own attachment (`dmabroker_consumer_get_stats`).
+ */
+typedef struct dmabroker_consumer_self_stats {
+    /**
+     * Bytes per buffer.
+     */
+    uint64_t buffer_len;
+    /**
+     * Frames the producer took back before this consumer read them.
+     */
+    uint64_t dropped;
+    /**
+     * Times the producer had to wake this consumer.
+     */
+    uint64_t wakes;
+    /**
+     * Buffers in the pool.
+     */
+    uint32_t buffer_count;
+    /**
+     * This consumer's slot in the pool.
+     */
+    uint32_t slot;
+} dmabroker_consumer_self_stats;
+
+/**
+ * What the producer said about a frame (`dmabroker_frame_get_info`).
+ */
+typedef struct dmabroker_frame_info {
+    /**
+     * Index of the buffer in the pool.
+     */
+    uint32_t index;
+    /**
+     * `DMABROKER_FRAME_FLAG_*` bits.
+     */
+    uint32_t flags;
+    /**
+     * Sequence number (gaps: frames dropped for this consumer).
+     */
+    uint64_t seq;
+    /**
+     * `CLOCK_MONOTONIC` nanoseconds when the producer submitted it.
+     */
+    uint64_t timestamp_ns;
+    /**
+     * Bytes of the buffer the frame occupies.
+     */
+    uint64_t bytes_used;
+    /**
+     * The producer's application word (a checksum, a device timestamp, ...).
+     */
+    uint64_t meta;
+} dmabroker_frame_info;
+
+/**
  * How `dmabroker_producer_new` shapes the pool. All-zero (`{0}`) means the
  * defaults.
  */
@@ -793,85 +872,6 @@ typedef struct dmabroker_consumer_stats {
      */
     bool evicted;
 } dmabroker_consumer_stats;
-
-/**
- * How `dmabroker_consumer_connect_with` attaches. All-zero (`{0}`) means
- * the defaults (those of `dmabroker_consumer_connect` with
- * `DMABROKER_WAIT_MODE_BLOCK`).
- */
-typedef struct dmabroker_consumer_options {
-    /**
-     * How `dmabroker_consumer_recv` waits (a `dmabroker_wait_mode`; 0: `BLOCK`).
-     */
-    dmabroker_wait_mode wait;
-    /**
-     * Receive the sync_file of each frame the producer exports one for
-     * (dma-buf pools, frames submitted with `DMABROKER_FRAME_FLAG_SYNC_FILE`);
-     * take it with `dmabroker_frame_take_sync_file`.
-     */
-    bool want_sync_files;
-    /**
-     * How long to wait for the producer's answer when attaching, in
-     * milliseconds; 0: 5000; negative: no limit.
-     */
-    int64_t attach_timeout_ms;
-} dmabroker_consumer_options;
-
-/**
- * What a consumer sees of its own attachment (`dmabroker_consumer_get_stats`).
- */
-typedef struct dmabroker_consumer_self_stats {
-    /**
-     * Bytes per buffer.
-     */
-    uint64_t buffer_len;
-    /**
-     * Frames the producer took back before this consumer read them.
-     */
-    uint64_t dropped;
-    /**
-     * Times the producer had to wake this consumer.
-     */
-    uint64_t wakes;
-    /**
-     * Buffers in the pool.
-     */
-    uint32_t buffer_count;
-    /**
-     * This consumer's slot in the pool.
-     */
-    uint32_t slot;
-} dmabroker_consumer_self_stats;
-
-/**
- * What the producer said about a frame (`dmabroker_frame_get_info`).
- */
-typedef struct dmabroker_frame_info {
-    /**
-     * Index of the buffer in the pool.
-     */
-    uint32_t index;
-    /**
-     * `DMABROKER_FRAME_FLAG_*` bits.
-     */
-    uint32_t flags;
-    /**
-     * Sequence number (gaps: frames dropped for this consumer).
-     */
-    uint64_t seq;
-    /**
-     * `CLOCK_MONOTONIC` nanoseconds when the producer submitted it.
-     */
-    uint64_t timestamp_ns;
-    /**
-     * Bytes of the buffer the frame occupies.
-     */
-    uint64_t bytes_used;
-    /**
-     * The producer's application word (a checksum, a device timestamp, ...).
-     */
-    uint64_t meta;
-} dmabroker_frame_info;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1670,6 +1670,199 @@ enum dmabroker_status dmabroker_mapping_begin(const struct dmabroker_mapping *ma
 enum dmabroker_status dmabroker_mapping_end(const struct dmabroker_mapping *mapping);
 
 /**
+ * Attach to the producer listening at the socket `path`: receive the
+ * pool's buffers once and map them read-only. `wait` (a
+ * `dmabroker_wait_mode`) says how `dmabroker_consumer_recv` waits.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_NO_PRODUCER` (nothing listens there),
+ * `DMABROKER_ERROR_BUSY` (the pool serves as many consumers as it may),
+ * `DMABROKER_ERROR_CLOSED` (the stream ended), `DMABROKER_ERROR_TIMEOUT`
+ * (no answer in 5 s), `DMABROKER_ERROR_BROKER` (not a dmabroker pool of
+ * this version), `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers, an
+ * empty path, a path over 107 bytes, an unknown wait mode),
+ * `DMABROKER_ERROR_IO`.
+ *
+ * # Safety
+ * `path` is NULL or a C string; `out` is NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_consumer_connect(const char *path, dmabroker_wait_mode wait, struct dmabroker_consumer **out);
+
+/**
+ * `dmabroker_consumer_connect` with options: the wait mode, sync_files,
+ * the attach timeout. `options` may be NULL (the defaults).
+ *
+ * # Errors
+ * Those of `dmabroker_consumer_connect`.
+ *
+ * # Safety
+ * `path` is NULL or a C string; `options` is NULL or readable; `out` is
+ * NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_consumer_connect_with(const char *path, const struct dmabroker_consumer_options *options, struct dmabroker_consumer **out);
+
+/**
+ * Detach (release every buffer held and close the socket). NULL is
+ * ignored. Frames not yet freed keep the attachment until the last of
+ * them is freed.
+ *
+ * # Safety
+ * `consumer` is NULL or a live handle not freed before, used by no other
+ * thread during the call nor afterwards.
+ */
+void dmabroker_consumer_free(struct dmabroker_consumer *consumer);
+
+/**
+ * The next frame, waiting at most `timeout_ms` milliseconds (negative: no
+ * limit; 0: only look). Frames already handed off are always delivered
+ * before an end-of-stream status.
+ *
+ * Frames received before may still be held: each is freed on its own
+ * (`dmabroker_frame_free`). Every frame held is a buffer the producer
+ * cannot fill: holding all of them stalls a producer that waits for a
+ * release (the default), and holding one longer than the release timeout
+ * gets this consumer evicted. A frame freed by another thread during the
+ * wait is released within 10 ms.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_TIMEOUT` (nothing yet; the stream goes on),
+ * `DMABROKER_ERROR_CLOSED` (the producer ended the stream),
+ * `DMABROKER_ERROR_PRODUCER_GONE` (it died), `DMABROKER_ERROR_EVICTED`,
+ * `DMABROKER_ERROR_INVALID_ARGUMENT`, `DMABROKER_ERROR_BROKER` (the
+ * control block is corrupt). `*frame` is NULL on failure.
+ *
+ * # Safety
+ * `consumer` is NULL or a live handle; `frame` is NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_consumer_recv(const struct dmabroker_consumer *consumer, int64_t timeout_ms, struct dmabroker_frame **frame);
+
+/**
+ * This consumer's view of the pool: buffers, their length, its slot, the
+ * frames dropped for it and the wake-ups it needed. While another thread
+ * is in `dmabroker_consumer_recv`, waits for the end of its current wait
+ * slice (10 ms at most).
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers.
+ *
+ * # Safety
+ * `consumer` is NULL or a live handle; `out` is NULL or writable for one
+ * `dmabroker_consumer_self_stats`.
+ */
+enum dmabroker_status dmabroker_consumer_get_stats(const struct dmabroker_consumer *consumer, struct dmabroker_consumer_self_stats *out);
+
+/**
+ * The number of buffers this consumer holds: its frames not freed yet
+ * (frames freed by another thread during a recv count until released).
+ * While another thread is in `dmabroker_consumer_recv`, waits for the end
+ * of its current wait slice (10 ms at most).
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers. On failure
+ * `*count` is 0.
+ *
+ * # Safety
+ * `consumer` is NULL or a live handle; `count` is NULL or writable.
+ */
+enum dmabroker_status dmabroker_consumer_held_count(const struct dmabroker_consumer *consumer, size_t *count);
+
+/**
+ * What the producer said about the frame: buffer index, flags, sequence
+ * number, timestamp, bytes used, application word. `flags` has
+ * `DMABROKER_FRAME_FLAG_SYNC_FILE` when a sync_file came with the frame.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers.
+ *
+ * # Safety
+ * `frame` is NULL or a live handle; `out` is NULL or writable for one
+ * `dmabroker_frame_info`.
+ */
+enum dmabroker_status dmabroker_frame_get_info(const struct dmabroker_frame *frame, struct dmabroker_frame_info *out);
+
+/**
+ * The frame's bytes: begins CPU read access (`DMA_BUF_IOCTL_SYNC` for
+ * dma-bufs) on the first call; `*data` points to the frame's `*len` bytes
+ * (its `bytes_used`), read-only and valid until the frame is freed, which
+ * ends the access. Later calls give the same pointer. Several frames of a
+ * consumer may be read at the same time. The first call on a frame may
+ * wait for the end of the current wait slice (10 ms at most) of a
+ * `dmabroker_consumer_recv` in another thread; later calls never wait.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers),
+ * `DMABROKER_ERROR_EVICTED` (the consumer was evicted before the access
+ * began: the buffer may hold another frame now), `DMABROKER_ERROR_IO`
+ * (the sync ioctl failed). On failure `*data` is NULL and `*len` 0.
+ *
+ * # Safety
+ * `frame` is NULL or a live handle; `data` and `len` are NULL or writable.
+ */
+enum dmabroker_status dmabroker_frame_data(const struct dmabroker_frame *frame, const void **data, size_t *len);
+
+/**
+ * Whether the frame's buffer still holds the frame: call it **after**
+ * reading the bytes of `dmabroker_frame_data`. `DMABROKER_OK`: the
+ * consumer was not evicted since it received the frame, so no byte read
+ * before this call was overwritten. `DMABROKER_ERROR_EVICTED`: the
+ * producer evicted the consumer (a frame held past the release timeout)
+ * and took back every buffer it held, this one included; it may have
+ * reused it, so the bytes read may be torn or another frame's: discard
+ * them. The frame must still be freed. While another thread is in
+ * `dmabroker_consumer_recv`, waits for the end of its current wait slice
+ * (10 ms at most).
+ *
+ * # Errors
+ * `DMABROKER_ERROR_EVICTED`, `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL).
+ *
+ * # Safety
+ * `frame` is NULL or a live handle.
+ */
+enum dmabroker_status dmabroker_frame_check(const struct dmabroker_frame *frame);
+
+/**
+ * A new handle to the frame's buffer (the same memory; free it with
+ * `dmabroker_buffer_free`), e.g. to import its fd into a device.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers.
+ *
+ * # Safety
+ * `frame` is NULL or a live handle; `out` is NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_frame_get_buffer(const struct dmabroker_frame *frame, struct dmabroker_buffer **out);
+
+/**
+ * Take the frame's sync_file: `*fd` receives it (the caller owns it and
+ * must `close()` it), or -1 when none came with the frame: the consumer
+ * did not ask (`dmabroker_consumer_options.want_sync_files`), the producer
+ * did not export one (`DMABROKER_FRAME_FLAG_SYNC_FILE` at submit), the
+ * pool's buffers are not dma-bufs (memfd pools never have one), or it was
+ * taken already. Wait for it (`poll` for `POLLIN`) before touching the
+ * buffer with a device; `dmabroker_frame_data` needs no fence.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers (`*fd` is then -1).
+ *
+ * # Safety
+ * `frame` is NULL or a live handle; `fd` is NULL or writable.
+ */
+enum dmabroker_status dmabroker_frame_take_sync_file(const struct dmabroker_frame *frame, int *fd);
+
+/**
+ * Release the frame: end CPU access and give the buffer back to the
+ * producer (a sync_file not taken is closed). NULL is ignored. Pointers
+ * from `dmabroker_frame_data` are invalid afterwards. Never waits: while
+ * another thread is in `dmabroker_consumer_recv`, that call releases the
+ * buffer within 10 ms.
+ *
+ * # Safety
+ * `frame` is NULL or a live handle not freed before, used by no other
+ * thread during the call nor afterwards.
+ */
+void dmabroker_frame_free(struct dmabroker_frame *frame);
+
+/**
  * Allocate `buffers` buffers of `buffer_len` bytes each from the heap
  * named `heap` (`"memfd"`, `"dma-heap/system"`, ...) and make a pool of
  * them. `heaps` may be NULL (discovered for this call); `options` may be
@@ -1895,199 +2088,6 @@ enum dmabroker_status dmabroker_producer_get_stats(const struct dmabroker_produc
  * `dmabroker_consumer_stats`.
  */
 enum dmabroker_status dmabroker_producer_get_consumer_stats(const struct dmabroker_producer *producer, size_t index, struct dmabroker_consumer_stats *out);
-
-/**
- * Attach to the producer listening at the socket `path`: receive the
- * pool's buffers once and map them read-only. `wait` (a
- * `dmabroker_wait_mode`) says how `dmabroker_consumer_recv` waits.
- *
- * # Errors
- * `DMABROKER_ERROR_NO_PRODUCER` (nothing listens there),
- * `DMABROKER_ERROR_BUSY` (the pool serves as many consumers as it may),
- * `DMABROKER_ERROR_CLOSED` (the stream ended), `DMABROKER_ERROR_TIMEOUT`
- * (no answer in 5 s), `DMABROKER_ERROR_BROKER` (not a dmabroker pool of
- * this version), `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers, an
- * empty path, a path over 107 bytes, an unknown wait mode),
- * `DMABROKER_ERROR_IO`.
- *
- * # Safety
- * `path` is NULL or a C string; `out` is NULL or writable for one pointer.
- */
-enum dmabroker_status dmabroker_consumer_connect(const char *path, dmabroker_wait_mode wait, struct dmabroker_consumer **out);
-
-/**
- * `dmabroker_consumer_connect` with options: the wait mode, sync_files,
- * the attach timeout. `options` may be NULL (the defaults).
- *
- * # Errors
- * Those of `dmabroker_consumer_connect`.
- *
- * # Safety
- * `path` is NULL or a C string; `options` is NULL or readable; `out` is
- * NULL or writable for one pointer.
- */
-enum dmabroker_status dmabroker_consumer_connect_with(const char *path, const struct dmabroker_consumer_options *options, struct dmabroker_consumer **out);
-
-/**
- * Detach (release every buffer held and close the socket). NULL is
- * ignored. Frames not yet freed keep the attachment until the last of
- * them is freed.
- *
- * # Safety
- * `consumer` is NULL or a live handle not freed before, used by no other
- * thread during the call nor afterwards.
- */
-void dmabroker_consumer_free(struct dmabroker_consumer *consumer);
-
-/**
- * The next frame, waiting at most `timeout_ms` milliseconds (negative: no
- * limit; 0: only look). Frames already handed off are always delivered
- * before an end-of-stream status.
- *
- * Frames received before may still be held: each is freed on its own
- * (`dmabroker_frame_free`). Every frame held is a buffer the producer
- * cannot fill: holding all of them stalls a producer that waits for a
- * release (the default), and holding one longer than the release timeout
- * gets this consumer evicted. A frame freed by another thread during the
- * wait is released within 10 ms.
- *
- * # Errors
- * `DMABROKER_ERROR_TIMEOUT` (nothing yet; the stream goes on),
- * `DMABROKER_ERROR_CLOSED` (the producer ended the stream),
- * `DMABROKER_ERROR_PRODUCER_GONE` (it died), `DMABROKER_ERROR_EVICTED`,
- * `DMABROKER_ERROR_INVALID_ARGUMENT`, `DMABROKER_ERROR_BROKER` (the
- * control block is corrupt). `*frame` is NULL on failure.
- *
- * # Safety
- * `consumer` is NULL or a live handle; `frame` is NULL or writable for one pointer.
- */
-enum dmabroker_status dmabroker_consumer_recv(const struct dmabroker_consumer *consumer, int64_t timeout_ms, struct dmabroker_frame **frame);
-
-/**
- * This consumer's view of the pool: buffers, their length, its slot, the
- * frames dropped for it and the wake-ups it needed. While another thread
- * is in `dmabroker_consumer_recv`, waits for the end of its current wait
- * slice (10 ms at most).
- *
- * # Errors
- * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers.
- *
- * # Safety
- * `consumer` is NULL or a live handle; `out` is NULL or writable for one
- * `dmabroker_consumer_self_stats`.
- */
-enum dmabroker_status dmabroker_consumer_get_stats(const struct dmabroker_consumer *consumer, struct dmabroker_consumer_self_stats *out);
-
-/**
- * The number of buffers this consumer holds: its frames not freed yet
- * (frames freed by another thread during a recv count until released).
- * While another thread is in `dmabroker_consumer_recv`, waits for the end
- * of its current wait slice (10 ms at most).
- *
- * # Errors
- * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers. On failure
- * `*count` is 0.
- *
- * # Safety
- * `consumer` is NULL or a live handle; `count` is NULL or writable.
- */
-enum dmabroker_status dmabroker_consumer_held_count(const struct dmabroker_consumer *consumer, size_t *count);
-
-/**
- * What the producer said about the frame: buffer index, flags, sequence
- * number, timestamp, bytes used, application word. `flags` has
- * `DMABROKER_FRAME_FLAG_SYNC_FILE` when a sync_file came with the frame.
- *
- * # Errors
- * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers.
- *
- * # Safety
- * `frame` is NULL or a live handle; `out` is NULL or writable for one
- * `dmabroker_frame_info`.
- */
-enum dmabroker_status dmabroker_frame_get_info(const struct dmabroker_frame *frame, struct dmabroker_frame_info *out);
-
-/**
- * The frame's bytes: begins CPU read access (`DMA_BUF_IOCTL_SYNC` for
- * dma-bufs) on the first call; `*data` points to the frame's `*len` bytes
- * (its `bytes_used`), read-only and valid until the frame is freed, which
- * ends the access. Later calls give the same pointer. Several frames of a
- * consumer may be read at the same time. The first call on a frame may
- * wait for the end of the current wait slice (10 ms at most) of a
- * `dmabroker_consumer_recv` in another thread; later calls never wait.
- *
- * # Errors
- * `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers),
- * `DMABROKER_ERROR_EVICTED` (the consumer was evicted before the access
- * began: the buffer may hold another frame now), `DMABROKER_ERROR_IO`
- * (the sync ioctl failed). On failure `*data` is NULL and `*len` 0.
- *
- * # Safety
- * `frame` is NULL or a live handle; `data` and `len` are NULL or writable.
- */
-enum dmabroker_status dmabroker_frame_data(const struct dmabroker_frame *frame, const void **data, size_t *len);
-
-/**
- * Whether the frame's buffer still holds the frame: call it **after**
- * reading the bytes of `dmabroker_frame_data`. `DMABROKER_OK`: the
- * consumer was not evicted since it received the frame, so no byte read
- * before this call was overwritten. `DMABROKER_ERROR_EVICTED`: the
- * producer evicted the consumer (a frame held past the release timeout)
- * and took back every buffer it held, this one included; it may have
- * reused it, so the bytes read may be torn or another frame's: discard
- * them. The frame must still be freed. While another thread is in
- * `dmabroker_consumer_recv`, waits for the end of its current wait slice
- * (10 ms at most).
- *
- * # Errors
- * `DMABROKER_ERROR_EVICTED`, `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL).
- *
- * # Safety
- * `frame` is NULL or a live handle.
- */
-enum dmabroker_status dmabroker_frame_check(const struct dmabroker_frame *frame);
-
-/**
- * A new handle to the frame's buffer (the same memory; free it with
- * `dmabroker_buffer_free`), e.g. to import its fd into a device.
- *
- * # Errors
- * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers.
- *
- * # Safety
- * `frame` is NULL or a live handle; `out` is NULL or writable for one pointer.
- */
-enum dmabroker_status dmabroker_frame_get_buffer(const struct dmabroker_frame *frame, struct dmabroker_buffer **out);
-
-/**
- * Take the frame's sync_file: `*fd` receives it (the caller owns it and
- * must `close()` it), or -1 when none came with the frame: the consumer
- * did not ask (`dmabroker_consumer_options.want_sync_files`), the producer
- * did not export one (`DMABROKER_FRAME_FLAG_SYNC_FILE` at submit), the
- * pool's buffers are not dma-bufs (memfd pools never have one), or it was
- * taken already. Wait for it (`poll` for `POLLIN`) before touching the
- * buffer with a device; `dmabroker_frame_data` needs no fence.
- *
- * # Errors
- * `DMABROKER_ERROR_INVALID_ARGUMENT` for NULL pointers (`*fd` is then -1).
- *
- * # Safety
- * `frame` is NULL or a live handle; `fd` is NULL or writable.
- */
-enum dmabroker_status dmabroker_frame_take_sync_file(const struct dmabroker_frame *frame, int *fd);
-
-/**
- * Release the frame: end CPU access and give the buffer back to the
- * producer (a sync_file not taken is closed). NULL is ignored. Pointers
- * from `dmabroker_frame_data` are invalid afterwards. Never waits: while
- * another thread is in `dmabroker_consumer_recv`, that call releases the
- * buffer within 10 ms.
- *
- * # Safety
- * `frame` is NULL or a live handle not freed before, used by no other
- * thread during the call nor afterwards.
- */
-void dmabroker_frame_free(struct dmabroker_frame *frame);
 
 #ifdef __cplusplus
 }  // extern "C"
