@@ -1,0 +1,287 @@
+//! Where frames come from: a V4L2 capture device filling the pool's
+//! dma-bufs, or the synthetic pattern; and the embedded broker.
+
+use super::{BrokerArg, DemoArgs, SourceArg};
+
+use dmabroker::constraints::{allocate_for, Constraints};
+use dmabroker::device::v4l2::{video_nodes, BufType, CapFlags, V4l2Device};
+use dmabroker::format::{Layout, LayoutOptions, PixelFormat};
+use dmabroker::pool::{PoolOptions, Producer};
+use dmabroker::Heaps;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Where the frames of a run come from, once set up.
+pub(super) enum Source {
+    /// The producer writes a test pattern.
+    Synthetic,
+    /// A V4L2 capture device fills the pool's buffers.
+    V4l2(V4l2Source),
+}
+
+/// A V4L2 capture device with its format set.
+pub(super) struct V4l2Source {
+    pub(super) dev: V4l2Device,
+    pub(super) buf_type: BufType,
+    /// Bytes the device fills per frame (`sizeimage`).
+    pub(super) frame_len: u64,
+}
+
+/// What the producer streams, whatever the source.
+pub(super) struct Setup {
+    pub(super) source: Source,
+    pub(super) producer: Producer,
+    pub(super) width: u32,
+    pub(super) height: u32,
+    pub(super) format: PixelFormat,
+    pub(super) frame_len: u64,
+    pub(super) heap: String,
+    /// One line saying where frames come from, for the banner and summary.
+    pub(super) description: String,
+}
+
+/// Capture pixel formats the demo asks a device for, preferred first.
+pub(super) const CAPTURE_FORMATS: [PixelFormat; 2] = [PixelFormat::Nv12, PixelFormat::Yuyv];
+
+/// The capture queue type of a node, single-planar preferred (the demo
+/// queues one dma-buf per frame either way); `None` for nodes that do not
+/// capture video by streaming (memory-to-memory nodes included).
+pub(super) fn capture_queue(dev: &V4l2Device) -> Option<BufType> {
+    let caps = dev.capabilities().device_caps;
+    if !caps.contains(CapFlags::STREAMING) {
+        None
+    } else if caps.contains(CapFlags::VIDEO_CAPTURE) {
+        Some(BufType::VideoCapture)
+    } else if caps.contains(CapFlags::VIDEO_CAPTURE_MPLANE) {
+        Some(BufType::VideoCaptureMplane)
+    } else {
+        None
+    }
+}
+
+/// The first capture node: `--device`, else `/dev/video*` in order,
+/// single-planar nodes before multi-planar ones. `Ok(None)`: none at all.
+pub(super) fn find_capture_device(args: &DemoArgs) -> anyhow::Result<Option<(V4l2Device, BufType)>> {
+    if let Some(path) = &args.device {
+        let dev = V4l2Device::open(path)?;
+        let bt = capture_queue(&dev)
+            .ok_or_else(|| anyhow::anyhow!("{} is not a streaming video capture device", path.display()))?;
+        return Ok(Some((dev, bt)));
+    }
+    let mut mplane = None;
+    for path in video_nodes() {
+        let Ok(dev) = V4l2Device::open(&path) else { continue };
+        match capture_queue(&dev) {
+            Some(BufType::VideoCapture) => return Ok(Some((dev, BufType::VideoCapture))),
+            Some(bt) if mplane.is_none() => mplane = Some((dev, bt)),
+            _ => {}
+        }
+    }
+    Ok(mplane)
+}
+
+/// Open the capture device, set the format, allocate dma-bufs for it from
+/// its probed constraints and make the pool of them. `Ok(None)` when there
+/// is no capture device.
+pub(super) fn setup_v4l2(args: &DemoArgs, options: &PoolOptions, heaps: &Heaps) -> anyhow::Result<Option<Setup>> {
+    let Some((dev, buf_type)) = find_capture_device(args)? else { return Ok(None) };
+    let path = dev.path().to_path_buf();
+    let offered: Vec<u32> = dev.formats(buf_type)?.iter().map(|f| f.pixelformat).collect();
+    let format = CAPTURE_FORMATS.into_iter().find(|f| offered.contains(&f.to_v4l2())).ok_or_else(|| {
+        let names: Vec<String> = offered
+            .iter()
+            .map(|&c| PixelFormat::from_v4l2(c).map_or(format!("{c:#x}"), |f| f.name().to_owned()))
+            .collect();
+        anyhow::anyhow!("{} captures neither NV12 nor YUYV (it offers {})", path.display(), names.join(", "))
+    })?;
+    let (w, h) = args.size;
+    let fmt = dev.set_format(buf_type, w, h, format.to_v4l2())?;
+    if fmt.pixelformat != format.to_v4l2() || fmt.planes.len() != 1 {
+        anyhow::bail!("{} did not accept {format} as one buffer per frame (it set {fmt:?})", path.display());
+    }
+    if (fmt.width, fmt.height) != (w, h) {
+        eprintln!("dmabroker demo: {} does not capture {w}x{h}; it chose {}x{}", path.display(), fmt.width, fmt.height);
+    }
+    // The frame as V4L2 lays it out; the driver may pad lines further.
+    let layout = Layout::new(format, fmt.width, fmt.height, &LayoutOptions::default())?;
+    if u64::from(fmt.planes[0].bytesperline) != layout.bytesperline() {
+        eprintln!(
+            "dmabroker demo: {} pads lines to {} bytes (unpadded: {})",
+            path.display(),
+            fmt.planes[0].bytesperline,
+            layout.bytesperline()
+        );
+    }
+    let frame_len = layout.total_size().max(u64::from(fmt.planes[0].sizeimage));
+    let options = PoolOptions { buffer_len: frame_len, ..options.clone() };
+    let mut buffers = Vec::with_capacity(options.buffers);
+    let heap;
+    let why;
+    match &args.heap {
+        Some(name) => {
+            for i in 0..options.buffers {
+                let request = dmabroker::AllocRequest::new(frame_len).name(format!("demo-{i}"));
+                buffers.push(heaps.allocate(name, &request)?);
+            }
+            heap = name.clone();
+            why = "--heap".to_owned();
+        }
+        None => {
+            // What sysfs and the device profiles say the device needs (a
+            // dma-buf, an address limit...); without a sysfs entry, at
+            // least a dma-buf: V4L2_MEMORY_DMABUF imports nothing else.
+            let constraints = Constraints::probe(&path).or_else(|e| {
+                tracing::debug!("probing {}: {e}; assuming it needs a dma-buf", path.display());
+                Constraints::builder(path.display().to_string()).dma_buf(true).build()
+            })?;
+            let mut chosen = None;
+            for i in 0..options.buffers {
+                let (buffer, choice) = allocate_for(heaps, &constraints, frame_len, Some(&format!("demo-{i}")))?;
+                buffers.push(buffer);
+                chosen.get_or_insert(choice);
+            }
+            let choice = chosen.ok_or_else(|| anyhow::anyhow!("a pool needs at least one buffer"))?;
+            heap = choice.heap.clone();
+            // The first reason says why this heap; the rest (what was
+            // passed over) is `dmabroker alloc --for`'s business.
+            why = choice.reasons.first().cloned().unwrap_or_default();
+        }
+    }
+    if let Some(i) = buffers.iter().position(|b| b.kind() != dmabroker::BufferKind::DmaBuf) {
+        anyhow::bail!(
+            "buffer {i} from {heap} is not a dma-buf: V4L2_MEMORY_DMABUF needs dma-bufs (choose a dma-heap or udmabuf)"
+        );
+    }
+    let producer = Producer::new(buffers, &options)?;
+    let caps = dev.capabilities();
+    let description = format!(
+        "V4L2 capture {} ({} \"{}\", {}, V4L2_MEMORY_DMABUF into {heap} buffers: {why})",
+        path.display(),
+        caps.driver,
+        caps.card,
+        if buf_type.is_multiplanar() { "multi-planar" } else { "single-planar" }
+    );
+    Ok(Some(Setup {
+        source: Source::V4l2(V4l2Source {
+            dev,
+            buf_type,
+            frame_len: u64::from(fmt.planes[0].sizeimage).min(frame_len),
+        }),
+        producer,
+        width: fmt.width,
+        height: fmt.height,
+        format,
+        frame_len,
+        heap,
+        description,
+    }))
+}
+
+/// A broker serving on a temporary socket from a thread of this process,
+/// stopped (and its socket removed) on drop.
+pub(super) struct EmbeddedBroker {
+    pub(super) path: PathBuf,
+    pub(super) stop: Option<std::os::unix::net::UnixStream>,
+    pub(super) thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EmbeddedBroker {
+    fn start() -> anyhow::Result<Self> {
+        use dmabroker_broker::{Broker, Config, Listener};
+        let dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let path = dir.join(format!("dmabroker-demo-broker-{}.sock", std::process::id()));
+        let (shutdown, stop) = std::os::unix::net::UnixStream::pair()?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let listen = path.clone();
+        let thread = std::thread::Builder::new().name("broker".into()).spawn(move || {
+            let mut config = Config::new(Listener::Path(listen));
+            config.notify = false;
+            // Its clients (this demo) share its process: count their holds.
+            config.clients_in_process = true;
+            match Broker::start(config, Vec::new(), shutdown.into()) {
+                Ok(mut broker) => {
+                    let _ = ready_tx.send(Ok(()));
+                    if let Err(e) = broker.run() {
+                        tracing::warn!("embedded broker stopped: {e}");
+                    }
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })?;
+        let started = ready_rx.recv().map_err(|_| anyhow::anyhow!("the embedded broker thread died while starting"));
+        let broker = Self { path, stop: Some(stop), thread: Some(thread) };
+        started??;
+        Ok(broker)
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        // One byte makes the shutdown socket readable: the event loop ends.
+        if let Some(mut stop) = self.stop.take() {
+            let _ = stop.write_all(b"x");
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub(super) fn setup_synthetic(args: &DemoArgs, options: &PoolOptions, heaps: &Heaps) -> anyhow::Result<Setup> {
+    let (width, height) = args.size;
+    let frame_len = u64::from(width) * u64::from(height) * 3 / 2;
+    let heap = args.heap.clone().unwrap_or_else(|| "memfd".to_owned());
+    let options = PoolOptions { buffer_len: frame_len, ..options.clone() };
+    let mut description = "synthetic NV12 test pattern".to_owned();
+    let producer = if args.broker == BrokerArg::Embedded && heaps.get(&heap).is_some() {
+        let broker = EmbeddedBroker::start()
+            .map_err(|e| anyhow::anyhow!("starting the embedded broker: {e:#} (or pass --broker none)"))?;
+        let mut client = dmabroker::client::Client::connect(&broker.path)?;
+        let buffers = (0..options.buffers)
+            .map(|i| client.allocate(&heap, frame_len, Some(&format!("{}-{i}", options.name))))
+            .collect::<Result<Vec<_>, _>>()?;
+        description.push_str(&format!(
+            ", buffers allocated through the embedded dmabroker broker ({} protocol v{}) at {}",
+            client.server(),
+            client.version(),
+            broker.path.display()
+        ));
+        // The buffers are ours now: the broker is not needed to stream.
+        drop(client);
+        drop(broker);
+        Producer::new(buffers, &options)?
+    } else {
+        // (An unknown heap fails here, with the list of heaps.)
+        Producer::allocate(heaps, &heap, &options)?
+    };
+    Ok(Setup {
+        source: Source::Synthetic,
+        producer,
+        width,
+        height,
+        format: PixelFormat::Nv12,
+        frame_len,
+        heap,
+        description,
+    })
+}
+
+pub(super) fn setup(args: &DemoArgs, options: &PoolOptions) -> anyhow::Result<Setup> {
+    let heaps = Heaps::discover();
+    match args.source {
+        SourceArg::Synthetic => setup_synthetic(args, options, &heaps),
+        SourceArg::V4l2 => setup_v4l2(args, options, &heaps)?.ok_or_else(|| {
+            anyhow::anyhow!("no V4L2 capture device: no /dev/video* node captures video (use --source synthetic)")
+        }),
+        SourceArg::Auto => match setup_v4l2(args, options, &heaps) {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => setup_synthetic(args, options, &heaps),
+            Err(e) => {
+                eprintln!("dmabroker demo: V4L2 capture unavailable ({e:#}); using the synthetic source");
+                setup_synthetic(args, options, &heaps)
+            }
+        },
+    }
+}
