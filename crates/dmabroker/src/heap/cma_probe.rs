@@ -4,7 +4,7 @@
 //! from the device tree, `reserved` for the default area, `default_cma_region`
 //! since 6.17, vendor names), so the heap is asked: a probe buffer of
 //! [`PROBE_LEN`] is allocated and `CmaFree` in /proc/meminfo must drop by its
-//! size while it lives and come back when it is freed. A heap backed by the
+//! size while it lives or come back when it is freed. A heap backed by the
 //! buddy allocator (`system`) never takes pages from CMA pageblocks (its pages
 //! are unmovable). Other processes allocating CMA at the same moment can blur
 //! one reading, so up to [`ATTEMPTS`] are taken.
@@ -52,10 +52,13 @@ pub fn probe(heap: impl AsFd) -> CmaProbe {
         let after = meminfo("CmaFree").unwrap_or(during);
         let took = before.saturating_sub(during);
         let gave = after.saturating_sub(during);
-        if took >= PROBE_LEN && gave >= PROBE_LEN {
+        // CMA lends its free pages to movable allocations (page cache): a CMA
+        // allocation migrates those away, so CmaFree may drop by less than
+        // the probe; freeing it gives the whole probe back.
+        if took.max(gave) >= PROBE_LEN / 2 {
             return CmaProbe::Cma;
         }
-        if took < PROBE_LEN / 2 && gave < PROBE_LEN / 2 {
+        if took.max(gave) < PROBE_LEN / 8 {
             return CmaProbe::NotCma;
         }
         last = format!("CmaFree moved by -{took}/+{gave} bytes around a {PROBE_LEN}-byte probe (other CMA users?)");
