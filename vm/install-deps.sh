@@ -12,6 +12,12 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then
     need+=(busybox-static)
 fi
+# vm/kernel-build.sh (the project's own kernel, --kernel proj).
+for t in make:make gcc:gcc bc:bc flex:flex bison:bison perl:perl; do
+    command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
+done
+[[ -f /usr/include/libelf.h ]] || need+=(libelf-dev)
+[[ -f /usr/include/openssl/ssl.h ]] || need+=(libssl-dev)
 command -v depmod >/dev/null || [[ -x /sbin/depmod || -x /usr/sbin/depmod ]] || need+=(kmod)
 command -v xz >/dev/null || need+=(xz-utils)
 command -v cpio >/dev/null || need+=(cpio)

@@ -10,7 +10,9 @@
 #
 # Options:
 #   --kernel ID      the kernel of vm/kernels.conf to boot: 6.12 (Debian
-#                    trixie, the default) or 7 (Debian sid's 7.x)
+#                    trixie, the default), 7 (Debian sid's 7.x) or proj (the
+#                    project's own 7.2 build, vm/kernel-build.sh: CMA heap,
+#                    vkms, vim2m, vicodec, sw_sync; built on first use)
 #   --kernel-newest  the newest package of that kernel's series instead of
 #                    the pinned one (also DMABROKER_VM_KERNEL_NEWEST=1)
 #   --userland       mount the Debian trixie root of vm/userland.sh (GStreamer,
@@ -328,7 +330,12 @@ fetch_kernel() { # abi version(or "") -> kernel dir
 mkdir -p "$cache" "$out"
 kdir=""
 kernel_note=""
-if [[ -n "${DMABROKER_VM_KERNEL_DEB:-}" ]]; then
+if [[ "$pkg_templates" == build ]]; then
+    # The project's own kernel (vm/kernel-build.sh): built once into its cache
+    # outside the checkout, everything built in (no modules to load).
+    kdir=$("$here/kernel-build.sh" build) || die "vm/kernel-build.sh build failed (message above)"
+    kernel_note="built by vm/kernel-build.sh from $pin_version"
+elif [[ -n "${DMABROKER_VM_KERNEL_DEB:-}" ]]; then
     read -r -a local_debs <<<"$DMABROKER_VM_KERNEL_DEB"
     for d in "${local_debs[@]}"; do [[ -f "$d" ]] || die "DMABROKER_VM_KERNEL_DEB: $d: no such file"; done
     kdir="$cache/local-$(basename "${local_debs[0]}" .deb)"
@@ -368,7 +375,7 @@ uimg=""
 if ((userland)); then
     uimg=$("$here/userland.sh" path) || die "the Debian userland could not be built (vm/userland.sh build; message above)"
     [[ -s "$uimg" ]] || die "vm/userland.sh gave no image"
-    [[ -s "$kdir/modules/userland.list" ]] || die "$kdir lacks the modules to mount the userland"
+    [[ -s "$kdir/modules/userland.list" || -f "$kdir/BUILTIN" ]] || die "$kdir lacks the modules to mount the userland"
 fi
 
 if ((prepare_only)); then
@@ -558,6 +565,10 @@ chmod 755 "$rootfs/init"
 # only when the guest has memory to spare (TCG backs guest RAM lazily).
 hugepages_1g=""
 ((mem_mib >= 2048 && !boot_only)) && hugepages_1g=" hugepagesz=1G hugepages=1"
+# A kernel with everything built in takes vivid's parameters (the insmod
+# line of /init) on the command line.
+builtin_params=""
+[[ ! -f "$kdir/BUILTIN" ]] || builtin_params=" vivid.n_devs=2 vivid.multiplanar=1,2 vivid.node_types=0x1,0x1"
 drive=()
 [[ -z "$uimg" ]] || drive=(-drive "file=$uimg,if=virtio,format=raw,readonly=on")
 # The log is the run's own (concurrent runs cannot mix verdicts); copies of
@@ -589,7 +600,7 @@ boot_once() { # -> sets qemu_status timed_out reached_init elapsed
     qemu-system-x86_64 -accel tcg -cpu max -m "$mem_mib" -smp "$smp" \
         -nographic -no-reboot -nic none "${drive[@]}" \
         -kernel "$kdir/vmlinuz" -initrd "$work/initramfs.cpio" \
-        -append "console=ttyS0 panic=-1 quiet${hugepages_1g}${DMABROKER_VM_APPEND:+ $DMABROKER_VM_APPEND}" \
+        -append "console=ttyS0 panic=-1 quiet${hugepages_1g}${builtin_params}${DMABROKER_VM_APPEND:+ $DMABROKER_VM_APPEND}" \
         </dev/null >"$work/fifo.out" 2>&1 &
     qemu_pid=$!
     # Stream the serial output live while QEMU writes it.

@@ -201,9 +201,10 @@ pub(crate) fn alloc_status(e: &AllocError) -> Status {
         AllocError::AlignmentUnsatisfiable { .. } | AllocError::NotContiguous { .. } | AllocError::TooLarge { .. } => {
             Status::DMABROKER_ERROR_UNSUPPORTED
         }
-        AllocError::NoHugePages { .. } | AllocError::OutOfMemory { .. } | AllocError::LargerThanMemory { .. } => {
-            Status::DMABROKER_ERROR_OUT_OF_MEMORY
-        }
+        AllocError::NoHugePages { .. }
+        | AllocError::OutOfMemory { .. }
+        | AllocError::CmaShort { .. }
+        | AllocError::LargerThanMemory { .. } => Status::DMABROKER_ERROR_OUT_OF_MEMORY,
         AllocError::PermissionDenied { .. } => Status::DMABROKER_ERROR_PERMISSION_DENIED,
         AllocError::Os { source, .. } => errno_status(*source),
         // AllocError may grow variants; an unknown one is a kernel-side failure.

@@ -25,6 +25,7 @@ pub mod lease;
 pub mod mmap;
 pub mod socket;
 pub mod spawn;
+pub mod sw_sync;
 #[cfg(test)]
 #[path = "../../dmabroker/tests/common/skip.rs"]
 pub(crate) mod test_skip;

@@ -143,7 +143,7 @@ fn allocate(
             }
         }
         Err(e) => {
-            let out_of_memory = matches!(e, AllocError::OutOfMemory { .. });
+            let out_of_memory = matches!(e, AllocError::OutOfMemory { .. } | AllocError::CmaShort { .. });
             (WorkReply::Failed { message: e.to_string(), out_of_memory }, None)
         }
     }

@@ -32,6 +32,9 @@ pub fn run(args: &HeapsArgs) -> anyhow::Result<ExitCode> {
         &["HEAP", "KIND", "CONTIGUOUS UP TO", "PAGE", "CACHE", "DEVICE-IMPORTABLE", "FREE", "USABLE", "NOTE"],
         &rows,
     ))?;
+    if let Some(line) = dmabroker::heap::cma_probe::summary() {
+        crate::output::emit(&format!("{line}\n"))?;
+    }
     crate::output::emit(&format!(
         "charging: {}\n",
         dmabroker::heap::mem_accounting::MemAccounting::detect().describe()

@@ -408,9 +408,14 @@ pub fn choose_heap(heaps: &[HeapInfo], constraints: &Constraints, len: u64) -> R
             Err(lacks) => rejected.push(Rejection { heap: h.name.clone(), lacks }),
         }
     }
-    let Some(&(best, hlen)) = suitable.first() else {
+    let Some(&(first, _)) = suitable.first() else {
         return Err(no_heap(&order, constraints, len, rejected).into());
     };
+    // A heap that would round the buffer up to more than twice its size (a
+    // 32 MiB contiguous buffer in a 1 GiB huge page) gives way to the next
+    // suitable one that does not (CMA), where there is one.
+    let (best, hlen) = suitable.iter().copied().find(|&(_, hlen)| hlen / 2 <= len).unwrap_or(suitable[0]);
+    let wasteful = (best.name != first.name).then(|| first.name.clone());
     let candidates: Vec<String> = suitable.iter().map(|(h, _)| h.name.clone()).collect();
     let best_key = (rank(best), best.page_size, &best.name);
     let passed_over: Vec<Rejection> = rejected
@@ -430,6 +435,9 @@ pub fn choose_heap(heaps: &[HeapInfo], constraints: &Constraints, len: u64) -> R
             candidates.join(", ")
         )
     }];
+    if let Some(w) = wasteful {
+        reasons.push(format!("{w} ranks before it but would round {} up to more than twice that", format_size(len)));
+    }
     for (kind, sentence) in constraints.describe() {
         reasons.push(format!("{sentence}: {}", how(kind, best, constraints, hlen)));
     }

@@ -1,12 +1,15 @@
 //! `dma-heap/<name>` heaps: every entry of `/dev/dma_heap`.
 //!
-//! Properties are told from the name, since the kernel exports nothing else:
-//! `system` is cached page-granular memory; `system-uncached` (vendor kernels)
-//! uncached; CMA heaps (`linux,cma`, or `reserved` when the CMA area comes
-//! from the device tree or `cma=` on some boards, vendor names containing
-//! `cma`) are physically contiguous for the whole buffer, and their free
-//! capacity is `CmaFree` in /proc/meminfo.
+//! The kernel exports no properties for a heap. Whether it is a CMA heap
+//! (physically contiguous for the whole buffer, free capacity `CmaFree` in
+//! /proc/meminfo) is found by property: [`cma_probe`](super::cma_probe)
+//! allocates a probe buffer and watches `CmaFree`, whatever the heap is called
+//! (`linux,cma`, `reserved`, `default_cma_region` since 6.17, vendor names).
+//! Only where the heap cannot be opened is the name used (`*cma*`,
+//! `reserved`), and the heap's note says so. `system-uncached` (vendor
+//! kernels) is told uncached by its name.
 
+use super::cma_probe::{self, CmaProbe};
 use super::{
     check_available, check_request, meminfo, open_error, ram_end, AllocError, AllocRequest, Heap, HeapInfo, HeapKind,
     Limits,
@@ -28,6 +31,8 @@ pub struct DmaHeap {
     path: String,
     device: Result<OwnedFd, rustix::io::Errno>,
     page_size: u64,
+    /// Whether it is CMA, and how that was found: probed once, lazily.
+    cma: std::sync::OnceLock<(bool, String)>,
 }
 
 /// Name a dma-buf (`DMA_BUF_SET_NAME`, at most 31 bytes); failures only log:
@@ -65,11 +70,28 @@ impl DmaHeap {
             path,
             device,
             page_size: rustix::param::page_size() as u64,
+            cma: std::sync::OnceLock::new(),
         }
     }
 
     fn contiguous(&self) -> bool {
-        is_contiguous_exporter(&self.heap_name)
+        self.cma_probe().0
+    }
+
+    /// (is CMA, how it was found), probed on first use.
+    fn cma_probe(&self) -> &(bool, String) {
+        self.cma.get_or_init(|| {
+            let by_name = is_contiguous_exporter(&self.heap_name);
+            match &self.device {
+                Ok(fd) => match cma_probe::probe(fd) {
+                    CmaProbe::Cma => (true, "CMA: a probe allocation took its pages from CmaFree".into()),
+                    CmaProbe::NotCma => (false, String::new()),
+                    CmaProbe::Unknown(why) => (by_name, format!("CMA probe inconclusive ({why}); told by its name")),
+                },
+                Err(_) if by_name => (true, "CMA told by its name (the heap cannot be opened to probe)".into()),
+                Err(_) => (false, String::new()),
+            }
+        })
     }
 
     fn uncached(&self) -> bool {
@@ -106,9 +128,23 @@ impl Heap for DmaHeap {
             free_bytes: if contiguous { meminfo("CmaFree") } else { meminfo("MemAvailable") },
             max_buffer_size: None,
             usable: self.device.is_ok(),
-            note: self.device.as_ref().err().map(|e| {
-                format!("cannot open {}: {e} (heaps are root-only on most distributions: use the broker)", self.path)
-            }),
+            note: {
+                let open = self.device.as_ref().err().map(|e| {
+                    format!(
+                        "cannot open {}: {e} (heaps are root-only on most distributions: use the broker)",
+                        self.path
+                    )
+                });
+                let cma = contiguous.then(|| {
+                    let (free, total) = (meminfo("CmaFree"), meminfo("CmaTotal"));
+                    let fmt = |v: Option<u64>| v.map_or("?".into(), crate::size::format_size);
+                    format!("{}; CMA {} free of {} (CmaFree/CmaTotal)", self.cma_probe().1, fmt(free), fmt(total))
+                });
+                match (open, cma) {
+                    (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                    (a, b) => a.or(b),
+                }
+            },
             pool_pages: None,
             ram_end: ram_end(),
         }
@@ -131,6 +167,12 @@ impl Heap for DmaHeap {
             check_available(&self.name, len)?;
         }
         let fd = dmabroker_sys::dma_heap::alloc(device, len).map_err(|e| match e {
+            rustix::io::Errno::NOMEM if self.contiguous() => AllocError::CmaShort {
+                heap: self.name.clone(),
+                len,
+                free: meminfo("CmaFree"),
+                total: meminfo("CmaTotal"),
+            },
             rustix::io::Errno::NOMEM => AllocError::OutOfMemory { heap: self.name.clone(), len, available: None },
             source => AllocError::Os { op: "DMA_HEAP_IOCTL_ALLOC", source },
         })?;

@@ -10,6 +10,7 @@
 //! [`Heaps::discover`] never fails because one allocator is missing: it lists
 //! what this machine has and remembers why the others are absent.
 
+pub mod cma_probe;
 pub mod dma_heap;
 pub mod hugetlb;
 pub mod mem_accounting;
@@ -237,6 +238,19 @@ pub enum AllocError {
         /// request was refused before the kernel was asked, since pages a
         /// dma-buf pins cannot be reclaimed and the OOM killer would settle it.
         available: Option<u64>,
+    },
+    /// A CMA heap could not find a contiguous run that large: the CMA area
+    /// is too small or too fragmented.
+    #[error("{}", cma_shortage(heap, *len, *free, *total))]
+    CmaShort {
+        /// The heap.
+        heap: String,
+        /// Requested length.
+        len: u64,
+        /// `CmaFree` when it failed.
+        free: Option<u64>,
+        /// `CmaTotal`.
+        total: Option<u64>,
     },
     /// Another kernel error.
     #[error("{op} failed: {source}")]
@@ -528,6 +542,24 @@ impl Heaps {
     pub fn infos(&self) -> Vec<HeapInfo> {
         self.heaps.iter().map(|h| h.info()).collect()
     }
+}
+
+/// [`AllocError::CmaShort`]'s message: CMA free/total and the fix.
+fn cma_shortage(heap: &str, len: u64, free: Option<u64>, total: Option<u64>) -> String {
+    let fmt = |v: Option<u64>| v.map_or("?".to_owned(), format_size);
+    let why = match free {
+        Some(f) if f >= len => "enough is free but not in one contiguous run (fragmented by other allocations)",
+        _ => "too little is free",
+    };
+    format!(
+        "heap {heap} has no physically contiguous {}: CMA has {} free of {} (CmaFree/CmaTotal in /proc/meminfo), {why}; \
+         boot with a larger CMA area ({} on the kernel command line, or a larger reserved region in the device tree), \
+         or free CMA buffers",
+        format_size(len),
+        fmt(free),
+        fmt(total),
+        cma_cmdline(total.unwrap_or(0).max(len).saturating_mul(2)),
+    )
 }
 
 /// The tail of [`AllocError::OutOfMemory`]'s message.
