@@ -120,8 +120,8 @@ fn vivid_capture_imported_and_copied_by_vulkan() {
     drop(queue);
 
     // Vulkan imports both and copies src into dst flipped, no CPU copy.
-    let a = vk.import(&src, src.len() as u64, &layout, chosen.modifier, Usage::TRANSFER).expect("import the capture");
-    let b = vk.import(&dst, dst.len() as u64, &layout, chosen.modifier, Usage::TRANSFER).expect("import the output");
+    let a = vk.import(&src, src.len(), &layout, chosen.modifier, Usage::TRANSFER).expect("import the capture");
+    let b = vk.import(&dst, dst.len(), &layout, chosen.modifier, Usage::TRANSFER).expect("import the output");
     let outcome = vk.copy_flipped(&a, &b).expect("vkCmdCopyImage");
     match &outcome.sync_file {
         Some(fd) => {
