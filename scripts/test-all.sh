@@ -85,6 +85,8 @@ if [[ $mode != host ]]; then
         name=${t%% *}
         exe=${t#* }
         case "$name" in
+        # Needs libvulkan (dlopen): a dynamic build, its own stage below.
+        vm_vulkan) ;;
         vm_* | heap_conformance | cpu_access | seals | hugetlb | bad_input | dmabroker | dmabroker_sys) vm_bins+=("$exe") ;;
         esac
     done
@@ -164,6 +166,9 @@ if [[ $mode != host ]]; then
     # root as a sysroot), then in the guest: dma-heap pools across processes,
     # v4l2src (vivid) io-mode=dmabuf-import with zero copy, DMA_DRM caps.
     vm_stage "GStreamer in the VM, kernel 6.12" gst/tests/vm.sh --kernel 6.12
+    # dmabroker-vulkan's tests built dynamically in the userland root, run
+    # on lavapipe in the guest: vivid -> VkImage import -> flipped copy.
+    vm_stage "Vulkan (lavapipe) in the VM, kernel 6.12" scripts/vulkan-vm-tests.sh --kernel 6.12
     step "VM verdicts"
     printf '  %s\n' "${verdicts[@]}"
     ((vm_failed == 0)) || {

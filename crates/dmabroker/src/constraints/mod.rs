@@ -89,6 +89,7 @@
 //! maintenance as soon as one device does not snoop).
 
 mod choose;
+pub mod modifier;
 mod profile;
 mod sysfs;
 
