@@ -36,6 +36,8 @@
 //! }
 //! ```
 
+pub mod bpf_iter;
+pub mod ledger;
 pub mod procfs;
 
 use crate::buffer::BufferKind;
