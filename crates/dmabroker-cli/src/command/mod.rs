@@ -16,6 +16,7 @@ pub mod import;
 mod inspect;
 pub(crate) mod measure;
 pub mod ps;
+mod ps_leaks;
 pub mod serve;
 pub mod stats;
 pub mod unpublish;

@@ -24,6 +24,10 @@ pub struct PsArgs {
     /// memfd the broker process holds, such as published memfds it adopted).
     #[arg(long = "all-memfd")]
     pub all_memfd: bool,
+    /// Only leak candidates: dma-bufs that no process holds, only drivers
+    /// (through the dma-buf BPF iterator, Linux >= 6.16, as root).
+    #[arg(long)]
+    pub leaks: bool,
 }
 
 pub fn run(args: &PsArgs) -> anyhow::Result<ExitCode> {
@@ -38,6 +42,9 @@ pub fn run(args: &PsArgs) -> anyhow::Result<ExitCode> {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             anyhow::bail!("no such process: {pid}");
         }
+    }
+    if args.leaks {
+        return super::ps_leaks::run(args.json, args.all_memfd);
     }
     let options = ScanOptions { all_memfds: args.all_memfd, pid: args.pid, uid, broker_pids: Vec::new() };
     let snapshot = accounting::scan_with(&options)?;
@@ -116,6 +123,7 @@ pub fn run(args: &PsArgs) -> anyhow::Result<ExitCode> {
     if snapshot.buffers.iter().any(|b| b.size_source == SizeSource::Mapping) {
         println!(">= : only mapped, size known only as the extent of the mappings");
     }
+    super::ps_leaks::summary(args.all_memfd, args.pid.is_some() || args.user.is_some())?;
     Ok(ExitCode::SUCCESS)
 }
 

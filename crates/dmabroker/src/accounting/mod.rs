@@ -36,6 +36,8 @@
 //! }
 //! ```
 
+pub mod bpf_iter;
+pub mod ledger;
 mod fd_tables;
 mod model;
 mod parse;
