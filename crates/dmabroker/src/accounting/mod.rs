@@ -37,8 +37,8 @@
 //! ```
 
 pub mod bpf_iter;
-pub mod ledger;
 mod fd_tables;
+pub mod ledger;
 mod model;
 mod parse;
 mod scan;
