@@ -1,7 +1,7 @@
 //! Command-line syntax.
 
 use crate::command::{
-    bench_broker, bench_compare, bench_pool, bench_sync, charge_worker, demo, import, ps, serve, stats, unpublish,
+    bench_broker, bench_compare, bench_pool, bench_sync, charge_worker, demo, import, ps, serve, stats, top, unpublish,
 };
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
@@ -43,6 +43,8 @@ pub enum Command {
     Stats(stats::StatsArgs),
     /// Who holds what: every dma-buf and dmabroker buffer per process and user.
     Ps(ps::PsArgs),
+    /// A live view of buffer memory per process, user and cgroup (`--json` streams it).
+    Top(top::TopArgs),
     /// A zero-copy streaming pool end to end: producer, two consumers, live status.
     Demo(demo::DemoArgs),
     /// Run a benchmark and print a markdown table.

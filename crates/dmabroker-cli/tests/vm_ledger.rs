@@ -83,6 +83,10 @@ fn a_buffer_only_vgem_holds_is_a_leak_candidate_until_vgem_lets_go() {
         assert!(c["age_sec"].as_u64().is_some_and(|a| a < 600), "{c}");
         let text = dmabroker(&["ps", "--leaks"]);
         assert!(text.contains(&inode.to_string()) && text.contains("system"), "{text}");
+        // `top` counts it among the leaks too.
+        let top: Value = serde_json::from_str(&dmabroker(&["top", "--json", "--once"])).unwrap();
+        assert!(top["leaks"].as_u64().is_some_and(|n| n >= 1), "{top}");
+        assert!(top["leak_bytes"].as_u64().is_some_and(|n| n >= 1 << 20), "{top}");
         vgem.gem_close(handle).expect("GEM_CLOSE");
         let l = leaks_json();
         assert!(leak(&l, inode).is_none(), "dma-buf {inode} still listed after vgem let go: {l}");

@@ -19,6 +19,7 @@ pub mod ps;
 mod ps_leaks;
 pub mod serve;
 pub mod stats;
+pub mod top;
 pub mod unpublish;
 
 use crate::cli::{BenchCommand, Command};
@@ -35,6 +36,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Unpublish(args) => unpublish::run(&args),
         Command::Stats(args) => stats::run(&args),
         Command::Ps(args) => ps::run(&args),
+        Command::Top(args) => top::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::ChargeWorker(args) => charge_worker::run(&args),
         Command::Bench(BenchCommand::Alloc(args)) => bench_alloc::run(&args),
