@@ -103,7 +103,7 @@ impl Tally {
 /// One client process: mixed work until `deadline`, reconnecting whenever
 /// the broker goes away (its restart).
 fn worker(socket: &Path, id: u64, deadline: Instant, report: &Path) {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (id + 1) * 0x1000_0001 ^ u64::from(std::process::id()));
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((id + 1) * 0x1000_0001) ^ u64::from(std::process::id()));
     let mut tally = Tally::default();
     let mut client: Option<Client> = None;
     let mut mine: Vec<(String, dmabroker::Buffer)> = Vec::new();
