@@ -145,13 +145,15 @@ sysroot_chroot() {
         set -e
         r=$1; shift
         nb=$1; shift
-        for ((i = 0; i < nb; i++)); do
-            mkdir -p "$r$1"; mount --rbind "$1" "$r$1"; shift
-        done
         mount -t proc proc "$r/proc"
         mount --rbind /sys "$r/sys"
         mount --rbind /dev "$r/dev"
+        # /tmp before the binds: a checkout under /tmp (a CI clone) stays
+        # visible instead of vanishing under the fresh tmpfs.
         mount -t tmpfs tmpfs "$r/tmp"
+        for ((i = 0; i < nb; i++)); do
+            mkdir -p "$r$1"; mount --rbind "$1" "$r$1"; shift
+        done
         cp /etc/resolv.conf "$r/etc/resolv.conf" 2>/dev/null || true
         cd "$r"
         (($#)) || set -- bash -l
