@@ -21,6 +21,7 @@ pub mod drm;
 mod fd_ioctl;
 pub mod inherited;
 pub mod kcmp;
+pub mod kms;
 pub mod lease;
 pub mod mmap;
 pub mod socket;
