@@ -14,9 +14,9 @@
 
 mod vm_common;
 
-use dmabroker::constraints::modifier::{choose_modifier, modifier_name, ModifierCaps, ModifierOffer};
+use dmabroker::constraints::modifier::{choose_modifier, modifier_name, ModifierOffer};
 use dmabroker::constraints::{allocate_for, Constraints};
-use dmabroker::device::kms::{in_formats, FramebufferSpec, KmsDevice, KmsObject, PlaneKind};
+use dmabroker::device::kms::{FramebufferSpec, KmsDevice, KmsObject, PlaneKind};
 use dmabroker::device::v4l2::{BufType, Memory};
 use dmabroker::format::{DrmFourcc, Layout, LayoutOptions, PixelFormat};
 use dmabroker::{BufferKind, Heaps};
@@ -83,14 +83,8 @@ fn vivid_frame_reaches_vkms_writeback_unchanged() {
     assert!(wb_formats.contains(&xrgb), "writeback lacks XRGB8888: {wb_formats:?}");
     // Modifiers: vivid addresses memory linearly; vkms says what it scans
     // out in the plane's IN_FORMATS blob.
-    let blob = kms.blob(primary.in_formats_blob.expect("IN_FORMATS")).expect("IN_FORMATS blob");
-    let parsed = in_formats::parse(&blob).expect("parse IN_FORMATS");
-    let vkms_offer = ModifierOffer {
-        device: kms.path().display().to_string(),
-        fourcc: xrgb,
-        modifiers: parsed.modifiers(xrgb).iter().map(|&modifier| ModifierCaps { modifier, planes: 1 }).collect(),
-        refused: Vec::new(),
-    };
+    assert!(primary.in_formats_blob.is_some(), "plane {} has no IN_FORMATS", primary.id);
+    let vkms_offer = kms.modifier_offer(PlaneKind::Primary, xrgb).expect("vkms's offer (IN_FORMATS)");
     let chosen = choose_modifier(&[ModifierOffer::linear(cam.path().display().to_string(), xrgb, 1), vkms_offer], None)
         .expect("a modifier both take");
     assert_eq!(chosen.modifier, 0, "LINEAR");

@@ -3,6 +3,7 @@
 //! constraints (and which device asked for each), the plane layout, the
 //! chosen heap and why.
 
+use dmabroker::constraints::modifier::ChosenModifier;
 use dmabroker::constraints::{
     allocate_for, choose_heap, AllocForError, Choice, ChooseError, Constraints, DeviceCoherency, DeviceProbe,
     NoHeapError, Profiles,
@@ -158,6 +159,10 @@ struct Report {
     constraints: Constraints,
     requirements: Vec<String>,
     layout: Option<Layout>,
+    /// The DRM format modifier every device takes (when a `--for` device
+    /// is a KMS card: its primary planes' IN_FORMATS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    modifier: Option<ChosenModifier>,
     /// How buffer 0's heap was chosen (every buffer's choice is in `buffers`).
     choice: Choice,
     /// Buffer 0 (the only one except for the `…M` formats).
@@ -221,6 +226,8 @@ pub(crate) struct Plan {
     /// What the frame needs without the alignment constraints, when
     /// aligning makes it larger: to say so when the aligned size fails.
     pub rounded_by_alignment: Option<String>,
+    /// The modifier every device takes, when a `--for` device is a KMS card.
+    pub modifier: Option<ChosenModifier>,
 }
 
 impl Plan {
@@ -331,7 +338,11 @@ pub(crate) fn plan(size: SizeSpec, contiguous: bool, align: u64, dev: &DeviceArg
         ),
         (s @ SizeSpec::Pixels(..), None) => (None, vec![s.bytes()?]),
     };
-    Ok(Plan { merged, warnings, layout, sizes, notes, rounded_by_alignment })
+    let modifier = match dev.format {
+        Some(format) => super::alloc_modifier::choose(format, &dev.for_devices, &probes)?,
+        None => None,
+    };
+    Ok(Plan { merged, warnings, layout, sizes, notes, rounded_by_alignment, modifier })
 }
 
 /// `buffer I of N (plane I): ` before an error about one of several
@@ -415,6 +426,7 @@ pub fn run(args: &AllocFor<'_>) -> anyhow::Result<ExitCode> {
         requirements: plan.merged.describe().into_iter().map(|(_, s)| s).collect(),
         constraints: plan.merged,
         layout: plan.layout,
+        modifier: plan.modifier,
         choice: first.choice.clone(),
         buffer: first.buffer.clone(),
         buffers,
@@ -499,6 +511,9 @@ fn print_human(report: &Report) {
     println!("{}", merged_summary(&report.constraints));
     if let Some(layout) = &report.layout {
         print_layout(layout, &report.layout_notes, "");
+    }
+    if let Some(m) = &report.modifier {
+        println!("modifier: {m}");
     }
     print_explanations(&report.buffers, |b| &b.choice.heap, |b| choice_lines(&b.choice));
     let many = report.buffers.len() > 1;

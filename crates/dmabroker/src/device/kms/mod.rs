@@ -39,11 +39,13 @@ mod fence;
 mod framebuffer;
 pub mod in_formats;
 mod objects;
+mod offers;
 
 pub use commit::{AtomicRequest, CommitError};
 pub use fence::{FenceWaitError, SyncFile};
 pub use framebuffer::{AddFbError, Framebuffer, FramebufferSpec, FramebufferSpecError, PlaneSpec};
 pub use objects::{Connector, Crtc, DisplayMode, KmsObject, Plane, PlaneKind, Property, PropertyBlob};
+pub use offers::OfferError;
 
 use dmabroker_sys::drm as sys_drm;
 use dmabroker_sys::kms::drm;
