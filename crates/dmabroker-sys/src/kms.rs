@@ -52,3 +52,29 @@ pub fn atomic_commit_out_fence<D: Device, H: ResourceHandle>(
     // adopted here, once, in the statement after the call.
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fence) }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsFd, BorrowedFd};
+
+    struct NotACard(std::fs::File);
+    impl AsFd for NotACard {
+        fn as_fd(&self) -> BorrowedFd<'_> {
+            self.0.as_fd()
+        }
+    }
+    impl drm::Device for NotACard {}
+    impl Device for NotACard {}
+
+    /// A refused commit returns the errno and adopts nothing.
+    #[test]
+    fn failed_commit_adopts_no_fd() {
+        let dev = NotACard(std::fs::File::open("/dev/null").unwrap());
+        let object: drm::control::connector::Handle = drm::control::from_u32(1).unwrap();
+        let prop: property::Handle = drm::control::from_u32(2).unwrap();
+        let e =
+            atomic_commit_out_fence(&dev, AtomicCommitFlags::empty(), AtomicModeReq::new(), object, prop).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(rustix::io::Errno::NOTTY.raw_os_error()));
+    }
+}

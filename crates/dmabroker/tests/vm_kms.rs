@@ -53,6 +53,7 @@ fn vivid_frame_reaches_vkms_writeback_unchanged() {
     let disp_c = Constraints::probe(kms.path()).expect("probe vkms");
     let merged = cam_c.merge(&disp_c).expect("merge vivid + vkms");
     assert!(merged.needs_dma_buf(), "{merged}");
+    eprintln!("{test}: merged constraints of {} and {}: {merged}", cam.path().display(), kms.path().display());
 
     // The KMS pipe: a connected display connector, the writeback connector,
     // a CRTC both can use, its primary plane, and a 640x480 mode.
