@@ -147,8 +147,10 @@ pub fn needs_proj_kernel(test: &str, reason: &str) {
     if on_proj_kernel() {
         panic!("{test}: the project's kernel must have it: {reason}");
     }
+    // From a line of its own: libtest has written `test NAME ... ` on this
+    // one, and vm/run.sh's verdict lists lines that start with SKIP.
     let _ = writeln!(
         std::io::stderr().lock(),
-        "SKIP {test}: {reason} (Debian's kernels build none: vm/run.sh --kernel proj has it)"
+        "\nSKIP {test}: {reason} (Debian's kernels build none: vm/run.sh --kernel proj has it)"
     );
 }
