@@ -53,6 +53,7 @@ fn vivid_frame_reaches_vkms_writeback_unchanged() {
     let disp_c = Constraints::probe(kms.path()).expect("probe vkms");
     let merged = cam_c.merge(&disp_c).expect("merge vivid + vkms");
     assert!(merged.needs_dma_buf(), "{merged}");
+    assert!(merged.devices().iter().any(|d| d.contains("vkms")), "the card is named by its DRM driver: {merged}");
     eprintln!("{test}: merged constraints of {} and {}: {merged}", cam.path().display(), kms.path().display());
 
     // The KMS pipe: a connected display connector, the writeback connector,
@@ -177,6 +178,10 @@ fn vivid_frame_reaches_vkms_writeback_unchanged() {
         distinct.len() > 4,
         "the captured frame is almost uniform ({} colours): not vivid's pattern",
         distinct.len()
+    );
+    assert!(
+        !x_out.contains(&0x5a),
+        "some pixels still hold the 0x5a fill: the writeback did not write the whole frame"
     );
     assert_eq!(
         differ,

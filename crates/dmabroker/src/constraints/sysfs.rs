@@ -195,9 +195,11 @@ impl DeviceProbe {
             rustix::fs::major(st.st_rdev),
             rustix::fs::minor(st.st_rdev),
         )?;
-        // Virtual DRM devices (vgem, vkms) sit on a platform/faux device
-        // with no `driver` link; the DRM core still knows the driver.
-        if probe.driver.is_none() && probe.subsystem == "drm" {
+        // Virtual DRM devices (vgem, vkms) sit on a platform device with no
+        // `driver` link, or (Linux 6.15+) on a faux device whose driver is
+        // the faux bus's own `faux_driver`, which names nobody; the DRM core
+        // still knows the driver.
+        if probe.subsystem == "drm" && matches!(probe.driver.as_deref(), None | Some("faux_driver")) {
             if let Some(name) = drm_driver_name(path) {
                 probe.set_driver(name);
             }
@@ -207,9 +209,10 @@ impl DeviceProbe {
 
     /// Record the driver found another way than sysfs, and show it in the label.
     fn set_driver(&mut self, driver: String) {
-        if self.driver.is_none() {
-            self.label = format!("{} ({driver})", self.label);
-        }
+        self.label = match self.driver.as_deref() {
+            None => format!("{} ({driver})", self.label),
+            Some(old) => self.label.replace(&format!("({old})"), &format!("({driver})")),
+        };
         self.driver = Some(driver);
     }
 
