@@ -16,7 +16,7 @@ mod vm_common;
 
 use dmabroker::constraints::modifier::{choose_modifier, modifier_name, ModifierOffer};
 use dmabroker::constraints::{allocate_for, Constraints};
-use dmabroker::device::kms::{FramebufferSpec, KmsDevice, KmsObject, PlaneKind};
+use dmabroker::device::kms::{CommitError, FenceWaitError, FramebufferSpec, KmsDevice, KmsObject, PlaneKind, SyncFile};
 use dmabroker::device::v4l2::{BufType, Memory};
 use dmabroker::format::{DrmFourcc, Layout, LayoutOptions, PixelFormat};
 use dmabroker::{BufferKind, Heaps};
@@ -138,6 +138,22 @@ fn vivid_frame_reaches_vkms_writeback_unchanged() {
     let fb = kms.add_framebuffer(&[frame.as_fd()], &spec).expect("ADDFB2 of the captured buffer");
     let wb_fb = kms.add_framebuffer(&[wb_buf.as_fd()], &spec).expect("ADDFB2 of the writeback buffer");
     let mode_blob = kms.mode_blob(&mode).expect("MODE_ID blob");
+    // A writeback framebuffer smaller than the mode: vkms's atomic check
+    // refuses it, a typed error, and the display is left as it was.
+    let small = FramebufferSpec { width: W / 2, height: H / 2, ..spec.clone() };
+    let small_fb = kms.add_framebuffer(&[wb_buf.as_fd()], &small).expect("ADDFB2 of a half-size view");
+    let mut bad = kms.atomic_request();
+    bad.set(KmsObject::Connector(display.id), "CRTC_ID", crtc.id.into())
+        .and_then(|r| r.set(KmsObject::Crtc(crtc.id), "MODE_ID", mode_blob.id()))
+        .and_then(|r| r.set(KmsObject::Crtc(crtc.id), "ACTIVE", 1))
+        .and_then(|r| r.show(primary.id, crtc.id, &fb))
+        .and_then(|r| r.writeback(wb.id, crtc.id, &small_fb))
+        .expect("atomic properties");
+    match bad.commit(true) {
+        Err(e @ CommitError::Rejected { .. }) => eprintln!("{test}: half-size writeback refused: {e}"),
+        other => panic!("a {}x{} writeback of a {mode} mode must be refused: {other:?}", W / 2, H / 2),
+    }
+    drop(small_fb);
     let mut req = kms.atomic_request();
     req.set(KmsObject::Connector(display.id), "CRTC_ID", crtc.id.into())
         .and_then(|r| r.set(KmsObject::Crtc(crtc.id), "MODE_ID", mode_blob.id()))
@@ -237,4 +253,36 @@ fn vivid_frame_reaches_vkms_writeback_unchanged() {
         .and_then(|r| r.set(KmsObject::Crtc(crtc.id), "ACTIVE", 0))
         .expect("properties to turn off");
     assert!(off.commit(true).expect("atomic commit: off").is_none());
+}
+
+/// A fence that never signals (a sw_sync point the timeline never reaches)
+/// ends in the typed timeout naming it, after the time asked, never a hang.
+#[test]
+fn unsignalled_fence_times_out_naming_it() {
+    let test = "unsignalled_fence_times_out_naming_it";
+    let timeline = match dmabroker_sys::sw_sync::open_timeline() {
+        Ok(t) => t,
+        Err(e) => {
+            vm_common::needs_proj_kernel(
+                test,
+                &format!("cannot open {}: {e} (CONFIG_SW_SYNC)", dmabroker_sys::sw_sync::SW_SYNC_PATH),
+            );
+            return;
+        }
+    };
+    let fd = dmabroker_sys::sw_sync::create_fence(&timeline, 1, "never").expect("SW_SYNC_IOC_CREATE_FENCE");
+    let fence = SyncFile::new(fd, "sw_sync point 1 (never reached)");
+    let t0 = Instant::now();
+    match fence.wait(Duration::from_millis(200)) {
+        Err(e @ FenceWaitError::Timeout { .. }) => {
+            let took = t0.elapsed();
+            assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(5), "{took:?}");
+            assert!(e.to_string().contains("sw_sync point 1 (never reached)"), "{e}");
+            eprintln!("{test}: after {:.0} ms: {e}", took.as_secs_f64() * 1e3);
+        }
+        other => panic!("an unsignalled fence: {other:?}"),
+    }
+    assert!(!fence.is_signalled().unwrap());
+    dmabroker_sys::sw_sync::inc(&timeline, 1).expect("SW_SYNC_IOC_INC");
+    assert!(fence.wait(Duration::from_secs(2)).is_ok(), "signalled after the timeline reached it");
 }

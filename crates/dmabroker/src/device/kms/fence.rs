@@ -19,8 +19,8 @@ pub struct SyncFile {
 pub enum FenceWaitError {
     /// It did not signal in time.
     #[error(
-        "the fence for {what} did not signal within {} ms: the device has not finished \
-         (a stalled display or writeback: is the CRTC active and its vblank running?)",
+        "the fence for {what} did not signal within {} ms: the device or timeline behind it has not \
+         finished (for a KMS writeback: is the CRTC active and its vblank running?)",
         .timeout.as_millis()
     )]
     Timeout {
