@@ -129,3 +129,20 @@ pub fn kernel_at_least(test: &str, major: u32, minor: u32, feature: &str) -> boo
         }
     }
 }
+
+/// Whether this is the project's own kernel (`vm/run.sh --kernel proj`
+/// exports `DMABROKER_VM_KERNEL_ID=proj`), the one that builds sw_sync,
+/// the CMA heap, vkms, vim2m and vicodec.
+pub fn proj_kernel() -> bool {
+    std::env::var("DMABROKER_VM_KERNEL_ID").as_deref() == Ok("proj")
+}
+
+/// Report a missing feature that only the project's kernel builds: on any
+/// other kernel (Debian's 6.12 and 7 in the VM too, which lack it by
+/// design) print `SKIP <test>: <reason>`; on the project's kernel, fail.
+pub fn skip_unless_proj(test: &str, reason: &str) {
+    if proj_kernel() {
+        panic!("{test}: the project's kernel must have it: {reason}");
+    }
+    let _ = writeln!(std::io::stderr().lock(), "SKIP {test}: {reason} (only vm/run.sh --kernel proj builds it)");
+}
