@@ -73,6 +73,8 @@ pub struct FencePoint {
     /// opened the timeline).
     pub timeline: String,
     /// The driver that made it (`sw_sync`, `amdgpu`, `drm_sched`, `stub`...).
+    /// Recent kernels (7.2) say `detached-driver` (and the timeline
+    /// `signaled-timeline`) once the fence signalled.
     pub driver: String,
     /// Whether it signalled.
     pub status: FenceStatus,
@@ -246,8 +248,23 @@ fn status(fence: BorrowedFd<'_>) -> Result<FenceStatus, Errno> {
 }
 
 /// Wait on a sync_file's fence with a bound.
+///
+/// The fence is named before the wait: recent kernels (7.2; not 6.12)
+/// stop reporting a fence's driver and timeline once it signalled
+/// (`detached-driver`, `signaled-timeline`), so a fence that fails while
+/// we wait would be unnamed if asked only afterwards. An already signalled fence costs one
+/// ioctl and no `poll`.
 pub(crate) fn wait(fence: BorrowedFd<'_>, timeout: Duration) -> Result<Duration, WaitError> {
     let start = Instant::now();
+    let os = |op| move |source| WaitError::Os { op, source };
+    let named = match status(fence).map_err(os("SYNC_IOC_FILE_INFO"))? {
+        FenceStatus::Signalled => return Ok(start.elapsed()),
+        FenceStatus::Failed(error) => {
+            let fence = FenceInfo::read(fence).unwrap_or_else(FenceInfo::unknown);
+            return Err(WaitError::Failed { fence, error, waited: start.elapsed() });
+        }
+        FenceStatus::Pending => FenceInfo::read(fence).unwrap_or_else(FenceInfo::unknown),
+    };
     loop {
         let waited = start.elapsed();
         let left = timeout.saturating_sub(waited);
@@ -255,28 +272,37 @@ pub(crate) fn wait(fence: BorrowedFd<'_>, timeout: Duration) -> Result<Duration,
         let mut fds = [PollFd::from_borrowed_fd(fence, PollFlags::IN)];
         match poll(&mut fds, Some(&t)) {
             Ok(0) => {}
-            Ok(_) if fds[0].revents().contains(PollFlags::NVAL) => {
-                return Err(WaitError::Os { op: "poll", source: Errno::BADF })
-            }
+            Ok(_) if fds[0].revents().contains(PollFlags::NVAL) => return Err(os("poll")(Errno::BADF)),
             Ok(_) => {}
             Err(Errno::INTR) => continue,
-            Err(source) => return Err(WaitError::Os { op: "poll", source }),
+            Err(source) => return Err(os("poll")(source)),
         }
         let waited = start.elapsed();
-        match status(fence).map_err(|source| WaitError::Os { op: "SYNC_IOC_FILE_INFO", source })? {
+        match status(fence).map_err(os("SYNC_IOC_FILE_INFO"))? {
             FenceStatus::Signalled => return Ok(waited),
             FenceStatus::Failed(error) => {
-                let fence = FenceInfo::read(fence).unwrap_or_else(FenceInfo::unknown);
+                let fence = renamed(FenceInfo::read(fence).unwrap_or_else(FenceInfo::unknown), named);
                 return Err(WaitError::Failed { fence, error, waited });
             }
             FenceStatus::Pending if waited >= timeout => {
-                let fence = FenceInfo::read(fence).unwrap_or_else(FenceInfo::unknown);
-                return Err(WaitError::Timeout { fence, waited });
+                return Err(WaitError::Timeout { fence: named, waited });
             }
             // Woken early (or poll's rounding): wait out the rest.
             FenceStatus::Pending => {}
         }
     }
+}
+
+/// `now`'s statuses with the names `before` had while pending.
+fn renamed(mut now: FenceInfo, before: FenceInfo) -> FenceInfo {
+    if now.fences.len() == before.fences.len() {
+        now.name = before.name;
+        for (p, b) in now.fences.iter_mut().zip(before.fences) {
+            p.timeline = b.timeline;
+            p.driver = b.driver;
+        }
+    }
+    now
 }
 
 #[cfg(test)]

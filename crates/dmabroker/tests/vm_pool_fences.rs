@@ -174,7 +174,7 @@ fn vm_pool_fences_child() {
     let f = c.recv(Some(recv)).expect("frame 3");
     let err = f.wait_fence(Duration::from_secs(10)).expect_err("frame 3's fence failed");
     let FenceError::Failed { error, .. } = &err else { panic!("frame 3: not a failure: {err}") };
-    println!("F3 seq={} errno={} msg={err}", f.info().seq, error.raw_os_error());
+    println!("F3 seq={} errno={} at_ns={} msg={err}", f.info().seq, error.raw_os_error(), now_ns());
     drop(f);
     std::process::exit(0);
 }
@@ -243,9 +243,12 @@ fn sw_sync_fences_across_processes() {
     sw_sync::inc(&timeline, 1).expect("SW_SYNC_IOC_INC");
     // Frame 2: a point the timeline never reaches while the consumer waits.
     let (never, _) = submit(1000, &timeline, FenceImport::CarryOnly, 2);
-    // Frame 3: on a timeline closed at once: its fence fails with ENOENT.
+    // Frame 3: on a timeline closed while the consumer waits on it (it
+    // first spends BOUND on frame 2): its fence fails with ENOENT.
     let doomed = sw_sync::open_timeline().expect("a second timeline");
     let (failed, _) = submit(1, &doomed, FenceImport::CarryOnly, 3);
+    std::thread::sleep(BOUND + DELAY);
+    let closed3 = now_ns();
     drop(doomed);
 
     let mut out = String::new();
@@ -295,12 +298,19 @@ fn sw_sync_fences_across_processes() {
     // Frame 3: ENOENT, named.
     assert_eq!(num(&out, "F3", "errno"), rustix::io::Errno::NOENT.raw_os_error() as u64, "{out}");
     let msg3 = field(&out, "F3", "msg");
-    assert!(msg3.contains(&failed.name), "frame 3's error does not name {failed}: {msg3}");
+    assert!(msg3.contains("frame 3") && msg3.contains(&failed.name), "frame 3's error does not name {failed}: {msg3}");
+    let at3 = num(&out, "F3", "at_ns");
+    assert!(
+        at3 >= closed3 && at3 - closed3 < slack,
+        "frame 3 failed {} ms after its timeline closed",
+        (at3 as f64 - closed3 as f64) / 1e6
+    );
 
     show(format_args!(
         "{T}: {heap}: delay {} ms: frame 0 waited {:.1} ms (woke {:.2} ms after the signal, {:.1} ms after handoff); \
          frame 1 CPU read blocked {:.1} ms (returned {:.2} ms after the signal, {:.1} ms after handoff); \
-         frame 2 timed out after {:.1} ms (call {:.1} ms, bound {} ms): {msg2}; frame 3: {msg3}",
+         frame 2 timed out after {:.1} ms (call {:.1} ms, bound {} ms): {msg2}; \
+         frame 3 failed {:.2} ms after its timeline closed: {msg3}",
         ms(DELAY),
         w0 as f64 / 1e6,
         (at0 - inc0) as f64 / 1e6,
@@ -311,5 +321,6 @@ fn sw_sync_fences_across_processes() {
         w2 as f64 / 1e6,
         c2 as f64 / 1e6,
         ms(BOUND),
+        (at3 - closed3) as f64 / 1e6,
     ));
 }

@@ -144,5 +144,7 @@ pub fn skip_unless_proj(test: &str, reason: &str) {
     if proj_kernel() {
         panic!("{test}: the project's kernel must have it: {reason}");
     }
-    let _ = writeln!(std::io::stderr().lock(), "SKIP {test}: {reason} (only vm/run.sh --kernel proj builds it)");
+    // On a line of its own (libtest's `test <name> ... ` has no newline
+    // yet), so vm/run.sh counts and lists it.
+    let _ = writeln!(std::io::stderr().lock(), "\nSKIP {test}: {reason} (only vm/run.sh --kernel proj builds it)");
 }
