@@ -138,7 +138,7 @@ fn vm_pool_fences_child() {
     // Frame 0: an explicit, bounded wait the timeline ends DELAY later.
     let f = c.recv(Some(recv)).expect("frame 0");
     let waited = f.wait_fence(Duration::from_secs(10)).expect("frame 0's fence signals");
-    println!("F0 seq={} waited_ns={} at_ns={}", f.info().seq, waited.as_nanos(), now_ns());
+    println!("\nF0 seq={} waited_ns={} at_ns={}", f.info().seq, waited.as_nanos(), now_ns());
     drop(f);
 
     // Frame 1: the fence is in the reservation; a plain CPU read waits.
@@ -153,7 +153,7 @@ fn vm_pool_fences_child() {
     assert_eq!(sum, f.info().meta, "frame 1 read wrong bytes");
     let after = f.wait_fence(Duration::from_secs(1)).expect("signalled by then");
     println!(
-        "F1 seq={} read_blocked_ns={} at_ns={at} wait_after_ns={}",
+        "\nF1 seq={} read_blocked_ns={} at_ns={at} wait_after_ns={}",
         f.info().seq,
         blocked.as_nanos(),
         after.as_nanos()
@@ -167,14 +167,14 @@ fn vm_pool_fences_child() {
     let call = start.elapsed();
     let FenceError::Timeout { seq, waited, .. } = &err else { panic!("frame 2: not a timeout: {err}") };
     assert_eq!(*seq, f.info().seq);
-    println!("F2 seq={seq} waited_ns={} call_ns={} msg={err}", waited.as_nanos(), call.as_nanos());
+    println!("\nF2 seq={seq} waited_ns={} call_ns={} msg={err}", waited.as_nanos(), call.as_nanos());
     drop(f);
 
     // Frame 3: its timeline was closed: signalled with an error.
     let f = c.recv(Some(recv)).expect("frame 3");
     let err = f.wait_fence(Duration::from_secs(10)).expect_err("frame 3's fence failed");
     let FenceError::Failed { error, .. } = &err else { panic!("frame 3: not a failure: {err}") };
-    println!("F3 seq={} errno={} at_ns={} msg={err}", f.info().seq, error.raw_os_error(), now_ns());
+    println!("\nF3 seq={} errno={} at_ns={} msg={err}", f.info().seq, error.raw_os_error(), now_ns());
     drop(f);
     std::process::exit(0);
 }
