@@ -19,6 +19,12 @@ pub mod cid {
     pub const HFLIP: u32 = BASE + 20;
     /// `V4L2_CID_VFLIP`: mirror the image top to bottom.
     pub const VFLIP: u32 = BASE + 21;
+    /// `V4L2_CID_CODEC_BASE`: the first codec-class control.
+    pub const CODEC_BASE: u32 = 0x0099_0900;
+    /// `V4L2_CID_FWHT_I_FRAME_QP`: vicodec's quantisation of I frames (1-31).
+    pub const FWHT_I_FRAME_QP: u32 = CODEC_BASE + 290;
+    /// `V4L2_CID_FWHT_P_FRAME_QP`: vicodec's quantisation of P frames (1-31).
+    pub const FWHT_P_FRAME_QP: u32 = CODEC_BASE + 291;
 }
 
 /// `struct v4l2_control` (8 bytes).
@@ -76,6 +82,7 @@ mod tests {
         assert_eq!(VIDIOC_G_CTRL, 0xc008_561b);
         assert_eq!(VIDIOC_S_CTRL, 0xc008_561c);
         assert_eq!(cid::HFLIP, 0x0098_0914);
+        assert_eq!(cid::FWHT_I_FRAME_QP, 0x0099_0a22);
     }
 
     #[test]

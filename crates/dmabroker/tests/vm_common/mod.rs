@@ -129,3 +129,29 @@ pub fn kernel_at_least(test: &str, major: u32, minor: u32, feature: &str) -> boo
         }
     }
 }
+
+/// Whether this is the project's own kernel (`vm/run.sh --kernel proj`,
+/// vm/kernel/dmabroker.config), which builds what Debian's kernels lack:
+/// vim2m, vicodec, vkms, sw_sync, a CMA heap.
+pub fn is_proj_kernel() -> bool {
+    std::env::var("DMABROKER_VM_KERNEL_ID").as_deref() == Ok("proj")
+}
+
+/// Gate a test on a device only the project's kernel builds. `found` is the
+/// test's own lookup: `Some` when it is there; on the project's kernel a
+/// miss is a failure (panic); elsewhere (the host, Debian's 6.12 and 7 in
+/// the VM, which lack it by design) it prints `SKIP <test>: <reason> ...`
+/// and returns `None`.
+pub fn proj_only<T>(test: &str, found: Result<T, String>) -> Option<T> {
+    match found {
+        Ok(v) => Some(v),
+        Err(reason) if is_proj_kernel() => panic!("{test}: the project's kernel must have it: {reason}"),
+        Err(reason) => {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "SKIP {test}: {reason} (Debian's kernels build none: vm/run.sh --kernel proj has it)"
+            );
+            None
+        }
+    }
+}

@@ -17,6 +17,10 @@ impl ControlId {
     pub const HFLIP: Self = Self(sys::cid::HFLIP);
     /// `V4L2_CID_VFLIP`: mirror the image top to bottom.
     pub const VFLIP: Self = Self(sys::cid::VFLIP);
+    /// `V4L2_CID_FWHT_I_FRAME_QP`: vicodec's I-frame quantisation (1 finest, 31).
+    pub const FWHT_I_FRAME_QP: Self = Self(sys::cid::FWHT_I_FRAME_QP);
+    /// `V4L2_CID_FWHT_P_FRAME_QP`: vicodec's P-frame quantisation (1 finest, 31).
+    pub const FWHT_P_FRAME_QP: Self = Self(sys::cid::FWHT_P_FRAME_QP);
 }
 
 impl std::fmt::Display for ControlId {
@@ -24,6 +28,8 @@ impl std::fmt::Display for ControlId {
         match *self {
             Self::HFLIP => f.write_str("V4L2_CID_HFLIP"),
             Self::VFLIP => f.write_str("V4L2_CID_VFLIP"),
+            Self::FWHT_I_FRAME_QP => f.write_str("V4L2_CID_FWHT_I_FRAME_QP"),
+            Self::FWHT_P_FRAME_QP => f.write_str("V4L2_CID_FWHT_P_FRAME_QP"),
             Self(id) => write!(f, "control {id:#010x}"),
         }
     }
