@@ -777,8 +777,9 @@ impl Queue<'_> {
 
     /// `VIDIOC_DQBUF`: wait (up to `timeout`, or forever with `None`) for a
     /// filled buffer and take it back; on an `OUTPUT` queue, a buffer the
-    /// device has consumed. On a mem2mem node dequeue the `OUTPUT` buffer
-    /// too: its `CAPTURE` result is usually done by then.
+    /// device has consumed. A mem2mem fd polls for both queues: dequeue
+    /// consumed `OUTPUT` buffers too (while one waits undequeued, a wait on
+    /// `CAPTURE` wakes for it and backs off 1 ms per wake-up).
     ///
     /// # Errors
     /// [`DequeueError::Timeout`], [`DequeueError::NotStreaming`],

@@ -147,9 +147,12 @@ pub fn proj_only<T>(test: &str, found: Result<T, String>) -> Option<T> {
         Ok(v) => Some(v),
         Err(reason) if is_proj_kernel() => panic!("{test}: the project's kernel must have it: {reason}"),
         Err(reason) => {
+            // On a line of its own: libtest has printed `test <name> ... `
+            // without a newline, and vm/run.sh's verdict counts and lists
+            // lines that start with `SKIP `.
             let _ = writeln!(
                 std::io::stderr().lock(),
-                "SKIP {test}: {reason} (Debian's kernels build none: vm/run.sh --kernel proj has it)"
+                "\nSKIP {test}: {reason} (Debian's kernels build none: vm/run.sh --kernel proj has it)"
             );
             None
         }
