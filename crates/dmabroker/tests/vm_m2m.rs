@@ -359,3 +359,47 @@ fn vivid_rgb24_through_vicodec_encode_then_decode_within_tolerance() {
     );
     assert!(psnr >= MIN_PSNR_DB, "decoded frame PSNR {psnr:.2} dB < {MIN_PSNR_DB} dB (mean {mean:.3}, max {max})");
 }
+
+/// The typed errors of the mem2mem calls, on the real driver: a camera is
+/// not found as mem2mem, controls are clamped or refused by name, and a
+/// wrong queue, an oversized payload or a too-small dma-buf is refused
+/// before or by QBUF.
+#[test]
+fn mem2mem_errors_are_typed() {
+    use dmabroker::device::v4l2::{ControlError, FindError, QueueError};
+    let test = "mem2mem_errors_are_typed";
+    let Some(m2m) = vm_common::proj_only(test, find_mem2mem("vim2m").map_err(|e| e.to_string())) else { return };
+    let Some(_cam) = vivid(test) else { return };
+    match find_mem2mem("vivid") {
+        Err(FindError::NotFound { seen, .. }) => {
+            assert!(seen.iter().any(|s| s.ends_with("vivid (not mem2mem)")), "{seen:?}");
+            assert!(seen.iter().any(|s| s.ends_with("vim2m (mem2mem)")), "{seen:?}");
+        }
+        Err(e) => panic!("unexpected {e}"),
+        Ok(d) => panic!("vivid found as mem2mem: {d:?}"),
+    }
+    // Booleans become 0 or 1; an unknown id is named.
+    assert_eq!(m2m.set_control(ControlId::HFLIP, 5).expect("S_CTRL HFLIP 5"), 1);
+    let unknown = ControlId(0x0098_09ff);
+    assert!(matches!(m2m.set_control(unknown, 1), Err(ControlError::NoSuchControl(id)) if id == unknown));
+
+    let (out_t, cap_t) = (m2m.output_type().unwrap(), m2m.capture_type().unwrap());
+    let layout = Layout::new(PixelFormat::Rgb24, W, H, &LayoutOptions::default()).unwrap();
+    for t in [out_t, cap_t] {
+        m2m.set_format(t, W, H, PixelFormat::Rgb24.to_v4l2()).expect("S_FMT");
+    }
+    let merged = constraints_of(&[&m2m]);
+    let mut heap = String::new();
+    let good = allocate(test, &merged, layout.total_size(), "good", &mut heap);
+    let small = allocate(test, &merged, 4096, "small", &mut heap);
+    let outq = m2m.request_buffers(out_t, Memory::DmaBuf, 1).expect("REQBUFS OUTPUT");
+    let capq = m2m.request_buffers(cap_t, Memory::DmaBuf, 1).expect("REQBUFS CAPTURE");
+    let len = good.len() as u32;
+    let e = capq.queue_dmabuf_output(0, &[good.as_fd()], &[len], &[len], STAMP).unwrap_err();
+    assert!(matches!(e, QueueError::NotOutput(t) if t == cap_t), "{e}");
+    let e = outq.queue_dmabuf_output(0, &[good.as_fd()], &[len], &[len + 1], STAMP).unwrap_err();
+    assert!(matches!(e, QueueError::PayloadTooLarge { plane: 0, .. }), "{e}");
+    let e = outq.queue_dmabuf_output(0, &[small.as_fd()], &[4096], &[4096], STAMP).unwrap_err();
+    assert!(matches!(e, QueueError::Rejected(_)), "a 4096-byte dma-buf for a {len}-byte frame: {e}");
+    eprintln!("{test}: NotFound, NoSuchControl, NotOutput, PayloadTooLarge, Rejected as expected; HFLIP 5 kept as 1");
+}

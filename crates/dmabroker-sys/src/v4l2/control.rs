@@ -56,12 +56,13 @@ pub fn g_ctrl(fd: impl AsFd, id: u32) -> Result<i32> {
 }
 
 /// `ioctl(fd, VIDIOC_S_CTRL)`: set control `id`; returns the value the
-/// driver kept (it may round to the control's step).
+/// control now has: the kernel clamps an integer to its range and step and
+/// makes a boolean 0 or 1 (`v4l2-ctrls-core.c`, `ROUND_TO_RANGE`).
 ///
 /// # Errors
-/// `EINVAL` for a control the node lacks; `ERANGE` for a value outside the
-/// control's range; `EBUSY` while the control is grabbed (streaming);
-/// `EACCES` for a read-only control.
+/// `EINVAL` for a control the node lacks; `ERANGE` for a menu or bitmask
+/// value the control does not have; `EBUSY` while the control is grabbed
+/// (streaming); `EACCES` for a read-only control.
 pub fn s_ctrl(fd: impl AsFd, id: u32, value: i32) -> Result<i32> {
     let mut c = V4l2Control { id, value };
     // SAFETY: VIDIOC_S_CTRL reads and writes one v4l2_control, which

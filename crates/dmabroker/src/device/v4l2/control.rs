@@ -42,8 +42,9 @@ pub enum ControlError {
     /// The node has no such control (or it is not a simple integer/boolean).
     #[error("the device has no {0} (v4l2-ctl --list-ctrls lists its controls)")]
     NoSuchControl(ControlId),
-    /// The value is outside the control's range.
-    #[error("{value} is outside the range of {id} (v4l2-ctl --list-ctrls shows min/max)")]
+    /// A menu or bitmask value the control does not have (integers are
+    /// clamped instead).
+    #[error("{value} is not a value of {id} (v4l2-ctl --list-ctrls shows its menu)")]
     OutOfRange {
         /// The control.
         id: ControlId,
@@ -80,8 +81,9 @@ impl V4l2Device {
         sys::g_ctrl(&self.fd, id.0).map_err(|e| control_errno(id, 0, e))
     }
 
-    /// `VIDIOC_S_CTRL`: set a control; returns the value the driver kept
-    /// (rounded to the control's step).
+    /// `VIDIOC_S_CTRL`: set a control; returns the value it now has: the
+    /// kernel clamps an integer to the control's range and step and makes a
+    /// boolean 0 or 1, so compare when the exact value matters.
     ///
     /// # Errors
     /// [`ControlError::NoSuchControl`], [`ControlError::OutOfRange`],
