@@ -147,7 +147,7 @@ if [[ $mode != host ]]; then
         proj_bins=()
         for t in "${tests[@]}"; do
             case "${t%% *}" in
-            vm_cma | vm_sw_sync | vm_pool_fences | vm_cli | vm_heaps) proj_bins+=("${t#* }") ;;
+            vm_cma | vm_sw_sync | vm_pool_fences | vm_m2m | vm_cli | vm_heaps) proj_bins+=("${t#* }") ;;
             esac
         done
         vm_stage "VM tests, kernel proj" env DMABROKER_VM_APPEND="cma=192M" \

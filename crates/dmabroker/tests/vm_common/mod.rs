@@ -131,9 +131,10 @@ pub fn kernel_at_least(test: &str, major: u32, minor: u32, feature: &str) -> boo
 }
 
 /// Whether this is the project's own kernel (`vm/run.sh --kernel proj`
-/// exports `DMABROKER_VM_KERNEL_ID=proj`), the one that builds sw_sync,
-/// the CMA heap, vkms, vim2m and vicodec.
-pub fn proj_kernel() -> bool {
+/// exports `DMABROKER_VM_KERNEL_ID=proj`; vm/kernel/dmabroker.config), which
+/// builds what Debian's kernels lack: sw_sync, the CMA heap, vkms, vim2m,
+/// vicodec.
+pub fn is_proj_kernel() -> bool {
     std::env::var("DMABROKER_VM_KERNEL_ID").as_deref() == Ok("proj")
 }
 
@@ -141,10 +142,23 @@ pub fn proj_kernel() -> bool {
 /// other kernel (Debian's 6.12 and 7 in the VM too, which lack it by
 /// design) print `SKIP <test>: <reason>`; on the project's kernel, fail.
 pub fn skip_unless_proj(test: &str, reason: &str) {
-    if proj_kernel() {
+    if is_proj_kernel() {
         panic!("{test}: the project's kernel must have it: {reason}");
     }
     // On a line of its own (libtest's `test <name> ... ` has no newline
-    // yet), so vm/run.sh counts and lists it.
+    // yet), so vm/run.sh's verdict counts and lists it.
     let _ = writeln!(std::io::stderr().lock(), "\nSKIP {test}: {reason} (only vm/run.sh --kernel proj builds it)");
+}
+
+/// Gate a test on a device only the project's kernel builds. `found` is the
+/// test's own lookup: `Some` when it is there; otherwise
+/// [`skip_unless_proj`] (a failure on the project's kernel) and `None`.
+pub fn proj_only<T>(test: &str, found: Result<T, String>) -> Option<T> {
+    match found {
+        Ok(v) => Some(v),
+        Err(reason) => {
+            skip_unless_proj(test, &reason);
+            None
+        }
+    }
 }
