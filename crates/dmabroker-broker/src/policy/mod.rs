@@ -31,9 +31,26 @@
 //! Without a `[[user]]` entry of their own, root and the broker's own uid get
 //! [`Limits::owner`] (every heap, 1 GiB, 1024 buffers, publish): the people
 //! who could open the heaps themselves lose nothing by going through the broker.
+//!
+//! `[[cgroup]]` rules ([`cgroup`]) narrow what the uid's rule allows for
+//! clients in matching cgroups (patterns: [`glob`]), with quotas charged per
+//! cgroup; `cgroup_unknown` (a top-level key) says what happens to a client
+//! whose cgroup cannot be read. A policy without them reads as before.
+//!
+//! | file | concern |
+//! |---|---|
+//! | `mod.rs` | the file format, uid and group rules, names |
+//! | [`cgroup`] | `[[cgroup]]` rules: narrowing, unknown cgroups |
+//! | [`glob`] | cgroup path patterns |
 
+pub mod cgroup;
+pub mod glob;
+
+use cgroup::{CgroupAccess, CgroupRule, CgroupUnknown};
 use serde::Deserialize;
 use std::path::Path;
+use std::sync::Arc;
+use toml::Spanned;
 
 /// What one user may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,10 +78,14 @@ impl Limits {
 
     /// Whether `heap` is allowed (`dma-heap/system` also matches `system`).
     pub fn allows_heap(&self, heap: &str) -> bool {
-        self.heaps
-            .iter()
-            .any(|h| h == "*" || h == heap || format!("dma-heap/{h}") == heap || format!("dma-heap/{heap}") == *h)
+        heap_list_allows(&self.heaps, heap)
     }
+}
+
+/// Whether a policy heap list allows `heap` (`*` every heap;
+/// `dma-heap/system` also matches `system`).
+pub(crate) fn heap_list_allows(list: &[String], heap: &str) -> bool {
+    list.iter().any(|h| h == "*" || h == heap || format!("dma-heap/{h}") == heap || format!("dma-heap/{heap}") == *h)
 }
 
 /// Why a policy file was rejected.
@@ -120,6 +141,27 @@ struct PolicyFile {
     group: Vec<RuleFile>,
     #[serde(default)]
     name: Vec<NameFile>,
+    cgroup_unknown: Option<CgroupUnknownFile>,
+    #[serde(default)]
+    cgroup: Vec<CgroupFile>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum CgroupUnknownFile {
+    Refuse,
+    Allow,
+}
+
+/// `[[cgroup]]`: every key but `path` optional (left out: no narrowing).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CgroupFile {
+    path: Spanned<String>,
+    heaps: Option<Vec<String>>,
+    max_bytes: Option<Spanned<Size>>,
+    max_buffers: Option<u64>,
+    publish: Option<bool>,
 }
 
 /// `[[name]] name = "cam0"` (or a prefix, `"cam*"`) `uid = 1001`: the name
@@ -142,13 +184,24 @@ pub struct Policy {
     /// Reserved names (`[[name]]`): pattern (exact, or a prefix ending in
     /// `*`) and owner.
     names: Vec<(String, u32)>,
+    /// `[[cgroup]]` rules, in file order.
+    cgroups: Vec<Arc<CgroupRule>>,
+    cgroup_unknown: CgroupUnknown,
 }
 
 impl Policy {
     /// The built-in policy: root and `owner_uid` get [`Limits::owner`],
     /// everyone else [`Limits::nothing`].
     pub fn builtin(owner_uid: u32) -> Self {
-        Self { defaults: Limits::nothing(), users: Vec::new(), groups: Vec::new(), owner_uid, names: Vec::new() }
+        Self {
+            defaults: Limits::nothing(),
+            users: Vec::new(),
+            groups: Vec::new(),
+            owner_uid,
+            names: Vec::new(),
+            cgroups: Vec::new(),
+            cgroup_unknown: CgroupUnknown::Refuse,
+        }
     }
 
     /// Read a policy file.
@@ -165,9 +218,16 @@ impl Policy {
     /// Parse policy TOML.
     ///
     /// # Errors
-    /// A message saying what is wrong.
+    /// A message saying what is wrong, with the line and the key.
     pub fn parse(text: &str, owner_uid: u32) -> Result<Self, String> {
-        let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let file: PolicyFile = toml::from_str(text).map_err(|e| {
+            let mut m = e.to_string();
+            // TOML puts a key after a `[table]` header inside that table.
+            if m.contains("unknown field `cgroup_unknown`") {
+                m.push_str("\n(cgroup_unknown is a top-level key: put it above the first [table] or [[table]])");
+            }
+            m
+        })?;
         let limits = |r: &RuleFile, what: &str| -> Result<Limits, String> {
             let max_bytes = match &r.max_bytes {
                 None => 0,
@@ -234,7 +294,23 @@ impl Policy {
             }
             names.push((n.name.clone(), n.uid));
         }
-        Ok(Self { defaults, users, groups, owner_uid, names })
+        let cgroups = parse_cgroup_rules(text, &file.cgroup)?;
+        let cgroup_unknown = match file.cgroup_unknown {
+            Some(CgroupUnknownFile::Allow) => CgroupUnknown::Allow,
+            Some(CgroupUnknownFile::Refuse) | None => CgroupUnknown::Refuse,
+        };
+        Ok(Self { defaults, users, groups, owner_uid, names, cgroups, cgroup_unknown })
+    }
+
+    /// The `[[cgroup]]` rules, in file order.
+    pub fn cgroup_rules(&self) -> &[Arc<CgroupRule>] {
+        &self.cgroups
+    }
+
+    /// What the `[[cgroup]]` rules make of a client whose cgroup read gave
+    /// `cgroup` ([`crate::charge::cgroup::of_process`]).
+    pub fn cgroup_access(&self, cgroup: &Result<String, String>) -> CgroupAccess {
+        cgroup::access(&self.cgroups, self.cgroup_unknown, cgroup)
     }
 
     /// The uid a name is reserved for (`[[name]]`), if any: an exact entry
@@ -262,12 +338,13 @@ impl Policy {
     pub fn unknown_heaps(&self, known: &[String]) -> Vec<(String, String)> {
         let rules = std::iter::once(("[defaults]".to_owned(), &self.defaults))
             .chain(self.users.iter().map(|(uid, l)| (format!("user {uid}"), l)))
-            .chain(self.groups.iter().map(|(gid, l)| (format!("group {gid}"), l)));
+            .chain(self.groups.iter().map(|(gid, l)| (format!("group {gid}"), l)))
+            .map(|(what, l)| (what, &l.heaps))
+            .chain(self.cgroups.iter().filter_map(|r| Some((r.describe(), r.heaps.as_ref()?))));
         let mut unknown = Vec::new();
-        for (what, limits) in rules {
-            for heap in limits.heaps.iter().filter(|h| h.as_str() != "*") {
-                let one = Limits { heaps: vec![heap.clone()], ..Limits::nothing() };
-                if !known.iter().any(|k| one.allows_heap(k)) {
+        for (what, heaps) in rules {
+            for heap in heaps.iter().filter(|h| h.as_str() != "*") {
+                if !known.iter().any(|k| heap_list_allows(std::slice::from_ref(heap), k)) {
                     unknown.push((what.clone(), heap.clone()));
                 }
             }
@@ -288,6 +365,46 @@ impl Policy {
         }
         self.defaults.clone()
     }
+}
+
+/// The line (1-based) of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// `[[cgroup]]` entries, each error naming its line and key.
+fn parse_cgroup_rules(text: &str, entries: &[CgroupFile]) -> Result<Vec<Arc<CgroupRule>>, String> {
+    let mut rules: Vec<Arc<CgroupRule>> = Vec::new();
+    for c in entries {
+        let line = line_of(text, c.path.span().start);
+        let path = c.path.get_ref();
+        let pattern =
+            glob::CgroupPattern::parse(path).map_err(|e| format!("line {line}: [[cgroup]] path `{path}`: {e}"))?;
+        if let Some(other) = rules.iter().find(|r| r.pattern == pattern) {
+            return Err(format!(
+                "line {line}: [[cgroup]] path `{path}` appears more than once (also line {}): merge the entries into one",
+                other.line
+            ));
+        }
+        let max_bytes = match &c.max_bytes {
+            None => None,
+            Some(s) => Some(match s.get_ref() {
+                Size::Bytes(b) => *b,
+                Size::Text(t) => dmabroker::size::parse_size(t).map_err(|e| {
+                    format!("line {}: [[cgroup]] `{path}` max_bytes `{t}`: {e}", line_of(text, s.span().start))
+                })?,
+            }),
+        };
+        rules.push(Arc::new(CgroupRule {
+            pattern,
+            line,
+            heaps: c.heaps.clone(),
+            max_bytes,
+            max_buffers: c.max_buffers,
+            publish: c.publish,
+        }));
+    }
+    Ok(rules)
 }
 
 #[cfg(test)]
@@ -356,5 +473,47 @@ mod tests {
         let e = Policy::parse("[[group]]\ngid = 44\n[[user]]\nuid = 44\n[[group]]\ngid = 44\n", 0).unwrap_err();
         assert!(e.contains("gid 44 appears more than once"), "{e}");
         assert!(Policy::parse("[[group]]\ngid = 44\n[[user]]\nuid = 44\n", 0).is_ok(), "a uid and a gid may be equal");
+    }
+    #[test]
+    fn cgroup_rules_are_read_with_their_lines() {
+        let text = "[defaults]\nheaps = [\"memfd\"]\n\n[[cgroup]]\npath = \"app-flatpak-*.scope\"\nmax_bytes = \"64MiB\"\n\
+                    heaps = [\"memfd\", \"nosuch\"]\npublish = false\n\n[[cgroup]]\npath = \"/system.slice/**\"\nmax_buffers = 4\n";
+        let p = Policy::parse(text, 0).unwrap();
+        let r = p.cgroup_rules();
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].line, r[0].max_bytes, r[0].max_buffers, r[0].publish), (5, Some(64 << 20), None, Some(false)));
+        assert_eq!((r[1].line, r[1].max_bytes, r[1].max_buffers, r[1].heaps.as_ref()), (11, None, Some(4), None));
+        assert_eq!(r[0].describe(), "[[cgroup]] `app-flatpak-*.scope` (policy line 5)");
+        assert_eq!(
+            p.unknown_heaps(&["memfd".to_owned()]),
+            vec![("[[cgroup]] `app-flatpak-*.scope` (policy line 5)".to_owned(), "nosuch".to_owned())]
+        );
+        let unknown = Err("no pidfd".to_owned());
+        assert_eq!(p.cgroup_access(&unknown).refused(), Some("no pidfd"), "refused by default once rules exist");
+        let p = Policy::parse(&format!("cgroup_unknown = \"allow\"\n{text}"), 0).unwrap();
+        assert!(p.cgroup_access(&unknown).refused().is_none());
+        // A policy without cgroup rules reads as before and refuses nobody for an unknown cgroup.
+        assert!(Policy::parse("[[user]]\nuid = 1\n", 0).unwrap().cgroup_access(&unknown).refused().is_none());
+    }
+
+    #[test]
+    fn cgroup_rule_errors_name_the_line_and_the_key() {
+        let e = |t: &str| Policy::parse(t, 0).unwrap_err();
+        let m = e("[[user]]\nuid = 1\n[[cgroup]]\npath = \"a/**/b\"\n");
+        assert!(m.contains("line 4") && m.contains("path `a/**/b`") && m.contains("`**`"), "{m}");
+        let m = e("[[cgroup]]\npath = \"x.scope\"\nmax_bytes = \"lots\"\n");
+        assert!(m.contains("line 3") && m.contains("max_bytes `lots`"), "{m}");
+        let m = e("[[cgroup]]\npath = \"x.scope\"\nmax_byte = 1\n");
+        assert!(m.contains("line 3") && m.contains("max_byte"), "{m}");
+        let m = e("[[cgroup]]\nheaps = []\n");
+        assert!(m.contains("line 1") && m.contains("path"), "{m}");
+        let m = e("[[cgroup]]\npath = \"x\"\nmax_buffers = \"many\"\n");
+        assert!(m.contains("line 3") && m.contains("max_buffers"), "{m}");
+        let m = e("\ncgroup_unknown = \"maybe\"\n");
+        assert!(m.contains("line 2") && m.contains("maybe") && m.contains("allow"), "{m}");
+        let m = e("[defaults]\ncgroup_unknown = \"allow\"\n");
+        assert!(m.contains("line 2") && m.contains("top-level key"), "{m}");
+        let m = e("[[cgroup]]\npath = \"a/*\"\n[[cgroup]]\npath = \"a/*\"\n");
+        assert!(m.contains("line 4") && m.contains("also line 2"), "{m}");
     }
 }
