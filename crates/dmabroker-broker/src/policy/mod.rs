@@ -516,4 +516,13 @@ mod tests {
         let m = e("[[cgroup]]\npath = \"a/*\"\n[[cgroup]]\npath = \"a/*\"\n");
         assert!(m.contains("line 4") && m.contains("also line 2"), "{m}");
     }
+
+    #[test]
+    fn the_example_policy_parses() {
+        let p = Policy::parse(include_str!("../../../../examples/policy/policy.toml"), 0).unwrap();
+        assert_eq!(p.cgroup_rules().len(), 2);
+        let app = "/user.slice/user-1000.slice/user@1000.service/app.slice/app-flatpak-org.x-12.scope";
+        let units: Vec<String> = p.cgroup_access(&Ok(app.into())).rules().iter().map(|m| m.unit.clone()).collect();
+        assert_eq!(units, vec![app.to_owned(), "/user.slice/user-1000.slice/user@1000.service/app.slice".to_owned()]);
+    }
 }
