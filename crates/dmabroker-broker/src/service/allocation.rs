@@ -254,7 +254,7 @@ impl Service {
             len: buffer.len(),
             owner_uid: session.peer.uid,
             owner_pid: session.peer.pid,
-            cgroup: session.cgroup_path().map(Into::into),
+            cgroup: session.cgroup_key.clone(),
             file,
             publications: 0,
             pins: 0,

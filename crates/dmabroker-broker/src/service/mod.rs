@@ -52,6 +52,9 @@ pub struct Session {
     pub cgroup: Result<String, String>,
     /// What the `[[cgroup]]` rules make of it.
     pub cgroup_access: CgroupAccess,
+    /// The cgroup as the registry records it on each buffer (shared, so
+    /// that an allocation copies no path).
+    pub(crate) cgroup_key: Option<std::sync::Arc<str>>,
 }
 
 impl Session {
@@ -65,7 +68,8 @@ impl Session {
         if let Some(why) = cgroup_access.refused() {
             tracing::info!(uid = peer.uid, pid = peer.pid, "cgroup unknown ({why}): only importing is allowed");
         }
-        Self { peer, limits, version: None, pins: Vec::new(), cgroup, cgroup_access }
+        let cgroup_key = cgroup.as_deref().ok().map(Into::into);
+        Self { peer, limits, version: None, pins: Vec::new(), cgroup, cgroup_access, cgroup_key }
     }
 
     /// The client's cgroup, when known.
