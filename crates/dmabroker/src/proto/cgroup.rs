@@ -105,3 +105,70 @@ pub fn check(s: &CgroupStats) -> Result<(), CodecError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{decode_response, encode_response, Response, Stats};
+
+    fn stats() -> Stats {
+        Stats {
+            uid: 1,
+            used_bytes: 0,
+            used_buffers: 0,
+            max_bytes: 0,
+            max_buffers: 0,
+            heaps: Vec::new(),
+            may_publish: false,
+            total_buffers: 0,
+            total_bytes: 0,
+            publications: 0,
+            clients: 1,
+        }
+    }
+
+    #[test]
+    fn the_reply_round_trips_and_out_of_bounds_fields_are_refused() {
+        let rule = CgroupRuleStats {
+            rule: "app-*.scope".into(),
+            line: 9,
+            unit: "/a/app-x.scope".into(),
+            max_bytes: Some(1 << 20),
+            heaps: Some(vec!["memfd".into()]),
+            publish: Some(false),
+            ..CgroupRuleStats::default()
+        };
+        let full = CgroupStats {
+            path: Some(for_wire(&"x".repeat(5000), MAX_TEXT_LEN)),
+            rules: vec![rule.clone(); MAX_CGROUP_RULES],
+            ..CgroupStats::default()
+        };
+        let r = Response::StatsWithCgroup { stats: stats(), cgroup: full };
+        assert_eq!(decode_response(&encode_response(&r).unwrap()).unwrap(), r);
+        // The largest reply the bounds allow fits one datagram.
+        let long = "x".repeat(MAX_TEXT_LEN);
+        let widest = CgroupRuleStats {
+            rule: long.clone(),
+            unit: long.clone(),
+            heaps: Some(vec!["h".repeat(MAX_NAME_LEN); MAX_RULE_HEAPS]),
+            ..rule.clone()
+        };
+        let cgroup = CgroupStats {
+            path: Some(long.clone()),
+            unknown: Some(long),
+            rules: vec![widest; MAX_CGROUP_RULES],
+            ..CgroupStats::default()
+        };
+        let len = encode_response(&Response::StatsWithCgroup { stats: stats(), cgroup }).unwrap().len();
+        assert!(len < crate::proto::MAX_RESPONSE_LEN, "{len} bytes");
+        let mut too_many = CgroupStats { rules: vec![rule.clone(); MAX_CGROUP_RULES + 1], ..CgroupStats::default() };
+        assert!(check(&too_many).is_err());
+        too_many.rules.truncate(1);
+        too_many.rules[0].unit = "a\nb".into();
+        assert!(check(&too_many).is_err(), "control characters");
+        too_many.rules[0].unit = "/a".into();
+        too_many.rules[0].heaps = Some(vec!["h".into(); MAX_RULE_HEAPS + 1]);
+        let r = Response::StatsWithCgroup { stats: stats(), cgroup: too_many };
+        assert!(decode_response(&encode_response(&r).unwrap()).is_err());
+    }
+}
