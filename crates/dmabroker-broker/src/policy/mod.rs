@@ -134,13 +134,13 @@ struct RuleFile {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
-    defaults: Option<RuleFile>,
+    defaults: Option<Spanned<RuleFile>>,
     #[serde(default)]
-    user: Vec<RuleFile>,
+    user: Vec<Spanned<RuleFile>>,
     #[serde(default)]
-    group: Vec<RuleFile>,
+    group: Vec<Spanned<RuleFile>>,
     #[serde(default)]
-    name: Vec<NameFile>,
+    name: Vec<Spanned<NameFile>>,
     cgroup_unknown: Option<CgroupUnknownFile>,
     #[serde(default)]
     cgroup: Vec<CgroupFile>,
@@ -228,6 +228,8 @@ impl Policy {
             }
             m
         })?;
+        // Every error of a table starts with its line.
+        let at = |span: std::ops::Range<usize>| format!("line {}: ", line_of(text, span.start));
         let limits = |r: &RuleFile, what: &str| -> Result<Limits, String> {
             let max_bytes = match &r.max_bytes {
                 None => 0,
@@ -244,53 +246,59 @@ impl Policy {
             })
         };
         let defaults = match &file.defaults {
-            Some(d) if d.uid.is_some() || d.gid.is_some() => return Err("[defaults] takes no uid or gid".into()),
-            Some(d) => limits(d, "[defaults]")?,
+            Some(d) if d.get_ref().uid.is_some() || d.get_ref().gid.is_some() => {
+                return Err(format!("{}[defaults] takes no uid or gid", at(d.span())))
+            }
+            Some(d) => limits(d.get_ref(), "[defaults]").map_err(|e| at(d.span()) + &e)?,
             None => Limits::nothing(),
         };
         let mut users = Vec::new();
-        for (i, u) in file.user.iter().enumerate() {
-            let uid = u.uid.ok_or_else(|| format!("[[user]] #{}: uid is required", i + 1))?;
+        for (i, spanned) in file.user.iter().enumerate() {
+            let (u, line) = (spanned.get_ref(), at(spanned.span()));
+            let uid = u.uid.ok_or_else(|| format!("{line}[[user]] #{}: uid is required", i + 1))?;
             if u.gid.is_some() {
-                return Err(format!("[[user]] uid {uid}: gid belongs in a [[group]] entry"));
+                return Err(format!("{line}[[user]] uid {uid}: gid belongs in a [[group]] entry"));
             }
             if users.iter().any(|(other, _)| *other == uid) {
                 return Err(format!(
-                    "[[user]] uid {uid} appears more than once (entry #{}): merge the entries into one",
+                    "{line}[[user]] uid {uid} appears more than once (entry #{}): merge the entries into one",
                     i + 1
                 ));
             }
-            users.push((uid, limits(u, &format!("user {uid}"))?));
+            users.push((uid, limits(u, &format!("user {uid}")).map_err(|e| line + &e)?));
         }
         let mut groups = Vec::new();
-        for (i, g) in file.group.iter().enumerate() {
-            let gid = g.gid.ok_or_else(|| format!("[[group]] #{}: gid is required", i + 1))?;
+        for (i, spanned) in file.group.iter().enumerate() {
+            let (g, line) = (spanned.get_ref(), at(spanned.span()));
+            let gid = g.gid.ok_or_else(|| format!("{line}[[group]] #{}: gid is required", i + 1))?;
             if g.uid.is_some() {
-                return Err(format!("[[group]] gid {gid}: uid belongs in a [[user]] entry"));
+                return Err(format!("{line}[[group]] gid {gid}: uid belongs in a [[user]] entry"));
             }
             if groups.iter().any(|(other, _)| *other == gid) {
                 return Err(format!(
-                    "[[group]] gid {gid} appears more than once (entry #{}): merge the entries into one",
+                    "{line}[[group]] gid {gid} appears more than once (entry #{}): merge the entries into one",
                     i + 1
                 ));
             }
-            groups.push((gid, limits(g, &format!("group {gid}"))?));
+            groups.push((gid, limits(g, &format!("group {gid}")).map_err(|e| line + &e)?));
         }
         let mut names: Vec<(String, u32)> = Vec::new();
-        for (i, n) in file.name.iter().enumerate() {
+        for (i, spanned) in file.name.iter().enumerate() {
+            let (n, line) = (spanned.get_ref(), at(spanned.span()));
             let bare = n.name.strip_suffix('*').unwrap_or(&n.name);
             if bare.is_empty() && !n.name.is_empty() {
-                return Err(format!("[[name]] #{}: `*` alone would reserve every name", i + 1));
+                return Err(format!("{line}[[name]] #{}: `*` alone would reserve every name", i + 1));
             }
-            dmabroker::proto::validate_name(bare).map_err(|e| format!("[[name]] #{} `{}`: {e}", i + 1, n.name))?;
+            dmabroker::proto::validate_name(bare)
+                .map_err(|e| format!("{line}[[name]] #{} `{}`: {e}", i + 1, n.name))?;
             if crate::names::split_namespace(bare).is_some() {
                 return Err(format!(
-                    "[[name]] `{}`: a name that starts with `<uid>/` already belongs to that uid",
+                    "{line}[[name]] `{}`: a name that starts with `<uid>/` already belongs to that uid",
                     n.name
                 ));
             }
             if let Some((_, other)) = names.iter().find(|(p, _)| *p == n.name) {
-                return Err(format!("[[name]] `{}` is reserved twice (uids {other} and {})", n.name, n.uid));
+                return Err(format!("{line}[[name]] `{}` is reserved twice (uids {other} and {})", n.name, n.uid));
             }
             names.push((n.name.clone(), n.uid));
         }
@@ -524,5 +532,20 @@ mod tests {
         let app = "/user.slice/user-1000.slice/user@1000.service/app.slice/app-flatpak-org.x-12.scope";
         let units: Vec<String> = p.cgroup_access(&Ok(app.into())).rules().iter().map(|m| m.unit.clone()).collect();
         assert_eq!(units, vec![app.to_owned(), "/user.slice/user-1000.slice/user@1000.service/app.slice".to_owned()]);
+    }
+
+    #[test]
+    fn user_group_and_name_errors_name_their_line() {
+        let e = |t: &str| Policy::parse(t, 0).unwrap_err();
+        let m = e("[[user]]\nuid = 1\n\n[[user]]\nheaps = []\n");
+        assert!(m.contains("line 4") || m.contains("line 5"), "{m}");
+        assert!(m.contains("uid is required"), "{m}");
+        let m = e("[[group]]\ngid = 4\nmax_bytes = \"lots\"\n");
+        assert!(m.contains("line 1") || m.contains("line 2"), "{m}");
+        assert!(m.contains("max_bytes `lots`"), "{m}");
+        let m = e("[defaults]\nuid = 3\n");
+        assert!(m.starts_with("line "), "{m}");
+        let m = e("[[name]]\nname = \"*\"\nuid = 1\n");
+        assert!(m.starts_with("line ") && m.contains("every name"), "{m}");
     }
 }
