@@ -2,7 +2,8 @@
 //! the cgroup a client is in when it connects, on this machine's cgroup v2
 //! hierarchy. Each client is a `dmabroker` process that a shell starts and
 //! holds until the test has written its pid into a test-owned cgroup's
-//! `cgroup.procs`; the cgroups are removed at the end.
+//! `cgroup.procs`; the cgroups are removed at the end. Runs on the host
+//! (as root, on its cgroup v2 hierarchy) and in the VM on every kernel.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,8 +15,19 @@ mod common;
 use common::broker::{bin, text, Daemon};
 
 /// Where cgroup2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
-/// on a hybrid host).
+/// on a hybrid host); in the test VM, whose init mounts none, it is mounted
+/// at `/sys/fs/cgroup` first.
 fn cgroup2_mount() -> Option<PathBuf> {
+    let found = mounted_cgroup2();
+    if found.is_none() && common::in_vm() {
+        let st = Command::new("mount").args(["-t", "cgroup2", "none", "/sys/fs/cgroup"]).status().ok()?;
+        assert!(st.success(), "mount -t cgroup2 none /sys/fs/cgroup: {st}");
+        return mounted_cgroup2();
+    }
+    found
+}
+
+fn mounted_cgroup2() -> Option<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines().find_map(|l| {
         let (left, right) = l.split_once(" - ")?;
