@@ -38,9 +38,11 @@ fn mounted_cgroup2() -> Option<PathBuf> {
     })
 }
 
-/// Test-owned cgroups, removed (deepest first) when dropped.
+/// Test-owned cgroups, removed (deepest first) when dropped, and the
+/// policy file, removed too (also when an assertion failed).
 struct Cgroups {
     dirs: Vec<PathBuf>,
+    policy: Option<PathBuf>,
 }
 
 impl Cgroups {
@@ -53,6 +55,9 @@ impl Cgroups {
 
 impl Drop for Cgroups {
     fn drop(&mut self) {
+        if let Some(p) = &self.policy {
+            let _ = std::fs::remove_file(p);
+        }
         for d in self.dirs.iter().rev() {
             // A cgroup is removable once its processes have exited, which
             // the kernel notices a moment after wait() returns.
@@ -100,7 +105,7 @@ fn cgroup_rules_narrow_quotas_and_heaps_per_cgroup() {
         return;
     };
     let top = format!("dmabroker-cgpolicy-{}", std::process::id());
-    let mut cgroups = Cgroups { dirs: Vec::new() };
+    let mut cgroups = Cgroups { dirs: Vec::new(), policy: None };
     let base = cgroups.make(mount.join(&top));
     let apps = cgroups.make(base.join("apps.slice"));
     let app_a = cgroups.make(apps.join("app-a.scope"));
@@ -118,6 +123,7 @@ fn cgroup_rules_narrow_quotas_and_heaps_per_cgroup() {
     );
     let policy_path = std::env::temp_dir().join(format!("{top}.toml"));
     std::fs::write(&policy_path, policy).unwrap();
+    cgroups.policy = Some(policy_path.clone());
     let d =
         Daemon::start("dmabroker-cli", "cgroup", &["--policy", policy_path.to_str().unwrap()], Duration::from_secs(20));
     let cg = |p: &Path| format!("/{}", p.strip_prefix(&mount).unwrap().display());
@@ -163,7 +169,6 @@ fn cgroup_rules_narrow_quotas_and_heaps_per_cgroup() {
     assert_eq!(v["cgroup"]["rules"][0]["max_bytes"], 64 << 20, "{v}");
 
     drop(d);
-    let _ = std::fs::remove_file(&policy_path);
 }
 
 #[test]
@@ -178,7 +183,7 @@ fn a_subtree_rule_sums_its_cgroups_and_rules_deny_heaps_and_publishing() {
         return;
     };
     let top = format!("dmabroker-cgpolicy-tree-{}", std::process::id());
-    let mut cgroups = Cgroups { dirs: Vec::new() };
+    let mut cgroups = Cgroups { dirs: Vec::new(), policy: None };
     let base = cgroups.make(mount.join(&top));
     let sandbox = cgroups.make(base.join("sandbox.slice"));
     let one = cgroups.make(sandbox.join("one.scope"));
@@ -192,6 +197,7 @@ fn a_subtree_rule_sums_its_cgroups_and_rules_deny_heaps_and_publishing() {
     );
     let policy_path = std::env::temp_dir().join(format!("{top}.toml"));
     std::fs::write(&policy_path, policy).unwrap();
+    cgroups.policy = Some(policy_path.clone());
     let d =
         Daemon::start("dmabroker-cli", "cgtree", &["--policy", policy_path.to_str().unwrap()], Duration::from_secs(20));
     let slice = format!("/{top}/sandbox.slice");
@@ -224,5 +230,4 @@ fn a_subtree_rule_sums_its_cgroups_and_rules_deny_heaps_and_publishing() {
     assert!(!o.status.success() && m.contains("publishing is denied in cgroup") && m.contains("line 12"), "{m}");
 
     drop(d);
-    let _ = std::fs::remove_file(&policy_path);
 }
