@@ -85,8 +85,8 @@ if [[ $mode != host ]]; then
         name=${t%% *}
         exe=${t#* }
         case "$name" in
-        # Needs libvulkan (dlopen): a dynamic build, its own stage below.
-        vm_vulkan) ;;
+        # Need libvulkan (dlopen): a dynamic build, their own stage below.
+        vm_vulkan | vm_vulkan_cli) ;;
         vm_* | heap_conformance | cpu_access | seals | hugetlb | bad_input | dmabroker | dmabroker_sys) vm_bins+=("$exe") ;;
         esac
     done
