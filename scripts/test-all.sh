@@ -85,8 +85,8 @@ if [[ $mode != host ]]; then
         name=${t%% *}
         exe=${t#* }
         case "$name" in
-        # Needs libvulkan (dlopen): a dynamic build, its own stage below.
-        vm_vulkan) ;;
+        # Need libvulkan (dlopen): a dynamic build, their own stage below.
+        vm_vulkan | vm_vulkan_cli) ;;
         vm_* | heap_conformance | cpu_access | seals | hugetlb | bad_input | dmabroker | dmabroker_sys) vm_bins+=("$exe") ;;
         esac
     done
@@ -147,7 +147,7 @@ if [[ $mode != host ]]; then
         proj_bins=()
         for t in "${tests[@]}"; do
             case "${t%% *}" in
-            vm_cma | vm_sw_sync | vm_cli | vm_heaps | vm_kms | vm_kms_cli) proj_bins+=("${t#* }") ;;
+            vm_cma | vm_sw_sync | vm_pool_fences | vm_m2m | vm_cli | vm_heaps | vm_kms | vm_kms_cli) proj_bins+=("${t#* }") ;;
             esac
         done
         vm_stage "VM tests, kernel proj" env DMABROKER_VM_APPEND="cma=192M" \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# dmabroker-vulkan's tests (crates/dmabroker-vulkan/tests/vm_vulkan.rs) in
-# the QEMU VM on Mesa's lavapipe:
+# dmabroker-vulkan's tests (crates/dmabroker-vulkan/tests/vm_vulkan.rs) and
+# the CLI's `alloc --for vulkan:N` (crates/dmabroker-cli/tests/vm_vulkan_cli.rs,
+# feature vulkan) in the QEMU VM on Mesa's lavapipe:
 #   1. the test binary built dynamically (it dlopens libvulkan.so.1, which a
 #      +crt-static binary cannot) in the Debian trixie userland root used as
 #      a build sysroot (vm/userland.sh chroot; cargo target dir
@@ -20,12 +21,20 @@ vm/userland.sh root >/dev/null
 vm/userland.sh chroot bash -c "set -e
     command -v cargo >/dev/null || { echo 'no cargo in the userland chroot: it binds ~/.cargo and ~/.rustup (rustup'\''s layout); install Rust with rustup' >&2; exit 2; }
     cd '$root'
-    env -u RUSTFLAGS CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_TARGET_DIR='$root/target/vulkan-trixie' \
-        cargo test --release --locked -p dmabroker-vulkan --test vm_vulkan --no-run 2>&1 | tee '$out/build.log' | grep -v '^ *Compiling' || true
-    sed -n 's/.*Executable .*(\(.*\)).*/\1/p' '$out/build.log' >'$out/exe'
-    test -s '$out/exe'
-    cp \"\$(head -1 '$out/exe')\" '$out/vm_vulkan'" ||
-    { echo "FAIL: building vm_vulkan in the userland root (vm/userland.sh chroot) failed (output above)" >&2; exit 1; }
-echo "vm_vulkan built against the userland in $(($(date +%s) - t0)) s"
-vm/run.sh --userland --timeout "${DMABROKER_VM_TIMEOUT:-600}" "$@" "$out/vm_vulkan" -- --nocapture
+    build() { # log name, then cargo test arguments
+        local log=\$1; shift
+        env -u RUSTFLAGS CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_TARGET_DIR='$root/target/vulkan-trixie' \
+            cargo test --release --locked \"\$@\" --no-run 2>&1 | tee '$out/'\$log.log | grep -v '^ *Compiling' || true
+        sed -n 's/.*Executable .*(\\(.*\\)).*/\\1/p' '$out/'\$log.log >'$out/'\$log.exe
+        test -s '$out/'\$log.exe
+        cp \"\$(head -1 '$out/'\$log.exe)\" '$out/'\$log
+    }
+    build vm_vulkan -p dmabroker-vulkan --test vm_vulkan
+    # The CLI with --for vulkan:N (feature vulkan; no bpf-ledger: no clang
+    # in the userland), and its test, which runs target/vulkan-trixie/release/dmabroker.
+    build vm_vulkan_cli -p dmabroker-cli --no-default-features --features vulkan --test vm_vulkan_cli" ||
+    { echo "FAIL: building vm_vulkan / vm_vulkan_cli in the userland root (vm/userland.sh chroot) failed (output above)" >&2; exit 1; }
+echo "vm_vulkan and vm_vulkan_cli built against the userland in $(($(date +%s) - t0)) s"
+vm/run.sh --userland --timeout "${DMABROKER_VM_TIMEOUT:-600}" "$@" \
+    --file "$root/target/vulkan-trixie/release/dmabroker" "$out/vm_vulkan" "$out/vm_vulkan_cli" -- --nocapture
 echo "vulkan VM stage: $(($(date +%s) - t0)) s"

@@ -376,6 +376,16 @@ impl Broker {
                 names.join(", ")
             );
         }
+        let rules = config.policy.cgroup_rules().len();
+        if rules > 0 {
+            if charge::cgroup::mount_point().is_none() {
+                tracing::warn!(
+                    "the policy has {rules} [[cgroup]] rule(s) but no cgroup2 hierarchy is mounted: the rules match the \
+                     unified hierarchy's paths (the `0::` line of /proc/PID/cgroup), which are then all `/` or absent");
+            } else {
+                tracing::info!("policy: {rules} [[cgroup]] rule(s), matched against each client's cgroup at connect");
+            }
+        }
         let mut service = Service::new(config.policy, heaps, notifier, config.timing);
         service.scan_own_process = config.clients_in_process;
         if let Some(exe) = &config.charge_worker {

@@ -36,6 +36,9 @@ struct SavedBuffer {
     owner_uid: u32,
     owner_pid: u32,
     recipients: Vec<u32>,
+    /// The cgroup charged (absent in states saved before cgroup rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cgroup: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -63,6 +66,7 @@ pub fn save(service: &mut Service) {
                 owner_uid: e.owner_uid,
                 owner_pid: e.owner_pid,
                 recipients: e.recipients.iter().copied().collect(),
+                cgroup: e.cgroup.as_deref().map(str::to_owned),
             })
             .collect(),
         publications: service
@@ -134,6 +138,7 @@ pub fn restore(service: &mut Service, inherited: Vec<InheritedFd>) -> usize {
                 len: buffer.len(),
                 owner_uid: b.owner_uid,
                 owner_pid: b.owner_pid,
+                cgroup: b.cgroup.map(Into::into),
                 file,
                 publications: 0,
                 pins: 0,

@@ -294,6 +294,24 @@ pub(crate) fn handle(
         // `uid/NAME`, the reply names the pool as the producer asked.
         Request::RegisterPool(mut r) => match fd {
             Some(doorbell) => {
+                // Registering publishes a stream: the cgroup rules' publish
+                // right (and an unknown cgroup's refusal) apply.
+                let cgroup = session.cgroup_path().unwrap_or("?");
+                let denied = if let Some(why) = session.cgroup_access.refused() {
+                    Some(crate::refusal::CgroupUnknown { uid: peer.uid, why: why.to_owned() }.to_string())
+                } else {
+                    session.cgroup_access.publish_denied().map(|m| {
+                        format!(
+                            "registering pools is denied in cgroup {cgroup} by {} (publish = false); register from \
+                             another cgroup of yours, or ask the administrator to change the rule",
+                            m.rule.describe()
+                        )
+                    })
+                };
+                if let Some(message) = denied.filter(|_| asker.may_publish) {
+                    drop(CloseLater::connection(doorbell));
+                    return refused(refuse(ErrorCode::NotAllowed, message));
+                }
                 let asked = r.name.clone();
                 match crate::names::qualify(&service.policy, &asked, peer.uid) {
                     Ok(key) => r.name = key,

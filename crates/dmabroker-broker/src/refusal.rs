@@ -17,9 +17,27 @@ pub enum AllocateRefusal {
         /// The heaps allowed.
         allowed: String,
     },
-    /// Quota.
+    /// A `[[cgroup]]` rule matching the client's cgroup does not allow the heap.
+    #[error(
+        "heap `{heap}` is not allowed in cgroup {cgroup} by {rule} (allowed there: {allowed}); allocate from one of \
+         those, or ask the administrator to change the rule"
+    )]
+    HeapNotAllowedInCgroup {
+        /// The client's cgroup.
+        cgroup: String,
+        /// The rule, described with its policy line.
+        rule: String,
+        /// The heap asked.
+        heap: String,
+        /// The heaps the rule allows.
+        allowed: String,
+    },
+    /// The client's cgroup could not be read and the policy refuses such clients.
     #[error(transparent)]
-    Quota(#[from] QuotaExceeded),
+    CgroupUnknown(#[from] CgroupUnknown),
+    /// Quota (the uid's or a cgroup's).
+    #[error(transparent)]
+    Quota(#[from] QuotaRefusal),
     /// The heap failed.
     #[error(transparent)]
     Alloc(#[from] dmabroker::heap::AllocError),
@@ -54,8 +72,8 @@ pub enum AllocateForRefusal {
     Allocate(#[from] AllocateRefusal),
 }
 
-impl From<QuotaExceeded> for AllocateForRefusal {
-    fn from(e: QuotaExceeded) -> Self {
+impl From<QuotaRefusal> for AllocateForRefusal {
+    fn from(e: QuotaRefusal) -> Self {
         Self::Allocate(e.into())
     }
 }
@@ -84,12 +102,85 @@ pub struct QuotaExceeded {
     pub max_buffers: u64,
 }
 
+/// A uid's or a cgroup's quota would be exceeded.
+#[derive(Debug, thiserror::Error)]
+pub enum QuotaRefusal {
+    /// The uid's.
+    #[error(transparent)]
+    User(#[from] QuotaExceeded),
+    /// A `[[cgroup]]` rule's (boxed: it carries three paths).
+    #[error(transparent)]
+    Cgroup(Box<CgroupQuotaExceeded>),
+}
+
+impl From<CgroupQuotaExceeded> for QuotaRefusal {
+    fn from(e: CgroupQuotaExceeded) -> Self {
+        Self::Cgroup(Box::new(e))
+    }
+}
+
+/// A `[[cgroup]]` rule's quota would be exceeded.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cgroup {unit}{} holds {} in {buffers} buffer(s) through the broker (all its clients together); {} more would \
+     exceed the quota of {rule}: {} / {}; close buffers held there (charges end when every holder has \
+     closed them) or ask the administrator for a larger quota",
+    if unit == cgroup { String::new() } else { format!(" (the client is in {cgroup}, below it)") },
+    format_size(*bytes), format_size(*asked),
+    max_bytes.map_or("no byte limit".to_owned(), format_size),
+    max_buffers.map_or("no buffer limit".to_owned(), |b| format!("{b} buffers"))
+)]
+pub struct CgroupQuotaExceeded {
+    /// The client's cgroup.
+    pub cgroup: String,
+    /// The cgroup charged (the client's, or a subtree rule's top).
+    pub unit: String,
+    /// The rule, described with its policy line.
+    pub rule: String,
+    /// Bytes held there.
+    pub bytes: u64,
+    /// Buffers held there.
+    pub buffers: u64,
+    /// Bytes asked.
+    pub asked: u64,
+    /// The rule's byte quota.
+    pub max_bytes: Option<u64>,
+    /// The rule's buffer quota.
+    pub max_buffers: Option<u64>,
+}
+
+/// A client whose cgroup could not be read, under a policy with
+/// `[[cgroup]]` rules and `cgroup_unknown = "refuse"`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "uid {uid}: the policy has [[cgroup]] rules and refuses clients whose cgroup cannot be read \
+     (cgroup_unknown = \"refuse\"), and this one's cannot: {why}; run the client in the broker's pid and cgroup \
+     namespaces, or ask the administrator to set cgroup_unknown = \"allow\""
+)]
+pub struct CgroupUnknown {
+    /// The user.
+    pub uid: u32,
+    /// Why the cgroup is not known.
+    pub why: String,
+}
+
 /// Refusals of `Publish`.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishRefusal {
     /// The policy does not allow publishing.
     #[error("uid {0} may not publish; ask the administrator to set publish = true for it in the policy")]
     NotAllowed(u32),
+    /// A `[[cgroup]]` rule matching the client's cgroup denies publishing.
+    #[error("publishing is denied in cgroup {cgroup} by {rule} (publish = false); publish from another cgroup of yours, or ask the administrator to change the rule")]
+    NotAllowedInCgroup {
+        /// The client's cgroup.
+        cgroup: String,
+        /// The rule, described with its policy line.
+        rule: String,
+    },
+    /// The client's cgroup could not be read and the policy refuses such clients.
+    #[error(transparent)]
+    CgroupUnknown(#[from] CgroupUnknown),
     /// The name is taken.
     #[error("`{0}` is already published: unpublish it first or choose another name")]
     AlreadyExists(String),
@@ -101,7 +192,7 @@ pub enum PublishRefusal {
     ReadOnlyUnsupported(String),
     /// Quota (publishing a buffer the broker does not hold yet charges it).
     #[error(transparent)]
-    Quota(#[from] QuotaExceeded),
+    Quota(#[from] QuotaRefusal),
     /// Too many publications.
     #[error("{0}")]
     Busy(String),
@@ -189,7 +280,9 @@ impl Code for AllocateRefusal {
     fn code(&self) -> ErrorCode {
         use dmabroker::heap::AllocError as A;
         match self {
-            Self::HeapNotAllowed { .. } => ErrorCode::NotAllowed,
+            Self::HeapNotAllowed { .. } | Self::HeapNotAllowedInCgroup { .. } | Self::CgroupUnknown(_) => {
+                ErrorCode::NotAllowed
+            }
             Self::Quota(_) => ErrorCode::QuotaExceeded,
             Self::Alloc(A::NoSuchHeap { .. }) => ErrorCode::NoSuchHeap,
             Self::Alloc(_) => ErrorCode::AllocationFailed,
@@ -213,7 +306,7 @@ impl Code for AllocateForRefusal {
 impl Code for PublishRefusal {
     fn code(&self) -> ErrorCode {
         match self {
-            Self::NotAllowed(_) => ErrorCode::NotAllowed,
+            Self::NotAllowed(_) | Self::NotAllowedInCgroup { .. } | Self::CgroupUnknown(_) => ErrorCode::NotAllowed,
             Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
             Self::NotABuffer(_) => ErrorCode::NotABuffer,
             Self::ReadOnlyUnsupported(_) => ErrorCode::ReadOnlyUnsupported,

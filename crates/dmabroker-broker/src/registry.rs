@@ -10,6 +10,7 @@
 use dmabroker::proto::{Access, Grant, Grantee};
 use dmabroker::{Buffer, BufferKind};
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Identity of a file: device and inode, as `fstat` and `/proc/PID/maps` give them.
@@ -42,6 +43,9 @@ pub struct Entry {
     pub owner_uid: u32,
     /// The process that allocated or published it (for reports).
     pub owner_pid: u32,
+    /// The cgroup that process was in at connect, when known: charged for
+    /// `[[cgroup]]` quotas (crate::policy::cgroup).
+    pub cgroup: Option<Arc<str>>,
     /// Device and inode, to find holders by scanning `/proc`.
     pub file: FileId,
     /// Publications pointing at it.
@@ -195,6 +199,8 @@ pub struct Registry {
     by_file: HashMap<FileId, u64>,
     publications: HashMap<String, Publication>,
     usage: HashMap<u32, Usage>,
+    /// Charges per exact cgroup (entries with a known one).
+    cgroup_usage: HashMap<Arc<str>, Usage>,
     next_id: u64,
 }
 
@@ -217,6 +223,11 @@ impl Registry {
         let u = self.usage.entry(entry.owner_uid).or_default();
         u.bytes += entry.len;
         u.buffers += 1;
+        if let Some(c) = &entry.cgroup {
+            let u = self.cgroup_usage.entry(Arc::clone(c)).or_default();
+            u.bytes += entry.len;
+            u.buffers += 1;
+        }
         // After a wrap of 32-bit inode numbers two held buffers may share a
         // FileId: the first keeps the index (see `find_same_file`).
         self.by_file.entry(entry.file).or_insert(id);
@@ -234,6 +245,15 @@ impl Registry {
             u.buffers = u.buffers.saturating_sub(1);
             if u.buffers == 0 {
                 self.usage.remove(&entry.owner_uid);
+            }
+        }
+        if let Some(c) = &entry.cgroup {
+            if let Some(u) = self.cgroup_usage.get_mut(c) {
+                u.bytes = u.bytes.saturating_sub(entry.len);
+                u.buffers = u.buffers.saturating_sub(1);
+                if u.buffers == 0 {
+                    self.cgroup_usage.remove(c);
+                }
             }
         }
         Some(entry)
@@ -321,6 +341,18 @@ impl Registry {
     /// A user's charges.
     pub fn usage(&self, uid: u32) -> Usage {
         self.usage.get(&uid).copied().unwrap_or_default()
+    }
+
+    /// What is charged to `unit`: buffers of clients in that cgroup, and
+    /// with `subtree` in any cgroup below it. O(cgroups with buffers).
+    pub fn cgroup_usage(&self, unit: &str, subtree: bool) -> Usage {
+        if !subtree {
+            return self.cgroup_usage.get(unit).copied().unwrap_or_default();
+        }
+        self.cgroup_usage
+            .iter()
+            .filter(|(c, _)| crate::policy::cgroup::within(c, unit, true))
+            .fold(Usage::default(), |a, (_, u)| Usage { bytes: a.bytes + u.bytes, buffers: a.buffers + u.buffers })
     }
 
     /// Buffers and bytes held, all users.

@@ -225,3 +225,28 @@ fn each_passed_over_heap_is_printed_once() {
     heaps.dedup();
     assert_eq!(heaps.len(), all, "a heap printed twice: {text}");
 }
+
+/// `--for vulkan:N` is parsed whatever the build; without the `vulkan`
+/// feature (the default, static build) it says how to get it.
+#[test]
+fn vulkan_devices_are_parsed_and_a_build_without_vulkan_says_so() {
+    fails_with(&["alloc", "--for", "vulkan:x", "--format", "XR24", "--size", "64x64"], "vulkan:N with N its index");
+    fails_with(&["alloc", "--for", "vulkan:0:sampeld", "--format", "XR24", "--size", "64x64"], "unknown Vulkan usage");
+    fails_with(
+        &["alloc", "--for", "vulkan:0", "--size", "64"],
+        "needs --format: modifiers are offered per pixel format",
+    );
+    fails_with(
+        &["alloc", "--modifier", "tiled", "--format", "XR24", "--size", "64x64"],
+        "a DRM format modifier is LINEAR",
+    );
+    if !cfg!(feature = "vulkan") {
+        fails_with(&["alloc", "--for", "vulkan:0", "--format", "XR24", "--size", "64x64"], "--features vulkan");
+    }
+    // --modifier alone is recorded in the layout, and said to be unchecked.
+    let v = json(&["alloc", "--modifier", "LINEAR", "--format", "XR24", "--size", "64x64", "--json"]);
+    assert_eq!(v["layout"]["modifier"], 0, "{v}");
+    assert_eq!(v["modifier"]["modifier"], 0, "{v}");
+    let notes = v["layout_notes"].as_array().expect("notes");
+    assert!(notes.iter().any(|n| n.as_str().is_some_and(|n| n.contains("no --for device offers modifiers"))), "{v}");
+}

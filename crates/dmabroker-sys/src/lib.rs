@@ -10,7 +10,7 @@
 //! line ([`cache`]), and adoption of inherited file descriptors ([`inherited`]).
 //!
 //! # References
-//! - `include/uapi/linux/dma-heap.h`, `dma-buf.h`, `udmabuf.h`
+//! - `include/uapi/linux/dma-heap.h`, `dma-buf.h`, `udmabuf.h`, `sync_file.h`
 //! - `drivers/dma-buf/` in the kernel tree
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, missing_docs)]
 
@@ -27,6 +27,7 @@ pub mod mmap;
 pub mod socket;
 pub mod spawn;
 pub mod sw_sync;
+pub mod sync_file;
 #[cfg(test)]
 #[path = "../../dmabroker/tests/common/skip.rs"]
 pub(crate) mod test_skip;

@@ -4,7 +4,10 @@
 //! `VIDIOC_QUERYCAP`, `VIDIOC_ENUM_FMT`, `VIDIOC_G_FMT`/`S_FMT`/`TRY_FMT`,
 //! `VIDIOC_REQBUFS`, `VIDIOC_QUERYBUF`, `VIDIOC_QBUF`, `VIDIOC_DQBUF`,
 //! `VIDIOC_STREAMON`/`STREAMOFF`, `VIDIOC_EXPBUF`, and the input selection
-//! `VIDIOC_ENUMINPUT`/`G_INPUT`/`S_INPUT`.
+//! `VIDIOC_ENUMINPUT`/`G_INPUT`/`S_INPUT`; controls (`VIDIOC_G_CTRL`/`S_CTRL`)
+//! in [`control`]. A mem2mem node (`cap::VIDEO_M2M`) has an `OUTPUT` queue
+//! (frames in, `bytesused` set by the caller) and a `CAPTURE` queue (frames
+//! out) on one fd: the same wrappers serve both.
 //!
 //! Memory safety: `V4L2_MEMORY_USERPTR` is refused by every wrapper here,
 //! because a queued user pointer lets the device write into memory that Rust
@@ -22,6 +25,8 @@ use rustix::io::{Errno, Result};
 use rustix::ioctl::{ioctl, opcode, Getter, Opcode, Setter, Updater};
 use std::ffi::c_ulong;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+pub mod control;
 
 /// `VIDEO_MAX_PLANES`: the most planes a multi-planar buffer can have.
 pub const VIDEO_MAX_PLANES: usize = 8;

@@ -30,18 +30,18 @@ pub struct ImportedImage<'v> {
 }
 
 impl Vulkan {
-    /// Import `dmabuf` (`len` bytes, laid out as `layout` with `modifier`)
-    /// as an image for `usage`. The fd is duplicated: the caller keeps its
+    /// Import `dmabuf` (`len` bytes, laid out as `layout`, with the layout's
+    /// modifier, [`Layout::modifier`]) as an image for `usage`. The fd is duplicated: the caller keeps its
     /// own.
     pub fn import(
         &self,
         dmabuf: impl AsFd,
         len: u64,
         layout: &Layout,
-        modifier: u64,
         usage: Usage,
     ) -> Result<ImportedImage<'_>, VulkanError> {
         let fmt = layout.format();
+        let modifier = layout.modifier();
         if layout.buffer_count() != 1 {
             return Err(VulkanError::BadImport(format!(
                 "{fmt} keeps its planes in {} buffers: import the single-buffer variant ({})",

@@ -90,7 +90,7 @@ fn vivid_capture_imported_and_copied_by_vulkan() {
     let (dev, bt) = require!(test, vivid(false), "vivid");
     let format = PixelFormat::Xbgr32; // V4L2 XR24 = DRM XRGB8888 = VK B8G8R8A8
     let drm = format.to_drm().unwrap() as u32;
-    let layout = Layout::new(format, W, H, &LayoutOptions::default()).unwrap();
+    let linear = Layout::new(format, W, H, &LayoutOptions::default()).unwrap();
 
     // Constraints: vivid from sysfs/profiles, vulkan:0 from the driver.
     let camera = Constraints::probe(dev.path()).expect("probe vivid");
@@ -102,6 +102,8 @@ fn vivid_capture_imported_and_copied_by_vulkan() {
     ];
     let chosen = choose_modifier(&offers, None).expect("a modifier both take");
     assert_eq!(chosen.modifier, MOD_LINEAR, "{chosen}");
+    // The layout carries the modifier the devices agreed on.
+    let layout = linear.with_modifier(chosen.modifier);
     let heaps = Heaps::discover();
     let (src, choice) = allocate_for(&heaps, &both, layout.total_size(), Some("vivid+vulkan")).expect("allocate_for");
     let (dst, _) = allocate_for(&heaps, &both, layout.total_size(), Some("vulkan-out")).expect("allocate_for");
@@ -120,8 +122,8 @@ fn vivid_capture_imported_and_copied_by_vulkan() {
     drop(queue);
 
     // Vulkan imports both and copies src into dst flipped, no CPU copy.
-    let a = vk.import(&src, src.len(), &layout, chosen.modifier, Usage::TRANSFER).expect("import the capture");
-    let b = vk.import(&dst, dst.len(), &layout, chosen.modifier, Usage::TRANSFER).expect("import the output");
+    let a = vk.import(&src, src.len(), &layout, Usage::TRANSFER).expect("import the capture");
+    let b = vk.import(&dst, dst.len(), &layout, Usage::TRANSFER).expect("import the output");
     let outcome = vk.copy_flipped(&a, &b).expect("vkCmdCopyImage");
     match &outcome.sync_file {
         Some(fd) => {

@@ -26,8 +26,8 @@
 use crate::buffer::{Buffer, FromFdError};
 use crate::constraints::Constraints;
 use crate::proto::{
-    self, wire, AllocateForRequest, AllocateRequest, ChoiceReport, ErrorCode, Grant, ListEntry, PublishRequest,
-    Request, Response, Stats,
+    self, wire, AllocateForRequest, AllocateRequest, CgroupStats, ChoiceReport, ErrorCode, Grant, ListEntry,
+    PublishRequest, Request, Response, Stats,
 };
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
@@ -659,8 +659,19 @@ impl Client {
     /// # Errors
     /// [`QueryError`].
     pub fn stats(&mut self) -> Result<Stats, QueryError> {
+        Ok(self.stats_with_cgroup()?.0)
+    }
+
+    /// This user's usage and quota, and from a broker speaking protocol
+    /// version 4 the client's cgroup with the policy's rules for it
+    /// (`None` from older brokers).
+    ///
+    /// # Errors
+    /// [`QueryError`].
+    pub fn stats_with_cgroup(&mut self) -> Result<(Stats, Option<CgroupStats>), QueryError> {
         match self.call(&Request::Stats, None)? {
-            (Response::Stats(stats), _) => Ok(stats),
+            (Response::Stats(stats), _) => Ok((stats, None)),
+            (Response::StatsWithCgroup { stats, cgroup }, _) => Ok((stats, Some(cgroup))),
             (Response::Error { code, message }, _) => Err(QueryError::Refused { code, message }),
             (other, _) => Err(unexpected(&other).into()),
         }

@@ -24,6 +24,7 @@ pub mod closer;
 pub mod constraints;
 pub mod device;
 pub mod fdinfo;
+pub mod fence;
 pub mod file_kind;
 pub mod format;
 pub mod heap;

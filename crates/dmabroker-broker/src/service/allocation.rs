@@ -2,8 +2,10 @@
 //! charging to the client's cgroup, and handing the buffer out.
 
 use super::{Reply, Service, Session, PRESSURE_BURST};
-use crate::policy::Limits;
-use crate::refusal::{AllocateForRefusal, AllocateRefusal, QuotaExceeded};
+use crate::policy::cgroup::within;
+use crate::refusal::{
+    AllocateForRefusal, AllocateRefusal, CgroupQuotaExceeded, CgroupUnknown, QuotaExceeded, QuotaRefusal,
+};
 use crate::registry::{Entry, FileId, Registry};
 use dmabroker::constraints::{choose_heap, ChooseError, NoHeapError};
 use dmabroker::heap::AllocRequest;
@@ -15,35 +17,72 @@ use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 impl Service {
-    pub(super) fn check_quota(&mut self, uid: u32, limits: &Limits, len: u64) -> Result<(), QuotaExceeded> {
+    /// The quotas a buffer of `len` more bytes must fit: the uid's, then
+    /// every matching `[[cgroup]]` rule's (charged to its cgroup, whoever
+    /// holds there). Before refusing, a sweep within the pressure budget
+    /// looks for buffers nobody holds any more.
+    pub(super) fn check_quota(&mut self, session: &Session, len: u64) -> Result<(), QuotaRefusal> {
+        let uid = session.peer.uid;
+        let limits = &session.limits;
         let fits = |r: &Registry| {
             let u = r.usage(uid);
             u.buffers < limits.max_buffers && u.bytes.checked_add(len).is_some_and(|b| b <= limits.max_bytes)
         };
-        if fits(&self.registry) {
-            return Ok(());
-        }
-        // Pressure: look for buffers of this user that nobody holds any more
-        // before refusing, within the budget; else the timer sweeps soon.
-        if self.pressure_sweep_allowed() {
-            let start = Instant::now();
-            self.sweep(Some(uid));
-            self.pressure_credit -= start.elapsed().as_secs_f64();
-            if fits(&self.registry) {
-                return Ok(());
+        if !fits(&self.registry) && !self.pressure_sweep(|e| e.owner_uid == uid, &fits) {
+            let u = self.registry.usage(uid);
+            return Err(QuotaExceeded {
+                uid,
+                bytes: u.bytes,
+                buffers: u.buffers,
+                asked: len,
+                max_bytes: limits.max_bytes,
+                max_buffers: limits.max_buffers,
             }
-        } else {
-            self.sweep_requested = true;
+            .into());
         }
-        let u = self.registry.usage(uid);
-        Err(QuotaExceeded {
-            uid,
-            bytes: u.bytes,
-            buffers: u.buffers,
-            asked: len,
-            max_bytes: limits.max_bytes,
-            max_buffers: limits.max_buffers,
-        })
+        for m in session.cgroup_access.rules() {
+            let rule = &m.rule;
+            if rule.max_bytes.is_none() && rule.max_buffers.is_none() {
+                continue;
+            }
+            let subtree = rule.pattern.is_subtree();
+            let fits = |r: &Registry| {
+                let u = r.cgroup_usage(&m.unit, subtree);
+                rule.max_buffers.is_none_or(|max| u.buffers < max)
+                    && rule.max_bytes.is_none_or(|max| u.bytes.checked_add(len).is_some_and(|b| b <= max))
+            };
+            let inside = |e: &Entry| e.cgroup.as_deref().is_some_and(|c| within(c, &m.unit, subtree));
+            if fits(&self.registry) || self.pressure_sweep(inside, &fits) {
+                continue;
+            }
+            let u = self.registry.cgroup_usage(&m.unit, subtree);
+            return Err(CgroupQuotaExceeded {
+                cgroup: session.cgroup_path().unwrap_or("?").to_owned(),
+                unit: m.unit.clone(),
+                rule: rule.describe(),
+                bytes: u.bytes,
+                buffers: u.buffers,
+                asked: len,
+                max_bytes: rule.max_bytes,
+                max_buffers: rule.max_buffers,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Under quota pressure: sweep the buffers `which` selects, if the
+    /// budget allows (else let the timer sweep soon), and say whether the
+    /// request `fits` now.
+    fn pressure_sweep(&mut self, which: impl Fn(&Entry) -> bool, fits: &impl Fn(&Registry) -> bool) -> bool {
+        if !self.pressure_sweep_allowed() {
+            self.sweep_requested = true;
+            return false;
+        }
+        let start = Instant::now();
+        self.sweep_matching(which, false);
+        self.pressure_credit -= start.elapsed().as_secs_f64();
+        fits(&self.registry)
     }
 
     /// Refill the pressure-sweep budget (at `1 / duty_factor` of the time
@@ -68,32 +107,18 @@ impl Service {
                 allowed: if session.limits.heaps.is_empty() { "none".into() } else { session.limits.heaps.join(", ") },
             });
         }
-        let limits = session.limits.clone();
-        self.check_quota(uid, &limits, a.len)?;
+        cgroup_allows(session, &heap_name)?;
+        self.check_quota(session, a.len)?;
         let mut request = AllocRequest::new(a.len).align(a.align).contiguous(a.contiguous);
         if let Some(n) = a.name {
             request = request.name(n);
         }
-        let cgroup = self.client_cgroup(session);
-        let buffer = self.charging.allocate(cgroup, self.heaps.require(&heap_name)?, &request)?;
+        let buffer = self.charging.allocate(&session.cgroup, self.heaps.require(&heap_name)?, &request)?;
         let properties = buffer.properties().hint();
-        let (id, fd, len) = self.hand_out(session, &limits, buffer, a.len)?;
+        let (id, fd, len) = self.hand_out(session, buffer, a.len)?;
         tracing::debug!(uid, id, len, heap = %heap_name, "allocated");
         let response = Response::Allocated { id, len, heap: heap_name }.for_version(session.version(), properties);
         Ok(Reply { response, fd: Some(fd), close: false })
-    }
-
-    /// The client's cgroup, read once per session and only when charging
-    /// is active (a `/proc` read, off the path of other allocations).
-    pub(super) fn client_cgroup<'s>(&self, session: &'s mut Session) -> &'s Result<String, String> {
-        let active = self.charging.active();
-        session.cgroup.get_or_insert_with(|| {
-            if active {
-                crate::charge::cgroup::of_process(session.peer.pid, session.peer.pidfd.as_ref())
-            } else {
-                Err("charging is off".into())
-            }
-        })
     }
 
     /// The heap infos as `uid` may use them: heaps the policy does not allow
@@ -101,6 +126,7 @@ impl Service {
     /// with the policy as the reason.
     pub(super) fn heap_infos_for(&self, session: &Session, only: Option<&str>) -> (Vec<HeapInfo>, Vec<String>) {
         let uid = session.peer.uid;
+        let cgroup = session.cgroup_path().unwrap_or("?");
         let mut disallowed = Vec::new();
         let infos = self
             .heaps
@@ -113,6 +139,11 @@ impl Service {
                     h.usable = false;
                     h.note = Some(format!("not allowed by policy for uid {uid}"));
                     // The policy is what matters: no shortage to report.
+                    h.free_bytes = None;
+                } else if let Some(m) = session.cgroup_access.heap_denied(&h.name) {
+                    disallowed.push(h.name.clone());
+                    h.usable = false;
+                    h.note = Some(format!("not allowed in cgroup {cgroup} by {}", m.rule.describe()));
                     h.free_bytes = None;
                 }
                 h
@@ -128,18 +159,21 @@ impl Service {
     ) -> Result<Reply, AllocateForRefusal> {
         let uid = session.peer.uid;
         let constraints = a.constraints().map_err(|e| AllocateForRefusal::BadRequest(e.to_string()))?;
+        if let Some(why) = session.cgroup_access.refused() {
+            return Err(AllocateRefusal::from(CgroupUnknown { uid, why: why.to_owned() }).into());
+        }
         let only = match &a.heap {
             Some(h) => Some(self.heaps.require(h)?.name().to_owned()),
             None => None,
         };
         let (mut infos, disallowed) = self.heap_infos_for(session, only.as_deref());
-        let limits = session.limits.clone();
+        let allowed = session.limits.heaps.clone();
         let mut attempts: Vec<String> = Vec::new();
         let (buffer, mut choice) = loop {
             let choice = match choose_heap(&infos, &constraints, a.len) {
                 Ok(c) => c,
                 Err(ChooseError::NoHeap(e)) if attempts.is_empty() => {
-                    return Err(AllocateForRefusal::NoHeap(explain(e, uid, &disallowed, &limits.heaps)));
+                    return Err(AllocateForRefusal::NoHeap(explain(e, uid, &disallowed, &allowed)));
                 }
                 Err(e @ (ChooseError::ZeroSize | ChooseError::SizeOverflow { .. })) => {
                     return Err(AllocateForRefusal::BadRequest(e.to_string()));
@@ -148,10 +182,9 @@ impl Service {
             };
             // As Allocate: the quota for the length asked, then (below) for
             // the length the heap gave.
-            self.check_quota(uid, &limits, choice.len)?;
+            self.check_quota(session, choice.len)?;
             let heap = self.heaps.require(&choice.heap)?;
-            let cgroup = self.client_cgroup(session);
-            match self.charging.allocate(cgroup, heap, &choice.request(a.name.as_deref())) {
+            match self.charging.allocate(&session.cgroup, heap, &choice.request(a.name.as_deref())) {
                 Ok(buffer) => break (buffer, choice),
                 Err(crate::charge::ChargeRefusal::Alloc(e)) => {
                     tracing::debug!(uid, heap = %choice.heap, "allocation by constraints failed: {e}; trying the next");
@@ -167,7 +200,7 @@ impl Service {
         }
         let heap = choice.heap.clone();
         let properties = buffer.properties().hint();
-        let (id, fd, len) = self.hand_out(session, &limits, buffer, choice.len)?;
+        let (id, fd, len) = self.hand_out(session, buffer, choice.len)?;
         tracing::debug!(uid, id, len, heap = %heap, "allocated by constraints");
         let choice = ChoiceReport::from(&choice);
         let response = Response::AllocatedFor { id, len, heap, choice }.for_version(session.version(), properties);
@@ -181,12 +214,11 @@ impl Service {
     pub(super) fn hand_out(
         &mut self,
         session: &mut Session,
-        limits: &Limits,
         buffer: Buffer,
         asked: u64,
     ) -> Result<(u64, OwnedFd, u64), AllocateRefusal> {
         if buffer.len() > asked {
-            self.check_quota(session.peer.uid, limits, buffer.len())?;
+            self.check_quota(session, buffer.len())?;
         }
         let len = buffer.len();
         let id = self.insert(buffer, session).map_err(|_| {
@@ -222,6 +254,7 @@ impl Service {
             len: buffer.len(),
             owner_uid: session.peer.uid,
             owner_pid: session.peer.pid,
+            cgroup: session.cgroup_key.clone(),
             file,
             publications: 0,
             pins: 0,
@@ -251,6 +284,23 @@ impl Service {
     }
 }
 
+/// Whether the session's `[[cgroup]]` rules let it allocate from `heap`.
+fn cgroup_allows(session: &Session, heap: &str) -> Result<(), AllocateRefusal> {
+    if let Some(why) = session.cgroup_access.refused() {
+        return Err(CgroupUnknown { uid: session.peer.uid, why: why.to_owned() }.into());
+    }
+    if let Some(m) = session.cgroup_access.heap_denied(heap) {
+        let allowed = m.rule.heaps.as_deref().unwrap_or_default();
+        return Err(AllocateRefusal::HeapNotAllowedInCgroup {
+            cgroup: session.cgroup_path().unwrap_or("?").to_owned(),
+            rule: m.rule.describe(),
+            heap: heap.to_owned(),
+            allowed: if allowed.is_empty() { "none".into() } else { allowed.join(", ") },
+        });
+    }
+    Ok(())
+}
+
 /// The chooser's explanation, with the heaps the policy keeps from `uid`
 /// named as such (the chooser's own hints assume an in-process caller).
 pub(super) fn explain(mut e: NoHeapError, uid: u32, disallowed: &[String], allowed: &[String]) -> String {
@@ -272,8 +322,8 @@ pub(super) fn explain(mut e: NoHeapError, uid: u32, disallowed: &[String], allow
     if !disallowed.is_empty() {
         let allowed = if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") };
         e.hints.push(format!(
-            "heaps not allowed by policy for uid {uid}: {} (allowed: {allowed}); ask the administrator to add \
-             the heap to the policy",
+            "heaps not allowed by policy for uid {uid} (or by a [[cgroup]] rule of its cgroup, as each heap's note \
+             says): {} (allowed for the uid: {allowed}); ask the administrator to add the heap to the policy",
             disallowed.join(", ")
         ));
     }

@@ -4,6 +4,7 @@
 use crate::holders;
 use crate::notify::Notifier;
 use crate::peer::Peer;
+use crate::policy::cgroup::CgroupAccess;
 use crate::policy::{Limits, Policy};
 use crate::refusal::Code;
 use crate::registry::Registry;
@@ -46,15 +47,34 @@ pub struct Session {
     /// memfds handed out on this connection whose reply may not have been
     /// received yet (unpinned once it has been, or when it closes).
     pins: Vec<u64>,
-    /// The client's cgroup, read at its first charged allocation.
-    cgroup: Option<Result<String, String>>,
+    /// The client's cgroup, read at connect through its pidfd (`Err`: why
+    /// it is not known).
+    pub cgroup: Result<String, String>,
+    /// What the `[[cgroup]]` rules make of it.
+    pub cgroup_access: CgroupAccess,
+    /// The cgroup as the registry records it on each buffer (shared, so
+    /// that an allocation copies no path).
+    pub(crate) cgroup_key: Option<std::sync::Arc<str>>,
 }
 
 impl Session {
-    /// A session for `peer` under `policy`.
+    /// A session for `peer` under `policy`; reads the client's cgroup
+    /// (`/proc/PID/cgroup`, checked against its pidfd; nothing is read
+    /// without a pidfd).
     pub fn new(peer: Peer, policy: &Policy) -> Self {
         let limits = policy.limits(peer.uid, &peer.groups);
-        Self { peer, limits, version: None, pins: Vec::new(), cgroup: None }
+        let cgroup = crate::charge::cgroup::of_process(peer.pid, peer.pidfd.as_ref());
+        let cgroup_access = policy.cgroup_access(&cgroup);
+        if let Some(why) = cgroup_access.refused() {
+            tracing::info!(uid = peer.uid, pid = peer.pid, "cgroup unknown ({why}): only importing is allowed");
+        }
+        let cgroup_key = cgroup.as_deref().ok().map(Into::into);
+        Self { peer, limits, version: None, pins: Vec::new(), cgroup, cgroup_access, cgroup_key }
+    }
+
+    /// The client's cgroup, when known.
+    pub fn cgroup_path(&self) -> Option<&str> {
+        self.cgroup.as_deref().ok()
     }
 
     /// The negotiated version (0 before `Hello`).
@@ -255,7 +275,7 @@ impl Service {
     fn stats(&self, session: &Session) -> Reply {
         let u = self.registry.usage(session.peer.uid);
         let t = self.registry.totals();
-        Reply::ok(Response::Stats(Stats {
+        let stats = Stats {
             uid: session.peer.uid,
             used_bytes: u.bytes,
             used_buffers: u.buffers,
@@ -267,7 +287,55 @@ impl Service {
             total_bytes: t.bytes,
             publications: self.registry.publication_count() as u64,
             clients: self.clients,
-        }))
+        };
+        if session.version() < proto::CGROUP_STATS_VERSION {
+            return Reply::ok(Response::Stats(stats));
+        }
+        Reply::ok(Response::StatsWithCgroup { stats, cgroup: self.cgroup_stats(session) })
+    }
+
+    /// The client's cgroup, what is charged to it, and each matching rule's
+    /// quota and use (texts cut to the protocol's bounds).
+    fn cgroup_stats(&self, session: &Session) -> proto::CgroupStats {
+        use proto::cgroup::{for_wire, MAX_CGROUP_RULES, MAX_RULE_HEAPS};
+        let cut = |s: &str| for_wire(s, proto::MAX_TEXT_LEN);
+        let (path, unknown) = match &session.cgroup {
+            Ok(p) => (Some(cut(p)), None),
+            Err(why) => (None, Some(cut(why))),
+        };
+        let own = session.cgroup_path().map(|p| self.registry.cgroup_usage(p, false)).unwrap_or_default();
+        let rules = session
+            .cgroup_access
+            .rules()
+            .iter()
+            .take(MAX_CGROUP_RULES)
+            .map(|m| {
+                let used = self.registry.cgroup_usage(&m.unit, m.rule.pattern.is_subtree());
+                proto::CgroupRuleStats {
+                    rule: cut(m.rule.pattern.as_str()),
+                    line: u32::try_from(m.rule.line).unwrap_or(u32::MAX),
+                    unit: cut(&m.unit),
+                    used_bytes: used.bytes,
+                    used_buffers: used.buffers,
+                    max_bytes: m.rule.max_bytes,
+                    max_buffers: m.rule.max_buffers,
+                    heaps: m
+                        .rule
+                        .heaps
+                        .as_ref()
+                        .map(|h| h.iter().take(MAX_RULE_HEAPS).map(|h| for_wire(h, proto::MAX_NAME_LEN)).collect()),
+                    publish: m.rule.publish,
+                }
+            })
+            .collect();
+        proto::CgroupStats {
+            path,
+            unknown,
+            refused: session.cgroup_access.refused().is_some(),
+            used_bytes: own.bytes,
+            used_buffers: own.buffers,
+            rules,
+        }
     }
 
     /// Unpin what a connection was handed, once the caller has established

@@ -25,6 +25,15 @@ impl Service {
         if !session.limits.publish {
             return Err(PublishRefusal::NotAllowed(uid));
         }
+        if let Some(why) = session.cgroup_access.refused() {
+            return Err(crate::refusal::CgroupUnknown { uid, why: why.to_owned() }.into());
+        }
+        if let Some(m) = session.cgroup_access.publish_denied() {
+            return Err(PublishRefusal::NotAllowedInCgroup {
+                cgroup: session.cgroup_path().unwrap_or("?").to_owned(),
+                rule: m.rule.describe(),
+            });
+        }
         let fd = fd.ok_or(PublishRefusal::MissingFd)?;
         if rustix::fs::fcntl_getfl(&fd).is_ok_and(|f| f.contains(rustix::fs::OFlags::PATH)) {
             return Err(PublishRefusal::NotABuffer(
@@ -91,8 +100,7 @@ impl Service {
                 if !writable(&buffer) && p.grants.iter().any(|g| g.access == Access::ReadWrite) {
                     return Err(PublishRefusal::ReadWriteFromReadOnlyFd);
                 }
-                let limits = session.limits.clone();
-                self.check_quota(uid, &limits, buffer.len())?;
+                self.check_quota(session, buffer.len())?;
                 self.insert_as(buffer, session, true)
                     .map_err(|_| PublishRefusal::NotABuffer("cannot fstat the fd".into()))?
             }

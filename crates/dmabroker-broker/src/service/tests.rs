@@ -264,3 +264,44 @@ fn a_consumed_one_shot_is_saved_at_once() {
         "no state saved before the reply: {sent:?}"
     );
 }
+
+/// A client whose cgroup cannot be read (here: no pidfd) under a policy with
+/// `[[cgroup]]` rules is refused allocating and publishing with the reason,
+/// and may still import; `cgroup_unknown = "allow"` serves it by its uid;
+/// a version-4 Stats reply says why its cgroup is unknown.
+#[test]
+fn an_unknown_cgroup_is_refused_by_default_once_cgroup_rules_exist() {
+    let rules = format!("[[user]]\nuid = {OTHER}\npublish = true\nheaps = [\"memfd\"]\nmax_bytes = \"1MiB\"\nmax_buffers = 4\n[[cgroup]]\npath = \"app-*.scope\"\nmax_bytes = 4096\n");
+    for (prefix, refused) in [("", true), ("cgroup_unknown = \"allow\"\n", false)] {
+        let policy = Policy::parse(&format!("{prefix}{rules}"), OWNER).unwrap();
+        let mut service = Service::new(policy, Heaps::discover(), None, SweepTiming::default());
+        let mut s = session(&mut service, OTHER);
+        let alloc = AllocateRequest { heap: "memfd".into(), len: 8192, align: 1, contiguous: false, name: None };
+        match (service.handle(&mut s, Request::Allocate(alloc), None).response, refused) {
+            (Response::Error { code: ErrorCode::NotAllowed, message }, true) => {
+                assert!(message.contains("cgroup_unknown") && message.contains("no pidfd"), "{message}")
+            }
+            (Response::WithProperties { .. } | Response::Allocated { .. }, false) => {}
+            (other, _) => panic!("cgroup_unknown refused={refused}: {other:?}"),
+        }
+        if refused {
+            let fd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+            match publish(&mut service, &mut s, "p", Vec::new(), fd) {
+                Response::Error { code: ErrorCode::NotAllowed, message } => {
+                    assert!(message.contains("cgroup_unknown"), "{message}")
+                }
+                other => panic!("publishing from an unknown cgroup: {other:?}"),
+            }
+        }
+        let mut v4 = Session::new(
+            Peer { uid: OTHER, gid: OTHER, pid: std::process::id(), groups: vec![OTHER], pidfd: None },
+            &service.policy,
+        );
+        service.handle(&mut v4, Request::Hello { min_version: 1, max_version: 4 }, None);
+        let Response::StatsWithCgroup { cgroup, .. } = service.handle(&mut v4, Request::Stats, None).response else {
+            panic!("a version-4 session gets StatsWithCgroup")
+        };
+        assert_eq!((cgroup.path, cgroup.refused), (None, refused));
+        assert!(cgroup.unknown.unwrap().contains("no pidfd"));
+    }
+}

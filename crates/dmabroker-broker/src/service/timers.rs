@@ -3,6 +3,7 @@
 
 use super::{ScanInFlight, Service, NOTIFY_RETRY, SCAN_POLL, STATE_SAVE_DELAY};
 use crate::holders;
+use crate::registry::Entry;
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -11,11 +12,17 @@ impl Service {
     /// published nor pinned and that no other process holds. Returns how
     /// many were released.
     pub fn sweep(&mut self, uid: Option<u32>) -> usize {
+        self.sweep_matching(|e| uid.is_none_or(|u| e.owner_uid == u), uid.is_none())
+    }
+
+    /// [`Self::sweep`] of the buffers `which` selects (`all`: it selects
+    /// every buffer, which satisfies a requested sweep).
+    pub(super) fn sweep_matching(&mut self, which: impl Fn(&Entry) -> bool, all: bool) -> usize {
         let start = Instant::now();
         let candidates: Vec<u64> = self
             .registry
             .entries()
-            .filter(|(_, e)| e.publications == 0 && e.pins == 0 && uid.is_none_or(|u| e.owner_uid == u))
+            .filter(|(_, e)| e.publications == 0 && e.pins == 0 && which(e))
             .map(|(id, _)| id)
             .collect();
         let mut release = Vec::new();
@@ -49,7 +56,7 @@ impl Service {
         self.last_sweep_end = Instant::now();
         self.last_sweep_cost = self.last_sweep_end - start;
         self.len_after_sweep = self.registry.len();
-        if uid.is_none() {
+        if all {
             self.sweep_requested = false;
         }
         release.len()

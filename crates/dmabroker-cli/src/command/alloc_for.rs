@@ -3,7 +3,8 @@
 //! constraints (and which device asked for each), the plane layout, the
 //! chosen heap and why.
 
-use dmabroker::constraints::modifier::ChosenModifier;
+use super::for_device::{self, ForDevice};
+use dmabroker::constraints::modifier::{ChosenModifier, ModifierOffer};
 use dmabroker::constraints::{
     allocate_for, choose_heap, AllocForError, Choice, ChooseError, Constraints, DeviceCoherency, DeviceProbe,
     NoHeapError, Profiles,
@@ -91,9 +92,15 @@ pub struct DeviceArgs {
     /// Pixel format (NV12, NV12M, YUYV, RGB24, YUV420, ...); --size is then WIDTHxHEIGHT.
     #[arg(long)]
     pub format: Option<PixelFormat>,
-    /// A device node that will touch the buffer (repeatable): /dev/videoN, /dev/dri/cardN.
-    #[arg(long = "for", value_name = "DEVICE")]
-    pub for_devices: Vec<PathBuf>,
+    /// A device that will touch the buffer (repeatable): /dev/videoN, /dev/dri/cardN, or
+    /// vulkan:N[:USAGE,...] (Vulkan physical device N; usages sampled, storage, color,
+    /// transfer, transfer-src, transfer-dst; default sampled,transfer; needs --format).
+    #[arg(long = "for", value_name = "DEVICE", value_parser = super::for_device::parse_for)]
+    pub for_devices: Vec<ForDevice>,
+    /// The DRM format modifier every device must import: LINEAR (the default) or its value
+    /// (0x0100000000000001); with --format.
+    #[arg(long, value_parser = super::for_device::parse_modifier)]
+    pub modifier: Option<u64>,
     /// Device profile TOML files (besides /etc/dmabroker/devices.d/*.toml).
     #[arg(long = "profile", value_name = "FILE")]
     pub profiles: Vec<PathBuf>,
@@ -121,6 +128,7 @@ impl DeviceArgs {
             || self.page_size.is_some()
             || self.uncached
             || self.stride_align.is_some()
+            || self.modifier.is_some()
     }
 }
 
@@ -159,8 +167,7 @@ struct Report {
     constraints: Constraints,
     requirements: Vec<String>,
     layout: Option<Layout>,
-    /// The DRM format modifier every device takes (when a `--for` device
-    /// is a KMS card: its primary planes' IN_FORMATS).
+    /// The modifier the devices agreed on, and who offered it.
     #[serde(skip_serializing_if = "Option::is_none")]
     modifier: Option<ChosenModifier>,
     /// How buffer 0's heap was chosen (every buffer's choice is in `buffers`).
@@ -226,7 +233,8 @@ pub(crate) struct Plan {
     /// What the frame needs without the alignment constraints, when
     /// aligning makes it larger: to say so when the aligned size fails.
     pub rounded_by_alignment: Option<String>,
-    /// The modifier every device takes, when a `--for` device is a KMS card.
+    /// The DRM format modifier every device imports, when a Vulkan device
+    /// or `--modifier` asked (the layout carries it too).
     pub modifier: Option<ChosenModifier>,
 }
 
@@ -255,11 +263,58 @@ pub(crate) fn plan(size: SizeSpec, contiguous: bool, align: u64, dev: &DeviceArg
     profiles.load(&dev.profiles)?;
     let mut all = Vec::new();
     let mut probes = Vec::new();
-    for path in &dev.for_devices {
-        let probe = DeviceProbe::probe(path)?;
-        all.push(profiles.constraints_for(&probe));
-        probes.push(probe);
+    // Each device's modifier offer for --format: what the primary planes
+    // of a KMS card scan out (their IN_FORMATS), LINEAR from other device
+    // nodes, what the driver says from Vulkan devices.
+    let mut offers: Vec<ModifierOffer> = Vec::new();
+    let mut offer_notes: Vec<String> = Vec::new();
+    let mut linear_nodes: Vec<String> = Vec::new();
+    let mut kms_cards = 0;
+    let mut wants_modifier =
+        dev.modifier.is_some() || dev.for_devices.iter().any(|d| matches!(d, ForDevice::Vulkan { .. }));
+    if let (true, None) = (wants_modifier, dev.format) {
+        anyhow::bail!(
+            "{} needs --format: modifiers are offered per pixel format (e.g. --format XR24 --size 1920x1080)",
+            match dev.for_devices.iter().find(|d| matches!(d, ForDevice::Vulkan { .. })) {
+                Some(d) => format!("--for {d}"),
+                None => "--modifier".to_owned(),
+            }
+        );
     }
+    for device in &dev.for_devices {
+        match device {
+            ForDevice::Node(path) => {
+                let probe = DeviceProbe::probe(path)?;
+                all.push(profiles.constraints_for(&probe));
+                if let Some(format) = dev.format {
+                    match super::alloc_modifier::kms_offer(path, &probe, format)? {
+                        Some(offer) => {
+                            offers.push(offer);
+                            kms_cards += 1;
+                        }
+                        None => linear_nodes.push(probe.label.clone()),
+                    }
+                }
+                probes.push(probe);
+            }
+            ForDevice::Vulkan { index, usage } => {
+                let format = dev.format.ok_or_else(|| anyhow::anyhow!("--for {device} needs --format"))?;
+                let vk = for_device::probe_vulkan(*index, usage, format)?;
+                all.push(vk.constraints);
+                offers.push(vk.offer);
+                offer_notes.push(vk.note);
+            }
+        }
+    }
+    // A KMS card has modifiers to choose among: then every device offers.
+    wants_modifier |= kms_cards > 0;
+    if let (true, Some(format)) = (wants_modifier, dev.format) {
+        for label in linear_nodes {
+            let fourcc = for_device::drm_fourcc(format, &label)?;
+            offers.push(ModifierOffer::linear(label, fourcc, format.plane_count() as u32));
+        }
+    }
+    let modifier = if wants_modifier { Some(for_device::choose(&offers, dev.modifier)?) } else { None };
     let warnings = unmatched_profiles(&dev.profiles, &probes)?;
     // Explicit options form a pseudo-device "command line", listed among
     // the devices only when it asks for something.
@@ -315,7 +370,19 @@ pub(crate) fn plan(size: SizeSpec, contiguous: bool, align: u64, dev: &DeviceArg
             if let Some(g) = merged.granularity() {
                 options = options.with_size_align(g.value);
             }
-            let layout = Layout::new(format, w, h, &options)?;
+            let mut layout = Layout::new(format, w, h, &options)?;
+            if let Some(m) = &modifier {
+                layout = layout.with_modifier(m.modifier);
+                notes.extend(offer_notes.iter().cloned());
+                if m.from.is_empty() {
+                    notes.push(format!(
+                        "modifier {} as given (no --for device offers modifiers to check it against)",
+                        dmabroker::constraints::modifier::modifier_name(m.modifier)
+                    ));
+                } else {
+                    notes.push(format!("modifier {m}"));
+                }
+            }
             let plain = Layout::new(format, w, h, &LayoutOptions::default().with_stride_align(stride_align))?;
             if plain.total_size() < layout.total_size() {
                 rounded_by_alignment = Some(format!(
@@ -337,10 +404,6 @@ pub(crate) fn plan(size: SizeSpec, contiguous: bool, align: u64, dev: &DeviceArg
             "--format {f} needs --size WIDTHxHEIGHT in pixels, not a byte count ({b} bytes; 0x... is read as hexadecimal)"
         ),
         (s @ SizeSpec::Pixels(..), None) => (None, vec![s.bytes()?]),
-    };
-    let modifier = match dev.format {
-        Some(format) => super::alloc_modifier::choose(format, &dev.for_devices, &probes)?,
-        None => None,
     };
     Ok(Plan { merged, warnings, layout, sizes, notes, rounded_by_alignment, modifier })
 }
@@ -511,9 +574,6 @@ fn print_human(report: &Report) {
     println!("{}", merged_summary(&report.constraints));
     if let Some(layout) = &report.layout {
         print_layout(layout, &report.layout_notes, "");
-    }
-    if let Some(m) = &report.modifier {
-        println!("modifier: {m}");
     }
     print_explanations(&report.buffers, |b| &b.choice.heap, |b| choice_lines(&b.choice));
     let many = report.buffers.len() > 1;

@@ -12,6 +12,7 @@ pub mod bench_pool;
 pub mod bench_sync;
 pub mod charge_worker;
 pub mod demo;
+pub mod for_device;
 mod heaps;
 pub mod import;
 mod inspect;

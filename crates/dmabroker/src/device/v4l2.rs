@@ -1,6 +1,8 @@
 //! V4L2 video devices: capabilities, formats, and buffer queues that capture
 //! into imported dma-bufs (`V4L2_MEMORY_DMABUF`) or export the driver's own
-//! buffers (`V4L2_MEMORY_MMAP` + `VIDIOC_EXPBUF`).
+//! buffers (`V4L2_MEMORY_MMAP` + `VIDIOC_EXPBUF`); memory-to-memory devices
+//! (an `OUTPUT` and a `CAPTURE` queue on one fd) in [`m2m`], controls in
+//! [`control`].
 //!
 //! ```no_run
 //! use dmabroker::device::v4l2::{fourcc, BufType, Memory, V4l2Device};
@@ -38,6 +40,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use dmabroker_sys::v4l2::fourcc;
+
+pub mod control;
+pub mod m2m;
+pub use control::{ControlError, ControlId};
+pub use m2m::{find_mem2mem, find_mem2mem_by, FindError};
 
 bitflags::bitflags! {
     /// `V4L2_CAP_*` of a device node (the subset dmabroker acts on).
@@ -316,6 +323,19 @@ pub enum QueueError {
     /// The call does not match the queue's memory model.
     #[error("this queue uses {0:?} memory")]
     WrongMemory(Memory),
+    /// Only an `OUTPUT` queue takes frames with a payload.
+    #[error("{0:?} is not an output queue: queue_dmabuf_output is for the OUTPUT queue of a mem2mem or output device")]
+    NotOutput(BufType),
+    /// A plane's `bytesused` exceeds its length.
+    #[error("plane {plane}: {bytesused} bytes of data do not fit its {length}-byte buffer")]
+    PayloadTooLarge {
+        /// The plane.
+        plane: usize,
+        /// Bytes of data given.
+        bytesused: u32,
+        /// Its buffer's length.
+        length: u32,
+    },
     /// The driver rejected the buffer.
     #[error("the driver rejected the buffer (already queued, or a dma-buf smaller than the format needs): {0}")]
     Rejected(#[source] Errno),
@@ -756,7 +776,10 @@ impl Queue<'_> {
     }
 
     /// `VIDIOC_DQBUF`: wait (up to `timeout`, or forever with `None`) for a
-    /// filled buffer and take it back.
+    /// filled buffer and take it back; on an `OUTPUT` queue, a buffer the
+    /// device has consumed. A mem2mem fd polls for both queues: dequeue
+    /// consumed `OUTPUT` buffers too (while one waits undequeued, a wait on
+    /// `CAPTURE` wakes for it and backs off 1 ms per wake-up).
     ///
     /// # Errors
     /// [`DequeueError::Timeout`], [`DequeueError::NotStreaming`],
@@ -807,9 +830,17 @@ impl Queue<'_> {
                 Ok(_) | Err(Errno::INTR) => {}
                 Err(e) => return Err(DequeueError::Os(e)),
             }
-            if fds[0].revents().contains(PollFlags::ERR) && !fds[0].revents().intersects(events) {
+            let revents = fds[0].revents();
+            if revents.contains(PollFlags::ERR) && !revents.intersects(events) {
                 // vb2 reports POLLERR when not streaming or nothing is queued.
                 return Err(DequeueError::NotStreaming);
+            }
+            if !revents.is_empty() && !revents.intersects(events) {
+                // A mem2mem fd polls for both queues: the other queue's
+                // event (a consumed OUTPUT buffer while this waits for
+                // CAPTURE) stays raised until that queue is dequeued, so
+                // poll would return at once again: back off instead of spinning.
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
     }

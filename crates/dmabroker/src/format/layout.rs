@@ -130,6 +130,10 @@ pub struct Layout {
     planes: Vec<PlaneLayout>,
     buffer_sizes: Vec<u64>,
     total_size: u64,
+    /// The DRM format modifier the planes are laid out for: LINEAR (0)
+    /// unless the devices' offers chose another
+    /// ([`crate::constraints::modifier::choose_modifier`]).
+    modifier: u64,
 }
 
 /// Why [`Layout::new`] could not lay out a frame.
@@ -242,7 +246,25 @@ impl Layout {
         if total_size > MAX_TOTAL {
             return Err(LayoutError::ExceedsAddressSpace { format, width, height, size: total_size });
         }
-        Ok(Self { format, width, height, planes, buffer_sizes, total_size })
+        Ok(Self { format, width, height, planes, buffer_sizes, total_size, modifier: 0 })
+    }
+
+    /// This layout, tagged with the DRM format modifier the devices agreed
+    /// on ([`crate::constraints::modifier::ChosenModifier::modifier`]). The
+    /// pitches and offsets stay the linear ones [`Layout::new`] computed:
+    /// for a tiled modifier they are what the importer is told
+    /// (`ADDFB2`, `VkImageDrmFormatModifierExplicitCreateInfoEXT`), and the
+    /// tiling inside each plane is the device's business.
+    #[must_use]
+    pub fn with_modifier(self, modifier: u64) -> Self {
+        Self { modifier, ..self }
+    }
+
+    /// The DRM format modifier: `DRM_FORMAT_MOD_LINEAR` (0) unless
+    /// [`Layout::with_modifier`] set another.
+    #[must_use]
+    pub fn modifier(&self) -> u64 {
+        self.modifier
     }
 
     /// The pixel format.

@@ -223,6 +223,89 @@ pub enum SubmitError {
     /// A sync_file was asked for, but exporting it failed.
     #[error("DMA_BUF_IOCTL_EXPORT_SYNC_FILE failed ({0}); Linux 6.0+ and a dma-buf buffer are needed")]
     SyncFile(#[source] Errno),
+    /// [`FrameMeta::sync_file`](super::FrameMeta::sync_file) asks the pool
+    /// to export the buffer's fences, and
+    /// [`WriteSlot::submit_with_fence`](super::WriteSlot::submit_with_fence)
+    /// supplies the frame's fence: a frame carries one.
+    #[error(
+        "the frame both asks for an exported sync_file (FrameMeta::sync_file) and supplies its own fence: \
+         drop one (with FenceImport::Reservation the buffer's exported fences include the supplied one)"
+    )]
+    TwoFences,
+    /// [`FenceImport::Reservation`](super::FenceImport::Reservation) on a
+    /// pool whose buffers have no reservation object.
+    #[error(
+        "FenceImport::Reservation needs dma-buf buffers, this pool's are {0}: \
+         submit with FenceImport::CarryOnly (consumers then wait on the fence explicitly)"
+    )]
+    ImportNeedsDmaBuf(crate::buffer::BufferKind),
+    /// `DMA_BUF_IOCTL_IMPORT_SYNC_FILE` failed.
+    #[error(
+        "DMA_BUF_IOCTL_IMPORT_SYNC_FILE failed ({0}): it needs Linux 6.0+ (ENOTTY before); \
+         submit with FenceImport::CarryOnly to carry the fence only"
+    )]
+    ImportFence(#[source] Errno),
+}
+
+/// Why a frame's fence did not signal cleanly
+/// ([`Frame::wait_fence`](super::Frame::wait_fence)). Each names the frame
+/// and the fence (sync_file name, timelines and drivers, from
+/// `SYNC_IOC_FILE_INFO`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FenceError {
+    /// The fence did not signal within the timeout: the producer's device
+    /// has not finished the frame. The frame is still held.
+    #[error(
+        "frame {seq}: fence {fence} not signalled after {waited:?}: the producer's device has not finished \
+         this frame; wait again, or release the frame unread"
+    )]
+    Timeout {
+        /// The frame's sequence number.
+        seq: u64,
+        /// The fence.
+        fence: crate::fence::FenceInfo,
+        /// How long this call waited.
+        waited: std::time::Duration,
+    },
+    /// The fence signalled with an error: the device failed on this frame
+    /// (a GPU reset, a timeline torn down before it got there).
+    #[error(
+        "frame {seq}: fence {fence} signalled with error {error} after {waited:?}: \
+         the producer's device failed on this frame; do not use its contents"
+    )]
+    Failed {
+        /// The frame's sequence number.
+        seq: u64,
+        /// The fence.
+        fence: crate::fence::FenceInfo,
+        /// The error the fence carries.
+        error: Errno,
+        /// How long this call waited.
+        waited: std::time::Duration,
+    },
+    /// `poll` or `SYNC_IOC_FILE_INFO` failed.
+    #[error("frame {seq}: waiting on its fence: {op} failed: {source}")]
+    Os {
+        /// The frame's sequence number.
+        seq: u64,
+        /// The call.
+        op: &'static str,
+        /// The errno.
+        #[source]
+        source: Errno,
+    },
+}
+
+impl FenceError {
+    pub(crate) fn of(seq: u64, e: crate::fence::WaitError) -> Self {
+        use crate::fence::WaitError;
+        match e {
+            WaitError::Timeout { fence, waited } => Self::Timeout { seq, fence, waited },
+            WaitError::Failed { fence, error, waited } => Self::Failed { seq, fence, error, waited },
+            WaitError::Os { op, source } => Self::Os { seq, op, source },
+        }
+    }
 }
 
 /// Why a consumer got no frame. [`PoolError::Closed`],

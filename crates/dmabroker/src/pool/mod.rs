@@ -160,6 +160,51 @@
 //! "no fds per frame", paid only by those who ask. The entry carries
 //! [`FrameFlags::SYNC_FILE`], and [`Frame::take_sync_file`] yields the fd.
 //!
+//! A producer whose device is still writing the frame when it hands it off
+//! (a GPU render, a KMS writeback, a V4L2 out-fence) supplies that device's
+//! fence instead: [`WriteSlot::submit_with_fence`] takes a
+//! [`SyncFile`](crate::fence::SyncFile), an fd checked to be a sync_file
+//! (anything else is refused, naming what it is:
+//! [`NotASyncFile`](crate::fence::NotASyncFile)), and sends it the same way
+//! to the consumers that asked. A consumer waits on it with a bound,
+//! [`Frame::wait_fence`] (or [`KeptFrame::wait_fence`]): `Ok` once it
+//! signalled; [`FenceError::Timeout`] at the deadline, and
+//! [`FenceError::Failed`] when it signalled with an error, each naming the
+//! frame's seq, the time waited and the fence (its sync_file name and every
+//! timeline and driver in it, from `SYNC_IOC_FILE_INFO`). It never hangs.
+//!
+//! ```no_run
+//! use dmabroker::fence::SyncFile;
+//! use dmabroker::pool::{Consumer, ConsumerOptions, FenceImport, FrameMeta, Producer};
+//! use std::time::Duration;
+//! # fn gpu_render(_: &dmabroker::Buffer) -> std::os::fd::OwnedFd { unimplemented!() }
+//! # fn f(producer: &mut Producer) -> Result<(), Box<dyn std::error::Error>> {
+//! // producer: the GPU is still writing when the frame is handed off.
+//! let slot = producer.acquire(None)?;
+//! let done = SyncFile::new(gpu_render(slot.buffer()))?;
+//! slot.submit_with_fence(FrameMeta::new(4096), done, FenceImport::Reservation)?;
+//! // consumer (asked for fences in its HELLO):
+//! let options = ConsumerOptions { want_sync_files: true, ..Default::default() };
+//! let mut consumer = Consumer::connect_with("/tmp/gpu.pool", &options)?;
+//! let mut frame = consumer.recv(None)?;
+//! frame.wait_fence(Duration::from_millis(50))?; // or FenceError::Timeout naming the fence
+//! let first = frame.read()?[0];
+//! # let _ = first; Ok(()) }
+//! ```
+//!
+//! Consumers that do not ask for fences (or sync implicitly: a CPU read
+//! guard, a KMS commit without `IN_FENCE_FD`, a GPU import) see the fence
+//! only if it is also in the dma-buf's reservation: with
+//! [`FenceImport::Reservation`] the producer attaches it there as a write
+//! fence (`DMA_BUF_IOCTL_IMPORT_SYNC_FILE`, Linux 6.0+, dma-buf pools), and
+//! `DMA_BUF_IOCTL_SYNC` then waits for it — with no bound, so a fence that
+//! never signals blocks those readers until its timeline goes away; call
+//! [`Frame::wait_fence`] first to keep the wait bounded.
+//! [`FenceImport::CarryOnly`] leaves the reservation alone. The import is
+//! never done implicitly: the producer chooses per frame. The wire does not
+//! change: the fence travels in the same `SYNC` message, flagged by the
+//! same [`FrameFlags::SYNC_FILE`], so consumers built before this know it.
+//!
 //! A capture device that fills the buffers itself (`V4L2_MEMORY_DMABUF`)
 //! borrows them: [`WriteSlot::lend`] keeps a buffer out of the pool while
 //! the device holds it, and [`Producer::reclaim`] takes it back to submit
@@ -232,7 +277,7 @@ mod producer;
 pub mod transport;
 
 pub use consumer::{Consumer, ConsumerOptions, ForeignFrame, Frame, FrameInfo, KeptError, KeptFrame, WaitMode};
-pub use error::{AcquireError, AttachError, AttachFd, CreateError, PoolAllocError, PoolError, SubmitError};
+pub use error::{AcquireError, AttachError, AttachFd, CreateError, FenceError, PoolAllocError, PoolError, SubmitError};
 pub use layout::{MAX_BUFFERS, MAX_CONSUMERS};
 pub use named::{attach_by_name, AttachedPool, NamedPoolError, PoolRegistration};
 pub use producer::{ConsumerStats, PoolStats, Producer, WriteSlot};
@@ -402,6 +447,24 @@ impl FrameMeta {
         self.sync_file = yes;
         self
     }
+}
+
+/// What the pool does with a fence the producer supplies
+/// ([`WriteSlot::submit_with_fence`]) besides carrying it to the consumers
+/// that asked for fences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceImport {
+    /// Carry it only: consumers that asked ([`ConsumerOptions::want_sync_files`])
+    /// wait on it ([`Frame::wait_fence`]); the others must not read the
+    /// frame before the device finished it by some other means.
+    CarryOnly,
+    /// Also attach it to the dma-buf's reservation as a write fence
+    /// (`DMA_BUF_IOCTL_IMPORT_SYNC_FILE`, Linux 6.0+), so that consumers
+    /// that sync implicitly wait too: a CPU read guard
+    /// (`DMA_BUF_IOCTL_SYNC`), a KMS commit without `IN_FENCE_FD`, a GPU
+    /// import. Their waits have no bound: a fence that never signals blocks
+    /// them until its timeline goes away. dma-buf pools only.
+    Reservation,
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of frame timestamps, shared

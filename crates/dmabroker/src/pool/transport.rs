@@ -10,6 +10,11 @@
 //! producer -> consumer  SYNC     magic, seq + SCM_RIGHTS [sync_file]   (only when asked)
 //! ```
 //!
+//! A SYNC's sync_file is exported from the buffer (`FrameMeta::sync_file`)
+//! or the producer's own fence (`WriteSlot::submit_with_fence`); the wire
+//! is the same for both (consumers need not tell them apart: each is a
+//! fence to wait on), so peers that predate the producer's fences work.
+//!
 //! Version 2 (this one) added the HELLO's pid and the WELCOME's control
 //! length; peers of another version are refused at the first message.
 //!

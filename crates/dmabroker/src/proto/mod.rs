@@ -18,10 +18,12 @@
 //! [postcard]: https://postcard.jamesmunns.com/wire-format
 
 pub mod alloc_for;
+pub mod cgroup;
 pub mod pools;
 pub mod wire;
 
 pub use alloc_for::{AllocateForRequest, ChoiceReport, DeviceRequirements, MAX_DEVICES, MAX_EXPLANATION_LEN};
+pub use cgroup::{CgroupRuleStats, CgroupStats, CGROUP_STATS_VERSION};
 pub use pools::{PoolPeer, RegisterPoolRequest, POOLS_VERSION};
 
 use serde::{Deserialize, Serialize};
@@ -29,9 +31,10 @@ use std::fmt;
 
 /// The protocol version this library speaks best (2 added
 /// [`Request::AllocateFor`]; 3 added [`Response::WithProperties`] and pools
-/// by name, [`Request::RegisterPool`] and [`Request::AttachPool`]; a broker
-/// still serves version-1 and version-2 clients).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// by name, [`Request::RegisterPool`] and [`Request::AttachPool`]; 4 added
+/// [`Response::StatsWithCgroup`]; a broker still serves clients of
+/// versions 1 to 3).
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The first version whose buffer replies carry physical properties
 /// ([`Response::WithProperties`]).
 pub const PROPERTIES_VERSION: u16 = 3;
@@ -293,6 +296,15 @@ pub enum Response {
     /// consumer attached; the other end of its socket comes with it
     /// ([`crate::pool::Producer::attach`]).
     PoolConsumer(PoolPeer),
+    /// (version 4) The reply to [`Request::Stats`] in sessions that
+    /// negotiated version 4 or later: [`Response::Stats`]'s fields and the
+    /// client's cgroup with the policy rules matching it.
+    StatsWithCgroup {
+        /// What version 3 replies.
+        stats: Stats,
+        /// The client's cgroup.
+        cgroup: CgroupStats,
+    },
 }
 
 /// One publication, as [`Request::List`] shows it.
@@ -468,6 +480,9 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, CodecError> {
     }
     if let Response::PoolAttached { description, .. } = &response {
         check_text("description", description, MAX_NAME_LEN)?;
+    }
+    if let Response::StatsWithCgroup { cgroup, .. } = &response {
+        cgroup::check(cgroup)?;
     }
     Ok(response)
 }

@@ -130,27 +130,35 @@ pub fn kernel_at_least(test: &str, major: u32, minor: u32, feature: &str) -> boo
     }
 }
 
-/// Whether this run is on the project's own kernel (`vm/run.sh --kernel
-/// proj`, `DMABROKER_VM_KERNEL_ID=proj`), the one that builds vkms, vim2m,
-/// vicodec, sw_sync and a CMA heap.
-pub fn on_proj_kernel() -> bool {
+/// Whether this is the project's own kernel (`vm/run.sh --kernel proj`
+/// exports `DMABROKER_VM_KERNEL_ID=proj`; vm/kernel/dmabroker.config), which
+/// builds what Debian's kernels lack: sw_sync, the CMA heap, vkms, vim2m,
+/// vicodec.
+pub fn is_proj_kernel() -> bool {
     std::env::var("DMABROKER_VM_KERNEL_ID").as_deref() == Ok("proj")
 }
 
-/// Report a device only the project's kernel builds (vkms, sw_sync, a CMA
-/// heap): on that kernel its absence is a failure (panic); on any other
-/// (Debian's 6.12 and 7, in the VM or not, and the host) this prints
-/// `SKIP <test>: <reason> ...` and the caller returns. Debian's kernels lack
-/// these by design, so a skip there is not a failure (vm/run.sh counts
-/// SKIP lines and lists them, the verdict stays green).
-pub fn needs_proj_kernel(test: &str, reason: &str) {
-    if on_proj_kernel() {
+/// Report a missing feature that only the project's kernel builds: on any
+/// other kernel (Debian's 6.12 and 7 in the VM too, which lack it by
+/// design) print `SKIP <test>: <reason>`; on the project's kernel, fail.
+pub fn skip_unless_proj(test: &str, reason: &str) {
+    if is_proj_kernel() {
         panic!("{test}: the project's kernel must have it: {reason}");
     }
-    // From a line of its own: libtest has written `test NAME ... ` on this
-    // one, and vm/run.sh's verdict lists lines that start with SKIP.
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "\nSKIP {test}: {reason} (Debian's kernels build none: vm/run.sh --kernel proj has it)"
-    );
+    // On a line of its own (libtest's `test <name> ... ` has no newline
+    // yet), so vm/run.sh's verdict counts and lists it.
+    let _ = writeln!(std::io::stderr().lock(), "\nSKIP {test}: {reason} (only vm/run.sh --kernel proj builds it)");
+}
+
+/// Gate a test on a device only the project's kernel builds. `found` is the
+/// test's own lookup: `Some` when it is there; otherwise
+/// [`skip_unless_proj`] (a failure on the project's kernel) and `None`.
+pub fn proj_only<T>(test: &str, found: Result<T, String>) -> Option<T> {
+    match found {
+        Ok(v) => Some(v),
+        Err(reason) => {
+            skip_unless_proj(test, &reason);
+            None
+        }
+    }
 }

@@ -4,7 +4,8 @@
 //! signals when the frame is in memory.
 
 use super::objects::find;
-use super::{Framebuffer, KmsDevice, KmsError, KmsObject, Property, SyncFile};
+use super::{Framebuffer, KmsDevice, KmsError, KmsObject, Property};
+use crate::fence::SyncFile;
 use dmabroker_sys::kms::{atomic_commit_out_fence, drm};
 use drm::control::{atomic::AtomicModeReq, connector, from_u32, property, AtomicCommitFlags, Device as _};
 use rustix::io::Errno;
@@ -129,8 +130,8 @@ impl<'d> AtomicRequest<'d> {
         let card = self.dev.control();
         let result = match self.writeback_fence {
             Some((connector, prop)) => atomic_commit_out_fence(card, flags, self.req, connector, prop).and_then(|f| {
-                f.map(|fd| Some(SyncFile::new(fd, format!("writeback of connector {}", u32::from(connector)))))
-                    .ok_or_else(|| std::io::Error::other("no fence"))
+                // The kernel made it a sync_file; a refusal here would be a kernel bug.
+                f.and_then(|fd| SyncFile::new(fd).ok()).map(Some).ok_or_else(|| std::io::Error::other("no fence"))
             }),
             None => card.atomic_commit(flags, self.req).map(|()| None),
         };

@@ -35,14 +35,12 @@
 //! `drivers/gpu/drm/drm_atomic_uapi.c`, `drivers/gpu/drm/drm_writeback.c`
 
 mod commit;
-mod fence;
 mod framebuffer;
 pub mod in_formats;
 mod objects;
 mod offers;
 
 pub use commit::{AtomicRequest, CommitError};
-pub use fence::{FenceWaitError, SyncFile};
 pub use framebuffer::{AddFbError, Framebuffer, FramebufferSpec, FramebufferSpecError, PlaneSpec};
 pub use objects::{Connector, Crtc, DisplayMode, KmsObject, Plane, PlaneKind, Property, PropertyBlob};
 pub use offers::OfferError;

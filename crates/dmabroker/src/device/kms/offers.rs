@@ -48,13 +48,14 @@ impl KmsDevice {
 
     /// The device's offer for `fourcc` on its planes of `kind` (primary
     /// planes: what a full-screen frame needs): every modifier any such
-    /// plane scans out it in, in the first plane's order. An empty offer
-    /// (`modifiers` empty, the planes' formats in `refused`) when no plane
-    /// takes the fourcc.
+    /// plane scans out it in, in the first plane's order, each with
+    /// `planes` memory planes (`IN_FORMATS` does not say; for LINEAR it is
+    /// the format's plane count). An empty offer (`modifiers` empty, the
+    /// planes' formats in `refused`) when no plane takes the fourcc.
     ///
     /// # Errors
     /// [`OfferError`].
-    pub fn modifier_offer(&self, kind: PlaneKind, fourcc: u32) -> Result<ModifierOffer, OfferError> {
+    pub fn modifier_offer(&self, kind: PlaneKind, fourcc: u32, planes: u32) -> Result<ModifierOffer, OfferError> {
         let mut modifiers: Vec<ModifierCaps> = Vec::new();
         let mut others: Vec<u32> = Vec::new();
         for plane in self.planes()?.iter().filter(|p| p.kind == kind) {
@@ -67,7 +68,7 @@ impl KmsDevice {
                 }
                 for m in mods {
                     if !modifiers.iter().any(|c| c.modifier == m) {
-                        modifiers.push(ModifierCaps { modifier: m, planes: 1 });
+                        modifiers.push(ModifierCaps { modifier: m, planes });
                     }
                 }
             }

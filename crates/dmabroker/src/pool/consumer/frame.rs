@@ -3,7 +3,9 @@
 use super::{Consumer, FrameInfo};
 
 use crate::buffer::{Buffer, BufferMapping, CpuRead, SyncError};
-use std::os::fd::OwnedFd;
+use crate::pool::FenceError;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 /// A received frame; the buffer goes back to the producer when it drops,
 /// unless [`Frame::keep`] detaches it to hold several at once.
@@ -40,10 +42,43 @@ impl Frame<'_> {
         self.mapping().begin_read()
     }
 
-    /// The frame's sync_file, when the producer exported one and this
-    /// consumer asked for them ([`ConsumerOptions::want_sync_files`]).
+    /// The frame's sync_file, when the producer sent one (its device's
+    /// fence, or one exported from the buffer) and this consumer asked for
+    /// them ([`ConsumerOptions::want_sync_files`]).
     pub fn take_sync_file(&mut self) -> Option<OwnedFd> {
         self.sync_file.take()
+    }
+
+    /// The frame's sync_file, borrowed (e.g. for a KMS `IN_FENCE_FD`).
+    pub fn fence(&self) -> Option<BorrowedFd<'_>> {
+        self.sync_file.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Wait at most `timeout` for the frame's fence: `Ok` with the time
+    /// waited once it signalled (at once, zero, when the frame has no
+    /// fence: none was sent, or it was taken). Never blocks past `timeout`.
+    ///
+    /// ```no_run
+    /// # use dmabroker::pool::{Consumer, ConsumerOptions, FenceError};
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let options = ConsumerOptions { want_sync_files: true, ..Default::default() };
+    /// let mut consumer = Consumer::connect_with("/tmp/camera.pool", &options)?;
+    /// let mut frame = consumer.recv(None)?;
+    /// match frame.wait_fence(Duration::from_millis(100)) {
+    ///     Ok(_) => println!("{} bytes ready", frame.read()?.len()),
+    ///     Err(e @ FenceError::Timeout { .. }) => eprintln!("skipping: {e}"),
+    ///     Err(e) => return Err(e.into()),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`FenceError::Timeout`] (the frame stays held: wait again or drop
+    /// it), [`FenceError::Failed`] (the fence signalled with an error),
+    /// [`FenceError::Os`]; each names the frame and the fence.
+    pub fn wait_fence(&self, timeout: Duration) -> Result<Duration, FenceError> {
+        wait(self.sync_file.as_ref(), self.info.seq, timeout)
     }
 
     /// Whether the buffer still holds this frame, to check **after**
@@ -112,10 +147,32 @@ impl KeptFrame {
         &self.info
     }
 
-    /// The frame's sync_file, when the producer exported one and the
+    /// The frame's sync_file, when the producer sent one and the
     /// consumer asked for them ([`ConsumerOptions::want_sync_files`]).
     pub fn take_sync_file(&mut self) -> Option<OwnedFd> {
         self.sync_file.take()
+    }
+
+    /// The frame's sync_file, borrowed.
+    pub fn fence(&self) -> Option<BorrowedFd<'_>> {
+        self.sync_file.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Wait at most `timeout` for the frame's fence, as [`Frame::wait_fence`].
+    ///
+    /// # Errors
+    /// As [`Frame::wait_fence`].
+    pub fn wait_fence(&self, timeout: Duration) -> Result<Duration, FenceError> {
+        wait(self.sync_file.as_ref(), self.info.seq, timeout)
+    }
+}
+
+/// The bounded wait of both frame kinds.
+fn wait(fence: Option<&OwnedFd>, seq: u64, timeout: Duration) -> Result<Duration, FenceError> {
+    match fence {
+        // Received fds were checked to be sync_files (Consumer::take_sync_file).
+        Some(fd) => crate::fence::wait(fd.as_fd(), timeout).map_err(|e| FenceError::of(seq, e)),
+        None => Ok(Duration::ZERO),
     }
 }
 

@@ -4,10 +4,11 @@
 use super::{bits, Producer, MAINTENANCE_NS, STARVED_SLICE};
 
 use crate::buffer::{Buffer, BufferKind, BufferMapping};
+use crate::fence::SyncFile;
 use crate::pool::error::{AcquireError, SubmitError};
 use crate::pool::layout::{Entry, PRODUCER_BIT};
 use crate::pool::transport::{self};
-use crate::pool::{now_ns, timespec, Backpressure, FrameFlags, FrameMeta};
+use crate::pool::{now_ns, timespec, Backpressure, FenceImport, FrameFlags, FrameMeta};
 use rustix::thread::futex;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
@@ -153,7 +154,12 @@ impl Producer {
         None
     }
 
-    pub(super) fn publish(&mut self, index: u32, meta: &FrameMeta) -> Result<u64, SubmitError> {
+    pub(super) fn publish(
+        &mut self,
+        index: u32,
+        meta: &FrameMeta,
+        fence: Option<(SyncFile, FenceImport)>,
+    ) -> Result<u64, SubmitError> {
         let len = self.maps[index as usize].len() as u64;
         if meta.bytes_used > len {
             return Err(SubmitError::TooLong { used: meta.bytes_used, len });
@@ -165,8 +171,31 @@ impl Producer {
         let active: Vec<u32> = (0..self.conns.len() as u32)
             .filter(|&c| self.conns[c as usize].as_ref().is_some_and(|conn| !conn.evicted))
             .collect();
+        if fence.is_some() && meta.sync_file {
+            return Err(SubmitError::TwoFences);
+        }
         let buffer = self.maps[index as usize].buffer();
-        let sync_file = if meta.sync_file
+        let supplied = match fence {
+            Some((fence, FenceImport::Reservation)) => {
+                if buffer.kind() != BufferKind::DmaBuf {
+                    return Err(SubmitError::ImportNeedsDmaBuf(buffer.kind()));
+                }
+                // WRITE: the fence joins the exclusive (writer) fences, the
+                // ones readers' implicit syncs wait for.
+                dmabroker_sys::dma_buf::import_sync_file(
+                    buffer,
+                    dmabroker_sys::dma_buf::DMA_BUF_SYNC_WRITE as u32,
+                    fence.as_fd(),
+                )
+                .map_err(SubmitError::ImportFence)?;
+                Some(fence.into_fd())
+            }
+            Some((fence, FenceImport::CarryOnly)) => Some(fence.into_fd()),
+            None => None,
+        };
+        let sync_file = if supplied.is_some() {
+            supplied
+        } else if meta.sync_file
             && buffer.kind() == BufferKind::DmaBuf
             && active.iter().any(|&c| self.conns[c as usize].as_ref().is_some_and(|x| x.want_sync))
         {
@@ -288,7 +317,41 @@ impl WriteSlot<'_> {
     /// # Errors
     /// [`SubmitError`]; the buffer goes back to the pool.
     pub fn submit(mut self, meta: FrameMeta) -> Result<u64, SubmitError> {
-        let seq = self.producer.publish(self.index, &meta)?;
+        let seq = self.producer.publish(self.index, &meta, None)?;
+        self.submitted = true;
+        Ok(seq)
+    }
+
+    /// Hand the frame off with the fence of the device that is still
+    /// writing it (a Vulkan `SYNC_FD` export, a KMS or V4L2 out-fence...):
+    /// every consumer that asked for fences gets it with the frame and
+    /// waits on it ([`Frame::wait_fence`](crate::pool::Frame::wait_fence));
+    /// with [`FenceImport::Reservation`] the dma-buf's implicit-sync users
+    /// wait on it too. Returns the frame's sequence number.
+    ///
+    /// ```no_run
+    /// # use dmabroker::pool::{FenceImport, FrameMeta, Producer};
+    /// # use dmabroker::fence::SyncFile;
+    /// # fn render(_: &dmabroker::Buffer) -> std::os::fd::OwnedFd { unimplemented!() }
+    /// # fn f(producer: &mut Producer) -> Result<(), Box<dyn std::error::Error>> {
+    /// let slot = producer.acquire(None)?;
+    /// let done = SyncFile::new(render(slot.buffer()))?; // refuses a non-sync_file fd
+    /// slot.submit_with_fence(FrameMeta::new(4096), done, FenceImport::Reservation)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit), and [`SubmitError::TwoFences`] with
+    /// [`FrameMeta::sync_file`], [`SubmitError::ImportNeedsDmaBuf`] and
+    /// [`SubmitError::ImportFence`] for [`FenceImport::Reservation`]; the
+    /// buffer goes back to the pool and the fence is closed.
+    pub fn submit_with_fence(
+        mut self,
+        meta: FrameMeta,
+        fence: SyncFile,
+        import: FenceImport,
+    ) -> Result<u64, SubmitError> {
+        let seq = self.producer.publish(self.index, &meta, Some((fence, import)))?;
         self.submitted = true;
         Ok(seq)
     }
