@@ -371,8 +371,11 @@ fn serializes_for_the_cli() {
             ],
             "buffer_sizes": [12],
             "total_size": 12,
+            "modifier": 0,
         })
     );
+    let tiled = serde_json::to_value(layout.with_modifier(0x0100_0000_0000_0001)).unwrap();
+    assert_eq!(tiled["modifier"], 0x0100_0000_0000_0001_u64);
     let options: LayoutOptions = serde_json::from_str(r#"{"stride_align": 64}"#).unwrap();
     assert_eq!(options, LayoutOptions::default().with_stride_align(64));
 }
