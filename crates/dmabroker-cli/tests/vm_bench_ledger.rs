@@ -54,6 +54,8 @@ fn bench_ledger_sees_every_buffer_both_ways() {
     if kernel_version() >= (6, 16) {
         let iter = row("bpf-iterator").unwrap_or_else(|| panic!("the iterator should work on this kernel: {report}"));
         assert_eq!(iter["extra"]["seen"].as_u64(), Some(n), "{iter}");
+        let loaded = row("bpf-iterator-loaded").unwrap_or_else(|| panic!("no bpf-iterator-loaded row: {report}"));
+        assert_eq!(loaded["extra"]["seen"].as_u64(), Some(n), "{loaded}");
         assert!(iter["ratio"]["median"].as_f64().is_some_and(|r| r > 0.0), "{iter}");
         assert!(text.contains("BPF iterator"), "{text}");
     } else {

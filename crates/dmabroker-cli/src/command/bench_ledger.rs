@@ -3,11 +3,13 @@
 //! their fds (`/proc/<pid>/fd` links, `fdinfo`, `stat`, and `maps`).
 //!
 //! This process allocates N small dma-bufs (4 KiB from the system dma-heap
-//! by default) and holds them, then times, once per round and in alternating
+//! by default) and holds them, then times, once per round and in rotating
 //! order, (a) [`bpf_iter::read`] (load and attach the program, read every
-//! record, parse) and (b) [`accounting::scan`] (what `dmabroker ps` reads
-//! from `/proc`), and checks that each saw all N. The ratio iterator / scan
-//! is taken per round, then its median and range. Without the iterator
+//! record, parse: what `dmabroker ps` does), (a') the same with the program
+//! loaded once before the rounds ([`bpf_iter::Loaded::read`]: attach, read,
+//! parse; the per-buffer part) and (b) [`accounting::scan`] (what `ps`
+//! reads from `/proc`), and checks that each saw all N. The ratios iterator
+//! / scan are taken per round, then their median and range. Without the iterator
 //! (kernel < 6.16, no BTF, not root, built without `bpf-ledger`) it says why
 //! and times only the scan.
 //!
@@ -38,7 +40,7 @@ pub struct BenchLedgerArgs {
     /// The dma-heap to allocate from.
     #[arg(long, default_value = "dma-heap/system")]
     pub heap: String,
-    /// Rounds (each times both methods once, in alternating order).
+    /// Rounds (each times every method once, in rotating order).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,
     /// Print one JSON report instead of the table.
@@ -115,20 +117,32 @@ pub fn run(args: &BenchLedgerArgs) -> anyhow::Result<ExitCode> {
         s.buffers.iter().filter(|b| b.kind == BufferKind::DmaBuf && ours.contains(&b.inode)).count()
     };
     // A first, untimed run of each: the iterator's availability, warm caches.
-    let unavailable = bpf_iter::read().err();
+    let mut loaded = bpf_iter::Loaded::load();
+    let unavailable = match &mut loaded {
+        Ok(l) => l.read().err(),
+        Err(e) => Some(e.clone()),
+    };
     accounting::scan().context("the /proc scan")?;
 
-    let (mut iter, mut scan) = (Method::default(), Method::default());
+    let (mut iter, mut iter_loaded, mut scan) = (Method::default(), Method::default(), Method::default());
+    let iter_error = |e: bpf_iter::Unavailable| anyhow::anyhow!("the dma-buf BPF iterator: {e}");
     for round in 0..args.rounds {
-        for k in 0..2 {
-            if (k + round) % 2 == 0 {
-                if unavailable.is_some() {
-                    continue;
-                }
+        for k in 0..3 {
+            let which = (k + round) % 3;
+            if which < 2 && unavailable.is_some() {
+                continue;
+            }
+            if which == 0 {
                 let t = Instant::now();
-                let entries = bpf_iter::read().map_err(|e| anyhow::anyhow!("the dma-buf BPF iterator: {e}"))?;
+                let entries = bpf_iter::read().map_err(iter_error)?;
                 let elapsed = ns(t.elapsed());
                 iter.record(elapsed, count_iter(&entries) as u64);
+            } else if which == 1 {
+                let Ok(l) = &mut loaded else { continue };
+                let t = Instant::now();
+                let entries = l.read().map_err(iter_error)?;
+                let elapsed = ns(t.elapsed());
+                iter_loaded.record(elapsed, count_iter(&entries) as u64);
             } else {
                 let t = Instant::now();
                 let snapshot = accounting::scan().context("the /proc scan")?;
@@ -139,8 +153,9 @@ pub fn run(args: &BenchLedgerArgs) -> anyhow::Result<ExitCode> {
     }
     drop(held);
 
-    let (is, ss) = (Spread::of(&iter.times), Spread::of(&scan.times));
+    let (is, ls, ss) = (Spread::of(&iter.times), Spread::of(&iter_loaded.times), Spread::of(&scan.times));
     let ratio = Spread::of(&paired_ratios(&iter.times, &scan.times));
+    let loaded_ratio = Spread::of(&paired_ratios(&iter_loaded.times, &scan.times));
     let mut report = JsonReport::new("ledger");
     let key = |what: &str| format!("ledger/{what}/{n}");
     let extra = |m: &Method| {
@@ -170,6 +185,14 @@ pub fn run(args: &BenchLedgerArgs) -> anyhow::Result<ExitCode> {
             ratio: Some(ratio),
             extra: extra(&iter),
         });
+        report.rows.push(JsonRow {
+            key: key("bpf-iterator-loaded"),
+            value: ls,
+            unit: "ns".into(),
+            floor: Some(key("proc-scan")),
+            ratio: Some(loaded_ratio),
+            extra: extra(&iter_loaded),
+        });
     }
     if args.json {
         report.print()?;
@@ -177,7 +200,7 @@ pub fn run(args: &BenchLedgerArgs) -> anyhow::Result<ExitCode> {
         let release = rustix::system::uname().release().to_string_lossy().into_owned();
         println!("## Ledger: {n} dma-bufs of {} ({})\n", format_size(args.size), args.heap);
         println!(
-            "Kernel {release}; RLIMIT_NOFILE {nofile}; {} round(s), the two methods interleaved in alternating order; \
+            "Kernel {release}; RLIMIT_NOFILE {nofile}; {} round(s), the methods interleaved in rotating order; \
              p50 = median over rounds; allocating the buffers took {:.2} s.\n",
             args.rounds,
             alloc_elapsed.as_secs_f64()
@@ -195,7 +218,8 @@ pub fn run(args: &BenchLedgerArgs) -> anyhow::Result<ExitCode> {
             );
         };
         if unavailable.is_none() {
-            row("BPF iterator (load, attach, read, parse)", &is, &iter, &ratio.ratio());
+            row("BPF iterator, as `ps` (load, attach, read, parse)", &is, &iter, &ratio.ratio());
+            row("BPF iterator, loaded once (attach, read, parse)", &ls, &iter_loaded, &loaded_ratio.ratio());
         }
         row("/proc scan (fd links, fdinfo, stat, maps)", &ss, &scan, "1 (floor)");
         if let Some(why) = &unavailable {
@@ -203,7 +227,8 @@ pub fn run(args: &BenchLedgerArgs) -> anyhow::Result<ExitCode> {
         }
         println!("\nCommand: `dmabroker bench ledger --buffers {n} --rounds {}`.", args.rounds);
     }
-    for (name, m) in [("the BPF iterator", &iter), ("the /proc scan", &scan)] {
+    for (name, m) in [("the BPF iterator", &iter), ("the loaded BPF iterator", &iter_loaded), ("the /proc scan", &scan)]
+    {
         if let Some(seen) = m.seen.filter(|&s| s != n) {
             eprintln!("dmabroker: {name} saw {seen} of the {n} dma-bufs this process held");
             return Ok(ExitCode::FAILURE);
