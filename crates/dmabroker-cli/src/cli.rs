@@ -1,7 +1,8 @@
 //! Command-line syntax.
 
 use crate::command::{
-    bench_broker, bench_compare, bench_pool, bench_sync, charge_worker, demo, import, ps, serve, stats, top, unpublish,
+    bench_broker, bench_compare, bench_ledger, bench_pool, bench_sync, charge_worker, demo, import, ps, serve, stats,
+    top, unpublish,
 };
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
@@ -138,6 +139,8 @@ pub enum BenchCommand {
     Pool(bench_pool::BenchPoolArgs),
     /// CPU cache maintenance: dmabroker's guards vs the bare instructions vs DMA_BUF_IOCTL_SYNC.
     Sync(bench_sync::BenchSyncArgs),
+    /// Listing N dma-bufs through the dma-buf BPF iterator against the `/proc` fdinfo scan.
+    Ledger(bench_ledger::BenchLedgerArgs),
     /// Compare `--json` reports of two builds (A/B): per row, B/A with its spread (scripts/ab.sh).
     Compare(bench_compare::BenchCompareArgs),
 }

@@ -125,3 +125,18 @@ fn bench_alloc_json_and_compare() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("paired"), "{out:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_ledger_needs_a_dma_heap_and_says_so() {
+    if std::path::Path::new("/dev/dma_heap/system").exists() {
+        // Runs for real in the VM: vm_bench_ledger.
+        return;
+    }
+    let out = dmabroker(&["bench", "ledger", "--buffers", "2", "--rounds", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no heap named `dma-heap/system`") && err.contains("dmabroker heaps"), "{err}");
+    let out = dmabroker(&["bench", "ledger", "--buffers", "2", "--heap", "memfd"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not a dma-buf"), "{err}");
+}

@@ -45,6 +45,12 @@ pub struct BenchBrokerArgs {
     /// Print one JSON report (round trips only; for `bench compare` / scripts/ab.sh).
     #[arg(long)]
     pub json: bool,
+    /// Move this process (the client, and the floor's echo child) into this
+    /// cgroup directory once the broker runs, so that the broker charges its
+    /// dma-heap allocations to another cgroup (through a worker there, with
+    /// `dma_heap.mem_accounting=1`): the cost of charging the client.
+    #[arg(long, value_name = "DIR")]
+    pub client_cgroup: Option<PathBuf>,
     /// Internal: child role (`fd-echo`).
     #[arg(long, hide = true)]
     pub role: Option<String>,
@@ -138,6 +144,16 @@ pub fn run(args: &BenchBrokerArgs) -> anyhow::Result<ExitCode> {
     // The broker inherits the limit: it holds one fd per live buffer.
     let nofile = raise_nofile((args.live as u64 + 50_000).max(65_536));
     let daemon = start_daemon(args.live)?;
+    if let Some(dir) = &args.client_cgroup {
+        // "0": the writing process, all its threads (cgroup v2).
+        std::fs::write(dir.join("cgroup.procs"), "0").map_err(|e| {
+            anyhow::anyhow!(
+                "cannot move this process into cgroup {} ({e}): give an existing cgroup v2 directory this user may \
+                 write cgroup.procs of (as root: mkdir /sys/fs/cgroup/NAME)",
+                dir.display()
+            )
+        })?;
+    }
     let heaps = Heaps::discover();
     let heap = heaps.require(&args.heap)?;
     let mut echo = FdEcho::start(&daemon.dir)?;
@@ -258,6 +274,9 @@ pub fn run(args: &BenchBrokerArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("## Broker\n");
+    if let Some(dir) = &args.client_cgroup {
+        println!("Client in cgroup {}, the broker in its own ({}).\n", dir.display(), charging_line());
+    }
     println!("Heap `{}`; broker and clients on this machine; RLIMIT_NOFILE {nofile}; medians over {} round(s), range in parentheses.\n", args.heap, args.rounds);
     println!("| size | in-process allocation p50 / p99 (us) | floor: bare SCM_RIGHTS round trip p50 / p99 | through broker p50 / p99 | broker / floor (p50) | broker / (floor + in-process) | broker - floor - in-process | placement (p50 by CPU): broker / floor |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -306,6 +325,14 @@ pub fn run(args: &BenchBrokerArgs) -> anyhow::Result<ExitCode> {
     }
     println!("\nCommand: `dmabroker bench broker` (release build).");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The kernel's `dma_heap.mem_accounting`, for the table's heading.
+fn charging_line() -> String {
+    match std::fs::read_to_string("/sys/module/dma_heap/parameters/mem_accounting") {
+        Ok(v) => format!("dma_heap.mem_accounting={}", v.trim()),
+        Err(_) => "this kernel has no dma_heap.mem_accounting".into(),
+    }
 }
 
 fn measure_live(socket: &Path, pid: u32, args: &BenchBrokerArgs) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ mod bench_alloc;
 pub mod bench_broker;
 pub mod bench_compare;
 mod bench_floor;
+pub mod bench_ledger;
 pub mod bench_pool;
 pub mod bench_sync;
 pub mod charge_worker;
@@ -45,6 +46,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Broker(args)) => bench_broker::run(&args),
         Command::Bench(BenchCommand::Pool(args)) => bench_pool::run(&args),
         Command::Bench(BenchCommand::Sync(args)) => bench_sync::run(&args),
+        Command::Bench(BenchCommand::Ledger(args)) => bench_ledger::run(&args),
         Command::Bench(BenchCommand::Compare(args)) => bench_compare::run(&args),
     }
 }

@@ -5,7 +5,7 @@
 //! with the BPF iterator where the kernel has it (as `ps` and `ps --leaks`).
 
 use crate::output::table;
-use dmabroker::accounting::{self, ledger, ScanOptions, Snapshot};
+use dmabroker::accounting::{self, bpf_iter, ledger, ScanOptions, Snapshot};
 use dmabroker::size::format_size;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -113,7 +113,12 @@ fn sort(rows: &mut [Row], key: SortKey) {
     }
 }
 
-fn frame(snapshot: &Snapshot, iteration: u64, sort_key: SortKey) -> Frame {
+fn frame(
+    snapshot: &Snapshot,
+    iteration: u64,
+    sort_key: SortKey,
+    iterator: &mut Result<bpf_iter::Loaded, bpf_iter::Unavailable>,
+) -> Frame {
     let mut processes: Vec<Row> = snapshot
         .processes
         .iter()
@@ -166,7 +171,11 @@ fn frame(snapshot: &Snapshot, iteration: u64, sort_key: SortKey) -> Frame {
     sort(&mut processes, sort_key);
     sort(&mut users, sort_key);
     sort(&mut cgroups, sort_key);
-    let l = ledger::ledger(snapshot);
+    let listing = match iterator {
+        Ok(loaded) => loaded.read(),
+        Err(why) => Err(why.clone()),
+    };
+    let l = ledger::ledger_from(snapshot, listing);
     let (leaks, leak_bytes) = if l.unavailable.is_some() {
         (None, None)
     } else {
@@ -246,11 +255,13 @@ pub fn run(args: &TopArgs) -> anyhow::Result<ExitCode> {
     let iterations = if args.once { Some(1) } else { args.iterations };
     let options = ScanOptions { all_memfds: args.all_memfd, pid: None, uid: None, broker_pids: Vec::new() };
     let live = std::io::stdout().is_terminal() && !args.json;
+    // Loaded once: each refresh then only attaches and reads it.
+    let mut iterator = bpf_iter::Loaded::load();
     let mut n = 0u64;
     loop {
         n += 1;
         let snapshot = accounting::scan_with(&options)?;
-        let f = frame(&snapshot, n, args.sort);
+        let f = frame(&snapshot, n, args.sort, &mut iterator);
         let mut out = std::io::stdout().lock();
         let written = if args.json {
             serde_json::to_string(&f).map_err(anyhow::Error::from).and_then(|s| Ok(writeln!(out, "{s}")?))

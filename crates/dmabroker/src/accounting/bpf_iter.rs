@@ -73,9 +73,40 @@ pub fn parse_records(data: &[u8]) -> Vec<DmabufEntry> {
         .collect()
 }
 
-/// Lists every dma-buf through the iterator, or says why it cannot.
+/// Lists every dma-buf through the iterator, or says why it cannot
+/// ([`Loaded::load`] then one [`Loaded::read`]).
 pub fn read() -> Result<Vec<DmabufEntry>, Unavailable> {
-    imp::read()
+    Loaded::load()?.read()
+}
+
+/// The iterator's program, loaded and verified once (the kernel's BTF
+/// parsed, the program checked by the verifier): each [`Loaded::read`]
+/// attaches it anew and reads every dma-buf, without paying that again
+/// (`dmabroker top`'s refreshes, `bench ledger`).
+pub struct Loaded(imp::Loaded);
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("bpf_iter::Loaded")
+    }
+}
+
+impl Loaded {
+    /// Loads the program, or says why the iterator cannot be used here.
+    ///
+    /// # Errors
+    /// [`Unavailable`], with the reason (no iterator, no BTF, not root).
+    pub fn load() -> Result<Self, Unavailable> {
+        imp::Loaded::load().map(Self)
+    }
+
+    /// Lists every dma-buf: attach, read the records, parse.
+    ///
+    /// # Errors
+    /// [`Unavailable`] when attaching or reading fails.
+    pub fn read(&mut self) -> Result<Vec<DmabufEntry>, Unavailable> {
+        self.0.read()
+    }
 }
 
 /// `uname -r` (for the messages).
@@ -87,11 +118,19 @@ fn kernel_release() -> String {
 mod imp {
     use super::*;
 
-    pub fn read() -> Result<Vec<DmabufEntry>, Unavailable> {
-        Err(Unavailable(format!(
-            "this dmabroker was built without the `bpf-ledger` feature (kernel {}); rebuild with it to list dma-bufs only drivers hold",
-            kernel_release()
-        )))
+    pub enum Loaded {}
+
+    impl Loaded {
+        pub fn load() -> Result<Self, Unavailable> {
+            Err(Unavailable(format!(
+                "this dmabroker was built without the `bpf-ledger` feature (kernel {}); rebuild with it to list dma-bufs only drivers hold",
+                kernel_release()
+            )))
+        }
+
+        pub fn read(&mut self) -> Result<Vec<DmabufEntry>, Unavailable> {
+            match *self {}
+        }
     }
 }
 
@@ -109,56 +148,73 @@ mod imp {
         matches!(e.raw_os_error(), Some(1 | 13))
     }
 
-    pub fn read() -> Result<Vec<DmabufEntry>, Unavailable> {
-        let release = kernel_release();
-        if !std::path::Path::new(BTF_PATH).exists() {
-            return Err(Unavailable(format!(
-                "kernel {release} has no BTF ({BTF_PATH}; CONFIG_DEBUG_INFO_BTF), which the dma-buf BPF iterator needs"
-            )));
-        }
-        let btf =
-            Btf::from_sys_fs().map_err(|e| Unavailable(format!("cannot read the kernel's BTF ({BTF_PATH}): {e}")))?;
-        let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dmabuf_ledger.bpf.o"));
-        let not_root = |what: &str, e: &dyn std::fmt::Display| {
+    fn not_root(what: &str, e: &dyn std::fmt::Display) -> Unavailable {
+        Unavailable(format!(
+            "cannot {what} the dma-buf BPF iterator ({e}): loading BPF programs needs root (or CAP_BPF and CAP_PERFMON); run `sudo dmabroker ps`"
+        ))
+    }
+
+    fn program_error(release: &str, what: &str, e: ProgramError) -> Unavailable {
+        let io = match &e {
+            ProgramError::SyscallError(s) => Some(&s.io_error),
+            ProgramError::LoadError { io_error, .. } => Some(io_error),
+            _ => None,
+        };
+        if matches!(e, ProgramError::Btf(_)) {
+            // Iter::load looks up `bpf_iter_dmabuf` in the kernel's BTF.
             Unavailable(format!(
-                "cannot {what} the dma-buf BPF iterator ({e}): loading BPF programs needs root (or CAP_BPF and CAP_PERFMON); run `sudo dmabroker ps`"
+                "kernel {release} has no dma-buf BPF iterator (iter/dmabuf: Linux >= 6.16 with CONFIG_DMA_SHARED_BUFFER and CONFIG_BPF_SYSCALL)"
             ))
-        };
-        let mut ebpf = Ebpf::load(object).map_err(|e| match &e {
-            aya::EbpfError::MapError(_) => not_root("load", &e),
-            _ => Unavailable(format!("cannot load the dma-buf BPF iterator: {e}")),
-        })?;
-        let program: &mut Iter = ebpf
-            .program_mut("dmabroker_ledger")
-            .ok_or_else(|| Unavailable("the built-in BPF object lacks its program (a build error)".into()))?
-            .try_into()
-            .map_err(|e: ProgramError| Unavailable(format!("the built-in BPF program is not an iterator: {e}")))?;
-        let program_error = |what: &str, e: ProgramError| {
-            let io = match &e {
-                ProgramError::SyscallError(s) => Some(&s.io_error),
-                ProgramError::LoadError { io_error, .. } => Some(io_error),
-                _ => None,
-            };
-            if matches!(e, ProgramError::Btf(_)) {
-                // Iter::load looks up `bpf_iter_dmabuf` in the kernel's BTF.
-                Unavailable(format!(
-                    "kernel {release} has no dma-buf BPF iterator (iter/dmabuf: Linux >= 6.16 with CONFIG_DMA_SHARED_BUFFER and CONFIG_BPF_SYSCALL)"
-                ))
-            } else if io.is_some_and(denied) {
-                not_root(what, &e)
-            } else {
-                Unavailable(format!("cannot {what} the dma-buf BPF iterator on kernel {release}: {e:?}"))
+        } else if io.is_some_and(denied) {
+            not_root(what, &e)
+        } else {
+            Unavailable(format!("cannot {what} the dma-buf BPF iterator on kernel {release}: {e:?}"))
+        }
+    }
+
+    pub struct Loaded {
+        ebpf: Ebpf,
+        release: String,
+    }
+
+    impl Loaded {
+        fn program(ebpf: &mut Ebpf) -> Result<&mut Iter, Unavailable> {
+            ebpf.program_mut("dmabroker_ledger")
+                .ok_or_else(|| Unavailable("the built-in BPF object lacks its program (a build error)".into()))?
+                .try_into()
+                .map_err(|e: ProgramError| Unavailable(format!("the built-in BPF program is not an iterator: {e}")))
+        }
+
+        pub fn load() -> Result<Self, Unavailable> {
+            let release = kernel_release();
+            if !std::path::Path::new(BTF_PATH).exists() {
+                return Err(Unavailable(format!(
+                    "kernel {release} has no BTF ({BTF_PATH}; CONFIG_DEBUG_INFO_BTF), which the dma-buf BPF iterator needs"
+                )));
             }
-        };
-        program.load("dmabuf", &btf).map_err(|e| program_error("load", e))?;
-        let link_id = program.attach().map_err(|e| program_error("attach", e))?;
-        let link = program.take_link(link_id).map_err(|e| program_error("attach", e))?;
-        let mut file =
-            link.into_file().map_err(|e| Unavailable(format!("cannot open the dma-buf BPF iterator: {e}")))?;
-        let mut data = Vec::new();
-        file.read_to_end(&mut data)
-            .map_err(|e| Unavailable(format!("reading the dma-buf BPF iterator failed: {e}")))?;
-        Ok(parse_records(&data))
+            let btf = Btf::from_sys_fs()
+                .map_err(|e| Unavailable(format!("cannot read the kernel's BTF ({BTF_PATH}): {e}")))?;
+            let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dmabuf_ledger.bpf.o"));
+            let mut ebpf = Ebpf::load(object).map_err(|e| match &e {
+                aya::EbpfError::MapError(_) => not_root("load", &e),
+                _ => Unavailable(format!("cannot load the dma-buf BPF iterator: {e}")),
+            })?;
+            Self::program(&mut ebpf)?.load("dmabuf", &btf).map_err(|e| program_error(&release, "load", e))?;
+            Ok(Self { ebpf, release })
+        }
+
+        pub fn read(&mut self) -> Result<Vec<DmabufEntry>, Unavailable> {
+            let release = &self.release;
+            let program = Self::program(&mut self.ebpf)?;
+            let link_id = program.attach().map_err(|e| program_error(release, "attach", e))?;
+            let link = program.take_link(link_id).map_err(|e| program_error(release, "attach", e))?;
+            let mut file =
+                link.into_file().map_err(|e| Unavailable(format!("cannot open the dma-buf BPF iterator: {e}")))?;
+            let mut data = Vec::new();
+            file.read_to_end(&mut data)
+                .map_err(|e| Unavailable(format!("reading the dma-buf BPF iterator failed: {e}")))?;
+            Ok(parse_records(&data))
+        }
     }
 }
 

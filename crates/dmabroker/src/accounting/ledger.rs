@@ -182,9 +182,17 @@ pub fn scan_drm_clients() -> Vec<DrmClient> {
 
 /// The whole ledger of this machine now: iterator, `/proc`, DRM clients.
 pub fn ledger(snapshot: &Snapshot) -> Ledger {
+    ledger_from(snapshot, bpf_iter::read())
+}
+
+/// [`ledger`] with the iterator's listing given: from a
+/// [`bpf_iter::Loaded`] kept across refreshes (`dmabroker top`), which
+/// spares loading and verifying the program each time (most of a listing's
+/// cost below a few thousand dma-bufs: docs/BENCHMARKS.md, "Ledger").
+pub fn ledger_from(snapshot: &Snapshot, iter: Result<Vec<DmabufEntry>, bpf_iter::Unavailable>) -> Ledger {
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    Ledger::join(snapshot, bpf_iter::read(), scan_drm_clients(), now)
+    Ledger::join(snapshot, iter, scan_drm_clients(), now)
 }
 
 #[cfg(test)]
