@@ -241,3 +241,26 @@ pub(super) fn scanout_formats(card: &Path, camera: &[PixelFormat]) -> anyhow::Re
     }
     Ok(both)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scanout_rate_counts_intervals_between_commits() {
+        let r = SinkReport { shown: 31, span_ns: 3_000_000_000, ..SinkReport::default() };
+        assert!((r.scanout_fps() - 10.0).abs() < 1e-9);
+        assert_eq!(SinkReport { shown: 1, span_ns: 0, ..SinkReport::default() }.scanout_fps(), 0.0);
+    }
+
+    #[test]
+    fn spec_keeps_the_devices_pitch() {
+        let f = SinkFrame { format: PixelFormat::Nv12, width: 640, height: 480, pitch: 768 };
+        let s = spec_of(&f).unwrap();
+        assert_eq!((s.planes[0].pitch, s.planes[1].offset), (768, 768 * 480));
+        let x = SinkFrame { format: PixelFormat::Xbgr32, width: 640, height: 480, pitch: 2560 };
+        assert_eq!(spec_of(&x).unwrap().to_string(), "640x480 XR24 [buffer 0 offset 0 pitch 2560]");
+        // A pitch below the line's bytes is no layout.
+        assert!(spec_of(&SinkFrame { pitch: 1024, ..x }).is_err());
+    }
+}
