@@ -61,6 +61,22 @@ fn demo_rejects_bad_sizes_without_panicking() {
     assert!(stderr.contains("no heap named"), "{stderr}");
 }
 
+/// `--sink` shows camera frames: the synthetic source (NV12 in memfd) is
+/// refused naming the card, in text and as a --json document; a node that
+/// is no DRM card is refused naming it (when a camera is there to try).
+#[test]
+fn demo_sink_refuses_what_no_display_can_show() {
+    let (ok, stdout, stderr) = demo(&["--source", "synthetic", "--sink", "/dev/dri/card9", "--frames", "1", "--json"]);
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("--sink /dev/dri/card9 needs a V4L2 source"), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"));
+    assert_eq!(v["result"], "FAILED", "{v}");
+    let (ok, _, stderr) = demo(&["--source", "v4l2", "--sink", "/dev/null", "--frames", "1"]);
+    assert!(!ok);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("/dev/null") || stderr.contains("no V4L2 capture device"), "{stderr}");
+}
+
 #[test]
 fn drop_oldest_summary_accounts_for_every_frame_of_each_consumer() {
     // The dropped counts belong to the right consumer (matched by pid, not

@@ -4,6 +4,10 @@
 //! modifier (LINEAR), reported in text and JSON; a format no primary plane
 //! scans out is refused naming the card and what it takes. Debian's
 //! kernels build no vkms: there the test prints `SKIP <test>: <reason>`.
+//!
+//! `dmabroker demo --sink /dev/dri/cardN`: vivid's frames on vkms's primary
+//! plane, one atomic commit per frame; every frame shown, the scanout rate
+//! and commit latency reported.
 
 #[path = "../../dmabroker/tests/vm_common/mod.rs"]
 mod vm_common;
@@ -11,6 +15,10 @@ mod vm_common;
 use dmabroker::device::kms::KmsDevice;
 use serde_json::Value;
 use std::process::Command;
+
+/// One test at a time opens the card: a commit needs DRM master, which
+/// only the first file opened while nobody holds it gets.
+static CARD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn dmabroker(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dmabroker")).args(args).output().expect("run dmabroker");
@@ -24,6 +32,7 @@ fn dmabroker(args: &[&str]) -> (bool, String, String) {
 #[test]
 fn alloc_for_a_kms_card_chooses_the_modifier_its_planes_take() {
     let test = "alloc_for_a_kms_card_chooses_the_modifier_its_planes_take";
+    let _card = CARD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(kms) = KmsDevice::find("vkms") else {
         vm_common::skip_unless_proj(test, "no vkms card under /dev/dri (CONFIG_DRM_VKMS)");
         return;
@@ -58,4 +67,60 @@ fn alloc_for_a_kms_card_chooses_the_modifier_its_planes_take() {
     assert!(!ok, "YUYV on vkms must be refused:\n{out}");
     assert!(err.contains(&card) && err.contains("primary planes do not scan out") && err.contains("XR24"), "{err}");
     eprintln!("{test}: YUYV refused: {}", err.lines().last().unwrap_or_default());
+}
+
+#[test]
+fn demo_shows_vivid_frames_on_a_kms_sink() {
+    let test = "demo_shows_vivid_frames_on_a_kms_sink";
+    let _card = CARD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(kms) = KmsDevice::find("vkms") else {
+        vm_common::skip_unless_proj(test, "no vkms card under /dev/dri (CONFIG_DRM_VKMS)");
+        return;
+    };
+    let card = kms.path().display().to_string();
+    // Closed before the demo runs: its sink consumer must become DRM master.
+    drop(kms);
+    let frames = 30u64;
+    let n = frames.to_string();
+    let args = ["demo", "--source", "v4l2", "--size", "640x480", "--sink", &card, "--frames", &n, "--json"];
+    let (ok, out, err) = dmabroker(&args);
+    assert!(ok, "{args:?} failed:\n{out}\n{err}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}"));
+    assert_eq!(v["result"], "ok", "{v}");
+    assert_eq!(v["produced"].as_u64(), Some(frames), "{v}");
+    let sink = &v["sink"];
+    assert_eq!(sink["shown"].as_u64(), Some(frames), "every frame on screen: {sink}");
+    let fps = sink["scanout_fps"].as_f64().expect("scanout_fps");
+    assert!(fps > 0.0, "{sink}");
+    assert!(
+        sink["commit_max_ns"].as_u64().unwrap_or(0) >= sink["commit_p50_ns"].as_u64().unwrap_or(u64::MAX),
+        "{sink}"
+    );
+    let target = sink["target"].as_str().unwrap_or_default();
+    assert!(target.contains(&card) && target.contains("vkms") && target.contains("640x480"), "{target}");
+    assert!(v["source"].as_str().is_some_and(|s| s.contains("V4L2_MEMORY_DMABUF")), "{}", v["source"]);
+    eprintln!(
+        "{test}: {} {}x{} frames from {}; sink {target}: {} shown, scanout {fps:.1} fps, commit p50 {} ns max {} ns; \
+         capture {:.1} fps",
+        v["format"],
+        v["width"],
+        v["height"],
+        v["source"],
+        sink["shown"],
+        sink["commit_p50_ns"],
+        sink["commit_max_ns"],
+        v["fps"].as_f64().unwrap_or(0.0)
+    );
+
+    // The text summary says the same in a line of its own.
+    let (ok, out, err) =
+        dmabroker(&["demo", "--source", "v4l2", "--size", "640x480", "--sink", &card, "--frames", "4"]);
+    assert!(ok, "{out}\n{err}");
+    let line = out.lines().find(|l| l.starts_with("sink ")).unwrap_or_else(|| panic!("no sink line:\n{out}"));
+    assert!(line.contains("4 frames shown") && line.contains("fps") && line.contains("commit latency p50"), "{line}");
+    eprintln!("{test}: {line}");
+
+    // The synthetic source has nothing a display imports: refused, saying why.
+    let (ok, _, err) = dmabroker(&["demo", "--source", "synthetic", "--sink", &card, "--frames", "1"]);
+    assert!(!ok && err.contains("needs a V4L2 source"), "{err}");
 }

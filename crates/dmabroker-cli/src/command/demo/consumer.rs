@@ -3,6 +3,7 @@
 use super::histogram::LatencyHistogram;
 use super::pattern::checksum;
 use super::report::Report;
+use super::sink::{KmsSink, SinkFrame};
 use super::{DemoArgs, DemoTransport};
 
 use dmabroker::pool::PoolError;
@@ -20,6 +21,25 @@ pub(super) fn run_consumer(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         signal_hook::flag::register(sig, Arc::new(AtomicBool::new(false)))?;
     }
     let mut consumer = DemoTransport::connect(args)?;
+    // `--sink`: this consumer shows the frames (the producer passes the
+    // frame's format, size and pitch).
+    let kms = match &args.sink {
+        Some(card) => Some(dmabroker::device::kms::KmsDevice::open(card)?),
+        None => None,
+    };
+    let mut sink = match &kms {
+        Some(kms) => {
+            let code = args.sink_format.as_deref().unwrap_or_default();
+            let format = dmabroker::format::Fourcc::parse(code)
+                .and_then(|f| dmabroker::format::PixelFormat::from_v4l2(f.0))
+                .ok_or_else(|| anyhow::anyhow!("--sink-format `{code}`: not a known V4L2 fourcc"))?;
+            let frame = SinkFrame { format, width: args.size.0, height: args.size.1, pitch: args.sink_pitch };
+            Some(KmsSink::new(kms, &frame)?)
+        }
+        None => None,
+    };
+    // The frame on screen: released once the next one replaced it.
+    let mut on_screen: Option<dmabroker::pool::KeptFrame> = None;
     let mut out = std::io::stdout().lock();
     let mut report = Report { id: args.id, ..Report::default() };
     // Fixed memory however many frames come (--frames can be 2^64 - 1).
@@ -28,7 +48,7 @@ pub(super) fn run_consumer(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let mut last_print = Instant::now();
     let mut last_seq: Option<u64> = None;
     let end = loop {
-        let outcome = match consumer.recv(Some(Duration::from_secs(30))) {
+        let (mut outcome, kept) = match consumer.recv(Some(Duration::from_secs(30))) {
             Ok(mut frame) => {
                 let latency = dmabroker::pool::now_ns().saturating_sub(frame.info().timestamp_ns);
                 let info = *frame.info();
@@ -45,12 +65,24 @@ pub(super) fn run_consumer(args: &DemoArgs) -> anyhow::Result<ExitCode> {
                 report.frames += 1;
                 all.record(latency);
                 window.record(latency);
-                None
+                drop(data);
+                (None, sink.is_some().then(|| frame.keep()))
             }
-            Err(PoolError::Closed) => Some("closed".to_owned()),
-            Err(PoolError::ProducerGone) => Some("producer-gone".to_owned()),
-            Err(e) => Some(e.to_string()),
+            Err(PoolError::Closed) => (Some("closed".to_owned()), None),
+            Err(PoolError::ProducerGone) => (Some("producer-gone".to_owned()), None),
+            Err(e) => (Some(e.to_string()), None),
         };
+        if let (Some(sink), Some(kept)) = (sink.as_mut(), kept) {
+            let shown = sink.show(kept.info().index, consumer.kept_buffer(&kept)?);
+            if let Some(prev) = on_screen.replace(kept) {
+                let _ = consumer.release_kept(prev);
+            }
+            report.sink = Some(sink.report.clone());
+            if let Err(e) = shown {
+                eprintln!("consumer {}: {e:#}", args.id);
+                outcome = Some(format!("sink: {e:#}"));
+            }
+        }
         if let Some(end) = outcome {
             break end;
         }
@@ -64,6 +96,14 @@ pub(super) fn run_consumer(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             last_print = Instant::now();
         }
     };
+    if let Some(sink) = sink.as_mut() {
+        sink.off();
+        report.sink = Some(sink.report.clone());
+    }
+    if let Some(prev) = on_screen.take() {
+        let _ = consumer.release_kept(prev);
+    }
+    drop(sink);
     (report.p50_ns, report.p99_ns) = all.p50_p99();
     report.wakes = consumer.wakes();
     report.dropped = consumer.dropped();

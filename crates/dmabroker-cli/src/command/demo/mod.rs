@@ -31,6 +31,7 @@ mod histogram;
 mod pattern;
 mod producer;
 mod report;
+mod sink;
 mod source;
 use consumer::run_consumer;
 use producer::run_producer;
@@ -74,6 +75,16 @@ pub struct DemoArgs {
     /// What the producer does when consumers hold every buffer.
     #[arg(long, value_enum, default_value_t = PolicyArg::Block)]
     pub backpressure: PolicyArg,
+    /// Show the frames on this KMS display (`/dev/dri/cardN`), zero copy:
+    /// consumer 0 imports each pool buffer into the card once and puts
+    /// every frame on the primary plane by an atomic commit; the summary
+    /// reports frames shown, scanout rate and commit latency. Needs a V4L2
+    /// source; the capture format is one the card's primary plane scans out
+    /// (NV12, YUYV, else XR24 = XRGB8888), and the card's constraints join
+    /// the camera's in the allocation. The card must not be driven by
+    /// another process (DRM master).
+    #[arg(long, value_name = "CARD")]
+    pub sink: Option<PathBuf>,
     /// Print the summary as JSON on stdout (the live status stays on stderr).
     #[arg(long)]
     pub json: bool,
@@ -86,6 +97,12 @@ pub struct DemoArgs {
     /// Internal: the consumer's number.
     #[arg(long, hide = true, default_value_t = 0)]
     pub id: u32,
+    /// Internal: the sink consumer's frame format (V4L2 fourcc).
+    #[arg(long, hide = true)]
+    pub sink_format: Option<String>,
+    /// Internal: the sink consumer's frame pitch (bytes per line).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub sink_pitch: u32,
 }
 
 /// `--source` values.

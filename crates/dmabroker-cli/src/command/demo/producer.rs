@@ -2,7 +2,7 @@
 //! end of the run.
 
 use super::pattern::{checksum, test_pattern};
-use super::report::{print_summary, status_loop, ConsumerSummary, Report, Summary};
+use super::report::{print_summary, status_loop, ConsumerSummary, Report, SinkSummary, Summary};
 use super::source::{setup, Setup, Source, V4l2Source};
 use super::{DemoArgs, DemoTransport, PolicyArg};
 
@@ -96,7 +96,23 @@ pub(super) fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow
     };
     let options =
         PoolOptions::new(args.buffers as usize, 1).backpressure(policy).max_consumers(args.consumers).name("demo");
-    let Setup { source, mut producer, width, height, format, frame_len, heap, description } = setup(args, &options)?;
+    let Setup { source, mut producer, width, height, format, frame_len, heap, description, sink } =
+        setup(args, &options)?;
+    // Consumer 0 shows the frames: it opens the card after this process
+    // closed it (setup did), so it becomes DRM master.
+    let sink_args: Vec<String> = match (&args.sink, sink) {
+        (Some(card), Some(f)) => vec![
+            "--sink".into(),
+            card.display().to_string(),
+            "--sink-format".into(),
+            f.format.v4l2_fourcc().to_string(),
+            "--size".into(),
+            format!("{}x{}", f.width, f.height),
+            "--sink-pitch".into(),
+            f.pitch.to_string(),
+        ],
+        _ => Vec::new(),
+    };
     transport.serve(&mut producer)?;
     eprintln!(
         "dmabroker demo: {} frames of {width}x{height} {format} ({}) from a {description}; pool of {} {heap} buffers; {} consumer processes",
@@ -114,7 +130,8 @@ pub(super) fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow
     let mut children = Vec::new();
     let mut readers = Vec::new();
     for id in 0..args.consumers {
-        let mut child = match spawn_consumer(id, transport, args.frames) {
+        let extra = if id == 0 { sink_args.as_slice() } else { &[] };
+        let mut child = match spawn_consumer(id, transport, args.frames, extra) {
             Ok(child) => child,
             Err(e) => {
                 reap(&mut children);
@@ -257,6 +274,20 @@ pub(super) fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow
             end: r.end.clone(),
         });
     }
+    let sink = args.sink.as_ref().map(|card| {
+        let r = reports.first().and_then(|r| r.sink.clone()).unwrap_or_default();
+        if interrupted.is_none() && !failed && policy == Backpressure::Block && r.shown != produced {
+            problems.push(format!("the sink {} showed {} of {produced} frames", card.display(), r.shown));
+            failed = true;
+        }
+        SinkSummary {
+            target: if r.target.is_empty() { card.display().to_string() } else { r.target.clone() },
+            shown: r.shown,
+            scanout_fps: r.scanout_fps(),
+            commit_p50_ns: r.commit_p50_ns,
+            commit_max_ns: r.commit_max_ns,
+        }
+    });
     let summary = Summary {
         result: if interrupted.is_some() && !failed {
             "interrupted"
@@ -285,6 +316,7 @@ pub(super) fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow
         lost_consumers: stats.lost_consumers,
         bytes_not_copied: received.saturating_mul(frame_len),
         consumers,
+        sink,
     };
     if args.json {
         crate::output::print_json(&summary)?;
@@ -505,10 +537,16 @@ pub(super) fn policy_blocks(producer: &Producer) -> bool {
     producer.options().backpressure == Backpressure::Block
 }
 
-pub(super) fn spawn_consumer(id: u32, transport: &DemoTransport, frames: u64) -> anyhow::Result<Child> {
+pub(super) fn spawn_consumer(
+    id: u32,
+    transport: &DemoTransport,
+    frames: u64,
+    extra: &[String],
+) -> anyhow::Result<Child> {
     let mut cmd = Command::new("/proc/self/exe");
     cmd.args(["demo", "--role", "consumer", "--id", &id.to_string(), "--frames", &frames.to_string()])
         .args(transport.consumer_args())
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

@@ -1,6 +1,7 @@
 //! The live status line and the final summary (text or JSON).
 
 use super::producer::Live;
+use super::sink::SinkReport;
 
 use crate::command::measure::fmt_ns;
 use dmabroker::size::format_size;
@@ -24,6 +25,22 @@ pub(super) struct Report {
     pub(super) p99_ns: u64,
     /// Set on the final line: "closed", "producer-gone", or an error.
     pub(super) end: Option<String>,
+    /// The consumer showing frames on `--sink`.
+    #[serde(default)]
+    pub(super) sink: Option<SinkReport>,
+}
+
+/// The `--sink` display in the summary (`--json`).
+#[derive(Debug, serde::Serialize)]
+pub(super) struct SinkSummary {
+    /// The card, driver, connector, mode and plane.
+    pub(super) target: String,
+    /// Frames put on screen by an atomic commit.
+    pub(super) shown: u64,
+    /// Frames shown over the time between the first and the last commit.
+    pub(super) scanout_fps: f64,
+    pub(super) commit_p50_ns: u64,
+    pub(super) commit_max_ns: u64,
 }
 
 /// One consumer in the summary (`--json`).
@@ -68,6 +85,8 @@ pub(super) struct Summary {
     pub(super) lost_consumers: u64,
     pub(super) bytes_not_copied: u64,
     pub(super) consumers: Vec<ConsumerSummary>,
+    /// `--sink`: what the display showed.
+    pub(super) sink: Option<SinkSummary>,
 }
 
 pub(super) fn print_summary(s: &Summary) -> anyhow::Result<()> {
@@ -107,6 +126,17 @@ pub(super) fn print_summary(s: &Summary) -> anyhow::Result<()> {
         format_size(s.frame_len),
         s.dropped
     )?;
+    if let Some(k) = &s.sink {
+        writeln!(
+            text,
+            "sink {}: {} frames shown, scanout {:.1} fps (first to last commit), commit latency p50 {} max {}",
+            k.target,
+            k.shown,
+            k.scanout_fps,
+            fmt_ns(k.commit_p50_ns),
+            fmt_ns(k.commit_max_ns)
+        )?;
+    }
     writeln!(text, "result: {}", s.result)?;
     crate::output::emit(&text)
 }

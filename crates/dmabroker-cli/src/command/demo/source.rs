@@ -1,6 +1,7 @@
 //! Where frames come from: a V4L2 capture device filling the pool's
 //! dma-bufs, or the synthetic pattern; and the embedded broker.
 
+use super::sink::{scanout_formats, SinkFrame};
 use super::{BrokerArg, DemoArgs, SourceArg};
 
 use dmabroker::constraints::{allocate_for, Constraints};
@@ -38,10 +39,17 @@ pub(super) struct Setup {
     pub(super) heap: String,
     /// One line saying where frames come from, for the banner and summary.
     pub(super) description: String,
+    /// With `--sink`: the frame as consumer 0 shows it.
+    pub(super) sink: Option<SinkFrame>,
 }
 
 /// Capture pixel formats the demo asks a device for, preferred first.
 pub(super) const CAPTURE_FORMATS: [PixelFormat; 2] = [PixelFormat::Nv12, PixelFormat::Yuyv];
+
+/// With `--sink`: the capture formats, then XRGB8888 (V4L2 `XR24`), which
+/// every KMS primary plane scans out; the first that the camera captures
+/// and the card's primary plane scans out linearly wins.
+pub(super) const SINK_FORMATS: [PixelFormat; 3] = [PixelFormat::Nv12, PixelFormat::Yuyv, PixelFormat::Xbgr32];
 
 /// The capture queue type of a node, single-planar preferred (the demo
 /// queues one dma-buf per frame either way); `None` for nodes that do not
@@ -87,12 +95,18 @@ pub(super) fn setup_v4l2(args: &DemoArgs, options: &PoolOptions, heaps: &Heaps) 
     let Some((dev, buf_type)) = find_capture_device(args)? else { return Ok(None) };
     let path = dev.path().to_path_buf();
     let offered: Vec<u32> = dev.formats(buf_type)?.iter().map(|f| f.pixelformat).collect();
-    let format = CAPTURE_FORMATS.into_iter().find(|f| offered.contains(&f.to_v4l2())).ok_or_else(|| {
+    let wanted: Vec<PixelFormat> = match &args.sink {
+        Some(card) => scanout_formats(card, &SINK_FORMATS)?,
+        None => CAPTURE_FORMATS.to_vec(),
+    };
+    let format = wanted.iter().copied().find(|f| offered.contains(&f.to_v4l2())).ok_or_else(|| {
         let names: Vec<String> = offered
             .iter()
             .map(|&c| PixelFormat::from_v4l2(c).map_or(format!("{c:#x}"), |f| f.name().to_owned()))
             .collect();
-        anyhow::anyhow!("{} captures neither NV12 nor YUYV (it offers {})", path.display(), names.join(", "))
+        let want: Vec<String> = wanted.iter().map(|f| f.v4l2_fourcc().to_string()).collect();
+        let also = args.sink.as_ref().map_or(String::new(), |c| format!(" (the ones {} scans out)", c.display()));
+        anyhow::anyhow!("{} captures none of {}{also}; it offers {}", path.display(), want.join(", "), names.join(", "))
     })?;
     let (w, h) = args.size;
     let fmt = dev.set_format(buf_type, w, h, format.to_v4l2())?;
@@ -130,10 +144,17 @@ pub(super) fn setup_v4l2(args: &DemoArgs, options: &PoolOptions, heaps: &Heaps) 
             // What sysfs and the device profiles say the device needs (a
             // dma-buf, an address limit...); without a sysfs entry, at
             // least a dma-buf: V4L2_MEMORY_DMABUF imports nothing else.
-            let constraints = Constraints::probe(&path).or_else(|e| {
+            let mut constraints = Constraints::probe(&path).or_else(|e| {
                 tracing::debug!("probing {}: {e}; assuming it needs a dma-buf", path.display());
                 Constraints::builder(path.display().to_string()).dma_buf(true).build()
             })?;
+            // The display reads the same buffers: its needs (contiguity
+            // without an IOMMU, an address limit) join the camera's.
+            if let Some(card) = &args.sink {
+                let display = Constraints::probe(card)
+                    .map_err(|e| anyhow::anyhow!("probing the sink {}: {e}", card.display()))?;
+                constraints = constraints.merge(&display)?;
+            }
             let mut chosen = None;
             for i in 0..options.buffers {
                 let (buffer, choice) = allocate_for(heaps, &constraints, frame_len, Some(&format!("demo-{i}")))?;
@@ -174,6 +195,12 @@ pub(super) fn setup_v4l2(args: &DemoArgs, options: &PoolOptions, heaps: &Heaps) 
         frame_len,
         heap,
         description,
+        sink: args.sink.as_ref().map(|_| SinkFrame {
+            format,
+            width: fmt.width,
+            height: fmt.height,
+            pitch: fmt.planes[0].bytesperline,
+        }),
     }))
 }
 
@@ -265,11 +292,21 @@ pub(super) fn setup_synthetic(args: &DemoArgs, options: &PoolOptions, heaps: &He
         frame_len,
         heap,
         description,
+        sink: None,
     })
 }
 
 pub(super) fn setup(args: &DemoArgs, options: &PoolOptions) -> anyhow::Result<Setup> {
     let heaps = Heaps::discover();
+    if let Some(card) = &args.sink {
+        // The synthetic pattern is NV12 in memfd buffers: no display imports those.
+        if args.source == SourceArg::Synthetic {
+            anyhow::bail!("--sink {} needs a V4L2 source (--source v4l2): camera to screen", card.display());
+        }
+        return setup_v4l2(args, options, &heaps)?.ok_or_else(|| {
+            anyhow::anyhow!("--sink {}: no V4L2 capture device (no /dev/video* node captures video)", card.display())
+        });
+    }
     match args.source {
         SourceArg::Synthetic => setup_synthetic(args, options, &heaps),
         SourceArg::V4l2 => setup_v4l2(args, options, &heaps)?.ok_or_else(|| {
