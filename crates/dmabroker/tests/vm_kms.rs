@@ -16,7 +16,7 @@ mod vm_common;
 
 use dmabroker::constraints::modifier::{choose_modifier, modifier_name, ModifierOffer};
 use dmabroker::constraints::{allocate_for, Constraints};
-use dmabroker::device::kms::{CommitError, FramebufferSpec, KmsDevice, KmsObject, PlaneKind};
+use dmabroker::device::kms::{CommitError, FramebufferSpec, KmsDevice, PlaneKind};
 use dmabroker::device::v4l2::{BufType, Memory};
 use dmabroker::format::{DrmFourcc, Layout, LayoutOptions, PixelFormat};
 use dmabroker::{BufferKind, Heaps};
@@ -143,9 +143,7 @@ fn vivid_frame_reaches_vkms_writeback_unchanged() {
     let small = FramebufferSpec { width: W / 2, height: H / 2, ..spec.clone() };
     let small_fb = kms.add_framebuffer(&[wb_buf.as_fd()], &small).expect("ADDFB2 of a half-size view");
     let mut bad = kms.atomic_request();
-    bad.set(KmsObject::Connector(display.id), "CRTC_ID", crtc.id.into())
-        .and_then(|r| r.set(KmsObject::Crtc(crtc.id), "MODE_ID", mode_blob.id()))
-        .and_then(|r| r.set(KmsObject::Crtc(crtc.id), "ACTIVE", 1))
+    bad.enable(display.id, crtc.id, &mode_blob)
         .and_then(|r| r.show(primary.id, crtc.id, &fb))
         .and_then(|r| r.writeback(wb.id, crtc.id, &small_fb))
         .expect("atomic properties");
@@ -155,9 +153,7 @@ fn vivid_frame_reaches_vkms_writeback_unchanged() {
     }
     drop(small_fb);
     let mut req = kms.atomic_request();
-    req.set(KmsObject::Connector(display.id), "CRTC_ID", crtc.id.into())
-        .and_then(|r| r.set(KmsObject::Crtc(crtc.id), "MODE_ID", mode_blob.id()))
-        .and_then(|r| r.set(KmsObject::Crtc(crtc.id), "ACTIVE", 1))
+    req.enable(display.id, crtc.id, &mode_blob)
         .and_then(|r| r.show(primary.id, crtc.id, &fb))
         .and_then(|r| r.writeback(wb.id, crtc.id, &wb_fb))
         .expect("atomic properties");
@@ -245,12 +241,6 @@ fn vivid_frame_reaches_vkms_writeback_unchanged() {
 
     // Turn the pipe off again (the framebuffers are removed on drop).
     let mut off = kms.atomic_request();
-    off.set(KmsObject::Plane(primary.id), "FB_ID", 0)
-        .and_then(|r| r.set(KmsObject::Plane(primary.id), "CRTC_ID", 0))
-        .and_then(|r| r.set(KmsObject::Connector(display.id), "CRTC_ID", 0))
-        .and_then(|r| r.set(KmsObject::Connector(wb.id), "CRTC_ID", 0))
-        .and_then(|r| r.set(KmsObject::Crtc(crtc.id), "MODE_ID", 0))
-        .and_then(|r| r.set(KmsObject::Crtc(crtc.id), "ACTIVE", 0))
-        .expect("properties to turn off");
+    off.disable(primary.id, &[display.id, wb.id], crtc.id).expect("properties to turn off");
     assert!(off.commit(true).expect("atomic commit: off").is_none());
 }

@@ -202,6 +202,12 @@ impl DrmDevice {
         drm_nodes().into_iter().filter_map(|p| Self::open(p).ok()).find(|d| d.driver_name() == driver)
     }
 
+    /// The open fd, the node's path and the driver's version, for a layer
+    /// that drives the same node another way (`device::kms`).
+    pub(crate) fn into_parts(self) -> (OwnedFd, PathBuf, sys::Version) {
+        (self.fd, self.path, self.version)
+    }
+
     /// The node's path.
     pub fn path(&self) -> &Path {
         &self.path

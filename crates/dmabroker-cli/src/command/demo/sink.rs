@@ -9,9 +9,7 @@
 
 use super::histogram::LatencyHistogram;
 
-use dmabroker::device::kms::{
-    DisplayMode, Framebuffer, FramebufferSpec, KmsDevice, KmsObject, PlaneKind, PropertyBlob,
-};
+use dmabroker::device::kms::{DisplayMode, Framebuffer, FramebufferSpec, KmsDevice, PlaneKind, PropertyBlob};
 use dmabroker::format::{Layout, LayoutOptions, PixelFormat};
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -154,20 +152,10 @@ impl<'d> KmsSink<'d> {
             self.mode_blob = Some(self.kms.mode_blob(&self.mode)?);
         }
         if let Some(blob) = self.mode_blob.as_ref().filter(|_| modeset) {
-            req.set(KmsObject::Connector(self.connector), "CRTC_ID", self.crtc.into())?
-                .set(KmsObject::Crtc(self.crtc), "MODE_ID", blob.id())?
-                .set(KmsObject::Crtc(self.crtc), "ACTIVE", 1)?;
+            req.enable(self.connector, self.crtc, blob)?;
         }
-        let p = KmsObject::Plane(self.plane);
-        let (w, h) = (u64::from(self.spec.width), u64::from(self.spec.height));
         let (mw, mh) = self.mode.size();
-        req.set(p, "FB_ID", fb.id().into())?.set(p, "CRTC_ID", self.crtc.into())?;
-        for (name, v) in [("SRC_X", 0), ("SRC_Y", 0), ("SRC_W", w << 16), ("SRC_H", h << 16)] {
-            req.set(p, name, v)?;
-        }
-        for (name, v) in [("CRTC_X", 0), ("CRTC_Y", 0), ("CRTC_W", u64::from(mw)), ("CRTC_H", u64::from(mh))] {
-            req.set(p, name, v)?;
-        }
+        req.show_at(self.plane, self.crtc, fb, (mw, mh))?;
         let t = Instant::now();
         req.commit(modeset).map_err(|e| {
             anyhow::anyhow!(
@@ -199,13 +187,7 @@ impl<'d> KmsSink<'d> {
             return;
         }
         let mut req = self.kms.atomic_request();
-        let p = KmsObject::Plane(self.plane);
-        let built = req
-            .set(p, "FB_ID", 0)
-            .and_then(|r| r.set(p, "CRTC_ID", 0))
-            .and_then(|r| r.set(KmsObject::Connector(self.connector), "CRTC_ID", 0))
-            .and_then(|r| r.set(KmsObject::Crtc(self.crtc), "MODE_ID", 0))
-            .and_then(|r| r.set(KmsObject::Crtc(self.crtc), "ACTIVE", 0));
+        let built = req.disable(self.plane, &[self.connector], self.crtc);
         if built.is_ok() {
             if let Err(e) = req.commit(true) {
                 eprintln!("dmabroker demo: turning {} off: {e}", self.report.target);

@@ -4,7 +4,7 @@
 //! signals when the frame is in memory.
 
 use super::objects::find;
-use super::{Framebuffer, KmsDevice, KmsError, KmsObject, Property};
+use super::{Framebuffer, KmsDevice, KmsError, KmsObject, Property, PropertyBlob};
 use crate::fence::SyncFile;
 use dmabroker_sys::kms::{atomic_commit_out_fence, drm};
 use drm::control::{atomic::AtomicModeReq, connector, from_u32, property, AtomicCommitFlags, Device as _};
@@ -84,19 +84,61 @@ impl<'d> AtomicRequest<'d> {
         Ok(self)
     }
 
+    /// Light `crtc` with the mode of `mode_blob` and route `connector` to
+    /// it: the connector's `CRTC_ID`, the CRTC's `MODE_ID` and `ACTIVE`
+    /// (commit with `modeset`).
+    ///
+    /// # Errors
+    /// As [`Self::set`].
+    pub fn enable(&mut self, connector: u32, crtc: u32, mode_blob: &PropertyBlob<'_>) -> Result<&mut Self, KmsError> {
+        self.set(KmsObject::Connector(connector), "CRTC_ID", crtc.into())?
+            .set(KmsObject::Crtc(crtc), "MODE_ID", mode_blob.id())?
+            .set(KmsObject::Crtc(crtc), "ACTIVE", 1)
+    }
+
+    /// Turn the pipe [`Self::enable`] lit off again: `plane` leaves the
+    /// CRTC, each of `connectors` is unrouted, the CRTC loses its mode and
+    /// goes inactive (commit with `modeset`).
+    ///
+    /// # Errors
+    /// As [`Self::set`].
+    pub fn disable(&mut self, plane: u32, connectors: &[u32], crtc: u32) -> Result<&mut Self, KmsError> {
+        let p = KmsObject::Plane(plane);
+        self.set(p, "FB_ID", 0)?.set(p, "CRTC_ID", 0)?;
+        for &c in connectors {
+            self.set(KmsObject::Connector(c), "CRTC_ID", 0)?;
+        }
+        self.set(KmsObject::Crtc(crtc), "MODE_ID", 0)?.set(KmsObject::Crtc(crtc), "ACTIVE", 0)
+    }
+
     /// Show `fb` on `plane` of `crtc` at full size, from (0, 0) of the
     /// framebuffer to (0, 0) of the CRTC: `FB_ID`, `CRTC_ID`, `SRC_*`, `CRTC_*`.
     ///
     /// # Errors
     /// As [`Self::set`].
     pub fn show(&mut self, plane: u32, crtc: u32, fb: &Framebuffer<'_>) -> Result<&mut Self, KmsError> {
+        self.show_at(plane, crtc, fb, (fb.spec().width, fb.spec().height))
+    }
+
+    /// As [`Self::show`], the whole framebuffer scaled to `size` on the
+    /// CRTC (where the driver scales; its atomic check says if not).
+    ///
+    /// # Errors
+    /// As [`Self::set`].
+    pub fn show_at(
+        &mut self,
+        plane: u32,
+        crtc: u32,
+        fb: &Framebuffer<'_>,
+        size: (u32, u32),
+    ) -> Result<&mut Self, KmsError> {
         let (w, h) = (u64::from(fb.spec().width), u64::from(fb.spec().height));
         let p = KmsObject::Plane(plane);
         self.set(p, "FB_ID", fb.id().into())?.set(p, "CRTC_ID", crtc.into())?;
         for (name, v) in [("SRC_X", 0), ("SRC_Y", 0), ("SRC_W", w << 16), ("SRC_H", h << 16)] {
             self.set(p, name, v)?;
         }
-        for (name, v) in [("CRTC_X", 0), ("CRTC_Y", 0), ("CRTC_W", w), ("CRTC_H", h)] {
+        for (name, v) in [("CRTC_X", 0), ("CRTC_Y", 0), ("CRTC_W", size.0.into()), ("CRTC_H", size.1.into())] {
             self.set(p, name, v)?;
         }
         Ok(self)

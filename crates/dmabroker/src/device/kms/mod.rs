@@ -45,10 +45,8 @@ pub use framebuffer::{AddFbError, Framebuffer, FramebufferSpec, FramebufferSpecE
 pub use objects::{Connector, Crtc, DisplayMode, KmsObject, Plane, PlaneKind, Property, PropertyBlob};
 pub use offers::OfferError;
 
-use dmabroker_sys::drm as sys_drm;
 use dmabroker_sys::kms::drm;
 use drm::Device as _;
-use rustix::fs::{open, Mode, OFlags};
 use rustix::io::Errno;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -69,22 +67,10 @@ impl drm::control::Device for Card {}
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KmsOpenError {
-    /// `open` failed.
-    #[error("cannot open {path}: {source} (does it exist, and may this user open it? see the 'video' group)")]
-    Open {
-        /// The node.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// `DRM_IOCTL_VERSION` failed.
-    #[error("{path} is not a DRM device (DRM_IOCTL_VERSION: {errno})")]
-    NotDrm {
-        /// The node.
-        path: PathBuf,
-        /// The errno.
-        errno: Errno,
-    },
+    /// The node cannot be opened, or is no DRM device
+    /// ([`crate::device::drm::DrmDevice::open`]).
+    #[error(transparent)]
+    Device(#[from] crate::device::drm::OpenError),
     /// The driver refused a client capability KMS needs (a render-only
     /// driver such as vgem, or a render node).
     #[error(
@@ -164,10 +150,7 @@ impl KmsDevice {
     /// [`KmsOpenError`]: the node cannot be opened, is no DRM device, or its
     /// driver does no atomic modesetting.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, KmsOpenError> {
-        let path = path.as_ref().to_path_buf();
-        let fd = open(&path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| KmsOpenError::Open { path: path.clone(), source: e.into() })?;
-        let version = sys_drm::version(&fd).map_err(|errno| KmsOpenError::NotDrm { path: path.clone(), errno })?;
+        let (fd, path, version) = crate::device::drm::DrmDevice::open(path)?.into_parts();
         let card = Card(fd);
         for (cap, name) in
             [(drm::ClientCapability::UniversalPlanes, "UNIVERSAL_PLANES"), (drm::ClientCapability::Atomic, "ATOMIC")]
@@ -227,7 +210,11 @@ mod tests {
 
     #[test]
     fn open_rejects_non_drm() {
-        assert!(matches!(KmsDevice::open("/dev/null"), Err(KmsOpenError::NotDrm { errno: Errno::NOTTY, .. })));
-        assert!(matches!(KmsDevice::open("/nonexistent/card9"), Err(KmsOpenError::Open { .. })));
+        use crate::device::drm::OpenError;
+        assert!(matches!(
+            KmsDevice::open("/dev/null"),
+            Err(KmsOpenError::Device(OpenError::NotDrm { errno: Errno::NOTTY, .. }))
+        ));
+        assert!(matches!(KmsDevice::open("/nonexistent/card9"), Err(KmsOpenError::Device(OpenError::Open { .. }))));
     }
 }
