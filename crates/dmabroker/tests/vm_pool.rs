@@ -15,7 +15,7 @@ mod vm_common;
 use dmabroker::pool::{
     socket_pair, Consumer, ConsumerOptions, FrameFlags, FrameMeta, PoolError, PoolOptions, Producer, WaitMode,
 };
-use dmabroker::{Buffer, BufferKind, Heaps};
+use dmabroker::BufferKind;
 use pool_support::{checksum, fill, role, socket_path, spawn_child, SOCKET};
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -25,22 +25,6 @@ const FRAME: u64 = 256 << 10;
 const BUFFERS: usize = 4;
 const FRAMES: u64 = 40;
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-/// `BUFFERS` dma-bufs of `FRAME` bytes from dma-heap/system, else udmabuf.
-fn dma_bufs() -> Result<(String, Vec<Buffer>), String> {
-    let heaps = Heaps::discover();
-    let mut why = Vec::new();
-    for heap in ["dma-heap/system", "udmabuf"] {
-        match (0..BUFFERS).map(|_| vm_common::allocate(&heaps, heap, FRAME)).collect::<Result<Vec<_>, _>>() {
-            Ok(buffers) => {
-                assert!(buffers.iter().all(|b| b.kind() == BufferKind::DmaBuf), "{heap} gave a non-dma-buf");
-                return Ok((heap.to_owned(), buffers));
-            }
-            Err(e) => why.push(e),
-        }
-    }
-    Err(why.join("; "))
-}
 
 /// What `/proc/self/fd/N` points at.
 fn fd_link(fd: &OwnedFd) -> String {
@@ -113,7 +97,7 @@ fn sync_file_per_frame_over_dma_bufs() {
     if role().is_some() {
         return;
     }
-    let (heap, buffers) = require!(T, dma_bufs(), "a dma-buf heap");
+    let (heap, buffers) = require!(T, vm_common::dma_bufs(BUFFERS, FRAME), "a dma-buf heap");
     let mut p = Producer::new(buffers, &PoolOptions::new(BUFFERS, FRAME).name("vm-pool")).expect("pool");
     let mut threads = Vec::new();
     for want in [true, false] {
@@ -155,7 +139,7 @@ fn dma_buf_pool_two_consumer_processes() {
     if role().is_some() {
         return;
     }
-    let (heap, buffers) = require!(T, dma_bufs(), "a dma-buf heap");
+    let (heap, buffers) = require!(T, vm_common::dma_bufs(BUFFERS, FRAME), "a dma-buf heap");
     let path = socket_path("vm-pool");
     let mut p = Producer::new(buffers, &PoolOptions::new(BUFFERS, FRAME).name("vm-pool")).expect("pool");
     p.listen(&path).expect("listen");

@@ -25,7 +25,7 @@ use dmabroker::pool::{
     now_ns, socket_pair, Consumer, ConsumerOptions, FenceError, FenceImport, FrameMeta, PoolOptions, Producer,
     SubmitError,
 };
-use dmabroker::{Buffer, BufferKind, Heaps};
+use dmabroker::{BufferKind, Heaps};
 use dmabroker_sys::sw_sync;
 use pool_support::{checksum, fill, role, socket_path, spawn_child, SOCKET};
 use std::io::Read;
@@ -39,22 +39,6 @@ const DELAY: Duration = Duration::from_millis(400);
 const BOUND: Duration = Duration::from_millis(500);
 /// Scheduling slack allowed on top of a measured wait (TCG is slow).
 const SLACK: Duration = Duration::from_millis(300);
-
-/// `BUFFERS` dma-bufs of `FRAME` bytes from dma-heap/system, else udmabuf.
-fn dma_bufs() -> Result<(String, Vec<Buffer>), String> {
-    let heaps = Heaps::discover();
-    let mut why = Vec::new();
-    for heap in ["dma-heap/system", "udmabuf"] {
-        match (0..BUFFERS).map(|_| vm_common::allocate(&heaps, heap, FRAME)).collect::<Result<Vec<_>, _>>() {
-            Ok(buffers) => {
-                assert!(buffers.iter().all(|b| b.kind() == BufferKind::DmaBuf), "{heap} gave a non-dma-buf");
-                return Ok((heap.to_owned(), buffers));
-            }
-            Err(e) => why.push(e),
-        }
-    }
-    Err(why.join("; "))
-}
 
 /// Print past libtest's capture (the VM log keeps what ran).
 fn show(args: std::fmt::Arguments<'_>) {
@@ -75,7 +59,7 @@ fn exported_fence_through_submit_with_fence() {
     if role().is_some() {
         return;
     }
-    let (heap, buffers) = require!(T, dma_bufs(), "a dma-buf heap");
+    let (heap, buffers) = require!(T, vm_common::dma_bufs(BUFFERS, FRAME), "a dma-buf heap");
     let mut p = Producer::new(buffers, &PoolOptions::new(BUFFERS, FRAME).name("vm-fences")).expect("pool");
     let (ours, theirs) = socket_pair().expect("socketpair");
     p.attach(ours).expect("attach");
@@ -209,7 +193,7 @@ fn sw_sync_fences_across_processes() {
             return;
         }
     };
-    let (heap, buffers) = require!(T, dma_bufs(), "a dma-buf heap");
+    let (heap, buffers) = require!(T, vm_common::dma_bufs(BUFFERS, FRAME), "a dma-buf heap");
     let path = socket_path("vm-fences");
     let options = PoolOptions::new(BUFFERS, FRAME).name("vm-fences").release_timeout(Some(Duration::from_secs(60)));
     let mut p = Producer::new(buffers, &options).expect("pool");

@@ -71,6 +71,23 @@ pub fn allocate(heaps: &Heaps, heap: &str, len: u64) -> Result<Buffer, String> {
     }
 }
 
+/// `count` dma-bufs of `len` bytes from dma-heap/system, else udmabuf, with
+/// the heap's name; `Err` says why neither could give them.
+pub fn dma_bufs(count: usize, len: u64) -> Result<(String, Vec<Buffer>), String> {
+    let heaps = Heaps::discover();
+    let mut why = Vec::new();
+    for heap in ["dma-heap/system", "udmabuf"] {
+        match (0..count).map(|_| allocate(&heaps, heap, len)).collect::<Result<Vec<_>, _>>() {
+            Ok(buffers) => {
+                assert!(buffers.iter().all(|b| b.kind() == dmabroker::BufferKind::DmaBuf), "{heap} gave a non-dma-buf");
+                return Ok((heap.to_owned(), buffers));
+            }
+            Err(e) => why.push(e),
+        }
+    }
+    Err(why.join("; "))
+}
+
 /// The vivid node whose capture queue is (multi-planar) or is not.
 pub fn vivid(multiplanar: bool) -> Result<(V4l2Device, BufType), String> {
     let want = if multiplanar { BufType::VideoCaptureMplane } else { BufType::VideoCapture };
