@@ -269,7 +269,7 @@ pub(crate) fn plan(size: SizeSpec, contiguous: bool, align: u64, dev: &DeviceArg
     let mut offers: Vec<ModifierOffer> = Vec::new();
     let mut offer_notes: Vec<String> = Vec::new();
     let mut linear_nodes: Vec<String> = Vec::new();
-    let mut kms_cards = 0;
+    let mut kms_card = false;
     let mut wants_modifier =
         dev.modifier.is_some() || dev.for_devices.iter().any(|d| matches!(d, ForDevice::Vulkan { .. }));
     if let (true, None) = (wants_modifier, dev.format) {
@@ -287,10 +287,10 @@ pub(crate) fn plan(size: SizeSpec, contiguous: bool, align: u64, dev: &DeviceArg
                 let probe = DeviceProbe::probe(path)?;
                 all.push(profiles.constraints_for(&probe));
                 if let Some(format) = dev.format {
-                    match super::alloc_modifier::kms_offer(path, &probe, format)? {
+                    match for_device::kms_offer(path, &probe, format)? {
                         Some(offer) => {
                             offers.push(offer);
-                            kms_cards += 1;
+                            kms_card = true;
                         }
                         None => linear_nodes.push(probe.label.clone()),
                     }
@@ -307,7 +307,7 @@ pub(crate) fn plan(size: SizeSpec, contiguous: bool, align: u64, dev: &DeviceArg
         }
     }
     // A KMS card has modifiers to choose among: then every device offers.
-    wants_modifier |= kms_cards > 0;
+    wants_modifier |= kms_card;
     if let (true, Some(format)) = (wants_modifier, dev.format) {
         for label in linear_nodes {
             let fourcc = for_device::drm_fourcc(format, &label)?;

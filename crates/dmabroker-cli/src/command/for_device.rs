@@ -3,7 +3,7 @@
 //! modifier every one of them imports.
 //!
 //! Device nodes address memory linearly (V4L2, DRM dumb buffers): they offer
-//! LINEAR. A Vulkan device says itself which modifiers it imports from a
+//! LINEAR; a KMS card offers what its primary planes scan out. A Vulkan device says itself which modifiers it imports from a
 //! dma-buf for the format and usage (`dmabroker-vulkan`, cargo feature
 //! `vulkan`): the offers meet in
 //! [`dmabroker::constraints::modifier::choose_modifier`], and the layout
@@ -11,10 +11,11 @@
 //! refused it.
 
 use dmabroker::constraints::modifier::{choose_modifier, ChosenModifier, ModifierOffer, MOD_LINEAR};
-use dmabroker::constraints::Constraints;
+use dmabroker::constraints::{Constraints, DeviceProbe};
+use dmabroker::device::kms::{KmsDevice, PlaneKind};
 use dmabroker::format::PixelFormat;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Usages a `vulkan:N` device is asked about when none are given: what a
 /// consumer that samples or copies the frame needs.
@@ -102,6 +103,29 @@ pub fn probe_vulkan(index: usize, usage: &str, _format: PixelFormat) -> anyhow::
          `cargo build --release -p dmabroker-cli --features vulkan` (dynamically linked: a +crt-static \
          binary cannot load libvulkan.so.1)"
     )
+}
+
+/// The offer of the node at `path` (probed as `probe`) for `format` when it
+/// is a KMS card: what its primary planes scan out `format` in (their
+/// `IN_FORMATS` blobs, `dmabroker::device::kms`); `None` for any other node
+/// (V4L2, render nodes, render-only drivers such as vgem), which address
+/// memory linearly.
+///
+/// # Errors
+/// A card whose primary planes do not scan out `format` at all (naming
+/// what they take), a format without a DRM code, or a failed KMS query.
+pub fn kms_offer(path: &Path, probe: &DeviceProbe, format: PixelFormat) -> anyhow::Result<Option<ModifierOffer>> {
+    if probe.subsystem != "drm" {
+        return Ok(None);
+    }
+    let Ok(card) = KmsDevice::open(path) else { return Ok(None) };
+    let fourcc = drm_fourcc(format, &probe.label)?;
+    let offer = card.modifier_offer(PlaneKind::Primary, fourcc, format.plane_count() as u32)?;
+    if offer.modifiers.is_empty() {
+        let why = offer.refused.first().map_or("no plane takes it", |(_, w)| w.as_str());
+        anyhow::bail!("--format {format} cannot be shown by {}: {why}", offer.device);
+    }
+    Ok(Some(offer))
 }
 
 /// The DRM fourcc of `format`, which a modifier is offered for.

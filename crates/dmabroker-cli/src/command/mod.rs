@@ -3,7 +3,6 @@
 mod alloc;
 mod alloc_broker;
 pub mod alloc_for;
-mod alloc_modifier;
 mod bench_alloc;
 pub mod bench_broker;
 pub mod bench_compare;
