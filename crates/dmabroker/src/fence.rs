@@ -101,7 +101,11 @@ impl FenceInfo {
     /// The ioctl's errno (`ENOTTY`: not a sync_file).
     pub fn read(fence: impl AsFd) -> Result<Self, Errno> {
         let (info, points) = sys::file_info(fence)?;
-        Ok(Self { name: c_str(&info.name), status: FenceStatus::from_raw(info.status), fences: points_of(&points) })
+        Ok(Self {
+            name: crate::kernel_text::nul_terminated(&info.name),
+            status: FenceStatus::from_raw(info.status),
+            fences: points_of(&points),
+        })
     }
 
     /// A stand-in when even the ioctl fails, so an error still says why.
@@ -128,17 +132,12 @@ impl std::fmt::Display for FenceInfo {
     }
 }
 
-fn c_str(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
 fn points_of(points: &[SyncFenceInfo]) -> Vec<FencePoint> {
     points
         .iter()
         .map(|p| FencePoint {
-            timeline: c_str(&p.obj_name),
-            driver: c_str(&p.driver_name),
+            timeline: crate::kernel_text::nul_terminated(&p.obj_name),
+            driver: crate::kernel_text::nul_terminated(&p.driver_name),
             status: FenceStatus::from_raw(p.status),
             signalled_ns: (p.timestamp_ns != 0).then_some(p.timestamp_ns),
         })

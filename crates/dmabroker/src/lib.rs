@@ -28,6 +28,7 @@ pub mod fence;
 pub mod file_kind;
 pub mod format;
 pub mod heap;
+pub(crate) mod kernel_text;
 pub mod phys;
 pub mod pool;
 pub mod proto;

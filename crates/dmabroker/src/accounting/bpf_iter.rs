@@ -42,11 +42,6 @@ pub struct DmabufEntry {
 #[error("{0}")]
 pub struct Unavailable(pub String);
 
-fn cstr(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
 fn u64_at(rec: &[u8], at: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&rec[at..at + 8]);
@@ -59,14 +54,15 @@ pub fn parse_records(data: &[u8]) -> Vec<DmabufEntry> {
     data.chunks_exact(RECORD_LEN)
         .map(|rec| {
             let flags = u64_at(rec, 24);
-            let importer = cstr(&rec[40 + 2 * NAME_LEN..40 + 3 * NAME_LEN]);
+            let importer = crate::kernel_text::nul_terminated(&rec[40 + 2 * NAME_LEN..40 + 3 * NAME_LEN]);
             DmabufEntry {
                 inode: u64_at(rec, 0),
                 size: u64_at(rec, 8),
                 created_sec: u64_at(rec, 16) as i64,
                 attachments: u64_at(rec, 32),
-                exporter: cstr(&rec[40..40 + NAME_LEN]),
-                name: (flags & 1 != 0).then(|| cstr(&rec[40 + NAME_LEN..40 + 2 * NAME_LEN])),
+                exporter: crate::kernel_text::nul_terminated(&rec[40..40 + NAME_LEN]),
+                name: (flags & 1 != 0)
+                    .then(|| crate::kernel_text::nul_terminated(&rec[40 + NAME_LEN..40 + 2 * NAME_LEN])),
                 importer: (!importer.is_empty()).then_some(importer),
             }
         })

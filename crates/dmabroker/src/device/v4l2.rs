@@ -417,11 +417,6 @@ pub struct V4l2Device {
     caps: Capabilities,
 }
 
-fn c_string(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
 /// The `/dev/video*` nodes of this machine, sorted.
 pub fn video_nodes() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir("/dev")
@@ -452,9 +447,9 @@ impl V4l2Device {
         let raw = sys::querycap(&fd).map_err(|errno| OpenError::NotV4l2 { path: path.clone(), errno })?;
         let bits = if raw.capabilities & sys::cap::DEVICE_CAPS != 0 { raw.device_caps } else { raw.capabilities };
         let caps = Capabilities {
-            driver: c_string(&raw.driver),
-            card: c_string(&raw.card),
-            bus_info: c_string(&raw.bus_info),
+            driver: crate::kernel_text::nul_terminated(&raw.driver),
+            card: crate::kernel_text::nul_terminated(&raw.card),
+            bus_info: crate::kernel_text::nul_terminated(&raw.bus_info),
             device_caps: CapFlags::from_bits_truncate(bits),
         };
         Ok(Self { fd, path, caps })
@@ -502,7 +497,7 @@ impl V4l2Device {
             match sys::enum_fmt(&self.fd, buf_type.raw(), index) {
                 Ok(d) => out.push(FormatDesc {
                     pixelformat: d.pixelformat,
-                    description: c_string(&d.description),
+                    description: crate::kernel_text::nul_terminated(&d.description),
                     flags: d.flags,
                 }),
                 Err(Errno::INVAL) if index > 0 => break,
@@ -614,7 +609,7 @@ impl V4l2Device {
             match sys::enum_input(&self.fd, index) {
                 Ok(i) => out.push(Input {
                     index: i.index,
-                    name: c_string(&i.name),
+                    name: crate::kernel_text::nul_terminated(&i.name),
                     tuner: i.type_ == sys::input_type::TUNER,
                     status: i.status,
                 }),
