@@ -10,15 +10,11 @@
 //! (`vm/run.sh --run`; the command is in docs/BENCHMARKS.md).
 
 mod common;
+#[path = "../../dmabroker/tests/vm_common/mod.rs"]
+mod vm_common;
 
 use serde_json::Value;
 use std::process::Command;
-
-fn kernel_version() -> (u32, u32) {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse().ok());
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
-}
 
 fn bench(n: u64, json: bool) -> String {
     let mut args = vec!["bench".to_string(), "ledger".into(), "--buffers".into(), n.to_string(), "--rounds".into()];
@@ -51,7 +47,7 @@ fn bench_ledger_sees_every_buffer_both_ways() {
     let row = |key: &str| rows.iter().find(|r| r["key"] == format!("ledger/{key}/{n}")).cloned();
     let scan = row("proc-scan").unwrap_or_else(|| panic!("no proc-scan row: {report}"));
     assert_eq!(scan["extra"]["seen"].as_u64(), Some(n), "{scan}");
-    if kernel_version() >= (6, 16) {
+    if vm_common::kernel_version().unwrap_or((0, 0)) >= (6, 16) {
         let iter = row("bpf-iterator").unwrap_or_else(|| panic!("the iterator should work on this kernel: {report}"));
         assert_eq!(iter["extra"]["seen"].as_u64(), Some(n), "{iter}");
         let loaded = row("bpf-iterator-loaded").unwrap_or_else(|| panic!("no bpf-iterator-loaded row: {report}"));
