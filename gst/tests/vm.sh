@@ -16,7 +16,10 @@
 #   4. the same frames read by GStreamer itself through the dma-buf memory
 #      (dmabrokersrc ! DMA_DRM caps ! filesink) equal videotestsrc's output
 #      byte for byte;
-#   5. v4l2src device=/dev/video0 (vivid) io-mode=dmabuf-import: vivid
+#   5. the same with udmabuf frames (heap=udmabuf: memfd pages exported
+#      through /dev/udmabuf): the consumer, another process and uid,
+#      receives memory:DMABuf (DMA_DRM) buffers and verifies every frame;
+#   6. v4l2src device=/dev/video0 (vivid) io-mode=dmabuf-import: vivid
 #      captures straight into the pool's dma-bufs (0 copies counted by the
 #      sink), a consumer in another process verifies every frame.
 #
@@ -113,6 +116,32 @@ guest() {
     wait "$consumer" || fail "DMA_DRM consumer failed: $(tail "$work/drm-consumer.log")"
     cmp "$work/ref.nv12" "$work/out.nv12" || fail "the frames filesink read through the dma-bufs differ from videotestsrc's"
     echo "ok: $n frames, $(stat -c %s "$work/out.nv12") bytes, equal"
+
+    n=60
+    step "$n frames 640x480 NV12 in udmabuf frames, producer root, consumer uid 65534 (memory:DMABuf), every frame verified"
+    [[ -c /dev/udmabuf ]] || fail "no /dev/udmabuf in the guest (CONFIG_UDMABUF)"
+    as_nobody gst-launch-1.0 -m -v dmabrokersrc broker-socket="$sock" pool=udma verify=true reconnect=false timeout=60000 ! \
+        fakesink >"$work/udma-consumer.log" 2>&1 &
+    consumer=$!
+    pids+=($consumer)
+    GST_DEBUG=dmabrokersink:4 gst-launch-1.0 -m videotestsrc num-buffers=$n pattern=ball ! "$caps" ! \
+        dmabrokersink broker-socket="$sock" pool=udma heap=udmabuf grants=uid=65534:ro checksum=true \
+        wait-for-consumers=1 consumer-timeout=60000 >"$work/udma.log" 2>&1 ||
+        fail "udmabuf producer failed: $(tail -20 "$work/udma.log")"
+    wait "$consumer" || fail "udmabuf consumer failed: $(tail -20 "$work/udma-consumer.log")"
+    grep -o 'pool `udma`: .* from [^ ]*' "$work/udma.log" | head -1
+    stats dmabrokersink "$work/udma.log"
+    stats dmabrokersrc "$work/udma-consumer.log"
+    grep -q 'pool `udma`: .* from udmabuf' "$work/udma.log" ||
+        fail "the pool's frames are not udmabuf: $(grep -o 'pool `udma`.*' "$work/udma.log")"
+    negotiated=$(grep -o 'dmabrokersrc0.GstPad:src: caps = .*' "$work/udma-consumer.log" | head -1)
+    echo "consumer ${negotiated#dmabrokersrc0.GstPad:}"
+    grep -q 'memory:DMABuf' <<<"$negotiated" || fail "the udmabuf consumer did not negotiate memory:DMABuf: $negotiated"
+    grep -q "zero-copy=(guint64)$n, copies=(guint64)0" "$work/udma.log" ||
+        fail "expected $n zero-copy udmabuf frames: $(stats dmabrokersink "$work/udma.log")"
+    grep -q "verified=(guint64)$n," "$work/udma-consumer.log" && grep -q 'lost=(guint64)0' "$work/udma-consumer.log" ||
+        fail "not $n verified udmabuf frames: $(stats dmabrokersrc "$work/udma-consumer.log")"
+    echo "ok: $n/$n udmabuf frames as memory:DMABuf, verified by uid 65534, 0 copies"
 
     n=30
     local vcaps="video/x-raw,format=NV12,width=640,height=480"
