@@ -522,7 +522,10 @@ impl PushSrcImpl for DmaBrokerSrc {
                     layout.stride(),
                 );
             }
-            if padded && !self.downstream_video_meta.load(Ordering::Acquire) {
+            // DMA_DRM consumers must read the meta (those caps say no
+            // layout); system memory goes to any element, so it gets the
+            // default layout when downstream reads no meta.
+            if padded && !dmabuf && !self.downstream_video_meta.load(Ordering::Acquire) {
                 buffer = self.default_layout_copy(&buffer, &vinfo)?;
             }
             {
