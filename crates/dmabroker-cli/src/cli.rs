@@ -62,6 +62,11 @@ pub struct HeapsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Find the largest contiguous buffer each CMA heap can allocate now, by
+    /// allocating and at once freeing buffers (a binary search in 1 MiB
+    /// steps up to the area's free bytes; needs access to the heap).
+    #[arg(long)]
+    pub probe_contiguous: bool,
 }
 
 /// `dmabroker alloc`.

@@ -140,5 +140,89 @@ fn heaps_reports_cma_free_and_total() {
     }
     let (ok, out, err) = dmabroker(&["heaps"]);
     assert!(ok, "{out}\n{err}");
-    assert!(out.lines().any(|l| l.starts_with("CMA: ") && l.contains(" free of ")), "no CMA line:\n{out}");
+    // Per heap: the area's own free/total (CMA_SYSFS), its largest free run
+    // (CMA_DEBUGFS maxchunk), what this process saw, the kernel's counts.
+    let line = out.lines().find(|l| l.starts_with("CMA heap ")).unwrap_or_else(|| panic!("no CMA line:\n{out}"));
+    for want in [" free of ", "area reserved", "largest free run ", "/maxchunk", "pages allocated"] {
+        assert!(line.contains(want), "CMA line lacks {want:?}: {line}");
+    }
+}
+
+/// The area's largest free run (debugfs maxchunk) as `heaps --json` reports it.
+fn cma_state(heap: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["heaps", "--json"];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = dmabroker(&args);
+    assert!(ok, "{out}\n{err}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}"));
+    let h = v.as_array().and_then(|a| a.iter().find(|h| h["name"] == heap)).unwrap_or_else(|| panic!("no {heap}: {v}"));
+    h["cma"].clone()
+}
+
+#[test]
+fn probe_contiguous_finds_the_largest_allocation_the_area_gives() {
+    let Some(cma) = cma_heaps("probe_contiguous_finds_the_largest_allocation_the_area_gives") else { return };
+    let heap = &cma[0];
+    let before = cma_state(heap, &[]);
+    let run = before["largest_free_run"].as_u64().unwrap_or_else(|| panic!("no maxchunk: {before}"));
+    let t0 = std::time::Instant::now();
+    let after = cma_state(heap, &["--probe-contiguous"]);
+    let seen = after["largest_seen"].as_u64().unwrap_or_else(|| panic!("the probe saw nothing: {after}"));
+    let refused = after["smallest_refused"].as_u64();
+    eprintln!(
+        "{heap}: largest free run {} MiB, probe found {} MiB (smallest refused {:?} MiB) in {:?}",
+        run >> 20,
+        seen >> 20,
+        refused.map(|r| r >> 20),
+        t0.elapsed()
+    );
+    // The probe's answer is the free run, to its 1 MiB resolution (CMA may
+    // fail to migrate a lent page now and then: allow a few MiB less).
+    assert!(seen <= run && seen + (8 << 20) >= run, "probe {seen} vs maxchunk {run}");
+    let (ok, out, err) = dmabroker(&["heaps", "--probe-contiguous"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with(&format!("probe {heap}: largest contiguous allocation now "))),
+        "no probe line:\n{out}"
+    );
+}
+
+#[test]
+fn fragmented_cma_is_refused_naming_its_largest_free_run() {
+    let Some(cma) = cma_heaps("fragmented_cma_is_refused_naming_its_largest_free_run") else { return };
+    let heaps = Heaps::discover();
+    let heap = &cma[0];
+    // Fill the area with 4 MiB buffers, then free every other one: half the
+    // area is free, in runs of 4 MiB.
+    let mut held = Vec::new();
+    while let Ok(b) = heaps.allocate(heap, &AllocRequest::new(4 << 20)) {
+        held.push(b);
+    }
+    assert!(held.len() >= 8, "only {} 4 MiB buffers fit in {heap}", held.len());
+    let mut keep = Vec::new();
+    for (i, b) in held.into_iter().enumerate() {
+        if i % 2 == 1 {
+            keep.push(b);
+        }
+    }
+    let state = cma_state(heap, &[]);
+    let (free, run) = (state["free_bytes"].as_u64().unwrap(), state["largest_free_run"].as_u64().unwrap());
+    eprintln!(
+        "{heap} fragmented: {} MiB free, largest free run {} MiB, {} buffers held",
+        free >> 20,
+        run >> 20,
+        keep.len()
+    );
+    assert!(free >= 16 << 20 && run < 16 << 20, "not fragmented as built: free {free}, run {run}");
+    // The chooser refuses 16 MiB before the kernel is asked, naming the run.
+    let (ok, out, err) = dmabroker(&["alloc", "--contiguous", "--size", "16MiB"]);
+    assert!(!ok, "a 16 MiB contiguous buffer from a fragmented area:\n{out}");
+    assert!(err.contains("largest free contiguous run is") && err.contains(heap.as_str()), "unhelpful: {err}");
+    // The heap itself, asked directly, fails naming free/total and the run.
+    let e = heaps.allocate(heap, &AllocRequest::new(16 << 20).contiguous(true)).expect_err("16 MiB from 4 MiB runs");
+    let m = e.to_string();
+    assert!(m.contains("not in one contiguous run") && m.contains("largest free run"), "unhelpful: {m}");
+    drop(keep);
+    let whole = cma_state(heap, &[]);
+    assert!(whole["largest_free_run"].as_u64().unwrap() >= 16 << 20, "freed, still fragmented: {whole}");
 }

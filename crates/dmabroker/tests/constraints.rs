@@ -28,6 +28,7 @@ fn heap(name: &str, kind: HeapKind, contig: Option<u64>, page: u64, cache: Cache
         note: None,
         pool_pages: None,
         ram_end: None,
+        cma: None,
     }
 }
 

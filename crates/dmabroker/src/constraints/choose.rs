@@ -290,6 +290,16 @@ fn evaluate(h: &HeapInfo, c: &Constraints, len: u64) -> Result<u64, Vec<Lack>> {
     if let Some(max) = h.max_buffer_size.filter(|m| hlen > *m) {
         lack(None, &[], format!("at most {} per buffer", format_size(max)));
     }
+    // A CMA area with enough free pages may still hold no run that long;
+    // where debugfs shows its largest free run, it is the limit.
+    let run = h.cma.as_ref().and_then(|a| a.largest_free_run).filter(|run| hlen > *run);
+    if let (Some(run), None) = (run, short_of_pages) {
+        lack(
+            None,
+            &[],
+            format!("its largest free contiguous run is {} (CMA fragmented; debugfs maxchunk)", format_size(run)),
+        );
+    }
     if let Some(free) = short_of_pages {
         let problem = if h.kind == HeapKind::Hugetlb {
             let (needed, free) = (hlen / page, free / page);
@@ -481,6 +491,7 @@ fn no_heap(order: &[&HeapInfo], c: &Constraints, len: u64, rejected: Vec<Rejecti
         note: None,
         pool_pages: None,
         ram_end: order.iter().find_map(|h| h.ram_end),
+        cma: None,
     };
     let cma_lacks = evaluate(&would_be_cma, c, len).err().unwrap_or_default();
     let cma_would_help = cma_kinds.into_iter().any(failed)
@@ -618,6 +629,7 @@ mod tests {
             note: None,
             pool_pages: None,
             ram_end: None,
+            cma: None,
         }
     }
 

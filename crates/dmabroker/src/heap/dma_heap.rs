@@ -9,6 +9,7 @@
 //! `reserved`), and the heap's note says so. `system-uncached` (vendor
 //! kernels) is told uncached by its name.
 
+use super::cma_area;
 use super::cma_probe::{self, CmaProbe};
 use super::{
     check_available, check_request, meminfo, open_error, ram_end, AllocError, AllocRequest, Heap, HeapInfo, HeapKind,
@@ -118,6 +119,7 @@ impl Heap for DmaHeap {
 
     fn info(&self) -> HeapInfo {
         let contiguous = self.contiguous();
+        let cma = contiguous.then(|| cma_area::state(&self.name, &self.heap_name));
         HeapInfo {
             name: self.name.clone(),
             kind: HeapKind::DmaHeap,
@@ -125,7 +127,10 @@ impl Heap for DmaHeap {
             page_size: self.page_size,
             cache_modes: vec![if self.uncached() { CacheMode::Uncached } else { CacheMode::Cached }],
             device_importable: true,
-            free_bytes: if contiguous { meminfo("CmaFree") } else { meminfo("MemAvailable") },
+            free_bytes: match &cma {
+                Some(c) => c.free_bytes,
+                None => meminfo("MemAvailable"),
+            },
             max_buffer_size: None,
             usable: self.device.is_ok(),
             note: {
@@ -135,11 +140,7 @@ impl Heap for DmaHeap {
                         self.path
                     )
                 });
-                let cma = contiguous.then(|| {
-                    let (free, total) = (meminfo("CmaFree"), meminfo("CmaTotal"));
-                    let fmt = |v: Option<u64>| v.map_or("?".into(), crate::size::format_size);
-                    format!("{}; CMA {} free of {} (CmaFree/CmaTotal)", self.cma_probe().1, fmt(free), fmt(total))
-                });
+                let cma = cma.as_ref().map(|c| format!("{}; CMA {}", self.cma_probe().1, c.describe()));
                 match (open, cma) {
                     (Some(a), Some(b)) => Some(format!("{a}; {b}")),
                     (a, b) => a.or(b),
@@ -147,6 +148,7 @@ impl Heap for DmaHeap {
             },
             pool_pages: None,
             ram_end: ram_end(),
+            cma,
         }
     }
 
@@ -167,15 +169,22 @@ impl Heap for DmaHeap {
             check_available(&self.name, len)?;
         }
         let fd = dmabroker_sys::dma_heap::alloc(device, len).map_err(|e| match e {
-            rustix::io::Errno::NOMEM if self.contiguous() => AllocError::CmaShort {
-                heap: self.name.clone(),
-                len,
-                free: meminfo("CmaFree"),
-                total: meminfo("CmaTotal"),
-            },
+            rustix::io::Errno::NOMEM if self.contiguous() => {
+                cma_area::record_refusal(&self.name, len);
+                AllocError::CmaShort {
+                    heap: self.name.clone(),
+                    len,
+                    free: meminfo("CmaFree"),
+                    total: meminfo("CmaTotal"),
+                    area: Some(Box::new(cma_area::state(&self.name, &self.heap_name))),
+                }
+            }
             rustix::io::Errno::NOMEM => AllocError::OutOfMemory { heap: self.name.clone(), len, available: None },
             source => AllocError::Os { op: "DMA_HEAP_IOCTL_ALLOC", source },
         })?;
+        if self.contiguous() {
+            cma_area::record_success(&self.name, len);
+        }
         if let Some(name) = &request.name {
             set_dma_buf_name(&fd, name);
         }

@@ -115,6 +115,7 @@ impl Heap for HugetlbHeap {
             )),
             pool_pages: Some(c.total),
             ram_end: ram_end(),
+            cma: None,
         }
     }
 

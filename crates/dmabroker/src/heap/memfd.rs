@@ -95,6 +95,7 @@ impl Heap for MemfdHeap {
             note: Some("CPU/IPC memory; devices import it through udmabuf".into()),
             pool_pages: None,
             ram_end: ram_end(),
+            cma: None,
         }
     }
 

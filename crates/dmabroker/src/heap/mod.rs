@@ -10,6 +10,7 @@
 //! [`Heaps::discover`] never fails because one allocator is missing: it lists
 //! what this machine has and remembers why the others are absent.
 
+pub mod cma_area;
 pub mod cma_probe;
 pub mod dma_heap;
 pub mod hugetlb;
@@ -126,6 +127,10 @@ pub struct HeapInfo {
     /// no page of any heap lies above it, so a device address limit at or
     /// above it is no limit.
     pub ram_end: Option<u64>,
+    /// A CMA heap's area: free/total, largest free run, largest allocation
+    /// seen ([`cma_area`]); `None` for other heaps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cma: Option<cma_area::CmaState>,
 }
 
 /// Why an allocation failed. Each variant says what to do about it.
@@ -241,7 +246,7 @@ pub enum AllocError {
     },
     /// A CMA heap could not find a contiguous run that large: the CMA area
     /// is too small or too fragmented.
-    #[error("{}", cma_shortage(heap, *len, *free, *total))]
+    #[error("{}", cma_shortage(heap, *len, *free, *total, area.as_deref()))]
     CmaShort {
         /// The heap.
         heap: String,
@@ -251,6 +256,9 @@ pub enum AllocError {
         free: Option<u64>,
         /// `CmaTotal`.
         total: Option<u64>,
+        /// The area's largest free run and the largest allocation this
+        /// process saw succeed, where known ([`cma_area::CmaState`]).
+        area: Option<Box<cma_area::CmaState>>,
     },
     /// Another kernel error.
     #[error("{op} failed: {source}")]
@@ -545,14 +553,21 @@ impl Heaps {
 }
 
 /// [`AllocError::CmaShort`]'s message: CMA free/total and the fix.
-fn cma_shortage(heap: &str, len: u64, free: Option<u64>, total: Option<u64>) -> String {
+fn cma_shortage(
+    heap: &str,
+    len: u64,
+    free: Option<u64>,
+    total: Option<u64>,
+    area: Option<&cma_area::CmaState>,
+) -> String {
     let fmt = |v: Option<u64>| v.map_or("?".to_owned(), format_size);
     let why = match free {
         Some(f) if f >= len => "enough is free but not in one contiguous run (fragmented by other allocations)",
         _ => "too little is free",
     };
+    let known = area.map_or(String::new(), |a| format!(" ({})", a.describe()));
     format!(
-        "heap {heap} has no physically contiguous {}: CMA has {} free of {} (CmaFree/CmaTotal in /proc/meminfo), {why}; \
+        "heap {heap} has no physically contiguous {}: CMA has {} free of {} (CmaFree/CmaTotal in /proc/meminfo), {why}{known}; \
          boot with a larger CMA area ({} on the kernel command line, or a larger reserved region in the device tree), \
          or free CMA buffers",
         format_size(len),

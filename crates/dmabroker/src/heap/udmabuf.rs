@@ -81,6 +81,7 @@ impl Heap for Udmabuf {
             note: self.device.as_ref().err().map(|e| format!("cannot open {DEVICE}: {e}")),
             pool_pages: None,
             ram_end: ram_end(),
+            cma: None,
         }
     }
 
