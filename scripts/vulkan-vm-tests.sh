@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # dmabroker-vulkan's tests (crates/dmabroker-vulkan/tests/vm_vulkan.rs) and
-# the CLI's `alloc --for vulkan:N` (crates/dmabroker-cli/tests/vm_vulkan_cli.rs,
+# the CLI's `alloc --for vulkan:N` and `demo --through vulkan:0` (vivid frames
+# flipped on the device, consumers waiting on sync_files; crates/dmabroker-cli/tests/vm_vulkan_cli.rs,
 # feature vulkan) in the QEMU VM on Mesa's lavapipe:
 #   1. the test binary built dynamically (it dlopens libvulkan.so.1, which a
 #      +crt-static binary cannot) in the Debian trixie userland root used as
