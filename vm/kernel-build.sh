@@ -58,18 +58,28 @@ build) ;;
     ;;
 esac
 
-if ready "$dir"; then
+cached() {
+    ready "$dir" || return 1
     echo "vm/kernel-build.sh: cached: $dir ($(grep -m1 '^build_seconds' "$dir/BUILD-INFO" || true))" >&2
     echo "$dir"
-    exit 0
+}
+cached && exit 0
+
+# One build per key at a time: a second caller (another clone's CI, a test
+# run beside it) waits for the first and then finds its cache.
+mkdir -p "$cache_root" || die "cannot create $cache_root (set DMABROKER_KERNEL_CACHE to a writable directory)"
+exec 9>"$cache_root/.lock-$key"
+if ! flock -n 9; then
+    echo "vm/kernel-build.sh: another build of $key is running; waiting for it (lock $cache_root/.lock-$key)" >&2
+    flock 9
 fi
+cached && exit 0
 
 for t in gcc make bc flex bison xz perl; do
     command -v "$t" >/dev/null || die "'$t' not found: run vm/install-deps.sh (apt-get install gcc make bc flex bison libelf-dev libssl-dev xz-utils)"
 done
 [[ -f /usr/include/libelf.h || -f /usr/include/gelf.h ]] || die "libelf headers missing: apt-get install libelf-dev"
 
-mkdir -p "$cache_root" || die "cannot create $cache_root (set DMABROKER_KERNEL_CACHE to a writable directory)"
 tmp=$(mktemp -d "$cache_root/.build-$key.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 trap 'exit 130' INT TERM

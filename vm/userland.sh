@@ -154,6 +154,9 @@ sysroot_chroot() {
         for ((i = 0; i < nb; i++)); do
             mkdir -p "$r$1"; mount --rbind "$1" "$r$1"; shift
         done
+        # A new file, never a write into the old one: a worktree'"'"'s vm/cache
+        # may be a hard-linked copy of another'"'"'s.
+        rm -f "$r/etc/resolv.conf"
         cp /etc/resolv.conf "$r/etc/resolv.conf" 2>/dev/null || true
         cd "$r"
         (($#)) || set -- bash -l

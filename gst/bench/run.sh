@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Two-process benchmark: dmabrokersink/dmabrokersrc vs shmsink/shmsrc, NV12
-# at 1080p and 4K. Each pair runs producer and consumer as two processes
-# (gst/examples/bench.rs, which prints frames/s, CPU time per frame and the
+# Two-process benchmark: dmabrokersink/dmabrokersrc vs shmsink/shmsrc (vs
+# unixfdsink/unixfdsrc where GStreamer has them), NV12 at 1080p and 4K.
+# Each pair runs producer and consumer as two processes
+# (gst/examples/bench.rs, which prints frames/s, CPU time per frame from
+# the first frame to EOS, and the
 # consumer's latency from the producer's sink pad to the consumer's first
 # element, measured by the same probes on both paths). shmsink gets 20
 # frames of shared memory: with 6, GStreamer 1.22's shmsink stalls after ~20
 # frames (its allocator, which upstream writes into, runs out of room).
-# unixfdsink/unixfdsrc (>= 1.24, the VM's userland: gst/bench/vm.sh) are not
-# paired yet: unixfdsink does not wait for a consumer, so the producer runs
-# through its frames before unixfdsrc connects; a fair pairing needs a
-# producer that paces itself on the consumer.
+# unixfdsink/unixfdsrc run where GStreamer has them (>= 1.24; the VM's
+# userland: gst/bench/vm.sh): unixfdsink wait-for-connection=true (1.26)
+# holds the first frame until unixfdsrc connected, as wait-for-consumers=1
+# and shmsink wait-for-connection=true do for the other two, so every pair
+# streams all its frames to a consumer that is already there. Each
+# resolution ends with the ratios of dmabroker's frames/s to the others',
+# from the same run.
 #
 #   gst/bench/run.sh [FRAMES_1080P] [FRAMES_4K]      (default 600 300)
 set -euo pipefail
@@ -49,12 +54,30 @@ pair() { # name producer-pipeline consumer-pipeline [socket-to-wait-for]
     fi
     timeout 120 "$bench" consumer "$cons" >"$work/c.json" 2>"$work/c.err" || { echo "$name consumer: $(cat "$work/c.err")" >&2; }
     wait $p || { echo "$name producer: $(cat "$work/p.err")" >&2; }
-    python3 - "$name" "$work/p.json" "$work/c.json" <<'PY'
+    python3 - "$name" "$work/p.json" "$work/c.json" "$work/fps.txt" <<'PY'
 import json, sys
 name, p, c = sys.argv[1], json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
 print(f"| {name} | {c['frames']} | {c['fps']:.0f} | {c['latency_p50_us']:.0f} | {c['latency_p99_us']:.0f} | {p['cpu_us_per_frame']:.0f} | {c['cpu_us_per_frame']:.0f} |")
+open(sys.argv[4], "a").write(f"{name.split()[0]} {c['fps']}\n")
 PY
 }
+# The ratio of dmabroker's frames/s to each other pair's at one resolution.
+ratios() {
+    python3 - "$1" "$work/fps.txt" <<'PY'
+import sys
+fps = dict(l.split() for l in open(sys.argv[2]))
+d = float(fps.get("dmabroker", 0))
+others = [f"{k}: {d / float(v):.2f}x" for k, v in fps.items() if k != "dmabroker" and float(v) > 0]
+print(f"| {sys.argv[1]}: dmabroker frames/s over | {', '.join(others)} | | | | | |")
+PY
+    rm -f "$work/fps.txt"
+}
+unixfd=
+if gst-inspect-1.0 unixfdsink >/dev/null 2>&1 && gst-inspect-1.0 unixfdsink | grep -q wait-for-connection; then
+    unixfd=1
+else
+    echo "(no unixfdsink with wait-for-connection in GStreamer $(gst-inspect-1.0 --version | sed -n 's/^GStreamer //p'): its pair is skipped)" >&2
+fi
 
 echo "| path | frames | frames/s | latency p50 (us) | latency p99 (us) | producer CPU/frame (us) | consumer CPU/frame (us) |"
 echo "|---|---|---|---|---|---|---|"
@@ -70,4 +93,11 @@ for res in 1080p 4k; do
     pair "shmsink/shmsrc $res" \
         "$src ! shmsink socket-path=$shm shm-size=$((frame * 20)) wait-for-connection=true sync=false" \
         "shmsrc socket-path=$shm is-live=true num-buffers=$n ! $caps ! identity name=stamp ! fakesink" "$shm"
+    if [[ -n $unixfd ]]; then
+        ufd=$work/unixfd-$res.sock
+        pair "unixfdsink/unixfdsrc $res" \
+            "$src ! unixfdsink socket-path=$ufd wait-for-connection=true sync=false" \
+            "unixfdsrc socket-path=$ufd num-buffers=$n ! identity name=stamp ! fakesink" "$ufd"
+    fi
+    ratios "$res"
 done

@@ -14,12 +14,25 @@ pub const DMABUF_FEATURE: &str = "memory:DMABuf";
 
 /// A description of `info` for the broker: the fields a consumer needs to
 /// compute the same layout (`gst_video_info_from_caps` of it gives the
-/// producer's strides and offsets), shortened to fit.
-pub fn describe(info: &gst_video::VideoInfo) -> String {
+/// producer's strides and offsets), shortened to fit. A `layout` other
+/// than the caps' default (padded strides) adds `stride=<...>` and
+/// `offset=<...>` arrays, which [`layout_of`] reads back; `None` when even
+/// the short form does not fit.
+pub fn describe(info: &gst_video::VideoInfo, layout: &gst_video::VideoInfo) -> Option<String> {
     let fps = info.fps();
     let par = info.par();
+    let extra = if is_default_layout(info, layout) {
+        String::new()
+    } else {
+        let list = |v: Vec<String>| v.join(",");
+        format!(
+            ",stride=<{}>,offset=<{}>",
+            list(layout.stride().iter().map(ToString::to_string).collect()),
+            list(layout.offset().iter().map(ToString::to_string).collect())
+        )
+    };
     let full = format!(
-        "video/x-raw, format=(string){}, width=(int){}, height=(int){}, framerate=(fraction){}/{}, pixel-aspect-ratio=(fraction){}/{}, colorimetry=(string){}",
+        "video/x-raw, format=(string){}, width=(int){}, height=(int){}, framerate=(fraction){}/{}, pixel-aspect-ratio=(fraction){}/{}, colorimetry=(string){}{extra}",
         info.format().to_str(),
         info.width(),
         info.height(),
@@ -30,16 +43,57 @@ pub fn describe(info: &gst_video::VideoInfo) -> String {
         info.colorimetry()
     );
     if full.len() <= MAX_DESCRIPTION {
-        return full;
+        return Some(full);
     }
-    format!(
-        "video/x-raw,format={},width={},height={},framerate={}/{}",
+    let short = format!(
+        "video/x-raw,format={},width={},height={},framerate={}/{}{extra}",
         info.format().to_str(),
         info.width(),
         info.height(),
         fps.numer(),
         fps.denom()
-    )
+    );
+    (short.len() <= MAX_DESCRIPTION).then_some(short)
+}
+
+/// Whether `layout` has the strides and offsets `info` (the caps'
+/// default layout) has.
+pub fn is_default_layout(info: &gst_video::VideoInfo, layout: &gst_video::VideoInfo) -> bool {
+    info.stride() == layout.stride() && info.offset() == layout.offset()
+}
+
+/// The pool layout for `info`: every plane's stride a multiple of
+/// `stride_align` bytes (a power of two; 0 or 1: the caps' default).
+pub fn aligned(info: &gst_video::VideoInfo, stride_align: u32) -> Result<gst_video::VideoInfo, String> {
+    let mut layout = info.clone();
+    if stride_align <= 1 {
+        return Ok(layout);
+    }
+    if !stride_align.is_power_of_two() {
+        return Err(format!("stride-align={stride_align} is not a power of two"));
+    }
+    let mut align = gst_video::VideoAlignment::new(0, 0, 0, 0, &[stride_align - 1; gst_video::VIDEO_MAX_PLANES]);
+    layout.align(&mut align).map_err(|e| format!("aligning {:?} strides to {stride_align}: {e}", info.format()))?;
+    Ok(layout)
+}
+
+/// The caps' video info and the frames' layout from a pool's description
+/// (see [`describe`]): the layout is the caps' default unless the
+/// description carries `stride` and `offset` arrays.
+pub fn layout_of(description: &gst::CapsRef) -> Option<(gst_video::VideoInfo, gst_video::VideoInfo)> {
+    let info = gst_video::VideoInfo::from_caps(description).ok()?;
+    let s = description.structure(0)?;
+    let (Ok(stride), Ok(offset)) = (s.get::<gst::Array>("stride"), s.get::<gst::Array>("offset")) else {
+        return Some((info.clone(), info));
+    };
+    let stride: Vec<i32> = stride.iter().map(|v| v.get::<i32>().ok()).collect::<Option<_>>()?;
+    let offset: Vec<usize> =
+        offset.iter().map(|v| v.get::<i32>().ok().and_then(|o| usize::try_from(o).ok())).collect::<Option<_>>()?;
+    if stride.len() != info.n_planes() as usize || offset.len() != stride.len() {
+        return None;
+    }
+    let layout = gst_video::VideoInfo::builder_from_info(&info).stride(&stride).offset(&offset).build().ok()?;
+    Some((info, layout))
 }
 
 /// The DRM fourcc name of a GStreamer format, for `drm-format` (linear
@@ -110,4 +164,32 @@ pub fn template_caps() -> gst::Caps {
         );
     }
     caps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padded_layout_round_trips_through_the_description() {
+        gst::init().expect("GStreamer init");
+        let info = gst_video::VideoInfo::builder(VideoFormat::Nv12, 1918, 1080).fps(gst::Fraction::new(30, 1)).build();
+        let info = info.expect("NV12 1918x1080");
+        assert_eq!(info.stride(), &[1920, 1920]);
+        let layout = aligned(&info, 256).expect("aligned");
+        assert_eq!(layout.stride(), &[2048, 2048]);
+        assert_eq!(layout.offset(), &[0, 2048 * 1080]);
+        let description = describe(&info, &layout).expect("fits");
+        assert!(description.len() <= MAX_DESCRIPTION, "{description}");
+        let caps: gst::Caps = description.parse().expect("caps");
+        let (read_info, read_layout) = layout_of(&caps).expect("layout");
+        assert_eq!(read_info.stride(), info.stride());
+        assert_eq!((read_layout.stride(), read_layout.offset()), (layout.stride(), layout.offset()));
+        // The default layout adds nothing to the description.
+        let plain = describe(&info, &info).expect("fits");
+        assert!(!plain.contains("stride"), "{plain}");
+        let (_, same) = layout_of(&plain.parse::<gst::Caps>().expect("caps")).expect("layout");
+        assert!(is_default_layout(&info, &same));
+        assert!(aligned(&info, 96).is_err());
+    }
 }

@@ -10,8 +10,14 @@
 #   4. upstream that does not take the proposed pool (filesrc): frames are
 #      copied once, the copies counted, and the consumer's output equals the
 #      input byte for byte;
-#   5. drop-oldest with a slow consumer: lost frames counted;
-#   6. the consumer survives a producer restart (reconnect).
+#   5. padded strides (stride-align=256) at 1918x1080: videotestsrc writes
+#      through the pool's GstVideoMeta, zero copies, the consumer reads the
+#      same strides in its video meta; the visible pixels of every frame
+#      (converted to BGRx, which has no padding) equal videotestsrc's own;
+#      to a consumer that reads no video meta, frames are copied into the
+#      default layout, counted, and equal byte for byte;
+#   6. drop-oldest with a slow consumer: lost frames counted;
+#   7. the consumer survives a producer restart (reconnect).
 #
 #   gst/tests/host.sh [PATH-TO-dmabroker-CLI]
 # Needs root (setpriv to another uid). Builds the plugin first unless
@@ -125,6 +131,52 @@ grep -q 'frames=(guint64)30, zero-copy=(guint64)0, copies=(guint64)30' "$work/co
     fail "expected 30 copies: $(grep -o 'dmabrokersink-stats.*' "$work/copy.log")"
 cmp "$work/raw.nv12" "$work/nobody/out.nv12" || fail "the consumer's frames differ from the producer's input"
 echo "ok: 30 copies counted, the consumer's 30 frames equal the input byte for byte"
+
+n=30
+pcaps="video/x-raw,format=NV12,width=1918,height=1080,framerate=30/1"
+step "padded strides (stride-align=256, 1918x1080 NV12): upstream writes through the pool's video meta, the consumer (uid 65534) reads the same strides; $n frames' visible pixels equal videotestsrc's"
+gst-launch-1.0 -q videotestsrc num-buffers=$n pattern=ball ! "$pcaps" ! videoconvert ! video/x-raw,format=BGRx ! \
+    filesink location="$work/ref.bgrx" >/dev/null 2>&1 || fail "writing the reference frames"
+GST_DEBUG=dmabrokersrc:4 as_nobody gst-launch-1.0 -m dmabrokersrc broker-socket="$sock" pool=pad0 verify=true reconnect=false timeout=20000 ! \
+    videoconvert ! video/x-raw,format=BGRx ! filesink location="$work/nobody/pad.bgrx" >"$work/pad-consumer.log" 2>&1 &
+consumer=$!
+pids+=($consumer)
+GST_DEBUG=dmabrokersink:5 gst-launch-1.0 -m videotestsrc num-buffers=$n pattern=ball ! "$pcaps" ! \
+    dmabrokersink broker-socket="$sock" pool=pad0 stride-align=256 grants=uid=65534:ro checksum=true wait-for-consumers=1 \
+    >"$work/pad.log" 2>&1 || fail "padded producer failed: $(tail "$work/pad.log")"
+wait "$consumer" || fail "padded consumer failed: $(tail "$work/pad-consumer.log")"
+grep -o 'proposed the dmabroker pool.*' "$work/pad.log" | head -1
+grep -o 'strides \[[0-9, ]*\]' "$work/pad-consumer.log" | head -1 | sed 's/^/consumer: /'
+grep -o 'dmabrokersink-stats[^;]*' "$work/pad.log" | tail -1
+grep -o 'dmabrokersrc-stats[^;]*' "$work/pad-consumer.log" | tail -1
+grep -q 'proposed the dmabroker pool.*strides \[2048, 2048\], in a video meta' "$work/pad.log" ||
+    fail "the sink did not propose 2048-byte strides in a video meta: $(grep -o 'proposed.*' "$work/pad.log")"
+grep -q 'strides \[2048, 2048\]' "$work/pad-consumer.log" || fail "the consumer did not read 2048-byte strides"
+grep -q "zero-copy=(guint64)$n, copies=(guint64)0" "$work/pad.log" ||
+    fail "expected $n zero-copy padded frames: $(grep -o 'dmabrokersink-stats.*' "$work/pad.log")"
+grep -q "verified=(guint64)$n," "$work/pad-consumer.log" && grep -q 'copies=(guint64)0' "$work/pad-consumer.log" ||
+    fail "not $n verified frames without copies: $(grep -o 'dmabrokersrc-stats.*' "$work/pad-consumer.log")"
+cmp "$work/ref.bgrx" "$work/nobody/pad.bgrx" || fail "the padded frames' visible pixels differ from videotestsrc's"
+echo "ok: $n padded frames zero-copy (strides 2048), verified, visible pixels equal ($(stat -c %s "$work/ref.bgrx") bytes of BGRx)"
+
+step "padded strides to a consumer that reads no video meta (filesink): copied into the default layout, counted, bytes equal"
+gst-launch-1.0 -q videotestsrc num-buffers=$n pattern=smpte ! video/x-raw,format=NV12,width=1920,height=1080,framerate=30/1 ! \
+    filesink location="$work/ref1920.nv12" >/dev/null 2>&1 || fail "writing the reference frames"
+as_nobody gst-launch-1.0 -m dmabrokersrc broker-socket="$sock" pool=pad1 reconnect=false timeout=20000 ! \
+    filesink location="$work/nobody/pad1920.nv12" >"$work/pad1-consumer.log" 2>&1 &
+consumer=$!
+pids+=($consumer)
+gst-launch-1.0 -m videotestsrc num-buffers=$n pattern=smpte ! video/x-raw,format=NV12,width=1920,height=1080,framerate=30/1 ! \
+    dmabrokersink broker-socket="$sock" pool=pad1 stride-align=256 grants=uid=65534:ro wait-for-consumers=1 \
+    >"$work/pad1.log" 2>&1 || fail "padded producer failed: $(tail "$work/pad1.log")"
+wait "$consumer" || fail "padded consumer failed: $(tail "$work/pad1-consumer.log")"
+grep -o 'dmabrokersrc-stats[^;]*' "$work/pad1-consumer.log" | tail -1
+grep -q "zero-copy=(guint64)$n, copies=(guint64)0" "$work/pad1.log" ||
+    fail "expected $n zero-copy frames: $(grep -o 'dmabrokersink-stats.*' "$work/pad1.log")"
+grep -q "copies=(guint64)$n" "$work/pad1-consumer.log" ||
+    fail "expected $n copies on the consumer: $(grep -o 'dmabrokersrc-stats.*' "$work/pad1-consumer.log")"
+cmp "$work/ref1920.nv12" "$work/nobody/pad1920.nv12" || fail "the default-layout copies differ from videotestsrc's frames"
+echo "ok: $n frames copied into the default layout by the consumer, counted, equal byte for byte"
 
 step "drop-oldest backpressure and a slow consumer: lost frames counted, the producer never waits"
 as_nobody gst-launch-1.0 -m dmabrokersrc broker-socket="$sock" pool=cam4 reconnect=false timeout=20000 ! \

@@ -16,7 +16,13 @@
 #   4. the same frames read by GStreamer itself through the dma-buf memory
 #      (dmabrokersrc ! DMA_DRM caps ! filesink) equal videotestsrc's output
 #      byte for byte;
-#   5. v4l2src device=/dev/video0 (vivid) io-mode=dmabuf-import: vivid
+#   5. the same with udmabuf frames (heap=udmabuf: memfd pages exported
+#      through /dev/udmabuf): the consumer, another process and uid,
+#      receives memory:DMABuf (DMA_DRM) buffers and verifies every frame;
+#   6. padded dma-buf frames (stride-align=256): videotestsrc writes through
+#      the pool's video meta, the consumer reads strides 768 in its own and
+#      verifies every frame;
+#   7. v4l2src device=/dev/video0 (vivid) io-mode=dmabuf-import: vivid
 #      captures straight into the pool's dma-bufs (0 copies counted by the
 #      sink), a consumer in another process verifies every frame.
 #
@@ -113,6 +119,53 @@ guest() {
     wait "$consumer" || fail "DMA_DRM consumer failed: $(tail "$work/drm-consumer.log")"
     cmp "$work/ref.nv12" "$work/out.nv12" || fail "the frames filesink read through the dma-bufs differ from videotestsrc's"
     echo "ok: $n frames, $(stat -c %s "$work/out.nv12") bytes, equal"
+
+    n=60
+    step "$n frames 640x480 NV12 in udmabuf frames, producer root, consumer uid 65534 (memory:DMABuf), every frame verified"
+    [[ -c /dev/udmabuf ]] || fail "no /dev/udmabuf in the guest (CONFIG_UDMABUF)"
+    as_nobody gst-launch-1.0 -m -v dmabrokersrc broker-socket="$sock" pool=udma verify=true reconnect=false timeout=60000 ! \
+        fakesink >"$work/udma-consumer.log" 2>&1 &
+    consumer=$!
+    pids+=($consumer)
+    GST_DEBUG=dmabrokersink:4 gst-launch-1.0 -m videotestsrc num-buffers=$n pattern=ball ! "$caps" ! \
+        dmabrokersink broker-socket="$sock" pool=udma heap=udmabuf grants=uid=65534:ro checksum=true \
+        wait-for-consumers=1 consumer-timeout=60000 >"$work/udma.log" 2>&1 ||
+        fail "udmabuf producer failed: $(tail -20 "$work/udma.log")"
+    wait "$consumer" || fail "udmabuf consumer failed: $(tail -20 "$work/udma-consumer.log")"
+    grep -o 'pool `udma`: .* from [^ ]*' "$work/udma.log" | head -1
+    stats dmabrokersink "$work/udma.log"
+    stats dmabrokersrc "$work/udma-consumer.log"
+    grep -q 'pool `udma`: .* from udmabuf' "$work/udma.log" ||
+        fail "the pool's frames are not udmabuf: $(grep -o 'pool `udma`.*' "$work/udma.log")"
+    negotiated=$(grep -o 'dmabrokersrc0.GstPad:src: caps = .*' "$work/udma-consumer.log" | head -1)
+    echo "consumer ${negotiated#dmabrokersrc0.GstPad:}"
+    grep -q 'memory:DMABuf' <<<"$negotiated" || fail "the udmabuf consumer did not negotiate memory:DMABuf: $negotiated"
+    grep -q "zero-copy=(guint64)$n, copies=(guint64)0" "$work/udma.log" ||
+        fail "expected $n zero-copy udmabuf frames: $(stats dmabrokersink "$work/udma.log")"
+    grep -q "verified=(guint64)$n," "$work/udma-consumer.log" && grep -q 'lost=(guint64)0' "$work/udma-consumer.log" ||
+        fail "not $n verified udmabuf frames: $(stats dmabrokersrc "$work/udma-consumer.log")"
+    echo "ok: $n/$n udmabuf frames as memory:DMABuf, verified by uid 65534, 0 copies"
+
+    n=30
+    step "$n padded dma-buf frames (stride-align=256, 640x480 NV12: strides 768), consumer uid 65534 reads them through its video meta, every frame verified"
+    GST_DEBUG=dmabrokersrc:4 as_nobody gst-launch-1.0 -m dmabrokersrc broker-socket="$sock" pool=padded verify=true reconnect=false \
+        timeout=60000 ! fakesink >"$work/pad-consumer.log" 2>&1 &
+    consumer=$!
+    pids+=($consumer)
+    gst-launch-1.0 -m videotestsrc num-buffers=$n pattern=ball ! "$caps" ! \
+        dmabrokersink broker-socket="$sock" pool=padded heap=dma-heap/system stride-align=256 grants=uid=65534:ro \
+        checksum=true wait-for-consumers=1 consumer-timeout=60000 >"$work/pad.log" 2>&1 ||
+        fail "padded producer failed: $(tail -20 "$work/pad.log")"
+    wait "$consumer" || fail "padded consumer failed: $(tail -20 "$work/pad-consumer.log")"
+    grep -o 'strides \[[0-9, ]*\]' "$work/pad-consumer.log" | head -1 | sed 's/^/consumer: /'
+    stats dmabrokersink "$work/pad.log"
+    stats dmabrokersrc "$work/pad-consumer.log"
+    grep -q 'strides \[768, 768\]' "$work/pad-consumer.log" || fail "the consumer did not read 768-byte strides"
+    grep -q "zero-copy=(guint64)$n, copies=(guint64)0" "$work/pad.log" ||
+        fail "expected $n zero-copy padded frames: $(stats dmabrokersink "$work/pad.log")"
+    grep -q "verified=(guint64)$n," "$work/pad-consumer.log" && grep -q 'copies=(guint64)0' "$work/pad-consumer.log" ||
+        fail "not $n verified padded frames: $(stats dmabrokersrc "$work/pad-consumer.log")"
+    echo "ok: $n padded dma-buf frames (strides 768) zero-copy, verified by uid 65534"
 
     n=30
     local vcaps="video/x-raw,format=NV12,width=640,height=480"

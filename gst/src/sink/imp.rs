@@ -39,6 +39,7 @@ struct Settings {
     checksum: bool,
     wait_for_consumers: u32,
     consumer_timeout_ms: u32,
+    stride_align: u32,
 }
 
 impl Default for Settings {
@@ -55,20 +56,30 @@ impl Default for Settings {
             checksum: false,
             wait_for_consumers: 0,
             consumer_timeout_ms: DEFAULT_CONSUMER_TIMEOUT_MS,
+            stride_align: 0,
         }
     }
+}
+
+/// What the sink publishes: the stream, the caps' video info, and the
+/// frames' layout (the caps' default, or padded strides: `stride-align`).
+#[derive(Clone)]
+struct Published {
+    stream: Arc<Stream>,
+    info: gst_video::VideoInfo,
+    layout: gst_video::VideoInfo,
 }
 
 #[derive(Default)]
 pub struct DmaBrokerSink {
     settings: Mutex<Settings>,
-    stream: Mutex<Option<(Arc<Stream>, gst_video::VideoInfo)>>,
+    stream: Mutex<Option<Published>>,
     unlocked: AtomicBool,
     waited: AtomicBool,
 }
 
 impl DmaBrokerSink {
-    fn stream(&self) -> Option<(Arc<Stream>, gst_video::VideoInfo)> {
+    fn stream(&self) -> Option<Published> {
         self.stream.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -80,8 +91,12 @@ impl DmaBrokerSink {
         text.split([',', ' ']).filter(|s| !s.is_empty()).map(str::parse::<Grant>).collect()
     }
 
-    /// Allocate the pool for `info` and register it.
-    fn publish(&self, info: &gst_video::VideoInfo) -> Result<Arc<Stream>, gst::ErrorMessage> {
+    /// Allocate the pool for `info` in `layout` and register it.
+    fn publish(
+        &self,
+        info: &gst_video::VideoInfo,
+        layout: &gst_video::VideoInfo,
+    ) -> Result<Arc<Stream>, gst::ErrorMessage> {
         let s = self.settings();
         let Some(name) = s.pool.clone() else {
             return Err(gst::error_msg!(
@@ -91,7 +106,21 @@ impl DmaBrokerSink {
         };
         let grants = Self::parse_grants(s.grants.as_deref().unwrap_or(""))
             .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ["grants: {e}"]))?;
-        let frame_len = info.size();
+        let frame_len = layout.size();
+        let Some(description) = crate::videocaps::describe(info, layout) else {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                [
+                    "the layout of {:?} {}x{} (strides {:?}, offsets {:?}) does not fit the broker's {}-byte pool description: use stride-align=0",
+                    info.format(),
+                    info.width(),
+                    info.height(),
+                    layout.stride(),
+                    layout.offset(),
+                    crate::videocaps::MAX_DESCRIPTION
+                ]
+            ));
+        };
         let release = (s.release_timeout_ms > 0).then(|| Duration::from_millis(s.release_timeout_ms.into()));
         let options = PoolOptions::new(s.buffers as usize, frame_len as u64)
             .backpressure(match s.backpressure {
@@ -124,28 +153,26 @@ impl DmaBrokerSink {
             }
         };
         let broker = s.broker_socket.clone().map(Into::into).unwrap_or_else(dmabroker::proto::default_client_socket);
-        let registration = PoolRegistration::register(&broker, &name, &grants, &crate::videocaps::describe(info))
-            .map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::OpenWrite,
-                    ["registering pool `{name}` with {}: {e}", broker.display()]
-                )
-            })?;
+        let registration = PoolRegistration::register(&broker, &name, &grants, &description).map_err(|e| {
+            gst::error_msg!(gst::ResourceError::OpenWrite, ["registering pool `{name}` with {}: {e}", broker.display()])
+        })?;
         let heap = producer.buffers().next().map(|b| b.heap().to_owned()).unwrap_or_default();
         let stream = Stream::new(producer, registration, frame_len)
             .map_err(|e| gst::error_msg!(gst::ResourceError::Failed, ["mapping the pool's frames: {e}"]))?;
         gst::info!(
             CAT,
             imp = self,
-            "pool `{name}`: {} frames of {frame_len} bytes from {heap}, grants {:?}",
+            "pool `{name}`: {} frames of {frame_len} bytes from {heap} (strides {:?}, offsets {:?}), grants {:?}",
             s.buffers,
+            layout.stride(),
+            layout.offset(),
             grants
         );
         Ok(stream)
     }
 
     fn post_stats(&self) {
-        let Some((stream, _)) = self.stream() else { return };
+        let Some(Published { stream, .. }) = self.stream() else { return };
         let c = &stream.counters;
         let (frames, zero, copies) =
             (c.frames.load(Ordering::Relaxed), c.zero_copy.load(Ordering::Relaxed), c.copies.load(Ordering::Relaxed));
@@ -235,6 +262,13 @@ impl ObjectImpl for DmaBrokerSink {
                     .default_value(DEFAULT_CONSUMER_TIMEOUT_MS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("stride-align")
+                    .nick("Stride alignment")
+                    .blurb("Align every plane's stride in the pool's frames to this many bytes (a power of two, e.g. 64 or 256 for devices that need pitch alignment; 0: the caps' default layout). A padded layout reaches upstream and consumers as GstVideoMeta")
+                    .default_value(0)
+                    .maximum(1 << 16)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecUInt64::builder("frames")
                     .nick("Frames")
                     .blurb("Frames published")
@@ -274,6 +308,7 @@ impl ObjectImpl for DmaBrokerSink {
             "checksum" => s.checksum = value.get().unwrap_or(false),
             "wait-for-consumers" => s.wait_for_consumers = value.get().unwrap_or(0),
             "consumer-timeout" => s.consumer_timeout_ms = value.get().unwrap_or(DEFAULT_CONSUMER_TIMEOUT_MS),
+            "stride-align" => s.stride_align = value.get().unwrap_or(0),
             other => gst::warning!(CAT, imp = self, "no writable property {other}"),
         }
     }
@@ -281,7 +316,7 @@ impl ObjectImpl for DmaBrokerSink {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let s = self.settings();
         let counter =
-            |f: fn(&super::stream::Counters) -> u64| self.stream().map(|(st, _)| f(&st.counters)).unwrap_or(0);
+            |f: fn(&super::stream::Counters) -> u64| self.stream().map(|p| f(&p.stream.counters)).unwrap_or(0);
         match pspec.name() {
             "broker-socket" => s.broker_socket.to_value(),
             "pool" => s.pool.to_value(),
@@ -294,10 +329,11 @@ impl ObjectImpl for DmaBrokerSink {
             "checksum" => s.checksum.to_value(),
             "wait-for-consumers" => s.wait_for_consumers.to_value(),
             "consumer-timeout" => s.consumer_timeout_ms.to_value(),
+            "stride-align" => s.stride_align.to_value(),
             "frames" => counter(|c| c.frames.load(Ordering::Relaxed)).to_value(),
             "copies" => counter(|c| c.copies.load(Ordering::Relaxed)).to_value(),
             "zero-copy" => counter(|c| c.zero_copy.load(Ordering::Relaxed)).to_value(),
-            "consumers" => (self.stream().map(|(st, _)| st.attached()).unwrap_or(0) as u32).to_value(),
+            "consumers" => (self.stream().map(|p| p.stream.attached()).unwrap_or(0) as u32).to_value(),
             _ => glib::Value::from_type(pspec.value_type()),
         }
     }
@@ -343,8 +379,8 @@ impl BaseSinkImpl for DmaBrokerSink {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        if let Some((stream, _)) = self.stream.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            stream.close();
+        if let Some(p) = self.stream.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            p.stream.close();
         }
         Ok(())
     }
@@ -352,41 +388,56 @@ impl BaseSinkImpl for DmaBrokerSink {
     fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
         let info =
             gst_video::VideoInfo::from_caps(caps).map_err(|_| gst::loggable_error!(CAT, "not video caps: {caps}"))?;
-        if let Some((_, current)) = self.stream() {
-            if current == info {
+        if let Some(current) = self.stream() {
+            if current.info == info {
                 return Ok(());
             }
             gst::info!(CAT, imp = self, "caps changed to {caps}: publishing a new pool (consumers reattach)");
-            if let Some((old, _)) = self.stream.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                old.close();
+            if let Some(old) = self.stream.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                old.stream.close();
             }
         }
-        let stream = self.publish(&info).map_err(|e| {
+        let layout = crate::videocaps::aligned(&info, self.settings().stride_align).map_err(|e| {
+            self.post_error_message(gst::error_msg!(gst::ResourceError::Settings, ["{e}"]));
+            gst::loggable_error!(CAT, "no layout for {caps}")
+        })?;
+        let stream = self.publish(&info, &layout).map_err(|e| {
             self.post_error_message(e);
             gst::loggable_error!(CAT, "publishing the pool failed")
         })?;
-        *self.stream.lock().unwrap_or_else(|p| p.into_inner()) = Some((stream, info));
+        *self.stream.lock().unwrap_or_else(|p| p.into_inner()) = Some(Published { stream, info, layout });
         Ok(())
     }
 
     fn propose_allocation(&self, query: &mut gst::query::Allocation) -> Result<(), gst::LoggableError> {
         let (caps, need_pool) = query.get_owned();
-        let Some((stream, info)) = self.stream() else { return Ok(()) };
+        let Some(Published { stream, info, layout }) = self.stream() else { return Ok(()) };
+        // Render reads any layout a video meta gives (copying when it is
+        // not the pool's): upstream may add one.
+        query.add_allocation_meta::<gst_video::VideoMeta>(None);
         let matches = caps.as_ref().and_then(|c| gst_video::VideoInfo::from_caps(c).ok()).is_some_and(|i| i == info);
         if need_pool && matches {
-            let pool = SinkPool::new(stream.clone());
+            let padded = !crate::videocaps::is_default_layout(&info, &layout);
+            let size = layout.size() as u32;
+            let pool = SinkPool::new(stream.clone(), padded.then(|| layout.clone()));
             let mut config = pool.config();
-            config.set_params(caps.as_ref(), info.size() as u32, 0, self.settings().buffers);
+            config.set_params(caps.as_ref(), size, 0, self.settings().buffers);
             if pool.set_config(config).is_ok() {
-                query.add_allocation_pool(Some(&pool), info.size() as u32, 0, self.settings().buffers);
-                gst::debug!(CAT, imp = self, "proposed the dmabroker pool ({} bytes per frame)", info.size());
+                query.add_allocation_pool(Some(&pool), size, 0, self.settings().buffers);
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "proposed the dmabroker pool ({size} bytes per frame, strides {:?}{})",
+                    layout.stride(),
+                    if padded { ", in a video meta" } else { "" }
+                );
             }
         }
         Ok(())
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let Some((stream, info)) = self.stream() else {
+        let Some(Published { stream, info, layout }) = self.stream() else {
             gst::element_imp_error!(self, gst::CoreError::Negotiation, ["no caps before the first buffer"]);
             return Err(gst::FlowError::NotNegotiated);
         };
@@ -414,11 +465,14 @@ impl BaseSinkImpl for DmaBrokerSink {
                 m
             }
         };
-        // Ours when it is one memory over a lent frame in the default layout.
-        let plain_layout = buffer.meta::<gst_video::VideoMeta>().is_none_or(|m| {
-            m.offset() == &info.offset()[..m.offset().len()] && m.stride() == &info.stride()[..m.stride().len()]
-        });
-        if buffer.n_memory() == 1 && plain_layout {
+        // Ours when it is one memory over a lent frame in the pool's layout
+        // (a buffer without a video meta is in the caps' default layout).
+        let video_meta = buffer.meta::<gst_video::VideoMeta>();
+        let (offsets, strides) =
+            video_meta.as_ref().map_or((info.offset(), info.stride()), |m| (m.offset(), m.stride()));
+        let in_pool_layout = offsets == &layout.offset()[..offsets.len().min(layout.offset().len())]
+            && strides == &layout.stride()[..strides.len().min(layout.stride().len())];
+        if buffer.n_memory() == 1 && in_pool_layout {
             for (lease, dmabuf) in lent_views(&stream, buffer) {
                 let view = lease.as_ref().map_or_else(|| buffer.peek_memory(0), |l| l.peek_memory(0));
                 let Ok(map) = view.map_readable() else { continue };
@@ -440,7 +494,7 @@ impl BaseSinkImpl for DmaBrokerSink {
                 }
             }
         }
-        // Copy once, into the default layout.
+        // Copy once, into the pool's layout.
         let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer.as_ref(), &info).map_err(|_| {
             gst::element_imp_error!(
                 self,
@@ -453,8 +507,8 @@ impl BaseSinkImpl for DmaBrokerSink {
             for plane in 0..frame.n_planes() {
                 let src = frame.plane_data(plane).map_err(|e| e.to_string())?;
                 let src_stride = frame.plane_stride()[plane as usize] as usize;
-                let dst_stride = info.stride()[plane as usize] as usize;
-                let offset = info.offset()[plane as usize];
+                let dst_stride = layout.stride()[plane as usize] as usize;
+                let offset = layout.offset()[plane as usize];
                 let rows = frame.comp_height(plane) as usize;
                 let row = src_stride.min(dst_stride);
                 for r in 0..rows {
@@ -493,7 +547,7 @@ impl BaseSinkImpl for DmaBrokerSink {
     fn event(&self, event: gst::Event) -> bool {
         if let gst::EventView::Eos(_) = event.view() {
             self.post_stats();
-            if let Some((stream, _)) = self.stream() {
+            if let Some(Published { stream, .. }) = self.stream() {
                 // Consumers see an orderly end once they read what is queued.
                 stream.lock().producer.close();
             }
@@ -503,7 +557,7 @@ impl BaseSinkImpl for DmaBrokerSink {
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
         self.unlocked.store(true, Ordering::Release);
-        if let Some((stream, _)) = self.stream() {
+        if let Some(Published { stream, .. }) = self.stream() {
             stream.flushing.store(true, Ordering::Release);
         }
         Ok(())
@@ -511,7 +565,7 @@ impl BaseSinkImpl for DmaBrokerSink {
 
     fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
         self.unlocked.store(false, Ordering::Release);
-        if let Some((stream, _)) = self.stream() {
+        if let Some(Published { stream, .. }) = self.stream() {
             stream.flushing.store(false, Ordering::Release);
         }
         Ok(())

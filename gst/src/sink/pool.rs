@@ -10,11 +10,17 @@
 //! parent's memory is the lease's mapping): elements that import dma-bufs
 //! (`v4l2src io-mode=dmabuf-import`) queue the frame itself to their
 //! device, the others map it through the fd.
+//!
+//! When the frames' layout is not the caps' default (`stride-align`), each
+//! buffer carries a `GstVideoMeta` with the layout's strides and offsets,
+//! if upstream enabled `GST_BUFFER_POOL_OPTION_VIDEO_META` (it reads the
+//! meta); without it upstream gets the frame with no meta and writes the
+//! default layout, which render then copies into a frame of the pool's.
 
 use super::stream::{Lease, LendError, Stream};
 use gst::glib;
 use gst::subclass::prelude::*;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 glib::wrapper! {
@@ -23,10 +29,13 @@ glib::wrapper! {
 }
 
 impl SinkPool {
-    /// A pool lending the frames of `stream`.
-    pub(crate) fn new(stream: Arc<Stream>) -> Self {
+    /// A pool lending the frames of `stream`, in `padded` (a layout other
+    /// than the caps' default, given to upstream as a video meta) or the
+    /// default layout (`None`).
+    pub(crate) fn new(stream: Arc<Stream>, padded: Option<gst_video::VideoInfo>) -> Self {
         let pool: Self = glib::Object::new();
         *pool.imp().stream.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream);
+        let _ = pool.imp().padded.set(padded);
         pool
     }
 }
@@ -37,6 +46,9 @@ mod imp {
     #[derive(Default)]
     pub struct SinkPool {
         pub(super) stream: Mutex<Option<Arc<Stream>>>,
+        pub(super) padded: OnceLock<Option<gst_video::VideoInfo>>,
+        /// Upstream reads video metas (the configuration's option).
+        video_meta: AtomicBool,
         dmabuf_allocator: OnceLock<gst_allocators::DmaBufAllocator>,
     }
 
@@ -54,6 +66,30 @@ mod imp {
     }
 
     impl ObjectImpl for SinkPool {}
+
+    impl SinkPool {
+        /// Say the padded layout in a video meta, when upstream reads one.
+        fn add_layout(&self, buffer: &mut gst::Buffer) -> Result<(), gst::FlowError> {
+            let Some(Some(layout)) = self.padded.get() else { return Ok(()) };
+            if !self.video_meta.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            gst_video::VideoMeta::add_full(
+                buffer.make_mut(),
+                gst_video::VideoFrameFlags::empty(),
+                layout.format(),
+                layout.width(),
+                layout.height(),
+                layout.offset(),
+                layout.stride(),
+            )
+            .map(|_| ())
+            .map_err(|e| {
+                gst::error!(crate::sink::imp::CAT, "adding the pool's video meta: {e}");
+                gst::FlowError::Error
+            })
+        }
+    }
     impl GstObjectImpl for SinkPool {}
 
     impl SinkPool {
@@ -124,7 +160,15 @@ mod imp {
                 );
                 return false;
             }
+            let video_meta = config.has_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META.as_str());
+            self.video_meta.store(video_meta, Ordering::Release);
             self.parent_set_config(config)
+        }
+
+        fn options() -> &'static [&'static str] {
+            static OPTIONS: std::sync::LazyLock<[&'static str; 1]> =
+                std::sync::LazyLock::new(|| [gst_video::BUFFER_POOL_OPTION_VIDEO_META.as_str()]);
+            &*OPTIONS
         }
 
         fn acquire_buffer(
@@ -141,13 +185,16 @@ mod imp {
                     return Err(gst::FlowError::Error);
                 }
             };
-            if stream.dmabuf {
-                return self.dmabuf_buffer(&stream, lease);
-            }
-            let mut memory = gst::Memory::from_mut_slice(lease);
-            memory.make_mut().resize(0..stream.frame_len);
-            let mut buffer = gst::Buffer::new();
-            buffer.make_mut().append_memory(memory);
+            let mut buffer = if stream.dmabuf {
+                self.dmabuf_buffer(&stream, lease)?
+            } else {
+                let mut memory = gst::Memory::from_mut_slice(lease);
+                memory.make_mut().resize(0..stream.frame_len);
+                let mut buffer = gst::Buffer::new();
+                buffer.make_mut().append_memory(memory);
+                buffer
+            };
+            self.add_layout(&mut buffer)?;
             Ok(buffer)
         }
 

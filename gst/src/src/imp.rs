@@ -51,11 +51,15 @@ struct Counters {
     lost: AtomicU64,
     verified: AtomicU64,
     reconnects: AtomicU64,
+    copies: AtomicU64,
 }
 
 struct Attached {
     attachment: Arc<Attachment>,
     info: gst_video::VideoInfo,
+    /// The frames' layout: `info`'s default, or the producer's padded
+    /// strides and offsets (said downstream in a video meta).
+    layout: gst_video::VideoInfo,
     caps: gst::Caps,
     last_seq: Option<u64>,
 }
@@ -66,6 +70,9 @@ pub struct DmaBrokerSrc {
     state: Mutex<Option<Attached>>,
     counters: Counters,
     unlocked: AtomicBool,
+    copy_warned: AtomicBool,
+    /// Downstream reads video metas (its allocation query said so).
+    downstream_video_meta: AtomicBool,
 }
 
 impl DmaBrokerSrc {
@@ -80,7 +87,7 @@ impl DmaBrokerSrc {
         let attachment = Attachment::attach(&broker, &name)?;
         let description = attachment.info.description.clone();
         let plain = description.parse::<gst::Caps>();
-        let info = plain.as_ref().ok().and_then(|c| gst_video::VideoInfo::from_caps(c).ok()).ok_or_else(|| {
+        let (info, layout) = plain.as_ref().ok().and_then(|c| crate::videocaps::layout_of(c)).ok_or_else(|| {
             NamedPoolError::Refused {
                 code: dmabroker::proto::ErrorCode::BadRequest,
                 message: format!("pool `{name}` describes its frames as `{description}`, which are not video caps: is it a dmabrokersink pool?"),
@@ -90,13 +97,14 @@ impl DmaBrokerSrc {
         gst::info!(
             CAT,
             imp = self,
-            "attached to pool `{name}` of uid {} ({} access, {} {} buffers): {caps}",
+            "attached to pool `{name}` of uid {} ({} access, {} {} buffers, strides {:?}): {caps}",
             attachment.info.producer_uid,
             attachment.info.access,
             attachment.maps.len(),
-            if attachment.dmabuf { "dma-buf" } else { "memfd" }
+            if attachment.dmabuf { "dma-buf" } else { "memfd" },
+            layout.stride()
         );
-        Ok(Attached { attachment, info, caps, last_seq: None })
+        Ok(Attached { attachment, info, layout, caps, last_seq: None })
     }
 
     fn error_for(&self, e: &NamedPoolError) -> gst::ErrorMessage {
@@ -149,9 +157,43 @@ impl DmaBrokerSrc {
             .field("lost", c.lost.load(Ordering::Relaxed))
             .field("verified", c.verified.load(Ordering::Relaxed))
             .field("reconnects", c.reconnects.load(Ordering::Relaxed))
+            .field("copies", c.copies.load(Ordering::Relaxed))
             .build();
         gst::info!(CAT, imp = self, "{s}");
         let _ = self.obj().post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+    }
+
+    /// A copy of `buffer` (a padded frame with its video meta) in the caps'
+    /// default layout, for downstream that reads no video meta.
+    fn default_layout_copy(
+        &self,
+        buffer: &gst::Buffer,
+        info: &gst_video::VideoInfo,
+    ) -> Result<gst::Buffer, gst::FlowError> {
+        if !self.copy_warned.swap(true, Ordering::AcqRel) {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "downstream reads no GstVideoMeta and the pool's strides are padded: copying each frame into the default layout"
+            );
+        }
+        let fail = |what: &str| {
+            gst::element_imp_error!(self, gst::StreamError::Format, ["copying a padded frame: {what}"]);
+            gst::FlowError::Error
+        };
+        let src = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer.as_ref(), info)
+            .map_err(|_| fail("mapping the frame"))?;
+        let mut out = gst::Buffer::with_size(info.size()).map_err(|_| fail("allocating"))?;
+        {
+            let mut dst = gst_video::VideoFrameRef::from_buffer_ref_writable(
+                out.get_mut().ok_or_else(|| fail("a new buffer is not writable"))?,
+                info,
+            )
+            .map_err(|_| fail("mapping the copy"))?;
+            src.copy(&mut dst).map_err(|_| fail("copying"))?;
+        }
+        self.counters.copies.fetch_add(1, Ordering::Relaxed);
+        Ok(out)
     }
 
     /// The pipeline running time of a frame the producer handed off at
@@ -216,6 +258,11 @@ impl ObjectImpl for DmaBrokerSrc {
                     .blurb("Frames whose checksum matched")
                     .read_only()
                     .build(),
+                glib::ParamSpecUInt64::builder("copies")
+                    .nick("Copies")
+                    .blurb("Frames copied into the caps' default layout because the pool's strides are padded and downstream reads no GstVideoMeta")
+                    .read_only()
+                    .build(),
             ]
         });
         PROPS.as_ref()
@@ -245,6 +292,7 @@ impl ObjectImpl for DmaBrokerSrc {
             "frames" => c.frames.load(Ordering::Relaxed).to_value(),
             "lost" => c.lost.load(Ordering::Relaxed).to_value(),
             "verified" => c.verified.load(Ordering::Relaxed).to_value(),
+            "copies" => c.copies.load(Ordering::Relaxed).to_value(),
             _ => glib::Value::from_type(pspec.value_type()),
         }
     }
@@ -327,6 +375,12 @@ impl BaseSrcImpl for DmaBrokerSrc {
             Some(f) => f.intersect_with_mode(&caps, gst::CapsIntersectMode::First),
             None => caps,
         })
+    }
+
+    fn decide_allocation(&self, query: &mut gst::query::Allocation) -> Result<(), gst::LoggableError> {
+        let reads_meta = query.find_allocation_meta::<gst_video::VideoMeta>().is_some();
+        self.downstream_video_meta.store(reads_meta, Ordering::Release);
+        self.parent_decide_allocation(query)
     }
 
     fn is_seekable(&self) -> bool {
@@ -446,26 +500,34 @@ impl PushSrcImpl for DmaBrokerSrc {
             let map = attachment.maps[info.index as usize].clone();
             let len = (info.bytes_used as usize).min(map.len());
             let dmabuf = attachment.dmabuf;
-            let vinfo = st.info.clone();
+            let (vinfo, layout) = (st.info.clone(), st.layout.clone());
             drop(state);
             let held = Held { frame: Some(kept), map, len, attachment: attachment.clone() };
+            let padded = !crate::videocaps::is_default_layout(&vinfo, &layout);
             let mut buffer = if dmabuf {
-                let mut buffer = crate::src::imp::dmabuf_buffer(&attachment, info.index, len, held)?;
-                // DMA_DRM caps carry no layout: a video meta says it (the
-                // producer's default strides and offsets for the format).
-                let _ = gst_video::VideoMeta::add_full(
-                    buffer.make_mut(),
-                    gst_video::VideoFrameFlags::empty(),
-                    vinfo.format(),
-                    vinfo.width(),
-                    vinfo.height(),
-                    vinfo.offset(),
-                    vinfo.stride(),
-                );
-                buffer
+                crate::src::imp::dmabuf_buffer(&attachment, info.index, len, held)?
             } else {
                 gst::Buffer::from_slice(held)
             };
+            if dmabuf || padded {
+                // DMA_DRM caps carry no layout, nor do caps a padded one: a
+                // video meta says it (the producer's strides and offsets).
+                let _ = gst_video::VideoMeta::add_full(
+                    buffer.make_mut(),
+                    gst_video::VideoFrameFlags::empty(),
+                    layout.format(),
+                    layout.width(),
+                    layout.height(),
+                    layout.offset(),
+                    layout.stride(),
+                );
+            }
+            // DMA_DRM consumers must read the meta (those caps say no
+            // layout); system memory goes to any element, so it gets the
+            // default layout when downstream reads no meta.
+            if padded && !dmabuf && !self.downstream_video_meta.load(Ordering::Acquire) {
+                buffer = self.default_layout_copy(&buffer, &vinfo)?;
+            }
             {
                 let b = buffer.make_mut();
                 b.set_pts(self.running_time_of(info.timestamp_ns));
