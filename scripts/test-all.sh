@@ -86,7 +86,7 @@ if [[ $mode != host ]]; then
         exe=${t#* }
         case "$name" in
         # Need libvulkan (dlopen): a dynamic build, their own stage below.
-        vm_vulkan | vm_vulkan_cli) ;;
+        vm_vulkan | vm_vulkan_cli | vm_vulkan_capi) ;;
         vm_* | heap_conformance | cpu_access | seals | hugetlb | bad_input | dmabroker | dmabroker_sys) vm_bins+=("$exe") ;;
         esac
     done

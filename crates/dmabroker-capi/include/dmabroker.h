@@ -2089,6 +2089,33 @@ enum dmabroker_status dmabroker_producer_get_stats(const struct dmabroker_produc
  */
 enum dmabroker_status dmabroker_producer_get_consumer_stats(const struct dmabroker_producer *producer, size_t index, struct dmabroker_consumer_stats *out);
 
+#if defined(DMABROKER_VULKAN)
+/**
+ * The constraints of Vulkan physical device `index` (as `vulkaninfo
+ * --summary` numbers them) importing dma-bufs of DRM format `drm_fourcc`
+ * for `usage` (`"transfer"`, `"sampled,storage"`, ...; NULL: transfer):
+ * a dma-buf, with the device as provenance (`vulkan:0 (llvmpipe ...)`).
+ * The device must import the LINEAR modifier for that format and usage,
+ * the layout dmabroker computes; merge the handle with the other devices'
+ * (`dmabroker_constraints_merge`) and allocate (`dmabroker_alloc_for`).
+ * Only in a library built with the cargo feature `vulkan` (dynamically
+ * linked: libvulkan.so.1 is loaded at run time); the header declares it
+ * when `DMABROKER_VULKAN` is defined.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_NOT_FOUND` (no Vulkan loader, no device `index`),
+ * `DMABROKER_ERROR_UNSUPPORTED` (the device lacks dma-buf import, has no
+ * Vulkan format for `drm_fourcc`, or does not import LINEAR for it: the
+ * message names the device and what it offers),
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` (an unknown usage, NULL `out`),
+ * `DMABROKER_ERROR_IO` (a Vulkan call failed).
+ *
+ * # Safety
+ * `usage` is NULL or a C string; `out` is NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_constraints_vulkan(uint32_t index, uint32_t drm_fourcc, const char *usage, struct dmabroker_constraints **out);
+#endif
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -50,6 +50,13 @@ pub struct Constraints {
 }
 
 impl Constraints {
+    /// A handle for `device` holding what another source found (a Vulkan
+    /// device's requirements), with nothing said by the setters yet.
+    #[cfg_attr(not(feature = "vulkan"), allow(dead_code))]
+    pub(crate) fn of(device: String, merged: CoreConstraints) -> Self {
+        Self { device, own: DeviceProfile::default(), merged }
+    }
+
     /// Everything this handle requires: its own device's requirements
     /// merged with what was probed and merged in.
     pub(crate) fn effective(&self) -> Result<CoreConstraints> {

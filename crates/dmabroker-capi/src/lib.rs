@@ -30,6 +30,8 @@ mod format;
 mod heaps;
 mod mapping;
 mod pool;
+#[cfg(feature = "vulkan")]
+mod vulkan;
 
 pub use buffer::{
     dmabroker_alloc, dmabroker_buffer_clone, dmabroker_buffer_dup_fd, dmabroker_buffer_fd, dmabroker_buffer_free,
@@ -75,6 +77,8 @@ pub use pool::{
     ConsumerOptions, ConsumerSelfStats, ConsumerStats, Frame, FrameInfo, PoolOptions, PoolStats, Producer, WaitMode,
     WaitModeArg, DMABROKER_FRAME_FLAG_ERROR, DMABROKER_FRAME_FLAG_KEY_FRAME, DMABROKER_FRAME_FLAG_SYNC_FILE,
 };
+#[cfg(feature = "vulkan")]
+pub use vulkan::dmabroker_constraints_vulkan;
 
 use error::{guard_value, Error, Result};
 use std::ffi::{c_char, CStr};

@@ -242,7 +242,10 @@ fn vulkan_devices_are_parsed_and_a_build_without_vulkan_says_so() {
     );
     if !cfg!(feature = "vulkan") {
         fails_with(&["alloc", "--for", "vulkan:0", "--format", "XR24", "--size", "64x64"], "--features vulkan");
+        fails_with(&["demo", "--through", "vulkan", "--frames", "1"], "--features vulkan");
     }
+    fails_with(&["demo", "--through", "vulkan:x", "--frames", "1"], "vulkan:N with N its index");
+    fails_with(&["demo", "--through", "opencl", "--frames", "1"], "vulkan or vulkan:N");
     // --modifier alone is recorded in the layout, and said to be unchecked.
     let v = json(&["alloc", "--modifier", "LINEAR", "--format", "XR24", "--size", "64x64", "--json"]);
     assert_eq!(v["layout"]["modifier"], 0, "{v}");

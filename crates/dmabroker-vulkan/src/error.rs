@@ -39,6 +39,9 @@ pub enum VulkanError {
         /// Its result code.
         result: vk::Result,
     },
+    /// The driver's `SYNC_FD` export is not a sync_file.
+    #[error("the driver's SYNC_FD semaphore export is not a sync_file: {0}")]
+    NotASyncFile(#[source] dmabroker::fence::NotASyncFile),
     /// A dma-buf or sync_file system call failed.
     #[error("{call}: {errno}")]
     Os {

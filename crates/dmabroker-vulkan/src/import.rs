@@ -177,9 +177,9 @@ impl Vulkan {
 
 impl Drop for ImportedImage<'_> {
     fn drop(&mut self) {
-        // SAFETY: the transfers that use this image wait for their fence
-        // before returning, so no pending work refers to it; the image goes
-        // before the memory bound to it.
+        // SAFETY: a transfer's `Submission` borrows the images it uses and
+        // waits for its fence when it goes, so no pending work refers to
+        // this one; the image goes before the memory bound to it.
         unsafe {
             self.vk.device.destroy_image(self.image, None);
             self.vk.device.free_memory(self.memory, None);

@@ -13,7 +13,9 @@
 //!   the imported memory.
 //! - [`transfer`]: a transfer on the device between two imported images, its
 //!   completion exported as a sync_file (`VK_KHR_external_semaphore_fd`,
-//!   `SYNC_FD`) where the driver can.
+//!   `SYNC_FD`) where the driver can; submitted without waiting
+//!   ([`Vulkan::submit_copy_flipped`], a [`Submission`] whose sync_file a
+//!   pool frame carries) or submitted and waited.
 //!
 //! This crate is the Vulkan FFI edge: the library (`dmabroker`) forbids
 //! `unsafe`, every `ash` call is `unsafe`, so they live here, each block with
@@ -30,4 +32,4 @@ pub use context::Vulkan;
 pub use error::VulkanError;
 pub use format::Usage;
 pub use import::ImportedImage;
-pub use transfer::TransferOutcome;
+pub use transfer::{Submission, TransferOutcome};

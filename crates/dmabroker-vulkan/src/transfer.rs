@@ -2,11 +2,23 @@
 //! flipped copy: one region per row), with the images acquired from and
 //! released to the external queue family around it, completion signalled on
 //! a fence and, where the driver can, on a semaphore exported as a sync_file.
+//!
+//! [`Vulkan::submit_copy_flipped`] returns at once with a [`Submission`]:
+//! its sync_file goes to whoever reads the destination next (a pool frame,
+//! `WriteSlot::submit_with_fence`), while the submission itself, which
+//! borrows both images so neither can go while the device uses it, is kept
+//! until [`Submission::is_done`] (or waited, or dropped: drop waits).
+//! [`Vulkan::copy_flipped`] is submit-and-wait.
 
 use crate::error::call;
 use crate::{ImportedImage, Vulkan, VulkanError};
 use ash::vk;
+use dmabroker::fence::SyncFile;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// Longest a drop (or [`Vulkan::copy_flipped`]) waits for the device.
+const DEVICE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What a finished transfer left behind.
 #[derive(Debug)]
@@ -20,26 +32,102 @@ pub struct TransferOutcome {
     pub sync_file_signalled: bool,
 }
 
-/// Everything a submission created, destroyed on drop (after the fence, or
-/// device idle, so nothing pending refers to it).
+/// Everything a submission created, destroyed on drop after its fence (so
+/// nothing pending refers to it).
 struct Scratch<'v> {
     vk: &'v Vulkan,
     pool: vk::CommandPool,
     fence: vk::Fence,
     semaphore: vk::Semaphore,
+    /// The fence has a signal pending (the queue submission succeeded).
+    submitted: bool,
+}
+
+impl Scratch<'_> {
+    fn wait(&self, timeout: Duration) -> Result<(), VulkanError> {
+        if !self.submitted {
+            return Ok(());
+        }
+        let ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        // SAFETY: the fence belongs to this device and was submitted.
+        unsafe { self.vk.device.wait_for_fences(&[self.fence], true, ns) }.map_err(call("vkWaitForFences"))
+    }
 }
 
 impl Drop for Scratch<'_> {
     fn drop(&mut self) {
-        // SAFETY: the objects belong to this device; waiting idle first means
-        // no submitted command buffer, fence or semaphore is still in use
-        // (null handles are ignored by the destroy calls).
+        // A submitted fence is waited first, so no command buffer, fence or
+        // semaphore is still in use; should that wait fail (device lost,
+        // timeout), the whole device is waited instead.
+        if self.wait(DEVICE_TIMEOUT).is_err() {
+            // SAFETY: a live device; waiting idle has no other precondition.
+            let _ = unsafe { self.vk.device.device_wait_idle() };
+        }
+        // SAFETY: the objects belong to this device and no pending work uses
+        // them (above); null handles are ignored by the destroy calls.
         unsafe {
-            let _ = self.vk.device.device_wait_idle();
             self.vk.device.destroy_semaphore(self.semaphore, None);
             self.vk.device.destroy_fence(self.fence, None);
             self.vk.device.destroy_command_pool(self.pool, None);
         }
+    }
+}
+
+/// A transfer submitted to the device and perhaps still running. It
+/// borrows the images it reads and writes, so they outlive it; dropping it
+/// waits for the device (bounded, then device idle).
+pub struct Submission<'a> {
+    scratch: Scratch<'a>,
+    sync_file: Option<SyncFile>,
+    no_sync_file: Option<String>,
+    submitted_at: Instant,
+    export_time: Duration,
+    _images: std::marker::PhantomData<&'a ImportedImage<'a>>,
+}
+
+impl std::fmt::Debug for Submission<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submission")
+            .field("sync_file", &self.sync_file.is_some())
+            .field("no_sync_file", &self.no_sync_file)
+            .finish()
+    }
+}
+
+impl Submission<'_> {
+    /// The completion as a sync_file (taken: a second call gets `None`);
+    /// `None` where the driver cannot export one ([`Self::no_sync_file`]).
+    pub fn take_sync_file(&mut self) -> Option<SyncFile> {
+        self.sync_file.take()
+    }
+
+    /// Why there is no sync_file, when the driver gave none.
+    pub fn no_sync_file(&self) -> Option<&str> {
+        self.no_sync_file.as_deref()
+    }
+
+    /// When it was submitted.
+    pub fn submitted_at(&self) -> Instant {
+        self.submitted_at
+    }
+
+    /// How long the sync_file export (`vkGetSemaphoreFdKHR`) took: a driver
+    /// that cannot hand out a pending fence waits for the work there and
+    /// returns a signalled one (lavapipe gives the kernel's stub fence).
+    pub fn export_time(&self) -> Duration {
+        self.export_time
+    }
+
+    /// Whether the device finished it (`vkGetFenceStatus`, no waiting).
+    pub fn is_done(&self) -> Result<bool, VulkanError> {
+        // SAFETY: the fence belongs to this device.
+        unsafe { self.scratch.vk.device.get_fence_status(self.scratch.fence) }.map_err(call("vkGetFenceStatus"))
+    }
+
+    /// Wait at most `timeout` for the device; on success the images are
+    /// free for the CPU and for other devices.
+    pub fn wait(&self, timeout: Duration) -> Result<(), VulkanError> {
+        self.scratch.wait(timeout)
     }
 }
 
@@ -56,6 +144,31 @@ impl Vulkan {
         src: &ImportedImage<'_>,
         dst: &ImportedImage<'_>,
     ) -> Result<TransferOutcome, VulkanError> {
+        let mut submission = self.submit_copy_flipped(src, dst)?;
+        let mut outcome = TransferOutcome {
+            sync_file: None,
+            no_sync_file: submission.no_sync_file().map(str::to_owned),
+            sync_file_signalled: false,
+        };
+        if let Some(fence) = submission.take_sync_file() {
+            outcome.sync_file_signalled = fence.wait(DEVICE_TIMEOUT).is_ok();
+            outcome.sync_file = Some(fence.into_fd());
+        } else if outcome.no_sync_file.as_deref().is_some_and(|w| w.contains("already signalled")) {
+            outcome.sync_file_signalled = true;
+        }
+        submission.wait(DEVICE_TIMEOUT)?;
+        Ok(outcome)
+    }
+
+    /// [`copy_flipped`](Self::copy_flipped) without the wait: submit the
+    /// copy and return. The [`Submission`] carries its completion as a
+    /// sync_file where the driver exports one; it must be kept (it borrows
+    /// both images) until done.
+    pub fn submit_copy_flipped<'a>(
+        &'a self,
+        src: &'a ImportedImage<'a>,
+        dst: &'a ImportedImage<'a>,
+    ) -> Result<Submission<'a>, VulkanError> {
         if (src.width, src.height) != (dst.width, dst.height) {
             return Err(VulkanError::BadImport(format!(
                 "copy {}x{} into {}x{}: the images differ in size",
@@ -67,6 +180,7 @@ impl Vulkan {
             pool: vk::CommandPool::null(),
             fence: vk::Fence::null(),
             semaphore: vk::Semaphore::null(),
+            submitted: false,
         };
         let info = vk::CommandPoolCreateInfo::default().queue_family_index(self.queue_family);
         // SAFETY: valid device and create info.
@@ -95,7 +209,58 @@ impl Vulkan {
                 self.provenance()
             ));
         }
+        self.record_flip(cmd, src, dst)?;
+        let cmds = [cmd];
+        let signal = [scratch.semaphore];
+        let mut submit = vk::SubmitInfo::default().command_buffers(&cmds);
+        if scratch.semaphore != vk::Semaphore::null() {
+            submit = submit.signal_semaphores(&signal);
+        }
+        let submitted_at = Instant::now();
+        // SAFETY: the command buffer is recorded; the fence is unsignalled
+        // and the semaphore (if any) unsignalled with no pending signal; the
+        // queue belongs to this device.
+        unsafe { self.device.queue_submit(self.queue, &[submit], scratch.fence) }.map_err(call("vkQueueSubmit"))?;
+        scratch.submitted = true;
 
+        let mut sync_file = None;
+        let exporting = Instant::now();
+        if let (Some(sem_fd), true) = (&self.semaphore_fd, scratch.semaphore != vk::Semaphore::null()) {
+            let info = vk::SemaphoreGetFdInfoKHR::default()
+                .semaphore(scratch.semaphore)
+                .handle_type(vk::ExternalSemaphoreHandleTypeFlags::SYNC_FD);
+            // SAFETY: the semaphore was created exportable as SYNC_FD and
+            // has a signal operation pending (the submission above), as
+            // SYNC_FD export requires.
+            let raw = unsafe { sem_fd.get_semaphore_fd(&info) }.map_err(call("vkGetSemaphoreFdKHR (SYNC_FD)"))?;
+            if raw >= 0 {
+                // SAFETY: a successful export returns a new fd that the
+                // caller owns.
+                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                sync_file = Some(SyncFile::new(fd).map_err(VulkanError::NotASyncFile)?);
+            } else {
+                // -1: already signalled, the spec allows it for SYNC_FD.
+                no_sync_file = Some("the driver returned -1 (an already signalled SYNC_FD payload)".into());
+            }
+        }
+        Ok(Submission {
+            scratch,
+            sync_file,
+            no_sync_file,
+            submitted_at,
+            export_time: exporting.elapsed(),
+            _images: std::marker::PhantomData,
+        })
+    }
+
+    /// Record the flipped copy into `cmd`, with the images acquired from
+    /// and released to the external queue family around it.
+    fn record_flip(
+        &self,
+        cmd: vk::CommandBuffer,
+        src: &ImportedImage<'_>,
+        dst: &ImportedImage<'_>,
+    ) -> Result<(), VulkanError> {
         let acquire = |image: vk::Image, layout: vk::ImageLayout, access: vk::AccessFlags| {
             vk::ImageMemoryBarrier::default()
                 .src_access_mask(vk::AccessFlags::empty())
@@ -166,48 +331,6 @@ impl Vulkan {
             );
             self.device.end_command_buffer(cmd).map_err(call("vkEndCommandBuffer"))?;
         }
-        let cmds = [cmd];
-        let signal = [scratch.semaphore];
-        let mut submit = vk::SubmitInfo::default().command_buffers(&cmds);
-        if scratch.semaphore != vk::Semaphore::null() {
-            submit = submit.signal_semaphores(&signal);
-        }
-        // SAFETY: the command buffer is recorded; the fence is unsignalled
-        // and the semaphore (if any) unsignalled with no pending signal; the
-        // queue belongs to this device.
-        unsafe { self.device.queue_submit(self.queue, &[submit], scratch.fence) }.map_err(call("vkQueueSubmit"))?;
-
-        let mut outcome = TransferOutcome { sync_file: None, no_sync_file, sync_file_signalled: false };
-        if let Some(sem_fd) = &self.semaphore_fd {
-            if scratch.semaphore != vk::Semaphore::null() {
-                let info = vk::SemaphoreGetFdInfoKHR::default()
-                    .semaphore(scratch.semaphore)
-                    .handle_type(vk::ExternalSemaphoreHandleTypeFlags::SYNC_FD);
-                // SAFETY: the semaphore was created exportable as SYNC_FD and
-                // has a signal operation pending (the submission above), as
-                // SYNC_FD export requires.
-                let raw = unsafe { sem_fd.get_semaphore_fd(&info) }.map_err(call("vkGetSemaphoreFdKHR (SYNC_FD)"))?;
-                if raw >= 0 {
-                    // SAFETY: a successful export returns a new fd that the
-                    // caller owns.
-                    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-                    let mut pfd = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
-                    let timeout = rustix::event::Timespec { tv_sec: 20, tv_nsec: 0 };
-                    let n = rustix::event::poll(&mut pfd, Some(&timeout))
-                        .map_err(|errno| VulkanError::Os { call: "poll of the sync_file", errno })?;
-                    outcome.sync_file_signalled = n == 1;
-                    outcome.sync_file = Some(fd);
-                } else {
-                    // -1: already signalled, the spec allows it for SYNC_FD.
-                    outcome.no_sync_file = Some("the driver returned -1 (an already signalled SYNC_FD payload)".into());
-                    outcome.sync_file_signalled = true;
-                }
-            }
-        }
-        // SAFETY: the fence was submitted above.
-        unsafe { self.device.wait_for_fences(&[scratch.fence], true, 20_000_000_000) }
-            .map_err(call("vkWaitForFences"))?;
-        drop(scratch);
-        Ok(outcome)
+        Ok(())
     }
 }

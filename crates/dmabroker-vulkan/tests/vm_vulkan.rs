@@ -164,3 +164,46 @@ fn vivid_capture_imported_and_copied_by_vulkan() {
         choice.heap
     );
 }
+
+/// `submit_copy_flipped` returns before the device is done, with the
+/// completion as a sync_file: what a pool frame carries. Waiting on that
+/// sync_file (no Vulkan call) is enough for the CPU to see the copy.
+#[test]
+fn submitted_copy_returns_a_sync_file_that_signals_when_it_is_done() {
+    let test = "submitted_copy_returns_a_sync_file_that_signals_when_it_is_done";
+    let vk = require!(test, Vulkan::open(0), "Vulkan device 0");
+    let layout = Layout::new(PixelFormat::Xbgr32, W, H, &LayoutOptions::default()).unwrap().with_modifier(MOD_LINEAR);
+    let (heap, bufs) = require!(test, vm_common::dma_bufs(2, layout.total_size()), "two dma-bufs");
+    let pattern = vm_common::pattern(20, layout.total_size() as usize);
+    {
+        let mut m = bufs[0].map_read_write().unwrap();
+        let mut w = m.begin_read_write().expect("begin_write");
+        w[..pattern.len()].copy_from_slice(&pattern);
+    }
+    let a = vk.import(&bufs[0], bufs[0].len(), &layout, Usage::TRANSFER).expect("import the source");
+    let b = vk.import(&bufs[1], bufs[1].len(), &layout, Usage::TRANSFER).expect("import the destination");
+    let mut submission = vk.submit_copy_flipped(&a, &b).expect("submit");
+    let fence = match submission.take_sync_file() {
+        Some(f) => f,
+        None => {
+            panic!("{} gave no sync_file for the copy: {}", vk.provenance(), submission.no_sync_file().unwrap_or("?"))
+        }
+    };
+    assert!(submission.take_sync_file().is_none(), "the sync_file is taken once");
+    let info = fence.info().expect("SYNC_IOC_FILE_INFO");
+    let waited = fence.wait(Duration::from_secs(20)).expect("the copy's sync_file signals");
+    assert!(submission.is_done().expect("vkGetFenceStatus"), "the sync_file signalled before the fence");
+    drop(submission);
+    drop((a, b));
+    let mut m = bufs[1].map_read().unwrap();
+    let r = m.begin_read().expect("begin_read");
+    let pitch = layout.bytesperline() as usize;
+    for y in 0..H as usize {
+        let want = &pattern[(H as usize - 1 - y) * pitch..][..W as usize * 4];
+        assert_eq!(&r[y * pitch..][..W as usize * 4], want, "row {y}");
+    }
+    eprintln!(
+        "{test}: {W}x{H} flipped on {} between two {heap} buffers; sync_file {info}, waited {waited:?}",
+        vk.provenance()
+    );
+}

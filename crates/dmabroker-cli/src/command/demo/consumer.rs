@@ -13,6 +13,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Longest wait for a frame's fence (lavapipe under emulation is slow).
+const FENCE_TIMEOUT: Duration = Duration::from_secs(20);
+
 pub(super) fn run_consumer(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     // Ctrl-C on a terminal, `timeout` or `kill -TERM -PGID` reach the whole
     // process group: the producer stops and closes the stream in order, and
@@ -52,6 +55,22 @@ pub(super) fn run_consumer(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             Ok(mut frame) => {
                 let latency = dmabroker::pool::now_ns().saturating_sub(frame.info().timestamp_ns);
                 let info = *frame.info();
+                // `--through`: the device may still be writing the frame;
+                // its fence says when it is done (frames without one pass).
+                if frame.fence().is_some() {
+                    match frame.wait_fence(FENCE_TIMEOUT) {
+                        Ok(waited) => {
+                            let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+                            report.fenced += 1;
+                            report.fence_waited_ns = report.fence_waited_ns.saturating_add(ns);
+                            report.fence_wait_max_ns = report.fence_wait_max_ns.max(ns);
+                        }
+                        Err(e) => {
+                            report.bad += 1;
+                            eprintln!("consumer {}: {e}", args.id);
+                        }
+                    }
+                }
                 let data = frame.read()?;
                 let used = usize::try_from(info.bytes_used).unwrap_or(usize::MAX).min(data.len());
                 if checksum(&data[..used]) != info.meta {

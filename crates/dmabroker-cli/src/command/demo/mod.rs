@@ -12,6 +12,12 @@
 //! with the device's probed constraints), or a synthetic NV12 test pattern
 //! the producer writes. `auto` takes the device when one is usable.
 //!
+//! `--through vulkan[:N]` (feature `vulkan`) routes each captured frame
+//! through Vulkan device N ([`through_vulkan`]): the capture buffer is
+//! imported as a `VkImage` (no CPU copy), the device writes a flipped copy
+//! into the pool's buffer, and the frame carries the submission's
+//! completion as a sync_file that consumers wait on.
+//!
 //! The transport is a parameter ([`DemoTransport`]): today a pool socket the
 //! producer listens on; an embedded broker can become another variant without
 //! touching the producer or consumer loops.
@@ -33,6 +39,8 @@ mod producer;
 mod report;
 mod sink;
 mod source;
+#[cfg(feature = "vulkan")]
+mod through_vulkan;
 use consumer::run_consumer;
 use producer::run_producer;
 
@@ -85,6 +93,15 @@ pub struct DemoArgs {
     /// another process (DRM master).
     #[arg(long, value_name = "CARD")]
     pub sink: Option<PathBuf>,
+    /// Route every frame through a GPU stage: `vulkan[:N]` imports each
+    /// captured dma-buf into Vulkan device N (default 0) with no CPU copy;
+    /// a transfer on the device writes the frame flipped vertically into
+    /// the pool's buffer, and the frame carries the submission's completion
+    /// as a sync_file, which consumers wait on before they read. Needs a
+    /// V4L2 source capturing XR24 (XRGB8888) and a build with the cargo
+    /// feature `vulkan`.
+    #[arg(long, value_name = "vulkan[:N]", value_parser = parse_through)]
+    pub through: Option<Through>,
     /// Print the summary as JSON on stdout (the live status stays on stderr).
     #[arg(long)]
     pub json: bool,
@@ -97,6 +114,10 @@ pub struct DemoArgs {
     /// Internal: the consumer's number.
     #[arg(long, hide = true, default_value_t = 0)]
     pub id: u32,
+    /// Internal: the consumer asks for the frames' sync_files and waits on
+    /// them before reading (`--through`).
+    #[arg(long, hide = true)]
+    pub wait_fences: bool,
     /// Internal: the sink consumer's frame format (V4L2 fourcc).
     #[arg(long, hide = true)]
     pub sink_format: Option<String>,
@@ -132,6 +153,45 @@ pub enum PolicyArg {
     Block,
     /// Drop the oldest unread frame.
     DropOldest,
+}
+
+/// `--through` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Through {
+    /// Vulkan physical device N (as `vulkaninfo --summary` numbers them).
+    Vulkan(usize),
+}
+
+impl std::fmt::Display for Through {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Vulkan(n) => write!(f, "vulkan:{n}"),
+        }
+    }
+}
+
+fn parse_through(s: &str) -> Result<Through, String> {
+    match s.split_once(':') {
+        None if s == "vulkan" => Ok(Through::Vulkan(0)),
+        Some(("vulkan", n)) => n.parse().map(Through::Vulkan).map_err(|_| {
+            format!(
+                "`{s}`: the Vulkan device is vulkan:N with N its index (vulkan:0; `vulkaninfo --summary` lists them)"
+            )
+        }),
+        _ => Err(format!("`{s}`: the stage is vulkan or vulkan:N")),
+    }
+}
+
+/// `--through` in a build without the stage: say how to get it.
+fn check_through(args: &DemoArgs) -> anyhow::Result<()> {
+    match args.through {
+        Some(t) if !cfg!(feature = "vulkan") => anyhow::bail!(
+            "--through {t}: this dmabroker was built without Vulkan support; rebuild it with \
+             `cargo build --release -p dmabroker-cli --features vulkan` (dynamically linked: a +crt-static \
+             binary cannot load libvulkan.so.1)"
+        ),
+        _ => Ok(()),
+    }
 }
 
 fn parse_wh(s: &str) -> Result<(u32, u32), String> {
@@ -178,22 +238,25 @@ impl DemoTransport {
 
     fn connect(args: &DemoArgs) -> anyhow::Result<Consumer> {
         let path = args.socket.as_ref().ok_or_else(|| anyhow::anyhow!("--role consumer needs --socket"))?;
-        let options = ConsumerOptions { wait: WaitMode::default(), ..Default::default() };
+        let options =
+            ConsumerOptions { wait: WaitMode::default(), want_sync_files: args.wait_fences, ..Default::default() };
         Ok(Consumer::connect_with(path, &options)?)
     }
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     match args.role.as_deref() {
-        None => run_producer(args, &DemoTransport::default_socket()).inspect_err(|e| {
-            // A run that fails before it streams still owes --json readers a
-            // document (the error goes to stderr as well).
-            if args.json {
-                let _ = crate::output::print_json(
-                    &serde_json::json!({ "result": "FAILED", "error": crate::error_chain(e) }),
-                );
-            }
-        }),
+        None => {
+            check_through(args).and_then(|()| run_producer(args, &DemoTransport::default_socket())).inspect_err(|e| {
+                // A run that fails before it streams still owes --json readers a
+                // document (the error goes to stderr as well).
+                if args.json {
+                    let _ = crate::output::print_json(
+                        &serde_json::json!({ "result": "FAILED", "error": crate::error_chain(e) }),
+                    );
+                }
+            })
+        }
         Some("consumer") => run_consumer(args),
         Some(other) => anyhow::bail!("unknown demo role `{other}`"),
     }

@@ -2,7 +2,7 @@
 //! end of the run.
 
 use super::pattern::{checksum, test_pattern};
-use super::report::{print_summary, status_loop, ConsumerSummary, Report, SinkSummary, Summary};
+use super::report::{print_summary, status_loop, ConsumerSummary, Report, SinkSummary, Summary, VulkanSummary};
 use super::source::{setup, Setup, Source, V4l2Source};
 use super::{DemoArgs, DemoTransport, PolicyArg};
 
@@ -130,8 +130,11 @@ pub(super) fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow
     let mut children = Vec::new();
     let mut readers = Vec::new();
     for id in 0..args.consumers {
-        let extra = if id == 0 { sink_args.as_slice() } else { &[] };
-        let mut child = match spawn_consumer(id, transport, args.frames, extra) {
+        let mut extra = if id == 0 { sink_args.clone() } else { Vec::new() };
+        if args.through.is_some() {
+            extra.push("--wait-fences".into());
+        }
+        let mut child = match spawn_consumer(id, transport, args.frames, &extra) {
             Ok(child) => child,
             Err(e) => {
                 reap(&mut children);
@@ -170,6 +173,9 @@ pub(super) fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow
         }
     }
 
+    // `--through vulkan`: what the GPU stage did.
+    #[cfg_attr(not(feature = "vulkan"), allow(unused_mut))]
+    let mut vulkan: Option<VulkanSummary> = None;
     let status_done = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let status = {
@@ -181,6 +187,11 @@ pub(super) fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow
             produce_synthetic(args, &mut producer, &live, &stop, period, (width as usize, height as usize, frame_len))
         }
         Source::V4l2(v) => produce_v4l2(args, &mut producer, &live, &stop, period, v),
+        #[cfg(feature = "vulkan")]
+        Source::Through(v) => {
+            let stage = vulkan.insert(v.summary());
+            super::through_vulkan::produce(args, &mut producer, &live, &stop, period, v, stage)
+        }
     };
     live.finish(started);
     let elapsed = started.elapsed();
@@ -271,8 +282,22 @@ pub(super) fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow
             p50_ns: r.p50_ns,
             p99_ns: r.p99_ns,
             wakes: r.wakes,
+            fenced: r.fenced,
+            fence_waited_ns: r.fence_waited_ns,
+            fence_wait_max_ns: r.fence_wait_max_ns,
             end: r.end.clone(),
         });
+        // Every frame came with the device's sync_file: each consumer
+        // waited on each one it read.
+        if let Some(v) = vulkan.as_ref().filter(|v| v.fenced == v.frames && v.frames > 0) {
+            if r.end.as_deref() == Some("closed") && r.fenced != r.frames {
+                problems.push(format!(
+                    "consumer {} waited on {} sync_files for {} frames ({} carried one)",
+                    r.id, r.fenced, r.frames, v.fenced
+                ));
+                failed = true;
+            }
+        }
     }
     let sink = args.sink.as_ref().map(|card| {
         let r = reports.first().and_then(|r| r.sink.clone()).unwrap_or_default();
@@ -317,6 +342,7 @@ pub(super) fn run_producer(args: &DemoArgs, transport: &DemoTransport) -> anyhow
         bytes_not_copied: received.saturating_mul(frame_len),
         consumers,
         sink,
+        vulkan,
     };
     if args.json {
         crate::output::print_json(&summary)?;

@@ -28,6 +28,51 @@ pub(super) struct Report {
     /// The consumer showing frames on `--sink`.
     #[serde(default)]
     pub(super) sink: Option<SinkReport>,
+    /// Frames that came with a sync_file this consumer waited on
+    /// (`--through`), the total and longest time it waited, ns.
+    #[serde(default)]
+    pub(super) fenced: u64,
+    #[serde(default)]
+    pub(super) fence_waited_ns: u64,
+    #[serde(default)]
+    pub(super) fence_wait_max_ns: u64,
+}
+
+/// The `--through vulkan` stage in the summary (`--json`).
+#[derive(Debug, Default, serde::Serialize)]
+#[cfg_attr(not(feature = "vulkan"), allow(dead_code))]
+pub(super) struct VulkanSummary {
+    /// `vulkan:0 (llvmpipe ...)`.
+    pub(super) device: String,
+    /// What the device does to each frame.
+    pub(super) operation: String,
+    /// The capture buffers' heap (imported into Vulkan as the source).
+    pub(super) capture_heap: String,
+    /// How many capture buffers (the device fills them; Vulkan reads them).
+    pub(super) capture_buffers: u32,
+    /// Frames submitted to the device.
+    pub(super) frames: u64,
+    /// Frames handed on with the submission's sync_file (the producer did
+    /// not wait for the device); the rest were waited by the producer.
+    pub(super) fenced: u64,
+    /// Why frames went without a sync_file, when some did.
+    pub(super) no_sync_file: Option<String>,
+    /// The first sync_file as the kernel describes it (name, timeline, driver).
+    pub(super) sync_file: Option<String>,
+    /// Fenced frames whose sync_file had already signalled when the
+    /// producer handed them on: the driver's export waited for the copy.
+    pub(super) signalled_at_handoff: u64,
+    /// Producer time to record, submit and export one frame, p50, ns.
+    pub(super) submit_p50_ns: u64,
+    /// Of which the sync_file export (`vkGetSemaphoreFdKHR`), p50, ns.
+    pub(super) export_p50_ns: u64,
+    /// Submission to completion (the sync_file signalled), per frame, ns.
+    pub(super) gpu_p50_ns: u64,
+    pub(super) gpu_p99_ns: u64,
+    pub(super) gpu_max_ns: u64,
+    /// Frames completed over the time from the first submission to the
+    /// last completion.
+    pub(super) gpu_fps: f64,
 }
 
 /// The `--sink` display in the summary (`--json`).
@@ -57,6 +102,10 @@ pub(super) struct ConsumerSummary {
     pub(super) p50_ns: u64,
     pub(super) p99_ns: u64,
     pub(super) wakes: u64,
+    /// Frames whose sync_file it waited on (`--through`), and how long in all, ns.
+    pub(super) fenced: u64,
+    pub(super) fence_waited_ns: u64,
+    pub(super) fence_wait_max_ns: u64,
     pub(super) end: Option<String>,
 }
 
@@ -87,6 +136,8 @@ pub(super) struct Summary {
     pub(super) consumers: Vec<ConsumerSummary>,
     /// `--sink`: what the display showed.
     pub(super) sink: Option<SinkSummary>,
+    /// `--through vulkan`: what the GPU stage did.
+    pub(super) vulkan: Option<VulkanSummary>,
 }
 
 pub(super) fn print_summary(s: &Summary) -> anyhow::Result<()> {
@@ -136,6 +187,51 @@ pub(super) fn print_summary(s: &Summary) -> anyhow::Result<()> {
             fmt_ns(k.commit_p50_ns),
             fmt_ns(k.commit_max_ns)
         )?;
+    }
+    if let Some(v) = &s.vulkan {
+        writeln!(
+            text,
+            "vulkan {}: {} frames ({}), {} handed on with the submission's sync_file; per frame: submit {}, \
+             device p50 {} p99 {} max {}; {:.1} frames/s on the device; capture: {} {} buffers imported, no CPU copy",
+            v.device,
+            v.frames,
+            v.operation,
+            v.fenced,
+            fmt_ns(v.submit_p50_ns),
+            fmt_ns(v.gpu_p50_ns),
+            fmt_ns(v.gpu_p99_ns),
+            fmt_ns(v.gpu_max_ns),
+            v.gpu_fps,
+            v.capture_buffers,
+            v.capture_heap
+        )?;
+        if let Some(fence) = &v.sync_file {
+            writeln!(
+                text,
+                "vulkan: sync_file {fence}; {} of {} already signalled when handed on (export p50 {}{})",
+                v.signalled_at_handoff,
+                v.fenced,
+                fmt_ns(v.export_p50_ns),
+                if v.fenced > 0 && v.signalled_at_handoff == v.fenced {
+                    ": the driver's export waits for the copy, so the producer did"
+                } else {
+                    ""
+                }
+            )?;
+        }
+        if let Some(why) = &v.no_sync_file {
+            writeln!(text, "vulkan: frames without a sync_file (the producer waited for the device): {why}")?;
+        }
+        for c in &s.consumers {
+            writeln!(
+                text,
+                "consumer {}: waited on {} sync_files, {} in all, longest {}",
+                c.id,
+                c.fenced,
+                fmt_ns(c.fence_waited_ns),
+                fmt_ns(c.fence_wait_max_ns)
+            )?;
+        }
     }
     writeln!(text, "result: {}", s.result)?;
     crate::output::emit(&text)

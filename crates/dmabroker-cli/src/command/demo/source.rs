@@ -18,6 +18,10 @@ pub(super) enum Source {
     Synthetic,
     /// A V4L2 capture device fills the pool's buffers.
     V4l2(V4l2Source),
+    /// A V4L2 capture device fills its own buffers; Vulkan writes the
+    /// pool's from them (`--through vulkan`).
+    #[cfg(feature = "vulkan")]
+    Through(Box<super::through_vulkan::VulkanSource>),
 }
 
 /// A V4L2 capture device with its format set.
@@ -88,24 +92,34 @@ pub(super) fn find_capture_device(args: &DemoArgs) -> anyhow::Result<Option<(V4l
     Ok(mplane)
 }
 
-/// Open the capture device, set the format, allocate dma-bufs for it from
-/// its probed constraints and make the pool of them. `Ok(None)` when there
-/// is no capture device.
-pub(super) fn setup_v4l2(args: &DemoArgs, options: &PoolOptions, heaps: &Heaps) -> anyhow::Result<Option<Setup>> {
+/// A capture device with its format set.
+pub(super) struct Capture {
+    pub(super) dev: V4l2Device,
+    pub(super) buf_type: BufType,
+    pub(super) format: PixelFormat,
+    /// What the device set (`VIDIOC_S_FMT`).
+    pub(super) fmt: dmabroker::device::v4l2::Format,
+    /// The frame as V4L2 lays it out (the driver may pad lines further).
+    pub(super) layout: Layout,
+}
+
+/// Open the capture device and set the first of `wanted` that it captures,
+/// at `--size` (or the nearest size it picks). `Ok(None)`: no capture device.
+pub(super) fn open_capture(args: &DemoArgs, wanted: &[PixelFormat]) -> anyhow::Result<Option<Capture>> {
     let Some((dev, buf_type)) = find_capture_device(args)? else { return Ok(None) };
     let path = dev.path().to_path_buf();
     let offered: Vec<u32> = dev.formats(buf_type)?.iter().map(|f| f.pixelformat).collect();
-    let wanted: Vec<PixelFormat> = match &args.sink {
-        Some(card) => scanout_formats(card, &SINK_FORMATS)?,
-        None => CAPTURE_FORMATS.to_vec(),
-    };
     let format = wanted.iter().copied().find(|f| offered.contains(&f.to_v4l2())).ok_or_else(|| {
         let names: Vec<String> = offered
             .iter()
             .map(|&c| PixelFormat::from_v4l2(c).map_or(format!("{c:#x}"), |f| f.name().to_owned()))
             .collect();
         let want: Vec<String> = wanted.iter().map(|f| f.v4l2_fourcc().to_string()).collect();
-        let also = args.sink.as_ref().map_or(String::new(), |c| format!(" (the ones {} scans out)", c.display()));
+        let also = match (&args.sink, &args.through) {
+            (Some(c), _) => format!(" (the ones {} scans out)", c.display()),
+            (None, Some(t)) => format!(" (the ones --through {t} transforms)"),
+            (None, None) => String::new(),
+        };
         anyhow::anyhow!("{} captures none of {}{also}; it offers {}", path.display(), want.join(", "), names.join(", "))
     })?;
     let (w, h) = args.size;
@@ -116,7 +130,6 @@ pub(super) fn setup_v4l2(args: &DemoArgs, options: &PoolOptions, heaps: &Heaps) 
     if (fmt.width, fmt.height) != (w, h) {
         eprintln!("dmabroker demo: {} does not capture {w}x{h}; it chose {}x{}", path.display(), fmt.width, fmt.height);
     }
-    // The frame as V4L2 lays it out; the driver may pad lines further.
     let layout = Layout::new(format, fmt.width, fmt.height, &LayoutOptions::default())?;
     if u64::from(fmt.planes[0].bytesperline) != layout.bytesperline() {
         eprintln!(
@@ -126,53 +139,31 @@ pub(super) fn setup_v4l2(args: &DemoArgs, options: &PoolOptions, heaps: &Heaps) 
             layout.bytesperline()
         );
     }
+    Ok(Some(Capture { dev, buf_type, format, fmt, layout }))
+}
+
+/// Open the capture device, set the format, allocate dma-bufs for it from
+/// its probed constraints and make the pool of them. `Ok(None)` when there
+/// is no capture device.
+pub(super) fn setup_v4l2(args: &DemoArgs, options: &PoolOptions, heaps: &Heaps) -> anyhow::Result<Option<Setup>> {
+    let wanted: Vec<PixelFormat> = match &args.sink {
+        Some(card) => scanout_formats(card, &SINK_FORMATS)?,
+        None => CAPTURE_FORMATS.to_vec(),
+    };
+    let Some(Capture { dev, buf_type, format, fmt, layout }) = open_capture(args, &wanted)? else { return Ok(None) };
+    let path = dev.path().to_path_buf();
     let frame_len = layout.total_size().max(u64::from(fmt.planes[0].sizeimage));
     let options = PoolOptions { buffer_len: frame_len, ..options.clone() };
-    let mut buffers = Vec::with_capacity(options.buffers);
-    let heap;
-    let why;
-    match &args.heap {
-        Some(name) => {
-            for i in 0..options.buffers {
-                let request = dmabroker::AllocRequest::new(frame_len).name(format!("demo-{i}"));
-                buffers.push(heaps.allocate(name, &request)?);
-            }
-            heap = name.clone();
-            why = "--heap".to_owned();
-        }
-        None => {
-            // What sysfs and the device profiles say the device needs (a
-            // dma-buf, an address limit...); without a sysfs entry, at
-            // least a dma-buf: V4L2_MEMORY_DMABUF imports nothing else.
-            let mut constraints = Constraints::probe(&path).or_else(|e| {
-                tracing::debug!("probing {}: {e}; assuming it needs a dma-buf", path.display());
-                Constraints::builder(path.display().to_string()).dma_buf(true).build()
-            })?;
-            // The display reads the same buffers: its needs (contiguity
-            // without an IOMMU, an address limit) join the camera's.
-            if let Some(card) = &args.sink {
-                let display = Constraints::probe(card)
-                    .map_err(|e| anyhow::anyhow!("probing the sink {}: {e}", card.display()))?;
-                constraints = constraints.merge(&display)?;
-            }
-            let mut chosen = None;
-            for i in 0..options.buffers {
-                let (buffer, choice) = allocate_for(heaps, &constraints, frame_len, Some(&format!("demo-{i}")))?;
-                buffers.push(buffer);
-                chosen.get_or_insert(choice);
-            }
-            let choice = chosen.ok_or_else(|| anyhow::anyhow!("a pool needs at least one buffer"))?;
-            heap = choice.heap.clone();
-            // The first reason says why this heap; the rest (what was
-            // passed over) is `dmabroker alloc --for`'s business.
-            why = choice.reasons.first().cloned().unwrap_or_default();
-        }
+    let mut constraints = capture_constraints(&path)?;
+    // The display reads the same buffers: its needs (contiguity without an
+    // IOMMU, an address limit) join the camera's.
+    if let Some(card) = &args.sink {
+        let display =
+            Constraints::probe(card).map_err(|e| anyhow::anyhow!("probing the sink {}: {e}", card.display()))?;
+        constraints = constraints.merge(&display)?;
     }
-    if let Some(i) = buffers.iter().position(|b| b.kind() != dmabroker::BufferKind::DmaBuf) {
-        anyhow::bail!(
-            "buffer {i} from {heap} is not a dma-buf: V4L2_MEMORY_DMABUF needs dma-bufs (choose a dma-heap or udmabuf)"
-        );
-    }
+    let (buffers, heap, why) =
+        allocate_buffers(heaps, args.heap.as_deref(), &constraints, options.buffers, frame_len, "demo")?;
     let producer = Producer::new(buffers, &options)?;
     let caps = dev.capabilities();
     let description = format!(
@@ -202,6 +193,58 @@ pub(super) fn setup_v4l2(args: &DemoArgs, options: &PoolOptions, heaps: &Heaps) 
             pitch: fmt.planes[0].bytesperline,
         }),
     }))
+}
+
+/// What sysfs and the device profiles say the capture device needs (a
+/// dma-buf, an address limit...); without a sysfs entry, at least a
+/// dma-buf: V4L2_MEMORY_DMABUF imports nothing else.
+pub(super) fn capture_constraints(path: &std::path::Path) -> anyhow::Result<Constraints> {
+    Ok(Constraints::probe(path).or_else(|e| {
+        tracing::debug!("probing {}: {e}; assuming it needs a dma-buf", path.display());
+        Constraints::builder(path.display().to_string()).dma_buf(true).build()
+    })?)
+}
+
+/// `count` dma-bufs of `len` bytes named `{name}-{i}`: from `--heap` when
+/// given, else from the cheapest heap that meets `constraints`. Returns
+/// them with the heap and why it was chosen.
+pub(super) fn allocate_buffers(
+    heaps: &Heaps,
+    heap: Option<&str>,
+    constraints: &Constraints,
+    count: usize,
+    len: u64,
+    name: &str,
+) -> anyhow::Result<(Vec<dmabroker::Buffer>, String, String)> {
+    let mut buffers = Vec::with_capacity(count);
+    let (heap, why) = match heap {
+        Some(heap) => {
+            for i in 0..count {
+                let request = dmabroker::AllocRequest::new(len).name(format!("{name}-{i}"));
+                buffers.push(heaps.allocate(heap, &request)?);
+            }
+            (heap.to_owned(), "--heap".to_owned())
+        }
+        None => {
+            let mut chosen = None;
+            for i in 0..count {
+                let (buffer, choice) = allocate_for(heaps, constraints, len, Some(&format!("{name}-{i}")))?;
+                buffers.push(buffer);
+                chosen.get_or_insert(choice);
+            }
+            let choice = chosen.ok_or_else(|| anyhow::anyhow!("a pool needs at least one buffer"))?;
+            // The first reason says why this heap; the rest (what was
+            // passed over) is `dmabroker alloc --for`'s business.
+            (choice.heap.clone(), choice.reasons.first().cloned().unwrap_or_default())
+        }
+    };
+    if let Some(i) = buffers.iter().position(|b| b.kind() != dmabroker::BufferKind::DmaBuf) {
+        anyhow::bail!(
+            "buffer {i} from {heap} is not a dma-buf: V4L2_MEMORY_DMABUF and device imports need dma-bufs \
+             (choose a dma-heap or udmabuf)"
+        );
+    }
+    Ok((buffers, heap, why))
 }
 
 /// A broker serving on a temporary socket from a thread of this process,
@@ -298,6 +341,9 @@ pub(super) fn setup_synthetic(args: &DemoArgs, options: &PoolOptions, heaps: &He
 
 pub(super) fn setup(args: &DemoArgs, options: &PoolOptions) -> anyhow::Result<Setup> {
     let heaps = Heaps::discover();
+    if let (Some(card), Some(through)) = (&args.sink, args.through) {
+        anyhow::bail!("--sink {} with --through {through}: not supported together yet; use one", card.display());
+    }
     if let Some(card) = &args.sink {
         // The synthetic pattern is NV12 in memfd buffers: no display imports those.
         if args.source == SourceArg::Synthetic {
@@ -306,6 +352,13 @@ pub(super) fn setup(args: &DemoArgs, options: &PoolOptions) -> anyhow::Result<Se
         return setup_v4l2(args, options, &heaps)?.ok_or_else(|| {
             anyhow::anyhow!("--sink {}: no V4L2 capture device (no /dev/video* node captures video)", card.display())
         });
+    }
+    #[cfg(feature = "vulkan")]
+    if let Some(through) = args.through {
+        if args.source == SourceArg::Synthetic {
+            anyhow::bail!("--through {through} needs a V4L2 source (--source v4l2): camera to GPU to consumers");
+        }
+        return super::through_vulkan::setup(args, options, &heaps, through);
     }
     match args.source {
         SourceArg::Synthetic => setup_synthetic(args, options, &heaps),

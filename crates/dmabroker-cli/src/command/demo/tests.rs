@@ -1,7 +1,7 @@
 //! The demo's unit tests.
 
 use super::histogram::LatencyHistogram;
-use super::pattern::{checksum, test_pattern};
+use super::pattern::{checksum, flipped_checksum, test_pattern, Checksum};
 use super::*;
 
 #[test]
@@ -11,6 +11,14 @@ fn sizes_parse() {
     assert!(parse_wh("0x0").is_err());
     assert!(parse_wh("axb").is_err());
     assert!(parse_wh("1920").is_err());
+}
+
+#[test]
+fn through_parses() {
+    assert_eq!(parse_through("vulkan"), Ok(Through::Vulkan(0)));
+    assert_eq!(parse_through("vulkan:2"), Ok(Through::Vulkan(2)));
+    assert!(parse_through("vulkan:x").unwrap_err().contains("vulkan:N"));
+    assert!(parse_through("opencl").unwrap_err().contains("vulkan or vulkan:N"));
 }
 
 #[test]
@@ -49,4 +57,24 @@ fn pattern_differs_per_frame() {
     test_pattern(&mut a, 64, 32, 1);
     test_pattern(&mut b, 64, 32, 2);
     assert_ne!(checksum(&a), checksum(&b));
+}
+
+#[test]
+fn checksum_in_pieces_equals_checksum_of_the_whole() {
+    let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+    for cuts in [vec![0, 1000], vec![0, 3, 11, 12, 500, 997, 1000], vec![0, 8, 16, 1000], vec![0, 999, 1000]] {
+        let mut c = Checksum::new();
+        for w in cuts.windows(2) {
+            c.update(&data[w[0]..w[1]]);
+        }
+        assert_eq!(c.finish(), checksum(&data), "{cuts:?}");
+    }
+    // A flipped 4-row frame with 2 bytes of padding per 6-byte row.
+    let (pitch, rows, row) = (8usize, 4usize, 6usize);
+    let frame: Vec<u8> = (0..(pitch * rows) as u8).collect();
+    let mut flipped = vec![0u8; pitch * rows];
+    for y in 0..rows {
+        flipped[y * pitch..][..row].copy_from_slice(&frame[(rows - 1 - y) * pitch..][..row]);
+    }
+    assert_eq!(flipped_checksum(&frame, pitch, rows, row), checksum(&flipped));
 }
