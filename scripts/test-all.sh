@@ -75,6 +75,12 @@ if [[ $mode != vm ]]; then
     GST_PLUGIN_PATH="$PWD/gst/target/release" gst/tests/host.sh "$PWD/target/$target/release/dmabroker"
     GST_PLUGIN_PATH="$PWD/gst/target/release" gst/tests/netns.sh "$PWD/target/$target/release/dmabroker"
     echo "GStreamer stage: $(($(date +%s) - tg)) s"
+    # Licences, bans and sources of every dependency of the three
+    # workspaces (deny.toml); advisories need the network (scripts/deny.sh).
+    step "cargo deny (deny.toml: licenses, bans, sources)"
+    td=$(date +%s)
+    scripts/deny.sh
+    echo "cargo deny: $(($(date +%s) - td)) s"
 fi
 
 if [[ $mode != host ]]; then
