@@ -35,9 +35,6 @@ pub fn run(args: &HeapsArgs) -> anyhow::Result<ExitCode> {
     if let Some(line) = dmabroker::heap::cma_probe::summary() {
         crate::output::emit(&format!("{line}\n"))?;
     }
-    crate::output::emit(&format!(
-        "charging: {}\n",
-        dmabroker::heap::mem_accounting::MemAccounting::detect().describe()
-    ))?;
+    crate::output::emit(&dmabroker::heap::charge_target::report())?;
     Ok(ExitCode::SUCCESS)
 }
