@@ -618,7 +618,7 @@ typedef struct dmabroker_cgroup_rule_info {
      */
     size_t struct_size;
     /**
-     * The rule's pattern as written (`"app-flatpak-*.scope"`, `"P/**"`).
+     * The rule's pattern as written (e.g. `"app-flatpak-*.scope"`; a subtree rule ends in two stars).
      */
     const char *rule;
     /**

@@ -55,7 +55,7 @@ pub struct CgroupRuleInfo {
     /// Set by the caller to `sizeof(dmabroker_cgroup_rule_info)`; set by the
     /// library to the bytes it filled.
     pub struct_size: usize,
-    /// The rule's pattern as written (`"app-flatpak-*.scope"`, `"P/**"`).
+    /// The rule's pattern as written (e.g. `"app-flatpak-*.scope"`; a subtree rule ends in two stars).
     pub rule: *const c_char,
     /// Its line in the policy file.
     pub line: u32,
