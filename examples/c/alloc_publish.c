@@ -7,7 +7,8 @@
  *        ./alloc_publish [NAME [HEAP [SIZE]]]
  * then:  ./import_check NAME [SIZE]
  *
- * The socket is $DMABROKER_SOCKET, else the broker's default.
+ * The socket is $DMABROKER_SOCKET, else the broker's default. It also
+ * prints what the broker charges to this process's cgroup.
  */
 #include <dmabroker.h>
 
@@ -28,6 +29,37 @@
 /* The pattern import_check expects: byte i is (i * 7 + 3) mod 256. */
 static uint8_t pattern(size_t i) { return (uint8_t)(i * 7u + 3u); }
 
+/* What the broker charges to this process's cgroup, and the policy's
+ * [[cgroup]] rules for it. The info structs start with struct_size: set it
+ * to sizeof, and the library fills only the fields this header declares. */
+static void report_cgroup(dmabroker_client *client, uint64_t size) {
+    dmabroker_cgroup_stats *stats = NULL;
+    CHECK(dmabroker_client_get_cgroup_stats(client, &stats));
+    dmabroker_cgroup_info info = {0};
+    info.struct_size = sizeof info;
+    CHECK(dmabroker_cgroup_stats_get_info(stats, &info));
+    if (!info.available) {
+        printf("the broker is older than protocol version 4: no cgroup stats\n");
+    } else if (info.path == NULL) {
+        printf("the broker does not know this process's cgroup: %s\n", info.unknown);
+    } else {
+        printf("cgroup %s: %" PRIu64 " bytes in %" PRIu64 " buffer(s) through the broker, %zu rule(s)\n",
+               info.path, info.used_bytes, info.used_buffers, info.rule_count);
+        if (info.used_bytes < size) {
+            fprintf(stderr, "alloc_publish: the %" PRIu64 "-byte buffer is not charged to the cgroup\n", size);
+            exit(1);
+        }
+    }
+    for (size_t i = 0; i < info.rule_count; i++) {
+        dmabroker_cgroup_rule_info rule = {0};
+        rule.struct_size = sizeof rule;
+        CHECK(dmabroker_cgroup_stats_get_rule(stats, i, &rule));
+        printf("  rule %s (line %u): %" PRIu64 " bytes used in %s\n", rule.rule, rule.line, rule.used_bytes,
+               rule.unit);
+    }
+    dmabroker_cgroup_stats_free(stats);
+}
+
 int main(int argc, char **argv) {
     const char *name = argc > 1 ? argv[1] : "c-example";
     const char *heap = argc > 2 ? argv[2] : "memfd";
@@ -40,6 +72,8 @@ int main(int argc, char **argv) {
     alloc.name = name;
     dmabroker_buffer *buffer = NULL;
     CHECK(dmabroker_client_alloc(client, heap, size, &alloc, &buffer));
+
+    report_cgroup(client, size);
 
     dmabroker_mapping *map = NULL;
     CHECK(dmabroker_buffer_map(buffer, DMABROKER_MAP_MODE_READ_WRITE, &map));

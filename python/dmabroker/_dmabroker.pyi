@@ -1,6 +1,6 @@
 """Type stubs of the native module (re-exported by ``dmabroker``)."""
 from os import PathLike
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, TypedDict, Union
 
 
 
@@ -118,6 +118,27 @@ class Allocation:
     def __enter__(self) -> Self: ...
     def __exit__(self, *exc: Any) -> bool: ...
 
+class CgroupRuleStats(TypedDict):
+    """One ``[[cgroup]]`` policy rule matching the client (:meth:`Client.cgroup_stats`)."""
+    rule: str
+    line: int
+    unit: str
+    used_bytes: int
+    used_buffers: int
+    max_bytes: Optional[int]
+    max_buffers: Optional[int]
+    heaps: Optional[list[str]]
+    publish: Optional[bool]
+
+class CgroupStats(TypedDict):
+    """The client's cgroup as the broker sees it (:meth:`Client.cgroup_stats`)."""
+    path: Optional[str]
+    unknown: Optional[str]
+    refused: bool
+    used_bytes: int
+    used_buffers: int
+    rules: list[CgroupRuleStats]
+
 class Client:
     """A connection to the broker (socket None: $DMABROKER_SOCKET, $XDG_RUNTIME_DIR, /run/dmabroker)."""
     def __init__(self, socket: Union[str, PathLike[str], None] = None) -> None: ...
@@ -135,6 +156,8 @@ class Client:
     def import_(self, key: str) -> Buffer: ...
     def unpublish(self, key: str) -> None: ...
     def stats(self) -> dict[str, Any]: ...
+    def cgroup_stats(self) -> Optional[CgroupStats]:
+        """What the broker charges to this process's cgroup; None from a broker before protocol version 4."""
     def list(self) -> list[dict[str, Any]]: ...
     @property
     def server(self) -> tuple[str, int]: ...

@@ -1,5 +1,5 @@
 //! `dmabroker.Client`: the broker's client (allocate, publish with grants,
-//! import, unpublish, stats).
+//! import, unpublish, stats, cgroup stats).
 
 use crate::buffer::PyBuffer;
 use crate::errors::{raise_msg, Kind, PyFail};
@@ -101,6 +101,21 @@ impl Client {
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let s = self.call(py, |c| c.stats().map_err(PyFail::py))?;
         crate::alloc::to_py(py, &s)
+    }
+
+    /// What the broker charges to this process's cgroup, as a dict: ``path``
+    /// (None when unknown, with ``unknown`` saying why), ``refused``,
+    /// ``used_bytes``, ``used_buffers`` and ``rules``, one dict per matching
+    /// ``[[cgroup]]`` policy rule (``rule``, ``line``, ``unit``,
+    /// ``used_bytes``, ``used_buffers``, ``max_bytes``, ``max_buffers``,
+    /// ``heaps``, ``publish``; None where the rule sets nothing). None from
+    /// a broker older than protocol version 4.
+    fn cgroup_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (_, cgroup) = self.call(py, |c| c.stats_with_cgroup().map_err(PyFail::py))?;
+        match cgroup {
+            Some(c) => crate::alloc::to_py(py, &c),
+            None => Ok(py.None().into_bound(py)),
+        }
     }
 
     /// The publications this user can see, as dicts.

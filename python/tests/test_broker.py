@@ -66,3 +66,53 @@ def test_read_only_grant_to_another_uid(broker):
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0, msg
         client.unpublish(key)
+
+
+def _own_cgroup():
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            if line.startswith("0::"):
+                return line[3:].strip()
+    return None
+
+
+def test_cgroup_stats_name_the_cgroup_its_use_and_rules(tmp_path):
+    """Client.cgroup_stats: the broker names this process's cgroup, what is
+    charged there, and the [[cgroup]] rule that matches it with its quota."""
+    from conftest import CLI
+    own = _own_cgroup()
+    if own is None:
+        skip("no cgroup v2 entry in /proc/self/cgroup", "test_cgroup_stats_name_the_cgroup_its_use_and_rules")
+    if not CLI.exists():
+        skip(f"{CLI} not built (cargo build --release)", "test_cgroup_stats_name_the_cgroup_its_use_and_rules")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f'[[user]]\nuid = {os.getuid()}\nheaps = ["memfd"]\nmax_bytes = "64MiB"\nmax_buffers = 64\npublish = true\n\n'
+        f'[[cgroup]]\npath = "{own}"\nmax_bytes = "8MiB"\nmax_buffers = 16\n'
+    )
+    sock = tmp_path / "cg.sock"
+    import subprocess
+    import time
+    proc = subprocess.Popen([str(CLI), "serve", "--socket", str(sock), "--policy", str(policy)],
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(400):
+            try:
+                dmabroker.Client(str(sock)).close()
+                break
+            except dmabroker.BrokerError:
+                time.sleep(0.01)
+        with dmabroker.Client(str(sock)) as client, client.alloc(1 << 16, "memfd") as buf:
+            assert buf.size == 1 << 16
+            c = client.cgroup_stats()
+            assert c is not None, "a v4 broker reports the cgroup"
+            assert c["path"] == own and c["unknown"] is None and c["refused"] is False
+            assert c["used_bytes"] >= 1 << 16 and c["used_buffers"] >= 1
+            assert len(c["rules"]) == 1, c
+            r = c["rules"][0]
+            assert r["rule"] == own and r["unit"] == own and r["line"] > 0
+            assert r["max_bytes"] == 8 << 20 and r["max_buffers"] == 16
+            assert r["used_bytes"] >= 1 << 16 and r["heaps"] is None and r["publish"] is None
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -86,6 +86,9 @@ pub struct Config {
     pub charge_worker: Option<PathBuf>,
     /// How long an unused allocation worker is kept.
     pub charge_worker_idle: std::time::Duration,
+    /// Start a client's worker at its `Hello` (the default), not at its
+    /// first allocation (kept for measuring what that saves).
+    pub charge_worker_at_hello: bool,
 }
 
 impl Config {
@@ -105,6 +108,7 @@ impl Config {
             clients_in_process: false,
             charge_worker: None,
             charge_worker_idle: std::time::Duration::from_secs(30),
+            charge_worker_at_hello: true,
         }
     }
 }
@@ -390,6 +394,7 @@ impl Broker {
         service.scan_own_process = config.clients_in_process;
         if let Some(exe) = &config.charge_worker {
             service.charging = charge::Charging::new(exe, config.charge_worker_idle);
+            service.charging.at_hello = config.charge_worker_at_hello;
         }
         let restored = persist::restore(&mut service, inherited);
         if restored > 0 {

@@ -402,6 +402,12 @@ typedef uint32_t dmabroker_wait_mode;
 typedef struct dmabroker_buffer dmabroker_buffer;
 
 /**
+ * The answer of `dmabroker_client_get_cgroup_stats` (opaque, read-only:
+ * may be shared between threads), released by `dmabroker_cgroup_stats_free`.
+ */
+typedef struct dmabroker_cgroup_stats dmabroker_cgroup_stats;
+
+/**
  * A connection to the broker daemon (opaque): made by
  * `dmabroker_client_connect`, closed by `dmabroker_client_free`. Its calls
  * are serialized (one request at a time on the connection), so threads may
@@ -553,6 +559,103 @@ typedef struct dmabroker_segment {
      */
     uint64_t len;
 } dmabroker_segment;
+
+/**
+ * What the broker says of the asking client's cgroup
+ * (`dmabroker_cgroup_stats_get_info`). The strings belong to the
+ * `dmabroker_cgroup_stats` handle and stay valid until it is freed.
+ */
+typedef struct dmabroker_cgroup_info {
+    /**
+     * Set by the caller to `sizeof(dmabroker_cgroup_info)`; set by the
+     * library to the bytes it filled.
+     */
+    size_t struct_size;
+    /**
+     * The broker reported the cgroup (protocol version 4 or later); when
+     * false (an older broker) every other field is zero or NULL.
+     */
+    bool available;
+    /**
+     * The policy refuses this client everything but importing because its
+     * cgroup is unknown (`cgroup_unknown = "refuse"`).
+     */
+    bool refused;
+    /**
+     * Its cgroup v2 path (`/proc/PID/cgroup`'s `0::` line, in the broker's
+     * cgroup namespace); NULL when the broker could not read it.
+     */
+    const char *path;
+    /**
+     * Why the broker could not read it; NULL when it could.
+     */
+    const char *unknown;
+    /**
+     * Bytes charged to this exact cgroup through the broker (all its
+     * clients, every uid).
+     */
+    uint64_t used_bytes;
+    /**
+     * Buffers charged to this exact cgroup.
+     */
+    uint64_t used_buffers;
+    /**
+     * The policy's `[[cgroup]]` rules matching it
+     * (`dmabroker_cgroup_stats_get_rule` 0 to rule_count - 1).
+     */
+    size_t rule_count;
+} dmabroker_cgroup_info;
+
+/**
+ * One `[[cgroup]]` rule matching the client
+ * (`dmabroker_cgroup_stats_get_rule`). The strings belong to the
+ * `dmabroker_cgroup_stats` handle.
+ */
+typedef struct dmabroker_cgroup_rule_info {
+    /**
+     * Set by the caller to `sizeof(dmabroker_cgroup_rule_info)`; set by the
+     * library to the bytes it filled.
+     */
+    size_t struct_size;
+    /**
+     * The rule's pattern as written (e.g. `"app-flatpak-*.scope"`; a subtree rule ends in two stars).
+     */
+    const char *rule;
+    /**
+     * Its line in the policy file.
+     */
+    uint32_t line;
+    /**
+     * 1: it allows publishing, 0: it denies it, -1: it does not say.
+     */
+    int32_t publish;
+    /**
+     * The cgroup its quota is charged to: the client's, or the top of the
+     * subtree for a subtree rule.
+     */
+    const char *unit;
+    /**
+     * Bytes charged to `unit` (and, for a subtree rule, below it).
+     */
+    uint64_t used_bytes;
+    /**
+     * Buffers charged likewise.
+     */
+    uint64_t used_buffers;
+    /**
+     * Its byte quota; `DMABROKER_UNLIMITED` when it sets none.
+     */
+    uint64_t max_bytes;
+    /**
+     * Its buffer quota; `DMABROKER_UNLIMITED` when it sets none.
+     */
+    uint64_t max_buffers;
+    /**
+     * The heaps it allows, comma-separated (`"memfd,dma-heap/system"`, `""`
+     * for none); NULL when it does not narrow them.
+     */
+    const char *heaps;
+} dmabroker_cgroup_rule_info;
 
 /**
  * What `dmabroker_alloc_for` chose and why. The two strings belong to the
@@ -1031,6 +1134,57 @@ enum dmabroker_status dmabroker_buffer_from_fd(int fd, dmabroker_fd_ownership ow
  * `capacity` `dmabroker_segment`s; `count` is NULL or writable.
  */
 enum dmabroker_status dmabroker_buffer_segments(const struct dmabroker_buffer *buffer, struct dmabroker_segment *segments, size_t capacity, size_t *count);
+
+/**
+ * Ask the broker what it sees of this client's cgroup: its path, what is
+ * charged to it, and the matching `[[cgroup]]` rules with their quotas
+ * and use. A broker older than protocol version 4 answers without them:
+ * the handle is made anyway and its info says `available = false`.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL), `DMABROKER_ERROR_TIMEOUT`,
+ * `DMABROKER_ERROR_BROKER` (the connection failed or the broker refused).
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `out` is NULL or writable for one pointer.
+ */
+enum dmabroker_status dmabroker_client_get_cgroup_stats(const struct dmabroker_client *client, struct dmabroker_cgroup_stats **out);
+
+/**
+ * Fill `out` (whose `struct_size` the caller set) from `stats`.
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for a NULL pointer or a
+ * `struct_size` smaller than the field itself.
+ *
+ * # Safety
+ * `stats` is NULL or a live handle; `out` is NULL or writable for
+ * `out->struct_size` bytes.
+ */
+enum dmabroker_status dmabroker_cgroup_stats_get_info(const struct dmabroker_cgroup_stats *stats, struct dmabroker_cgroup_info *out);
+
+/**
+ * Fill `out` (whose `struct_size` the caller set) with rule number
+ * `index` (0 to `rule_count` - 1, in policy order).
+ *
+ * # Errors
+ * `DMABROKER_ERROR_INVALID_ARGUMENT` for a NULL pointer, an index out of
+ * range or a `struct_size` smaller than the field itself.
+ *
+ * # Safety
+ * `stats` is NULL or a live handle; `out` is NULL or writable for
+ * `out->struct_size` bytes.
+ */
+enum dmabroker_status dmabroker_cgroup_stats_get_rule(const struct dmabroker_cgroup_stats *stats, size_t index, struct dmabroker_cgroup_rule_info *out);
+
+/**
+ * Release a `dmabroker_cgroup_stats` (NULL is ignored); its strings go with it.
+ *
+ * # Safety
+ * `stats` is NULL or a handle from `dmabroker_client_get_cgroup_stats` not
+ * freed before; it is not used afterwards.
+ */
+void dmabroker_cgroup_stats_free(struct dmabroker_cgroup_stats *stats);
 
 /**
  * Connect to the broker at `socket_path`; NULL: the default socket

@@ -5,7 +5,7 @@ use crate::error::{guard, guard_value, Error, Result, Status};
 use crate::{c_str, free_handle, handle, into_handle};
 use dmabroker_core::client::{
     AllocateError, AllocateForError, Client as CoreClient, ConnectError, ImportError, PublishError,
-    PublishOptions as CorePublishOptions, TransportError, UnpublishError,
+    PublishOptions as CorePublishOptions, QueryError, TransportError, UnpublishError,
 };
 use dmabroker_core::proto::{Access, AllocateRequest, ErrorCode, Grant};
 use std::ffi::{c_char, CString};
@@ -22,6 +22,21 @@ pub struct Client {
 }
 
 impl Client {
+    /// The broker's `Stats` answer with the cgroup part (`None` from a
+    /// broker before protocol version 4).
+    pub(crate) fn stats_with_cgroup(
+        &self,
+    ) -> Result<(dmabroker_core::proto::Stats, Option<dmabroker_core::proto::CgroupStats>)> {
+        self.with(|c| c.stats_with_cgroup()).map_err(|e| {
+            let status = match &e {
+                QueryError::Refused { code, .. } => code_status(*code),
+                QueryError::Transport(t) => transport_status(t),
+                _ => Status::DMABROKER_ERROR_BROKER,
+            };
+            Error::new(status, e.to_string())
+        })
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut CoreClient) -> T) -> T {
         // A panic while locked (caught by the guard) leaves the connection
         // usable or closed; the next call finds out which.

@@ -6,7 +6,7 @@
 //! - **Handles** are opaque pointers (`dmabroker_heaps`, `dmabroker_buffer`,
 //!   `dmabroker_mapping`, `dmabroker_client`, `dmabroker_constraints`,
 //!   `dmabroker_layout`, `dmabroker_producer`, `dmabroker_consumer`,
-//!   `dmabroker_frame`) created by one function and released by its
+//!   `dmabroker_frame`, `dmabroker_cgroup_stats`) created by one function and released by its
 //!   `*_free`, which accepts NULL.
 //! - **Errors**: fallible calls return a [`Status`]; `DMABROKER_OK` is 0.
 //!   On failure, `dmabroker_last_error()` describes the cause (per thread),
@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 mod buffer;
+mod cgroup;
 mod client;
 mod constraints;
 mod error;
@@ -37,6 +38,10 @@ pub use buffer::{
     dmabroker_alloc, dmabroker_buffer_clone, dmabroker_buffer_dup_fd, dmabroker_buffer_fd, dmabroker_buffer_free,
     dmabroker_buffer_from_fd, dmabroker_buffer_get_info, dmabroker_buffer_len, dmabroker_buffer_segments, AllocOptions,
     Buffer, BufferInfo, BufferKind, FdOwnership, FdOwnershipArg, Segment,
+};
+pub use cgroup::{
+    dmabroker_cgroup_stats_free, dmabroker_cgroup_stats_get_info, dmabroker_cgroup_stats_get_rule,
+    dmabroker_client_get_cgroup_stats, CgroupInfo, CgroupRuleInfo, CgroupStats,
 };
 pub use client::{
     dmabroker_client_alloc, dmabroker_client_alloc_for, dmabroker_client_connect, dmabroker_client_connect_timeout,

@@ -1598,3 +1598,60 @@ fn a_bad_alignment_through_the_broker_is_an_invalid_argument() {
     let got = broker.join().unwrap();
     assert_eq!(got.len(), 1, "only the hello went to the broker: {got:?}");
 }
+
+/// `dmabroker_client_get_cgroup_stats`: the broker names this process's
+/// cgroup and what is charged there; the info structs fill only the
+/// `struct_size` bytes the caller declared and say how many they filled.
+#[test]
+fn cgroup_stats_through_the_c_api() {
+    let broker = ChildBroker::start("cgroup-stats");
+    let path = broker.c_path();
+    let mut c = ptr::null_mut();
+    expect(unsafe { dmabroker_client_connect(path.as_ptr(), &mut c) }, Status::DMABROKER_OK);
+    let mut b = ptr::null_mut();
+    expect(unsafe { dmabroker_client_alloc(c, c"memfd".as_ptr(), 8192, ptr::null(), &mut b) }, Status::DMABROKER_OK);
+    let mut s = ptr::dangling_mut::<CgroupStats>();
+    expect(unsafe { dmabroker_client_get_cgroup_stats(ptr::null(), &mut s) }, INVALID);
+    assert!(s.is_null(), "a failed call leaves its handle NULL");
+    expect(unsafe { dmabroker_client_get_cgroup_stats(c, ptr::null_mut()) }, INVALID);
+    expect(unsafe { dmabroker_client_get_cgroup_stats(c, &mut s) }, Status::DMABROKER_OK);
+
+    let mut info: CgroupInfo = unsafe { std::mem::zeroed() };
+    info.struct_size = std::mem::size_of::<CgroupInfo>();
+    expect(unsafe { dmabroker_cgroup_stats_get_info(s, &mut info) }, Status::DMABROKER_OK);
+    assert_eq!(info.struct_size, std::mem::size_of::<CgroupInfo>());
+    assert!(info.available, "a v4 broker reports the cgroup");
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned);
+    if let Some(own) = own {
+        assert!(!info.path.is_null(), "{}", unsafe { CStr::from_ptr(info.unknown) }.to_string_lossy());
+        assert_eq!(unsafe { CStr::from_ptr(info.path) }.to_str().unwrap(), own);
+        assert!(info.unknown.is_null());
+        assert!(info.used_bytes >= 8192 && info.used_buffers >= 1, "{} bytes, {}", info.used_bytes, info.used_buffers);
+    }
+    assert_eq!(info.rule_count, 0, "the built-in policy has no [[cgroup]] rule");
+    let mut rule: CgroupRuleInfo = unsafe { std::mem::zeroed() };
+    rule.struct_size = std::mem::size_of::<CgroupRuleInfo>();
+    expect(unsafe { dmabroker_cgroup_stats_get_rule(s, 0, &mut rule) }, INVALID);
+    assert!(last_error().contains("out of range"), "{}", last_error());
+
+    // An older caller's smaller struct: only its bytes are written.
+    let mut short: CgroupInfo = unsafe { std::mem::zeroed() };
+    short.used_bytes = 77;
+    short.struct_size = std::mem::offset_of!(CgroupInfo, used_bytes);
+    expect(unsafe { dmabroker_cgroup_stats_get_info(s, &mut short) }, Status::DMABROKER_OK);
+    assert_eq!(short.struct_size, std::mem::offset_of!(CgroupInfo, used_bytes));
+    assert!(short.available);
+    assert_eq!(short.used_bytes, 77, "a byte past struct_size was written");
+    // No size set: refused, naming the field.
+    let mut unset: CgroupInfo = unsafe { std::mem::zeroed() };
+    expect(unsafe { dmabroker_cgroup_stats_get_info(s, &mut unset) }, INVALID);
+    assert!(last_error().contains("struct_size"), "{}", last_error());
+    expect(unsafe { dmabroker_cgroup_stats_get_info(ptr::null(), &mut info) }, INVALID);
+    expect(unsafe { dmabroker_cgroup_stats_get_info(s, ptr::null_mut()) }, INVALID);
+
+    unsafe { dmabroker_cgroup_stats_free(s) };
+    unsafe { dmabroker_cgroup_stats_free(ptr::null_mut()) };
+    unsafe { dmabroker_buffer_free(b) };
+    unsafe { dmabroker_client_free(c) };
+}

@@ -58,8 +58,9 @@ fn make(root: &Path, name: &str, max: Option<u64>) -> PathBuf {
     d
 }
 
-/// Worker processes of the broker `broker`: children whose command line
-/// says `charge-worker`, with their cgroup.
+/// Worker processes of the broker `broker` in this test's cgroups: children
+/// whose command line says `charge-worker`, with their cgroup (the `dmabroker
+/// stats` run from the root cgroup gets one there too, at its Hello).
 fn workers(broker: u32) -> Vec<(u32, String)> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -70,7 +71,10 @@ fn workers(broker: u32) -> Vec<(u32, String)> {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if ppid == broker && String::from_utf8_lossy(&cmdline).contains("charge-worker") {
             let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-            found.push((pid, cg.trim().trim_start_matches("0::").to_owned()));
+            let cg = cg.trim().trim_start_matches("0::").to_owned();
+            if cg.starts_with("/dmabroker-test") {
+                found.push((pid, cg));
+            }
         }
     }
     found
@@ -112,19 +116,33 @@ fn vm_charge_dma_heap_memory_to_the_clients_cgroup() {
     // `heaps` and `stats` say dma-heap memory is charged to cgroups.
     let heaps = daemon.cli(&["heaps"]);
     assert!(text(&heaps).contains("charged to memory cgroups (dma_heap.mem_accounting=1)"), "{}", text(&heaps));
+    // The kernel's own charge target is probed, not assumed: no released
+    // kernel has it, so the mechanism is the worker.
+    assert!(text(&heaps).contains("kernel charge target: absent (DMA_HEAP_IOCTL_ALLOC"), "{}", text(&heaps));
+    assert!(text(&heaps).contains("charging mechanism: a worker process in each client's cgroup"), "{}", text(&heaps));
     let stats = daemon.cli(&["stats"]);
     assert!(text(&stats).contains("charging: dma-heap memory is charged to memory cgroups"), "{}", text(&stats));
+    assert!(text(&stats).contains("charging mechanism: a worker process"), "{}", text(&stats));
 
-    // The client in cgroup a: 64 MiB of the system heap.
+    // The client in cgroup a: its worker starts when it connects (off the
+    // allocation path), before it asks for anything.
     enter(&a, me);
+    let t = Instant::now();
     let mut client = Client::connect(&daemon.socket).unwrap();
+    while workers(broker).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no worker 10 s after a client in cgroup a connected");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("{test}: worker running {} ms after connecting, before any request", t.elapsed().as_millis());
+    assert_eq!(workers(broker)[0].1, "/dmabroker-test-a", "{:?}", workers(broker));
+    // 64 MiB of the system heap.
     let (a0, broker0) = (current(&a), current(&broker_cg));
     let t = Instant::now();
     let buf = client.allocate("dma-heap/system", 64 * MIB, Some("charged")).expect("64 MiB in cgroup a");
     let first = t.elapsed();
     let (a1, broker1) = (current(&a), current(&broker_cg));
     eprintln!(
-        "{test}: 64 MiB allocated in {} ms (worker started): cgroup a memory.current {} -> {} (+{} KiB), \
+        "{test}: 64 MiB allocated in {} ms (worker started at connect): cgroup a memory.current {} -> {} (+{} KiB), \
          broker's cgroup {} -> {} ({:+} KiB)",
         first.as_millis(),
         a0,
@@ -246,6 +264,21 @@ fn vm_charge_memfd_pages_to_the_client_that_touches_them() {
     let a = make(&root, "dmabroker-test-touch-a", None);
     let me = std::process::id();
     let daemon = Daemon::start("vm-charge", "touch", &[], Duration::from_secs(20));
+    // Every kernel: the charge target probed (absent on every released one),
+    // and the mechanism named; none without mem_accounting.
+    let heaps = text(&daemon.cli(&["heaps"]));
+    eprintln!(
+        "{test}: {}",
+        heaps
+            .lines()
+            .filter(|l| l.starts_with("kernel charge") || l.starts_with("charging"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    assert!(heaps.contains("kernel charge target: absent (DMA_HEAP_IOCTL_ALLOC"), "{heaps}");
+    if MemAccounting::detect() != MemAccounting::On {
+        assert!(heaps.contains("charging mechanism: none"), "{heaps}");
+    }
     enter(&broker_cg, daemon.child.id());
     enter(&a, me);
     let mut client = Client::connect(&daemon.socket).unwrap();

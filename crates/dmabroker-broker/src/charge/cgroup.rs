@@ -98,6 +98,56 @@ pub fn tightest_limit(root: &Path, path: &str) -> Option<(String, u64, u64)> {
     best
 }
 
+/// The `memory.max` and `memory.current` files of a cgroup and its
+/// ancestors, opened once and re-read with `pread` for each request (a
+/// worker checks them before every allocation: opening and closing two
+/// kernfs files per level cost more than reading them).
+#[derive(Debug)]
+pub struct LimitFiles {
+    levels: Vec<(String, std::fs::File, std::fs::File)>,
+}
+
+impl LimitFiles {
+    /// Open the files of `path` and each ancestor that has them.
+    pub fn open(root: &Path, path: &str) -> Self {
+        let mut levels = Vec::new();
+        let mut level = path.trim_end_matches('/').to_owned();
+        while !level.is_empty() {
+            let d = dir(root, &level);
+            if let (Ok(max), Ok(current)) =
+                (std::fs::File::open(d.join("memory.max")), std::fs::File::open(d.join("memory.current")))
+            {
+                levels.push((level.clone(), max, current));
+            }
+            match level.rfind('/') {
+                Some(i) => level.truncate(i),
+                None => break,
+            }
+        }
+        Self { levels }
+    }
+
+    /// As [`tightest_limit`], from the open files.
+    pub fn tightest(&self) -> Option<(String, u64, u64)> {
+        let mut best: Option<(String, u64, u64)> = None;
+        for (level, max, current) in &self.levels {
+            let (Some(max), Some(current)) = (read_u64(max), read_u64(current)) else { continue };
+            if best.as_ref().is_none_or(|(_, m, c)| max.saturating_sub(current) < m.saturating_sub(*c)) {
+                best = Some((level.clone(), max, current));
+            }
+        }
+        best
+    }
+}
+
+/// A cgroup file's number from its start (`max` and errors: `None`).
+fn read_u64(f: &std::fs::File) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 32];
+    let n = f.read_at(&mut buf, 0).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +176,11 @@ mod tests {
             std::fs::write(d.join("memory.current"), cur).unwrap();
         }
         assert_eq!(tightest_limit(&root, "/a/b/c"), Some(("/a".into(), 100, 10)));
+        let files = LimitFiles::open(&root, "/a/b/c");
+        assert_eq!(files.tightest(), Some(("/a".into(), 100, 10)));
+        // Re-read, not cached: the worker sees each allocation's charge.
+        std::fs::write(root.join("a/b/c/memory.current"), "999").unwrap();
+        assert_eq!(files.tightest(), Some(("/a/b/c".into(), 1000, 999)));
         let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -42,19 +42,23 @@
 //! |---|---|
 //! | [`cgroup`] | the cgroup2 mount, a client's cgroup, limits |
 //! | [`worker`] | the broker's handle on one worker |
+//! | [`spawner`] | the thread that starts workers off the event loop |
 //! | [`work`] | the worker process's side and the messages |
 
 pub mod cgroup;
+pub mod spawner;
 pub mod work;
 pub mod worker;
 
+use dmabroker::heap::charge_target::ChargeTarget;
 use dmabroker::heap::mem_accounting::MemAccounting;
 use dmabroker::heap::{AllocRequest, Heap};
 use dmabroker::size::format_size;
 use dmabroker::Buffer;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use worker::{Failure, Worker};
 
@@ -65,6 +69,10 @@ const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// How long after a failed start in a cgroup the broker allocates itself
 /// for it without trying again.
 const SPAWN_RETRY: Duration = Duration::from_secs(60);
+/// How long a request waits for its cgroup's worker to be started (the
+/// `clone3` on the spawner thread; the worker's own start-up is waited for
+/// by the request's bounded wait for its answer).
+const SPAWN_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a charged allocation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -105,11 +113,22 @@ pub enum ChargeRefusal {
 #[derive(Debug)]
 pub struct Charging {
     accounting: MemAccounting,
-    exe: Option<OwnedFd>,
+    /// The kernel's own charge target, probed at start when it would be used.
+    target: ChargeTarget,
+    exe: Option<Arc<OwnedFd>>,
     root: Option<PathBuf>,
+    /// Started on first use (a broker without workers has no thread).
+    spawner: Option<spawner::Spawner>,
+    /// Cgroups whose worker the spawner is starting.
+    starting: HashSet<String>,
+    /// Whether udmabuf exists (its pages are charged on every kernel).
+    udmabuf: bool,
     own_cgroup: Option<String>,
     /// A worker unused this long is ended.
     pub idle: Duration,
+    /// Start a client's worker at its `Hello` ([`Charging::prepare`]), not
+    /// at its first allocation.
+    pub at_hello: bool,
     workers: HashMap<String, Worker>,
     /// Cgroups refused until then (a worker that did not answer) or served
     /// by the broker itself until then (a worker could not be started).
@@ -123,10 +142,15 @@ impl Charging {
     pub fn disabled() -> Self {
         Self {
             accounting: MemAccounting::detect(),
+            target: ChargeTarget::Unknown { why: "not probed: the broker allocates itself".into() },
             exe: None,
             root: None,
+            spawner: None,
+            starting: HashSet::new(),
+            udmabuf: false,
             own_cgroup: None,
             idle: Duration::from_secs(30),
+            at_hello: true,
             workers: HashMap::new(),
             refused_until: HashMap::new(),
             own_until: HashMap::new(),
@@ -141,9 +165,14 @@ impl Charging {
         c.idle = idle;
         tracing::info!("{}", c.accounting.describe());
         c.root = cgroup::mount_point();
+        c.udmabuf = Path::new("/dev/udmabuf").exists();
+        if c.accounting == MemAccounting::On {
+            c.target = ChargeTarget::probe();
+            tracing::info!("the kernel's dma-heap charge target: {}", c.target.describe());
+        }
         c.own_cgroup = std::fs::read_to_string("/proc/self/cgroup").ok().as_deref().and_then(cgroup::parse);
         match std::fs::File::open(exe) {
-            Ok(f) => c.exe = Some(f.into()),
+            Ok(f) => c.exe = Some(Arc::new(f.into())),
             Err(e) => {
                 tracing::warn!("cannot open the worker executable {}: {e}; allocating in the broker", exe.display())
             }
@@ -156,6 +185,7 @@ impl Charging {
                 if c.accounting == MemAccounting::On { " and dma-heap" } else { "" }
             );
         }
+        tracing::info!("charging mechanism for clients in other cgroups: {}", c.mechanism());
         c
     }
 
@@ -169,9 +199,104 @@ impl Charging {
         self.accounting
     }
 
+    /// The kernel's own charge target, as probed.
+    pub fn target(&self) -> &ChargeTarget {
+        &self.target
+    }
+
+    /// How dma-heap memory of clients in other cgroups is charged.
+    pub fn mechanism(&self) -> &'static str {
+        if self.accounting != MemAccounting::On {
+            "none (dma_heap.mem_accounting is off: no cgroup is charged)"
+        } else if self.root.is_none() {
+            "the broker's cgroup (no cgroup2 mount)"
+        } else if self.target.available() {
+            "the kernel's charge target (charge_fd: the client's cgroup)"
+        } else if self.exe.is_some() {
+            "a worker in each client's cgroup"
+        } else {
+            "the broker's cgroup (no worker executable)"
+        }
+    }
+
     /// Workers alive (serving or retired but not reaped yet).
     pub fn worker_pids(&self) -> Vec<u32> {
         self.workers.values().map(|w| w.pid).collect()
+    }
+
+    /// A client in `client_cgroup` finished its handshake: start its
+    /// cgroup's worker now, on the spawner thread, unless one runs or none
+    /// would be used, so that its first allocation does not pay the start.
+    pub fn prepare(&mut self, client_cgroup: &Result<String, String>) {
+        let Ok(cgroup) = client_cgroup else { return };
+        let dma_heap_by_worker = self.accounting == MemAccounting::On && !self.target.available();
+        if !self.at_hello || !self.active() || !(self.udmabuf || dma_heap_by_worker) {
+            return;
+        }
+        if self.own_cgroup.as_ref() == Some(cgroup) || self.workers.contains_key(cgroup) {
+            return;
+        }
+        let now = Instant::now();
+        if self.own_until.get(cgroup).is_some_and(|t| now < *t)
+            || self.refused_until.get(cgroup).is_some_and(|t| now < *t)
+        {
+            return;
+        }
+        self.start(cgroup);
+    }
+
+    /// Ask the spawner for a worker in `cgroup` (once; started lazily).
+    fn start(&mut self, cgroup: &str) {
+        if self.starting.contains(cgroup) {
+            return;
+        }
+        let (Some(exe), Some(root)) = (&self.exe, &self.root) else { return };
+        if self.spawner.is_none() {
+            match spawner::Spawner::new(Arc::clone(exe), root.clone()) {
+                Ok(s) => self.spawner = Some(s),
+                Err(e) => {
+                    tracing::warn!("cannot start the worker-spawning thread ({e}): allocating in the broker");
+                    self.exe = None;
+                    return;
+                }
+            }
+        }
+        if self.spawner.as_ref().is_some_and(|s| s.request(cgroup)) {
+            self.starting.insert(cgroup.to_owned());
+        }
+    }
+
+    /// Wait (at most until `until`) for `cgroup`'s worker being started.
+    fn wait_for(&mut self, cgroup: &str, until: Instant) {
+        if !self.starting.contains(cgroup) {
+            return;
+        }
+        let got = self.spawner.as_ref().map(|s| s.wait(cgroup, until)).unwrap_or_default();
+        self.adopt(got);
+    }
+
+    /// Take in started workers (or note in which cgroups none could start).
+    fn adopt(&mut self, started: Vec<spawner::Started>) {
+        let now = Instant::now();
+        for (cgroup, result) in started {
+            self.starting.remove(&cgroup);
+            match result {
+                Ok(mut w) => {
+                    tracing::debug!(cgroup = %cgroup, pid = w.pid, "allocation worker started");
+                    w.last_used = now;
+                    if let Some(old) = self.workers.insert(cgroup, w) {
+                        self.dying.push((old.retire(), now));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot start an allocation worker in cgroup {cgroup} ({e}): its dma-heap and udmabuf memory \
+                         is charged to the broker's cgroup; give the broker write access to that cgroup.procs"
+                    );
+                    self.own_until.insert(cgroup, now + SPAWN_RETRY);
+                }
+            }
+        }
     }
 
     /// Allocate `request` from `heap` for a client in `client_cgroup`
@@ -186,7 +311,11 @@ impl Charging {
         heap: &dyn Heap,
         request: &AllocRequest,
     ) -> Result<Buffer, ChargeRefusal> {
-        let (Some(exe), Some(root)) = (&self.exe, &self.root) else { return Ok(heap.allocate(request)?) };
+        if !self.active() {
+            return Ok(heap.allocate(request)?);
+        }
+        let Some(root) = self.root.clone() else { return Ok(heap.allocate(request)?) };
+        let root = root.as_path();
         // udmabuf pins its memfd's pages when it is created: charged to the
         // creator's cgroup on every kernel. dma-heap pages only with
         // mem_accounting.
@@ -219,21 +348,19 @@ impl Charging {
                 ),
             });
         }
+        if self.target.available() && heap.name().starts_with("dma-heap/") {
+            return self.allocate_charged(root, cgroup, heap, request);
+        }
         if !self.workers.contains_key(cgroup) {
-            match Worker::spawn(exe, root, cgroup) {
-                Ok(w) => {
-                    tracing::debug!(cgroup = %cgroup, pid = w.pid, "allocation worker started");
-                    self.workers.insert(cgroup.clone(), w);
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot start an allocation worker in cgroup {cgroup} ({e}): its dma-heap and udmabuf memory \
-                         is charged to the broker's cgroup; give the broker write access to that cgroup.procs"
-                    );
-                    self.own_until.insert(cgroup.clone(), now + SPAWN_RETRY);
-                    return Ok(heap.allocate(request)?);
-                }
+            // Usually started at the client's Hello ([`Charging::prepare`]);
+            // this request waits for it only if it came before the worker did.
+            let t = Instant::now();
+            self.start(cgroup);
+            self.wait_for(cgroup, t + SPAWN_WAIT);
+            if !self.workers.contains_key(cgroup) {
+                return Ok(heap.allocate(request)?);
             }
+            tracing::trace!(cgroup = %cgroup, waited_us = t.elapsed().as_micros() as u64, "waited for the worker");
         }
         let work = work::WorkRequest {
             heap: heap.name().to_owned(),
@@ -248,7 +375,7 @@ impl Charging {
         let failure = match worker.allocate(&work, timeout) {
             Ok((fd, len, hint)) => {
                 tracing::trace!(cgroup = %cgroup, len, "allocated by the cgroup's worker");
-                return Buffer::from_fd_with(fd, hint)
+                return Buffer::from_allocated(fd, len, heap.name(), request.name.clone(), hint)
                     .map_err(|e| ChargeRefusal::Worker { cgroup: cgroup.clone(), message: e.to_string() });
             }
             Err(f) => f,
@@ -298,10 +425,56 @@ impl Charging {
         Err(ChargeRefusal::Worker { cgroup: cgroup.clone(), message })
     }
 
+    /// Allocate here, charged by the kernel to `cgroup` (the RFC's
+    /// `charge_fd` with the cgroup's directory fd). Only where the probe saw
+    /// the kernel read the field; no released kernel does, so this path has
+    /// run on none.
+    fn allocate_charged(
+        &self,
+        root: &Path,
+        cgroup: &str,
+        heap: &dyn Heap,
+        request: &AllocRequest,
+    ) -> Result<Buffer, ChargeRefusal> {
+        let over = |level, max, current| ChargeRefusal::CgroupLimit {
+            cgroup: cgroup.to_owned(),
+            level,
+            max,
+            current,
+            asked: request.len,
+        };
+        // As the worker does: refuse before the kernel's charge would go
+        // through the cgroup's OOM killer.
+        if let Some((level, max, current)) = cgroup::tightest_limit(root, cgroup) {
+            if current.saturating_add(request.len) > max {
+                return Err(over(level, max, current));
+            }
+        }
+        let dir = rustix::fs::open(
+            cgroup::dir(root, cgroup),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| ChargeRefusal::Worker { cgroup: cgroup.to_owned(), message: format!("cannot open it: {e}") })?;
+        match heap.allocate_charged(request, std::os::fd::AsFd::as_fd(&dir)) {
+            Some(Ok(b)) => Ok(b),
+            Some(Err(e @ dmabroker::heap::AllocError::OutOfMemory { .. })) => {
+                match cgroup::tightest_limit(root, cgroup) {
+                    Some((level, max, current)) => Err(over(level, max, current)),
+                    None => Err(e.into()),
+                }
+            }
+            Some(Err(e)) => Err(e.into()),
+            None => Ok(heap.allocate(request)?),
+        }
+    }
+
     /// When the next worker is due to be ended or reaped.
     pub fn next_deadline(&self) -> Option<Instant> {
         let idle = self.workers.values().map(|w| w.last_used + self.idle).min();
-        let dying = (!self.dying.is_empty()).then(|| Instant::now() + Duration::from_millis(50));
+        // Reaping, and taking in workers being started: polled.
+        let dying =
+            (!self.dying.is_empty() || !self.starting.is_empty()).then(|| Instant::now() + Duration::from_millis(50));
         match (idle, dying) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -310,6 +483,9 @@ impl Charging {
 
     /// End idle workers, reap those that exited, kill the slow ones.
     pub fn tick(&mut self) {
+        if let Some(got) = self.spawner.as_ref().map(spawner::Spawner::poll) {
+            self.adopt(got);
+        }
         let now = Instant::now();
         let idle: Vec<String> =
             self.workers.iter().filter(|(_, w)| now >= w.last_used + self.idle).map(|(c, _)| c.clone()).collect();

@@ -90,6 +90,7 @@ fn volunteer_for_oom() {
 pub fn serve(socket: OwnedFd, root: &Path, cgroup: &str) -> std::io::Result<()> {
     volunteer_for_oom();
     let mut heaps: HashMap<String, Option<Box<dyn Heap>>> = HashMap::new();
+    let limits = super::cgroup::LimitFiles::open(root, cgroup);
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         let received = match wire::recv(socket.as_fd(), &mut buf, false) {
@@ -101,7 +102,7 @@ pub fn serve(socket: OwnedFd, root: &Path, cgroup: &str) -> std::io::Result<()> 
         let Some(request) = decode::<WorkRequest>(&buf[..received.len]) else {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed request from the broker"));
         };
-        let (reply, fd) = allocate(&mut heaps, &request, root, cgroup);
+        let (reply, fd) = allocate(&mut heaps, &request, &limits);
         wire::send(socket.as_fd(), &encode(&reply), fd.as_ref().map(AsFd::as_fd), false)?;
     }
 }
@@ -118,10 +119,9 @@ fn open(name: &str) -> Option<Box<dyn Heap>> {
 fn allocate(
     heaps: &mut HashMap<String, Option<Box<dyn Heap>>>,
     r: &WorkRequest,
-    root: &Path,
-    cgroup: &str,
+    limits: &super::cgroup::LimitFiles,
 ) -> (WorkReply, Option<OwnedFd>) {
-    if let Some((level, max, current)) = super::cgroup::tightest_limit(root, cgroup) {
+    if let Some((level, max, current)) = limits.tightest() {
         if current.saturating_add(r.len) > max {
             return (WorkReply::OverLimit { level, max, current }, None);
         }

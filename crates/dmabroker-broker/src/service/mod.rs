@@ -247,6 +247,11 @@ impl Service {
                     );
                 }
                 session.version = Some(version);
+                // Its cgroup's worker, if it needs one, starts now rather
+                // than on its first allocation.
+                if session.cgroup_access.refused().is_none() {
+                    self.charging.prepare(&session.cgroup);
+                }
                 Reply::ok(Response::Hello { version, server: format!("dmabroker {}", env!("CARGO_PKG_VERSION")) })
             }
             (None, _) => Reply::error(ErrorCode::BadRequest, "the session must open with Hello", true),

@@ -51,6 +51,15 @@ pub struct BenchBrokerArgs {
     /// `dma_heap.mem_accounting=1`): the cost of charging the client.
     #[arg(long, value_name = "DIR")]
     pub client_cgroup: Option<PathBuf>,
+    /// With --client-cgroup: how long the client waits between connecting
+    /// and its first allocation, in ms (that first allocation is reported
+    /// on its own: it may wait for the cgroup's worker to start).
+    #[arg(long, default_value_t = 0)]
+    pub first_delay_ms: u64,
+    /// Have the broker start a cgroup's worker at its first allocation, as
+    /// before, instead of when the client connects (an A/B in one boot).
+    #[arg(long)]
+    pub worker_on_first_request: bool,
     /// Internal: child role (`fd-echo`).
     #[arg(long, hide = true)]
     pub role: Option<String>,
@@ -74,7 +83,7 @@ impl Drop for Daemon {
     }
 }
 
-fn start_daemon(live: usize) -> anyhow::Result<Daemon> {
+fn start_daemon(live: usize, extra: &[&str]) -> anyhow::Result<Daemon> {
     let dir = std::env::temp_dir().join(format!("dmabroker-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let policy = dir.join("policy.toml");
@@ -92,6 +101,7 @@ fn start_daemon(live: usize) -> anyhow::Result<Daemon> {
         .arg(&socket)
         .arg("--policy")
         .arg(&policy)
+        .args(extra)
         .env_remove("NOTIFY_SOCKET")
         .stderr(Stdio::null())
         .spawn()?;
@@ -143,7 +153,8 @@ pub fn run(args: &BenchBrokerArgs) -> anyhow::Result<ExitCode> {
     }
     // The broker inherits the limit: it holds one fd per live buffer.
     let nofile = raise_nofile((args.live as u64 + 50_000).max(65_536));
-    let daemon = start_daemon(args.live)?;
+    let extra: &[&str] = if args.worker_on_first_request { &["--charge-worker-on-first-request"] } else { &[] };
+    let daemon = start_daemon(args.live, extra)?;
     if let Some(dir) = &args.client_cgroup {
         // "0": the writing process, all its threads (cgroup v2).
         std::fs::write(dir.join("cgroup.procs"), "0").map_err(|e| {
@@ -158,8 +169,25 @@ pub fn run(args: &BenchBrokerArgs) -> anyhow::Result<ExitCode> {
     let heap = heaps.require(&args.heap)?;
     let mut echo = FdEcho::start(&daemon.dir)?;
     let broker_pid = daemon.child.id();
+    // The first allocation of the session on its own: for a client in
+    // another cgroup it may wait for that cgroup's worker to start.
+    let first_size = args.sizes.first().copied().unwrap_or(4096);
+    let t = Instant::now();
     let mut client = Client::connect(&daemon.socket)?;
+    let connected = t.elapsed();
+    std::thread::sleep(Duration::from_millis(args.first_delay_ms));
+    let t = Instant::now();
+    drop(client.allocate(&args.heap, first_size, None)?);
+    let first = t.elapsed();
     let mut report = JsonReport::new("broker");
+    report.rows.push(JsonRow {
+        key: format!("broker/first-allocation/{}", format_size(first_size)),
+        value: Spread::of(&[first.as_nanos() as f64]),
+        unit: "ns".into(),
+        floor: None,
+        ratio: None,
+        extra: serde_json::Map::new(),
+    });
     let mut lines = Vec::new();
     for &size in &args.sizes {
         let iterations = if size >= 8 << 20 { args.iterations.min(100) } else { args.iterations };
@@ -277,6 +305,15 @@ pub fn run(args: &BenchBrokerArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.client_cgroup {
         println!("Client in cgroup {}, the broker in its own ({}).\n", dir.display(), charging_line());
     }
+    println!(
+        "First allocation ({}) of the session, {} ms after connecting (connect + Hello: {} us; the cgroup's worker \
+         started at {}): {} us.\n",
+        format_size(first_size),
+        args.first_delay_ms,
+        us(connected),
+        if args.worker_on_first_request { "the first allocation" } else { "connect" },
+        us(first)
+    );
     println!("Heap `{}`; broker and clients on this machine; RLIMIT_NOFILE {nofile}; medians over {} round(s), range in parentheses.\n", args.heap, args.rounds);
     println!("| size | in-process allocation p50 / p99 (us) | floor: bare SCM_RIGHTS round trip p50 / p99 | through broker p50 / p99 | broker / floor (p50) | broker / (floor + in-process) | broker - floor - in-process | placement (p50 by CPU): broker / floor |");
     println!("|---|---|---|---|---|---|---|---|");

@@ -58,10 +58,7 @@ pub fn run(args: &HeapsArgs) -> anyhow::Result<ExitCode> {
             "probe: no CMA heap here (dmabroker heaps lists none as contiguous for the whole buffer)\n",
         )?;
     }
-    crate::output::emit(&format!(
-        "charging: {}\n",
-        dmabroker::heap::mem_accounting::MemAccounting::detect().describe()
-    ))?;
+    crate::output::emit(&dmabroker::heap::charge_target::report())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// worker in each client's cgroup: how long an unused one is kept, in ms.
     #[arg(long, default_value_t = 30_000)]
     pub charge_worker_idle_ms: u64,
+    /// Start a client's allocation worker at its first allocation instead of
+    /// when it connects (the behaviour before; for measuring the difference).
+    #[arg(long, hide = true)]
+    pub charge_worker_on_first_request: bool,
 }
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
@@ -87,6 +91,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         SweepTiming { interval: Duration::from_millis(args.sweep_interval_ms.max(10)), ..SweepTiming::default() };
     config.charge_worker = Some(PathBuf::from("/proc/self/exe"));
     config.charge_worker_idle = Duration::from_millis(args.charge_worker_idle_ms.max(10));
+    config.charge_worker_at_hello = !args.charge_worker_on_first_request;
     let mut broker = Broker::start(config, stored, shutdown_on_signals()?)?;
     tracing::info!("serving on {where_}");
     eprintln!("dmabroker: serving on {where_}");

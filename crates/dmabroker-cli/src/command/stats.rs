@@ -26,11 +26,17 @@ pub fn run(args: &StatsArgs) -> anyhow::Result<ExitCode> {
     // The kernel's side, read here (the broker runs on this machine): whether
     // dma-heap memory is charged to cgroups at all.
     let accounting = dmabroker::heap::mem_accounting::MemAccounting::detect();
+    let target = dmabroker::heap::charge_target::ChargeTarget::probe();
     if args.json {
         let mut value = serde_json::to_value(&stats)?;
         if let Some(map) = value.as_object_mut() {
             map.insert("dma_heap_mem_accounting".into(), serde_json::to_value(accounting)?);
             map.insert("dma_heap_charging".into(), accounting.describe().into());
+            map.insert("dma_heap_charge_target".into(), serde_json::to_value(&target)?);
+            map.insert(
+                "dma_heap_charging_mechanism".into(),
+                dmabroker::heap::charge_target::mechanism(accounting, &target).into(),
+            );
             // Absent from brokers before protocol version 4.
             if let Some(c) = &cgroup {
                 map.insert("cgroup".into(), serde_json::to_value(c)?);
@@ -42,7 +48,7 @@ pub fn run(args: &StatsArgs) -> anyhow::Result<ExitCode> {
     emit(&format!(
         "uid {}: {} in {} buffer(s) of a quota of {} in {} buffer(s); heaps: {}; may publish: {}\n\
          broker: {} buffer(s), {}, {} publication(s), {} client(s) connected\n\
-         charging: {}\n{}",
+         charging: {}\nkernel charge target: {}\ncharging mechanism: {}\n{}",
         stats.uid,
         format_size(stats.used_bytes),
         stats.used_buffers,
@@ -55,6 +61,8 @@ pub fn run(args: &StatsArgs) -> anyhow::Result<ExitCode> {
         stats.publications,
         stats.clients,
         accounting.describe(),
+        target.describe(),
+        dmabroker::heap::charge_target::mechanism(accounting, &target),
         cgroup.as_ref().map(describe_cgroup).unwrap_or_default(),
     ))?;
     Ok(ExitCode::SUCCESS)

@@ -7,6 +7,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 /// `TMPFS_MAGIC` from `linux/magic.h`.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
+/// `DMA_BUF_MAGIC` from `linux/magic.h`: the kernel's dmabuf file system.
+const DMA_BUF_MAGIC: i64 = 0x444d_4142;
 /// `HUGETLBFS_MAGIC`.
 const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
 
@@ -122,6 +124,27 @@ pub(crate) fn dma_buf_properties(exporter: &str, len: u64) -> PhysicalProperties
         coherency: Coherency::Coherent,
         device_importable: true,
     }
+}
+
+/// A dma-buf a helper of this program allocated from `heap` and sent here
+/// with its length: `fstatfs` and `fstat` alone check it (every dma-buf is
+/// an inode of the kernel's dmabuf file system, `DMA_BUF_MAGIC`, whose size
+/// is the buffer's), where [`adopt`] also reads `/proc/self/fdinfo`, whose
+/// open + read + close cost more than the rest of the hand-off.
+pub(super) fn adopt_allocated(fd: OwnedFd, len: u64, heap: &str, name: Option<String>) -> Result<Buffer, FromFdError> {
+    let stat = rustix::fs::fstat(&fd).map_err(std::io::Error::from)?;
+    let fs_type = rustix::fs::fstatfs(&fd).map_err(std::io::Error::from)?.f_type as i64;
+    if fs_type != DMA_BUF_MAGIC || stat.st_size as u64 != len || len == 0 {
+        let link = fd_link(None, fd.as_raw_fd()).unwrap_or_default();
+        return Err(FromFdError::NotABuffer {
+            what: format!(
+                "not the {len}-byte dma-buf of {heap} its allocator reported ({link}, {} bytes)",
+                stat.st_size
+            ),
+        });
+    }
+    let exporter = heap.strip_prefix("dma-heap/").unwrap_or(heap);
+    Ok(Buffer::new(fd, len, BufferKind::DmaBuf, heap, name, dma_buf_properties(exporter, len)))
 }
 
 /// CMA heaps (`linux,cma`, `reserved`, vendor `*cma*` names) and videobuf2's

@@ -208,6 +208,31 @@ impl Buffer {
         Ok(Self { inner: Arc::new(inner) })
     }
 
+    /// A dma-buf that a trusted helper process (the broker's allocation
+    /// worker) allocated from `heap` (`dma-heap/<name>` or `udmabuf`) and
+    /// sent with its length and properties: checked with `fstat` only (an
+    /// anonymous inode of `len` bytes, as every dma-buf is), not read back
+    /// from `/proc/self/fdinfo` as [`from_fd_with`](Self::from_fd_with) does.
+    ///
+    /// # Errors
+    /// [`FromFdError::NotABuffer`] when the fd is not a dma-buf of `len`
+    /// bytes; the fd is closed.
+    pub fn from_allocated(
+        fd: OwnedFd,
+        len: u64,
+        heap: &str,
+        name: Option<String>,
+        hint: PropertyHint,
+    ) -> Result<Self, FromFdError> {
+        let mut b = adopt::adopt_allocated(fd, len, heap, name)?;
+        if let Some(inner) = Arc::get_mut(&mut b.inner) {
+            inner.properties.coherency = hint.coherency;
+            inner.properties.cache = hint.cache;
+            inner.properties.contiguous_up_to = hint.contiguous_up_to.clamp(1, len);
+        }
+        Ok(b)
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> u64 {
         self.inner.len

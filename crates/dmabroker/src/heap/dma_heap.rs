@@ -153,6 +153,26 @@ impl Heap for DmaHeap {
     }
 
     fn allocate(&self, request: &AllocRequest) -> Result<Buffer, AllocError> {
+        self.allocate_with(request, None)
+    }
+
+    fn allocate_charged(
+        &self,
+        request: &AllocRequest,
+        target: std::os::fd::BorrowedFd<'_>,
+    ) -> Option<Result<Buffer, AllocError>> {
+        Some(self.allocate_with(request, Some(target)))
+    }
+}
+
+impl DmaHeap {
+    /// Allocate, charged to `charge` (the kernel's charge target, see
+    /// [`super::charge_target`]) or to this process.
+    fn allocate_with(
+        &self,
+        request: &AllocRequest,
+        charge: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<Buffer, AllocError> {
         let len = check_request(&self.limits(), request)?;
         let device = self.device.as_ref().map_err(|e| {
             open_error(
@@ -168,7 +188,11 @@ impl Heap for DmaHeap {
         if !self.contiguous() {
             check_available(&self.name, len)?;
         }
-        let fd = dmabroker_sys::dma_heap::alloc(device, len).map_err(|e| match e {
+        let fd = match charge {
+            None => dmabroker_sys::dma_heap::alloc(device, len),
+            Some(target) => dmabroker_sys::dma_heap::alloc_charged(device, len, target),
+        };
+        let fd = fd.map_err(|e| match e {
             rustix::io::Errno::NOMEM if self.contiguous() => {
                 cma_area::record_refusal(&self.name, len);
                 AllocError::CmaShort {

@@ -37,8 +37,8 @@ impl MemAccounting {
     pub fn describe(self) -> &'static str {
         match self {
             Self::On => {
-                "dma-heap memory is charged to memory cgroups (dma_heap.mem_accounting=1): the broker allocates \
-                 in a worker in each client's cgroup, so memory.max applies to what a client asks for"
+                "dma-heap memory is charged to memory cgroups (dma_heap.mem_accounting=1): the broker charges \
+                 each client's cgroup, so memory.max applies to what a client asks for"
             }
             Self::Off => {
                 "dma-heap memory is charged to no cgroup: dma_heap.mem_accounting is off (boot with \

@@ -10,6 +10,7 @@
 //! [`Heaps::discover`] never fails because one allocator is missing: it lists
 //! what this machine has and remembers why the others are absent.
 
+pub mod charge_target;
 pub mod cma_area;
 pub mod cma_probe;
 pub mod dma_heap;
@@ -329,6 +330,16 @@ pub trait Heap: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`AllocError`], naming the cause and the fix.
     fn allocate(&self, request: &AllocRequest) -> Result<Buffer, AllocError>;
+    /// Allocate charged by the kernel to `target` (a pidfd or a cgroup
+    /// directory fd: the charge target of [`charge_target`], which no
+    /// released kernel has); `None` for heaps that cannot (all but dma-heaps).
+    fn allocate_charged(
+        &self,
+        _request: &AllocRequest,
+        _target: std::os::fd::BorrowedFd<'_>,
+    ) -> Option<Result<Buffer, AllocError>> {
+        None
+    }
 }
 
 /// The fixed capabilities a request is checked against: no I/O, so the
