@@ -2,8 +2,11 @@
 //! gives a clear error to the affected client only, and the system recovers
 //! without a restart.
 
+#[path = "common/child_broker.rs"]
+mod child_broker;
 mod common;
 
+use child_broker::ChildBroker;
 use common::TestBroker;
 use dmabroker::client::{AllocateError, Client, TransportError};
 use std::os::fd::OwnedFd;
@@ -78,4 +81,44 @@ fn a_client_at_its_fd_limit_gets_a_clear_error_and_recovers() {
         }
     });
     drop(other.allocate("memfd", 4096, None).expect("another client is served"));
+}
+
+/// Not a test: the broker process of [`ChildBroker`].
+#[test]
+#[ignore = "the broker process of other tests"]
+fn broker_process() {
+    child_broker::serve_if_asked();
+}
+
+/// The broker at its own fd limit (RLIMIT_NOFILE, lowered under it with
+/// `prlimit`): the client whose allocation needs one more fd gets a clear
+/// refusal, the broker keeps serving what needs no new fd, and once that
+/// client lets go of its buffers the broker allocates again, without a
+/// restart.
+#[test]
+fn a_broker_at_its_fd_limit_refuses_clearly_and_recovers() {
+    use rustix::process::{prlimit, Pid, Resource, Rlimit};
+    let broker = ChildBroker::start("fd-limit");
+    let mut client = Client::connect(&broker.path).unwrap();
+    let pid = Pid::from_child(&broker.child);
+    let open = std::fs::read_dir(format!("/proc/{}/fd", broker.child.id())).unwrap().count() as u64;
+    let hard = rustix::process::getrlimit(Resource::Nofile).maximum;
+    prlimit(Some(pid), Resource::Nofile, Rlimit { current: Some(open + 16), maximum: hard }).unwrap();
+    let mut held = Vec::new();
+    let refusal = loop {
+        match client.allocate("memfd", 4096, None) {
+            Ok(b) => held.push(b),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 64, "the broker's fd limit was never reached");
+    };
+    let message = refusal.to_string();
+    eprintln!("at the broker's fd limit after {} buffers: {message}", held.len());
+    assert!(message.contains("file descriptor limit"), "{message}");
+    client.stats().expect("requests that need no fd are still served");
+    drop(held);
+    let again = common::eventually("the broker allocates again once the buffers are let go", || {
+        client.allocate("memfd", 4096, None).map_err(|e| e.to_string())
+    });
+    assert_eq!(again.len(), 4096);
 }

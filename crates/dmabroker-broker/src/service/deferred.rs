@@ -110,7 +110,8 @@ impl Service {
                 Handled::Later
             }
             Some(Deferred::Alloc { heap, asked, result: Some(result) }) => {
-                Handled::Now(self.finish_allocation(session, &heap, asked, result).unwrap_or_else(Reply::refused))
+                let reply = self.finish_allocation(session, &heap, asked, result);
+                Handled::Now(reply.map_err(AllocateRefusal::at_fd_limit).unwrap_or_else(Reply::refused))
             }
             Some(Deferred::Parked { request, .. }) => {
                 // Once: this time a quota refusal is the answer.

@@ -6,7 +6,7 @@ use crate::notify::Notifier;
 use crate::peer::Peer;
 use crate::policy::cgroup::CgroupAccess;
 use crate::policy::{Limits, Policy};
-use crate::refusal::Code;
+use crate::refusal::{AllocateRefusal, Code};
 use crate::registry::Registry;
 use dmabroker::heap::Heaps;
 use dmabroker::proto::{self, ErrorCode, Request, Response, Stats};
@@ -278,7 +278,9 @@ impl Service {
             }
             (None, _) => Reply::error(ErrorCode::BadRequest, "the session must open with Hello", true),
             (Some(_), Request::Hello { .. }) => Reply::error(ErrorCode::BadRequest, "Hello sent twice", true),
-            (Some(_), Request::Allocate(a)) => self.allocate(session, a).unwrap_or_else(Reply::refused),
+            (Some(_), Request::Allocate(a)) => {
+                self.allocate(session, a).map_err(AllocateRefusal::at_fd_limit).unwrap_or_else(Reply::refused)
+            }
             (Some(_), Request::Publish(p)) => self.publish(session, p, fd).unwrap_or_else(Reply::refused),
             (Some(_), Request::Import { key }) => self.import(session, &key).unwrap_or_else(Reply::refused),
             (Some(_), Request::Unpublish { key }) => self.unpublish(session, &key).unwrap_or_else(Reply::refused),
