@@ -17,6 +17,7 @@
 //! | [`service`] | the operations under the policy, sweeps, timers |
 //! | [`registry`] | buffers, publications, charges |
 //! | [`charge`] | dma-heap allocations charged to the client's cgroup (workers) |
+//! | [`offload`] | large allocations on a thread, off the loop |
 //! | [`holders`] | who else holds a buffer (dma-buf counts, `/proc` scans) |
 //! | [`policy`] | the TOML policy |
 //! | [`peer`] | `SO_PEERCRED` + pidfd |
@@ -28,6 +29,7 @@ pub mod charge;
 pub mod holders;
 pub mod names;
 pub mod notify;
+pub mod offload;
 pub mod peer;
 pub mod persist;
 pub mod policy;

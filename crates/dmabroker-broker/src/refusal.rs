@@ -41,6 +41,16 @@ pub enum AllocateRefusal {
     /// The heap failed.
     #[error(transparent)]
     Alloc(#[from] dmabroker::heap::AllocError),
+    /// The broker itself is out of fds (its `RLIMIT_NOFILE`): it holds one
+    /// per live buffer. Every client is refused alike until buffers are let go.
+    #[error(
+        "the broker is at its file descriptor limit (RLIMIT_NOFILE {limit}; it holds one fd per live buffer): \
+         retry once buffers are let go; an administrator raises LimitNOFILE= of dmabroker.service"
+    )]
+    FdLimit {
+        /// The broker's soft limit.
+        limit: u64,
+    },
     /// The client's cgroup has no room, or its allocation worker failed.
     #[error(transparent)]
     Charge(crate::charge::ChargeRefusal),
@@ -276,6 +286,21 @@ pub trait Code {
     fn code(&self) -> ErrorCode;
 }
 
+impl AllocateRefusal {
+    /// An allocation or reopen that failed with `EMFILE`/`ENFILE` said as
+    /// what it is: the broker's fd table is full.
+    pub fn at_fd_limit(self) -> Self {
+        use dmabroker::heap::AllocError as A;
+        use rustix::io::Errno;
+        match self {
+            Self::Alloc(A::Os { source: Errno::MFILE | Errno::NFILE, .. }) => Self::FdLimit {
+                limit: rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX),
+            },
+            other => other,
+        }
+    }
+}
+
 impl Code for AllocateRefusal {
     fn code(&self) -> ErrorCode {
         use dmabroker::heap::AllocError as A;
@@ -285,7 +310,7 @@ impl Code for AllocateRefusal {
             }
             Self::Quota(_) => ErrorCode::QuotaExceeded,
             Self::Alloc(A::NoSuchHeap { .. }) => ErrorCode::NoSuchHeap,
-            Self::Alloc(_) => ErrorCode::AllocationFailed,
+            Self::Alloc(_) | Self::FdLimit { .. } => ErrorCode::AllocationFailed,
             Self::Charge(crate::charge::ChargeRefusal::CgroupLimit { .. }) => ErrorCode::QuotaExceeded,
             Self::Charge(_) => ErrorCode::AllocationFailed,
         }

@@ -9,7 +9,7 @@
 //! polls writable (see [`crate::notify`]).
 
 use crate::peer;
-use crate::service::{Reply, Service, Session};
+use crate::service::{Handled, Reply, Service, Session};
 use dmabroker::closer::{self, CloseLater};
 use dmabroker::proto::{self, wire, ErrorCode};
 use rustix::event::epoll::{self, EventData, EventFlags};
@@ -29,6 +29,8 @@ const SHUTDOWN: u64 = 1;
 /// The service manager's notify socket, watched for EPOLLOUT while
 /// notifications are queued.
 const NOTIFY: u64 = 2;
+/// The service's eventfd: work done off the loop (large allocations).
+const OFFLOAD: u64 = 3;
 const FIRST_CLIENT: u64 = 16;
 /// How often idle connections' pins are re-checked.
 const PIN_CHECK_INTERVAL: Duration = Duration::from_millis(250);
@@ -64,6 +66,10 @@ struct Conn {
     accepted: Instant,
     /// When it last sent a request.
     last_active: Instant,
+    /// Its request is being answered off the loop (see
+    /// [`Service::submit`]): it is not read until that reply is sent, so
+    /// its replies keep their order.
+    deferred: bool,
 }
 
 /// A connection ended by the broker after its last reply: write side shut
@@ -135,6 +141,9 @@ impl Server {
         if let Some(n) = service.notifier.as_ref().filter(|n| n.pollable()) {
             // No events until something is queued (EPOLLOUT is level-triggered).
             epoll::add(&epoll, n.socket(), EventData::new_u64(NOTIFY), EventFlags::empty()).map_err(RunError::Epoll)?;
+        }
+        if let Some(fd) = service.offload.wake_fd() {
+            epoll::add(&epoll, fd, EventData::new_u64(OFFLOAD), EventFlags::IN).map_err(RunError::Epoll)?;
         }
         Ok(Self {
             epoll,
@@ -210,6 +219,8 @@ impl Server {
                             n.flush();
                         }
                     }
+                    // Answered below, after the events.
+                    OFFLOAD => {}
                     token if self.lingering.contains_key(&token) => self.lingering_event(token, flags),
                     token => self.client_event(token, flags),
                 }
@@ -261,7 +272,32 @@ impl Server {
         }
         self.service.clients = self.conns.len() as u64;
         self.service.tick();
+        self.resume_deferred();
         self.watch_notify();
+    }
+
+    /// Send the replies of requests answered off the loop, and read those
+    /// connections again.
+    fn resume_deferred(&mut self) {
+        for token in self.service.finished() {
+            let Some(conn) = self.conns.get_mut(&token) else {
+                self.service.abandon(token);
+                continue;
+            };
+            match self.service.resume(token, &mut conn.session) {
+                Handled::Later => {}
+                Handled::Now(reply) => {
+                    conn.deferred = false;
+                    let _ = epoll::modify(
+                        &self.epoll,
+                        &conn.socket,
+                        EventData::new_u64(token),
+                        EventFlags::IN | EventFlags::RDHUP,
+                    );
+                    self.send(token, reply);
+                }
+            }
+        }
     }
 
     /// Watch the notify socket for EPOLLOUT exactly while notifications are
@@ -349,6 +385,7 @@ impl Server {
                 close_after_send: false,
                 accepted: now,
                 last_active: now,
+                deferred: false,
             },
         );
         self.service.clients = self.conns.len() as u64;
@@ -376,7 +413,7 @@ impl Server {
     /// again this turn (nothing queued, a reply pending, or it is gone).
     fn read_one(&mut self, token: u64) -> bool {
         let Some(conn) = self.conns.get_mut(&token) else { return false };
-        if conn.pending.is_some() {
+        if conn.pending.is_some() || conn.deferred {
             return false;
         }
         conn.last_active = Instant::now();
@@ -418,7 +455,18 @@ impl Server {
                     // handed over (the service closes it off the loop unless
                     // it keeps it).
                     let fd = received.fds.pop();
-                    self.service.handle(&mut conn.session, request, fd)
+                    match self.service.submit(token, &mut conn.session, request, fd) {
+                        Handled::Now(reply) => reply,
+                        Handled::Later => {
+                            // Not read again (nor woken by its next request)
+                            // until the reply is sent; a hang-up still ends it.
+                            conn.deferred = true;
+                            let _ =
+                                epoll::modify(&self.epoll, &conn.socket, EventData::new_u64(token), EventFlags::RDHUP);
+                            closer::close_all_later(received.fds);
+                            return false;
+                        }
+                    }
                 }
             }
         };
@@ -547,6 +595,9 @@ impl Server {
     fn end_session(&mut self, token: u64) -> Option<CloseLater> {
         let conn = self.conns.remove(&token)?;
         let _ = epoll::delete(&self.epoll, &conn.socket);
+        if conn.deferred {
+            self.service.abandon(token);
+        }
         let uid = conn.session.peer.uid;
         if let Some(n) = self.per_uid.get_mut(&uid) {
             *n -= 1;
@@ -568,7 +619,7 @@ impl Server {
         let victim = self
             .conns
             .iter()
-            .filter(|(_, c)| c.session.peer.uid == top_uid && c.pending.is_none())
+            .filter(|(_, c)| c.session.peer.uid == top_uid && c.pending.is_none() && !c.deferred)
             .filter(|(_, c)| now.saturating_duration_since(c.last_active) >= IDLE_UNDER_PRESSURE)
             .min_by_key(|(_, c)| c.last_active)
             .map(|(t, _)| *t);

@@ -1830,7 +1830,8 @@ enum dmabroker_status dmabroker_mapping_end(const struct dmabroker_mapping *mapp
  *
  * # Errors
  * `DMABROKER_ERROR_NO_PRODUCER` (nothing listens there),
- * `DMABROKER_ERROR_BUSY` (the pool serves as many consumers as it may),
+ * `DMABROKER_ERROR_BUSY` (the pool serves as many consumers as it may, or
+ * has too many attaches of this user pending),
  * `DMABROKER_ERROR_CLOSED` (the stream ended), `DMABROKER_ERROR_TIMEOUT`
  * (no answer in 5 s), `DMABROKER_ERROR_BROKER` (not a dmabroker pool of
  * this version), `DMABROKER_ERROR_INVALID_ARGUMENT` (NULL pointers, an

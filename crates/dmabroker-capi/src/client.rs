@@ -69,6 +69,8 @@ fn transport_status(e: &TransportError) -> Status {
     match e {
         TransportError::InvalidRequest(_) => Status::DMABROKER_ERROR_INVALID_ARGUMENT,
         TransportError::TimedOut { .. } => Status::DMABROKER_ERROR_TIMEOUT,
+        // This process's fd table, not the broker: the message says so.
+        TransportError::FdLimit { .. } => Status::DMABROKER_ERROR_IO,
         _ => Status::DMABROKER_ERROR_BROKER,
     }
 }

@@ -67,6 +67,18 @@ pub enum TransportError {
     /// The request is invalid before it is even sent.
     #[error("invalid request: {0}")]
     InvalidRequest(#[from] proto::CodecError),
+    /// The reply carried a buffer's fd that the kernel could not give this
+    /// process: its fd table is at `RLIMIT_NOFILE`. The broker ends that
+    /// buffer's charge once nothing holds it; the connection stays usable.
+    #[error(
+        "the broker's reply carried a buffer this process could not receive: it is at its file descriptor limit \
+         (RLIMIT_NOFILE {limit}); close fds it no longer needs or raise the limit (`ulimit -n`, LimitNOFILE=), \
+         then retry"
+    )]
+    FdLimit {
+        /// The soft limit when the reply came.
+        limit: u64,
+    },
 }
 
 /// Why [`Client::connect`] failed.
@@ -746,6 +758,11 @@ impl Client {
         let mut fds = received.fds.into_iter();
         let fd = if carries { fds.next() } else { None };
         if carries && fd.is_none() {
+            // MSG_CTRUNC with a full fd table: the kernel dropped the fd.
+            if received.control_truncated {
+                let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+                return Err(TransportError::FdLimit { limit });
+            }
             return Err(TransportError::Protocol("reply without its file descriptor".into()));
         }
         Ok((response, fd))

@@ -299,6 +299,21 @@ impl Charging {
         }
     }
 
+    /// Whether [`Charging::allocate`] would allocate in this process (no
+    /// worker of the client's cgroup involved): then the allocation may run
+    /// on any thread of the broker.
+    pub fn allocates_here(&self, client_cgroup: &Result<String, String>, heap: &dyn Heap) -> bool {
+        if !self.active() || self.exe.is_none() || self.root.is_none() {
+            return true;
+        }
+        let charged =
+            heap.name() == "udmabuf" || (self.accounting == MemAccounting::On && heap.name().starts_with("dma-heap/"));
+        let Ok(cgroup) = client_cgroup else { return true };
+        !charged
+            || self.own_cgroup.as_ref() == Some(cgroup)
+            || self.own_until.get(cgroup).is_some_and(|t| Instant::now() < *t)
+    }
+
     /// Allocate `request` from `heap` for a client in `client_cgroup`
     /// (`Err`: why it is not known): in a worker in that cgroup when it
     /// applies, else here.

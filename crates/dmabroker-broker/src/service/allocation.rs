@@ -74,15 +74,28 @@ impl Service {
     /// Under quota pressure: sweep the buffers `which` selects, if the
     /// budget allows (else let the timer sweep soon), and say whether the
     /// request `fits` now.
+    ///
+    /// For the server ([`Service::submit`]) no `/proc` scan runs here: what
+    /// needs none (open counts, dma-buf counts) is decided at once, and if
+    /// that is not enough while some buffers need a scan, the request is
+    /// parked until the sweep thread's next scan (finding 2), unless it is
+    /// being answered after one already, or the next scan is not due soon.
     fn pressure_sweep(&mut self, which: impl Fn(&Entry) -> bool, fits: &impl Fn(&Registry) -> bool) -> bool {
         if !self.pressure_sweep_allowed() {
             self.sweep_requested = true;
             return false;
         }
         let start = Instant::now();
-        self.sweep_matching(which, false);
+        let inline_scan = self.token.is_none();
+        let unscanned = self.sweep_matching(which, false, inline_scan).1;
         self.pressure_credit -= start.elapsed().as_secs_f64();
-        fits(&self.registry)
+        if fits(&self.registry) {
+            return true;
+        }
+        if unscanned > 0 && !self.resuming && self.next_scan_due() <= Instant::now() + super::deferred::PARK_LIMIT / 2 {
+            self.deferral = Some(super::deferred::Deferral::Park);
+        }
+        false
     }
 
     /// Refill the pressure-sweep budget (at `1 / duty_factor` of the time
@@ -112,6 +125,22 @@ impl Service {
         let mut request = AllocRequest::new(a.len).align(a.align).contiguous(a.contiguous);
         if let Some(n) = a.name {
             request = request.name(n);
+        }
+        // Large and allocated here (not by a cgroup's worker): on the
+        // allocation thread, so that the loop serves others meanwhile.
+        if a.len >= crate::offload::LARGE
+            && self.token.is_some()
+            && self.charging.allocates_here(&session.cgroup, self.heaps.require(&heap_name)?)
+        {
+            let token = self.token.unwrap_or_default();
+            match self.offload.submit(token, &heap_name, request) {
+                Ok(()) => {
+                    self.deferral = Some(super::deferred::Deferral::Alloc { heap: heap_name, asked: a.len });
+                    // Never sent: `submit` answers later.
+                    return Ok(Reply::error(dmabroker::proto::ErrorCode::Internal, "deferred", false));
+                }
+                Err(r) => request = r,
+            }
         }
         let buffer = self.charging.allocate(&session.cgroup, self.heaps.require(&heap_name)?, &request)?;
         let properties = buffer.properties().hint();

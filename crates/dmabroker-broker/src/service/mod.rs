@@ -6,7 +6,7 @@ use crate::notify::Notifier;
 use crate::peer::Peer;
 use crate::policy::cgroup::CgroupAccess;
 use crate::policy::{Limits, Policy};
-use crate::refusal::Code;
+use crate::refusal::{AllocateRefusal, Code};
 use crate::registry::Registry;
 use dmabroker::heap::Heaps;
 use dmabroker::proto::{self, ErrorCode, Request, Response, Stats};
@@ -14,8 +14,10 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 mod allocation;
+mod deferred;
 mod publication;
 mod timers;
+pub use deferred::Handled;
 
 /// Most publications one buffer may have.
 const MAX_PUBLICATIONS_PER_BUFFER: u32 = 16;
@@ -146,7 +148,7 @@ impl Default for SweepTiming {
 #[derive(Debug)]
 pub struct Service {
     pub(crate) policy: Policy,
-    heaps: Heaps,
+    heaps: std::sync::Arc<Heaps>,
     pub(crate) registry: Registry,
     pub(crate) notifier: Option<Notifier>,
     pub(crate) state_dirty: bool,
@@ -180,6 +182,21 @@ pub struct Service {
     pub(crate) charging: crate::charge::Charging,
     /// The timer sweep's `/proc` scan, running on a thread (finding 2).
     scan_in_flight: Option<ScanInFlight>,
+    /// Sweeps started and finished (a parked request waits for one that
+    /// started after it was parked).
+    scans_started: u64,
+    scans_finished: u64,
+    /// Large allocations' thread (finding 2).
+    pub(crate) offload: crate::offload::Offload,
+    /// Requests answered off the loop, by connection token.
+    deferred: std::collections::HashMap<u64, deferred::Deferred>,
+    /// The connection of the request being handled, when it may be
+    /// deferred ([`Service::submit`]; `None` in [`Service::handle`]).
+    token: Option<u64>,
+    /// Set while handling: defer this request.
+    deferral: Option<deferred::Deferral>,
+    /// A deferred request is being answered: quota pressure refuses, never parks again.
+    resuming: bool,
 }
 
 /// A `/proc` scan running off the event loop: requests are served while it
@@ -197,8 +214,10 @@ impl Service {
     /// A service with this policy and heaps.
     pub fn new(policy: Policy, heaps: Heaps, notifier: Option<Notifier>, timing: SweepTiming) -> Self {
         let now = Instant::now();
+        let heaps = std::sync::Arc::new(heaps);
         Self {
             policy,
+            offload: crate::offload::Offload::new(heaps.clone()),
             heaps,
             registry: Registry::new(),
             notifier,
@@ -222,6 +241,12 @@ impl Service {
             pools: crate::pools::Pools::new(),
             charging: crate::charge::Charging::disabled(),
             scan_in_flight: None,
+            scans_started: 0,
+            scans_finished: 0,
+            deferred: std::collections::HashMap::new(),
+            token: None,
+            deferral: None,
+            resuming: false,
         }
     }
 
@@ -230,7 +255,9 @@ impl Service {
         &self.registry
     }
 
-    /// Handle one decoded request (fd: the one that came with it, if any).
+    /// Handle one decoded request (fd: the one that came with it, if any),
+    /// all on the caller's thread (the server uses [`Service::submit`],
+    /// which may answer later).
     pub fn handle(&mut self, session: &mut Session, request: Request, fd: Option<OwnedFd>) -> Reply {
         match (&session.version, request) {
             (None, Request::Hello { min_version, max_version }) => {
@@ -256,7 +283,9 @@ impl Service {
             }
             (None, _) => Reply::error(ErrorCode::BadRequest, "the session must open with Hello", true),
             (Some(_), Request::Hello { .. }) => Reply::error(ErrorCode::BadRequest, "Hello sent twice", true),
-            (Some(_), Request::Allocate(a)) => self.allocate(session, a).unwrap_or_else(Reply::refused),
+            (Some(_), Request::Allocate(a)) => {
+                self.allocate(session, a).map_err(AllocateRefusal::at_fd_limit).unwrap_or_else(Reply::refused)
+            }
             (Some(_), Request::Publish(p)) => self.publish(session, p, fd).unwrap_or_else(Reply::refused),
             (Some(_), Request::Import { key }) => self.import(session, &key).unwrap_or_else(Reply::refused),
             (Some(_), Request::Unpublish { key }) => self.unpublish(session, &key).unwrap_or_else(Reply::refused),

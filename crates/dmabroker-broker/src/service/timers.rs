@@ -12,12 +12,14 @@ impl Service {
     /// published nor pinned and that no other process holds. Returns how
     /// many were released.
     pub fn sweep(&mut self, uid: Option<u32>) -> usize {
-        self.sweep_matching(|e| uid.is_none_or(|u| e.owner_uid == u), uid.is_none())
+        self.sweep_matching(|e| uid.is_none_or(|u| e.owner_uid == u), uid.is_none(), true).0
     }
 
     /// [`Self::sweep`] of the buffers `which` selects (`all`: it selects
-    /// every buffer, which satisfies a requested sweep).
-    pub(super) fn sweep_matching(&mut self, which: impl Fn(&Entry) -> bool, all: bool) -> usize {
+    /// every buffer, which satisfies a requested sweep; `scan`: scan `/proc`
+    /// here for those that need it, else leave them). Returns how many were
+    /// released, and how many were left for want of a scan.
+    pub(super) fn sweep_matching(&mut self, which: impl Fn(&Entry) -> bool, all: bool, scan: bool) -> (usize, usize) {
         let start = Instant::now();
         let candidates: Vec<u64> = self
             .registry
@@ -39,7 +41,8 @@ impl Service {
                 }
             }
         }
-        if !wanted.is_empty() {
+        let unscanned = if scan { 0 } else { scanned.len() };
+        if !wanted.is_empty() && scan {
             let scan = holders::scan(&wanted, self.scan_own_process);
             for &id in &scanned {
                 let e = self.registry.get(id).expect("candidate exists");
@@ -51,26 +54,42 @@ impl Service {
         for &id in &release {
             if let Some(e) = self.registry.remove(id) {
                 tracing::debug!(id, uid = e.owner_uid, len = e.len, "released: no holder left");
+                release_off_loop(e);
             }
         }
-        self.last_sweep_end = Instant::now();
-        self.last_sweep_cost = self.last_sweep_end - start;
-        self.len_after_sweep = self.registry.len();
-        if all {
-            self.sweep_requested = false;
+        if scan {
+            self.last_sweep_end = Instant::now();
+            self.last_sweep_cost = self.last_sweep_end - start;
+            self.len_after_sweep = self.registry.len();
+            if all {
+                self.sweep_requested = false;
+            }
         }
-        release.len()
+        (release.len(), unscanned)
+    }
+
+    /// When the next timer sweep may start (a requested one: soon, within
+    /// the duty factor).
+    pub(super) fn next_scan_due(&self) -> Instant {
+        let gap = self.last_sweep_cost * self.timing.duty_factor;
+        match self.scan_in_flight {
+            // One at a time: the next starts after this one ends, then soon.
+            Some(ref f) => Instant::now().max(f.started + gap.max(Duration::from_millis(20))),
+            None => self.last_sweep_end + gap.max(Duration::from_millis(20)),
+        }
     }
 
     /// The timer's sweep: what needs no scan (dma-bufs, memfds with open
     /// counts) is decided here; the `/proc` scan for the rest runs on a
     /// thread, at most one at a time, and [`Self::finish_background_scan`]
-    /// applies it. (Quota-pressure sweeps, [`Self::sweep`], still scan
-    /// inline, within their budget.)
+    /// applies it. (Quota-pressure sweeps of the server's requests never
+    /// scan on the loop: they wait for this one, see `deferred.rs`;
+    /// [`Self::sweep`] still scans inline.)
     pub(super) fn sweep_in_background(&mut self) {
         if self.scan_in_flight.is_some() {
             return;
         }
+        self.scans_started += 1;
         let start = Instant::now();
         let mut release = Vec::new();
         let mut wanted = HashSet::new();
@@ -88,6 +107,7 @@ impl Service {
         for id in release {
             if let Some(e) = self.registry.remove(id) {
                 tracing::debug!(id, uid = e.owner_uid, len = e.len, "released: no holder left");
+                release_off_loop(e);
             }
         }
         if !wanted.is_empty() {
@@ -100,6 +120,9 @@ impl Service {
                 Ok(_) => self.scan_in_flight = Some(ScanInFlight { result: rx, candidates: scanned, started: start }),
                 Err(e) => tracing::warn!("cannot start a sweep thread ({e}); charges are checked at the next sweep"),
             }
+        }
+        if self.scan_in_flight.is_none() {
+            self.scans_finished = self.scans_started;
         }
         self.last_sweep_end = Instant::now();
         self.last_sweep_cost = self.last_sweep_end - start;
@@ -115,9 +138,11 @@ impl Service {
             Err(std::sync::mpsc::TryRecvError::Empty) => return,
             Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                 self.scan_in_flight = None;
+                self.scans_finished = self.scans_started;
                 return;
             }
         };
+        self.scans_finished = self.scans_started;
         let flight = self.scan_in_flight.take().expect("checked above");
         for (id, handouts) in flight.candidates {
             let Some(e) = self.registry.get(id) else { continue };
@@ -129,6 +154,7 @@ impl Service {
             if !scan.held(&e.file) && !holders::maybe_hidden(e, &scan) {
                 if let Some(e) = self.registry.remove(id) {
                     tracing::debug!(id, uid = e.owner_uid, len = e.len, "released: no holder left");
+                    release_off_loop(e);
                 }
             }
         }
@@ -152,6 +178,9 @@ impl Service {
         }
         if self.scan_in_flight.is_some() {
             next = next.min(Instant::now() + SCAN_POLL);
+        }
+        if let Some(t) = self.next_park_deadline() {
+            next = next.min(t);
         }
         if self.state_dirty {
             next = next.min(self.state_dirty_since.unwrap_or_else(Instant::now) + STATE_SAVE_DELAY);
@@ -203,6 +232,8 @@ impl Service {
             } else {
                 self.last_sweep_end = now;
                 self.sweep_requested = false;
+                self.scans_started += 1;
+                self.scans_finished = self.scans_started;
             }
         }
         if self.state_dirty {
@@ -212,5 +243,14 @@ impl Service {
                 crate::persist::save(self);
             }
         }
+    }
+}
+
+/// Close a released buffer's fd on a closer thread: the broker's is often
+/// the last reference, and the last close frees the pages (a 256 MiB memfd
+/// a client wrote: tens of milliseconds the loop would not answer).
+fn release_off_loop(e: Entry) {
+    if let Ok(fd) = e.buffer.into_fd() {
+        dmabroker::closer::close_later(fd);
     }
 }

@@ -201,7 +201,7 @@ impl From<AttachError> for Error {
     fn from(e: AttachError) -> Self {
         let status = match &e {
             AttachError::NoProducer { .. } => Status::DMABROKER_ERROR_NO_PRODUCER,
-            AttachError::PoolFull => Status::DMABROKER_ERROR_BUSY,
+            AttachError::PoolFull | AttachError::Busy => Status::DMABROKER_ERROR_BUSY,
             AttachError::Closed => Status::DMABROKER_ERROR_CLOSED,
             AttachError::Protocol(_)
             | AttachError::BadWelcome(_)

@@ -60,6 +60,18 @@ pub struct BenchBrokerArgs {
     /// before, instead of when the client connects (an A/B in one boot).
     #[arg(long)]
     pub worker_on_first_request: bool,
+    /// Only the load test: another client's 4 KiB allocation p99, idle and
+    /// while a client of uid 65533 at its quota allocates `--load-size`
+    /// buffers, writes them and lets go (quota-pressure sweeps running).
+    /// Needs root. `--rounds` and `--seconds` (per phase) apply.
+    #[arg(long)]
+    pub load: bool,
+    /// Size of the loading client's buffers.
+    #[arg(long, value_parser = dmabroker::size::parse_size, default_value = "256M")]
+    pub load_size: u64,
+    /// Heap of the loading client's buffers (default: `--heap`).
+    #[arg(long)]
+    pub load_heap: Option<String>,
     /// Internal: child role (`fd-echo`).
     #[arg(long, hide = true)]
     pub role: Option<String>,
@@ -83,7 +95,7 @@ impl Drop for Daemon {
     }
 }
 
-fn start_daemon(live: usize, extra: &[&str]) -> anyhow::Result<Daemon> {
+fn start_daemon(live: usize, extra: &[&str], extra_policy: &str) -> anyhow::Result<Daemon> {
     let dir = std::env::temp_dir().join(format!("dmabroker-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let policy = dir.join("policy.toml");
@@ -91,12 +103,15 @@ fn start_daemon(live: usize, extra: &[&str]) -> anyhow::Result<Daemon> {
     std::fs::write(
         &policy,
         format!(
-            "[[user]]\nuid = {uid}\nheaps = [\"*\"]\nmax_bytes = \"1TiB\"\nmax_buffers = {}\npublish = true\n",
+            "[[user]]\nuid = {uid}\nheaps = [\"*\"]\nmax_bytes = \"1TiB\"\nmax_buffers = {}\npublish = true\n{extra_policy}",
             live + 100_000
         ),
     )?;
     let socket = dir.join("bench.sock");
-    let child = Command::new(std::env::current_exe()?)
+    // A/B: another build's broker under this build's clients.
+    let exe =
+        std::env::var_os("DMABROKER_BENCH_BROKER").map_or_else(std::env::current_exe, |p| Ok(PathBuf::from(p)))?;
+    let child = Command::new(exe)
         .args(["serve", "--socket"])
         .arg(&socket)
         .arg("--policy")
@@ -153,8 +168,23 @@ pub fn run(args: &BenchBrokerArgs) -> anyhow::Result<ExitCode> {
     }
     // The broker inherits the limit: it holds one fd per live buffer.
     let nofile = raise_nofile((args.live as u64 + 50_000).max(65_536));
+    if args.load {
+        let daemon = start_daemon(args.live, &[], &super::bench_broker_load::policy(args.load_size))?;
+        let load_heap = args.load_heap.as_deref().unwrap_or(&args.heap);
+        println!("## Broker under load\n\nRLIMIT_NOFILE {nofile}.");
+        super::bench_broker_load::run(
+            &daemon.socket,
+            &args.heap,
+            load_heap,
+            args.load_size,
+            args.rounds,
+            args.seconds,
+        )?;
+        println!("\nCommand: `dmabroker bench broker --load` (release build).");
+        return Ok(ExitCode::SUCCESS);
+    }
     let extra: &[&str] = if args.worker_on_first_request { &["--charge-worker-on-first-request"] } else { &[] };
-    let daemon = start_daemon(args.live, extra)?;
+    let daemon = start_daemon(args.live, extra, "")?;
     if let Some(dir) = &args.client_cgroup {
         // "0": the writing process, all its threads (cgroup v2).
         std::fs::write(dir.join("cgroup.procs"), "0").map_err(|e| {

@@ -5,6 +5,7 @@ mod alloc_broker;
 pub mod alloc_for;
 mod bench_alloc;
 pub mod bench_broker;
+mod bench_broker_load;
 pub mod bench_compare;
 mod bench_floor;
 pub mod bench_ledger;

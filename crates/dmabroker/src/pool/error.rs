@@ -132,6 +132,14 @@ pub enum AttachError {
     /// The pool has `max_consumers` attached already.
     #[error("the pool is full (max_consumers reached): raise PoolOptions::max_consumers or detach a consumer")]
     PoolFull,
+    /// Too many attaches of this user (or of everyone) are pending at the
+    /// producer: the bound that keeps a flood of idle connections from
+    /// costing the producer (see the producer's door).
+    #[error(
+        "the producer has too many attaches pending from this user (or in all): retry later; close idle \
+         connections to the pool"
+    )]
+    Busy,
     /// The producer has closed the stream.
     #[error("the pool's stream is closed")]
     Closed,

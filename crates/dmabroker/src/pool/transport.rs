@@ -6,7 +6,7 @@
 //! consumer -> producer  HELLO    magic, version, flags (want sync_files), pid (getpid())
 //! producer -> consumer  WELCOME  magic, version, slot, geometry, control length
 //!                                + SCM_RIGHTS [control memfd, buffer 0 .. buffer N-1]
-//!                   or  REFUSED  magic, version, reason
+//!                   or  REFUSED  magic, version, reason (1 full, 2 closed, 3 busy)
 //! producer -> consumer  SYNC     magic, seq + SCM_RIGHTS [sync_file]   (only when asked)
 //! ```
 //!
@@ -52,6 +52,9 @@ pub(crate) const HELLO_WANT_PROPERTIES: u32 = 2;
 /// REFUSED reasons.
 pub(crate) const REFUSED_FULL: u32 = 1;
 pub(crate) const REFUSED_CLOSED: u32 = 2;
+/// Too many connections of the consumer's uid (or in all) are waiting to
+/// attach (see the producer's door). Consumers that predate it read it as full.
+pub(crate) const REFUSED_BUSY: u32 = 3;
 
 /// Largest message: a WELCOME with the property words (8 + 10 x 8 bytes).
 pub(crate) const MAX_MSG: usize = 88;

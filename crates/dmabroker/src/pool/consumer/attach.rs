@@ -87,6 +87,9 @@ impl Consumer {
             transport::MSG_REFUSED if msg.words.first() == Some(&u64::from(transport::REFUSED_CLOSED)) => {
                 return Err(AttachError::Closed)
             }
+            transport::MSG_REFUSED if msg.words.first() == Some(&u64::from(transport::REFUSED_BUSY)) => {
+                return Err(AttachError::Busy)
+            }
             transport::MSG_REFUSED => return Err(AttachError::PoolFull),
             _ => return Err(AttachError::Protocol("unexpected message")),
         }

@@ -36,9 +36,15 @@ impl Producer {
                 break i;
             }
             let now = now_ns();
-            self.maintain(now);
-            if let Some(i) = self.take_free() {
-                break i;
+            // Starved: maintain (a dead consumer's buffers come back) at the
+            // same period as while frames flow, not on every wake-up: a
+            // consumer releasing one frame at a time woke the producer into
+            // a full pass (a poll of every consumer) per frame.
+            if now.saturating_sub(self.last_maintenance) >= MAINTENANCE_NS {
+                self.maintain(now);
+                if let Some(i) = self.take_free() {
+                    break i;
+                }
             }
             if self.options.backpressure == Backpressure::DropOldest {
                 if let Some(i) = self.drop_oldest() {

@@ -1,14 +1,15 @@
-//! Membership: the listening socket, attach handshakes and the periodic
-//! maintenance that accepts consumers while frames flow.
+//! Membership: the listening socket, the WELCOME that ends an attach
+//! handshake, and the periodic maintenance that attaches consumers while
+//! frames flow (accepting and reading HELLOs is the door's: [`super::door`]).
 
-use super::identity::{watch_consumer, PeerCred};
-use super::{nanos, Conn, Pending, Producer};
+use super::door::{Door, Hello, ATTACHES_PER_PASS};
+use super::{nanos, Conn, Producer};
 
 use crate::closer::CloseLater;
 use crate::pool::error::AttachError;
 use crate::pool::layout::{SLOT_ACTIVE, SLOT_FREE};
 use crate::pool::now_ns;
-use crate::pool::transport::{self, PoolListener, HELLO_TIMEOUT_NS};
+use crate::pool::transport::{self, PoolListener};
 use rustix::io::Errno;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
@@ -17,7 +18,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 impl Producer {
-    /// Accept consumers on a socket at `path`. Handshakes run only inside
+    /// Accept consumers on a socket at `path`. Connections are accepted and
+    /// their HELLO read by the producer's door thread at any time (see
+    /// [`door`](super::door)); they are attached only inside
     /// [`Producer::acquire`], [`Producer::wait_for_consumers`] and
     /// [`Producer::maintain_now`] (see [`Producer`]). A stale socket file of
     /// a dead producer is replaced; any other file at `path` is left alone
@@ -28,27 +31,49 @@ impl Producer {
     /// [`crate::pool::ListenError`]: a live process listens there
     /// ([`AddressInUse`](crate::pool::ListenError::AddressInUse)), a regular file,
     /// FIFO, directory... is there ([`NotASocket`](crate::pool::ListenError::NotASocket)),
-    /// an empty path ([`InvalidPath`](crate::pool::ListenError::InvalidPath)), ...
+    /// an empty path ([`InvalidPath`](crate::pool::ListenError::InvalidPath)), the
+    /// door thread cannot be started ([`Os`](crate::pool::ListenError::Os)), ...
     pub fn listen(&mut self, path: impl AsRef<Path>) -> Result<&Path, crate::pool::ListenError> {
         let listener = PoolListener::bind(path)?;
-        Ok(self.listener.insert(listener).path())
+        let path = listener.path().to_path_buf();
+        let door = self.door().map_err(|source| crate::pool::ListenError::Os {
+            op: "start the door thread",
+            path: path.clone(),
+            source,
+        })?;
+        door.listen(listener);
+        Ok(self.listen_path.insert(path))
+    }
+
+    /// The door thread, started on first use.
+    fn door(&mut self) -> Result<&Door, Errno> {
+        if self.door.is_none() {
+            self.door = Some(Door::open()?);
+        }
+        Ok(self.door.as_ref().expect("just set"))
     }
 
     /// Take a connected `SOCK_SEQPACKET` socket whose other end belongs to a
-    /// consumer (from [`crate::pool::socket_pair`], a broker, ...). The handshake
-    /// completes during the next [`Producer::acquire`],
-    /// [`Producer::wait_for_consumers`] or [`Producer::maintain_now`]; after
-    /// [`Producer::close`] the consumer is told "closed" at once.
+    /// consumer (from [`crate::pool::socket_pair`], a broker, ...). Its HELLO
+    /// is read by the door thread; the handshake completes during the next
+    /// [`Producer::acquire`], [`Producer::wait_for_consumers`] or
+    /// [`Producer::maintain_now`]; after [`Producer::close`] the consumer is
+    /// told "closed" at once (by the door thread). Such sockets do not count
+    /// against the per-uid bound of the listener's connections (their creator
+    /// chose them).
     ///
     /// # Errors
-    /// [`AttachError::Os`] when the socket cannot be made non-blocking.
+    /// [`AttachError::Os`] when the socket cannot be made non-blocking or the
+    /// door thread cannot be started.
     pub fn attach(&mut self, socket: OwnedFd) -> Result<(), AttachError> {
         rustix::io::ioctl_fionbio(&socket, true).map_err(|source| AttachError::Os { op: "FIONBIO", source })?;
-        let refused = self.closed;
-        if refused {
-            transport::refuse_closed(socket.as_fd());
+        match self.door() {
+            Ok(door) => door.attach(socket),
+            Err(source) => {
+                drop(CloseLater::connection(socket));
+                return Err(AttachError::Os { op: "start the door thread", source });
+            }
         }
-        self.pending.push(Pending { socket: CloseLater::connection(socket), since: now_ns(), refused });
         Ok(())
     }
 
@@ -78,7 +103,7 @@ impl Producer {
         self.conns.iter().flatten().filter(|c| !c.evicted).count()
     }
 
-    /// Accept new consumers, finish handshakes, reap dead consumers, evict
+    /// Attach consumers whose HELLO arrived, reap dead consumers, evict
     /// hung ones. Runs inside [`Producer::acquire`]; call it when the producer
     /// idles for long between frames.
     pub fn maintain_now(&mut self) {
@@ -93,47 +118,22 @@ impl Producer {
         self.service_connections(now);
     }
 
-    /// Accept new connections and answer those that said HELLO: attach
-    /// them, or refuse them (full; closed, which is answered without
-    /// waiting for the HELLO).
-    pub(super) fn service_connections(&mut self, now: u64) {
-        if let Some(listener) = &self.listener {
-            while let Ok(Some(socket)) = listener.try_accept() {
-                self.pending.push(Pending { socket: CloseLater::connection(socket), since: now, refused: false });
-            }
-        }
-        for mut p in std::mem::take(&mut self.pending) {
-            if self.closed && !p.refused {
-                // Answered before its HELLO is even read: the consumer
-                // finds the answer whenever it sent its HELLO.
-                transport::refuse_closed(p.socket.as_fd());
-                p.refused = true;
-            }
-            if p.refused {
-                let (open, read_hello) = transport::drain(p.socket.as_fd());
-                if open && !read_hello && now.saturating_sub(p.since) < HELLO_TIMEOUT_NS {
-                    self.pending.push(p);
-                }
-                continue;
-            }
-            match transport::recv(p.socket.as_fd(), true) {
-                Ok(Some((bytes, fds))) => {
-                    // A HELLO carries no fd: whatever came along is closed
-                    // off the frame path (its release may block).
-                    crate::closer::close_all_later(fds);
-                    match transport::decode(&bytes, Vec::new()) {
-                        Ok(m) if m.kind == transport::MSG_HELLO => self.finish_attach(p.socket, &m.words),
-                        // Not a pool consumer: hang up on it (off the frame path too).
-                        _ => {}
-                    }
-                }
-                Err(Errno::AGAIN) if now.saturating_sub(p.since) < HELLO_TIMEOUT_NS => self.pending.push(p),
-                _ => {}
-            }
+    /// Answer the consumers whose HELLO the door read: attach them, or
+    /// refuse them (full, closed). At most [`ATTACHES_PER_PASS`] while
+    /// open; every one once closed. Nothing else: accepting, reading HELLOs
+    /// and their timeouts are the door's (no system call here when nobody
+    /// is waiting).
+    pub(super) fn service_connections(&mut self, _now: u64) {
+        let Some(door) = &self.door else { return };
+        let n = if self.closed { usize::MAX } else { ATTACHES_PER_PASS };
+        for hello in door.take_ready(n) {
+            self.finish_attach(hello);
         }
     }
 
-    pub(super) fn finish_attach(&mut self, socket: CloseLater, hello: &[u64]) {
+    pub(super) fn finish_attach(&mut self, hello: Hello) {
+        let Hello { socket, words, pid, pidfd, .. } = hello;
+        let hello = &words[..];
         let refuse = |reason: u32| {
             let _ = transport::send(
                 socket.as_fd(),
@@ -152,13 +152,6 @@ impl Producer {
         };
         let want_sync = hello.first().is_some_and(|f| f & u64::from(transport::HELLO_WANT_SYNC_FILES) != 0);
         let want_properties = hello.first().is_some_and(|f| f & u64::from(transport::HELLO_WANT_PROPERTIES) != 0);
-        let hello_pid = hello.get(1).and_then(|&p| u32::try_from(p).ok()).filter(|&p| p != 0);
-        let creds = rustix::net::sockopt::socket_peercred(&socket)
-            .ok()
-            .map(|c| PeerCred { pid: c.pid.as_raw_nonzero().get() as u32, uid: c.uid.as_raw() });
-        // The pidfd catches a consumer that died while a forked child keeps
-        // its socket open; the socket catches everything else.
-        let (pid, pidfd) = watch_consumer(creds, hello_pid);
         self.ctl.reset_slot(slot, pid);
         self.ctl.slot_state(slot).store(SLOT_ACTIVE, Ordering::Release);
         let g = self.ctl.geometry();

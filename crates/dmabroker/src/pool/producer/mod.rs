@@ -7,7 +7,6 @@
 
 use super::error::{CreateError, PoolAllocError};
 use super::layout::{Control, Geometry, PRODUCER_BIT, STREAM_CLOSED};
-use super::transport::PoolListener;
 use super::{now_ns, PoolOptions};
 use crate::buffer::{Buffer, BufferKind, BufferMapping};
 use crate::closer::CloseLater;
@@ -22,6 +21,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+mod door;
 mod handoff;
 mod health;
 mod identity;
@@ -30,8 +30,8 @@ mod stats;
 pub use handoff::WriteSlot;
 pub use stats::{ConsumerStats, PoolStats};
 
-/// How often the producer checks consumers' health and accepts new ones
-/// while frames flow (it also does so at once whenever it is starved).
+/// How often the producer checks consumers' health and attaches new ones
+/// while frames flow, starved or not.
 const MAINTENANCE_NS: u64 = 10_000_000;
 /// Longest single futex sleep while starved: health checks run between sleeps.
 const STARVED_SLICE: Duration = Duration::from_millis(10);
@@ -58,38 +58,29 @@ struct Conn {
     progress_ns: u64,
 }
 
-#[derive(Debug)]
-struct Pending {
-    socket: CloseLater,
-    since: u64,
-    /// REFUSED(closed) was sent: kept only until its HELLO is read (closing
-    /// a socket with unread data would reset the peer before it reads the
-    /// answer), it hangs up, or the HELLO timeout.
-    refused: bool,
-}
-
 /// The producing end of a pool.
 ///
 /// # Threading and attach handshakes
-/// A producer is single-threaded by design: nothing runs behind the
-/// caller's back. Consumers that connect to [`Producer::listen`]'s socket
-/// (or sockets given to [`Producer::attach`]) wait in the listen backlog
-/// until the producer services them, which happens only inside
-/// [`Producer::acquire`] (every 10 ms while frames flow, at once when
-/// starved), [`Producer::wait_for_consumers`] and [`Producer::maintain_now`].
-/// A consumer's attach therefore fails with [`super::AttachError::Timeout`]
-/// (after [`super::ConsumerOptions::attach_timeout`], 5 s by default) when
-/// the producer calls none of these for that long (it idles between frames,
-/// or is blocked elsewhere): call [`Producer::maintain_now`] periodically
-/// while idle. Health checks and evictions run at the same points.
+/// Frames, health checks and evictions run only inside the caller's
+/// calls. One thread of the producer's own, the door (started by the first
+/// [`Producer::listen`] or [`Producer::attach`]), accepts connections,
+/// reads their HELLO and refuses what is beyond its bounds (at most 8
+/// connections of one uid not attached yet, 256 in all: beyond, "busy",
+/// [`super::AttachError::Busy`]), so that idle connections cost the frame
+/// path nothing (see `producer/door.rs`). A consumer is attached (given a slot and
+/// the WELCOME) only inside [`Producer::acquire`] (every 10 ms while frames
+/// flow or while it is starved), [`Producer::wait_for_consumers`] and
+/// [`Producer::maintain_now`], at most 4 per call. A consumer's attach
+/// therefore fails with [`super::AttachError::Timeout`] (after
+/// [`super::ConsumerOptions::attach_timeout`], 5 s by default) when the
+/// producer calls none of these for that long (it idles between frames, or
+/// is blocked elsewhere): call [`Producer::maintain_now`] periodically while
+/// idle. Health checks and evictions run at the same points.
 ///
 /// After [`Producer::close`] the listener stays open until the producer is
 /// dropped, and connections are answered with "closed"
-/// ([`super::AttachError::Closed`]): those waiting at close at once, later
-/// ones at the next [`Producer::acquire`] (which then fails with
-/// [`AcquireError::Closed`]), [`Producer::wait_for_consumers`],
-/// [`Producer::maintain_now`], or when the producer is dropped. Sockets given
-/// to [`Producer::attach`] after close are answered at once.
+/// ([`super::AttachError::Closed`]) by the door, at once, whenever they come
+/// (also sockets given to [`Producer::attach`] after close).
 ///
 /// # What consumers can do with the buffers
 /// Memfd (and hugetlb memfd) buffers go to consumers as read-only fds: one
@@ -97,9 +88,9 @@ struct Pending {
 /// when the pool is created. A consumer cannot map them writable
 /// ([`MapError::ReadOnly`](crate::buffer::MapError::ReadOnly)), `write()`
 /// or truncate them, so a buggy consumer cannot change a frame under the
-/// producer and the other consumers. This is a guard, not a wall against a
-/// hostile process: memfd inodes have mode 0777, so a consumer can reopen
-/// its own `/proc/self/fd/N` read-write.
+/// producer and the other consumers. The buffers are made mode 0600 first,
+/// so a consumer of another uid cannot reopen its `/proc/self/fd/N`
+/// read-write either; a consumer of the producer's own uid can.
 ///
 /// Dma-buf buffers go to consumers read-write: a dma-buf cannot be reopened
 /// read-only, and a device that imports it may write to it whatever the fd
@@ -115,8 +106,10 @@ pub struct Producer {
     shared: Vec<Option<OwnedFd>>,
     options: PoolOptions,
     conns: Vec<Option<Conn>>,
-    pending: Vec<Pending>,
-    listener: Option<PoolListener>,
+    /// The thread that accepts connections and reads HELLOs (started by
+    /// the first [`Producer::listen`] or [`Producer::attach`]).
+    door: Option<door::Door>,
+    listen_path: Option<std::path::PathBuf>,
     next_seq: u64,
     next_scan: u32,
     /// By buffer: the producer holds it (writing it, or lent). Kept here,
@@ -192,8 +185,8 @@ impl Producer {
             shared,
             options: options.clone(),
             conns,
-            pending: Vec::new(),
-            listener: None,
+            door: None,
+            listen_path: None,
             next_seq: 0,
             next_scan: 0,
             owned: vec![false; nbuf as usize],
@@ -334,6 +327,9 @@ impl Producer {
                 let _ = futex::wake(self.ctl.head(c), futex::Flags::empty(), u32::MAX);
             }
         }
+        if let Some(door) = &self.door {
+            door.close();
+        }
         // Only the connections: no health check or eviction here, which
         // could take back frames handed off before the close.
         self.service_connections(now_ns());
@@ -343,8 +339,10 @@ impl Producer {
 impl Drop for Producer {
     fn drop(&mut self) {
         self.close();
-        // Answer whoever connected since: "closed", not a hang-up.
+        // Answer whoever connected since: "closed", not a hang-up (the
+        // door does, and stops).
         self.service_connections(now_ns());
+        self.door = None;
     }
 }
 
