@@ -17,7 +17,7 @@ fn main() {
         Ok(c) => vec![c],
         Err(_) => ["clang", "clang-19", "clang-18", "clang-17", "clang-16", "clang-15", "clang-14"]
             .iter()
-            .map(|s| s.to_string())
+            .map(std::string::ToString::to_string)
             .collect(),
     };
     let mut tried = Vec::new();

@@ -123,7 +123,7 @@ impl Scan {
 pub fn scan(wanted: &HashSet<FileId>, include_self: bool) -> Scan {
     #[cfg(test)]
     {
-        let slow = *SLOW_SCAN_FOR.lock().unwrap_or_else(|e| e.into_inner());
+        let slow = *SLOW_SCAN_FOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if slow.is_some_and(|f| wanted.contains(&f)) {
             std::thread::sleep(std::time::Duration::from_secs(1));
         }

@@ -209,7 +209,7 @@ mod tests {
         // A name the policy reserves: refused to anyone else, first or not.
         match publish(&mut service, &mut squatter, "cam0") {
             Response::Error { code: ErrorCode::NotAllowed, message } => {
-                assert!(message.contains(&format!("reserves `cam0` for uid {CAMERA}")), "{message}")
+                assert!(message.contains(&format!("reserves `cam0` for uid {CAMERA}")), "{message}");
             }
             r => panic!("the squatter took a reserved name: {r:?}"),
         }
@@ -227,7 +227,7 @@ mod tests {
         assert_eq!(publish(&mut service, &mut squatter, "front"), Response::Published { key: "front".into() });
         match import(&mut service, &mut viewer, "front") {
             Err((ErrorCode::NotFound, message)) => {
-                assert!(message.contains(&format!("`{SQUATTER}/front`")), "{message}")
+                assert!(message.contains(&format!("`{SQUATTER}/front`")), "{message}");
             }
             r => panic!("an unqualified name reached an untrusted publisher: {r:?}"),
         }

@@ -470,7 +470,7 @@ mod tests {
             PublishRequest { name: Some("mine".into()), grants: Vec::new(), one_shot: false, expires_in_secs: None };
         match service.handle(&mut attacker, Request::Publish(p), Some(mine)).response {
             Response::Error { code: ErrorCode::NotABuffer, message } => {
-                assert!(message.contains("ambiguous"), "{message}")
+                assert!(message.contains("ambiguous"), "{message}");
             }
             r => panic!("a colliding file was taken for the victim's buffer: {r:?}"),
         }

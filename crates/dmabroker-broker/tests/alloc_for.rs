@@ -78,8 +78,7 @@ fn heaps_the_policy_forbids_are_named_in_the_explanation() {
     let AllocateForError::NoSuitableHeap(text) = &e else { panic!("{e}") };
     assert!(text.contains("isp0 needs physically contiguous memory"), "{text}");
     assert!(text.contains("memfd: contiguous only to 4 KiB"), "{text}");
-    let others: Vec<String> =
-        Heaps::discover().names().into_iter().map(|n| n.to_string()).filter(|n| n != "memfd").collect();
+    let others: Vec<String> = Heaps::discover().names().into_iter().filter(|n| n != "memfd").collect();
     if !others.is_empty() {
         assert!(text.contains(&format!("not allowed by policy for uid {uid}")), "{text}");
         assert!(text.contains("ask the administrator"), "{text}");
@@ -203,7 +202,7 @@ fn bad_constraints_are_bad_requests() {
         let (response, closed) = raw(&broker, proto::PROTOCOL_VERSION, request);
         match response {
             Response::Error { code: ErrorCode::BadRequest, message } => {
-                assert!(message.contains(says), "{says}: {message}")
+                assert!(message.contains(says), "{says}: {message}");
             }
             other => panic!("{request:?}: expected BadRequest, got {other:?}"),
         }

@@ -213,7 +213,7 @@ pub(crate) unsafe fn allocate(
 #[no_mangle]
 pub unsafe extern "C" fn dmabroker_buffer_free(buffer: *mut Buffer) {
     // SAFETY: the caller passes NULL or a live handle it gives up.
-    guard_value((), || unsafe { free_handle(buffer) })
+    guard_value((), || unsafe { free_handle(buffer) });
 }
 
 /// A second handle to the same buffer (same fd, no new memory), freed

@@ -267,5 +267,5 @@ pub unsafe extern "C" fn dmabroker_cgroup_stats_get_rule(
 #[no_mangle]
 pub unsafe extern "C" fn dmabroker_cgroup_stats_free(stats: *mut CgroupStats) {
     // SAFETY: the caller passes NULL or a live handle it gives up.
-    guard_value((), || unsafe { free_handle(stats) })
+    guard_value((), || unsafe { free_handle(stats) });
 }

@@ -27,7 +27,7 @@ impl Client {
     pub(crate) fn stats_with_cgroup(
         &self,
     ) -> Result<(dmabroker_core::proto::Stats, Option<dmabroker_core::proto::CgroupStats>)> {
-        self.with(|c| c.stats_with_cgroup()).map_err(|e| {
+        self.with(dmabroker_core::client::Client::stats_with_cgroup).map_err(|e| {
             let status = match &e {
                 QueryError::Refused { code, .. } => code_status(*code),
                 QueryError::Transport(t) => transport_status(t),
@@ -40,7 +40,7 @@ impl Client {
     fn with<T>(&self, f: impl FnOnce(&mut CoreClient) -> T) -> T {
         // A panic while locked (caught by the guard) leaves the connection
         // usable or closed; the next call finds out which.
-        let mut c = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.client.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut c)
     }
 }
@@ -325,7 +325,7 @@ pub unsafe extern "C" fn dmabroker_client_set_timeout(client: *const Client, tim
 #[no_mangle]
 pub unsafe extern "C" fn dmabroker_client_free(client: *mut Client) {
     // SAFETY: the caller passes NULL or a live handle it gives up.
-    guard_value((), || unsafe { free_handle(client) })
+    guard_value((), || unsafe { free_handle(client) });
 }
 
 /// Allocate through the broker (`heap` and `options` as for
@@ -621,5 +621,5 @@ pub unsafe extern "C" fn dmabroker_string_free(s: *mut c_char) {
             // library and is freed once.
             drop(unsafe { CString::from_raw(s) });
         }
-    })
+    });
 }

@@ -196,7 +196,7 @@ pub unsafe extern "C" fn dmabroker_constraints_probe(path: *const c_char, out: *
 #[no_mangle]
 pub unsafe extern "C" fn dmabroker_constraints_free(constraints: *mut Constraints) {
     // SAFETY: the caller passes NULL or a live handle it gives up.
-    guard_value((), || unsafe { free_handle(constraints) })
+    guard_value((), || unsafe { free_handle(constraints) });
 }
 
 /// Run a setter: the handle, then the change (refused, and the handle left
@@ -546,5 +546,5 @@ pub unsafe extern "C" fn dmabroker_choice_info_clear(info: *mut ChoiceInfo) {
             i.heap = ptr::null_mut();
             i.reasons = ptr::null_mut();
         }
-    })
+    });
 }

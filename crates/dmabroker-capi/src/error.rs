@@ -348,7 +348,7 @@ pub(crate) fn c_words(message: &str) -> String {
         let Some(end) = rest.find(')') else { break };
         let Ok(n) = rest[..end].parse::<i32>() else { break };
         let name = errno_name(rustix::io::Errno::from_raw_os_error(n));
-        out.replace_range(at..at + "(os error ".len() + end + 1, &format!("({name})"));
+        out.replace_range(at..=at + "(os error ".len() + end, &format!("({name})"));
     }
     out
 }

@@ -133,7 +133,7 @@ pub unsafe extern "C" fn dmabroker_layout_new_padded(
 #[no_mangle]
 pub unsafe extern "C" fn dmabroker_layout_free(layout: *mut Layout) {
     // SAFETY: the caller passes NULL or a live handle it gives up.
-    guard_value((), || unsafe { free_handle(layout) })
+    guard_value((), || unsafe { free_handle(layout) });
 }
 
 /// Run a getter that has a value for NULL.

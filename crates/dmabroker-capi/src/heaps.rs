@@ -126,7 +126,7 @@ pub unsafe extern "C" fn dmabroker_heaps_discover(out: *mut *mut Heaps) -> Statu
 #[no_mangle]
 pub unsafe extern "C" fn dmabroker_heaps_free(heaps: *mut Heaps) {
     // SAFETY: the caller passes NULL or a live handle it gives up.
-    guard_value((), || unsafe { free_handle(heaps) })
+    guard_value((), || unsafe { free_handle(heaps) });
 }
 
 /// The number of heaps (0 for NULL).

@@ -63,7 +63,7 @@ impl Mapping {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while locked (caught by the guard) leaves the state as
         // consistent as before the call: keep going.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -116,7 +116,7 @@ pub unsafe extern "C" fn dmabroker_buffer_map(
 #[no_mangle]
 pub unsafe extern "C" fn dmabroker_mapping_free(mapping: *mut Mapping) {
     // SAFETY: the caller passes NULL or a live handle it gives up.
-    guard_value((), || unsafe { free_handle(mapping) })
+    guard_value((), || unsafe { free_handle(mapping) });
 }
 
 /// Length of the mapping in bytes (0 for NULL).

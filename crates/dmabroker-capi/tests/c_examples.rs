@@ -24,7 +24,7 @@ fn run_sh(args: &[&str]) {
     }
     // install.sh runs cargo: the one running these tests, when known.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let cargo_dir = PathBuf::from(&cargo).parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let cargo_dir = PathBuf::from(&cargo).parent().map(std::path::Path::to_path_buf).unwrap_or_default();
     let path = std::env::join_paths(
         std::iter::once(cargo_dir).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
     )

@@ -23,13 +23,13 @@ fn vulkan_constraints_from_c() {
     let last_error = || unsafe { CStr::from_ptr(dmabroker_last_error()) }.to_string_lossy().into_owned();
     let xr24 = u32::from_le_bytes(*b"XR24");
     let mut vk: *mut Constraints = ptr::null_mut();
-    let status = unsafe { dmabroker_constraints_vulkan(0, xr24, c"transfer".as_ptr(), &mut vk) };
+    let status = unsafe { dmabroker_constraints_vulkan(0, xr24, c"transfer".as_ptr(), &raw mut vk) };
     if status != Status::DMABROKER_OK {
         vm_common::skip(test, &format!("Vulkan device 0: {status:?}: {}", last_error()));
         return;
     }
     let mut text: *mut std::ffi::c_char = ptr::null_mut();
-    assert_eq!(unsafe { dmabroker_constraints_describe(vk, &mut text) }, Status::DMABROKER_OK, "{}", last_error());
+    assert_eq!(unsafe { dmabroker_constraints_describe(vk, &raw mut text) }, Status::DMABROKER_OK, "{}", last_error());
     let described = unsafe { CStr::from_ptr(text) }.to_string_lossy().into_owned();
     unsafe { dmabroker_string_free(text) };
     assert!(described.contains("vulkan:0 (") && described.contains("dma-buf"), "{described}");
@@ -40,7 +40,7 @@ fn vulkan_constraints_from_c() {
         let path = std::ffi::CString::new(dev.path().display().to_string()).unwrap();
         let mut cam: *mut Constraints = ptr::null_mut();
         assert_eq!(
-            unsafe { dmabroker_constraints_probe(path.as_ptr(), &mut cam) },
+            unsafe { dmabroker_constraints_probe(path.as_ptr(), &raw mut cam) },
             Status::DMABROKER_OK,
             "{}",
             last_error()
@@ -50,14 +50,15 @@ fn vulkan_constraints_from_c() {
     }
     let mut buf: *mut Buffer = ptr::null_mut();
     let mut why: ChoiceInfo = unsafe { std::mem::zeroed() };
-    let status = unsafe { dmabroker_alloc_for(ptr::null(), vk, 640 * 480 * 4, c"vk".as_ptr(), &mut buf, &mut why) };
+    let status =
+        unsafe { dmabroker_alloc_for(ptr::null(), vk, 640 * 480 * 4, c"vk".as_ptr(), &raw mut buf, &raw mut why) };
     assert_eq!(status, Status::DMABROKER_OK, "{}", last_error());
     let heap = unsafe { CStr::from_ptr(why.heap) }.to_string_lossy().into_owned();
     let reasons = unsafe { CStr::from_ptr(why.reasons) }.to_string_lossy().into_owned();
     assert!(heap == "udmabuf" || heap.starts_with("dma-heap/"), "a dma-buf heap, not {heap}");
     eprintln!("{test}: {heap}: {reasons}");
     unsafe {
-        dmabroker_choice_info_clear(&mut why);
+        dmabroker_choice_info_clear(&raw mut why);
         dmabroker_buffer_free(buf);
         dmabroker_constraints_free(vk);
     }
@@ -66,15 +67,15 @@ fn vulkan_constraints_from_c() {
     // is not there, a usage that does not exist.
     let nv12 = u32::from_le_bytes(*b"NV12");
     let mut out: *mut Constraints = ptr::null_mut();
-    let status = unsafe { dmabroker_constraints_vulkan(0, nv12, c"sampled".as_ptr(), &mut out) };
+    let status = unsafe { dmabroker_constraints_vulkan(0, nv12, c"sampled".as_ptr(), &raw mut out) };
     assert_eq!(status, Status::DMABROKER_ERROR_UNSUPPORTED, "{}", last_error());
     assert!(out.is_null());
     assert!(last_error().contains("vulkan:0 (") && last_error().contains("refuses"), "{}", last_error());
     eprintln!("{test}: NV12 sampled: {}", last_error());
-    let status = unsafe { dmabroker_constraints_vulkan(7, xr24, ptr::null(), &mut out) };
+    let status = unsafe { dmabroker_constraints_vulkan(7, xr24, ptr::null(), &raw mut out) };
     assert_eq!(status, Status::DMABROKER_ERROR_NOT_FOUND, "{}", last_error());
     assert!(last_error().contains("no Vulkan device 7"), "{}", last_error());
-    let status = unsafe { dmabroker_constraints_vulkan(0, xr24, c"sampeld".as_ptr(), &mut out) };
+    let status = unsafe { dmabroker_constraints_vulkan(0, xr24, c"sampeld".as_ptr(), &raw mut out) };
     assert_eq!(status, Status::DMABROKER_ERROR_INVALID_ARGUMENT, "{}", last_error());
     assert!(last_error().contains("unknown Vulkan usage"), "{}", last_error());
     assert_eq!(

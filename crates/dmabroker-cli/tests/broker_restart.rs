@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn broker_publications_survive_restart_through_the_fd_store() {
-    let _one_at_a_time = PASSING_FDS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = PASSING_FDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if Command::new("bash").arg("-c").arg("true").status().is_err() {
         common::skip_for_tool("broker_publications_survive_restart_through_the_fd_store", "bash", "to set LISTEN_PID");
         return;
@@ -137,7 +137,7 @@ fn broker_answers_promptly_while_the_manager_does_not_read() {
 
     // The manager reads again.
     let manager = Shared::spawn(manager);
-    let inodes: Vec<u64> = buffers.iter().map(|b| b.inode()).collect();
+    let inodes: Vec<u64> = buffers.iter().map(dmabroker::Buffer::inode).collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let m = manager.0.lock().unwrap();
@@ -182,7 +182,7 @@ fn broker_refuses_a_socket_activation_socket_of_the_wrong_kind() {
         );
         return;
     }
-    let _one_at_a_time = PASSING_FDS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = PASSING_FDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = std::env::temp_dir().join(format!("dmabroker-activation-kind-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

@@ -257,7 +257,7 @@ fn spawn_worker(id: u64, until: Instant, dir: &Path, socket: &Path, generation: 
 }
 
 fn proc_fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, std::iter::Iterator::count)
 }
 
 fn proc_rss_kib(pid: u32) -> u64 {
@@ -279,7 +279,7 @@ fn soak_mixed_clients_kills_and_a_restart_leave_nothing_behind() {
     if std::env::var_os(WORKER_ENV).is_some() {
         return;
     }
-    let _one_at_a_time = PASSING_FDS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = PASSING_FDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let clients = env_num("DMABROKER_SOAK_CLIENTS", 16);
     let secs = env_num("DMABROKER_SOAK_SECS", 8);
     let dir = std::env::temp_dir().join(format!("dmabroker-soak-{}", std::process::id()));
@@ -366,10 +366,10 @@ fn soak_mixed_clients_kills_and_a_restart_leave_nothing_behind() {
             let mut w = line.split_whitespace();
             match (w.next(), w.next(), w.next()) {
                 (Some("op"), Some(op), Some(l)) => {
-                    by_op.entry(op.to_owned()).or_default().extend(l.split(',').filter_map(|x| x.parse::<u64>().ok()))
+                    by_op.entry(op.to_owned()).or_default().extend(l.split(',').filter_map(|x| x.parse::<u64>().ok()));
                 }
                 (Some("err"), Some(kind), Some(n)) => {
-                    *errors.entry(kind.to_owned()).or_default() += n.parse::<u64>().unwrap_or(0)
+                    *errors.entry(kind.to_owned()).or_default() += n.parse::<u64>().unwrap_or(0);
                 }
                 _ => {}
             }

@@ -87,7 +87,7 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn vm_charge_dma_heap_memory_to_the_clients_cgroup() {
     let test = "vm_charge_dma_heap_memory_to_the_clients_cgroup";
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !vm_common::kernel_at_least(test, 7, 0, "dma_heap.mem_accounting") {
         return;
     }
@@ -254,7 +254,7 @@ fn vm_charge_dma_heap_memory_to_the_clients_cgroup() {
 #[test]
 fn vm_charge_memfd_pages_to_the_client_that_touches_them() {
     let test = "vm_charge_memfd_pages_to_the_client_that_touches_them";
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !common::in_vm() || !rustix::process::geteuid().is_root() {
         common::skip(test, "moves processes between cgroups: runs in the test VM (vm/run.sh), as root");
         return;

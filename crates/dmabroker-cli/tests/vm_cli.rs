@@ -27,9 +27,7 @@ fn have(test: &str, nodes: &[&str]) -> bool {
         return true;
     }
     let reason = format!("no {} (the test VM has it: vm/run.sh)", missing.join(", "));
-    if in_vm() {
-        panic!("{test}: needed in the VM but unavailable: {reason}");
-    }
+    assert!(!in_vm(), "{test}: needed in the VM but unavailable: {reason}");
     let _ = writeln!(std::io::stderr().lock(), "SKIP {test}: {reason}");
     false
 }

@@ -21,7 +21,7 @@ impl<'a, const OPCODE: Opcode, T> FdReturning<'a, OPCODE, T> {
     /// `OPCODE` must be an ioctl that reads a `T` and, on success, returns a
     /// new file descriptor.
     pub(crate) unsafe fn new(value: &'a mut T) -> Self {
-        Self { ptr: (value as *mut T).cast(), _borrow: PhantomData }
+        Self { ptr: std::ptr::from_mut::<T>(value).cast(), _borrow: PhantomData }
     }
 
     /// The argument is `words`: a `T` at its start, followed by whatever the

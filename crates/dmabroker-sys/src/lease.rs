@@ -93,16 +93,16 @@ pub fn same_inode(a: BorrowedFd<'_>, b: BorrowedFd<'_>, key: u64) -> io::Result<
     let mut mine = lock(libc::F_RDLCK as libc::c_int);
     // SAFETY: F_OFD_SETLK reads one `struct flock`, which `mine` is, alive
     // for the call; `a` is a valid borrowed fd.
-    if unsafe { libc::fcntl(a.as_raw_fd(), libc::F_OFD_SETLK, &mut mine as *mut libc::flock) } < 0 {
+    if unsafe { libc::fcntl(a.as_raw_fd(), libc::F_OFD_SETLK, &raw mut mine) } < 0 {
         return Err(io::Error::last_os_error());
     }
     let mut probe = lock(libc::F_WRLCK as libc::c_int);
     // SAFETY: F_OFD_GETLK reads and writes one `struct flock`, `probe`.
-    let rc = unsafe { libc::fcntl(b.as_fd().as_raw_fd(), libc::F_OFD_GETLK, &mut probe as *mut libc::flock) };
+    let rc = unsafe { libc::fcntl(b.as_fd().as_raw_fd(), libc::F_OFD_GETLK, &raw mut probe) };
     let err = io::Error::last_os_error();
     let mut unlock = lock(libc::F_UNLCK as libc::c_int);
     // SAFETY: as F_OFD_SETLK above; removes the lock just taken.
-    unsafe { libc::fcntl(a.as_raw_fd(), libc::F_OFD_SETLK, &mut unlock as *mut libc::flock) };
+    unsafe { libc::fcntl(a.as_raw_fd(), libc::F_OFD_SETLK, &raw mut unlock) };
     if rc < 0 {
         return Err(err);
     }
@@ -188,7 +188,7 @@ mod tests {
             l_pid: 0,
         };
         // SAFETY: F_OFD_SETLK reads one `struct flock`, `all`.
-        assert_eq!(unsafe { libc::fcntl(b_again.as_raw_fd(), libc::F_OFD_SETLK, &mut all as *mut libc::flock) }, 0);
+        assert_eq!(unsafe { libc::fcntl(b_again.as_raw_fd(), libc::F_OFD_SETLK, &raw mut all) }, 0);
         let r = same_inode(a.as_fd(), b.as_fd(), 777);
         assert!(!matches!(r, Ok(true)), "a's key lock is not on b: {r:?}");
         let r = same_inode(b.as_fd(), b_again.as_fd(), 777);

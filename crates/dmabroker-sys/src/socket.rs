@@ -54,8 +54,9 @@ pub fn peer_groups(socket: impl AsFd) -> rustix::io::Result<Vec<u32>> {
         // SAFETY: `fd` is a live borrowed descriptor; the kernel writes at most
         // `len` bytes into `groups`, whose buffer holds exactly `len` bytes, and
         // writes the length it used (or needs, on ERANGE) back into `len`.
-        let rc =
-            unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, option, groups.as_mut_ptr().cast(), &mut len) };
+        let rc = unsafe {
+            libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, option, groups.as_mut_ptr().cast(), &raw mut len)
+        };
         let needed = len as usize / size_of::<u32>();
         if rc == 0 {
             groups.truncate(needed.min(groups.len()));
@@ -95,7 +96,7 @@ pub fn peer_cred(socket: impl AsFd) -> rustix::io::Result<(u32, u32, u32)> {
             libc::SOL_SOCKET,
             libc::SO_PEERCRED,
             (&raw mut cred).cast(),
-            &mut len,
+            &raw mut len,
         )
     };
     if rc != 0 {
@@ -123,7 +124,8 @@ mod tests {
     fn peer_groups_of_a_socketpair_are_our_own_groups() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut theirs = peer_groups(&a).unwrap();
-        let mut ours: Vec<u32> = rustix::process::getgroups().unwrap().into_iter().map(|g| g.as_raw()).collect();
+        let mut ours: Vec<u32> =
+            rustix::process::getgroups().unwrap().into_iter().map(rustix::fs::Gid::as_raw).collect();
         theirs.sort_unstable();
         ours.sort_unstable();
         assert_eq!(theirs, ours);

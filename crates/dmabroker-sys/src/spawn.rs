@@ -73,7 +73,7 @@ pub fn spawn_in_cgroup(
     // The child puts `keep` at fd 3 before it execs `exe`: an `exe` that is
     // fd 3 itself would be replaced by it first (execveat of a socket).
     let moved_exe = if exe.as_raw_fd() == 3 { Some(rustix::io::fcntl_dupfd_cloexec(exe, 4)?) } else { None };
-    let exe_fd = moved_exe.as_ref().map_or(exe.as_raw_fd(), |fd| fd.as_raw_fd());
+    let exe_fd = moved_exe.as_ref().map_or(exe.as_raw_fd(), rustix::fd::AsRawFd::as_raw_fd);
     let mut pidfd: libc::c_int = -1;
     let args = CloneArgs {
         flags: libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP,

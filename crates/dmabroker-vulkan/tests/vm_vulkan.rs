@@ -118,7 +118,7 @@ fn vivid_capture_imported_and_copied_by_vulkan() {
     queue.stream_on().expect("STREAMON");
     let d = queue.dequeue(Some(Duration::from_secs(20))).expect("DQBUF");
     queue.stream_off().expect("STREAMOFF");
-    assert!(!d.error && d.bytesused[0] as u64 >= layout.total_size(), "{d:?}");
+    assert!(!d.error && u64::from(d.bytesused[0]) >= layout.total_size(), "{d:?}");
     drop(queue);
 
     // Vulkan imports both and copies src into dst flipped, no CPU copy.
@@ -183,11 +183,8 @@ fn submitted_copy_returns_a_sync_file_that_signals_when_it_is_done() {
     let a = vk.import(&bufs[0], bufs[0].len(), &layout, Usage::TRANSFER).expect("import the source");
     let b = vk.import(&bufs[1], bufs[1].len(), &layout, Usage::TRANSFER).expect("import the destination");
     let mut submission = vk.submit_copy_flipped(&a, &b).expect("submit");
-    let fence = match submission.take_sync_file() {
-        Some(f) => f,
-        None => {
-            panic!("{} gave no sync_file for the copy: {}", vk.provenance(), submission.no_sync_file().unwrap_or("?"))
-        }
+    let Some(fence) = submission.take_sync_file() else {
+        panic!("{} gave no sync_file for the copy: {}", vk.provenance(), submission.no_sync_file().unwrap_or("?"))
     };
     assert!(submission.take_sync_file().is_none(), "the sync_file is taken once");
     let info = fence.info().expect("SYNC_IOC_FILE_INFO");

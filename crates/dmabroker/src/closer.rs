@@ -94,10 +94,7 @@ fn worker() {
             continue;
         }
         state.idle += 1;
-        let (s, timeout) = match pool.work.wait_timeout(state, IDLE_EXIT) {
-            Ok(r) => r,
-            Err(_) => return,
-        };
+        let Ok((s, timeout)) = pool.work.wait_timeout(state, IDLE_EXIT) else { return };
         state = s;
         state.idle -= 1;
         if timeout.timed_out() && state.queue.is_empty() && state.threads > 1 {

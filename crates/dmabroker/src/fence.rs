@@ -267,7 +267,7 @@ pub(crate) fn wait(fence: BorrowedFd<'_>, timeout: Duration) -> Result<Duration,
     loop {
         let waited = start.elapsed();
         let left = timeout.saturating_sub(waited);
-        let t = Timespec { tv_sec: left.as_secs().min(i64::MAX as u64) as i64, tv_nsec: left.subsec_nanos() as _ };
+        let t = Timespec { tv_sec: left.as_secs().min(i64::MAX as u64) as i64, tv_nsec: left.subsec_nanos().into() };
         let mut fds = [PollFd::from_borrowed_fd(fence, PollFlags::IN)];
         match poll(&mut fds, Some(&t)) {
             Ok(0) => {}

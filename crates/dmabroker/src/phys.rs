@@ -171,7 +171,7 @@ fn check_fits(buffer: &Buffer) -> Result<(), PhysError> {
     }
     // st_blocks of a shmem file counts the pages it holds.
     let resident =
-        rustix::fs::fstat(buffer).map(|st| u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512)).unwrap_or(0);
+        rustix::fs::fstat(buffer).map_or(0, |st| u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512));
     let missing = buffer.len().saturating_sub(resident);
     let available = available_memory();
     if missing > available {

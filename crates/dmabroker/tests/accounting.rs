@@ -47,7 +47,7 @@ fn sleeper_holding(buffer: &Buffer) -> (KillOnDrop, i32) {
 
 #[test]
 fn sees_own_fds_and_mappings_with_sizes() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let me = std::process::id();
     let held = alloc("pstest-fd", MIB);
     let mapped = alloc("pstest-mapped", 3 * MIB);
@@ -91,7 +91,7 @@ fn sees_own_fds_and_mappings_with_sizes() {
 
 #[test]
 fn dedups_a_buffer_shared_with_a_child() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let me = std::process::id();
     let shared = alloc("pstest-shared", 2 * MIB);
     let (child, child_fd) = sleeper_holding(&shared);
@@ -120,7 +120,7 @@ fn dedups_a_buffer_shared_with_a_child() {
 
 #[test]
 fn sees_a_buffer_held_only_by_a_mapping() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let buffer = alloc("pstest-maponly", MIB);
     let inode = buffer.inode();
     let path = format!("/proc/{}/fd/{}", std::process::id(), buffer.as_fd().as_raw_fd());

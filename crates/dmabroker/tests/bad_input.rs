@@ -64,7 +64,7 @@ fn bad_input_gives_typed_errors_and_leaks_nothing() {
     // More than RAM and swap together: refused at once (it used to be
     // accepted, and the first full touch brought the OOM killer).
     let si = rustix::system::sysinfo();
-    let unit = si.mem_unit as u64;
+    let unit = u64::from(si.mem_unit);
     let machine = (si.totalram as u64).saturating_add(si.totalswap as u64).saturating_mul(unit);
     if machine < 1 << 40 {
         let e = heaps.allocate("memfd", &AllocRequest::new(1 << 40)).unwrap_err();

@@ -185,7 +185,7 @@ fn arb_heap() -> impl Strategy<Value = HeapInfo> {
 fn oracle(h: &HeapInfo, c: &Constraints, len: u64) -> bool {
     let g = c.granularity().map_or(1, |r| r.value);
     let Some(len) = len.checked_next_multiple_of(g) else { return false };
-    let Some(hlen) = len.checked_next_multiple_of(h.page_size).filter(|l| *l <= i64::MAX as u64) else {
+    let Some(hlen) = len.checked_next_multiple_of(h.page_size).filter(|l| i64::try_from(*l).is_ok()) else {
         return false;
     };
     let cma = h.kind == HeapKind::DmaHeap && h.contiguous_up_to.is_none();

@@ -17,14 +17,14 @@ struct Reservation {
 impl Reservation {
     fn reserve(pages: u64) -> Result<Self, String> {
         let old = std::fs::read_to_string(NR).map_err(|e| format!("cannot read {NR}: {e}"))?;
-        let free = dmabroker::heap::hugetlb::counts(2 << 20).map(|c| c.available()).unwrap_or(0);
+        let free = dmabroker::heap::hugetlb::counts(2 << 20).map_or(0, |c| c.available());
         if free >= pages {
             return Ok(Self { old: None });
         }
         let total: u64 = old.trim().parse().unwrap_or(0);
         std::fs::write(NR, (total + pages - free).to_string())
             .map_err(|e| format!("cannot reserve huge pages in {NR} ({e}); run as root"))?;
-        let now = dmabroker::heap::hugetlb::counts(2 << 20).map(|c| c.available()).unwrap_or(0);
+        let now = dmabroker::heap::hugetlb::counts(2 << 20).map_or(0, |c| c.available());
         let guard = Self { old: Some(old) };
         if now < pages {
             return Err(format!("the kernel reserved only {now} of {pages} huge pages (memory fragmented)"));

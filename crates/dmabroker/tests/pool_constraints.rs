@@ -62,7 +62,7 @@ fn dma_buf_constraint_gives_dma_bufs_or_says_why_not() {
         Ok(p) => assert!(p.buffers().all(|b| b.kind() == BufferKind::DmaBuf)),
         // A usable importable heap can still fail to allocate (quota, limits).
         Err(PoolAllocError::Alloc { index: 0, source }) => {
-            assert!(!importable || matches!(source, AllocForError::Alloc { .. }), "{source}")
+            assert!(!importable || matches!(source, AllocForError::Alloc { .. }), "{source}");
         }
         Err(e) => panic!("{e}"),
     }

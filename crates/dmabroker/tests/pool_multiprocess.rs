@@ -88,7 +88,7 @@ fn pool_child() {
 fn child_verify(path: &str, poll: bool) -> i32 {
     let wait = if poll { WaitMode::BusyPoll } else { WaitMode::Block { spin: Duration::from_micros(5) } };
     let mut c = Consumer::connect(path, wait).expect("attach");
-    let mut rng = Rng((std::process::id() as u64 * 0x9e37_79b9) | 1);
+    let mut rng = Rng((u64::from(std::process::id()) * 0x9e37_79b9) | 1);
     let (mut frames, mut bad, mut gaps) = (0u64, 0u64, 0u64);
     let mut last: Option<u64> = None;
     let end = loop {

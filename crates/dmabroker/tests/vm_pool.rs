@@ -29,8 +29,7 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 /// What `/proc/self/fd/N` points at.
 fn fd_link(fd: &OwnedFd) -> String {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|e| format!("readlink: {e}"))
+        .map_or_else(|e| format!("readlink: {e}"), |p| p.to_string_lossy().into_owned())
 }
 
 /// Whether a sync_file has signalled (poll: readable).

@@ -174,7 +174,7 @@ impl Charging {
         match std::fs::File::open(exe) {
             Ok(f) => c.exe = Some(Arc::new(f.into())),
             Err(e) => {
-                tracing::warn!("cannot open the worker executable {}: {e}; allocating in the broker", exe.display())
+                tracing::warn!("cannot open the worker executable {}: {e}; allocating in the broker", exe.display());
             }
         }
         if c.root.is_none() {

@@ -250,7 +250,7 @@ impl Service {
             self.check_quota(session, buffer.len())?;
         }
         let len = buffer.len();
-        let id = self.insert(buffer, session).map_err(|_| {
+        let id = self.insert(buffer, session).map_err(|()| {
             AllocateRefusal::Alloc(dmabroker::heap::AllocError::Os { op: "fstat", source: rustix::io::Errno::BADF })
         })?;
         // A reopen, never a dup of the broker's own: see registry::Counting.

@@ -102,7 +102,7 @@ impl Service {
                 }
                 self.check_quota(session, buffer.len())?;
                 self.insert_as(buffer, session, true)
-                    .map_err(|_| PublishRefusal::NotABuffer("cannot fstat the fd".into()))?
+                    .map_err(|()| PublishRefusal::NotABuffer("cannot fstat the fd".into()))?
             }
         };
         let entry = self.registry.get(id).expect("just found or inserted");

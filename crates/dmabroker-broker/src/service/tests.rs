@@ -97,7 +97,7 @@ fn the_owner_sees_and_withdraws_republications_of_its_buffer() {
     assert!(entries.is_empty(), "{entries:?}");
     match service.handle(&mut third, Request::Unpublish { key: token.clone() }, None).response {
         Response::Error { code: ErrorCode::NotAllowed, message } => {
-            assert!(message.contains(&format!("owner (uid {OWNER})")), "{message}")
+            assert!(message.contains(&format!("owner (uid {OWNER})")), "{message}");
         }
         r => panic!("a third user withdrew it: {r:?}"),
     }
@@ -122,7 +122,7 @@ fn an_o_path_fd_is_not_a_buffer() {
     .unwrap();
     match publish(&mut service, &mut owner, "opath", Vec::new(), path) {
         Response::Error { code: ErrorCode::NotABuffer, message } => {
-            assert!(message.contains("O_PATH") && message.contains("reopen"), "{message}")
+            assert!(message.contains("O_PATH") && message.contains("reopen"), "{message}");
         }
         r => panic!("{r:?}"),
     }
@@ -136,7 +136,7 @@ fn expiry_beyond_the_bound_is_refused() {
     let p = PublishRequest { name: None, grants: Vec::new(), one_shot: false, expires_in_secs: Some(u64::MAX) };
     match service.handle(&mut owner, Request::Publish(p), Some(memfd)).response {
         Response::Error { code: ErrorCode::BadRequest, message } => {
-            assert!(message.contains("at most"), "{message}")
+            assert!(message.contains("at most"), "{message}");
         }
         r => panic!("{r:?}"),
     }
@@ -185,7 +185,7 @@ fn an_rw_grant_on_a_buffer_published_read_only_is_refused() {
     let rw = vec![Grant { who: Grantee::Uid(OWNER), access: Access::ReadWrite }];
     match publish(&mut service, &mut other, "rw", rw, ro) {
         Response::Error { code: ErrorCode::NotAllowed, message } => {
-            assert!(message.contains("read-only"), "{message}")
+            assert!(message.contains("read-only"), "{message}");
         }
         r => panic!("an rw grant on an O_RDONLY fd was accepted: {r:?}"),
     }
@@ -211,7 +211,7 @@ fn the_mode_of_another_users_memfd_is_left_alone() {
     let ro = vec![Grant { who: Grantee::Uid(OWNER), access: Access::ReadOnly }];
     match publish(&mut service, &mut other, "ro", ro, rw) {
         Response::Error { code: ErrorCode::ReadOnlyUnsupported, message } => {
-            assert!(message.contains("does not own"), "{message}")
+            assert!(message.contains("does not own"), "{message}");
         }
         r => panic!("{r:?}"),
     }
@@ -279,7 +279,7 @@ fn an_unknown_cgroup_is_refused_by_default_once_cgroup_rules_exist() {
         let alloc = AllocateRequest { heap: "memfd".into(), len: 8192, align: 1, contiguous: false, name: None };
         match (service.handle(&mut s, Request::Allocate(alloc), None).response, refused) {
             (Response::Error { code: ErrorCode::NotAllowed, message }, true) => {
-                assert!(message.contains("cgroup_unknown") && message.contains("no pidfd"), "{message}")
+                assert!(message.contains("cgroup_unknown") && message.contains("no pidfd"), "{message}");
             }
             (Response::WithProperties { .. } | Response::Allocated { .. }, false) => {}
             (other, _) => panic!("cgroup_unknown refused={refused}: {other:?}"),
@@ -288,7 +288,7 @@ fn an_unknown_cgroup_is_refused_by_default_once_cgroup_rules_exist() {
             let fd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
             match publish(&mut service, &mut s, "p", Vec::new(), fd) {
                 Response::Error { code: ErrorCode::NotAllowed, message } => {
-                    assert!(message.contains("cgroup_unknown"), "{message}")
+                    assert!(message.contains("cgroup_unknown"), "{message}");
                 }
                 other => panic!("publishing from an unknown cgroup: {other:?}"),
             }

@@ -328,7 +328,7 @@ pub unsafe extern "C" fn dmabroker_consumer_connect_with(
 #[no_mangle]
 pub unsafe extern "C" fn dmabroker_consumer_free(consumer: *mut Consumer) {
     // SAFETY: the caller passes NULL or a live handle it gives up.
-    guard_value((), || unsafe { free_handle(consumer) })
+    guard_value((), || unsafe { free_handle(consumer) });
 }
 
 /// The next frame, waiting at most `timeout_ms` milliseconds (negative: no
@@ -373,7 +373,7 @@ pub unsafe extern "C" fn dmabroker_consumer_recv(
             let slice = left.map_or(RECV_SLICE, |l| l.min(RECV_SLICE));
             let got = inner.with_as_receiver(|state| -> Result<Option<_>, Error> {
                 // Kept at once: the frame no longer borrows the consumer.
-                let received = state.consumer().recv(Some(slice)).map(|f| f.keep());
+                let received = state.consumer().recv(Some(slice)).map(dmabroker_core::pool::Frame::keep);
                 let mut kept = match received {
                     Ok(kept) => kept,
                     // Time left: wait on (after letting others in).
@@ -669,5 +669,5 @@ pub unsafe extern "C" fn dmabroker_frame_free(frame: *mut Frame) {
         f.inner.free(f.id);
         // The last handle of a freed consumer detaches it here.
         drop(f);
-    })
+    });
 }

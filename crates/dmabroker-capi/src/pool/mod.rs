@@ -266,5 +266,5 @@ fn busy(what: &str) -> Error {
 /// Lock a handle's state; a panic while locked (caught by the guard) leaves
 /// it as consistent as before the call.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

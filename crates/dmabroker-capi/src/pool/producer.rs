@@ -301,7 +301,7 @@ pub unsafe extern "C" fn dmabroker_producer_new_for_layout(
 #[no_mangle]
 pub unsafe extern "C" fn dmabroker_producer_free(producer: *mut Producer) {
     // SAFETY: the caller passes NULL or a live handle it gives up.
-    guard_value((), || unsafe { free_handle(producer) })
+    guard_value((), || unsafe { free_handle(producer) });
 }
 
 /// Accept consumers on a Unix socket at `path` (a stale socket file of a

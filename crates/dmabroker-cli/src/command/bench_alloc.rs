@@ -157,7 +157,7 @@ pub fn run(args: &BenchAllocArgs) -> anyhow::Result<ExitCode> {
 
 /// `size` rounded up to whole pages, when that fits in one mapping.
 fn rounded(size: u64, page: u64) -> Option<u64> {
-    size.checked_next_multiple_of(page.max(1)).filter(|l| *l <= isize::MAX as u64)
+    size.checked_next_multiple_of(page.max(1)).filter(|l| isize::try_from(*l).is_ok())
 }
 
 /// `MemAvailable` from /proc/meminfo in bytes; `None` when unreadable (then

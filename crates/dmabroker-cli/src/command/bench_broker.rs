@@ -424,7 +424,7 @@ fn measure_live(socket: &Path, pid: u32, args: &BenchBrokerArgs) -> anyhow::Resu
     let after = vm_rss(pid);
     let stats = c.stats()?;
     drop(held);
-    let per = if made > 0 { after.saturating_sub(before) as f64 / made as f64 } else { 0.0 };
+    let per = if made > 0 { after.saturating_sub(before) as f64 / f64::from(made) } else { 0.0 };
     println!(
         "\n| live buffers in the broker | broker VmRSS before / after | per live buffer | time to allocate them |"
     );

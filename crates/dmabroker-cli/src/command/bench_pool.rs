@@ -216,7 +216,7 @@ fn run_parent(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
     for row in &report.rows {
         let get = |k: &str| row.extra.get(k).and_then(|v| serde_json::from_value::<Spread>(v.clone()).ok());
         let size = row.key.rsplit('/').next().unwrap_or("");
-        let wakes = row.extra.get("futex_wakes_per_frame").and_then(|v| v.as_f64());
+        let wakes = row.extra.get("futex_wakes_per_frame").and_then(serde_json::Value::as_f64);
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
             row.extra.get("label").and_then(|v| v.as_str()).unwrap_or(&row.key),
@@ -256,7 +256,7 @@ fn run_parent(args: &BenchPoolArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) fn socket_path(tag: &str) -> PathBuf {
-    let dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = std::env::var_os("XDG_RUNTIME_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
     dir.join(format!("dmabroker-bench-{}-{tag}.sock", std::process::id()))
 }
 

@@ -83,7 +83,7 @@ impl Spread {
         }
         let (unit, div) = if self.median < 10_000_000.0 { ("us", 1e3) } else { ("ms", 1e6) };
         let (lo, hi) = (self.min / div, self.max / div);
-        let digits = if self.median < 10_000.0 || unit == "ms" { 1 } else { 0 };
+        let digits = usize::from(self.median < 10_000.0 || unit == "ms");
         format!("{m} ({lo:.digits$}-{hi:.digits$})")
     }
 }

@@ -190,8 +190,7 @@ pub fn ledger(snapshot: &Snapshot) -> Ledger {
 /// spares loading and verifying the program each time (most of a listing's
 /// cost below a few thousand dma-bufs: docs/BENCHMARKS.md, "Ledger").
 pub fn ledger_from(snapshot: &Snapshot, iter: Result<Vec<DmabufEntry>, bpf_iter::Unavailable>) -> Ledger {
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     Ledger::join(snapshot, iter, scan_drm_clients(), now)
 }
 

@@ -284,7 +284,7 @@ return 0;
     let status = format!("/proc/{}/status", child.id());
     for _ in 0..500 {
         let zombie = std::fs::read_to_string(&status).is_ok_and(|s| s.lines().any(|l| l.starts_with("State:\tZ")));
-        let mapped = std::fs::read_dir(format!("/proc/{}/task", child.id())).map(|d| d.count()).unwrap_or(0) == 2;
+        let mapped = std::fs::read_dir(format!("/proc/{}/task", child.id())).map_or(0, std::iter::Iterator::count) == 2;
         if zombie && mapped {
             return Some(child);
         }

@@ -194,10 +194,7 @@ impl BufferMapping {
 /// without `mmap` (`dma_buf_mmap_internal`).
 pub(crate) fn map_error(buffer: &Buffer, protection: Protection, e: dmabroker_sys::mmap::MapError) -> MapError {
     use rustix::io::Errno;
-    let e = match e {
-        dmabroker_sys::mmap::MapError::Os(e) => e,
-        _ => return MapError::NotSizeSealed,
-    };
+    let dmabroker_sys::mmap::MapError::Os(e) = e else { return MapError::NotSizeSealed };
     let read_only_fd = || {
         rustix::fs::fcntl_getfl(buffer).is_ok_and(|fl| fl & rustix::fs::OFlags::ACCMODE == rustix::fs::OFlags::RDONLY)
     };

@@ -331,7 +331,7 @@ impl Buffer {
 
     /// The inode number: equal for every fd of the same buffer, in any process.
     pub fn inode(&self) -> u64 {
-        rustix::fs::fstat(&self.inner.fd).map(|st| st.st_ino).unwrap_or(0)
+        rustix::fs::fstat(&self.inner.fd).map_or(0, |st| st.st_ino)
     }
 
     /// The memfd seals currently set (empty for dma-bufs).

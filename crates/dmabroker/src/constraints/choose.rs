@@ -236,7 +236,7 @@ fn evaluate(h: &HeapInfo, c: &Constraints, len: u64) -> Result<u64, Vec<Lack>> {
         lack(None, &[], "reports a page size of 0".to_owned());
         return Err(lacks);
     }
-    let Some(hlen) = len.checked_next_multiple_of(page).filter(|l| *l <= isize::MAX as u64) else {
+    let Some(hlen) = len.checked_next_multiple_of(page).filter(|l| isize::try_from(*l).is_ok()) else {
         lack(None, &[], format!("{} rounded up to {}-byte pages overflows", format_size(len), page));
         return Err(lacks);
     };
@@ -282,7 +282,7 @@ fn evaluate(h: &HeapInfo, c: &Constraints, len: u64) -> Result<u64, Vec<Lack>> {
         lack(Some(RequirementKind::PageSize), &r.from, format!("has {} pages", format_size(page)));
     }
     if let Some(r) = c.cache().filter(|r| !h.cache_modes.contains(&r.value)) {
-        let modes: Vec<String> = h.cache_modes.iter().map(|m| m.to_string()).collect();
+        let modes: Vec<String> = h.cache_modes.iter().map(std::string::ToString::to_string).collect();
         let offered =
             if modes.is_empty() { "no cache mode".to_owned() } else { format!("only {} memory", modes.join("/")) };
         lack(Some(RequirementKind::Cache), &r.from, offered);

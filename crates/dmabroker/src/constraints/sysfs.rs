@@ -310,7 +310,7 @@ impl DeviceProbe {
         match &self.iommu {
             IommuState::None => notes.push("no IOMMU".to_owned()),
             IommuState::Passthrough(g) => {
-                notes.push(format!("IOMMU group {g} in passthrough (identity): physical addresses"))
+                notes.push(format!("IOMMU group {g} in passthrough (identity): physical addresses"));
             }
             IommuState::Translated(g) => notes.push(format!("behind IOMMU group {g}: any page is reachable")),
         }

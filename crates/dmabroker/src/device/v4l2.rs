@@ -818,7 +818,7 @@ impl Queue<'_> {
                 // A huge timeout (Duration::MAX as "forever") must not wrap
                 // to a negative tv_sec, which poll refuses with EINVAL.
                 tv_sec: d.as_secs().min(i64::MAX as u64) as _,
-                tv_nsec: d.subsec_nanos() as _,
+                tv_nsec: d.subsec_nanos().into(),
             });
             let mut fds = [PollFd::new(&self.dev.fd, events)];
             match poll(&mut fds, ts.as_ref()) {

@@ -66,7 +66,7 @@ static SEEN: Mutex<BTreeMap<String, Seen>> = Mutex::new(BTreeMap::new());
 fn with_seen<R>(heap: &str, f: impl FnOnce(&mut Seen) -> R) -> R {
     // A poisoned lock only means a panic elsewhere while updating two
     // integers: the values are still usable.
-    let mut map = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut map = SEEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     f(map.entry(heap.to_owned()).or_default())
 }
 

@@ -77,7 +77,7 @@ impl MemfdHeap {
 }
 
 impl Heap for MemfdHeap {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         "memfd"
     }
 

@@ -381,7 +381,7 @@ pub(crate) fn check_request(info: &Limits<'_>, request: &AllocRequest) -> Result
     let len = request
         .len
         .checked_next_multiple_of(page)
-        .filter(|l| *l <= isize::MAX as u64)
+        .filter(|l| isize::try_from(*l).is_ok())
         .ok_or(AllocError::SizeOverflow { requested: request.len, granularity: page })?;
     let contiguous = info.contiguous_up_to.unwrap_or(u64::MAX);
     if request.contiguous && len > contiguous {
@@ -528,7 +528,7 @@ impl Heaps {
             .iter()
             .find(|h| h.name() == name)
             .or_else(|| self.heaps.iter().find(|h| h.name() == format!("dma-heap/{name}")))
-            .map(|h| h.as_ref())
+            .map(std::convert::AsRef::as_ref)
     }
 
     /// The heap with this name, or an error listing the heaps there are.
@@ -549,7 +549,7 @@ impl Heaps {
 
     /// Every heap, in discovery order (dma-heaps, udmabuf, memfd, hugetlb).
     pub fn iter(&self) -> impl Iterator<Item = &dyn Heap> {
-        self.heaps.iter().map(|h| h.as_ref())
+        self.heaps.iter().map(std::convert::AsRef::as_ref)
     }
 
     /// The heaps' names.

@@ -63,7 +63,7 @@ impl Udmabuf {
 }
 
 impl Heap for Udmabuf {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         "udmabuf"
     }
 

@@ -476,5 +476,5 @@ pub fn now_ns() -> u64 {
 
 /// A timespec for `futex_wait` from a duration.
 pub(crate) fn timespec(d: Duration) -> rustix::time::Timespec {
-    rustix::time::Timespec { tv_sec: d.as_secs() as _, tv_nsec: d.subsec_nanos() as _ }
+    rustix::time::Timespec { tv_sec: d.as_secs() as _, tv_nsec: d.subsec_nanos().into() }
 }

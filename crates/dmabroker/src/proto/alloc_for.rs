@@ -262,7 +262,7 @@ pub(super) fn check_report(r: &ChoiceReport) -> Result<(), CodecError> {
         if list.len() > MAX_REPORT_ENTRIES {
             return Err(invalid(format!("{field}: {} entries, at most {MAX_REPORT_ENTRIES}", list.len())));
         }
-        for s in list.iter() {
+        for s in list {
             if s.len() > MAX_REPORT_TEXT_LEN {
                 return Err(invalid(format!("{field}: {} bytes, at most {MAX_REPORT_TEXT_LEN}", s.len())));
             }

@@ -8,7 +8,7 @@ pub use skip_rule::{in_vm, skip, skip_for_tool};
 
 /// Open fds of this process.
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd").map_or(0, std::iter::Iterator::count)
 }
 
 /// Mappings of buffer files in this process: memfds (hugetlb ones too),
@@ -16,9 +16,7 @@ pub fn open_fds() -> usize {
 /// the test harness runs other tests on threads whose stacks and malloc
 /// arenas come and go, and a leak check must not count those.
 pub fn mappings() -> usize {
-    std::fs::read_to_string("/proc/self/maps")
-        .map(|m| m.lines().filter(|line| is_buffer_mapping(line)).count())
-        .unwrap_or(0)
+    std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().filter(|line| is_buffer_mapping(line)).count())
 }
 
 fn is_buffer_mapping(maps_line: &str) -> bool {

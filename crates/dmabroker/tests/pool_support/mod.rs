@@ -35,7 +35,7 @@ pub fn checksum(buf: &[u8]) -> u64 {
         h = (h ^ u64::from_le_bytes(w.try_into().unwrap())).wrapping_mul(0x100_0000_01b3);
     }
     for &b in words.remainder() {
-        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
     }
     h
 }
@@ -62,10 +62,10 @@ pub fn role() -> Option<String> {
 
 /// Count open fds and mapping lines of this process.
 pub fn fds_and_maps() -> (usize, usize) {
-    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, std::iter::Iterator::count);
     // Buffer mappings only: thread stacks (closer threads come and go) are not leaks.
-    let maps = std::fs::read_to_string("/proc/self/maps")
-        .map(|m| m.lines().filter(|l| l.contains("/memfd:") || l.contains("dmabuf") || l.contains("/dev/")).count())
-        .unwrap_or(0);
+    let maps = std::fs::read_to_string("/proc/self/maps").map_or(0, |m| {
+        m.lines().filter(|l| l.contains("/memfd:") || l.contains("dmabuf") || l.contains("/dev/")).count()
+    });
     (fds, maps)
 }

@@ -17,9 +17,7 @@ pub fn in_vm() -> bool {
 /// stderr directly, past libtest's output capture, so it shows for passing
 /// tests), a panic inside the VM.
 pub fn skip(test: &str, reason: &str) {
-    if in_vm() {
-        panic!("{test}: needed in the VM but unavailable: {reason}");
-    }
+    assert!(!in_vm(), "{test}: needed in the VM but unavailable: {reason}");
     let _ = writeln!(std::io::stderr().lock(), "SKIP {test}: {reason}");
 }
 
@@ -159,9 +157,7 @@ pub fn is_proj_kernel() -> bool {
 /// other kernel (Debian's 6.12 and 7 in the VM too, which lack it by
 /// design) print `SKIP <test>: <reason>`; on the project's kernel, fail.
 pub fn skip_unless_proj(test: &str, reason: &str) {
-    if is_proj_kernel() {
-        panic!("{test}: the project's kernel must have it: {reason}");
-    }
+    assert!(!is_proj_kernel(), "{test}: the project's kernel must have it: {reason}");
     // On a line of its own (libtest's `test <name> ... ` has no newline
     // yet), so vm/run.sh's verdict counts and lists it.
     let _ = writeln!(std::io::stderr().lock(), "\nSKIP {test}: {reason} (only vm/run.sh --kernel proj builds it)");

@@ -217,7 +217,7 @@ pub enum DemoTransport {
 impl DemoTransport {
     /// A socket under `$XDG_RUNTIME_DIR` (or the temp dir), unique to this process.
     pub fn default_socket() -> Self {
-        let dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let dir = std::env::var_os("XDG_RUNTIME_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
         Self::PoolSocket(dir.join(format!("dmabroker-demo-{}.sock", std::process::id())))
     }
 

@@ -258,7 +258,7 @@ pub(super) struct EmbeddedBroker {
 impl EmbeddedBroker {
     fn start() -> anyhow::Result<Self> {
         use dmabroker_broker::{Broker, Config, Listener};
-        let dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let dir = std::env::var_os("XDG_RUNTIME_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
         let path = dir.join(format!("dmabroker-demo-broker-{}.sock", std::process::id()));
         let (shutdown, stop) = std::os::unix::net::UnixStream::pair()?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();

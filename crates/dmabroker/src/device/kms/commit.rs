@@ -63,7 +63,7 @@ impl KmsDevice {
     }
 }
 
-impl<'d> AtomicRequest<'d> {
+impl AtomicRequest<'_> {
     fn lookup(&mut self, object: KmsObject, name: &str) -> Result<Property, KmsError> {
         if !self.props.contains_key(&object) {
             let props = self.dev.properties(object)?;

@@ -143,7 +143,7 @@ fn rejects_empty_images_and_bad_alignments() {
     ] {
         match Layout::new(F::Nv12, 16, 16, &bad) {
             Err(LayoutError::AlignmentNotPowerOfTwo { option: got, .. }) => {
-                assert_eq!(got, option)
+                assert_eq!(got, option);
             }
             other => panic!("{option}: {other:?}"),
         }

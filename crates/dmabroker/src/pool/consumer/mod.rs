@@ -119,7 +119,7 @@ impl Consumer {
     /// The pool's buffers, in index order (what [`FrameInfo::index`]
     /// names): to map or import each once, e.g. into a framework's memory.
     pub fn buffers(&self) -> impl Iterator<Item = &Buffer> {
-        self.maps.iter().map(|m| m.buffer())
+        self.maps.iter().map(super::super::buffer::mapping::BufferMapping::buffer)
     }
 
     /// The pool's frame size in bytes.

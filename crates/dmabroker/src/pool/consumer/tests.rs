@@ -54,7 +54,15 @@ fn attach_to(g: Geometry, ctl: OwnedFd, ctl_len: u64, buffers: Vec<OwnedFd>) -> 
             [u64::from(transport::HELLO_WANT_PROPERTIES), u64::from(std::process::id())],
             "the HELLO asks for properties and carries our pid"
         );
-        let words = [0, g.nbuf as u64, g.ring_cap as u64, g.max_consumers as u64, g.policy as u64, g.buf_len, ctl_len];
+        let words = [
+            0,
+            u64::from(g.nbuf),
+            u64::from(g.ring_cap),
+            u64::from(g.max_consumers),
+            u64::from(g.policy),
+            g.buf_len,
+            ctl_len,
+        ];
         let mut fds = vec![ctl.as_fd()];
         fds.extend(buffers.iter().map(|b| b.as_fd()));
         transport::send(a.as_fd(), &transport::encode(&words, transport::MSG_WELCOME), &fds, false).unwrap();

@@ -171,11 +171,10 @@ impl Producer {
             // still read it) until it releases them or its socket closes.
             self.ctl.free_seq().fetch_add(1, Ordering::Relaxed);
             return;
-        } else {
-            tracing::debug!(slot = c, pid = conn.pid, "pool consumer gone");
-            self.conns[c as usize] = None;
-            self.ctl.slot_state(c).store(SLOT_FREE, Ordering::Release);
         }
+        tracing::debug!(slot = c, pid = conn.pid, "pool consumer gone");
+        self.conns[c as usize] = None;
+        self.ctl.slot_state(c).store(SLOT_FREE, Ordering::Release);
         // Also when an evicted slot is finally freed: no bit of it may
         // survive into the next consumer that gets this slot.
         let bit = 1u64 << c;

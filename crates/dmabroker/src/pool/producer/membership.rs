@@ -137,7 +137,7 @@ impl Producer {
         let refuse = |reason: u32| {
             let _ = transport::send(
                 socket.as_fd(),
-                &transport::encode(&[reason as u64], transport::MSG_REFUSED),
+                &transport::encode(&[u64::from(reason)], transport::MSG_REFUSED),
                 &[],
                 true,
             );
@@ -157,11 +157,11 @@ impl Producer {
         let g = self.ctl.geometry();
         let ctl_len = self.ctl.len() as u64;
         let mut words = vec![
-            slot as u64,
-            g.nbuf as u64,
-            g.ring_cap as u64,
-            g.max_consumers as u64,
-            g.policy as u64,
+            u64::from(slot),
+            u64::from(g.nbuf),
+            u64::from(g.ring_cap),
+            u64::from(g.max_consumers),
+            u64::from(g.policy),
             g.buf_len,
             ctl_len,
         ];

@@ -301,7 +301,7 @@ impl Producer {
 
     /// The pool's buffers.
     pub fn buffers(&self) -> impl Iterator<Item = &Buffer> {
-        self.maps.iter().map(|m| m.buffer())
+        self.maps.iter().map(super::super::buffer::mapping::BufferMapping::buffer)
     }
 
     /// The options it was made with.
